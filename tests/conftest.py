@@ -1,0 +1,28 @@
+"""Shared test fixtures: where the real data lives, and skips that say why."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+LIDC_SERIES = SHARED_DATA / "lidc-idri-0002" / "series"
+TRANSFER_SYNTAXES = SHARED_DATA / "transfer-syntaxes"
+LUNA16_EVAL = SHARED_DATA / "luna16-eval"
+
+
+def require_tool(name: str) -> str:
+    """Path of a Debian peer tool; .ci/run installs them, so a missing one is a setup error."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run .ci/run (it apt-get installs dcmtk, orthanc, dicom3tools)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared test data missing at {SHARED_DATA}")
+    return SHARED_DATA
