@@ -156,8 +156,10 @@ def match_findings(
         raise ValueError("centres and their probabilities/diameters differ in length")
     hit = _hits(found, truth, diam)  # (F, T)
     truth_hit = hit.any(axis=0)
-    truth_score = np.where(hit, probs[:, None], -np.inf).max(axis=0, initial=-np.inf)
-    truth_score = np.where(truth_hit, truth_score, np.nan)
+    scored = np.where(hit, probs[:, None], -np.inf)  # (F, T)
+    truth_score = np.where(truth_hit, scored.max(axis=0, initial=-np.inf), np.nan)
+    # the candidates that give some nodule its score; other hits are neither TP nor FP
+    n_scoring = len(np.unique(scored.argmax(axis=0)[truth_hit])) if len(probs) else 0
     used = hit.any(axis=1)
     if excluded_centres_mm is not None and excluded_diameters_mm is not None:
         ex = np.asarray(excluded_centres_mm, dtype=np.float64).reshape(-1, 3)
@@ -165,7 +167,7 @@ def match_findings(
         ex_d = np.where(ex_d < 0, EXCLUDED_DEFAULT_DIAMETER_MM, ex_d)
         used |= _hits(found, ex, ex_d).any(axis=1)
     fp = probs[~used]
-    return CaseMatch(truth_hit, truth_score, fp, int(len(probs) - len(fp) - truth_hit.sum()))
+    return CaseMatch(truth_hit, truth_score, fp, int(len(probs) - len(fp) - n_scoring))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +195,23 @@ def froc_curve(
 
 
 def sensitivity_at(fps: np.ndarray, sens: np.ndarray, points: np.ndarray = FROC_FPS_PER_SCAN) -> np.ndarray:
-    """Linear interpolation of the FROC curve; constant at its last value beyond its end."""
-    return np.interp(points, fps, sens)
+    """Linear interpolation of the FROC curve; constant at its last value beyond its end.
+
+    The curve has vertical steps (hits entering while the FP count stays), so ``fps`` repeats;
+    at such an x the top of the step counts (the best sensitivity at that many FPs), as in the
+    LUNA16 script's ``np.interp``. Spelled out so it does not rest on how np.interp treats
+    repeated x values.
+    """
+    fps = np.asarray(fps, dtype=np.float64)
+    sens = np.asarray(sens, dtype=np.float64)
+    x = np.asarray(points, dtype=np.float64)
+    j = np.searchsorted(fps, x, side="right") - 1  # last curve point with fps <= x
+    if np.any(j < 0):
+        raise ValueError("operating points below the start of the curve")
+    nxt = np.minimum(j + 1, len(fps) - 1)
+    span = fps[nxt] - fps[j]  # > 0 unless j is the last point
+    w = np.divide(x - fps[j], span, out=np.zeros_like(x), where=span > 0)
+    return sens[j] + w * (sens[nxt] - sens[j])
 
 
 @dataclass
