@@ -1,0 +1,119 @@
+"""Pick and build an engine: auto = TensorRT on an NVIDIA GPU, else torch CUDA, else ONNX Runtime, else torch."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+from torch import nn
+
+from inference.engines.base import (
+    ClassifierEngine,
+    DetectorEngine,
+    Engine,
+    EngineUnavailable,
+    NetworkKind,
+    network_io,
+)
+
+EngineKind = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DICOMNODE_ENGINE_CACHE", Path.home() / ".cache" / "dicomnode" / "engines"))
+
+
+def _has(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_kind(kind: str) -> str:
+    """The concrete engine `kind` means here: 'tensorrt', 'torch-cuda', 'onnxruntime' or 'torch'."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown engine {kind!r}: choose one of {', '.join(KINDS)}")
+    if kind == "auto":
+        if _cuda():
+            return "tensorrt" if _has("tensorrt") else "torch-cuda"
+        return "onnxruntime" if _has("onnxruntime") else "torch"
+    if kind == "tensorrt":
+        if not _has("tensorrt"):
+            raise EngineUnavailable("engine 'tensorrt' asked for but the tensorrt package is not installed")
+        if not _cuda():
+            raise EngineUnavailable("engine 'tensorrt' asked for but there is no CUDA GPU")
+    if kind == "onnxruntime" and not _has("onnxruntime"):
+        raise EngineUnavailable("engine 'onnxruntime' asked for but the onnxruntime package is not installed")
+    if kind == "torch":
+        return "torch-cuda" if _cuda() else "torch"
+    return kind
+
+
+def _onnx_for(model: nn.Module | None, onnx_path: str | Path | None, network: NetworkKind, cache_dir: Path, sha: str | None) -> Path:
+    if onnx_path is not None:
+        return Path(onnx_path)
+    if model is None:
+        raise ValueError("give a model or an ONNX file")
+    from inference.export import export_onnx
+    from inference.nets.checkpoint import state_dict_sha256
+
+    sha = sha or state_dict_sha256(model)
+    path = cache_dir / f"{network}-{sha[:24]}.onnx"
+    if not path.is_file():  # exports are deterministic per weights, so reuse one from an earlier run
+        export_onnx(model, path, kind=network)
+    return path
+
+
+def make_engine(
+    kind: str = "auto",
+    *,
+    network: NetworkKind = "detector",
+    model: nn.Module | None = None,
+    onnx_path: str | Path | None = None,
+    weights_sha256: str | None = None,
+    threads: int | None = None,
+    max_batch: int | None = None,
+    fp16: bool = True,
+    cache_dir: str | Path | None = None,
+    trt_profile: Sequence["object"] | None = None,
+) -> DetectorEngine | ClassifierEngine:
+    """Build the engine for `network` from a torch module and/or its ONNX export.
+
+    kind: "auto" | "torch" | "onnxruntime" | "tensorrt". The torch engine needs `model`; the others
+    take `onnx_path` or export `model` into `cache_dir` once (keyed by the weights' SHA-256).
+    """
+    io = network_io(network)
+    concrete = resolve_kind(kind)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    engine: Engine
+    if concrete in ("torch", "torch-cuda"):
+        if model is None:
+            raise ValueError("the torch engine needs the torch model, not only an ONNX file")
+        from inference.engines.torch_engine import TorchEngine
+
+        cuda = concrete == "torch-cuda"
+        batch = max_batch or (16 if network == "classifier" else (4 if cuda else 1))
+        engine = TorchEngine(model, io, device="cuda" if cuda else "cpu", fp16=fp16, max_batch=batch, threads=threads)
+    elif concrete == "onnxruntime":
+        from inference.engines.onnx_engine import OnnxRuntimeEngine
+
+        path = _onnx_for(model, onnx_path, network, cache, weights_sha256)
+        batch = max_batch or (16 if network == "classifier" else 1)
+        engine = OnnxRuntimeEngine(path, io, threads=threads, max_batch=batch)
+    else:
+        from inference.engines.tensorrt_engine import TensorRTEngine, classifier_profile, detector_profile
+
+        path = _onnx_for(model, onnx_path, network, cache, weights_sha256)
+        if trt_profile is None:
+            if network == "detector":
+                trt_profile = detector_profile(max_batch=min(max_batch or 8, 9))
+            else:
+                trt_profile = classifier_profile(max_batch=max_batch or 64)
+        engine = TensorRTEngine(path, io, trt_profile, cache, weights_sha256=weights_sha256, fp16=fp16)  # type: ignore[arg-type]
+    return DetectorEngine(engine) if network == "detector" else ClassifierEngine(engine)
