@@ -1,0 +1,289 @@
+"""`dicomnode serve|analyze|echo|send|audit|retry|model|phantom|config`."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicomnode.config import EXAMPLE_CONFIG, ConfigError, Destination, Settings, load_settings
+from dicomnode.dicom_address import DicomAddress
+
+console = Console(stderr=True)
+out = Console()
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+# -- shared option groups -----------------------------------------------------------
+def _add_settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (see `dicomnode config example`)")
+    p.add_argument("--data-dir", type=Path, help="spool, outbox and audit database live here")
+
+
+def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["node.data_dir"] = args.data_dir
+    overrides.update(extra or {})
+    return load_settings(args.config, overrides)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+# -- serve ---------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.logs import setup_logging
+    from dicomnode.node import Node
+
+    extra: dict[str, Any] = {}
+    if args.port is not None:
+        extra["node.port"] = args.port
+    if args.ae_title:
+        extra["node.ae_title"] = args.ae_title
+    if args.web_port is not None:
+        extra["web.port"] = args.web_port
+    if args.stable_seconds is not None:
+        extra["series.stable_seconds"] = args.stable_seconds
+    settings = _settings(args, extra)
+    for i, text in enumerate(args.send_to or [], start=1):
+        address = _address(text)
+        name = f"send-to-{i}"
+        settings.destinations[name] = Destination(ae_title=address.ae_title, host=address.host, port=address.port)
+        for route in settings.routes:
+            route.destinations.append(name)
+    setup_logging(args.log_level, args.log_format)
+    node = Node(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    web = f", console http://{settings.web.host}:{node.web.port}" if node.web else ""
+    console.print(f"[green]dicomnode[/] AE [bold]{settings.node.ae_title}[/] on port {settings.node.port}{web}; "
+                  f"data in {settings.node.data_dir.resolve()}; Ctrl-C stops")
+    stop.wait()
+    node.stop()
+    return 0
+
+
+# -- echo / send ---------------------------------------------------------------------
+def _address(text: str) -> DicomAddress:
+    try:
+        return DicomAddress.parse(text)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.scu import ScuError, echo
+
+    address = _address(args.address)
+    try:
+        status = echo(address, args.calling_ae, args.timeout)
+    except ScuError as exc:
+        raise UserError(str(exc)) from None
+    out.print(f"C-ECHO {address}: status 0x{status:04X} {'(success)' if status == 0 else ''}")
+    return 0 if status == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicomnode.scu import ScuError, dicom_files, send_files
+
+    address = _address(args.address)
+    try:
+        files = dicom_files(args.paths)
+        with _progress() as progress:
+            task = progress.add_task(f"C-STORE to {address}", total=len(files))
+            report = send_files(address, files, args.calling_ae, lambda _: progress.advance(task), args.timeout)
+    except ScuError as exc:
+        raise UserError(str(exc)) from None
+    for path, why in report.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {why}")
+    for path, why in report.failed:
+        console.print(f"[red]failed[/] {path}: {why}")
+    out.print(f"sent {report.sent}, failed {len(report.failed)}, skipped {len(report.skipped)}")
+    return 0 if not report.failed else 1
+
+
+# -- audit / retry -------------------------------------------------------------------
+def _open_db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from dicomnode.node import open_database
+
+    settings = _settings(args)
+    if settings.database_url.startswith("sqlite:///") and not Path(settings.database_url[10:]).exists():
+        raise UserError(f"no audit database at {settings.database_url[10:]}: is --data-dir/--config right?")
+    return settings, open_database(settings)
+
+
+def print_rows(rows: list[dict[str, Any]], fmt: str, title: str = "") -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+        sys.stdout.write(buffer.getvalue())
+    else:
+        table = Table(title=title or None, show_lines=False)
+        columns = list(rows[0]) if rows else []
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for row in rows:
+            table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+        out.print(table if rows else f"no {title or 'rows'}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from storage.queries import AuditFilter, parse_since, run_query
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    _, db = _open_db(args)
+    with db.session() as s:
+        rows = run_query(s, args.what, AuditFilter(since, args.status, args.series, args.limit))
+    print_rows(rows, args.format, args.what)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from dicomnode.sender import Sender, requeue_deliveries
+
+    if args.delivery is None and not args.all_dead:
+        raise UserError("say which: --delivery ID or --all-dead")
+    settings, db = _open_db(args)
+    ids = requeue_deliveries(db, args.delivery, args.all_dead)
+    if not ids:
+        raise UserError("nothing to retry" + (f": no delivery {args.delivery}" if args.delivery else ": no dead letters"))
+    out.print(f"queued {len(ids)} delivery(ies) again: {', '.join(map(str, ids))}")
+    if args.queue_only:
+        return 0
+    delivered = Sender(db, settings.outbox_dir, settings).send_due(only_ids=ids)
+    out.print(f"delivered {delivered} of {len(ids)} now; the rest stay queued with backoff")
+    return 0 if delivered == len(ids) else 1
+
+
+# -- config ----------------------------------------------------------------------------
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "example":
+        sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+        return 0
+    if args.action == "hash-password":
+        from dicomnode.passwords import hash_password
+
+        import getpass
+
+        password = args.password or getpass.getpass("password: ")
+        print(hash_password(password))
+        return 0
+    settings = _settings(args)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    console.print("[green]configuration is valid[/]")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from storage.queries import AUDIT_SUBJECTS
+
+    parser = argparse.ArgumentParser(prog="dicomnode", description="A DICOM node that finds lung nodules in chest CT.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the node (DICOM AE, workers, sender, web console)")
+    _add_settings_args(p)
+    p.add_argument("--port", type=int, help="DICOM port (overrides node.port)")
+    p.add_argument("--ae-title", help="this node's AE title (overrides node.ae_title)")
+    p.add_argument("--web-port", type=int, help="web console port (overrides web.port; 0 picks a free one)")
+    p.add_argument("--stable-seconds", type=float, help="series completion delay (overrides series.stable_seconds)")
+    p.add_argument("--send-to", action="append", metavar="AET@HOST:PORT",
+                   help="send every analysed series' results there (repeatable)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="kv", choices=["kv", "json"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    p.add_argument("address", help="AET@HOST:PORT")
+    p.add_argument("--calling-ae", default="DICOMNODE")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("send", help="C-STORE files or folders to a DICOM peer")
+    p.add_argument("address", help="AET@HOST:PORT")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--calling-ae", default="DICOMNODE")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("audit", help="query the audit database")
+    p.add_argument("what", choices=AUDIT_SUBJECTS)
+    _add_settings_args(p)
+    p.add_argument("--since", help="ISO date/time or an age such as 30m, 2h, 7d")
+    p.add_argument("--status", help="state/status to keep (e.g. failed, ignored, dead, rejected)")
+    p.add_argument("--series", help="SeriesInstanceUID (or a prefix)")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("retry", help="send a delivery or all dead letters again")
+    _add_settings_args(p)
+    p.add_argument("--delivery", type=int, help="delivery id (see `dicomnode audit deliveries`)")
+    p.add_argument("--all-dead", action="store_true", help="every dead letter")
+    p.add_argument("--queue-only", action="store_true", help="queue for the running node instead of sending now")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("config", help="check or print configuration")
+    p.add_argument("action", choices=["check", "example", "hash-password"])
+    _add_settings_args(p)
+    p.add_argument("--password", help="for hash-password (prompted when left out)")
+    p.set_defaults(func=cmd_config)
+
+    _add_model_commands(sub)
+    return parser
+
+
+def _add_model_commands(sub: Any) -> None:
+    """analyze, model and phantom live in cli_model.py (they import the inference stack)."""
+    try:
+        from dicomnode.cli_model import add_model_commands
+    except ImportError:
+        return
+    add_model_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+    except Exception as exc:
+        from dicomnode.node import StartupError
+
+        if isinstance(exc, StartupError):
+            console.print(f"[red]cannot start:[/] {exc}", highlight=False)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

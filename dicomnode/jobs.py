@@ -1,0 +1,186 @@
+"""The persistent job queue and its workers.
+
+Jobs live in the database (queued -> running -> done | failed), so a restart resumes them:
+jobs found `running` at start-up were interrupted and go back to `queued`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dicomnode.config import Route, Settings
+from dicomnode.outbox import Outbox
+from dicomnode.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
+from dicomnode.spool import Spool
+from storage.audit import record_event
+from storage.db import Database
+from storage.events import EventCode
+from storage.models import Finding, Instance, Job, Series, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_job(s: Session, series: Series, route: Route) -> int:
+    job = Job(
+        series_id=series.id,
+        series_generation=series.generation,
+        pipeline=route.pipeline,
+        route_name=route.name,
+        destinations=list(route.destinations),
+        state="queued",
+    )
+    s.add(job)
+    s.flush()
+    record_event(s, EventCode.JOB_QUEUED, f"pipeline {route.pipeline!r} for {series.instance_count} instances",
+                 series_instance_uid=series.series_instance_uid, job_id=job.id)
+    return job.id
+
+
+def requeue_interrupted(db: Database) -> int:
+    with db.session() as s:
+        interrupted = s.execute(select(Job.id, Series.series_instance_uid).join(Series).where(Job.state == "running")).all()
+        for job_id, series_uid in interrupted:
+            s.execute(update(Job).where(Job.id == job_id).values(state="queued", progress=None))
+            record_event(s, EventCode.JOB_REQUEUED, "interrupted by a restart; queued again",
+                         series_instance_uid=series_uid, job_id=job_id)
+    return len(interrupted)
+
+
+def load_series_datasets(db: Database, spool: Spool, series_id: int) -> list[Dataset]:
+    with db.session() as s:
+        paths = s.execute(select(Instance.path).where(Instance.series_id == series_id)).scalars().all()
+    return [dcmread(spool.path(p)) for p in paths]
+
+
+class JobRunner:
+    """Claims and runs jobs; one instance is shared by all worker threads."""
+
+    def __init__(self, db: Database, spool: Spool, outbox: Outbox, settings: Settings,
+                 pipeline_resolver: Callable[[str, Settings], Pipeline] = resolve_pipeline) -> None:
+        self.db = db
+        self.spool = spool
+        self.outbox = outbox
+        self.settings = settings
+        self._resolve = pipeline_resolver
+        self._pipelines: dict[str, Pipeline] = {}
+        self._pipeline_lock = threading.Lock()
+
+    def pipeline(self, name: str) -> Pipeline:
+        with self._pipeline_lock:
+            if name not in self._pipelines:
+                self._pipelines[name] = self._resolve(name, self.settings)
+            return self._pipelines[name]
+
+    def claim(self) -> int | None:
+        with self.db.session() as s:
+            for job_id in s.execute(select(Job.id).where(Job.state == "queued").order_by(Job.queued_at, Job.id).limit(4)).scalars():
+                claimed = s.execute(
+                    update(Job).where(Job.id == job_id, Job.state == "queued")
+                    .values(state="running", started_at=utcnow(), attempts=Job.attempts + 1, error=None)
+                ).rowcount
+                if claimed:
+                    return job_id
+        return None
+
+    def run_one(self) -> bool:
+        job_id = self.claim()
+        if job_id is None:
+            return False
+        self.run(job_id)
+        return True
+
+    def run(self, job_id: int) -> None:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            series = job.series
+            series_uid, series_id, pipeline_name = series.series_instance_uid, series.id, job.pipeline
+            record_event(s, EventCode.JOB_STARTED, f"attempt {job.attempts} of pipeline {pipeline_name!r}",
+                         series_instance_uid=series_uid, job_id=job_id)
+        context = PipelineContext(job_id, series_uid, self.settings, progress=self._progress_writer(job_id))
+        started = time.perf_counter()
+        try:
+            datasets = load_series_datasets(self.db, self.spool, series_id)
+            output = self.pipeline(pipeline_name)(datasets, context)
+            self._finish(job_id, output, time.perf_counter() - started)
+        except Exception as exc:
+            log.error("job %s failed: %s", job_id, exc, extra={"context": {"job": job_id, "series": series_uid}})
+            self._fail(job_id, series_uid, exc)
+
+    def _progress_writer(self, job_id: int) -> Callable[[str], None]:
+        def write(message: str) -> None:
+            with self.db.session() as s:
+                s.execute(update(Job).where(Job.id == job_id).values(progress=message[:128]))
+        return write
+
+    def _finish(self, job_id: int, output: PipelineOutput, seconds: float) -> None:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            series = job.series
+            # files first (fsynced), then the rows that point at them, in one transaction
+            deliveries = self.outbox.enqueue(s, job, series, output.datasets)
+            for i, f in enumerate(output.findings, start=1):
+                s.add(Finding(
+                    job_id=job.id, series_id=series.id, index=i,
+                    center_x_mm=f.center_mm[0], center_y_mm=f.center_mm[1], center_z_mm=f.center_mm[2],
+                    diameter_mm=f.diameter_mm, volume_mm3=f.volume_mm3, probability=f.probability,
+                    malignancy=f.malignancy, lung_rads=f.lung_rads, sop_instance_uid=f.key_slice.sop_instance_uid,
+                    row=f.key_slice.row, column=f.key_slice.column,
+                ))
+                record_event(s, EventCode.FINDING_RECORDED,
+                             f"nodule {i}: {f.diameter_mm:.1f} mm, p(cancer) {f.malignancy:.2f}, Lung-RADS {f.lung_rads}",
+                             series_instance_uid=series.series_instance_uid, job_id=job.id)
+            job.state, job.finished_at, job.verdict, job.progress = "done", utcnow(), output.verdict, None
+            job.summary = {**output.summary, "seconds": round(seconds, 3), "objects": len(output.datasets),
+                           "deliveries": deliveries, "findings": len(output.findings)}
+            if output.verdict == "not_analysed":
+                record_event(s, EventCode.SERIES_NOT_ANALYSED, str(output.summary.get("reason", "not analysed")),
+                             series_instance_uid=series.series_instance_uid, job_id=job.id)
+            record_event(s, EventCode.JOB_DONE,
+                         f"{len(output.findings)} finding(s), verdict {output.verdict}, {len(output.datasets)} object(s) in {seconds:.1f} s",
+                         series_instance_uid=series.series_instance_uid, job_id=job.id)
+
+    def _fail(self, job_id: int, series_uid: str, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.error = message + "\n" + "".join(traceback.format_exception(exc))[-4000:]
+            job.progress = None
+            if job.attempts < self.settings.jobs.max_attempts:
+                job.state = "queued"
+                record_event(s, EventCode.JOB_REQUEUED, f"attempt {job.attempts} failed ({message}); queued again",
+                             series_instance_uid=series_uid, job_id=job_id)
+            else:
+                job.state, job.finished_at = "failed", utcnow()
+                record_event(s, EventCode.JOB_FAILED, f"failed after {job.attempts} attempt(s): {message}",
+                             series_instance_uid=series_uid, job_id=job_id)
+
+
+class JobWorker(threading.Thread):
+    def __init__(self, runner: JobRunner, poll_seconds: float, index: int = 0) -> None:
+        super().__init__(name=f"job-worker-{index}", daemon=True)
+        self.runner = runner
+        self.poll_seconds = poll_seconds
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                if self.runner.run_one():
+                    continue
+            except Exception:
+                log.exception("job worker loop error")
+            self.stopping.wait(self.poll_seconds)
+
+    def stop(self) -> None:
+        self.stopping.set()

@@ -1,0 +1,131 @@
+"""The running node: spool, audit database, AE, completion, routing, jobs and sender together."""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from pathlib import Path
+
+from sqlalchemy import select
+
+from dicomnode.config import Settings
+from dicomnode.ingest import Ingestor
+from dicomnode.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
+from dicomnode.outbox import Outbox
+from dicomnode.pipelines import known_pipeline
+from dicomnode.routing import Router
+from dicomnode.scp import StorageSCP
+from dicomnode.sender import Sender, SenderLoop
+from dicomnode.series import CompletionChecker, CompletionTracker
+from dicomnode.spool import Spool, SpoolError, make_dirs_durably
+from storage.audit import record_event
+from storage.db import Database
+from storage.events import EventCode
+from storage.models import Series, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """Something an admin must fix before the node can start; the message says what."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {port} on {host} is already in use (another DICOM node or an old instance?)") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def open_database(settings: Settings) -> Database:
+    make_dirs_durably(settings.node.data_dir)
+    db = Database(settings.database_url)
+    try:
+        db.migrate()
+    except Exception as exc:
+        raise StartupError(f"cannot open the audit database {settings.database_url}: {exc}") from exc
+    return db
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        for route in settings.routes:
+            if not known_pipeline(route.pipeline):
+                raise StartupError(f"route {route.name!r}: unknown pipeline {route.pipeline!r}")
+        check_port_free(settings.node.host, settings.node.port)
+        try:
+            self.spool = Spool(settings.spool_dir, settings.node.min_free_disk_mb * 2**20)
+            self.spool.ensure_writable()
+            make_dirs_durably(settings.outbox_dir)
+        except (SpoolError, OSError) as exc:
+            raise StartupError(str(exc)) from None
+        self.db = open_database(settings)
+        self.tracker = CompletionTracker(self.db)
+        self.ingestor = Ingestor(self.db, self.spool, self.tracker)
+        self.outbox = Outbox(settings.outbox_dir, settings)
+        self.router = Router(self.db, settings.routes, enqueue_job)
+        self.runner = JobRunner(self.db, self.spool, self.outbox, settings)
+        self.sender = Sender(self.db, settings.outbox_dir, settings)
+        self.scp = StorageSCP(settings, self.db, self.ingestor, self.tracker)
+        self.checker = CompletionChecker(self.tracker, settings.series.stable_seconds,
+                                         settings.series.poll_seconds, self.router.on_series_complete)
+        self.workers = [JobWorker(self.runner, settings.jobs.poll_seconds, i) for i in range(settings.jobs.workers)]
+        self.sender_loop = SenderLoop(self.sender, settings.sender.poll_seconds)
+        self.web = None
+
+    def recover(self) -> None:
+        """Pick up what a crash or restart left behind, then say so in the audit trail."""
+        started = utcnow()
+        temporaries = self.spool.remove_temporaries()
+        orphans = self.tracker.adopt_orphans(started)
+        jobs = requeue_interrupted(self.db)
+        deliveries = self.sender.recover()
+        with self.db.session() as s:
+            waiting = list(s.execute(select(Series.id).where(Series.status == "complete")).scalars())
+        for series_id in waiting:
+            self.router.on_series_complete(series_id)
+        if temporaries or orphans or jobs or deliveries or waiting:
+            with self.db.session() as s:
+                record_event(s, EventCode.NODE_RECOVERED,
+                             f"resumed {orphans} receiving series, {jobs} job(s), {deliveries} delivery(ies), "
+                             f"{len(waiting)} series awaiting routing; removed {temporaries} partial file(s)")
+
+    def start(self) -> None:
+        self.recover()
+        self.scp.start()
+        self.checker.start()
+        for worker in self.workers:
+            worker.start()
+        self.sender_loop.start()
+        if self.settings.web.enabled:
+            self._start_web()
+        cfg = self.settings.node
+        with self.db.session() as s:
+            record_event(s, EventCode.NODE_STARTED,
+                         f"AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''}; "
+                         f"data in {Path(cfg.data_dir).resolve()}")
+
+    def _start_web(self) -> None:
+        try:
+            from dicomnode.web.server import WebServer
+        except ImportError:
+            return  # the console is optional; the DICOM side runs without it
+        self.web = WebServer(self)
+        self.web.start()
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self.checker.stop()
+        for worker in self.workers:
+            worker.stop()
+        self.sender_loop.stop()
+        if self.web is not None:
+            self.web.stop()
+        with self.db.session() as s:
+            record_event(s, EventCode.NODE_STOPPED, "node stopped")
+        self.db.close()

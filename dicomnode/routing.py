@@ -1,0 +1,149 @@
+"""Which complete series go to which pipeline and destinations.
+
+Every complete series ends up routed, ignored (with the reason) or, for routes that want one
+series per study, not selected (with the series that was chosen instead).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicomnode.config import Route
+from storage.audit import record_event
+from storage.db import Database
+from storage.events import EventCode
+from storage.models import Series
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    modality: str
+    body_part: str
+    image_type: list[str]
+    description: str
+    slice_thickness: float | None
+    slice_count: int
+    calling_ae: str
+
+    @classmethod
+    def of(cls, series: Series) -> "SeriesFacts":
+        return cls(
+            modality=series.modality,
+            body_part=series.body_part,
+            image_type=[p for p in series.image_type.split("\\") if p],
+            description=series.series_description,
+            slice_thickness=series.slice_thickness,
+            slice_count=series.instance_count,
+            calling_ae=series.calling_ae,
+        )
+
+
+def _upper(values: list[str]) -> list[str]:
+    return [v.strip().upper() for v in values]
+
+
+def mismatch(route: Route, facts: SeriesFacts) -> str | None:
+    """None when the series matches the route, else the first reason it does not."""
+    m = route.match
+    if m.modality and facts.modality.upper() not in _upper(m.modality):
+        return f"modality {facts.modality or '(none)'} not in {m.modality}"
+    if m.body_part and facts.body_part.upper() not in _upper(m.body_part):
+        return f"body part {facts.body_part or '(none)'} not in {m.body_part}"
+    missing = [t for t in _upper(m.image_type_contains) if t not in _upper(facts.image_type)]
+    if missing:
+        return f"image type {'/'.join(facts.image_type) or '(none)'} lacks {', '.join(missing)}"
+    if m.series_description_regex and not re.search(m.series_description_regex, facts.description, re.IGNORECASE):
+        return f"series description {facts.description!r} does not match /{m.series_description_regex}/"
+    thickness = facts.slice_thickness
+    if m.min_slice_thickness_mm is not None and (thickness is None or thickness < m.min_slice_thickness_mm):
+        return f"slice thickness {thickness} mm below {m.min_slice_thickness_mm} mm"
+    if m.max_slice_thickness_mm is not None and (thickness is None or thickness > m.max_slice_thickness_mm):
+        return f"slice thickness {thickness} mm above {m.max_slice_thickness_mm} mm"
+    if m.min_slices is not None and facts.slice_count < m.min_slices:
+        return f"{facts.slice_count} slices, fewer than {m.min_slices}"
+    if m.max_slices is not None and facts.slice_count > m.max_slices:
+        return f"{facts.slice_count} slices, more than {m.max_slices}"
+    if m.calling_ae and facts.calling_ae not in [a.strip() for a in m.calling_ae]:
+        return f"calling AE {facts.calling_ae!r} not in {m.calling_ae}"
+    return None
+
+
+def first_matching_route(routes: list[Route], facts: SeriesFacts) -> tuple[Route | None, str]:
+    reasons = []
+    for route in routes:
+        why = mismatch(route, facts)
+        if why is None:
+            return route, ""
+        reasons.append(f"route {route.name!r}: {why}")
+    return None, "; ".join(reasons) if reasons else "no routes are configured"
+
+
+def preference_key(facts: SeriesFacts) -> tuple[int, float, int]:
+    """Smaller is better: axial first, then thinnest, then most slices."""
+    axial = 0 if "AXIAL" in _upper(facts.image_type) else 1
+    thickness = facts.slice_thickness if facts.slice_thickness is not None else math.inf
+    return axial, thickness, -facts.slice_count
+
+
+EnqueueJob = Callable[[Session, Series, Route], int]
+
+
+class Router:
+    def __init__(self, db: Database, routes: list[Route], enqueue: EnqueueJob) -> None:
+        self.db = db
+        self.routes = routes
+        self.enqueue = enqueue
+
+    def on_series_complete(self, series_id: int) -> None:
+        with self.db.session() as s:
+            series = s.get(Series, series_id)
+            if series is None or series.status != "complete":
+                return
+            route, reason = first_matching_route(self.routes, SeriesFacts.of(series))
+            if route is None:
+                series.status, series.status_reason = "ignored", reason
+                record_event(s, EventCode.SERIES_IGNORED, f"no route matched: {reason}",
+                             series_instance_uid=series.series_instance_uid)
+                return
+            series.route_name = route.name
+            if not route.one_series_per_study:
+                self._route(s, series, route)
+                return
+            series.status_reason = f"waiting for the rest of the study to choose one series for route {route.name!r}"
+            s.flush()
+            self._choose_for_study(s, series.study_id, route)
+
+    def _route(self, s: Session, series: Series, route: Route) -> None:
+        series.status, series.status_reason = "routed", None
+        job_id = self.enqueue(s, series, route)
+        record_event(s, EventCode.SERIES_ROUTED, f"route {route.name!r} -> pipeline {route.pipeline!r}, job {job_id}",
+                     series_instance_uid=series.series_instance_uid, job_id=job_id)
+
+    def _choose_for_study(self, s: Session, study_id: int, route: Route) -> None:
+        siblings = s.execute(select(Series).where(Series.study_id == study_id)).scalars().all()
+        if any(x.status == "receiving" for x in siblings):
+            return  # the last series of the study to complete makes the choice
+        candidates = [x for x in siblings if x.route_name == route.name and x.status in ("complete", "routed", "not_selected")]
+        best = min(candidates, key=lambda x: preference_key(SeriesFacts.of(x)))
+        for other in candidates:
+            if other is best:
+                continue
+            if other.status == "complete":
+                other.status = "not_selected"
+                other.status_reason = (
+                    f"route {route.name!r} analyses one series per study; chose series {best.series_number} "
+                    f"({best.slice_thickness} mm, {best.instance_count} slices)"
+                )
+                record_event(s, EventCode.SERIES_NOT_SELECTED, other.status_reason,
+                             series_instance_uid=other.series_instance_uid)
+        if best.status != "routed":
+            self._route(s, best, route)
+

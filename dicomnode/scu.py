@@ -1,0 +1,93 @@
+"""Admin SCU utilities: C-ECHO and C-STORE of files or folders, with a progress bar."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomnode.dicom_address import DicomAddress
+
+
+class ScuError(Exception):
+    pass
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def echo(address: DicomAddress, calling_ae: str, timeout: float = 10.0) -> int:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+    if not assoc.is_established:
+        raise ScuError(f"no association with {address}: {'rejected' if assoc.is_rejected else 'peer unreachable or not answering'}")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or "Status" not in status:
+        raise ScuError(f"{address} did not answer the C-ECHO")
+    return int(status.Status)
+
+
+def dicom_files(paths: Iterable[Path]) -> list[Path]:
+    found: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found.extend(sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(".")))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ScuError(f"{p} does not exist")
+    return found
+
+
+def send_files(address: DicomAddress, files: list[Path], calling_ae: str,
+               progress: Callable[[Path], None] = lambda p: None, timeout: float = 30.0) -> SendReport:
+    report = SendReport()
+    headers = []
+    for f in files:
+        try:
+            ds = dcmread(f, stop_before_pixels=True)
+            headers.append((f, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+        except (InvalidDicomError, AttributeError, OSError) as exc:
+            report.skipped.append((str(f), f"not a DICOM file: {exc}"))
+            progress(f)
+    if not headers:
+        return report
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    pairs = sorted({(c, t) for _, c, t in headers})
+    if len(pairs) > 128:
+        raise ScuError("more than 128 SOP class/transfer syntax combinations; send in smaller batches")
+    ae.requested_contexts = [build_context(c, [t]) for c, t in pairs]
+    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+    if not assoc.is_established:
+        raise ScuError(f"no association with {address}: {'rejected' if assoc.is_rejected else 'peer unreachable or not answering'}")
+    try:
+        for f, _, _ in headers:
+            status = assoc.send_c_store(f)
+            code = getattr(status, "Status", None)
+            if code in (0x0000, 0xB000, 0xB006, 0xB007):
+                report.sent += 1
+            else:
+                why = f"status 0x{code:04X} {getattr(status, 'ErrorComment', '')}".strip() if code is not None else "no response"
+                report.failed.append((str(f), why))
+            progress(f)
+            if not assoc.is_established:
+                raise ScuError(f"{address} dropped the association after {report.sent} instance(s)")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return report

@@ -1,0 +1,65 @@
+"""The registry of audit event codes.
+
+Codes are stable: admins grep logs and build alerts on them, so a code is never reused or
+renumbered. Add new ones at the end of their hundred.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class EventCode(IntEnum):
+    # 1xx: node lifecycle
+    NODE_STARTED = 100
+    NODE_STOPPED = 101
+    NODE_RECOVERED = 102  # interrupted jobs/deliveries picked up again after a restart
+    # 2xx: associations
+    ASSOCIATION_ACCEPTED = 200
+    ASSOCIATION_REJECTED_CALLED_AE = 201
+    ASSOCIATION_REJECTED_CALLING_AE = 202
+    ASSOCIATION_REJECTED_HOST = 203
+    ASSOCIATION_RELEASED = 204
+    ASSOCIATION_ABORTED = 205
+    TLS_HANDSHAKE_FAILED = 206
+    ECHO_RECEIVED = 207
+    # 3xx: instances
+    INSTANCE_STORED = 300
+    INSTANCE_DUPLICATE = 301
+    INSTANCE_REJECTED_UNPARSEABLE = 302
+    INSTANCE_REJECTED_DISK_FULL = 303
+    INSTANCE_REJECTED_MISSING_UIDS = 304
+    INSTANCE_STORE_FAILED = 305
+    # 4xx: series and routing
+    SERIES_OPENED = 400
+    SERIES_COMPLETE = 401
+    SERIES_REOPENED = 402
+    SERIES_ROUTED = 403
+    SERIES_IGNORED = 404
+    SERIES_NOT_SELECTED = 405  # a better series of the same study was chosen
+    # 5xx: jobs
+    JOB_QUEUED = 500
+    JOB_STARTED = 501
+    JOB_DONE = 502
+    JOB_FAILED = 503
+    JOB_REQUEUED = 504
+    SERIES_NOT_ANALYSED = 505
+    FINDING_RECORDED = 506
+    # 6xx: deliveries
+    DELIVERY_QUEUED = 600
+    DELIVERY_SENT = 601
+    DELIVERY_ATTEMPT_FAILED = 602
+    DELIVERY_DEAD_LETTER = 603
+    DELIVERY_RETRY_REQUESTED = 604
+    # 7xx: administration and web console
+    ADMIN_LOGIN = 700
+    ADMIN_LOGIN_FAILED = 701
+    ADMIN_ACTION = 702
+    UPLOAD_RECEIVED = 703
+
+    @property
+    def level(self) -> str:
+        warn = {202, 201, 203, 205, 206, 302, 303, 304, 305, 404, 503, 505, 602, 701}
+        error = {603}
+        if self.value in error:
+            return "error"
+        return "warning" if self.value in warn else "info"

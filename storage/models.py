@@ -1,0 +1,204 @@
+"""SQLAlchemy 2.0 ORM tables of the audit database.
+
+One row per association, study, series, instance, job, finding, delivery and audit event.
+Timestamps are timezone-aware UTC.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Association(Base):
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    peer_host: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(default=False)
+    # accepted | rejected | released | aborted
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reject_reason: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    ended_at: Mapped[datetime | None]
+    instances_received: Mapped[int] = mapped_column(default=0)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    series_number: Mapped[int | None]
+    image_type: Mapped[str] = mapped_column(String(128), default="")
+    slice_thickness: Mapped[float | None] = mapped_column(Float)
+    # who sent it, for "back to the sender" routes
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer_host: Mapped[str] = mapped_column(String(64), default="")
+    instance_count: Mapped[int] = mapped_column(default=0)
+    # receiving | complete | routed | ignored | not_selected
+    status: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    route_name: Mapped[str | None] = mapped_column(String(64))
+    # bumps each time a late instance re-opens a completed series
+    generation: Mapped[int] = mapped_column(default=0)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # completion clock: starts when the last association that carried an instance ends
+    open_associations: Mapped[int] = mapped_column(default=0)
+    last_released_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"), index=True)
+    instance_number: Mapped[int | None]
+    path: Mapped[str] = mapped_column(Text)  # relative to the spool directory
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    duplicates: Mapped[int] = mapped_column(default=0)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    series_generation: Mapped[int] = mapped_column(default=0)
+    pipeline: Mapped[str] = mapped_column(String(64))
+    route_name: Mapped[str] = mapped_column(String(64), default="")
+    destinations: Mapped[list[Any]] = mapped_column(default=list)
+    # queued | running | done | failed
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    verdict: Mapped[str | None] = mapped_column(String(32))
+    summary: Mapped[dict[str, Any] | None]
+    progress: Mapped[str | None] = mapped_column(String(128))
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    series: Mapped[Series] = relationship()
+    findings: Mapped[list[Finding]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+
+class Finding(Base):
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    index: Mapped[int]
+    center_x_mm: Mapped[float] = mapped_column(Float)
+    center_y_mm: Mapped[float] = mapped_column(Float)
+    center_z_mm: Mapped[float] = mapped_column(Float)
+    diameter_mm: Mapped[float] = mapped_column(Float)
+    volume_mm3: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float] = mapped_column(Float)
+    malignancy: Mapped[float] = mapped_column(Float)
+    lung_rads: Mapped[str] = mapped_column(String(4))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    row: Mapped[float] = mapped_column(Float)
+    column: Mapped[float] = mapped_column(Float)
+
+    job: Mapped[Job] = relationship(back_populates="findings")
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int]
+    tls: Mapped[bool] = mapped_column(default=False)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to the outbox directory
+    # pending | delivered | dead
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    delivered_at: Mapped[datetime | None]
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    code: Mapped[int] = mapped_column(Integer, index=True)
+    name: Mapped[str] = mapped_column(String(48))
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    association_id: Mapped[int | None] = mapped_column(Integer)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    delivery_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict[str, Any] | None]
+
+
+class User(Base):
+    """Web console accounts (password hashes only); config-file users are merged in at start."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+Index("ix_jobs_state_queued", Job.state, Job.queued_at)
+Index("ix_deliveries_due", Delivery.state, Delivery.next_attempt_at)

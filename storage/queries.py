@@ -1,0 +1,165 @@
+"""The admin's questions, answered as plain rows (dicts) that the CLI and the web console share."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from storage.models import Association, Delivery, Event, Finding, Instance, Job, Series, Study
+
+AUDIT_SUBJECTS = ("associations", "instances", "series", "jobs", "findings", "deliveries", "events", "dead-letters")
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """'2h', '30m', '7d' (ago), or an ISO date/time (UTC when no zone is given)."""
+    now = now or datetime.now(timezone.utc)
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r}: use an ISO date/time (2026-11-21, 2026-11-21T08:00) or an age (30m, 2h, 7d)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class AuditFilter:
+    since: datetime | None = None
+    status: str | None = None
+    series: str | None = None  # a SeriesInstanceUID or its prefix
+    limit: int = 1000
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
+    return value
+
+
+def _rows(s: Session, query: Select) -> list[dict[str, Any]]:
+    return [{k: _iso(v) for k, v in row._mapping.items()} for row in s.execute(query)]
+
+
+def _since(query: Select, column: Any, f: AuditFilter) -> Select:
+    # SQLite stores naive UTC; compare against naive UTC so both backends agree
+    if f.since is not None:
+        query = query.where(column >= f.since.astimezone(timezone.utc).replace(tzinfo=None))
+    return query
+
+
+def _series_uid(query: Select, f: AuditFilter) -> Select:
+    if f.series:
+        query = query.where(Series.series_instance_uid.startswith(f.series))
+    return query
+
+
+def associations(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    q = select(Association.id, Association.started_at, Association.ended_at, Association.calling_ae,
+               Association.called_ae, Association.peer_host, Association.peer_port, Association.tls,
+               Association.state, Association.reject_reason, Association.instances_received,
+               Association.bytes_received)
+    q = _since(q, Association.started_at, f)
+    if f.status:
+        q = q.where(Association.state == f.status)
+    return _rows(s, q.order_by(Association.id.desc()).limit(f.limit))
+
+
+def instances(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    q = (select(Instance.id, Instance.received_at, Instance.sop_instance_uid, Instance.sop_class_uid,
+                Instance.transfer_syntax_uid, Instance.instance_number, Instance.size_bytes, Instance.duplicates,
+                Series.series_instance_uid, Study.patient_id, Association.calling_ae, Association.peer_host,
+                Instance.association_id, Instance.path)
+         .join(Series, Instance.series_id == Series.id).join(Study, Series.study_id == Study.id)
+         .outerjoin(Association, Instance.association_id == Association.id))
+    q = _series_uid(_since(q, Instance.received_at, f), f)
+    return _rows(s, q.order_by(Instance.id.desc()).limit(f.limit))
+
+
+def series(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    q = (select(Series.id, Series.series_instance_uid, Study.study_instance_uid, Study.patient_id,
+                Study.accession_number, Series.modality, Series.body_part, Series.series_number,
+                Series.series_description, Series.slice_thickness, Series.instance_count, Series.calling_ae,
+                Series.status, Series.status_reason, Series.route_name, Series.generation,
+                Series.first_received_at, Series.completed_at)
+         .join(Study, Series.study_id == Study.id))
+    q = _series_uid(_since(q, Series.first_received_at, f), f)
+    if f.status:
+        q = q.where(Series.status == f.status)
+    return _rows(s, q.order_by(Series.id.desc()).limit(f.limit))
+
+
+def jobs(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    q = (select(Job.id, Series.series_instance_uid, Job.pipeline, Job.route_name, Job.state, Job.attempts,
+                Job.verdict, Job.progress, Job.error, Job.queued_at, Job.started_at, Job.finished_at, Job.summary)
+         .join(Series, Job.series_id == Series.id))
+    q = _series_uid(_since(q, Job.queued_at, f), f)
+    if f.status:
+        q = q.where(Job.state == f.status)
+    rows = _rows(s, q.order_by(Job.id.desc()).limit(f.limit))
+    for row in rows:  # the first line of the error is what an admin reads in a table
+        if row["error"]:
+            row["error"] = row["error"].splitlines()[0]
+    return rows
+
+
+def findings(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    q = (select(Finding.id, Finding.job_id, Series.series_instance_uid, Finding.index, Finding.center_x_mm,
+                Finding.center_y_mm, Finding.center_z_mm, Finding.diameter_mm, Finding.volume_mm3,
+                Finding.probability, Finding.malignancy, Finding.lung_rads, Finding.sop_instance_uid,
+                Finding.row, Finding.column, Job.finished_at)
+         .join(Job, Finding.job_id == Job.id).join(Series, Finding.series_id == Series.id))
+    q = _series_uid(_since(q, Job.finished_at, f), f)
+    if f.status:
+        q = q.where(Finding.lung_rads == f.status)
+    return _rows(s, q.order_by(Finding.id.desc()).limit(f.limit))
+
+
+def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    q = (select(Delivery.id, Delivery.job_id, Series.series_instance_uid, Delivery.destination, Delivery.ae_title,
+                Delivery.host, Delivery.port, Delivery.sop_instance_uid, Delivery.sop_class_uid, Delivery.state,
+                Delivery.attempts, Delivery.last_error, Delivery.created_at, Delivery.next_attempt_at,
+                Delivery.delivered_at)
+         .outerjoin(Job, Delivery.job_id == Job.id).outerjoin(Series, Job.series_id == Series.id))
+    q = _series_uid(_since(q, Delivery.created_at, f), f)
+    if f.status:
+        q = q.where(Delivery.state == f.status)
+    return _rows(s, q.order_by(Delivery.id.desc()).limit(f.limit))
+
+
+def dead_letters(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    return deliveries(s, AuditFilter(f.since, "dead", f.series, f.limit))
+
+
+def events(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
+    q = select(Event.id, Event.at, Event.code, Event.name, Event.level, Event.message, Event.association_id,
+               Event.series_instance_uid, Event.job_id, Event.delivery_id)
+    q = _since(q, Event.at, f)
+    if f.series:
+        q = q.where(Event.series_instance_uid.startswith(f.series))
+    if f.status:  # for events, --status is the level or the event name
+        q = q.where((Event.level == f.status) | (Event.name == f.status.upper()))
+    return _rows(s, q.order_by(Event.id.desc()).limit(f.limit))
+
+
+QUERIES = {
+    "associations": associations, "instances": instances, "series": series, "jobs": jobs,
+    "findings": findings, "deliveries": deliveries, "events": events, "dead-letters": dead_letters,
+}
+
+
+def run_query(s: Session, subject: str, f: AuditFilter) -> list[dict[str, Any]]:
+    if subject not in QUERIES:
+        raise ValueError(f"unknown audit subject {subject!r}; choose from {', '.join(AUDIT_SUBJECTS)}")
+    return QUERIES[subject](s, f)
+
+
+def counts_by(s: Session, column: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in s.execute(select(column, func.count()).group_by(column))}
