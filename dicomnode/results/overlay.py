@@ -135,6 +135,22 @@ def patient_orientation(ct_slice: Dataset) -> tuple[str, str]:
     return letters(iop[:3]), letters(iop[3:])
 
 
+_COPIED_FROM_CT = (
+    "StudyDescription",
+    "BodyPartExamined",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "LastMenstrualDate",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "IssuerOfPatientID",
+    "OtherPatientIDsSequence",
+    "EthnicGroup",
+)
+
+
 def _sc_image(
     rgb: np.ndarray,
     ct_slice: Dataset,
@@ -166,10 +182,11 @@ def _sc_image(
         software_versions=result.model.version,
         institution_name=options.institution_name,
     )
-    # dciodvfy wants these consistent with the CT (Laterality checks, dcentvfy study match)
-    for keyword in ("StudyDescription", "BodyPartExamined"):
-        if keyword in ct_slice:
-            setattr(sc, keyword, ct_slice.get(keyword))
+    # SCImage copies only the basics; the rest of the patient/study entity must match the CT
+    # for dcentvfy, and BodyPartExamined keeps dciodvfy's Laterality check quiet.
+    for keyword in _COPIED_FROM_CT:
+        if keyword in ct_slice and keyword not in sc:
+            sc[keyword] = ct_slice[keyword]
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = comment
     source = Dataset()

@@ -212,25 +212,21 @@ def _nodule_group(
             name=LONG_AXIS,
             value=round(float(finding.diameter_mm), 2),
             unit=codes.UCUM.Millimeter,
-            algorithm_id=algorithm,
         ),
         hd.sr.Measurement(
             name=VOLUME,
             value=round(float(finding.volume_mm3), 1),
             unit=codes.UCUM.CubicMillimeter,
-            algorithm_id=algorithm,
         ),
         hd.sr.Measurement(
             name=PROBABILITY_OF_CANCER,
             value=round(float(finding.malignancy) * 100.0, 1),
             unit=codes.UCUM.Percent,
-            algorithm_id=algorithm,
         ),
         hd.sr.Measurement(
             name=CERTAINTY_OF_FINDING,
             value=round(float(finding.probability) * 100.0, 1),
             unit=codes.UCUM.Percent,
-            algorithm_id=algorithm,
         ),
     ]
     evaluations = [
