@@ -28,11 +28,20 @@ class CompletionTracker:
         self._lock = threading.Lock()
         self._series_by_assoc: dict[int | None, set[str]] = defaultdict(set)
         self._open_by_series: dict[str, set[int | None]] = defaultdict(set)
+        # series known to be in state "receiving" in the database: lets the ingest hot path
+        # skip the re-open update for every instance but the first
+        self._receiving: set[str] = set()
 
-    def instance_arrived(self, series_uid: str, association_id: int | None) -> None:
+    def instance_arrived(self, series_uid: str, association_id: int | None) -> bool:
+        """Register the instance's association; True when the series is known to be receiving."""
         with self._lock:
             self._series_by_assoc[association_id].add(series_uid)
             self._open_by_series[series_uid].add(association_id)
+            return series_uid in self._receiving
+
+    def mark_receiving(self, series_uid: str) -> None:
+        with self._lock:
+            self._receiving.add(series_uid)
 
     def association_ended(self, association_id: int | None) -> list[str]:
         """Start the completion clock of every series this association carried and no other
@@ -82,6 +91,7 @@ class CompletionTracker:
                         .where(Series.id == series_id, Series.status == "receiving")
                         .values(status="complete", completed_at=utcnow(), generation=Series.generation + 1, instance_count=count)
                     ).rowcount
+                    self._receiving.discard(uid)
                     if changed:
                         record_event(s, EventCode.SERIES_COMPLETE, f"series complete with {count} instances", series_instance_uid=uid)
             if changed:

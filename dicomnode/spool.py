@@ -102,11 +102,20 @@ class Spool:
         path = self.root / relative
         parent = path.parent
         if parent not in self._known_dirs:
-            with self._dirs_lock:
-                make_dirs_durably(parent)
-                self._known_dirs.add(parent)
-        write_durably(path, data)
+            self._make_parent(parent)
+        try:
+            write_durably(path, data)
+        except FileNotFoundError:
+            # someone removed the directory under us (cleanup script, admin): make it again once
+            self._known_dirs.discard(parent)
+            self._make_parent(parent)
+            write_durably(path, data)
         return path
+
+    def _make_parent(self, parent: Path) -> None:
+        with self._dirs_lock:
+            make_dirs_durably(parent)
+            self._known_dirs.add(parent)
 
     def path(self, relative: str) -> Path:
         return self.root / relative

@@ -1,0 +1,97 @@
+"""Ingest speed: the same 300-slice 512x512 CT series sent with dcmtk storescu to the node, to dcmtk
+storescp and to Orthanc (both with TCP_NODELAY=1), interleaved, each peer fresh for every run.
+
+Prints the median seconds per peer and the ratios node/storescp and node/Orthanc.
+Target (issue 2): node within 1.5x of storescp, with fsync and audit.
+
+    python benchmarks/ingest.py [--runs 5] [--slices 300]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.peers import NodePeer, OrthancPeer, StoreScpPeer  # noqa: E402
+
+
+def write_series(folder: Path, slices: int, seed: int = 0) -> int:
+    """A CT series with body-like content (int16 HU with noise), one file per slice."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:512, :512]
+    body = ((yy - 256) / 200.0) ** 2 + ((xx - 256) / 240.0) ** 2 < 1
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    total = 0
+    for i in range(slices):
+        hu = np.where(body, 40, -1000) + rng.normal(0, 20, (512, 512))
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientID, ds.PatientName, ds.Modality = "BENCH", "Bench^Ingest", "CT"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-250, -250, -i * 1.0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1.0
+        ds.Rows = ds.Columns = 512
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = hu.astype(np.int16).tobytes()
+        path = folder / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    return total
+
+
+def send(port: int, called: str, folder: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["storescu", "-aet", "BENCH", "-aec", called, "+sd", "127.0.0.1", str(port), str(folder)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--no-orthanc", action="store_true")
+    args = parser.parse_args()
+    peers = [StoreScpPeer, NodePeer] + ([] if args.no_orthanc else [OrthancPeer])
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        series = Path(tmp) / "series"
+        size = write_series(series, args.slices)
+        print(f"series: {args.slices} slices, {size / 1e6:.0f} MB; {args.runs} interleaved runs per peer")
+        times: dict[str, list[float]] = {p.name: [] for p in peers}
+        for run in range(args.runs):
+            for cls in peers:
+                peer = cls(Path(tmp) / f"{cls.__name__}-{run}")
+                peer.start()
+                try:
+                    times[cls.name].append(send(peer.port, peer.ae_title, series))
+                finally:
+                    peer.stop()
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        for name, t in times.items():
+            print(f"{name:16s} median {medians[name]:.2f} s  runs {' '.join(f'{x:.2f}' for x in t)}")
+        node = medians["dicomnode"]
+        print(f"ratio dicomnode / dcmtk storescp: {node / medians['dcmtk storescp']:.2f}x (target <= 1.5x)")
+        if "Orthanc" in medians:
+            print(f"ratio dicomnode / Orthanc:        {node / medians['Orthanc']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

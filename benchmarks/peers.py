@@ -1,0 +1,100 @@
+"""Start the peers a benchmark compares against: the node, dcmtk storescp and Orthanc."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
+
+
+class Peer:
+    name = "peer"
+    ae_title = "PEER"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class StoreScpPeer(Peer):
+    name = "dcmtk storescp"
+    ae_title = "STORESCP"
+
+    def start(self) -> None:
+        out = self.workdir / "out"
+        out.mkdir(parents=True)
+        self.proc = subprocess.Popen(["storescp", "-aet", self.ae_title, "-od", str(out), "--accept-all", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "TCP_NODELAY": "1"})
+        wait_port(self.port, self.proc, self.name)
+
+
+class OrthancPeer(Peer):
+    name = "Orthanc"
+    ae_title = "ORTHANC"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True)
+        config = {
+            "Name": "bench", "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"), "DicomAet": self.ae_title, "DicomPort": self.port,
+            "HttpPort": free_port(), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False, "Plugins": [],
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config))
+        self.proc = subprocess.Popen(["Orthanc", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "TCP_NODELAY": "1"})
+        wait_port(self.port, self.proc, self.name)
+
+
+class NodePeer(Peer):
+    name = "dicomnode"
+    ae_title = "DICOMNODE"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True)
+        config = self.workdir / "node.toml"
+        # no routes: the benchmark measures taking data in (fsync + audit), not analysis
+        config.write_text('routes = []\n[web]\nenabled = false\n[series]\nstable_seconds = 3600\n')
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config), "--data-dir",
+             str(self.workdir / "data"), "--port", str(self.port), "--ae-title", self.ae_title, "--log-level", "warning"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, self.proc, self.name)
