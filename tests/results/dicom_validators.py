@@ -29,7 +29,7 @@ KNOWN_DCIODVFY_WARNINGS = (
 # dcentvfy: dicom3tools files AccessionNumber under the Series IE for CT/SC/SEG but the Study IE
 # for SR, and reports the mismatch although the values are identical.
 KNOWN_DCENTVFY_WARNINGS = (
-    re.compile(r"^Warning - Different information entities for attribute - Element=<AccessionNumber> IE <Series> versus <Study>"),
+    re.compile(r"^Warning - Different information entities for attribute - Element=<AccessionNumber> IE <(Series> versus <Study|Study> versus <Series)>"),
 )
 
 
