@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from torch import nn
 
@@ -81,7 +81,7 @@ def make_engine(
     max_batch: int | None = None,
     fp16: bool = True,
     cache_dir: str | Path | None = None,
-    trt_profile: Sequence["object"] | None = None,
+    trt_profile: Sequence[Any] | None = None,
 ) -> DetectorEngine | ClassifierEngine:
     """Build the engine for `network` from a torch module and/or its ONNX export.
 
