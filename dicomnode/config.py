@@ -167,6 +167,10 @@ class WebSettings(Strict):
     users: dict[str, str] = {}
     api_tokens: list[str] = []
     session_secret: str | None = None
+    # ask for a login even on a loopback address (a non-loopback host always asks)
+    require_login: bool = False
+    # /health is not ready while the spool has less free space than this
+    min_free_disk_mb: int = Field(2048, ge=0)
 
 
 class Settings(BaseSettings):
