@@ -165,7 +165,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from dicomnode.sender import Sender, requeue_deliveries
+    from dicomnode.sender import Sender, requeue_deliveries, wait_for_outcome
 
     if args.delivery is None and not args.all_dead:
         raise UserError("say which: --delivery ID or --all-dead")
@@ -176,7 +176,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     out.print(f"queued {len(ids)} delivery(ies) again: {', '.join(map(str, ids))}")
     if args.queue_only:
         return 0
-    delivered = Sender(db, settings.outbox_dir, settings).send_due(only_ids=ids)
+    Sender(db, settings.outbox_dir, settings).send_due(only_ids=ids)
+    # a running node may have picked some up first: report what happened, whoever sent them
+    outcome = wait_for_outcome(db, ids)
+    delivered = outcome.get("delivered", 0)
     out.print(f"delivered {delivered} of {len(ids)} now; the rest stay queued with backoff")
     return 0 if delivered == len(ids) else 1
 

@@ -42,6 +42,22 @@ ACCEPTED_TRANSFER_SYNTAXES: list[tuple[str, str]] = [
     ("1.2.840.10008.1.2.4.202", "High-Throughput JPEG 2000 with RPCL Lossless Only"),
     ("1.2.840.10008.1.2.4.203", "High-Throughput JPEG 2000"),
 ]
+LOSSY_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.55",
+    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203",
+}
+UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
+
+
+def negotiation_order() -> list[str]:
+    """pynetdicom accepts the first of *our* syntaxes that a context proposes. We never transcode,
+    so keep what the sender has: lossless compressed first, then uncompressed, and a lossy
+    syntax only when the sender offers nothing lossless."""
+    uids = [uid for uid, _ in ACCEPTED_TRANSFER_SYNTAXES]
+    lossless = [u for u in uids if u not in LOSSY_TRANSFER_SYNTAXES and u not in UNCOMPRESSED]
+    return lossless + UNCOMPRESSED + [u for u in uids if u in LOSSY_TRANSFER_SYNTAXES]
+
+
 STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 
 # A-ASSOCIATE-RJ (result, source, reason) per PS3.8 9.3.4
@@ -114,10 +130,10 @@ class StorageSCP:
         ae.maximum_associations = cfg.max_associations
         ae.network_timeout = cfg.network_timeout_s
         ae.require_called_aet = False  # checked in _on_requested so the refusal is audited
-        syntaxes = [uid for uid, _ in ACCEPTED_TRANSFER_SYNTAXES]
+        syntaxes = negotiation_order()
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
-        ae.add_supported_context(Verification, syntaxes[:3])
+        ae.add_supported_context(Verification, UNCOMPRESSED)
         return ae
 
     def handlers(self) -> list[tuple]:

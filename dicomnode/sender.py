@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -162,6 +163,17 @@ def requeue_deliveries(db: Database, delivery_id: int | None = None, all_dead: b
         for i in ids:
             record_event(s, EventCode.DELIVERY_RETRY_REQUESTED, f"re-send requested by {actor}", delivery_id=i)
     return ids
+
+
+def wait_for_outcome(db: Database, ids: list[int], timeout_s: float = 60.0) -> dict[str, int]:
+    """States of these deliveries once none is mid-send (a running node may have claimed them)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.session() as s:
+            states = list(s.execute(select(Delivery.state).where(Delivery.id.in_(ids))).scalars())
+        if "sending" not in states or time.monotonic() > deadline:
+            return {state: states.count(state) for state in set(states)}
+        time.sleep(0.2)
 
 
 class SenderLoop(threading.Thread):

@@ -107,6 +107,20 @@ def storescu(port: int, files: list[Path] | Path, called: str = "DICOMNODE", cal
     return result
 
 
+def storescu_profile(folder: Path, sop_class_uid: str, transfer_syntax_uid: str) -> list[str]:
+    """storescu options proposing exactly this SOP class in this one transfer syntax, so a
+    compressed file goes over the wire as it is instead of being decompressed by storescu."""
+    cfg = folder / f"storescu-{transfer_syntax_uid}.cfg"
+    cfg.write_text(
+        "[[TransferSyntaxes]]\n[Own]\n"
+        f"TransferSyntax1 = {transfer_syntax_uid}\n"
+        "[[PresentationContexts]]\n[OwnContexts]\n"
+        f"PresentationContext1 = {sop_class_uid}\\Own\n"
+        "[[Profiles]]\n[Own]\nPresentationContexts = OwnContexts\n"
+    )
+    return ["-xf", str(cfg), "Own"]
+
+
 class StoreSCP:
     """dcmtk storescp playing the PACS that receives results."""
 

@@ -43,3 +43,13 @@ def summary_pipeline(datasets: list[Dataset], context: PipelineContext) -> Pipel
     ds.PixelData = np.full((8, 8), len(datasets) % 256, dtype=np.uint8).tobytes()
     context.progress(f"summarised {len(datasets)} instances")
     return PipelineOutput([ds], verdict="done", summary={"instances": len(datasets)})
+
+
+def slow_pipeline(datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:
+    """Like summary_pipeline but takes a few seconds, so a test can kill the node mid-job."""
+    import time
+
+    for step in range(6):
+        context.progress(f"step {step + 1} of 6")
+        time.sleep(1)
+    return summary_pipeline(datasets, context)
