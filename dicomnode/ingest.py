@@ -135,10 +135,12 @@ class Ingestor:
         series_uid = str(ds.SeriesInstanceUID)
         with self._write_lock:
             series_id = self._series_ids.get(series_uid)
+            created = False
             if series_id is None:
                 with self.db.session() as s:
-                    series_id = self._create_series(s, ds, sender)
-            elif not known_receiving:
+                    series_id, created = self._find_or_create_series(s, ds, sender)
+            if not created and not known_receiving:
+                # also after a restart, when the cache is cold but the series exists and may be finished
                 self._reopen_if_finished(series_id, series_uid, sender)
             number = ds.get("InstanceNumber")
             with self.db.engine.begin() as conn:
@@ -169,7 +171,8 @@ class Ingestor:
                     association_id=sender.association_id, series_instance_uid=series_uid,
                 )
 
-    def _create_series(self, s, ds: Dataset, sender: Sender) -> int:  # type: ignore[no-untyped-def]
+    def _find_or_create_series(self, s, ds: Dataset, sender: Sender) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
+        """The series row's id, and whether this call created it."""
         study_uid = str(ds.StudyInstanceUID)
         series_uid = str(ds.SeriesInstanceUID)
         study_id = self._study_ids.get(study_uid)
@@ -189,7 +192,8 @@ class Ingestor:
                 study_id = study.id
             self._study_ids[study_uid] = study_id
         series_id = s.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).scalar()
-        if series_id is None:
+        created = series_id is None
+        if created:
             thickness = ds.get("SliceThickness")
             number = ds.get("SeriesNumber")
             series = Series(
@@ -213,7 +217,7 @@ class Ingestor:
                 association_id=sender.association_id, series_instance_uid=series_uid,
             )
         self._series_ids[series_uid] = series_id
-        return series_id
+        return series_id, created
 
     def _refuse(
         self, code: EventCode, reason: str, sender: Sender, status: int, series_uid: str | None = None

@@ -1,17 +1,13 @@
 """FastAPI dependencies shared by the pages and the API: the node, the user, the CSRF check."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fastapi import Depends, HTTPException, Request
 
+from dicomnode.node import Node
 from dicomnode.web.auth import Auth, LoginRequired, Principal, check_csrf
 
-if TYPE_CHECKING:
-    from dicomnode.node import Node
 
-
-def get_node(request: Request) -> "Node":
+def get_node(request: Request) -> Node:
     return request.app.state.node
 
 

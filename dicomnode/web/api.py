@@ -1,0 +1,127 @@
+"""REST API under /api (OpenAPI docs at /docs) and /health."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from dicomnode.node import Node
+from dicomnode.sender import requeue_deliveries
+from dicomnode.web.auth import Principal, client_host, csrf_token
+from dicomnode.web.deps import api_post, api_user, get_node
+from dicomnode.web.upload import ingest_uploads
+from dicomnode.web.views import NotFound, dashboard_stats, health, list_series, series_detail
+from storage.audit import record_event
+from storage.events import EventCode
+from storage.queries import AuditFilter, parse_since, run_query
+
+router = APIRouter(prefix="/api", tags=["api"], dependencies=[Depends(api_user)])
+health_router = APIRouter(tags=["health"])
+
+
+def audit_filter(since: str | None = Query(None, description="age (30m, 2h, 7d) or ISO date/time"),
+                 status: str | None = Query(None, description="state / status / level to match"),
+                 series: str | None = Query(None, description="SeriesInstanceUID or a prefix"),
+                 limit: int = Query(200, ge=1, le=10000)) -> AuditFilter:
+    try:
+        return AuditFilter(parse_since(since) if since else None, status or None, series or None, limit)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _query(node: Node, subject: str, f: AuditFilter) -> list[dict[str, Any]]:
+    with node.db.session() as s:
+        return run_query(s, subject, f)
+
+
+@router.get("/session", summary="Who is calling, and the CSRF token for POSTs from a browser session")
+def session_info(request: Request, user: Principal = Depends(api_user)) -> dict[str, Any]:
+    return {"user": user.name, "via": user.via, "csrf_token": csrf_token(request)}
+
+
+@router.get("/stats", summary="Dashboard numbers: today's traffic, queue, jobs, deliveries, disk, model")
+def stats(node: Node = Depends(get_node)) -> dict[str, Any]:
+    return dashboard_stats(node)
+
+
+@router.get("/series", summary="Series, newest first, with the state of their latest job")
+def series_list(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    return list_series(node, f)
+
+
+@router.get("/series/{series_uid}", summary="One series: jobs, findings of the latest finished job, deliveries, events")
+def series_one(series_uid: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+    try:
+        return series_detail(node, series_uid)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/jobs")
+def jobs(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    return _query(node, "jobs", f)
+
+
+@router.get("/findings", summary="Findings; status filters on the Lung-RADS category")
+def findings(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    return _query(node, "findings", f)
+
+
+@router.get("/deliveries")
+def deliveries(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    return _query(node, "deliveries", f)
+
+
+@router.get("/dead-letters")
+def dead_letters(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    return _query(node, "dead-letters", f)
+
+
+@router.get("/events", summary="Audit events; status filters on the level or the event name")
+def events(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    return _query(node, "events", f)
+
+
+def retry(node: Node, user: Principal, client: str, delivery_id: int | None) -> list[int]:
+    """Re-queue one delivery or every dead letter, audit it, and wake the sender."""
+    ids = requeue_deliveries(node.db, delivery_id=delivery_id, all_dead=delivery_id is None, actor=f"web user {user.name}")
+    what = f"delivery {delivery_id}" if delivery_id is not None else "all dead letters"
+    with node.db.session() as s:
+        record_event(s, EventCode.ADMIN_ACTION, f"{user.name} re-queued {what} from {client}: {len(ids)} delivery(ies)",
+                     delivery_id=delivery_id, details={"user": user.name, "client": client, "action": "retry",
+                                                       "deliveries": ids})
+    node.sender_loop.wake.set()
+    return ids
+
+
+@router.post("/dead-letters/retry", summary="Re-send every dead letter")
+def retry_all(request: Request, user: Principal = Depends(api_post), node: Node = Depends(get_node)) -> dict[str, Any]:
+    return {"requeued": retry(node, user, client_host(request), None)}
+
+
+@router.post("/dead-letters/{delivery_id}/retry", summary="Re-send one delivery (dead, pending or delivered)")
+def retry_one(delivery_id: int, request: Request, user: Principal = Depends(api_post),
+              node: Node = Depends(get_node)) -> dict[str, Any]:
+    ids = retry(node, user, client_host(request), delivery_id)
+    if not ids:
+        raise HTTPException(404, f"no delivery {delivery_id} that can be re-sent")
+    return {"requeued": ids}
+
+
+@router.post("/upload", summary="DICOM files or zips, ingested as if received by C-STORE")
+def upload(request: Request, files: list[UploadFile] = File(...), user: Principal = Depends(api_post),
+           node: Node = Depends(get_node)) -> dict[str, Any]:
+    result = ingest_uploads(node, [(f.filename or "upload", f.file) for f in files], client_host(request), user.name)
+    return result.to_json()
+
+
+@health_router.get("/health", summary="Readiness: database, spool disk space, model engine (503 when not ready)")
+def health_ready(node: Node = Depends(get_node)) -> JSONResponse:
+    report = health(node)
+    return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+
+@health_router.get("/health/live", summary="Liveness: the web server answers")
+def health_live() -> dict[str, bool]:
+    return {"live": True}

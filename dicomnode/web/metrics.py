@@ -1,0 +1,151 @@
+"""Prometheus metrics, collected from the audit database at scrape time.
+
+Reading the database instead of instrumenting the hot paths keeps C-STORE and the job workers
+untouched, and the numbers survive restarts (they are the audit trail). Each node has its own
+CollectorRegistry, so several nodes in one process (tests) do not mix their numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from storage.models import Association, Delivery, Instance, Job, Series
+from storage.queries import counts_by
+
+from dicomnode.web.views import model_info, spool_free_bytes
+
+if TYPE_CHECKING:
+    from dicomnode.node import Node
+
+# seconds; from a fast loopback send up to an hour-long stuck delivery
+BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+SERIES_STATES = ("receiving", "complete", "routed", "ignored", "not_selected")
+JOB_STATES = ("queued", "running", "done", "failed")
+DELIVERY_STATES = ("pending", "sending", "delivered", "dead", "superseded")
+# job.summary keys a pipeline may fill with per-stage seconds (timings_s of SeriesResult)
+INFERENCE_KEYS = ("inference", "detect", "detection", "model")
+ENCODING_KEYS = ("encoding", "encode", "results")
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    if (start.tzinfo is None) != (end.tzinfo is None):  # SQLite returns naive UTC
+        start, end = start.replace(tzinfo=None), end.replace(tzinfo=None)
+    return max((end - start).total_seconds(), 0.0)
+
+
+def histogram(name: str, doc: str, samples: dict[str, list[float]], label: str = "stage") -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for key, values in samples.items():
+        buckets = [(str(b) if b != float("inf") else "+Inf", sum(1 for v in values if v <= b)) for b in BUCKETS]
+        family.add_metric([key], buckets, sum(values))
+    return family
+
+
+def _timing(summary: Any, keys: Iterable[str]) -> float | None:
+    if not isinstance(summary, dict):
+        return None
+    timings = summary.get("timings_s") if isinstance(summary.get("timings_s"), dict) else summary
+    for key in keys:
+        value = timings.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+class DatabaseCollector(Collector):
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        db = self.node.db
+        with db.session() as s:
+            assoc_states = counts_by(s, Association.state)
+            instances, size = s.execute(select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))).one()
+            assoc_bytes = s.execute(select(func.coalesce(func.sum(Association.bytes_received), 0))).scalar_one()
+            series_states = counts_by(s, Series.status)
+            completed = s.execute(select(func.count(Series.id)).where(Series.completed_at.is_not(None))).scalar_one()
+            job_states = counts_by(s, Job.state)
+            delivery_states = counts_by(s, Delivery.state)
+            series_times = s.execute(select(Series.first_received_at, Series.completed_at)
+                                     .where(Series.completed_at.is_not(None))).all()
+            job_times = s.execute(select(Job.queued_at, Job.started_at, Job.finished_at, Job.state, Job.summary)
+                                  .where(Job.started_at.is_not(None))).all()
+            delivery_times = s.execute(select(Delivery.created_at, Delivery.delivered_at)
+                                       .where(Delivery.delivered_at.is_not(None))).all()
+
+        family = CounterMetricFamily("dicomnode_associations", "DICOM associations by final state", labels=["state"])
+        for state in sorted(set(assoc_states) | {"accepted", "rejected", "released", "aborted"}):
+            family.add_metric([state], assoc_states.get(state, 0))
+        yield family
+        yield CounterMetricFamily("dicomnode_instances_received", "Instances stored in the spool", value=instances)
+        yield CounterMetricFamily("dicomnode_bytes_received", "Bytes of instances stored in the spool", value=size)
+        yield CounterMetricFamily("dicomnode_association_bytes", "Bytes received on closed associations", value=assoc_bytes)
+        yield CounterMetricFamily("dicomnode_series_completed", "Series that completed at least once", value=completed)
+        yield CounterMetricFamily("dicomnode_series_ignored", "Complete series that no route matched",
+                                  value=series_states.get("ignored", 0))
+        yield self._states("dicomnode_series", "Series by status", "status", series_states, SERIES_STATES)
+        yield self._states("dicomnode_jobs", "Jobs by state", "state", job_states, JOB_STATES)
+        yield GaugeMetricFamily("dicomnode_queue_depth", "Jobs waiting for a worker", value=job_states.get("queued", 0))
+        yield self._states("dicomnode_deliveries", "Result deliveries by state", "state", delivery_states, DELIVERY_STATES)
+        yield GaugeMetricFamily("dicomnode_dead_letters", "Deliveries that gave up (retry from the console)",
+                                value=delivery_states.get("dead", 0))
+
+        stages: dict[str, list[float]] = {k: [] for k in ("receive_to_complete", "queue_wait", "job", "inference",
+                                                          "encoding", "delivery")}
+        for first, done in series_times:
+            if (v := _seconds(first, done)) is not None:
+                stages["receive_to_complete"].append(v)
+        for queued, started, finished, state, summary in job_times:
+            if (v := _seconds(queued, started)) is not None:
+                stages["queue_wait"].append(v)
+            if state == "done" and (v := _seconds(started, finished)) is not None:
+                stages["job"].append(v)
+                if (t := _timing(summary, INFERENCE_KEYS)) is not None:
+                    stages["inference"].append(t)
+                if (t := _timing(summary, ENCODING_KEYS)) is not None:
+                    stages["encoding"].append(t)
+        for created, delivered in delivery_times:
+            if (v := _seconds(created, delivered)) is not None:
+                stages["delivery"].append(v)
+        yield histogram("dicomnode_stage_seconds", "Latency of each stage: receive->complete, queue wait, whole job, "
+                        "inference and encoding (as the pipeline reports them), delivery", stages)
+
+        try:
+            yield GaugeMetricFamily("dicomnode_spool_free_bytes", "Free disk space of the spool", value=spool_free_bytes(self.node))
+        except OSError:
+            pass
+        info = model_info(self.node)
+        model = info["model"] or {}
+        family = InfoMetricFamily("dicomnode_model", "Model and inference engine in use")
+        family.add_metric([], {"configured_engine": info["configured_engine"], "mode": info["mode"],
+                               "engine": str(model.get("engine", "")), "name": str(model.get("name", "")),
+                               "version": str(model.get("version", "")),
+                               "pipelines": ",".join(info["pipelines"])})
+        yield family
+        yield GaugeMetricFamily("dicomnode_model_loaded", "1 when every pipeline that needs the model has loaded it",
+                                value=0 if set(info["required"]) - set(info["loaded"]) else 1)
+
+    @staticmethod
+    def _states(name: str, doc: str, label: str, counts: dict[str, int], known: tuple[str, ...]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=[label])
+        for state in sorted(set(known) | set(counts)):
+            family.add_metric([state], counts.get(state, 0))
+        return family
+
+
+def make_registry(node: "Node") -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(node))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

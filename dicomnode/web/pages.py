@@ -1,0 +1,176 @@
+"""Server-rendered console pages (Jinja templates, no front-end build)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from dicomnode.node import Node
+from dicomnode.web.api import retry
+from dicomnode.web.auth import Auth, Principal, client_host, csrf_token
+from dicomnode.web.deps import get_auth, get_node, page_post, page_user
+from dicomnode.web.report import build_pdf, report_context
+from dicomnode.web.upload import ingest_uploads
+from dicomnode.web.views import NotFound, dashboard_stats, list_series, overlay_images, overlay_png, series_detail
+from storage.queries import AUDIT_SUBJECTS, AuditFilter, parse_since, run_query
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+SERIES_STATUSES = ("receiving", "complete", "routed", "ignored", "not_selected")
+router = APIRouter(include_in_schema=False)
+
+
+def _bytes(value: int | float | None) -> str:
+    if value is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+TEMPLATES.env.filters["bytes"] = _bytes
+TEMPLATES.env.filters["urlquote"] = lambda v: quote(str(v), safe="")
+
+
+def render(request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any) -> HTMLResponse:
+    auth: Auth = request.app.state.auth
+    return TEMPLATES.TemplateResponse(request, name, {
+        "user": user, "csrf_token": csrf_token(request), "login_required": auth.required,
+        "ae_title": request.app.state.node.settings.node.ae_title, **context,
+    }, status_code=status_code)
+
+
+def _filter(since: str | None, status: str | None, series: str | None, limit: int = 200) -> tuple[AuditFilter, str | None]:
+    try:
+        return AuditFilter(parse_since(since) if since else None, status or None, series or None, limit), None
+    except ValueError as exc:
+        return AuditFilter(None, status or None, series or None, limit), str(exc)
+
+
+# -- login ---------------------------------------------------------------------------
+@router.get("/login")
+def login_form(request: Request, next: str = "/", auth: Auth = Depends(get_auth)) -> Response:
+    return render(request, "login.html", None, next=_safe_next(next), error=None, has_users=auth.has_users())
+
+
+def _safe_next(target: str) -> str:
+    # only local paths: an attacker's link must not bounce a fresh login to another site
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+@router.post("/login")
+async def login(request: Request, auth: Auth = Depends(get_auth)) -> Response:
+    form = await request.form()
+    expected = request.session.get("csrf")
+    if not expected or form.get("csrf_token") != expected:
+        raise HTTPException(403, "missing or wrong CSRF token: reload the login page and try again")
+    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    target = _safe_next(str(form.get("next", "/")))
+    if auth.login(request, username, password):
+        return RedirectResponse(target, status_code=303)
+    return render(request, "login.html", None, status_code=401, next=target, error="Wrong user name or password.",
+                  has_users=auth.has_users())
+
+
+@router.post("/logout")
+def logout(request: Request, user: Principal = Depends(page_post)) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+# -- dashboard and series -------------------------------------------------------------
+@router.get("/")
+def dashboard(request: Request, user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+    recent = list_series(node, AuditFilter(limit=10))
+    return render(request, "dashboard.html", user, stats=dashboard_stats(node), recent=recent)
+
+
+@router.get("/series")
+def series_page(request: Request, status: str | None = None, since: str | None = None, series: str | None = None,
+                user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+    f, error = _filter(since, status, series)
+    return render(request, "series_list.html", user, rows=list_series(node, f), statuses=SERIES_STATUSES,
+                  status=status or "", since=since or "", series=series or "", error=error)
+
+
+def _detail(node: Node, series_uid: str) -> dict[str, Any]:
+    try:
+        return series_detail(node, series_uid)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/series/{series_uid}")
+def series_one(series_uid: str, request: Request, user: Principal = Depends(page_user),
+               node: Node = Depends(get_node)) -> Response:
+    detail = _detail(node, series_uid)
+    return render(request, "series.html", user, **detail, images=overlay_images(node, series_uid, detail))
+
+
+@router.get("/series/{series_uid}/overlay/{key}.png")
+def overlay(series_uid: str, key: str, user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+    try:
+        png = overlay_png(node, series_uid, key)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.get("/series/{series_uid}/report")
+def report_html(series_uid: str, request: Request, user: Principal = Depends(page_user),
+                node: Node = Depends(get_node)) -> Response:
+    _detail(node, series_uid)
+    return render(request, "report.html", user, **report_context(node, series_uid))
+
+
+@router.get("/series/{series_uid}/report.pdf")
+def report_pdf(series_uid: str, user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+    _detail(node, series_uid)
+    return Response(build_pdf(node, series_uid), media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="report-{series_uid}.pdf"'})
+
+
+# -- audit, dead letters, upload -------------------------------------------------------
+@router.get("/audit")
+def audit(request: Request, subject: str = "events", since: str | None = None, status: str | None = None,
+          series: str | None = None, limit: int = 200, user: Principal = Depends(page_user),
+          node: Node = Depends(get_node)) -> Response:
+    if subject not in AUDIT_SUBJECTS:
+        raise HTTPException(404, f"unknown audit subject {subject!r}; choose from {', '.join(AUDIT_SUBJECTS)}")
+    f, error = _filter(since, status, series, max(1, min(limit, 5000)))
+    with node.db.session() as s:
+        rows = run_query(s, subject, f) if error is None else []
+    return render(request, "audit.html", user, rows=rows, subjects=AUDIT_SUBJECTS, subject=subject, since=since or "",
+                  status=status or "", series=series or "", limit=f.limit, error=error)
+
+
+@router.get("/dead-letters")
+def dead_letters(request: Request, retried: str | None = None, user: Principal = Depends(page_user),
+                 node: Node = Depends(get_node)) -> Response:
+    with node.db.session() as s:
+        rows = run_query(s, "dead-letters", AuditFilter(limit=1000))
+    return render(request, "dead_letters.html", user, rows=rows, retried=retried)
+
+
+@router.post("/dead-letters/retry")
+def dead_letters_retry(request: Request, delivery_id: int | None = Form(None), user: Principal = Depends(page_post),
+                       node: Node = Depends(get_node)) -> Response:
+    ids = retry(node, user, client_host(request), delivery_id)
+    return RedirectResponse("/dead-letters?" + urlencode({"retried": ",".join(map(str, ids)) or "none"}), status_code=303)
+
+
+@router.get("/upload")
+def upload_form(request: Request, user: Principal = Depends(page_user)) -> Response:
+    return render(request, "upload.html", user, result=None)
+
+
+@router.post("/upload")
+def upload(request: Request, files: list[UploadFile] = File(...), user: Principal = Depends(page_post),
+           node: Node = Depends(get_node)) -> Response:
+    result = ingest_uploads(node, [(f.filename or "upload", f.file) for f in files], client_host(request), user.name)
+    return render(request, "upload.html", user, result=result)
