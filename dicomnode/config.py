@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dicomnode.results.options import ResultOptions
+
 EXAMPLE_CONFIG = Path(__file__).with_name("node.example.toml")
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 16 max
 
@@ -148,17 +150,6 @@ class InferenceSettings(Strict):
     engine_cache_dir: Path | None = None  # default <data_dir>/engines
 
 
-class ResultSettings(Strict):
-    sop_class: Literal["comprehensive", "comprehensive3d"] = "comprehensive"
-    send_sr: bool = True
-    send_overlays: bool = True
-    send_seg: bool = False
-    not_analysed_report: bool = True
-    sr_series_number: int = 9001
-    overlay_series_number: int = 9002
-    seg_series_number: int = 9003
-
-
 class WebSettings(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -192,7 +183,7 @@ class Settings(BaseSettings):
     sender: SenderSettings = SenderSettings()
     jobs: JobSettings = JobSettings()
     inference: InferenceSettings = InferenceSettings()
-    results: ResultSettings = ResultSettings()
+    results: ResultOptions = ResultOptions()
     web: WebSettings = WebSettings()
 
     @classmethod

@@ -1,0 +1,366 @@
+"""`dicomnode analyze`, `dicomnode model train|froc|evaluate|export|info` and `dicomnode phantom`.
+
+Kept apart from cli.py because these import the inference stack (torch and friends).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dicomnode.cli import UserError, console
+
+ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
+DEFAULT_CACHE = Path.home() / ".cache" / "dicomnode"
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _stage_progress(bar: Progress) -> Callable[[str, int, int], None]:
+    """A (stage, done, total) callback that keeps one bar per stage."""
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return update
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != "truth.json" and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"{path}: holds no files")
+    return files
+
+
+def _read_datasets(files: list[Path]) -> list:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    datasets = []
+    skipped = 0
+    for f in files:
+        try:
+            datasets.append(pydicom.dcmread(str(f)))
+        except (InvalidDicomError, OSError):
+            skipped += 1
+    if skipped:
+        console.print(f"[yellow]skipped {skipped} file(s) that are not DICOM[/]")
+    if not datasets:
+        raise UserError("no DICOM files found")
+    return datasets
+
+
+def _pipeline(args: argparse.Namespace):
+    from inference.engines import EngineUnavailable
+    from inference.nets.checkpoint import CheckpointError
+    from inference.pipeline import LungNodulePipeline, WeightsError
+
+    try:
+        return LungNodulePipeline(engine=args.engine, mode=args.mode, threads=args.threads, weights=args.weights,
+                                  cache_dir=args.cache_dir)
+    except (WeightsError, EngineUnavailable, CheckpointError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+# -- analyze ---------------------------------------------------------------------------------
+def cmd_analyze(args: argparse.Namespace) -> int:
+    datasets = _read_datasets(_dicom_files(args.path))
+    pipeline = _pipeline(args)
+    with _bar() as bar:
+        task = bar.add_task("analysing", total=None)
+        result = pipeline.analyze(datasets, progress=lambda msg: bar.update(task, description=msg))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_summary(result)
+    if args.out:
+        from dicomnode.results import build_results
+        from dicomnode.results.options import ResultOptions
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        objects = build_results(datasets, result, ResultOptions())
+        for ds in objects:
+            path = args.out / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+        console.print(f"wrote {len(objects)} result object(s) to {args.out}")
+    return 0 if result.analysed else 3
+
+
+def _print_summary(result) -> None:
+    from rich.table import Table
+
+    if not result.analysed:
+        print(f"not analysed: {result.not_analysed_reason}")
+        return
+    print(f"verdict: {result.verdict.value} (highest malignancy {result.verdict_probability:.2f}); "
+          f"model {result.model.name} {result.model.version} on {result.model.engine}")
+    table = Table("#", "centre x,y,z mm", "diam mm", "p(nodule)", "p(malignant)", "Lung-RADS", "slice UID", "row,col")
+    for i, f in enumerate(result.findings, 1):
+        table.add_row(str(i), ", ".join(f"{c:.1f}" for c in f.center_mm), f"{f.diameter_mm:.1f}", f"{f.probability:.2f}",
+                      f"{f.malignancy:.2f}", f.lung_rads, f.key_slice.sop_instance_uid[-24:],
+                      f"{f.key_slice.row:.0f},{f.key_slice.column:.0f}")
+    from rich.console import Console
+
+    Console().print(table)
+    print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
+
+
+# -- phantom ---------------------------------------------------------------------------------
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from inference.phantom import write_phantom_series
+
+    if args.count < 1:
+        raise UserError("--count must be 1 or more")
+    with _bar() as bar:
+        task = bar.add_task("writing phantoms", total=args.count)
+        for i in range(args.count):
+            seed = args.seed + i
+            out = args.out if args.count == 1 else args.out / f"phantom-{seed}"
+            case = write_phantom_series(out, seed, small=args.small)
+            bar.advance(task)
+            sizes = ", ".join(f"{n.diameter_mm:.1f} mm" for n in case.phantom.nodules)
+            console.print(f"{out}: {len(case.files)} slices, nodules {sizes or 'none'}; truth in {case.truth_path.name}")
+    return 0
+
+
+# -- model -----------------------------------------------------------------------------------
+def _seed_range(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST:STOP (e.g. 1000:1028), got {text!r}") from None
+    if b <= a:
+        raise argparse.ArgumentTypeError(f"empty seed range {text!r}")
+    return a, b
+
+
+def cmd_model_train(args: argparse.Namespace) -> int:
+    from inference.train import MissingPackage, TrainConfig, run_training
+
+    luna = None if args.data == "phantoms" else Path(args.data)
+    if luna is not None and not luna.is_dir():
+        raise UserError(f"--data {args.data}: expected 'phantoms' or a LUNA16 folder")
+    cfg = TrainConfig(
+        out_dir=args.out, cache_dir=args.cache_dir / "train", seed=args.seed, train_seeds=args.seeds, small=not args.full_size,
+        luna16=luna, crop=args.crop, batch=args.batch, steps=args.steps, lr=args.lr,
+        checkpoint_every=args.checkpoint_every, threads=args.threads or 2, workers=args.workers,
+    )
+    log_path = args.out / "train-log.jsonl"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log, _bar() as bar:
+        try:
+            summary = run_training(cfg, classifier_epochs=args.classifier_epochs, progress=_stage_progress(bar),
+                                   log_fn=lambda line: (log.write(line + "\n"), log.flush()))
+        except (MissingPackage, FileNotFoundError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_model_froc(args: argparse.Namespace) -> int:
+    from inference.evaluate import format_froc_report, froc
+
+    for name in ("annotations", "excluded", "seriesuids", "candidates"):
+        if not getattr(args, name).is_file():
+            raise UserError(f"--{name} {getattr(args, name)}: no such file")
+    try:
+        result = froc(args.annotations, args.excluded, args.seriesuids, args.candidates)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"cannot evaluate: {exc}") from None
+    if args.png:
+        args.png.mkdir(parents=True, exist_ok=True)
+        console.print(f"FROC plot: {result.plot_png(args.png / 'froc.png')}")
+    print(format_froc_report(result))
+    return 0
+
+
+def cmd_model_evaluate(args: argparse.Namespace) -> int:
+    from inference.train import Case, cached_phantom_cases, evaluate_detector_on_cases, plot_confusion_png
+
+    pipeline = _pipeline(args)
+    seeds = list(range(args.first_seed, args.first_seed + args.count))
+    with _bar() as bar:
+        progress = _stage_progress(bar)
+        paths = cached_phantom_cases(seeds, args.cache_dir / "eval", small=not args.full_size, progress=progress,
+                                     workers=args.workers)
+        cases = [Case.load(p) for p in paths]
+        ev = evaluate_detector_on_cases(pipeline.detector, cases, mode=args.mode, classifier=pipeline.classifier,
+                                        progress=progress)
+    report = {"weights": str(pipeline.bundle.directory), "version": pipeline.bundle.version,
+              "engine": pipeline.detector.name, "phantom_seeds": [seeds[0], seeds[-1]], **ev.to_json()}
+    if args.png:
+        args.png.mkdir(parents=True, exist_ok=True)
+        report["png"] = [str(ev.froc_6mm.plot_png(args.png / "froc-6mm.png")),  # type: ignore[attr-defined]
+                         str(ev.froc_all.plot_png(args.png / "froc-all.png"))]  # type: ignore[attr-defined]
+        if ev.malignancy_roc is not None:
+            report["png"].append(str(ev.malignancy_roc.plot_png(args.png / "malignancy-roc.png", "malignancy ROC")))  # type: ignore[attr-defined]
+            report["png"].append(str(plot_confusion_png(ev.malignancy_roc.confusion, args.png / "malignancy-confusion.png")))  # type: ignore[attr-defined]
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_model_export(args: argparse.Namespace) -> int:
+    from inference.export import check_tensorrt_onnx_support, export_onnx
+    from inference.nets.checkpoint import load_into
+    from inference.nets.classifier import DPNClassifierNet
+    from inference.nets.dpn3d import DPN26Detector
+    from inference.pipeline import WeightsError, load_weights_bundle
+
+    try:
+        bundle = load_weights_bundle(args.weights)
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    detector = DPN26Detector()
+    load_into(detector, bundle.detector)
+    written.append(("detector", export_onnx(detector.eval(), args.out / "detector.onnx", kind="detector")))
+    if bundle.classifier_net is not None:
+        net = DPNClassifierNet()
+        load_into(net, bundle.classifier_net)
+        written.append(("classifier", export_onnx(net.eval(), args.out / "classifier.onnx", kind="classifier")))
+    for kind, path in written:
+        problems = check_tensorrt_onnx_support(path)
+        note = "TensorRT pre-flight ok" if not problems else "TensorRT pre-flight: " + "; ".join(problems)
+        print(f"{kind}: {path} ({note})")
+    reason = _tensorrt_skip_reason()
+    if reason:
+        print(f"TensorRT engine: skipped ({reason})")
+    else:
+        from inference.engines import make_engine
+
+        for kind, path in written:
+            make_engine("tensorrt", network=kind, onnx_path=path, cache_dir=args.out,  # type: ignore[arg-type]
+                        weights_sha256=bundle.sha256("detector" if kind == "detector" else "classifier_net"))
+            print(f"TensorRT engine for {kind}: built into {args.out}")
+    return 0
+
+
+def _tensorrt_skip_reason() -> str | None:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt package is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from inference.engines import resolve_kind
+    from inference.pipeline import WeightsError, load_weights_bundle
+
+    try:
+        bundle = load_weights_bundle(args.weights)
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
+    m = bundle.manifest
+    print(f"model    {m.get('name')} {bundle.version}")
+    print(f"weights  {bundle.directory}")
+    for role, entry in m["files"].items():
+        print(f"  {role:15s} {entry['path']}  sha256 {entry['sha256']}")
+    print(f"engine   auto -> {resolve_kind('auto')}")
+    threshold = m.get("report_threshold_probability")
+    print(f"report   detection probability > {threshold}" if threshold is not None else "report   logit > -2")
+    for key in ("trained", "figures"):
+        if key in m:
+            print(f"{key:8s} {json.dumps(m[key])}")
+    print(m.get("warning", "NOT FOR CLINICAL USE"))
+    card = bundle.directory / "MODEL_CARD.md"
+    if card.is_file():
+        print(f"model card: {card}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="auto", help="inference engine (default: auto)")
+    p.add_argument("--mode", choices=("whole", "tiled"), default="whole",
+                   help="whole lung box in one pass, or DeepLung's 208^3 tiles")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: engine default)")
+    p.add_argument("--weights", type=Path, help="weights folder with manifest.json (default: the packaged demo weights)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="ONNX/TensorRT and data cache")
+
+
+def add_model_commands(sub: Any) -> None:
+    p = sub.add_parser("analyze", help="find lung nodules in one CT series (a folder or file)")
+    p.add_argument("path", type=Path)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", type=Path, help="write the result DICOM objects (SR, overlays, SEG) here")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("phantom", help="write synthetic chest CT series with known nodules (truth.json)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=1, help="several phantoms go to OUT/phantom-SEED")
+    p.add_argument("--small", action="store_true", help="256x256, thick slices: quick to write and analyse")
+    p.set_defaults(func=cmd_phantom)
+
+    model = sub.add_parser("model", help="train, evaluate, export or describe the model")
+    msub = model.add_subparsers(dest="model_command", required=True)
+
+    p = msub.add_parser("train", help="train detector and malignancy stage (phantoms or a LUNA16 folder)")
+    p.add_argument("--data", default="phantoms", help="'phantoms' or a LUNA16 folder (subset*/*.mhd + annotations.csv)")
+    p.add_argument("--out", type=Path, default=Path("train-out"))
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--seeds", type=_seed_range, default=(1000, 1028), help="phantom seeds FIRST:STOP")
+    p.add_argument("--full-size", action="store_true", help="512x512 phantoms instead of small ones")
+    p.add_argument("--seed", type=int, default=0, help="training seed (crops, init, order)")
+    p.add_argument("--steps", type=int, default=700)
+    p.add_argument("--crop", type=int, default=48, help="crop side (multiple of 16)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--classifier-epochs", type=int, default=6)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes building the phantom cache")
+    p.set_defaults(func=cmd_model_train)
+
+    p = msub.add_parser("froc", help="LUNA16 FROC/CPM of a candidate list")
+    p.add_argument("--annotations", type=Path, required=True)
+    p.add_argument("--excluded", type=Path, required=True)
+    p.add_argument("--seriesuids", type=Path, required=True)
+    p.add_argument("--candidates", type=Path, required=True)
+    p.add_argument("--png", type=Path, help="write froc.png into this folder")
+    p.set_defaults(func=cmd_model_froc)
+
+    p = msub.add_parser("evaluate", help="detection FROC and malignancy ROC on held-out phantoms")
+    _add_engine_args(p)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--first-seed", type=int, default=9000, help="held-out phantom seeds start here")
+    p.add_argument("--full-size", action="store_true")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--png", type=Path, help="write FROC, ROC and confusion-matrix PNGs here")
+    p.set_defaults(func=cmd_model_evaluate)
+
+    p = msub.add_parser("export", help="ONNX of detector and classifier (+ TensorRT engines where possible)")
+    p.add_argument("--out", type=Path, default=Path("export"))
+    p.add_argument("--weights", type=Path)
+    p.set_defaults(func=cmd_model_export)
+
+    p = msub.add_parser("info", help="model card, weights hashes, engine choice")
+    p.add_argument("--weights", type=Path)
+    p.set_defaults(func=cmd_model_info)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from dicomnode.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The lung-nodule pipeline as the node runs it: inference, then DICOM results.
+
+The model is loaded once per node (the job runner keeps one pipeline object per name).
+"""
+from __future__ import annotations
+
+import time
+
+from pydicom.dataset import Dataset
+
+from dicomnode.config import Settings
+from dicomnode.pipelines import PipelineContext, PipelineOutput
+from dicomnode.results import build_results
+
+
+class LungNodulePipeline:
+    def __init__(self, settings: Settings) -> None:
+        from inference.pipeline import LungNodulePipeline as Model
+
+        cfg = settings.inference
+        self.options = settings.results
+        self.model = Model(engine=cfg.engine, mode=cfg.mode, threads=cfg.threads, weights=cfg.weights,
+                           cache_dir=settings.engine_cache_dir)
+
+    def __call__(self, datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:
+        started = time.perf_counter()
+        result = self.model.analyze(datasets, progress=context.progress)
+        inferred = time.perf_counter()
+        context.progress("encoding results")
+        objects = build_results(datasets, result, self.options)
+        encoded = time.perf_counter()
+        summary = {
+            "verdict_probability": result.verdict_probability,
+            "model": result.model.to_json(),
+            "timings_s": {**result.timings_s, "inference": round(inferred - started, 3),
+                          "encoding": round(encoded - inferred, 3)},
+        }
+        if result.not_analysed_reason:
+            summary["reason"] = result.not_analysed_reason
+        return PipelineOutput(objects, verdict=result.verdict.value, findings=list(result.findings), summary=summary)
