@@ -1,0 +1,140 @@
+"""Fixtures for console tests: real nodes in this process (web port 0), phantom CT files to upload."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dicomnode.config import load_settings
+from dicomnode.node import Node
+from dicomnode.passwords import hash_password
+from tests.node.helpers import free_port
+
+USER, PASSWORD = "admin", "correct horse battery"
+TOKEN = "test-api-token-0123456789"
+PIPELINE = "tests.web.pipelines:findings_pipeline"
+
+
+def node_toml(require_login: bool, pacs_port: int) -> str:
+    # the PACS port is closed: every delivery fails once and becomes a dead letter to retry
+    users = f'users = {{ {USER} = "{hash_password(PASSWORD, iterations=1000)}" }}' if require_login else ""
+    return f"""
+[series]
+stable_seconds = 0.3
+poll_seconds = 0.1
+[jobs]
+poll_seconds = 0.1
+[sender]
+max_attempts = 1
+poll_seconds = 0.2
+connect_timeout_s = 2
+[web]
+host = "127.0.0.1"
+port = 0
+require_login = {str(require_login).lower()}
+min_free_disk_mb = 1
+api_tokens = ["{TOKEN}"]
+{users}
+[[routes]]
+name = "all-ct"
+pipeline = "{PIPELINE}"
+destinations = ["PACS"]
+[routes.match]
+modality = ["CT"]
+[destinations.PACS]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs_port}
+"""
+
+
+@dataclass
+class WebNode:
+    node: Node
+    base: str
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=30, **kwargs)
+
+
+def start_node(root: Path, require_login: bool) -> WebNode:
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "node.toml"
+    config.write_text(node_toml(require_login, free_port()))
+    settings = load_settings(config, {"node.data_dir": root / "data", "node.port": free_port(), "node.host": "127.0.0.1",
+                                      "node.min_free_disk_mb": 1})
+    node = Node(settings)
+    node.start()
+    assert node.web is not None and node.web.port > 0
+    return WebNode(node, f"http://127.0.0.1:{node.web.port}")
+
+
+@pytest.fixture(scope="session")
+def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from inference.phantom import write_phantom_series
+
+    case = write_phantom_series(tmp_path_factory.mktemp("phantom"), 11, matrix=64, n_slices=20, n_nodules=1)
+    return case.files
+
+
+@pytest.fixture(scope="session")
+def open_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
+    web = start_node(tmp_path_factory.mktemp("open-node"), require_login=False)
+    yield web
+    web.node.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
+    web = start_node(tmp_path_factory.mktemp("secure-node"), require_login=True)
+    yield web
+    web.node.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def upload_and_wait(client: httpx.Client, files: list[Path], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Upload through /api/upload and wait until the series' job is done and its deliveries are dead."""
+    headers = dict(headers or {})
+    if "Authorization" not in client.headers:  # a browser-style session needs the CSRF token
+        headers["X-CSRF-Token"] = client.get("/api/session").json()["csrf_token"]
+    response = client.post("/api/upload", files=[("files", (p.name, p.read_bytes(), "application/dicom")) for p in files],
+                           headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (uid,) = body["series"]
+
+    def finished() -> dict[str, Any] | None:
+        detail = client.get(f"/api/series/{uid}").json()
+        jobs = detail["jobs"]
+        assert not jobs or jobs[0]["state"] != "failed", jobs[0]
+        dead = detail["deliveries"] and all(d["state"] == "dead" for d in detail["deliveries"])
+        return detail if jobs and jobs[0]["state"] == "done" and dead else None
+
+    detail = wait_for(finished, 90, f"series {uid} to be analysed and its deliveries to give up")
+    return {"upload": body, "uid": uid, "detail": detail}
+
+
+@pytest.fixture(scope="session")
+def open_series(open_node: WebNode, phantom_files: list[Path]) -> dict[str, Any]:
+    with open_node.client() as client:
+        return upload_and_wait(client, phantom_files)
+
+
+@pytest.fixture(scope="session")
+def secure_series(secure_node: WebNode, phantom_files: list[Path]) -> dict[str, Any]:
+    with secure_node.client(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        return upload_and_wait(client, phantom_files)
