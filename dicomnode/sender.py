@@ -80,7 +80,7 @@ class Sender:
             ae.requested_contexts = ae.requested_contexts + [
                 build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
             ]
-        tls_args = (client_ssl_context(self.settings), "") if target.tls else None
+        tls_args = (client_ssl_context(self.settings), None) if target.tls else None
         try:
             assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
         except Exception as exc:  # DNS failures, refused TLS handshakes

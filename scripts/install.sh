@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what the node and its tests need on a fresh Debian machine: the DICOM peers from Debian
+# (dcmtk, Orthanc with DICOMweb, dicom3tools, Chromium for the browser tests) and a Python venv.
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v storescu >/dev/null || need_apt+=(dcmtk)
+command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
+command -v Orthanc >/dev/null || need_apt+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+if [ "${DICOMNODE_SKIP_BROWSER:-0}" != 1 ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# constraints.txt pins torch to the CPU build; any other torch pulls GBs of CUDA wheels
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Start the node with its embedded defaults (SQLite audit database, CPU engine, packaged demo
+# weights, AE DICOMNODE on port 11112, console on http://127.0.0.1:8080), installing first if needed.
+# Extra arguments go to `dicomnode serve`, e.g. --send-to ORTHANC@127.0.0.1:4242
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DICOMNODE_SKIP_BROWSER=1 bash scripts/install.sh
+exec .venv/bin/dicomnode serve "$@"
