@@ -1,0 +1,118 @@
+"""Server-rendered pages of a loopback node (no login): content, overlay images, report, forms with CSRF."""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.web.conftest import WebNode
+
+HTML = {"Accept": "text/html"}
+
+
+@pytest.fixture
+def client(open_node: WebNode) -> httpx.Client:
+    with open_node.client(headers=HTML) as c:
+        yield c
+
+
+def form_csrf(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "no CSRF field in the page"
+    return match.group(1)
+
+
+def test_dashboard(client: httpx.Client, open_series: dict[str, Any]) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.text
+    assert "Dashboard" in text and "jobs queued" in text and "spool disk free" in text
+    assert "test-nodule-model 0.0-test on test-cpu" in text  # engine and model in use
+    assert re.search(r'id="dead-letters"><a href="/dead-letters">[1-9]', text)
+    assert open_series["uid"] in text  # latest series table
+
+
+def test_series_list_filters(client: httpx.Client, open_series: dict[str, Any]) -> None:
+    assert open_series["uid"] in client.get("/series?status=routed").text
+    ignored = client.get("/series?status=ignored").text
+    assert open_series["uid"] not in ignored and "No series." in ignored
+    assert "use an ISO date/time" in client.get("/series?since=soon").text
+
+
+def test_series_page_findings_and_overlays(client: httpx.Client, open_series: dict[str, Any]) -> None:
+    uid = open_series["uid"]
+    page = client.get(f"/series/{uid}").text
+    findings = page.split('id="findings"')[1].split("</table>")[0]
+    assert "9.5" in findings and "4A" in findings and "62%" in findings
+    images = re.findall(rf'src="(/series/{re.escape(uid)}/overlay/sc-[0-9.]+\.png)"', page)
+    assert len(images) == 2  # one per nodule plus the summary, from the outbox SC objects
+    yellow = []
+    for src in images:
+        response = client.get(src)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        image = Image.open(io.BytesIO(response.content))
+        assert image.size == (64, 64) and image.mode == "RGB"
+        rgb = np.asarray(image)
+        yellow.append(int(((rgb[..., 0] > 200) & (rgb[..., 1] > 200) & (rgb[..., 2] < 80)).sum()))
+    assert yellow[0] > 20  # the nodule's image has its yellow outline and label drawn in
+    assert client.get(f"/series/{uid}/overlay/sc-1.2.3.png").status_code == 404
+
+
+def test_overlay_rendered_from_spool_when_no_sc(client: httpx.Client, open_series: dict[str, Any]) -> None:
+    response = client.get(f"/series/{open_series['uid']}/overlay/finding-1.png")
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).size == (64, 64)
+    assert client.get(f"/series/{open_series['uid']}/overlay/finding-7.png").status_code == 404
+
+
+def test_unknown_series_page(client: httpx.Client) -> None:
+    response = client.get("/series/1.2.3.404")
+    assert response.status_code == 404 and "no series 1.2.3.404" in response.text
+
+
+def test_report_html_and_pdf(client: httpx.Client, open_series: dict[str, Any]) -> None:
+    uid = open_series["uid"]
+    html = client.get(f"/series/{uid}/report").text
+    assert "not for clinical use" in html and 'id="lung-rads"><b>4A' in html
+    assert "test-nodule-model 0.0-test test-cpu" in html and "/overlay/sc-" in html
+    pdf = client.get(f"/series/{uid}/report.pdf")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF-") and pdf.content.rstrip().endswith(b"%%EOF")
+    assert pdf.content.count(b"/Subtype /Image") >= 2  # the key images are embedded
+
+
+def test_audit_search(client: httpx.Client, open_series: dict[str, Any]) -> None:
+    page = client.get("/audit", params={"subject": "events", "status": "JOB_DONE"}).text
+    assert "JOB_DONE" in page and "SERIES_OPENED" not in page
+    page = client.get("/audit", params={"subject": "findings", "series": open_series["uid"]}).text
+    assert "4A" in page and "1 row(s)" in page
+    assert client.get("/audit", params={"subject": "passwords"}).status_code == 404
+
+
+def test_dead_letter_retry_form(client: httpx.Client, open_node: WebNode, open_series: dict[str, Any]) -> None:
+    page = client.get("/dead-letters").text
+    ids = re.findall(r'data-delivery="(\d+)"', page)
+    assert ids, "no dead letters listed"
+    assert client.post("/dead-letters/retry", data={"delivery_id": ids[0]}).status_code == 403
+    response = client.post("/dead-letters/retry", data={"delivery_id": ids[0], "csrf_token": form_csrf(page)})
+    assert response.status_code == 303 and response.headers["location"] == f"/dead-letters?retried={ids[0]}"
+    audit = client.get("/api/events", params={"status": "ADMIN_ACTION"}).json()
+    assert any(e["delivery_id"] == int(ids[0]) and e["message"].startswith("local re-queued") for e in audit)
+
+
+def test_upload_page(client: httpx.Client, phantom_files: list[Path], open_series: dict[str, Any]) -> None:
+    form = client.get("/upload").text
+    assert 'enctype="multipart/form-data"' in form
+    files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in phantom_files[:2]]
+    assert client.post("/upload", files=files).status_code == 403
+    page = client.post("/upload", files=files, data={"csrf_token": form_csrf(form)})
+    assert page.status_code == 200
+    assert "0 instance(s) stored, 2 duplicate(s), 0 refused" in page.text
+    assert f'data-series="{open_series["uid"]}"' in page.text and "/static/progress.js" in page.text
+    assert "poll" in client.get("/static/progress.js").text
