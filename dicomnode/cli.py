@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -19,7 +20,8 @@ from dicomnode.config import EXAMPLE_CONFIG, ConfigError, Destination, Settings,
 from dicomnode.dicom_address import DicomAddress
 
 console = Console(stderr=True)
-out = Console()
+# piped output (less, grep, a file) gets wide rows instead of columns folded to 80 characters
+out = Console(width=None if sys.stdout.isatty() else 250)
 
 
 class UserError(Exception):
@@ -277,15 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, ConfigError) as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        _print_error("error:", exc)
         return 2
     except Exception as exc:
         from dicomnode.node import StartupError
 
         if isinstance(exc, StartupError):
-            console.print(f"[red]cannot start:[/] {exc}", highlight=False)
+            _print_error("cannot start:", exc)
             return 2
         raise
+
+
+def _print_error(prefix: str, exc: Exception) -> None:
+    # messages quote config keys like [destinations]: no markup, no hard wrapping
+    console.print(f"[red]{prefix}[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

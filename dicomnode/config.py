@@ -235,7 +235,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (see {EXAMPLE_CONFIG.name} for the valid keys)")
         else:
-            lines.append(f"  {key}: {err['msg']}")
+            lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
