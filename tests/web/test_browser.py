@@ -1,0 +1,78 @@
+"""The console in headless Debian chromium (Playwright): log in, dashboard, a series with its
+findings and overlay image, retry a dead letter. Screenshots go to the test's tmp dir; the series
+page is also copied to docs/screenshots/console.png for the README."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.web.conftest import PASSWORD, TOKEN, USER, WebNode
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+README_SHOT = REPO_ROOT / "docs" / "screenshots" / "console.png"
+
+
+@pytest.fixture
+def page(tmp_path: Path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is missing: apt-get install -y chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: dict[str, Any], tmp_path: Path) -> None:
+    uid = secure_series["uid"]
+    page.set_default_timeout(20_000)
+
+    page.goto(secure_node.base + "/")
+    assert "/login" in page.url
+    page.fill("input[name=username]", USER)
+    page.fill("input[name=password]", "not the password")
+    page.click("button[type=submit]")
+    assert page.locator("p.error").inner_text() == "Wrong user name or password."
+    page.fill("input[name=username]", USER)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(secure_node.base + "/")
+    assert page.locator("h1").inner_text() == "Dashboard"
+    assert int(page.locator("#dead-letters").inner_text()) >= 1
+    assert "test-nodule-model" in page.locator("#model").inner_text()
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+    page.click("header nav >> text=Series")
+    page.click(f'a[href="/series/{uid}"]')
+    page.wait_for_url(f"**/series/{uid}")
+    findings = page.locator("#findings tbody tr")
+    assert findings.count() == 1 and "4A" in findings.first.inner_text()
+    overlay = page.locator("img.overlay").first
+    overlay.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=overlay.element_handle())
+    assert overlay.evaluate("img => img.naturalWidth") == 64
+    page.screenshot(path=str(tmp_path / "series.png"), full_page=True)
+
+    page.goto(secure_node.base + "/dead-letters")
+    first = page.locator("button.retry").first
+    delivery = first.get_attribute("data-delivery")
+    first.click()
+    page.wait_for_url(f"**/dead-letters?retried={delivery}")
+    assert f"Re-queued: {delivery}" in page.locator("p.ok").inner_text()
+    page.screenshot(path=str(tmp_path / "dead-letters.png"), full_page=True)
+
+    with secure_node.client(headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        actions = c.get("/api/events", params={"status": "ADMIN_ACTION"}).json()
+    assert any(a["delivery_id"] == int(delivery) and a["message"].startswith(f"{USER} re-queued") for a in actions)
+
+    for name in ("dashboard.png", "series.png", "dead-letters.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    README_SHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tmp_path / "series.png", README_SHOT)
