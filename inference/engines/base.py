@@ -70,12 +70,14 @@ class Engine(ABC):
         self.close()
 
 
-class DetectorEngine:
-    """run(x (N,1,D,H,W), coord (N,3,D/4,H/4,W/4)) -> (N, D/4, H/4, W/4, 3, 5) float32."""
+class _NetworkEngine:
+    """What every network's engine shares: a backend of the right kind, its name and batch size."""
+
+    kind = ""
 
     def __init__(self, engine: Engine) -> None:
-        if engine.io.kind != "detector":
-            raise ValueError(f"a detector engine needs a detector backend, got {engine.io.kind}")
+        if engine.io.kind != self.kind:
+            raise ValueError(f"a {self.kind} engine needs a {self.kind} backend, got {engine.io.kind}")
         self.engine = engine
 
     @property
@@ -85,6 +87,21 @@ class DetectorEngine:
     @property
     def max_batch(self) -> int:
         return self.engine.max_batch
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "_NetworkEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DetectorEngine(_NetworkEngine):
+    """run(x (N,1,D,H,W), coord (N,3,D/4,H/4,W/4)) -> (N, D/4, H/4, W/4, 3, 5) float32."""
+
+    kind = "detector"
 
     def run(self, x: np.ndarray, coord: np.ndarray) -> np.ndarray:
         if x.ndim != 5 or x.shape[1] != 1:
@@ -96,31 +113,11 @@ class DetectorEngine:
             raise ValueError(f"coord must be {want}, got {coord.shape}")
         return self.engine.run(x, coord)
 
-    def close(self) -> None:
-        self.engine.close()
 
-    def __enter__(self) -> "DetectorEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ClassifierEngine:
+class ClassifierEngine(_NetworkEngine):
     """run(x (N,1,32,32,32)) -> (N, F) float32 features."""
 
-    def __init__(self, engine: Engine) -> None:
-        if engine.io.kind != "classifier":
-            raise ValueError(f"a classifier engine needs a classifier backend, got {engine.io.kind}")
-        self.engine = engine
-
-    @property
-    def name(self) -> str:
-        return self.engine.name
-
-    @property
-    def max_batch(self) -> int:
-        return self.engine.max_batch
+    kind = "classifier"
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 5 or x.shape[1] != 1:
@@ -128,11 +125,3 @@ class ClassifierEngine:
         out = self.engine.run(x)
         return out.reshape(out.shape[0], -1)
 
-    def close(self) -> None:
-        self.engine.close()
-
-    def __enter__(self) -> "ClassifierEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

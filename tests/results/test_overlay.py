@@ -13,16 +13,6 @@ from tests.results.dicom_validators import empty_result, lidc_series, synthetic_
 
 
 @pytest.fixture(scope="module")
-def series():
-    return lidc_series()
-
-
-@pytest.fixture(scope="module")
-def result(series):
-    return synthetic_result(series)
-
-
-@pytest.fixture(scope="module")
 def overlays(series, result):
     return build_overlays(list(series), result, ResultOptions())
 

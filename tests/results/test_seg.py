@@ -10,16 +10,6 @@ from tests.results.dicom_validators import MODEL, empty_result, lidc_series, syn
 
 
 @pytest.fixture(scope="module")
-def series():
-    return lidc_series()
-
-
-@pytest.fixture(scope="module")
-def result(series):
-    return synthetic_result(series)
-
-
-@pytest.fixture(scope="module")
 def seg(series, result):
     return build_seg(list(series), result, ResultOptions(send_seg=True))
 

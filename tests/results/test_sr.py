@@ -21,16 +21,6 @@ from tests.results.dicom_validators import (
 
 
 @pytest.fixture(scope="module")
-def series():
-    return lidc_series()
-
-
-@pytest.fixture(scope="module")
-def result(series):
-    return synthetic_result(series)
-
-
-@pytest.fixture(scope="module")
 def sr(series, result):
     return build_sr(list(series), result, ResultOptions())
 
