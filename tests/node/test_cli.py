@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.conftest import LIDC_SERIES, REPO_ROOT
 from tests.node.conftest import node_config

@@ -1,8 +1,6 @@
 """The node as a scanner and a PACS see it: dcmtk storescu sends, dcmtk storescp receives results."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -10,7 +8,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import LIDC_SERIES, TRANSFER_SYNTAXES, require_tool
+from tests.conftest import LIDC_SERIES, TRANSFER_SYNTAXES
 from tests.node.conftest import node_config
 from tests.node.helpers import storescu, storescu_profile, wait_for
 

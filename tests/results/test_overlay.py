@@ -9,7 +9,7 @@ from PIL import Image
 
 from dicomnode.results import ResultOptions, build_overlays, render_overlay_png
 from dicomnode.results.overlay import OUTLINE_COLOUR, OUTLINE_MARGIN_PX, lung_window_rgb
-from tests.results.dicom_validators import empty_result, lidc_series, synthetic_result
+from tests.results.dicom_validators import empty_result
 
 
 @pytest.fixture(scope="module")

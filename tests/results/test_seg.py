@@ -6,7 +6,7 @@ import pytest
 
 from dicomnode.results import ResultOptions, build_seg, result_uid, settings_digest
 from dicomnode.results.seg import sphere_mask
-from tests.results.dicom_validators import MODEL, empty_result, lidc_series, synthetic_result
+from tests.results.dicom_validators import MODEL, empty_result
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from dicomnode.results.sr import LUNG_RADS_SCHEME
 from tests.results.dicom_validators import (
     MODEL,
     empty_result,
-    lidc_series,
     not_analysed_result,
     synthetic_result,
 )
