@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the node and its tests need on a fresh Debian machine: the DICOM peers from Debian
-# (dcmtk, Orthanc with DICOMweb, dicom3tools, Chromium for the browser tests) and a Python venv.
+# (dcmtk, Orthanc with DICOMweb, dicom3tools; for the tests also Chromium and PostgreSQL) and a
+# Python venv. DICOMNODE_SKIP_BROWSER=1 (scripts/serve.sh) installs only what the node needs.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null || need_apt+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+if [ "${DICOMNODE_SKIP_BROWSER:-0}" != 1 ]; then  # test-only peers
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+fi
 if [ "${DICOMNODE_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
 fi
@@ -23,4 +27,6 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # constraints.txt pins torch to the CPU build; any other torch pulls GBs of CUDA wheels
-.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+extras=test,postgres
+[ "${DICOMNODE_SKIP_BROWSER:-0}" != 1 ] || extras=postgres
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"

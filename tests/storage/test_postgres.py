@@ -1,0 +1,94 @@
+"""The audit database on a real PostgreSQL server: migrations, the ingest path and the admin queries.
+
+SQLite is the default; this proves a PostgreSQL URL works for several nodes sharing one database.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from glob import glob
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LIDC_SERIES
+from tests.node.helpers import free_port, wait_for
+
+PG_BIN = sorted(glob("/usr/lib/postgresql/*/bin"))
+
+
+def _as_postgres(args: list[str], **kw) -> subprocess.CompletedProcess:
+    # initdb and postgres refuse to run as root
+    if os.geteuid() == 0:
+        args = ["runuser", "-u", "postgres", "--", *args]
+    return subprocess.run(args, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    if not PG_BIN:
+        pytest.skip("Debian package postgresql is not installed (.ci/run installs it)")
+    pytest.importorskip("psycopg", reason="pip extra dicomnode[postgres] is not installed")
+    bin_dir = PG_BIN[-1]
+    # not under pytest's tmp root: that is private to root, and the server runs as postgres
+    data = Path(tempfile.mkdtemp(prefix="dicomnode-pg-")) / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        for p in (data.parent, data):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+    init = _as_postgres([f"{bin_dir}/initdb", "-D", str(data), "-U", "dicomnode", "--auth=trust"])
+    assert init.returncode == 0, init.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        ["runuser", "-u", "postgres", "--", f"{bin_dir}/postgres", "-D", str(data), "-p", str(port),
+         "-k", str(data), "-c", "listen_addresses=127.0.0.1"] if os.geteuid() == 0 else
+        [f"{bin_dir}/postgres", "-D", str(data), "-p", str(port), "-k", str(data), "-c", "listen_addresses=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _as_postgres([f"{bin_dir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0,
+                 60, "PostgreSQL to accept connections")
+        created = _as_postgres([f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dicomnode", "audit"])
+        assert created.returncode == 0, created.stderr
+        yield f"postgresql+psycopg://dicomnode@127.0.0.1:{port}/audit"
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
+def test_ingest_and_queries_on_postgresql(postgres_url, tmp_path: Path):
+    from dicomnode.ingest import Ingestor, Sender
+    from dicomnode.series import CompletionTracker
+    from dicomnode.spool import Spool
+    from storage.db import Database
+    from storage.queries import AuditFilter, run_query
+
+    db = Database(postgres_url)
+    db.migrate()
+    db.migrate()  # idempotent: a second node starting on the same database
+    tracker = CompletionTracker(db)
+    spool = Spool(tmp_path / "spool", 0)
+    spool.ensure_writable()
+    ingestor = Ingestor(db, spool, tracker)
+    files = sorted(LIDC_SERIES.iterdir())[:5]
+    sender = Sender(None, "SCANNER", "127.0.0.1")
+    for f in files:
+        assert ingestor.store(f.read_bytes(), sender).status == 0
+    assert ingestor.store(files[0].read_bytes(), sender).duplicate
+    tracker.association_ended(None)
+    completed: list[int] = []
+    assert tracker.complete_due(0.0, completed.append) == 1
+    with db.session() as s:
+        instances = run_query(s, "instances", AuditFilter())
+        series = run_query(s, "series", AuditFilter(status="complete"))
+        events = run_query(s, "events", AuditFilter(status="INSTANCE_DUPLICATE"))
+    assert len(instances) == 5 and sorted(r["duplicates"] for r in instances) == [0, 0, 0, 0, 1]
+    assert len(series) == 1 and series[0]["instance_count"] == 5 and series[0]["id"] == completed[0]
+    assert len(events) == 1
+    db.close()
