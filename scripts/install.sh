@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the node and its tests need on a fresh Debian machine: the DICOM peers from Debian
 # (dcmtk, Orthanc with DICOMweb, dicom3tools; for the tests also Chromium and PostgreSQL) and a
-# Python venv. DICOMNODE_SKIP_BROWSER=1 (scripts/serve.sh) installs only what the node needs.
+# Python venv. DICOMNODE_NODE_ONLY=1 (scripts/serve.sh) installs only what the node needs.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +11,8 @@ command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null || need_apt+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
-if [ "${DICOMNODE_SKIP_BROWSER:-0}" != 1 ]; then  # test-only peers
+if [ "${DICOMNODE_NODE_ONLY:-0}" != 1 ]; then  # peers only the tests use
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
-fi
-if [ "${DICOMNODE_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -28,5 +26,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # constraints.txt pins torch to the CPU build; any other torch pulls GBs of CUDA wheels
 extras=test,postgres
-[ "${DICOMNODE_SKIP_BROWSER:-0}" != 1 ] || extras=postgres
+[ "${DICOMNODE_NODE_ONLY:-0}" != 1 ] || extras=postgres
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"

@@ -4,5 +4,5 @@
 # Extra arguments go to `dicomnode serve`, e.g. --send-to ORTHANC@127.0.0.1:4242
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DICOMNODE_SKIP_BROWSER=1 bash scripts/install.sh
+DICOMNODE_NODE_ONLY=1 bash scripts/install.sh
 exec .venv/bin/dicomnode serve "$@"
