@@ -1,0 +1,127 @@
+"""Training pieces: anchor targets, crop coordinates, loss, a seeded 2-step run, LUNA16 reading."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.nets.checkpoint import load_into, read_checkpoint
+from inference.nets.dpn3d import ANCHORS_MM, DPN26Detector, make_coord
+from inference.train import (
+    Case,
+    CropSampler,
+    TrainConfig,
+    crop_coord,
+    detector_loss,
+    luna16_cases,
+    make_targets,
+    read_mhd_volume,
+    train_detector,
+)
+
+
+def _sphere_case(seed: int = 0) -> Case:
+    """A 64^3 'lung' (dark) with one bright 10 mm ball: enough to train a couple of steps on."""
+    rng = np.random.default_rng(seed)
+    image = np.full((64, 64, 64), 30, np.uint8) + rng.integers(0, 6, (64, 64, 64), dtype=np.uint8)
+    zz, yy, xx = np.mgrid[:64, :64, :64]
+    image[(zz - 30) ** 2 + (yy - 34) ** 2 + (xx - 28) ** 2 <= 25] = 140
+    lung = np.argwhere(np.ones((64, 64, 64), bool)[::8, ::8, ::8]) * 8
+    return Case("sphere", image, np.array([[30.0, 34.0, 28.0, 10.0]]), np.array([1], np.int8), lung.astype(np.int32))
+
+
+def test_targets_mark_the_best_anchor_with_its_regression():
+    t = make_targets(np.array([[21.5, 17.5, 25.5, 10.0]]), 32)
+    pos = np.argwhere(t[..., 0] == 1)
+    # the centre sits exactly on grid cell (5, 4, 6) (1.5 + 4*i) and matches the 10 mm anchor
+    assert [5, 4, 6, 1] in pos.tolist()
+    np.testing.assert_allclose(t[5, 4, 6, 1], [1, 0, 0, 0, 0], atol=1e-6)
+    # regression targets decode back to the nodule for every positive anchor
+    for z, y, x, a in pos:
+        d = t[z, y, x, a]
+        anchor = ANCHORS_MM[a]
+        centre = 1.5 + 4 * np.array([z, y, x]) + d[1:4] * anchor
+        np.testing.assert_allclose(centre, [21.5, 17.5, 25.5], atol=1e-4)
+        assert math.exp(d[4]) * anchor == pytest.approx(10.0, rel=1e-5)
+    # far away: negative; close but poor overlap: ignored
+    assert t[0, 0, 0, 0, 0] == 0
+    assert (t[..., 0] == -1).sum() > 0
+
+
+def test_empty_crop_is_all_negative():
+    t = make_targets(np.zeros((0, 4)), 32)
+    assert t.shape == (8, 8, 8, 3, 5) and (t[..., 0] == 0).all()
+
+
+def test_crop_coord_is_the_slice_of_the_volume_coordinates():
+    shape = (40, 52, 64)
+    full = make_coord(tuple(-(-s // 4) * 4 for s in shape))
+    c = crop_coord(np.array([8, 4, 12]), 16, shape)
+    np.testing.assert_allclose(c, full[:, 2:6, 1:5, 3:7], atol=1e-6)
+
+
+def test_loss_pushes_positive_logits_up():
+    target = torch.from_numpy(make_targets(np.array([[15.5, 15.5, 15.5, 10.0]]), 32))[None]
+    out = torch.zeros(1, 8, 8, 8, 3, 5)
+    loss0, parts0 = detector_loss(out, target)
+    out[..., 0] = torch.where(target[..., 0] == 1, 5.0, -5.0)
+    out[..., 1:] = target[..., 1:]
+    loss1, parts1 = detector_loss(out, target)
+    assert parts0["n_pos"] >= 1 and loss1 < loss0 and parts1["reg"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sampler_positive_crops_hold_the_nodule():
+    sampler = CropSampler([_sphere_case()], 32, p_positive=1.0)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        s = sampler.sample(rng)
+        assert s.image.shape == (1, 32, 32, 32) and s.coord.shape == (3, 8, 8, 8)
+        assert (s.target[..., 0] == 1).sum() >= 1
+        assert s.image.max() > 0.05  # the ball (140 -> 0.09) is in view
+
+
+def _two_steps(tmp_path: Path, name: str) -> tuple[Path, list[dict]]:
+    cfg = TrainConfig(out_dir=tmp_path / name, cache_dir=tmp_path / "cache", seed=3, crop=32, batch=2, steps=2,
+                      checkpoint_every=1, threads=2)
+    return train_detector(cfg, cases=[_sphere_case()])
+
+
+def test_two_seeded_steps_are_finite_reproducible_and_loadable(tmp_path):
+    last, hist = _two_steps(tmp_path, "a")
+    _, hist_b = _two_steps(tmp_path, "b")
+    assert len(hist) == 2 and all(math.isfinite(h["loss"]) for h in hist)
+    assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in hist_b], rel=1e-5)
+    assert (tmp_path / "a" / "detector-step00001.pt").is_file()
+    ck = load_into(DPN26Detector(), last)
+    assert ck.layout == "project" and ck.epoch == 2
+    assert ck.model_card["name"] == "dicomnode-dpn26" and "NOT FOR CLINICAL USE" in ck.model_card["warning"]
+    # the file is readable with weights_only loading (no foreign objects in the card)
+    assert read_checkpoint(last).model_card["config"]["crop"] == 32
+
+
+def _write_luna(root: Path) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    subset = root / "subset0"
+    subset.mkdir(parents=True)
+    hu = np.full((40, 64, 64), -850, np.int16)
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((2.0, 2.0, 2.5))  # x, y, z
+    img.SetOrigin((-60.0, -70.0, -300.0))
+    sitk.WriteImage(img, str(subset / "1.2.3.4.mhd"))
+    (root / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3.4,-30.0,-10.0,-250.0,8.0\n")
+
+
+def test_mhd_volume_geometry(tmp_path):
+    _write_luna(tmp_path)
+    vol = read_mhd_volume(tmp_path / "subset0" / "1.2.3.4.mhd")
+    assert vol.shape == (40, 64, 64)
+    np.testing.assert_allclose(vol.spacing, [2.5, 2.0, 2.0])
+    np.testing.assert_allclose(vol.voxel_to_world(np.array([2.0, 3.0, 4.0])), [-60 + 8, -70 + 6, -300 + 5])
+
+
+def test_luna16_folder_needs_its_annotations(tmp_path):
+    with pytest.raises(FileNotFoundError, match="annotations.csv"):
+        luna16_cases(tmp_path, tmp_path / "cache")
