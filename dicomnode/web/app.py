@@ -5,6 +5,7 @@ import secrets
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -15,7 +16,7 @@ import dicomnode
 from dicomnode.node import Node
 from dicomnode.web import api, pages
 from dicomnode.web.auth import Auth, LoginRequired
-from dicomnode.web.deps import api_user
+from dicomnode.web.deps import api_user, page_user
 from dicomnode.web.metrics import make_registry, render
 
 SESSION_MAX_AGE_S = 12 * 3600  # one working day; then log in again
@@ -23,8 +24,9 @@ SESSION_MAX_AGE_S = 12 * 3600  # one working day; then log in again
 
 def create_app(node: Node) -> FastAPI:
     settings = node.settings.web
-    app = FastAPI(title="dicomnode", version=getattr(dicomnode, "__version__", "0"),
-                  description="Lung nodule DICOM node: series, jobs, findings, deliveries, audit events.")
+    # docs and schema are served below, behind the same login as the API
+    app = FastAPI(title="dicomnode", version=getattr(dicomnode, "__version__", "0"), docs_url=None, redoc_url=None,
+                  openapi_url=None, description="Lung nodule DICOM node: series, jobs, findings, deliveries, audit events.")
     app.state.node = node
     app.state.auth = Auth(settings, node.db)
     app.state.registry = make_registry(node)
@@ -40,6 +42,14 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(api_user)])
     def metrics(request: Request) -> Response:
         return Response(render(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(api_user)])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(page_user)])
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dicomnode API")
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, exc: LoginRequired) -> Response:

@@ -177,8 +177,10 @@ def series_detail(node: "Node", series_uid: str) -> dict[str, Any]:
             "calling_ae": series.calling_ae, "peer_host": series.peer_host, "status": series.status,
             "status_reason": series.status_reason, "route_name": series.route_name, "generation": series.generation,
         }
+    # a series the model refused (not_analysed) has no Lung-RADS category, not "1"
+    analysed = done is not None and done.get("verdict") != "not_analysed"
     return {"series": info, "jobs": jobs, "latest_done_job": done, "findings": findings,
-            "lung_rads": lung_rads_overall([x["lung_rads"] for x in findings]) if done else None,
+            "lung_rads": lung_rads_overall([x["lung_rads"] for x in findings]) if analysed else None,
             "deliveries": deliveries, "events": events}
 
 

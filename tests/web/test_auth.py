@@ -41,7 +41,7 @@ def test_login_required_off_loopback(open_node: WebNode) -> None:
     assert Auth(WebSettings(host="127.0.0.1", require_login=True), db).required
 
 
-@pytest.mark.parametrize("path", ["/", "/series", "/audit", "/dead-letters", "/upload", "/series/1.2.3/report"])
+@pytest.mark.parametrize("path", ["/", "/series", "/audit", "/dead-letters", "/upload", "/series/1.2.3/report", "/docs"])
 def test_pages_redirect_to_login(secure_node: WebNode, path: str) -> None:
     with secure_node.client(headers=HTML) as c:
         response = c.get(path)
@@ -49,7 +49,8 @@ def test_pages_redirect_to_login(secure_node: WebNode, path: str) -> None:
     assert response.headers["location"].startswith("/login?next=")
 
 
-@pytest.mark.parametrize("path", ["/api/series", "/api/stats", "/api/events", "/metrics", "/api/dead-letters"])
+@pytest.mark.parametrize("path", ["/api/series", "/api/stats", "/api/events", "/metrics", "/api/dead-letters",
+                                  "/openapi.json"])
 def test_api_needs_token_or_session(secure_node: WebNode, path: str) -> None:
     with secure_node.client() as c:
         assert c.get(path).status_code == 401
