@@ -11,14 +11,28 @@ import sys
 from pathlib import Path
 
 from pydicom.uid import (
-    UID, Comprehensive3DSRStorage, ComprehensiveSRStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-    SecondaryCaptureImageStorage, SegmentationStorage,
+    UID,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
 )
 
 from dicomnode.config import NodeSettings, SenderSettings
-from dicomnode.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
+from dicomnode.ingest import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+)
 from dicomnode.scp import (
-    ACCEPTED_TRANSFER_SYNTAXES, LOSSY_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, UNCOMPRESSED, negotiation_order,
+    ACCEPTED_TRANSFER_SYNTAXES,
+    LOSSY_TRANSFER_SYNTAXES,
+    STORAGE_SOP_CLASSES,
+    UNCOMPRESSED,
+    negotiation_order,
 )
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -31,11 +45,11 @@ RESULT_SOP_CLASSES = [
 ]
 SCU_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 STORE_STATUSES = [
-    (SUCCESS, "Success", "the instance is fsynced in the spool and recorded in the audit database; "
-                         "also returned for a duplicate SOP Instance UID (the stored copy is kept)"),
+    (SUCCESS, "Success", ("the instance is fsynced in the spool and recorded in the audit database; "
+                          "also returned for a duplicate SOP Instance UID (the stored copy is kept)")),
     (OUT_OF_RESOURCES, "Refused: out of resources", "free disk space below node.min_free_disk_mb, or the disk is full"),
-    (CANNOT_UNDERSTAND, "Error: cannot understand", "the data set cannot be parsed or lacks SOP Class/Instance, "
-                                                     "Study or Series Instance UID"),
+    (CANNOT_UNDERSTAND, "Error: cannot understand", ("the data set cannot be parsed or lacks SOP Class/Instance, "
+                                                      "Study or Series Instance UID")),
     (PROCESSING_FAILURE, "Processing failure", "the spool file or the audit row could not be written"),
 ]
 
@@ -124,7 +138,7 @@ def generate() -> str:
     out += _uid_table([(uid, note) for uid, note in RESULT_SOP_CLASSES], ("SOP class", "UID", "Sent when"))
     out += [
         "",
-        f"- Success, and the warnings `0xB000`, `0xB006`, `0xB007`, count as delivered; any other status, a refused",
+        "- Success, and the warnings `0xB000`, `0xB006`, `0xB007`, count as delivered; any other status, a refused",
         "  association or a lost connection is a failed attempt.",
         f"- Failed attempts are retried with exponential backoff (default {sender.backoff_initial_s:g} s doubling up to",
         f"  {sender.backoff_max_s:g} s); after `sender.max_attempts` (default {sender.max_attempts}) the delivery is a",

@@ -11,7 +11,13 @@ from dicomnode.sender import requeue_deliveries
 from dicomnode.web.auth import Principal, client_host, csrf_token
 from dicomnode.web.deps import api_post, api_user, get_node
 from dicomnode.web.upload import ingest_uploads
-from dicomnode.web.views import NotFound, dashboard_stats, health, list_series, series_detail
+from dicomnode.web.views import (
+    NotFound,
+    dashboard_stats,
+    health,
+    list_series,
+    series_detail,
+)
 from storage.audit import record_event
 from storage.events import EventCode
 from storage.queries import AuditFilter, parse_since, run_query

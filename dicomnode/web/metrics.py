@@ -11,14 +11,19 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from dicomnode.web.views import model_info, spool_free_bytes
 from storage.models import Association, Delivery, Instance, Job, Series
 from storage.queries import counts_by
-
-from dicomnode.web.views import model_info, spool_free_bytes
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
@@ -61,7 +66,7 @@ def _timing(summary: Any, keys: Iterable[str]) -> float | None:
 
 
 class DatabaseCollector(Collector):
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -141,7 +146,7 @@ class DatabaseCollector(Collector):
         return family
 
 
-def make_registry(node: "Node") -> CollectorRegistry:
+def make_registry(node: Node) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(node))
     return registry

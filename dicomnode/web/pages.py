@@ -15,7 +15,14 @@ from dicomnode.web.auth import Auth, Principal, client_host, csrf_token
 from dicomnode.web.deps import get_auth, get_node, page_post, page_user
 from dicomnode.web.report import build_pdf, report_context
 from dicomnode.web.upload import ingest_uploads
-from dicomnode.web.views import NotFound, dashboard_stats, list_series, overlay_images, overlay_png, series_detail
+from dicomnode.web.views import (
+    NotFound,
+    dashboard_stats,
+    list_series,
+    overlay_images,
+    overlay_png,
+    series_detail,
+)
 from storage.queries import AUDIT_SUBJECTS, AuditFilter, parse_since, run_query
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -23,7 +30,7 @@ SERIES_STATUSES = ("receiving", "complete", "routed", "ignored", "not_selected")
 router = APIRouter(include_in_schema=False)
 
 
-def _bytes(value: int | float | None) -> str:
+def _bytes(value: float | None) -> str:
     if value is None:
         return ""
     for unit in ("B", "KB", "MB", "GB", "TB"):

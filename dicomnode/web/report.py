@@ -6,12 +6,19 @@ fpdf2 (pure Python, no system libraries).
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fpdf import FPDF
 
-from dicomnode.web.views import NOT_FOR_CLINICAL_USE, OverlayImage, model_info, overlay_images, overlay_png, series_detail
+from dicomnode.web.views import (
+    NOT_FOR_CLINICAL_USE,
+    OverlayImage,
+    model_info,
+    overlay_images,
+    overlay_png,
+    series_detail,
+)
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
@@ -21,7 +28,7 @@ FINDING_COLUMNS = [("#", 8), ("Diameter mm", 24), ("Volume mm3", 24), ("Detectio
 MAX_KEY_IMAGES = 6
 
 
-def report_context(node: "Node", series_uid: str) -> dict[str, Any]:
+def report_context(node: Node, series_uid: str) -> dict[str, Any]:
     detail = series_detail(node, series_uid)
     images = overlay_images(node, series_uid, detail)[:MAX_KEY_IMAGES]
     model = model_info(node)["model"] or {}
@@ -31,7 +38,7 @@ def report_context(node: "Node", series_uid: str) -> dict[str, Any]:
         model = summary["model"]  # the model that produced *these* findings
     warning = str(summary.get("warning") or summary.get("intended_use") or NOT_FOR_CLINICAL_USE)
     return {**detail, "images": images, "model": model, "warning": warning,
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _latin1(text: Any) -> str:
@@ -39,7 +46,7 @@ def _latin1(text: Any) -> str:
     return str(text).encode("latin-1", "replace").decode("latin-1")
 
 
-def build_pdf(node: "Node", series_uid: str) -> bytes:
+def build_pdf(node: Node, series_uid: str) -> bytes:
     ctx = report_context(node, series_uid)
     series, job = ctx["series"], ctx["latest_done_job"]
     pdf = FPDF(format="A4")
@@ -55,8 +62,8 @@ def build_pdf(node: "Node", series_uid: str) -> bytes:
     rows = [
         ("Patient", f"{series['patient_name']} ({series['patient_id']})"),
         ("Study", f"{series['study_date']} {series['study_description']}  accession {series['accession_number']}"),
-        ("Series", f"{series['series_number']} {series['series_description']} - {series['modality']}, "
-                   f"{series['instance_count']} images"),
+        ("Series", (f"{series['series_number']} {series['series_description']} - {series['modality']}, "
+                    f"{series['instance_count']} images")),
         ("Series UID", series["series_instance_uid"]),
         ("Model", " ".join(str(ctx["model"].get(k, "")) for k in ("name", "version", "engine")).strip() or "unknown"),
         ("Analysed", (job or {}).get("finished_at") or "not analysed yet"),
@@ -89,7 +96,7 @@ def build_pdf(node: "Node", series_uid: str) -> bytes:
     return bytes(pdf.output())
 
 
-def _key_images(pdf: FPDF, node: "Node", series_uid: str, images: list[OverlayImage]) -> None:
+def _key_images(pdf: FPDF, node: Node, series_uid: str, images: list[OverlayImage]) -> None:
     if not images:
         return
     pdf.ln(4)

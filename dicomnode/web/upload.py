@@ -68,7 +68,7 @@ def _series_uid(data: bytes) -> str:
         return ""
 
 
-def ingest_uploads(node: "Node", files: list[tuple[str, BinaryIO]], client: str, user: str) -> UploadResult:
+def ingest_uploads(node: Node, files: list[tuple[str, BinaryIO]], client: str, user: str) -> UploadResult:
     result = UploadResult()
     sender = Sender(association_id=None, calling_ae=UPLOAD_AE, peer_host=client[:64])
     with _upload_lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,17 +31,17 @@ class NotFound(LookupError):
 
 
 def _today_start() -> datetime:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # SQLite stores naive UTC; compare naive to naive as storage.queries does
     return now.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
 
 
-def spool_free_bytes(node: "Node") -> int:
+def spool_free_bytes(node: Node) -> int:
     return shutil.disk_usage(node.settings.spool_dir).free
 
 
 # -- model and engine ---------------------------------------------------------------
-def loaded_pipelines(node: "Node") -> dict[str, Any]:
+def loaded_pipelines(node: Node) -> dict[str, Any]:
     # JobRunner keeps resolved pipelines in a private cache; read it without loading anything
     return dict(getattr(node.runner, "_pipelines", {}))
 
@@ -56,7 +56,7 @@ def _identity(pipeline: Any) -> dict[str, Any] | None:
     return None
 
 
-def model_info(node: "Node") -> dict[str, Any]:
+def model_info(node: Node) -> dict[str, Any]:
     """Configured engine, what the running pipelines say they use, and the last job's model."""
     cfg = node.settings.inference
     required = sorted({r.pipeline for r in node.settings.routes if r.pipeline in MODEL_PIPELINES})
@@ -84,7 +84,7 @@ def model_info(node: "Node") -> dict[str, Any]:
 
 
 # -- dashboard ------------------------------------------------------------------------
-def dashboard_stats(node: "Node") -> dict[str, Any]:
+def dashboard_stats(node: Node) -> dict[str, Any]:
     today = _today_start()
     with node.db.session() as s:
         stats = {
@@ -103,7 +103,7 @@ def dashboard_stats(node: "Node") -> dict[str, Any]:
 
 
 # -- health -------------------------------------------------------------------------
-def health(node: "Node") -> dict[str, Any]:
+def health(node: Node) -> dict[str, Any]:
     checks: dict[str, dict[str, Any]] = {}
     try:
         with node.db.engine.connect() as conn:
@@ -127,7 +127,7 @@ def health(node: "Node") -> dict[str, Any]:
 
 
 # -- series ---------------------------------------------------------------------------
-def list_series(node: "Node", f: AuditFilter) -> list[dict[str, Any]]:
+def list_series(node: Node, f: AuditFilter) -> list[dict[str, Any]]:
     with node.db.session() as s:
         rows = run_query(s, "series", f)
         ids = [r["id"] for r in rows]
@@ -149,7 +149,7 @@ def lung_rads_overall(categories: list[str]) -> str:
     return max(known, key=LUNG_RADS_ORDER.index) if known else "1"
 
 
-def series_detail(node: "Node", series_uid: str) -> dict[str, Any]:
+def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
     with node.db.session() as s:
         row = s.execute(select(Series, Study).join(Study, Series.study_id == Study.id)
                         .where(Series.series_instance_uid == series_uid)).first()
@@ -192,7 +192,7 @@ class OverlayImage:
     order: int
 
 
-def _outbox_sc_files(node: "Node", series_uid: str, job_id: int) -> dict[str, tuple[Path, Any]]:
+def _outbox_sc_files(node: Node, series_uid: str, job_id: int) -> dict[str, tuple[Path, Any]]:
     """SC result objects of this series in the outbox: {sop uid: (path, header)}."""
     folder = Path(node.settings.outbox_dir) / series_uid
     if not folder.is_dir():
@@ -214,7 +214,7 @@ def _outbox_sc_files(node: "Node", series_uid: str, job_id: int) -> dict[str, tu
     return found
 
 
-def overlay_images(node: "Node", series_uid: str, detail: dict[str, Any] | None = None) -> list[OverlayImage]:
+def overlay_images(node: Node, series_uid: str, detail: dict[str, Any] | None = None) -> list[OverlayImage]:
     detail = detail or series_detail(node, series_uid)
     done = detail["latest_done_job"]
     if done is None:
@@ -229,7 +229,7 @@ def overlay_images(node: "Node", series_uid: str, detail: dict[str, Any] | None 
                          f["index"]) for f in detail["findings"]]
 
 
-def overlay_png(node: "Node", series_uid: str, key: str) -> bytes:
+def overlay_png(node: Node, series_uid: str, key: str) -> bytes:
     from PIL import Image
 
     detail = series_detail(node, series_uid)
@@ -249,9 +249,10 @@ def overlay_png(node: "Node", series_uid: str, key: str) -> bytes:
     raise NotFound(f"unknown overlay {key!r}")
 
 
-def _render_finding(node: "Node", detail: dict[str, Any], index_text: str) -> bytes:
+def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> bytes:
     from dicomnode.results.overlay import render_overlay_png
-    from inference.findings import Finding as ModelFinding, KeySlice
+    from inference.findings import Finding as ModelFinding
+    from inference.findings import KeySlice
 
     match = [f for f in detail["findings"] if str(f["index"]) == index_text]
     if not match:
