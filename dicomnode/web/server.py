@@ -44,8 +44,10 @@ class WebServer:
     def start(self) -> None:
         self._socket = self._bind()
         self.port = self._socket.getsockname()[1]
+        # a generous keep-alive: when inference starves this thread of the GIL, a short idle timer can
+        # fire late and reset a connection the client is already reusing
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="web-console", daemon=True)

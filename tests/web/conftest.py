@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from dicomnode.config import load_settings
 from dicomnode.node import Node
@@ -138,3 +140,17 @@ def open_series(open_node: WebNode, phantom_files: list[Path]) -> dict[str, Any]
 def secure_series(secure_node: WebNode, phantom_files: list[Path]) -> dict[str, Any]:
     with secure_node.client(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         return upload_and_wait(client, phantom_files)
+
+
+def new_series_copy(files: list[Path], out: Path) -> list[Path]:
+    """The phantom again under new UIDs: a second series of the same study."""
+    out.mkdir()
+    series_uid = generate_uid()
+    copies = []
+    for path in files:
+        ds = dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        copies.append(out / path.name)
+        ds.save_as(copies[-1], enforce_file_format=True)
+    return copies

@@ -1,5 +1,5 @@
 """The console in headless Debian chromium (Playwright): log in, dashboard, a series with its
-findings and overlay image, retry a dead letter. Screenshots go to the test's tmp dir; the series
+findings and overlay image, retry a dead letter, upload a series and watch its job finish. Screenshots go to the test's tmp dir; the series
 page becomes docs/screenshots/console.png for the README when that is missing or
 DICOMNODE_UPDATE_SCREENSHOTS=1 is set."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.web.conftest import PASSWORD, TOKEN, USER, WebNode
+from tests.web.conftest import PASSWORD, TOKEN, USER, WebNode, new_series_copy
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -32,7 +32,8 @@ def page(tmp_path: Path):
         browser.close()
 
 
-def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: dict[str, Any], tmp_path: Path) -> None:
+def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: dict[str, Any], phantom_files: list[Path],
+                              tmp_path: Path) -> None:
     uid = secure_series["uid"]
     page.set_default_timeout(20_000)
 
@@ -70,11 +71,21 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     assert f"Re-queued: {delivery}" in page.locator("p.ok").inner_text()
     page.screenshot(path=str(tmp_path / "dead-letters.png"), full_page=True)
 
+    # upload a new series through the form and watch the page poll its job to the end
+    files = new_series_copy(phantom_files, tmp_path / "upload")
+    page.goto(secure_node.base + "/upload")
+    page.set_input_files("input[name=files]", [str(f) for f in files])
+    page.click("form[action=\"/upload\"] button[type=submit]")
+    assert page.locator("#upload-summary").inner_text().startswith(f"{len(files)} instance(s) stored")
+    page.wait_for_selector("#upload-progress tr[data-state=done]", timeout=120_000)
+    assert "suspicious" in page.locator("#upload-progress .job-state").inner_text()
+    page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
+
     with secure_node.client(headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         actions = c.get("/api/events", params={"status": "ADMIN_ACTION"}).json()
     assert any(a["delivery_id"] == int(delivery) and a["message"].startswith(f"{USER} re-queued") for a in actions)
 
-    for name in ("dashboard.png", "series.png", "dead-letters.png"):
+    for name in ("dashboard.png", "series.png", "dead-letters.png", "upload.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     # refresh the committed README picture only on request, so test runs leave the tree clean
     if not README_SHOT.exists() or os.environ.get("DICOMNODE_UPDATE_SCREENSHOTS"):

@@ -5,10 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydicom import dcmread
-from pydicom.uid import generate_uid
 
-from tests.web.conftest import WebNode, upload_and_wait
+from tests.web.conftest import WebNode, new_series_copy, upload_and_wait
 
 
 def scrape(node: WebNode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -25,20 +23,6 @@ def scrape(node: WebNode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 def value(samples: dict, metric: str, **labels: str) -> float:
     return samples[(metric, tuple(sorted(labels.items())))]
-
-
-def new_series_copy(files: list[Path], out: Path) -> list[Path]:
-    """The phantom again under new UIDs: a second series of the same study."""
-    out.mkdir()
-    series_uid = generate_uid()
-    copies = []
-    for path in files:
-        ds = dcmread(path)
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        copies.append(out / path.name)
-        ds.save_as(copies[-1], enforce_file_format=True)
-    return copies
 
 
 def test_metrics_move_after_a_series(open_node: WebNode, open_series: dict[str, Any], phantom_files: list[Path],
