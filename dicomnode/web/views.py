@@ -46,13 +46,17 @@ def loaded_pipelines(node: Node) -> dict[str, Any]:
     return dict(getattr(node.runner, "_pipelines", {}))
 
 
-def _identity(pipeline: Any) -> dict[str, Any] | None:
+def _identity(pipeline: Any, depth: int = 0) -> dict[str, Any] | None:
+    """The ModelIdentity a loaded pipeline exposes: on itself or on its model (pipeline.model.identity)."""
     for attr in ("model_identity", "identity", "model"):
         value = getattr(pipeline, attr, None)
-        if value is not None and hasattr(value, "engine"):
+        if value is None:
+            continue
+        if all(isinstance(getattr(value, k, None), str) for k in ("name", "version", "engine")):
             to_json = getattr(value, "to_json", None)
-            return to_json() if callable(to_json) else {"name": getattr(value, "name", ""), "engine": value.engine,
-                                                         "version": getattr(value, "version", "")}
+            return to_json() if callable(to_json) else {k: getattr(value, k) for k in ("name", "version", "engine")}
+        if depth == 0 and (found := _identity(value, 1)) is not None:
+            return found
     return None
 
 

@@ -155,3 +155,16 @@ def test_openapi(client: httpx.Client) -> None:
                   "/api/dead-letters", "/api/dead-letters/{delivery_id}/retry", "/api/events", "/api/stats", "/health"):
         assert route in paths
     assert "swagger" in client.get("/docs").text.lower()
+
+
+def test_model_identity_of_a_loaded_pipeline() -> None:
+    from types import SimpleNamespace
+
+    from dicomnode.web.views import _identity
+    from inference.findings import ModelIdentity
+
+    identity = ModelIdentity("deeplung-dpn26", "1.2", "ab" * 32, "tensorrt-fp16")
+    # the node's lung pipeline holds the inference pipeline as .model, which carries .identity
+    assert _identity(SimpleNamespace(model=SimpleNamespace(identity=identity, detector=object()))) == identity.to_json()
+    assert _identity(SimpleNamespace(identity=identity)) == identity.to_json()
+    assert _identity(lambda datasets, context: None) is None  # a plain function pipeline has none
