@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from fpdf import FPDF
 
 from dicomnode.web.views import (
-    NOT_FOR_CLINICAL_USE,
     OverlayImage,
     model_info,
+    model_warning,
     overlay_images,
     overlay_png,
     series_detail,
@@ -36,7 +36,7 @@ def report_context(node: Node, series_uid: str) -> dict[str, Any]:
     summary = job.get("summary") or {}
     if isinstance(summary.get("model"), dict):
         model = summary["model"]  # the model that produced *these* findings
-    warning = str(summary.get("warning") or summary.get("intended_use") or NOT_FOR_CLINICAL_USE)
+    warning = model_warning(node, summary)
     return {**detail, "images": images, "model": model, "warning": warning,
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds")}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,6 +86,32 @@ def model_info(node: Node) -> dict[str, Any]:
                     info["model"] = {**summary["model"], "source": "last finished job"}
                     break
     return info
+
+
+def _manifest_warning(weights: Path) -> str | None:
+    manifest = (weights if weights.is_dir() else weights.parent) / "manifest.json"
+    try:
+        value = json.loads(manifest.read_text(encoding="utf-8")).get("warning")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def model_warning(node: Node, summary: dict[str, Any] | None = None) -> str:
+    """The model card's warning (job summary, loaded weights, or the configured weights' manifest.json),
+    followed by the console's own not-for-clinical-use statement."""
+    card: str | None = None
+    if summary and summary.get("warning"):
+        card = str(summary["warning"])
+    for pipeline in loaded_pipelines(node).values():
+        manifest = getattr(getattr(getattr(pipeline, "model", pipeline), "bundle", None), "manifest", None)
+        if card is None and isinstance(manifest, dict) and manifest.get("warning"):
+            card = str(manifest["warning"])
+    if card is None:
+        import inference.weights
+
+        card = _manifest_warning(Path(node.settings.inference.weights or Path(inference.weights.__file__).parent))
+    return f"{card.rstrip('.')}. {NOT_FOR_CLINICAL_USE}" if card else NOT_FOR_CLINICAL_USE
 
 
 # -- dashboard ------------------------------------------------------------------------

@@ -116,3 +116,17 @@ def test_upload_page(client: httpx.Client, phantom_files: list[Path], open_serie
     assert "0 instance(s) stored, 2 duplicate(s), 0 refused" in page.text
     assert f'data-series="{open_series["uid"]}"' in page.text and "/static/progress.js" in page.text
     assert "poll" in client.get("/static/progress.js").text
+
+
+def test_report_shows_the_model_cards_warning(client: httpx.Client, open_node: WebNode, open_series: dict[str, Any],
+                                              tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text('{"name": "m", "warning": "NOT FOR CLINICAL USE: phantom-trained demo"}')
+    inference = open_node.node.settings.inference
+    before = inference.weights
+    inference.weights = tmp_path
+    try:
+        html = client.get(f"/series/{open_series['uid']}/report").text
+    finally:
+        inference.weights = before
+    warning = html.split('id="warning">')[1].split("</p>")[0]
+    assert warning.startswith("NOT FOR CLINICAL USE: phantom-trained demo. Research use only")
