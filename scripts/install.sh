@@ -14,6 +14,7 @@ command -v Orthanc >/dev/null || need_apt+=(orthanc)
 if [ "${DICOMNODE_NODE_ONLY:-0}" != 1 ]; then  # peers only the tests use
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
   command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v docker-compose >/dev/null || need_apt+=(docker-compose)  # `config` checks deploy/
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
