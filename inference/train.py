@@ -357,11 +357,12 @@ class TrainConfig:
     luna16: Path | None = None
     crop: int = 32
     batch: int = 6
-    steps: int = 220
-    lr: float = 1e-3
+    steps: int = 130
+    lr: float = 3e-4
+    warmup_steps: int = 10
     weight_decay: float = 1e-4
     dropout: float = 0.2
-    p_positive: float = 0.6
+    p_positive: float = 0.7
     hard_per_sample: int = 16
     checkpoint_every: int = 20
     threads: int = 2
@@ -415,11 +416,19 @@ def train_detector(cfg: TrainConfig, cases: Sequence[Case] | None = None, progre
     model = DPN26Detector(dropout=cfg.dropout)
     if cfg.init is not None:
         load_into(model, cfg.init)
+    else:
+        # hard negatives push every logit down early on; a small positive bias keeps the head's
+        # ReLU units alive through that phase (with zero bias most of them died within 60 steps)
+        torch.nn.init.constant_(model.output[0].bias, 0.1)
     # channels-last 3D lets oneDNN pick fast grouped-conv kernels: about 4x faster training on CPU
     model = model.to(memory_format=torch.channels_last_3d).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # cosine decay to 10% of the rate: a short run still ends on a small step
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    def rate(s: int) -> float:  # linear warm-up, then cosine decay to 10%
+        warm = min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+        return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
@@ -479,7 +488,7 @@ def nodule_crops(cases: Sequence[Case], jitter_mm: float = 0.0, copies: int = 1,
 
 @dataclass
 class ClassifierResult:
-    net_path: Path
+    net_path: Path | None  # None when the GBM uses pixels and diameter only (epochs=0)
     gbm_path: Path
     gbm_sha256: str
     history: list[dict] = field(default_factory=list)
@@ -488,7 +497,11 @@ class ClassifierResult:
 def train_classifier(cases: Sequence[Case], out_dir: str | Path, *, seed: int = 0, epochs: int = 6,
                      batch: int = 16, lr: float = 1e-3, threads: int = 2,
                      log_fn: Callable[[str], None] | None = None) -> ClassifierResult:
-    """Train DPNClassifierNet with its head on benign/malignant crops, then the GBM on its features."""
+    """Train DPNClassifierNet with its head on benign/malignant crops, then the GBM on its features.
+
+    `epochs=0` skips the network: the GBM then sees the central 17^3 pixels and the diameter only
+    (what the packaged demo weights use: the CPU budget went to the detector).
+    """
     from inference.classify import MalignancyClassifier, normalise_crops, torch_features_fn
     from inference.nets.checkpoint import save_project_checkpoint
     from inference.nets.classifier import DPNClassifierNet
@@ -499,6 +512,12 @@ def train_classifier(cases: Sequence[Case], out_dir: str | Path, *, seed: int = 
     crops, diam, labels = nodule_crops(cases, jitter_mm=2.0, copies=2, rng=rng)
     if len(set(labels.tolist())) < 2:
         raise ValueError("the classifier needs both benign and malignant nodules in the training cases")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gbm_path = out / "malignancy-gbm.joblib"
+    if epochs == 0:
+        gbm = MalignancyClassifier(random_state=seed).fit(crops, diam, labels)
+        return ClassifierResult(None, gbm_path, gbm.save(gbm_path), [])
     net = DPNClassifierNet(dropout=0.3).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     x_all = torch.from_numpy(normalise_crops(crops))
@@ -523,8 +542,6 @@ def train_classifier(cases: Sequence[Case], out_dir: str | Path, *, seed: int = 
         history.append({"epoch": epoch + 1, "loss": total / len(labels)})
         if log_fn:
             log_fn(json.dumps({"classifier": history[-1]}))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     net_path = out / "classifier.pt"
     card = {"name": "dicomnode-dpn-classifier", "epochs": epochs, "n_crops": int(len(labels)),
             "warning": "NOT FOR CLINICAL USE"}
@@ -533,12 +550,11 @@ def train_classifier(cases: Sequence[Case], out_dir: str | Path, *, seed: int = 
     # the GBM sees un-jittered crops only once per nodule plus the jittered copies
     gbm = MalignancyClassifier(features_fn=torch_features_fn(net.eval()), features_id=net_sha, random_state=seed)
     gbm.fit(crops, diam, labels)
-    gbm_path = out / "malignancy-gbm.joblib"
     digest = gbm.save(gbm_path)
     return ClassifierResult(net_path, gbm_path, digest, history)
 
 
-def run_training(cfg: TrainConfig, *, classifier_epochs: int = 3, progress: Progress | None = None,
+def run_training(cfg: TrainConfig, *, classifier_epochs: int = 0, progress: Progress | None = None,
                  log_fn: Callable[[str], None] | None = None) -> dict:
     """Cache the data, train the malignancy stage, then the detector; returns a summary dict."""
     t0 = time.time()
@@ -552,7 +568,8 @@ def run_training(cfg: TrainConfig, *, classifier_epochs: int = 3, progress: Prog
     if labelled:
         cls = train_classifier(labelled, cfg.out_dir, seed=cfg.seed, epochs=classifier_epochs, threads=cfg.threads,
                                log_fn=log_fn)
-        summary["classifier"] = {"net": str(cls.net_path), "gbm": str(cls.gbm_path), "history": cls.history}
+        summary["classifier"] = {"net": cls.net_path and str(cls.net_path), "gbm": str(cls.gbm_path),
+                                 "history": cls.history}
     else:
         summary["classifier"] = None  # LUNA16 has no malignancy labels
     summary["elapsed_s"] = round(time.time() - t0, 1)

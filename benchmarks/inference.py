@@ -1,0 +1,113 @@
+"""Inference speed and memory on the real LIDC-IDRI-0002 series (261 slices, 512x512, 1.25 mm).
+
+Each configuration (engine x detection mode) runs in its own child process, so peak memory
+(ru_maxrss) belongs to that configuration alone. Engines are built (and ONNX exported into the
+cache) before the clock starts: the node keeps one pipeline, so per-series time is what counts.
+Prints per-stage timings, wall time, peak memory, and ratios against torch-tiled measured in the
+same run (absolute seconds are noise on a shared 2-core machine). Target: whole pipeline < 60 s
+and < 6 GB.
+
+    python benchmarks/inference.py [--configs onnxruntime:whole,torch:tiled] [--series DIR] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DEFAULT_SERIES = ROOT.parent / "shared" / "data" / "lidc-idri-0002" / "series"
+BASELINE = "torch:tiled"
+
+
+def _child(engine: str, mode: str, series: Path, threads: int, cache_dir: Path, weights: str | None) -> dict:
+    from inference.pipeline import LungNodulePipeline
+    from inference.volume import read_series
+
+    t = time.perf_counter()
+    pipeline = LungNodulePipeline(engine=engine, mode=mode, threads=threads, weights=weights, cache_dir=cache_dir)
+    init_s = time.perf_counter() - t
+    datasets = read_series(sorted(str(p) for p in series.iterdir() if p.is_file()))
+    t = time.perf_counter()
+    result = pipeline.analyze(datasets)
+    wall = time.perf_counter() - t
+    return {
+        "config": f"{engine}:{mode}",
+        "engine": result.model.engine,
+        "init_s": init_s,
+        "wall_s": wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "timings_s": result.timings_s,
+        "verdict": result.verdict.value,
+        "findings": [f.to_json() for f in result.findings],
+    }
+
+
+def _available_configs() -> list[str]:
+    engines = ["torch"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
+    return [f"{e}:{m}" for e in engines for m in ("tiled", "whole")]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", help="comma-separated ENGINE:MODE (default: every available engine x tiled/whole)")
+    ap.add_argument("--series", type=Path, default=DEFAULT_SERIES)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", help="weights folder (default: the packaged demo weights)")
+    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/dicomnode-bench-cache"))
+    ap.add_argument("--json", type=Path, help="also write all results here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child:
+        engine, mode = args.child.split(":")
+        print(json.dumps(_child(engine, mode, args.series, args.threads, args.cache_dir, args.weights)))
+        return 0
+
+    if not args.series.is_dir():
+        print(f"no series at {args.series}", file=sys.stderr)
+        return 2
+    configs = args.configs.split(",") if args.configs else _available_configs()
+    results = []
+    for config in configs:
+        cmd = [sys.executable, __file__, "--child", config, "--series", str(args.series), "--threads", str(args.threads),
+               "--cache-dir", str(args.cache_dir)] + (["--weights", args.weights] if args.weights else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            print(f"{config}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        st = r["timings_s"]
+        print(f"{config:20s} wall {r['wall_s']:6.1f} s  peak {r['peak_rss_mb'] / 1024:5.2f} GB  "
+              + "  ".join(f"{k} {v:.1f}" for k, v in st.items() if k != "total")
+              + f"  ({len(r['findings'])} findings, verdict {r['verdict']})", flush=True)
+    by = {r["config"]: r for r in results}
+    if BASELINE in by:
+        base = by[BASELINE]
+        for r in results:
+            if r["config"] != BASELINE:
+                print(f"{r['config']} / {BASELINE}: time {r['wall_s'] / base['wall_s']:.2f}x, "
+                      f"detect {r['timings_s']['detect'] / base['timings_s']['detect']:.2f}x, "
+                      f"peak memory {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
+    for r in results:
+        ok = r["wall_s"] < 60 and r["peak_rss_mb"] < 6 * 1024
+        print(f"{r['config']}: target < 60 s and < 6 GB {'met' if ok else 'NOT met'}")
+    if results:
+        print("findings (" + results[0]["config"] + "):")
+        for f in results[0]["findings"]:
+            print(f"  centre {f['center_mm']} mm, diameter {f['diameter_mm']} mm, p {f['probability']}, "
+                  f"malignancy {f['malignancy']}, Lung-RADS {f['lung_rads']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
