@@ -45,11 +45,17 @@ def summary_pipeline(datasets: list[Dataset], context: PipelineContext) -> Pipel
     return PipelineOutput([ds], verdict="done", summary={"instances": len(datasets)})
 
 
-def slow_pipeline(datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:
-    """Like summary_pipeline but takes a few seconds, so a test can kill the node mid-job."""
+def gated_pipeline(datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:
+    """Like summary_pipeline, but waits until the file named by TEST_PIPELINE_GATE exists, so a
+    test can kill the node while the job is certainly running."""
     import time
+    from pathlib import Path
 
-    for step in range(6):
-        context.progress(f"step {step + 1} of 6")
-        time.sleep(1)
+    gate = Path(os.environ["TEST_PIPELINE_GATE"])
+    deadline = time.monotonic() + 300
+    while not gate.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{gate} never appeared")
+        context.progress("waiting for the test's gate")
+        time.sleep(0.2)
     return summary_pipeline(datasets, context)
