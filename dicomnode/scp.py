@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ class StorageSCP:
 
     def handlers(self) -> list[tuple]:
         return [
+            (evt.EVT_CONN_OPEN, self._on_connected),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -165,6 +167,13 @@ class StorageSCP:
         rq = event.assoc.requestor
         primitive = rq.primitive
         return str(primitive.calling_ae_title).strip(), str(primitive.called_ae_title).strip(), str(rq.address), int(rq.port)
+
+    @staticmethod
+    def _on_connected(event: evt.Event) -> None:
+        # C-STORE is request/response: small responses must not wait on Nagle's algorithm
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_requested(self, event: evt.Event) -> None:
         calling, called, host, port = self._peer(event)
