@@ -14,6 +14,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dicomnode.cli import UserError, console
 
+
+def _running_user_error() -> type[Exception]:
+    """`python -m dicomnode.cli` runs cli.py as __main__, a second module object whose UserError
+    is the class main() catches; raise that one so user mistakes stay messages."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "dicomnode.cli" and hasattr(main, "UserError"):
+        return main.UserError  # type: ignore[no-any-return]
+    return UserError
+
+
+UserError = _running_user_error()  # type: ignore[misc]  # noqa: F811
 ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEFAULT_CACHE = Path.home() / ".cache" / "dicomnode"
 
