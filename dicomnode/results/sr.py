@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from copy import deepcopy
 
 import highdicom as hd
 import numpy as np
@@ -15,6 +16,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 
 from dicomnode.results.options import ResultOptions
 from dicomnode.results.uids import device_uid, result_uid, settings_digest
@@ -63,11 +65,16 @@ _TYPE2_FROM_SOURCE = (
 )
 
 
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
+
+
 def prepare_sources(source: Sequence[Dataset]) -> list[Dataset]:
     """Copies of the source datasets with the Type 2 attributes highdicom needs present.
 
-    Element objects are shared (cheap even with pixel data); adding attributes to a
-    copy leaves the caller's datasets untouched. Sorted by position along the normal.
+    Elements are copied, not shared: highdicom carries source elements into the results, and a
+    shared element would let a later change to a result (or to another result built from the same
+    sources) write into the caller's CT datasets. Pixel data alone is shared: it is large and
+    never modified here. Sorted by position along the normal.
     """
     if not source:
         raise ValueError("no source datasets")
@@ -75,7 +82,7 @@ def prepare_sources(source: Sequence[Dataset]) -> list[Dataset]:
     for ds in source:
         copy = Dataset()
         for elem in ds:
-            copy.add(elem)
+            copy.add(elem if elem.tag == PIXEL_DATA else deepcopy(elem))
         if hasattr(ds, "file_meta"):
             copy.file_meta = ds.file_meta
         for keyword in _TYPE2_FROM_SOURCE:

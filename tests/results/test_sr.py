@@ -167,6 +167,18 @@ def test_source_datasets_are_not_mutated(series):
     assert sr.PatientID == "LIDC-IDRI-0002"
 
 
+def test_changing_a_result_never_reaches_the_source_datasets(series):
+    sources = [pydicom.dcmread(str(ds.filename), stop_before_pixels=True) for ds in series[:40]]
+    first = build_sr(sources, synthetic_result(tuple(sources), count=1), ResultOptions())
+    names = {str(ds.PatientName) for ds in sources}
+    first.PatientID = "SOMEONE-ELSE"
+    first.PatientName = "Else^Someone"
+    assert {ds.PatientID for ds in sources} == {"LIDC-IDRI-0002"}
+    assert {str(ds.PatientName) for ds in sources} == names
+    again = build_sr(sources, synthetic_result(tuple(sources), count=1), ResultOptions())
+    assert again.PatientID == "LIDC-IDRI-0002" and str(again.PatientName) != "Else^Someone"
+
+
 def test_comprehensive_3d_adds_world_point(series, result):
     sr3d = build_sr(list(series), result, ResultOptions(sop_class="comprehensive3d"))
     assert sr3d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
