@@ -248,11 +248,17 @@ class FrocResult:
         ax.set_title(f"{self.title}: {self.n_detected}/{self.n_nodules} nodules, {self.n_scans} scans")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, format="png")
-        plt.close(fig)
-        return path
+        return _save_png(fig, path)
+
+
+def _save_png(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
 
 
 def froc_from_matches(cases: Sequence[CaseMatch], title: str = "FROC") -> FrocResult:
@@ -368,11 +374,7 @@ class RocResult:
         ax.set_ylabel("sensitivity")
         ax.set_title(title)
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, format="png")
-        plt.close(fig)
-        return path
+        return _save_png(fig, path)
 
 
 def roc(y_true: Sequence[int] | np.ndarray, y_score: Sequence[float] | np.ndarray, threshold: float = 0.5) -> RocResult:

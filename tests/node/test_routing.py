@@ -51,6 +51,14 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
+def _add_study(db: Database, uid: str) -> int:
+    with db.session() as s:
+        study = Study(study_instance_uid=uid)
+        s.add(study)
+        s.flush()
+        return study.id
+
+
 def _add_series(db: Database, study_id: int, number: int, thickness: float, count: int, status: str,
                 image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", modality: str = "CT") -> int:
     with db.session() as s:
@@ -69,11 +77,7 @@ def _enqueue(s, series, route) -> int:
 
 
 def test_one_series_per_study_waits_for_the_study_and_picks_the_thinnest_axial(db):
-    with db.session() as s:
-        study = Study(study_instance_uid="1.2.3")
-        s.add(study)
-        s.flush()
-        study_id = study.id
+    study_id = _add_study(db, "1.2.3")
     route = Route(name="lung", match=RouteMatch(modality=["CT"]), one_series_per_study=True)
     router = Router(db, [route], _enqueue)
     localizer = _add_series(db, study_id, 1, 2.0, 2, "complete", "ORIGINAL\\PRIMARY\\LOCALIZER")
@@ -96,11 +100,7 @@ def test_one_series_per_study_waits_for_the_study_and_picks_the_thinnest_axial(d
 
 
 def test_unmatched_series_is_ignored_with_the_reason(db):
-    with db.session() as s:
-        study = Study(study_instance_uid="9.9")
-        s.add(study)
-        s.flush()
-        study_id = study.id
+    study_id = _add_study(db, "9.9")
     router = Router(db, [Route(name="ct-only", match=RouteMatch(modality=["CT"]))], _enqueue)
     sr = _add_series(db, study_id, 7, 1.0, 1, "complete", modality="SR")
     router.on_series_complete(sr)
