@@ -34,6 +34,7 @@ from dicomnode.scp import (
     UNCOMPRESSED,
     negotiation_order,
 )
+from dicomnode.scu import STORED_STATUSES
 
 VERIFICATION = "1.2.840.10008.1.1"
 # what the result builders create (dicomnode.results) and the sender offers as SCU
@@ -138,7 +139,7 @@ def generate() -> str:
     out += _uid_table([(uid, note) for uid, note in RESULT_SOP_CLASSES], ("SOP class", "UID", "Sent when"))
     out += [
         "",
-        "- Success, and the warnings `0xB000`, `0xB006`, `0xB007`, count as delivered; any other status, a refused",
+        f"- Success, and the warnings {', '.join(f'`0x{c:04X}`' for c in sorted(STORED_STATUSES) if c)}, count as delivered; any other status, a refused",
         "  association or a lost connection is a failed attempt.",
         f"- Failed attempts are retried with exponential backoff (default {sender.backoff_initial_s:g} s doubling up to",
         f"  {sender.backoff_max_s:g} s); after `sender.max_attempts` (default {sender.max_attempts}) the delivery is a",

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -25,13 +26,23 @@ class SendReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def echo(address: DicomAddress, calling_ae: str, timeout: float = 10.0) -> int:
+# C-STORE statuses that mean the peer has the object: success and the warnings
+# coercion (0xB000), elements discarded (0xB006), data set does not match SOP class (0xB007)
+STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+
+
+def _associate(address: DicomAddress, calling_ae: str, timeout: float, contexts: list) -> Association:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
+    ae.requested_contexts = contexts
     assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
     if not assoc.is_established:
         raise ScuError(f"no association with {address}: {'rejected' if assoc.is_rejected else 'peer unreachable or not answering'}")
+    return assoc
+
+
+def echo(address: DicomAddress, calling_ae: str, timeout: float = 10.0) -> int:
+    assoc = _associate(address, calling_ae, timeout, [build_context(Verification)])
     try:
         status = assoc.send_c_echo()
     finally:
@@ -66,20 +77,15 @@ def send_files(address: DicomAddress, files: list[Path], calling_ae: str,
             progress(f)
     if not headers:
         return report
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     pairs = sorted({(c, t) for _, c, t in headers})
     if len(pairs) > 128:
         raise ScuError("more than 128 SOP class/transfer syntax combinations; send in smaller batches")
-    ae.requested_contexts = [build_context(c, [t]) for c, t in pairs]
-    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
-    if not assoc.is_established:
-        raise ScuError(f"no association with {address}: {'rejected' if assoc.is_rejected else 'peer unreachable or not answering'}")
+    assoc = _associate(address, calling_ae, timeout, [build_context(c, [t]) for c, t in pairs])
     try:
         for f, _, _ in headers:
             status = assoc.send_c_store(f)
             code = getattr(status, "Status", None)
-            if code in (0x0000, 0xB000, 0xB006, 0xB007):
+            if code in STORED_STATUSES:
                 report.sent += 1
             else:
                 why = f"status 0x{code:04X} {getattr(status, 'ErrorComment', '')}".strip() if code is not None else "no response"

@@ -14,13 +14,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select, update
 
 from dicomnode.config import Settings
 from dicomnode.outbox import Target
+from dicomnode.scu import STORED_STATUSES
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -94,7 +95,7 @@ class Sender:
                 try:
                     status = assoc.send_c_store(dcmread(self.outbox_root / d.path))
                     code = getattr(status, "Status", None)
-                    if code is not None and code in (0x0000, 0xB000, 0xB007, 0xB006):
+                    if code in STORED_STATUSES:
                         self._mark_delivered(d, target)
                         delivered += 1
                     else:
