@@ -295,6 +295,15 @@ def sensitivity_at_max_fps(cases: Sequence[CaseMatch], max_fps_per_scan: float =
     return float(res.curve_sensitivity[i]), float(res.curve_thresholds[i])
 
 
+def operating_point(cases: Sequence[CaseMatch], threshold: float) -> tuple[float, float]:
+    """(sensitivity, false positives per scan) of the marks with probability >= ``threshold``:
+    what a node reporting at that threshold delivers on these cases."""
+    n_nodules = sum(c.n_truth for c in cases)
+    hits = sum(int(np.sum(c.truth_score[c.truth_hit] >= threshold)) for c in cases)
+    fps = sum(int(np.sum(c.fp_scores >= threshold)) for c in cases)
+    return (hits / n_nodules if n_nodules else 0.0), fps / max(1, len(cases))
+
+
 def _top_marks(probs: np.ndarray, max_marks: int) -> np.ndarray:
     """Mask of kept candidates: strictly above the (max_marks+1)-th best probability."""
     if max_marks <= 0 or len(probs) <= max_marks:

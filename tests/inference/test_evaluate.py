@@ -16,6 +16,7 @@ from inference.evaluate import (
     roc,
     scan_key,
     sensitivity_at,
+    operating_point,
     sensitivity_at_max_fps,
 )
 from tests.conftest import LUNA16_EVAL
@@ -140,6 +141,10 @@ def test_match_findings_and_sensitivity_at_one_fp_per_case():
     sens, thr = sensitivity_at_max_fps(cases, 0.5)
     assert sens == pytest.approx(0.25) and thr == pytest.approx(0.9)
     assert froc_from_matches(cases).n_nodules == 4
+    # what a node reporting at a fixed threshold delivers: hits and FPs at or above it
+    assert operating_point(cases, 0.3) == (pytest.approx(0.5), pytest.approx(1.0))
+    assert operating_point(cases, 0.85) == (pytest.approx(0.25), pytest.approx(1 / 3))
+    assert operating_point(cases, 0.99) == (0.0, 0.0)
 
 
 def test_roc_auc_and_confusion_matrix(tmp_path):

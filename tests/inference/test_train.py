@@ -16,6 +16,7 @@ from inference.train import (
     TrainConfig,
     crop_coord,
     detector_loss,
+    init_head,
     luna16_cases,
     make_targets,
     read_mhd_volume,
@@ -125,3 +126,19 @@ def test_mhd_volume_geometry(tmp_path):
 def test_luna16_folder_needs_its_annotations(tmp_path):
     with pytest.raises(FileNotFoundError, match="annotations.csv"):
         luna16_cases(tmp_path, tmp_path / "cache")
+
+
+def test_a_fresh_head_starts_at_the_prior_with_its_hidden_units_alive():
+    # the failure this guards against: hard negatives killed every hidden ReLU of the head within
+    # a few hundred steps, leaving one constant logit everywhere (the first demo weights)
+    torch.manual_seed(0)
+    model = DPN26Detector().eval()
+    init_head(model)
+    sample = CropSampler([_sphere_case()], 32).sample(np.random.default_rng(0))
+    hidden = {}
+    model.output[1].register_forward_hook(lambda mod, inp, out: hidden.setdefault("relu", out))
+    with torch.no_grad():
+        out = model(torch.from_numpy(sample.image[None]), torch.from_numpy(sample.coord[None]))
+    probability = torch.sigmoid(out[..., 0])
+    assert float(probability.median()) < 0.1  # negatives are cheap from step one
+    assert float((hidden["relu"] > 0).float().mean()) > 0.3
