@@ -1,4 +1,4 @@
-"""`dicomnode analyze`, `dicomnode model train|froc|evaluate|export|info` and `dicomnode phantom`.
+"""`dicomnode analyze`, `dicomnode model train|froc|evaluate|calibrate|export|info` and `dicomnode phantom`.
 
 Kept apart from cli.py because these import the inference stack (torch and friends).
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -166,10 +167,13 @@ def cmd_model_train(args: argparse.Namespace) -> int:
     luna = None if args.data == "phantoms" else Path(args.data)
     if luna is not None and not luna.is_dir():
         raise UserError(f"--data {args.data}: expected 'phantoms' or a LUNA16 folder")
+    if args.init is not None and not args.init.is_file():
+        raise UserError(f"--init {args.init}: no such checkpoint file")
     cfg = TrainConfig(
         out_dir=args.out, cache_dir=args.cache_dir / "train", seed=args.seed, train_seeds=args.seeds, small=not args.full_size,
         luna16=luna, crop=args.crop, batch=args.batch, steps=args.steps, lr=args.lr,
-        checkpoint_every=args.checkpoint_every, threads=args.threads or 2, workers=args.workers,
+        checkpoint_every=args.checkpoint_every, threads=args.threads or 2, workers=args.workers, init=args.init,
+        warmup_steps=args.warmup_steps, p_positive=args.p_positive, hard_boost=args.hard_boost,
     )
     log_path = args.out / "train-log.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -200,10 +204,10 @@ def cmd_model_froc(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_model_evaluate(args: argparse.Namespace) -> int:
-    from inference.train import Case, cached_phantom_cases, evaluate_detector_on_cases, plot_confusion_png
+def _evaluate_on_phantoms(args: argparse.Namespace, pipeline, report_threshold: float | None):
+    """Detection FROC and malignancy ROC of `pipeline` on phantoms first_seed..first_seed+count-1."""
+    from inference.train import Case, cached_phantom_cases, evaluate_detector_on_cases
 
-    pipeline = _pipeline(args)
     seeds = list(range(args.first_seed, args.first_seed + args.count))
     with _bar() as bar:
         progress = _stage_progress(bar)
@@ -211,9 +215,18 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
                                      workers=args.workers)
         cases = [Case.load(p) for p in paths]
         ev = evaluate_detector_on_cases(pipeline.detector, cases, mode=args.mode, classifier=pipeline.classifier,
-                                        progress=progress)
+                                        progress=progress, report_threshold=report_threshold,
+                                        max_fps_per_scan=args.max_fps)
     report = {"weights": str(pipeline.bundle.directory), "version": pipeline.bundle.version,
               "engine": pipeline.detector.name, "phantom_seeds": [seeds[0], seeds[-1]], **ev.to_json()}
+    return ev, report
+
+
+def cmd_model_evaluate(args: argparse.Namespace) -> int:
+    from inference.train import plot_confusion_png
+
+    pipeline = _pipeline(args)
+    ev, report = _evaluate_on_phantoms(args, pipeline, pipeline.bundle.manifest.get("report_threshold_probability"))
     if args.png:
         args.png.mkdir(parents=True, exist_ok=True)
         report["png"] = [str(ev.froc_6mm.plot_png(args.png / "froc-6mm.png")),  # type: ignore[attr-defined]
@@ -222,6 +235,32 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
             report["png"].append(str(ev.malignancy_roc.plot_png(args.png / "malignancy-roc.png", "malignancy ROC")))  # type: ignore[attr-defined]
             report["png"].append(str(plot_confusion_png(ev.malignancy_roc.confusion, args.png / "malignancy-confusion.png")))  # type: ignore[attr-defined]
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_model_calibrate(args: argparse.Namespace) -> int:
+    """Pick the report threshold on calibration phantoms (not the held-out ones) and optionally store it."""
+    pipeline = _pipeline(args)
+    ev, report = _evaluate_on_phantoms(args, pipeline, None)
+    threshold = ev.threshold_6mm_at_1fp
+    if not math.isfinite(threshold) or ev.sensitivity_6mm_at_1fp == 0:
+        raise UserError(f"no operating point with <= {args.max_fps:g} FP/scan finds any nodule >= 6 mm on these "
+                        "phantoms: the weights need more training; nothing was written")
+    # rounded down, so the calibration's last accepted mark stays above the stored threshold
+    threshold = math.floor(float(threshold) * 1e5) / 1e5
+    calibration = {"report_threshold_probability": threshold, "max_fps_per_scan": args.max_fps,
+                   "sensitivity_6mm": report["sensitivity_6mm_at_1fp_per_scan"],
+                   "phantom_seeds": report["phantom_seeds"]}
+    if args.write:
+        path = pipeline.bundle.directory / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["report_threshold_probability"] = threshold
+        manifest["calibration"] = calibration
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.replace(path)
+        calibration["written_to"] = str(path)
+    print(json.dumps(calibration, indent=2))
     return 0
 
 
@@ -332,14 +371,19 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--data", default="phantoms", help="'phantoms' or a LUNA16 folder (subset*/*.mhd + annotations.csv)")
     p.add_argument("--out", type=Path, default=Path("train-out"))
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    p.add_argument("--seeds", type=_seed_range, default=(1000, 1028), help="phantom seeds FIRST:STOP")
+    p.add_argument("--seeds", type=_seed_range, default=(1000, 1080), help="phantom seeds FIRST:STOP")
     p.add_argument("--full-size", action="store_true", help="512x512 phantoms instead of small ones")
     p.add_argument("--seed", type=int, default=0, help="training seed (crops, init, order)")
-    p.add_argument("--steps", type=int, default=130)
-    p.add_argument("--crop", type=int, default=32, help="crop side (multiple of 16)")
-    p.add_argument("--batch", type=int, default=6)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--crop", type=int, default=48, help="crop side (multiple of 16)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--p-positive", type=float, default=0.7, help="share of crops centred near a nodule")
+    p.add_argument("--hard-boost", type=float, default=0.0,
+                   help="draw faint (ground-glass-like) and small nodules 1 + N times as often per hardness point")
+    p.add_argument("--init", type=Path, help="continue from this detector checkpoint (fine-tuning)")
+    p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--classifier-epochs", type=int, default=0,
                    help="train DPNClassifierNet features this many epochs first (0: GBM on pixels + diameter)")
     p.add_argument("--threads", type=int, default=2)
@@ -360,8 +404,19 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--first-seed", type=int, default=9000, help="held-out phantom seeds start here")
     p.add_argument("--full-size", action="store_true")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-fps", type=float, default=1.0, help="false positives per scan of the operating point")
     p.add_argument("--png", type=Path, help="write FROC, ROC and confusion-matrix PNGs here")
     p.set_defaults(func=cmd_model_evaluate)
+
+    p = msub.add_parser("calibrate", help="report threshold at <= N FP/scan on calibration phantoms (not held-out)")
+    _add_engine_args(p)
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=8000, help="calibration phantom seeds start here")
+    p.add_argument("--full-size", action="store_true")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-fps", type=float, default=1.0, help="false positives per scan allowed")
+    p.add_argument("--write", action="store_true", help="store the threshold in the weights' manifest.json")
+    p.set_defaults(func=cmd_model_calibrate)
 
     p = msub.add_parser("export", help="ONNX of detector and classifier (+ TensorRT engines where possible)")
     p.add_argument("--out", type=Path, default=Path("export"))

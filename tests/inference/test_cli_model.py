@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,34 @@ def test_train_with_a_folder_that_is_not_luna16_is_a_message(tmp_path):
     assert proc.returncode == 2 and "annotations.csv" in proc.stderr
 
 
+def test_train_from_a_missing_checkpoint_is_a_message(tmp_path):
+    proc = _cli("model", "train", "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o"),
+                "--cache-dir", str(tmp_path))
+    assert proc.returncode == 2 and "--init" in proc.stderr and "no such checkpoint" in proc.stderr
+
+
 @pytest.mark.parametrize("args", [["model", "export", "--help"], ["model", "evaluate", "--help"]])
 def test_subcommands_exist(args):
     assert _cli(*args).returncode == 0
+
+
+def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
+    # a copy of the packaged weights, so the test can write its manifest
+    weights = tmp_path / "weights"
+    shutil.copytree(REPO_ROOT / "inference" / "weights", weights)
+    common = ["--weights", str(weights), "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
+              "--count", "3", "--first-seed", "8000", "--workers", "1"]
+    proc = _cli("model", "calibrate", *common, "--write")
+    assert proc.returncode == 0, proc.stderr
+    calibration = json.loads(proc.stdout)
+    threshold = calibration["report_threshold_probability"]
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["report_threshold_probability"] == threshold and 0 < threshold < 1
+    assert manifest["calibration"]["phantom_seeds"] == [8000, 8002]
+    # the weight files themselves are untouched: their hashes still verify
+    proc = _cli("model", "evaluate", *common)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["report_threshold_probability"] == threshold
+    assert report["fps_per_scan_at_report_threshold"] <= 1.0
+    assert report["sensitivity_6mm_at_report_threshold"] == calibration["sensitivity_6mm"] > 0

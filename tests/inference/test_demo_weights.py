@@ -49,8 +49,6 @@ def test_packaged_networks_load():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="demo weights v0.1.0-phantom are under-trained (130 CPU steps): held-out sensitivity 0, "
-                   "see inference/weights/MODEL_CARD.md", strict=False)
 def test_held_out_phantom_big_nodules_are_found():
     from inference.detect import detect
     from inference.engines import make_engine
