@@ -25,6 +25,10 @@ REPORT_LOGIT = -2.0
 MIN_DIAMETER_MM = 3.0
 NMS_IOU = 0.1
 MAX_BOXES_BEFORE_NMS = 20000  # guards NMS time on an untrained or confused network
+# LUNA16 scores at most 100 marks per scan and the node reports far fewer; greedy NMS visits boxes
+# best first, so stopping at 100 kept gives exactly the top 100 of a full NMS. A full NMS over the
+# 20000 boxes of a trained network on LIDC-IDRI-0002 kept 15000 and took 26 s.
+MAX_CANDIDATES = 100
 
 Mode = Literal["tiled", "whole"]
 Progress = Callable[[int, int], None]  # (tiles done, tiles total)
@@ -203,13 +207,16 @@ def cube_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     return inter / (box[3] ** 3 + others[:, 3] ** 3 - inter)
 
 
-def nms(boxes: np.ndarray, iou_threshold: float = NMS_IOU) -> np.ndarray:
-    """Greedy NMS by logit: a box survives unless it overlaps a kept, higher-scoring box by >= threshold."""
+def nms(boxes: np.ndarray, iou_threshold: float = NMS_IOU, max_kept: int | None = None) -> np.ndarray:
+    """Greedy NMS by logit: a box survives unless it overlaps a kept, higher-scoring box by >= threshold.
+
+    `max_kept` stops after that many survivors: the same boxes a full run would rank first.
+    """
     if len(boxes) == 0:
         return boxes
     order = boxes[np.argsort(-boxes[:, 0], kind="stable")]
     kept = []
-    while len(order):
+    while len(order) and (max_kept is None or len(kept) < max_kept):
         top = order[0]
         kept.append(top)
         rest = order[1:]
@@ -227,12 +234,13 @@ def postprocess(
     min_diameter_mm: float = MIN_DIAMETER_MM,
     nms_iou: float = NMS_IOU,
     max_boxes: int = MAX_BOXES_BEFORE_NMS,
+    max_candidates: int | None = MAX_CANDIDATES,
 ) -> list[Candidate]:
     boxes = decode(output, threshold)
     boxes = boxes[boxes[:, 4] >= min_diameter_mm]
     if len(boxes) > max_boxes:
         boxes = boxes[np.argpartition(-boxes[:, 0], max_boxes - 1)[:max_boxes]]
-    kept = nms(boxes, nms_iou)
+    kept = nms(boxes, nms_iou, max_candidates)
     probs = sigmoid(kept[:, 0]) if len(kept) else np.zeros(0)
     cands = [
         Candidate((float(b[1]), float(b[2]), float(b[3])), float(b[4]), float(b[0]), float(p))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from inference.detect import (
+    MAX_CANDIDATES,
     Candidate,
     cube_iou,
     decode,
@@ -131,3 +132,18 @@ def test_postprocess_filters_small_and_sorts_by_probability() -> None:
     assert cands[0] == Candidate((5.5, 25.5, 5.5), 5.0, 3.0, pytest.approx(1 / (1 + np.exp(-3.0))))
     assert all(c.probability > d.probability for c, d in zip(cands, cands[1:]))
     assert postprocess(out, threshold=1.0) == cands[:1]
+
+
+def test_nms_stopped_at_k_keeps_exactly_the_top_k_of_a_full_run() -> None:
+    rng = np.random.default_rng(0)
+    boxes = np.column_stack([rng.normal(size=3000), rng.uniform(0, 120, (3000, 3)), rng.uniform(3, 20, 3000)])
+    full = nms(boxes, 0.1)
+    assert len(full) > 100
+    np.testing.assert_array_equal(nms(boxes, 0.1, max_kept=100), full[:100])
+    # postprocess reports at most MAX_CANDIDATES, most probable first
+    output = np.full((12, 12, 12, 3, 5), -10.0, np.float32)
+    output[..., 0] = rng.normal(size=(12, 12, 12, 3)).astype(np.float32)
+    output[..., 4] = 0.0
+    cands = postprocess(output)
+    assert len(cands) == MAX_CANDIDATES == 100
+    assert [c.probability for c in cands] == sorted((c.probability for c in cands), reverse=True)
