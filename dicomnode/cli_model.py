@@ -349,6 +349,16 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="ONNX/TensorRT and data cache")
 
 
+def _add_phantom_evaluation_args(p: argparse.ArgumentParser, *, count: int, first_seed: int, role: str) -> None:
+    """What `_evaluate_on_phantoms` reads: the engine, which phantoms, and the operating point's FP budget."""
+    _add_engine_args(p)
+    p.add_argument("--count", type=int, default=count)
+    p.add_argument("--first-seed", type=int, default=first_seed, help=f"{role} phantom seeds start here")
+    p.add_argument("--full-size", action="store_true")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-fps", type=float, default=1.0, help="false positives per scan of the operating point")
+
+
 def add_model_commands(sub: Any) -> None:
     p = sub.add_parser("analyze", help="find lung nodules in one CT series (a folder or file)")
     p.add_argument("path", type=Path)
@@ -399,22 +409,12 @@ def add_model_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_model_froc)
 
     p = msub.add_parser("evaluate", help="detection FROC and malignancy ROC on held-out phantoms")
-    _add_engine_args(p)
-    p.add_argument("--count", type=int, default=20)
-    p.add_argument("--first-seed", type=int, default=9000, help="held-out phantom seeds start here")
-    p.add_argument("--full-size", action="store_true")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max-fps", type=float, default=1.0, help="false positives per scan of the operating point")
+    _add_phantom_evaluation_args(p, count=20, first_seed=9000, role="held-out")
     p.add_argument("--png", type=Path, help="write FROC, ROC and confusion-matrix PNGs here")
     p.set_defaults(func=cmd_model_evaluate)
 
     p = msub.add_parser("calibrate", help="report threshold at <= N FP/scan on calibration phantoms (not held-out)")
-    _add_engine_args(p)
-    p.add_argument("--count", type=int, default=10)
-    p.add_argument("--first-seed", type=int, default=8000, help="calibration phantom seeds start here")
-    p.add_argument("--full-size", action="store_true")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max-fps", type=float, default=1.0, help="false positives per scan allowed")
+    _add_phantom_evaluation_args(p, count=10, first_seed=8000, role="calibration")
     p.add_argument("--write", action="store_true", help="store the threshold in the weights' manifest.json")
     p.set_defaults(func=cmd_model_calibrate)
 

@@ -248,10 +248,11 @@ class FrocResult:
         ax.set_title(f"{self.title}: {self.n_detected}/{self.n_nodules} nodules, {self.n_scans} scans")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right")
-        return _save_png(fig, path)
+        return save_png(fig, path)
 
 
-def _save_png(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+def save_png(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    """Lay out, write and close a matplotlib figure."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -383,7 +384,7 @@ class RocResult:
         ax.set_ylabel("sensitivity")
         ax.set_title(title)
         ax.legend(loc="lower right")
-        return _save_png(fig, path)
+        return save_png(fig, path)
 
 
 def roc(y_true: Sequence[int] | np.ndarray, y_score: Sequence[float] | np.ndarray, threshold: float = 0.5) -> RocResult:

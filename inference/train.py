@@ -536,8 +536,8 @@ def train_classifier(cases: Sequence[Case], out_dir: str | Path, *, seed: int = 
                      log_fn: Callable[[str], None] | None = None) -> ClassifierResult:
     """Train DPNClassifierNet with its head on benign/malignant crops, then the GBM on its features.
 
-    `epochs=0` skips the network: the GBM then sees the central 17^3 pixels and the diameter only
-    (what the packaged demo weights use: the CPU budget went to the detector).
+    `epochs=0` skips the network: the GBM then sees the central 17^3 pixels and the diameter only.
+    The packaged demo weights use 12 epochs (inference/weights/MODEL_CARD.md).
     """
     from inference.classify import MalignancyClassifier, normalise_crops, torch_features_fn
     from inference.nets.checkpoint import save_project_checkpoint
@@ -714,6 +714,8 @@ def evaluate_detector_on_cases(
 def plot_confusion_png(confusion: np.ndarray, path: str | Path, title: str = "malignancy at 0.5") -> Path:
     import matplotlib
 
+    from inference.evaluate import save_png
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -726,11 +728,7 @@ def plot_confusion_png(confusion: np.ndarray, path: str | Path, title: str = "ma
     ax.set_xlabel("predicted")
     ax.set_ylabel("truth")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def package_weights(
