@@ -391,7 +391,7 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--p-positive", type=float, default=0.7, help="share of crops centred near a nodule")
     p.add_argument("--hard-boost", type=float, default=0.0,
-                   help="draw faint (ground-glass-like) and small nodules 1 + N times as often per hardness point")
+                   help="draw faint (ground-glass-like), small and vessel- or pleura-attached nodules 1 + N times as often per hardness point")
     p.add_argument("--init", type=Path, help="continue from this detector checkpoint (fine-tuning)")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--classifier-epochs", type=int, default=0,

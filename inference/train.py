@@ -269,18 +269,30 @@ class Sample:
 
 
 def nodule_hardness(case: Case, index: int) -> float:
-    """0..2: one point for a faint nodule (mean grey level within 30 of its surroundings, as
-    ground-glass ones are), one for a small one (under 8 mm). These are the nodules a detector
-    trained with uniform sampling missed on held-out phantoms."""
+    """0..3: one point for a faint nodule (mean grey level within 30 of its surroundings, as
+    ground-glass ones are), one for a small one (under 8 mm), one for a nodule touching a bright
+    structure (a vessel, the pleura). These are the nodules a detector trained with uniform sampling
+    missed on held-out phantoms. Measured on the image, so LUNA16 cases are graded the same way."""
     z, y, x, d = case.nodules[index]
-    r = int(math.ceil(d)) + 1
+    r = int(math.ceil(d / 2 + TOUCH_SHELL_MM[1])) + 1
     box = tuple(slice(max(int(round(c)) - r, 0), int(round(c)) + r + 1) for c in (z, y, x))
     sub = case.image[box].astype(np.float32)
     grid = np.stack(np.meshgrid(*[np.arange(b.start, b.start + n) for b, n in zip(box, sub.shape)], indexing="ij"), -1)
     dist = np.linalg.norm(grid - np.array([z, y, x]), axis=-1)
     ball, shell = sub[dist < d / 2], sub[(dist >= d / 2) & (dist < d)]
     faint = ball.size > 0 and shell.size > 0 and float(ball.mean() - shell.mean()) < 30.0
-    return float(faint) + float(d < 8.0)
+    # just outside the nodule's blurred edge: aerated lung is dark (< 120, about -350 HU), so a
+    # bright share there is a vessel, the pleura or the chest wall it sits on
+    outside = sub[(dist >= d / 2 + TOUCH_SHELL_MM[0]) & (dist < d / 2 + TOUCH_SHELL_MM[1])]
+    touching = outside.size > 0 and float((outside > TOUCH_GREY).mean()) > TOUCH_SHARE
+    return float(faint) + float(d < 8.0) + float(touching)
+
+
+# On phantoms 1000..1039 this marks 78 % of the vessel-attached and 57 % of the pleural nodules and
+# 11 % of the free ones (a small vessel passing close by).
+TOUCH_SHELL_MM = (1.5, 4.0)
+TOUCH_GREY = 120
+TOUCH_SHARE = 0.05
 
 
 class CropSampler:
@@ -297,7 +309,7 @@ class CropSampler:
         self.positives = [(i, j) for i, c in enumerate(self.cases) for j in range(len(c.nodules))]
         if not self.cases:
             raise ValueError("no training cases")
-        # hard nodules (faint, small) are drawn 1 + hard_boost times as often as the others
+        # hard nodules (faint, small, touching) are drawn 1 + hard_boost times as often as the others
         weights = np.array([1.0 + hard_boost * nodule_hardness(self.cases[i], j) for i, j in self.positives])
         self.positive_p = weights / weights.sum() if len(weights) else weights
 
@@ -382,7 +394,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.2
     p_positive: float = 0.7
-    hard_boost: float = 0.0  # extra draws of faint or small nodules (nodule_hardness)
+    hard_boost: float = 0.0  # extra draws of faint, small or touching nodules (nodule_hardness)
     hard_per_sample: int = 16
     checkpoint_every: int = 20
     threads: int = 2

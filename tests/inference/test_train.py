@@ -145,13 +145,16 @@ def test_a_fresh_head_starts_at_the_prior_with_its_hidden_units_alive():
     assert float((hidden["relu"] > 0).float().mean()) > 0.3
 
 
-def test_faint_and_small_nodules_are_drawn_more_often_with_a_hard_boost():
-    case = _sphere_case()  # a bright 10 mm ball at (30, 34, 28): neither faint nor small
+def test_faint_small_and_touching_nodules_are_drawn_more_often_with_a_hard_boost():
+    case = _sphere_case()  # a bright 10 mm ball at (30, 34, 28): neither faint nor small nor touching
     zz, yy, xx = np.mgrid[:64, :64, :64]
     case.image[(zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 50) ** 2 <= 9] = 50  # a faint 7 mm ball
-    case.nodules = np.vstack([case.nodules, [12.0, 12.0, 50.0, 7.0]])
-    case.malignant = np.array([1, 0], np.int8)
-    assert nodule_hardness(case, 0) == 0.0 and nodule_hardness(case, 1) == 2.0
+    # a bright 9 mm ball on a 4 mm "vessel" running along z: touching, not faint, not small
+    case.image[:, 48:52, 8:12] = 160
+    case.image[(zz - 50) ** 2 + (yy - 50) ** 2 + (xx - 16) ** 2 <= 20] = 140
+    case.nodules = np.vstack([case.nodules, [12.0, 12.0, 50.0, 7.0], [50.0, 50.0, 16.0, 9.0]])
+    case.malignant = np.array([1, 0, 0], np.int8)
+    assert [nodule_hardness(case, i) for i in range(3)] == [0.0, 2.0, 1.0]
     sampler = CropSampler([case], 32, p_positive=1.0, flip=False, hard_boost=2.0)
-    np.testing.assert_allclose(sampler.positive_p, [1 / 6, 5 / 6])
-    assert np.allclose(CropSampler([case], 32).positive_p, [0.5, 0.5])  # no boost: uniform
+    np.testing.assert_allclose(sampler.positive_p, [1 / 9, 5 / 9, 3 / 9])
+    assert np.allclose(CropSampler([case], 32).positive_p, [1 / 3, 1 / 3, 1 / 3])  # no boost: uniform
