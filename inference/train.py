@@ -123,9 +123,12 @@ def cached_phantom_cases(seeds: Sequence[int], cache_dir: str | Path, small: boo
     if progress:
         progress("phantoms", done, len(paths))
     if workers > 1 and len(todo) > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: a forked child of a process that already ran torch's OpenMP pool (an
+        # engine loaded before the cache was built) hangs in its first parallel torch op
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for _ in pool.map(_build_phantom, todo):
                 done += 1
                 if progress:

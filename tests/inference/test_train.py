@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 
 from inference.nets.checkpoint import load_into, read_checkpoint
 from inference.nets.dpn3d import ANCHORS_MM, DPN26Detector, make_coord
+from inference.phantom import make_phantom
 from inference.train import (
     Case,
     CropSampler,
@@ -158,3 +161,21 @@ def test_faint_small_and_touching_nodules_are_drawn_more_often_with_a_hard_boost
     sampler = CropSampler([case], 32, p_positive=1.0, flip=False, hard_boost=2.0)
     np.testing.assert_allclose(sampler.positive_p, [1 / 9, 5 / 9, 3 / 9])
     assert np.allclose(CropSampler([case], 32).positive_p, [1 / 3, 1 / 3, 1 / 3])  # no boost: uniform
+
+
+def test_the_phantom_cache_builds_in_worker_processes_after_torch_has_run(tmp_path: Path) -> None:
+    # `model evaluate --workers 2` loads its engine (torch's OpenMP pool running) before it builds
+    # the cache; forked workers then hung forever in their first parallel torch op
+    script = f"""
+import torch
+torch.set_num_threads(2)
+torch.nn.functional.interpolate(torch.rand(1, 1, 64, 64, 64), scale_factor=2.0, mode="trilinear")
+from inference.train import cached_phantom_cases, Case
+paths = cached_phantom_cases([7, 8], {str(tmp_path)!r}, True, workers=2)
+print([len(Case.load(p).nodules) for p in paths])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    counts = [len(make_phantom(seed, small=True).nodules) for seed in (7, 8)]
+    assert done.stdout.strip() == str(counts)
