@@ -162,18 +162,23 @@ def _seed_range(text: str) -> tuple[int, int]:
 
 
 def cmd_model_train(args: argparse.Namespace) -> int:
-    from inference.train import MissingPackage, TrainConfig, run_training
+    from inference.train import HARDNESS_KINDS, MissingPackage, TrainConfig, run_training
 
     luna = None if args.data == "phantoms" else Path(args.data)
     if luna is not None and not luna.is_dir():
         raise UserError(f"--data {args.data}: expected 'phantoms' or a LUNA16 folder")
     if args.init is not None and not args.init.is_file():
         raise UserError(f"--init {args.init}: no such checkpoint file")
+    hard_kinds = args.hard_kinds or HARDNESS_KINDS
+    unknown = sorted(set(hard_kinds) - set(HARDNESS_KINDS))
+    if unknown:
+        raise UserError(f"--hard-kinds: unknown {', '.join(unknown)} (known: {', '.join(HARDNESS_KINDS)})")
     cfg = TrainConfig(
         out_dir=args.out, cache_dir=args.cache_dir / "train", seed=args.seed, train_seeds=args.seeds, small=not args.full_size,
         luna16=luna, crop=args.crop, batch=args.batch, steps=args.steps, lr=args.lr,
         checkpoint_every=args.checkpoint_every, threads=args.threads or 2, workers=args.workers, init=args.init,
         warmup_steps=args.warmup_steps, p_positive=args.p_positive, hard_boost=args.hard_boost,
+        hard_kinds=hard_kinds,
     )
     log_path = args.out / "train-log.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -329,7 +334,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     print(f"engine   auto -> {resolve_kind('auto')}")
     threshold = m.get("report_threshold_probability")
     print(f"report   detection probability > {threshold}" if threshold is not None else "report   logit > -2")
-    for key in ("trained", "figures"):
+    for key in ("trained", "figures", "figures_second_held_out_set"):
         if key in m:
             print(f"{key:8s} {json.dumps(m[key])}")
     print(m.get("warning", "NOT FOR CLINICAL USE"))
@@ -392,6 +397,9 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--p-positive", type=float, default=0.7, help="share of crops centred near a nodule")
     p.add_argument("--hard-boost", type=float, default=0.0,
                    help="draw faint (ground-glass-like), small and vessel- or pleura-attached nodules 1 + N times as often per hardness point")
+    p.add_argument("--hard-kinds", type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()),
+                   metavar="KIND,...", help="what earns a hardness point: faint, small, touching "
+                   "(default: all three; stage 3 of the demo weights used faint,small)")
     p.add_argument("--init", type=Path, help="continue from this detector checkpoint (fine-tuning)")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--classifier-epochs", type=int, default=0,

@@ -271,8 +271,11 @@ class Sample:
     target: np.ndarray  # (S/4, S/4, S/4, A, 5)
 
 
-def nodule_hardness(case: Case, index: int) -> float:
-    """0..3: one point for a faint nodule (mean grey level within 30 of its surroundings, as
+HARDNESS_KINDS = ("faint", "small", "touching")
+
+
+def nodule_hardness(case: Case, index: int, kinds: Sequence[str] = HARDNESS_KINDS) -> float:
+    """0..3: one point (of those in `kinds`) for a faint nodule (mean grey level within 30 of its surroundings, as
     ground-glass ones are), one for a small one (under 8 mm), one for a nodule touching a bright
     structure (a vessel, the pleura). These are the nodules a detector trained with uniform sampling
     missed on held-out phantoms. Measured on the image, so LUNA16 cases are graded the same way."""
@@ -288,7 +291,8 @@ def nodule_hardness(case: Case, index: int) -> float:
     # bright share there is a vessel, the pleura or the chest wall it sits on
     outside = sub[(dist >= d / 2 + TOUCH_SHELL_MM[0]) & (dist < d / 2 + TOUCH_SHELL_MM[1])]
     touching = outside.size > 0 and float((outside > TOUCH_GREY).mean()) > TOUCH_SHARE
-    return float(faint) + float(d < 8.0) + float(touching)
+    points = {"faint": faint, "small": d < 8.0, "touching": touching}
+    return float(sum(points[kind] for kind in kinds))
 
 
 # On phantoms 1000..1039 this marks 78 % of the vessel-attached and 57 % of the pleural nodules and
@@ -302,7 +306,7 @@ class CropSampler:
     """Random training crops: around a nodule with probability `p_positive`, else at a random lung voxel."""
 
     def __init__(self, cases: Sequence[Case], size: int, p_positive: float = 0.6, flip: bool = True,
-                 hard_boost: float = 0.0) -> None:
+                 hard_boost: float = 0.0, hard_kinds: Sequence[str] = HARDNESS_KINDS) -> None:
         if size % 16:
             raise ValueError(f"crop size {size} must be a multiple of 16")
         self.cases = list(cases)
@@ -312,8 +316,12 @@ class CropSampler:
         self.positives = [(i, j) for i, c in enumerate(self.cases) for j in range(len(c.nodules))]
         if not self.cases:
             raise ValueError("no training cases")
-        # hard nodules (faint, small, touching) are drawn 1 + hard_boost times as often as the others
-        weights = np.array([1.0 + hard_boost * nodule_hardness(self.cases[i], j) for i, j in self.positives])
+        unknown = set(hard_kinds) - set(HARDNESS_KINDS)
+        if unknown:
+            raise ValueError(f"unknown hardness kind(s) {sorted(unknown)}; known: {', '.join(HARDNESS_KINDS)}")
+        # hard nodules (faint, small, touching) are drawn 1 + hard_boost times as often per point
+        weights = np.array([1.0 + hard_boost * nodule_hardness(self.cases[i], j, hard_kinds) if hard_boost else 1.0
+                            for i, j in self.positives])
         self.positive_p = weights / weights.sum() if len(weights) else weights
 
     def sample(self, rng: np.random.Generator) -> Sample:
@@ -398,6 +406,7 @@ class TrainConfig:
     dropout: float = 0.2
     p_positive: float = 0.7
     hard_boost: float = 0.0  # extra draws of faint, small or touching nodules (nodule_hardness)
+    hard_kinds: tuple[str, ...] = HARDNESS_KINDS  # which of those count
     hard_per_sample: int = 16
     checkpoint_every: int = 20
     threads: int = 2
@@ -465,7 +474,7 @@ def train_detector(cfg: TrainConfig, cases: Sequence[Case] | None = None, progre
     torch.set_num_threads(cfg.threads)
     _seed_all(cfg.seed)
     cases = list(cases) if cases is not None else training_cases(cfg, progress)
-    sampler = CropSampler(cases, cfg.crop, cfg.p_positive, hard_boost=cfg.hard_boost)
+    sampler = CropSampler(cases, cfg.crop, cfg.p_positive, hard_boost=cfg.hard_boost, hard_kinds=cfg.hard_kinds)
     rng = np.random.default_rng(cfg.seed)
     model = DPN26Detector(dropout=cfg.dropout)
     if cfg.init is not None:

@@ -68,6 +68,7 @@ def test_model_info_names_the_packaged_weights():
     assert proc.returncode == 0, proc.stderr
     assert manifest["files"]["detector"]["sha256"] in proc.stdout
     assert "engine   auto -> " in proc.stdout and "NOT FOR CLINICAL USE" in proc.stdout
+    assert f"report   detection probability > {manifest['report_threshold_probability']}" in proc.stdout
 
 
 def test_train_with_a_folder_that_is_not_luna16_is_a_message(tmp_path):
@@ -79,6 +80,12 @@ def test_train_from_a_missing_checkpoint_is_a_message(tmp_path):
     proc = _cli("model", "train", "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o"),
                 "--cache-dir", str(tmp_path))
     assert proc.returncode == 2 and "--init" in proc.stderr and "no such checkpoint" in proc.stderr
+
+
+def test_train_with_an_unknown_hardness_kind_is_a_message(tmp_path):
+    proc = _cli("model", "train", "--hard-kinds", "faint,tiny", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path))
+    assert proc.returncode == 2 and "--hard-kinds: unknown tiny" in proc.stderr and "touching" in proc.stderr
+    assert not (tmp_path / "train").exists()  # refused before any phantom was built
 
 
 @pytest.mark.parametrize("args", [["model", "export", "--help"], ["model", "evaluate", "--help"]])

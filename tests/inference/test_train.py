@@ -161,6 +161,12 @@ def test_faint_small_and_touching_nodules_are_drawn_more_often_with_a_hard_boost
     sampler = CropSampler([case], 32, p_positive=1.0, flip=False, hard_boost=2.0)
     np.testing.assert_allclose(sampler.positive_p, [1 / 9, 5 / 9, 3 / 9])
     assert np.allclose(CropSampler([case], 32).positive_p, [1 / 3, 1 / 3, 1 / 3])  # no boost: uniform
+    # the 0.2.0 weights' stage 3 counted faint and small only: the touching ball weighs like the plain one
+    assert nodule_hardness(case, 2, ("faint", "small")) == 0.0
+    old = CropSampler([case], 32, p_positive=1.0, flip=False, hard_boost=2.0, hard_kinds=("faint", "small"))
+    np.testing.assert_allclose(old.positive_p, [1 / 7, 5 / 7, 1 / 7])
+    with pytest.raises(ValueError, match="unknown hardness kind"):
+        CropSampler([case], 32, hard_boost=1.0, hard_kinds=("tiny",))
 
 
 def test_the_phantom_cache_builds_in_worker_processes_after_torch_has_run(tmp_path: Path) -> None:
