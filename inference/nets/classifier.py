@@ -44,7 +44,8 @@ class DPNClassifierNet(nn.Module):
         self.head = nn.Linear(planes, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[1] != 1:
+        # the check is for callers; an ONNX export traces a fixed (N, 1, 32, 32, 32) input
+        if not torch.jit.is_tracing() and (x.dim() != 5 or x.shape[1] != 1):
             raise ValueError(f"expected (N, 1, D, H, W) crops, got {tuple(x.shape)}")
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
