@@ -272,15 +272,21 @@ class Sample:
 
 
 HARDNESS_KINDS = ("faint", "small", "touching")
+# "touching": more than TOUCH_SHARE of a shell 1.5..4 mm outside the nodule is brighter than
+# TOUCH_GREY. On phantoms 1000..1039 this marks 78 % of the vessel-attached and 57 % of the pleural
+# nodules, and 11 % of the free ones (a small vessel passing close by).
+TOUCH_SHELL_MM = (1.5, 4.0)
+TOUCH_GREY = 120
+TOUCH_SHARE = 0.05
 
 
 def nodule_hardness(case: Case, index: int, kinds: Sequence[str] = HARDNESS_KINDS) -> float:
-    """0..3: one point (of those in `kinds`) for a faint nodule (mean grey level within 30 of its surroundings, as
-    ground-glass ones are), one for a small one (under 8 mm), one for a nodule touching a bright
-    structure (a vessel, the pleura). These are the nodules a detector trained with uniform sampling
-    missed on held-out phantoms. Measured on the image, so LUNA16 cases are graded the same way."""
+    """0..3: of the `kinds`, one point for a faint nodule (mean grey level within 30 of its
+    surroundings, as ground-glass ones are), one for a small one (under 8 mm), one for a nodule
+    touching a bright structure (a vessel, the pleura). These are the nodules a detector trained
+    with uniform sampling missed on held-out phantoms. Measured on the image, so LUNA16 cases are graded the same way."""
     z, y, x, d = case.nodules[index]
-    r = int(math.ceil(d / 2 + TOUCH_SHELL_MM[1])) + 1
+    r = int(math.ceil(max(d, d / 2 + TOUCH_SHELL_MM[1]))) + 1  # room for both shells
     box = tuple(slice(max(int(round(c)) - r, 0), int(round(c)) + r + 1) for c in (z, y, x))
     sub = case.image[box].astype(np.float32)
     grid = np.stack(np.meshgrid(*[np.arange(b.start, b.start + n) for b, n in zip(box, sub.shape)], indexing="ij"), -1)
@@ -293,13 +299,6 @@ def nodule_hardness(case: Case, index: int, kinds: Sequence[str] = HARDNESS_KIND
     touching = outside.size > 0 and float((outside > TOUCH_GREY).mean()) > TOUCH_SHARE
     points = {"faint": faint, "small": d < 8.0, "touching": touching}
     return float(sum(points[kind] for kind in kinds))
-
-
-# On phantoms 1000..1039 this marks 78 % of the vessel-attached and 57 % of the pleural nodules and
-# 11 % of the free ones (a small vessel passing close by).
-TOUCH_SHELL_MM = (1.5, 4.0)
-TOUCH_GREY = 120
-TOUCH_SHARE = 0.05
 
 
 class CropSampler:
