@@ -5,6 +5,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import signal
 import sys
 import threading
@@ -278,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`dicomnode audit ... | head`): not an error worth a traceback; point
+        # stdout at /dev/null so the interpreter's last flush does not complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UserError, ConfigError) as exc:
         _print_error("error:", exc)
         return 2

@@ -71,6 +71,16 @@ def test_model_info_names_the_packaged_weights():
     assert f"report   detection probability > {manifest['report_threshold_probability']}" in proc.stdout
 
 
+def test_a_reader_that_goes_away_is_not_a_traceback():
+    # `dicomnode model info | head -1`: the reader closes before the command prints
+    proc = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "model", "info"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 def test_train_with_a_folder_that_is_not_luna16_is_a_message(tmp_path):
     proc = _cli("model", "train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path))
     assert proc.returncode == 2 and "annotations.csv" in proc.stderr
