@@ -257,14 +257,10 @@ def cmd_model_calibrate(args: argparse.Namespace) -> int:
                    "sensitivity_6mm": report["sensitivity_6mm_at_1fp_per_scan"],
                    "phantom_seeds": report["phantom_seeds"]}
     if args.write:
-        path = pipeline.bundle.directory / "manifest.json"
-        manifest = json.loads(path.read_text())
-        manifest["report_threshold_probability"] = threshold
-        manifest["calibration"] = calibration
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.replace(path)
-        calibration["written_to"] = str(path)
+        from inference.pipeline import write_manifest
+
+        manifest = {**pipeline.bundle.manifest, "report_threshold_probability": threshold, "calibration": calibration}
+        calibration["written_to"] = str(write_manifest(pipeline.bundle.directory, manifest))
     print(json.dumps(calibration, indent=2))
     return 0
 

@@ -91,6 +91,15 @@ def load_weights_bundle(directory: str | Path | None = None, verify: bool = True
     return WeightsBundle(root, manifest, resolved["detector"], resolved["classifier_net"], resolved["malignancy_gbm"])  # type: ignore[arg-type]
 
 
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write a weights folder's `manifest.json` whole or not at all (a node may be reading it)."""
+    path = Path(directory) / MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))

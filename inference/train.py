@@ -768,6 +768,7 @@ def package_weights(
 
     from inference.classify import MalignancyClassifier  # noqa: F401  (the GBM file format lives there)
     from inference.nets.checkpoint import file_sha256, read_checkpoint
+    from inference.pipeline import write_manifest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -794,6 +795,4 @@ def package_weights(
         "warning": "NOT FOR CLINICAL USE",
         **(extra or {}),
     }
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return write_manifest(out, manifest)
