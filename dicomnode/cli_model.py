@@ -162,17 +162,17 @@ def _seed_range(text: str) -> tuple[int, int]:
 
 
 def cmd_model_train(args: argparse.Namespace) -> int:
-    from inference.train import HARDNESS_KINDS, MissingPackage, TrainConfig, run_training
+    from inference.train import HARDNESS_KINDS, MissingPackage, TrainConfig, check_hardness_kinds, run_training
 
     luna = None if args.data == "phantoms" else Path(args.data)
     if luna is not None and not luna.is_dir():
         raise UserError(f"--data {args.data}: expected 'phantoms' or a LUNA16 folder")
     if args.init is not None and not args.init.is_file():
         raise UserError(f"--init {args.init}: no such checkpoint file")
-    hard_kinds = args.hard_kinds or HARDNESS_KINDS
-    unknown = sorted(set(hard_kinds) - set(HARDNESS_KINDS))
-    if unknown:
-        raise UserError(f"--hard-kinds: unknown {', '.join(unknown)} (known: {', '.join(HARDNESS_KINDS)})")
+    try:
+        hard_kinds = check_hardness_kinds(args.hard_kinds or HARDNESS_KINDS)
+    except ValueError as exc:
+        raise UserError(f"--hard-kinds: {exc}") from None
     cfg = TrainConfig(
         out_dir=args.out, cache_dir=args.cache_dir / "train", seed=args.seed, train_seeds=args.seeds, small=not args.full_size,
         luna16=luna, crop=args.crop, batch=args.batch, steps=args.steps, lr=args.lr,

@@ -280,13 +280,22 @@ TOUCH_GREY = 120
 TOUCH_SHARE = 0.05
 
 
+def check_hardness_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """`kinds` as a tuple, or ValueError naming the unknown ones."""
+    unknown = sorted(set(kinds) - set(HARDNESS_KINDS))
+    if unknown:
+        raise ValueError(f"unknown hardness kind(s) {', '.join(unknown)} (known: {', '.join(HARDNESS_KINDS)})")
+    return tuple(kinds)
+
+
 def nodule_hardness(case: Case, index: int, kinds: Sequence[str] = HARDNESS_KINDS) -> float:
     """0..3: of the `kinds`, one point for a faint nodule (mean grey level within 30 of its
     surroundings, as ground-glass ones are), one for a small one (under 8 mm), one for a nodule
     touching a bright structure (a vessel, the pleura). These are the nodules a detector trained
-    with uniform sampling missed on held-out phantoms. Measured on the image, so LUNA16 cases are graded the same way."""
+    with uniform sampling missed on held-out phantoms. Measured on the image, so LUNA16 cases are
+    graded the same way."""
     z, y, x, d = case.nodules[index]
-    r = int(math.ceil(max(d, d / 2 + TOUCH_SHELL_MM[1]))) + 1  # room for both shells
+    r = math.ceil(max(d, d / 2 + TOUCH_SHELL_MM[1])) + 1  # room for both shells
     box = tuple(slice(max(int(round(c)) - r, 0), int(round(c)) + r + 1) for c in (z, y, x))
     sub = case.image[box].astype(np.float32)
     grid = np.stack(np.meshgrid(*[np.arange(b.start, b.start + n) for b, n in zip(box, sub.shape)], indexing="ij"), -1)
@@ -315,9 +324,7 @@ class CropSampler:
         self.positives = [(i, j) for i, c in enumerate(self.cases) for j in range(len(c.nodules))]
         if not self.cases:
             raise ValueError("no training cases")
-        unknown = set(hard_kinds) - set(HARDNESS_KINDS)
-        if unknown:
-            raise ValueError(f"unknown hardness kind(s) {sorted(unknown)}; known: {', '.join(HARDNESS_KINDS)}")
+        hard_kinds = check_hardness_kinds(hard_kinds)
         # hard nodules (faint, small, touching) are drawn 1 + hard_boost times as often per point
         weights = np.array([1.0 + hard_boost * nodule_hardness(self.cases[i], j, hard_kinds) if hard_boost else 1.0
                             for i, j in self.positives])

@@ -94,7 +94,7 @@ def test_train_from_a_missing_checkpoint_is_a_message(tmp_path):
 
 def test_train_with_an_unknown_hardness_kind_is_a_message(tmp_path):
     proc = _cli("model", "train", "--hard-kinds", "faint,tiny", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path))
-    assert proc.returncode == 2 and "--hard-kinds: unknown tiny" in proc.stderr and "touching" in proc.stderr
+    assert proc.returncode == 2 and "--hard-kinds: unknown hardness kind(s) tiny" in proc.stderr and "touching" in proc.stderr
     assert not (tmp_path / "train").exists()  # refused before any phantom was built
 
 
