@@ -26,6 +26,7 @@ from inference.train import (
     read_mhd_volume,
     train_detector,
 )
+from tests.conftest import REPO_ROOT
 
 
 def _sphere_case(seed: int = 0) -> Case:
@@ -181,7 +182,7 @@ paths = cached_phantom_cases([7, 8], {str(tmp_path)!r}, True, workers=2)
 print([len(Case.load(p).nodules) for p in paths])
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
-                          cwd=Path(__file__).resolve().parents[2])
+                          cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     counts = [len(make_phantom(seed, small=True).nodules) for seed in (7, 8)]
     assert done.stdout.strip() == str(counts)
