@@ -22,6 +22,8 @@ class EventCode(IntEnum):
     ASSOCIATION_ABORTED = 205
     TLS_HANDSHAKE_FAILED = 206
     ECHO_RECEIVED = 207
+    ASSOCIATION_REFUSED_LIMIT = 208  # refused by the association limit (A-ASSOCIATE-RJ, local limit exceeded)
+    CONNECTION_CLOSED_IDLE = 209  # a TCP connection sent no A-ASSOCIATE-RQ in time and was closed
     # 3xx: instances
     INSTANCE_STORED = 300
     INSTANCE_DUPLICATE = 301
@@ -29,6 +31,9 @@ class EventCode(IntEnum):
     INSTANCE_REJECTED_DISK_FULL = 303
     INSTANCE_REJECTED_MISSING_UIDS = 304
     INSTANCE_STORE_FAILED = 305
+    INSTANCE_REJECTED_INVALID_UID = 306  # a UID outside the PS3.5 9.1 grammar
+    INSTANCE_REJECTED_TOO_LARGE = 307  # over node.max_instance_mb
+    INSTANCE_REJECTED_NO_DATASET = 308  # a C-STORE request that carried no data set
     # 4xx: series and routing
     SERIES_OPENED = 400
     SERIES_COMPLETE = 401
@@ -36,6 +41,7 @@ class EventCode(IntEnum):
     SERIES_ROUTED = 403
     SERIES_IGNORED = 404
     SERIES_NOT_SELECTED = 405  # a better series of the same study was chosen
+    SERIES_STUDY_CONFLICT = 406  # one SeriesInstanceUID arrived under two StudyInstanceUIDs
     # 5xx: jobs
     JOB_QUEUED = 500
     JOB_STARTED = 501
@@ -55,10 +61,15 @@ class EventCode(IntEnum):
     ADMIN_LOGIN_FAILED = 701
     ADMIN_ACTION = 702
     UPLOAD_RECEIVED = 703
+    ADMIN_LOGIN_THROTTLED = 704  # too many failed logins from a client or for a user: delayed or refused
+    ADMIN_LOGOUT = 705
+    UPLOAD_REJECTED = 706  # over a size, member-count or compression-ratio limit
+    WEB_REQUEST_REFUSED = 707  # a foreign Host header, or a body over the size limit
 
     @property
     def level(self) -> str:
-        warn = {202, 201, 203, 205, 206, 302, 303, 304, 305, 404, 503, 505, 602, 701}
+        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 602,
+                701, 704, 706, 707}
         error = {603}
         if self.value in error:
             return "error"
