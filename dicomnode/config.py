@@ -162,6 +162,34 @@ class WebSettings(Strict):
     require_login: bool = False
     # /health is not ready while the spool has less free space than this
     min_free_disk_mb: int = Field(2048, ge=0)
+    # a logged-in session ends after this long without a request (and always after 12 h)
+    session_idle_minutes: int = Field(30, ge=1, le=720)
+    # Host header names the console answers to (DNS rebinding guard); empty: the loopback names and
+    # web.host. Checked always when login is off, and whenever the list is set.
+    allowed_hostnames: list[str] = []
+    # HTTPS in uvicorn: both files (PEM) or neither; session cookies then get the Secure flag
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Secure cookies without tls_*: for a TLS-terminating reverse proxy in front of the console
+    secure_cookies: bool = False
+    # request bodies: uploads (/upload, /api/upload) may be this large, every other request far less
+    max_upload_mb: int = Field(4096, ge=1)
+    max_request_kb: int = Field(1024, ge=1)
+    # zip uploads, checked from the zip directory before any member is read and again while reading
+    max_zip_uncompressed_mb: int = Field(8192, ge=1)
+    max_zip_members: int = Field(5000, ge=1)
+    max_zip_ratio: int = Field(100, ge=1)  # uncompressed / compressed, for members over 1 MB
+    # failed logins before an exponential delay starts: per client address, and per user name
+    login_client_failures: int = Field(5, ge=1)
+    login_user_failures: int = Field(10, ge=1)
+    # the longest delay a throttled client or user is made to wait
+    login_max_delay_s: int = Field(900, ge=1)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "WebSettings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("web.tls_cert_file and web.tls_key_file go together: set both or neither")
+        return self
 
 
 class Settings(BaseSettings):

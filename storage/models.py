@@ -200,5 +200,19 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class WebSession(Base):
+    """A logged-in console session. Only a SHA-256 of the cookie's random id is stored, so a copy of
+    the database cannot be replayed as a cookie; logout deletes the row."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    client: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 Index("ix_jobs_state_queued", Job.state, Job.queued_at)
 Index("ix_deliveries_due", Delivery.state, Delivery.next_attempt_at)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from dicomnode.node import Node
 from dicomnode.sender import requeue_deliveries
 from dicomnode.web.auth import Principal, client_host, csrf_token
 from dicomnode.web.deps import api_post, api_user, get_node
-from dicomnode.web.upload import ingest_uploads
+from dicomnode.web.receive import receive_upload
 from dicomnode.web.views import (
     NotFound,
     dashboard_stats,
@@ -115,11 +115,17 @@ def retry_one(delivery_id: int, request: Request, user: Principal = Depends(api_
     return {"requeued": ids}
 
 
-@router.post("/upload", summary="DICOM files or zips, ingested as if received by C-STORE")
-def upload(request: Request, files: list[UploadFile] = File(...), user: Principal = Depends(api_post),
-           node: Node = Depends(get_node)) -> dict[str, Any]:
-    result = ingest_uploads(node, [(f.filename or "upload", f.file) for f in files], client_host(request), user.name)
-    return result.to_json()
+# the body is described here rather than declared as parameters: FastAPI reads a declared body
+# before the dependencies run, i.e. before it knows who is calling
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"],
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+
+@router.post("/upload", summary="DICOM files or zips, ingested as if received by C-STORE", openapi_extra=UPLOAD_BODY)
+async def upload(request: Request, user: Principal = Depends(api_user), node: Node = Depends(get_node)) -> dict[str, Any]:
+    """Multipart field `files`; a browser session sends X-CSRF-Token (or a csrf_token field first)."""
+    return (await receive_upload(request, user, node)).to_json()
 
 
 @health_router.get("/health", summary="Readiness: database, spool disk space, model engine (503 when not ready)")

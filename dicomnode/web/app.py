@@ -5,21 +5,26 @@ import secrets
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+import swagger_ui_bundle
+
 import dicomnode
 from dicomnode.node import Node
 from dicomnode.web import api, pages
 from dicomnode.web.auth import Auth, LoginRequired
 from dicomnode.web.deps import api_user, page_user
+from dicomnode.web.guard import Guard
 from dicomnode.web.metrics import make_registry, render
+from dicomnode.web.sessions import MAX_LIFETIME
+from dicomnode.web.upload import clear_temp_root
 
-SESSION_MAX_AGE_S = 12 * 3600  # one working day; then log in again
+SESSION_MAX_AGE_S = int(MAX_LIFETIME.total_seconds())  # the cookie; the server-side session decides
+MAX_ERROR_DETAIL = 300  # characters of an error message echoed back (it may quote the request)
 
 
 def create_app(node: Node) -> FastAPI:
@@ -30,11 +35,17 @@ def create_app(node: Node) -> FastAPI:
     app.state.node = node
     app.state.auth = Auth(settings, node.db)
     app.state.registry = make_registry(node)
-    # without a configured secret, sessions last until the node restarts
+    clear_temp_root(node)
+    # the cookie holds only the CSRF token and a session id; who is logged in is decided server-side
+    # (dicomnode.web.sessions). Without a configured secret the cookies last until the node restarts.
     app.add_middleware(SessionMiddleware, secret_key=settings.session_secret or secrets.token_urlsafe(32),
                        session_cookie="dicomnode_session", max_age=SESSION_MAX_AGE_S, same_site="strict",
-                       https_only=False)
+                       https_only=settings.tls_cert_file is not None or settings.secure_cookies)
+    # outermost: Host allow-list and body limits before anything else runs, headers on every answer
+    app.add_middleware(Guard, settings=settings, audit=app.state.auth.audit, check_host=not app.state.auth.required)
     app.mount("/static", StaticFiles(directory=str(Path(__file__).with_name("static"))), name="static")
+    # Swagger UI from an installed package (swagger-ui-bundle), never from a CDN
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
     app.include_router(api.health_router)
     app.include_router(api.router)
     app.include_router(pages.router)
@@ -48,8 +59,8 @@ def create_app(node: Node) -> FastAPI:
         return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False, dependencies=[Depends(page_user)])
-    def docs() -> Response:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="dicomnode API")
+    def docs(request: Request) -> Response:
+        return pages.TEMPLATES.TemplateResponse(request, "docs.html", {})
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, exc: LoginRequired) -> Response:
@@ -58,10 +69,11 @@ def create_app(node: Node) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # browsers get a page they can read; API clients get JSON
+        detail = exc.detail if len(str(exc.detail)) <= MAX_ERROR_DETAIL else str(exc.detail)[:MAX_ERROR_DETAIL] + "…"
         if request.url.path.startswith(("/api", "/health", "/metrics")) or "text/html" not in request.headers.get("accept", ""):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+            return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
         return pages.render(request, "error.html", None, status_code=exc.status_code, status=exc.status_code,
-                            detail=exc.detail)
+                            detail=detail)
 
     return app
 

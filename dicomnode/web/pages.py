@@ -1,20 +1,21 @@
 """Server-rendered console pages (Jinja templates, no front-end build)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from dicomnode.node import Node
 from dicomnode.web.api import retry
-from dicomnode.web.auth import Auth, Principal, client_host, csrf_token
+from dicomnode.web.auth import SESSION_CSRF, Auth, Principal, client_host, csrf_token
 from dicomnode.web.deps import get_auth, get_node, page_post, page_user
 from dicomnode.web.report import build_pdf, report_context
-from dicomnode.web.upload import ingest_uploads
+from dicomnode.web.receive import receive_upload
 from dicomnode.web.views import (
     NotFound,
     dashboard_stats,
@@ -66,27 +67,41 @@ def login_form(request: Request, next: str = "/", auth: Auth = Depends(get_auth)
 
 
 def _safe_next(target: str) -> str:
-    # only local paths: an attacker's link must not bounce a fresh login to another site
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    # only local paths: an attacker's link must not bounce a fresh login to another site. Browsers
+    # read "/\\host" as "//host", and drop tabs and newlines, so those are refused too.
+    if not target.startswith("/") or target.startswith("//") or any(c in target for c in "\\\t\r\n"):
+        return "/"
+    return target[:2000]
+
+
+MAX_LOGIN_FIELD = 256  # characters of a user name or password read; longer ones cannot match
 
 
 @router.post("/login")
 async def login(request: Request, auth: Auth = Depends(get_auth)) -> Response:
-    form = await request.form()
-    expected = request.session.get("csrf")
+    form = await request.form()  # urlencoded and small: the guard holds it to web.max_request_kb
+    expected = request.session.get(SESSION_CSRF)
     if not expected or form.get("csrf_token") != expected:
         raise HTTPException(403, "missing or wrong CSRF token: reload the login page and try again")
-    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    username = str(form.get("username", ""))[:MAX_LOGIN_FIELD]
+    password = str(form.get("password", ""))[:MAX_LOGIN_FIELD]
     target = _safe_next(str(form.get("next", "/")))
-    if auth.login(request, username, password):
+    result = await auth.login(request, username, password)
+    if result.ok:
         return RedirectResponse(target, status_code=303)
+    if result.retry_after_s is not None:
+        response = render(request, "login.html", None, status_code=429, next=target, has_users=True,
+                          error=f"Too many failed logins from this address or for this user: try again in"
+                                f" {result.retry_after_s} s.")
+        response.headers["Retry-After"] = str(result.retry_after_s)
+        return response
     return render(request, "login.html", None, status_code=401, next=target, error="Wrong user name or password.",
-                  has_users=auth.has_users())
+                  has_users=True)
 
 
 @router.post("/logout")
-def logout(request: Request, user: Principal = Depends(page_post)) -> Response:
-    request.session.clear()
+def logout(request: Request, user: Principal = Depends(page_post), auth: Auth = Depends(get_auth)) -> Response:
+    auth.logout(request)  # revokes the server-side session: the old cookie is worthless from now on
     return RedirectResponse("/login", status_code=303)
 
 
@@ -125,7 +140,7 @@ def overlay(series_uid: str, key: str, user: Principal = Depends(page_user), nod
         png = overlay_png(node, series_uid, key)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})  # a patient image
 
 
 @router.get("/series/{series_uid}/report")
@@ -139,7 +154,12 @@ def report_html(series_uid: str, request: Request, user: Principal = Depends(pag
 def report_pdf(series_uid: str, user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
     _detail(node, series_uid)
     return Response(build_pdf(node, series_uid), media_type="application/pdf",
-                    headers={"Content-Disposition": f'inline; filename="report-{series_uid}.pdf"'})
+                    headers={"Content-Disposition": f'inline; filename="report-{_file_safe(series_uid)}.pdf"'})
+
+
+def _file_safe(text: str) -> str:
+    # a header value: only what a UID may hold
+    return re.sub(r"[^0-9A-Za-z.-]", "_", text)[:64]
 
 
 # -- audit, dead letters, upload -------------------------------------------------------
@@ -177,7 +197,6 @@ def upload_form(request: Request, user: Principal = Depends(page_user)) -> Respo
 
 
 @router.post("/upload")
-def upload(request: Request, files: list[UploadFile] = File(...), user: Principal = Depends(page_post),
-           node: Node = Depends(get_node)) -> Response:
-    result = ingest_uploads(node, [(f.filename or "upload", f.file) for f in files], client_host(request), user.name)
+async def upload(request: Request, user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+    result = await receive_upload(request, user, node)  # checks the CSRF token before any file is written
     return render(request, "upload.html", user, result=result)

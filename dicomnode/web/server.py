@@ -46,8 +46,11 @@ class WebServer:
         self.port = self._socket.getsockname()[1]
         # a generous keep-alive: when inference starves this thread of the GIL, a short idle timer can
         # fire late and reset a connection the client is already reusing
+        tls = {}
+        if self.settings.tls_cert_file is not None:
+            tls = {"ssl_certfile": str(self.settings.tls_cert_file), "ssl_keyfile": str(self.settings.tls_key_file)}
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, timeout_keep_alive=30)
+                                timeout_graceful_shutdown=5, timeout_keep_alive=30, server_header=False, **tls)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="web-console", daemon=True)
@@ -58,11 +61,15 @@ class WebServer:
         if not self._server.started:
             raise StartupError(f"web console did not start on {self.settings.host}:{self.port}")
         if not self.app.state.auth.required:
-            log.info("web console on http://%s:%s (loopback, no login)", self.settings.host, self.port)
+            log.info("web console on %s://%s:%s (loopback, no login)", self.scheme, self.settings.host, self.port)
         elif not (self.app.state.auth.has_users() or self.app.state.auth.tokens):
             log.warning("web console on %s:%s requires a login but no web.users or web.api_tokens are set",
                         self.settings.host, self.port)
         self._start_warmup()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.settings.tls_cert_file is not None else "http"
 
     def _start_warmup(self) -> None:
         """Load the model of every route that needs it now, so /health is ready before the first series."""

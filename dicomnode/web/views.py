@@ -225,8 +225,10 @@ class OverlayImage:
 
 def _outbox_sc_files(node: Node, series_uid: str, job_id: int) -> dict[str, tuple[Path, Any]]:
     """SC result objects of this series in the outbox: {sop uid: (path, header)}."""
-    folder = Path(node.settings.outbox_dir) / series_uid
-    if not folder.is_dir():
+    outbox = Path(node.settings.outbox_dir).resolve()
+    folder = (outbox / series_uid).resolve()
+    # a UID from the database, but it came from a DICOM file: it must not lead out of the outbox
+    if not folder.is_relative_to(outbox) or folder == outbox or not folder.is_dir():
         return {}
     with node.db.session() as s:
         delivered = set(s.execute(select(Delivery.sop_instance_uid).where(Delivery.job_id == job_id)).scalars())
