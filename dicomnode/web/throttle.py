@@ -1,8 +1,8 @@
 """Login throttling and rate-limited audit events.
 
 Each client address and each user name has a count of failed logins. Below the free allowance an
-attempt goes straight to the password check; from then on each failure doubles a delay (1 s, 2 s,
-4 s ... up to `max_delay_s`) during which attempts are refused at once, without hashing. Attempts
+attempt goes straight to the password check; from then on each failure doubles a delay (30 s, 1 min,
+2 min ... up to `max_delay_s`) during which attempts are refused at once, without hashing. Attempts
 still being checked count against the allowance, so 30 parallel requests cannot all slip through
 before the first failure is recorded. A success clears the client's and the user's counts.
 
@@ -22,6 +22,7 @@ from storage.db import Database
 from storage.events import EventCode
 
 MAX_TRACKED = 10_000  # keys kept in memory; the quietest go first
+FIRST_DELAY_S = 30.0  # after the free allowance; long enough to make guessing slow, short for a typo
 
 
 @dataclass
@@ -62,7 +63,7 @@ class LoginThrottle:
 
     def _delay(self, kind: str, failures: int) -> float:
         over = failures - self.free[kind]
-        return 0.0 if over < 0 else min(float(self.max_delay_s), 2.0 ** min(over, 32))
+        return 0.0 if over < 0 else min(float(self.max_delay_s), FIRST_DELAY_S * 2.0 ** min(over, 32))
 
     def _entry(self, kind: str, key: str, now: float) -> _Count:
         entry = self._counts.get((kind, key))

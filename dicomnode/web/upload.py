@@ -136,11 +136,11 @@ def check_zip(name: str, path: Path, budget: _Budget) -> None:
         budget.add_member(name)
         if not _wanted(info):
             continue
-        budget.add_bytes(name, info.file_size)
         ratio = info.file_size / max(info.compress_size, 1)
         if info.file_size > RATIO_FLOOR_BYTES and ratio > budget.limits.max_ratio:
             raise UploadRejected(f"{name}:{info.filename[:200]} expands {ratio:.0f}-fold"
                                  f" (web.max_zip_ratio is {budget.limits.max_ratio})")
+        budget.add_bytes(name, info.file_size)
 
 
 def check_files(files: list[tuple[str, Path]], limits: UploadLimits) -> None:

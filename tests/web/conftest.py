@@ -22,7 +22,7 @@ TOKEN = "test-api-token-0123456789"
 PIPELINE = "tests.web.pipelines:findings_pipeline"
 
 
-def node_toml(require_login: bool, pacs_port: int) -> str:
+def node_toml(require_login: bool, pacs_port: int, web_extra: str = "") -> str:
     # the PACS port is closed: every delivery fails once and becomes a dead letter to retry
     users = f'users = {{ {USER} = "{hash_password(PASSWORD, iterations=1000)}" }}' if require_login else ""
     return f"""
@@ -42,6 +42,7 @@ require_login = {str(require_login).lower()}
 min_free_disk_mb = 1
 api_tokens = ["{TOKEN}"]
 {users}
+{web_extra}
 [[routes]]
 name = "all-ct"
 pipeline = "{PIPELINE}"
@@ -64,10 +65,11 @@ class WebNode:
         return httpx.Client(base_url=self.base, timeout=30, **kwargs)
 
 
-def start_node(root: Path, require_login: bool) -> WebNode:
+def start_node(root: Path, require_login: bool, web_extra: str = "") -> WebNode:
+    """web_extra: more [web] lines (limits, TLS) for nodes that test them."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "node.toml"
-    config.write_text(node_toml(require_login, free_port()))
+    config.write_text(node_toml(require_login, free_port(), web_extra))
     settings = load_settings(config, {"node.data_dir": root / "data", "node.port": free_port(), "node.host": "127.0.0.1",
                                       "node.min_free_disk_mb": 1})
     node = Node(settings)
