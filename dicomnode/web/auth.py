@@ -161,14 +161,15 @@ class Auth:
 
     def _audit_throttled(self, refusal: Refusal, client: str, username: str) -> None:
         who = f"client {refusal.key}" if refusal.kind == "client" else f"user {refusal.key!r}"
-        message = (f"logins for {who} throttled after {refusal.failures} failed attempt(s): refused for"
-                   f" {refusal.retry_after_s} s without checking the password")
+        message = (f"logins for {who} throttled after {refusal.failures} failed attempt(s)"
+                   f" ({refusal.checking} more being checked): refused for {refusal.retry_after_s} s"
+                   " without checking the password")
         if refusal.refused_before:
             message += f"; {refusal.refused_before} attempt(s) refused in the previous delay"
         with self.db.session() as s:
             record_event(s, EventCode.ADMIN_LOGIN_THROTTLED, message,
                          details={"by": refusal.kind, "key": refusal.key, "client": client, "user": username[:64],
-                                  "failures": refusal.failures, "retry_after_s": refusal.retry_after_s,
+                                  "failures": refusal.failures, "checking": refusal.checking, "retry_after_s": refusal.retry_after_s,
                                   "refused_before": refusal.refused_before})
 
     async def _busy(self, client: str) -> LoginResult:

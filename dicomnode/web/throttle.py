@@ -32,7 +32,7 @@ class _Count:
     last_failure: float = 0.0
     last_seen: float = 0.0
     refused: int = 0  # refused since the last audit row
-    audited_window: float = -1.0  # last_failure of the window already audited
+    audited_at: float = -math.inf  # when the last audit row for this key was written
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Refusal:
     key: str
     retry_after_s: int
     failures: int
+    checking: int  # attempts of this key still being checked
     audit: bool  # first refusal in this delay window: write one audit row
     refused_before: int  # refusals since the previous audit row
 
@@ -89,13 +90,14 @@ class LoginThrottle:
         wait = entry.last_failure + self._delay(kind, entry.failures) - now
         if entry.failures >= self.free[kind] and wait <= 0 and entry.pending == 0:
             return None  # the delay is over: one attempt at a time
-        first = entry.audited_window != entry.last_failure
+        # one audit row per delay window (at least FIRST_DELAY_S apart) and key, however many refusals
+        first = now - entry.audited_at >= max(FIRST_DELAY_S, self._delay(kind, entry.failures))
         refused_before = entry.refused
         if first:
-            entry.audited_window, entry.refused = entry.last_failure, 0
+            entry.audited_at, entry.refused = now, 0
         else:
             entry.refused += 1
-        return Refusal(kind, key, max(1, math.ceil(wait)), entry.failures, first, refused_before)
+        return Refusal(kind, key, max(1, math.ceil(wait)), entry.failures, entry.pending, first, refused_before)
 
     def admit(self, client: str, user: str) -> Ticket | Refusal:
         """Admit an attempt (the password may be checked) or say why and for how long not."""
