@@ -32,8 +32,8 @@ def audit_filter(since: str | None = Query(None, description="age (30m, 2h, 7d) 
                  limit: int = Query(200, ge=1, le=10000)) -> AuditFilter:
     try:
         return AuditFilter(parse_since(since) if since else None, status or None, series or None, limit)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+    except (ValueError, OverflowError) as exc:  # since=99999999999999d overflows the date arithmetic
+        raise HTTPException(422, f"since: {exc}") from None
 
 
 def _query(node: Node, subject: str, f: AuditFilter) -> list[dict[str, Any]]:

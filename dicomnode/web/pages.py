@@ -56,7 +56,7 @@ def render(request: Request, name: str, user: Principal | None, status_code: int
 def _filter(since: str | None, status: str | None, series: str | None, limit: int = 200) -> tuple[AuditFilter, str | None]:
     try:
         return AuditFilter(parse_since(since) if since else None, status or None, series or None, limit), None
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # since=99999999999999d overflows the date arithmetic
         return AuditFilter(None, status or None, series or None, limit), str(exc)
 
 
