@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-import swagger_ui_bundle
+import fastapi_offline
 
 import dicomnode
 from dicomnode.node import Node
@@ -44,8 +44,10 @@ def create_app(node: Node) -> FastAPI:
     # outermost: Host allow-list and body limits before anything else runs, headers on every answer
     app.add_middleware(Guard, settings=settings, audit=app.state.auth.audit, check_host=not app.state.auth.required)
     app.mount("/static", StaticFiles(directory=str(Path(__file__).with_name("static"))), name="static")
-    # Swagger UI from an installed package (swagger-ui-bundle), never from a CDN
-    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
+    # Swagger UI from an installed package (fastapi-offline ships swagger-ui 5, which reads OpenAPI 3.1),
+    # never from a CDN at a floating version
+    app.mount("/docs/assets", StaticFiles(directory=str(Path(fastapi_offline.__file__).with_name("static"))),
+              name="docs-assets")
     app.include_router(api.health_router)
     app.include_router(api.router)
     app.include_router(pages.router)
