@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from storage.models import Event, Instance, WebSession
 from tests.web.conftest import PASSWORD, TOKEN, USER, WebNode, start_node
 from tests.web.http_raw import chunked, exchange, post_head
 from tests.web.test_auth import log_in, login_page_csrf
+from tests.web.test_browser import page  # noqa: F401  (the Playwright page fixture)
 
 HTML = {"Accept": "text/html"}
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -356,3 +358,19 @@ def test_correct_login_still_works(node: WebNode) -> None:
     with client_from(node, "127.0.0.24", headers=HTML) as c:
         assert log_in(c, password=PASSWORD).status_code == 303
         assert c.get("/api/session").json()["user"] == USER
+
+
+def test_docs_and_report_work_under_the_csp_in_a_browser(page: Any, open_node: WebNode,  # noqa: F811
+                                                         open_series: dict) -> None:
+    """The CSP forbids inline script: Swagger UI and the report's Print button must still work."""
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.set_default_timeout(20_000)
+    page.goto(open_node.base + "/docs")
+    page.wait_for_selector(".opblock-summary")  # the operations list: the bundle ran and read /openapi.json
+    assert page.locator(".opblock-summary").count() > 5
+    page.goto(f"{open_node.base}/series/{open_series['uid']}/report")
+    page.evaluate("() => { window.printed = 0; window.print = () => { window.printed += 1; }; }")
+    page.locator("button[data-print]").dispatch_event("click")
+    assert page.evaluate("window.printed") == 1  # the handler from /static/print.js ran
+    assert not violations, violations
