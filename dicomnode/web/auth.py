@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from anyio import CapacityLimiter, to_thread
 from fastapi import HTTPException, Request
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from dicomnode.config import WebSettings
 from dicomnode.passwords import verify_password
@@ -26,7 +26,7 @@ from dicomnode.web.throttle import LoginThrottle, RateLimitedAudit, Refusal
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
-from storage.models import User
+from storage.models import User, WebSession
 
 SESSION_ID = "sid"  # the random id of a server-side session (dicomnode.web.sessions)
 SESSION_CSRF = "csrf"
@@ -91,6 +91,8 @@ class Auth:
                     s.add(User(username=name, password_hash=encoded))
                 elif row.password_hash != encoded:
                     row.password_hash = encoded
+                    # a changed password ends the sessions opened with the old one
+                    s.execute(delete(WebSession).where(WebSession.username == name))
 
     def has_users(self) -> bool:
         with self.db.session() as s:

@@ -9,6 +9,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from dicomnode.node import Node
 from dicomnode.web.api import retry
@@ -89,14 +90,15 @@ async def login(request: Request, auth: Auth = Depends(get_auth)) -> Response:
     result = await auth.login(request, username, password)
     if result.ok:
         return RedirectResponse(target, status_code=303)
+    has_users = await run_in_threadpool(auth.has_users)  # a DB query: not on the event loop
     if result.retry_after_s is not None:
-        response = render(request, "login.html", None, status_code=429, next=target, has_users=True,
+        response = render(request, "login.html", None, status_code=429, next=target, has_users=has_users,
                           error=f"Too many failed logins from this address or for this user: try again in"
                                 f" {result.retry_after_s} s.")
         response.headers["Retry-After"] = str(result.retry_after_s)
         return response
     return render(request, "login.html", None, status_code=401, next=target, error="Wrong user name or password.",
-                  has_users=True)
+                  has_users=has_users)
 
 
 @router.post("/logout")

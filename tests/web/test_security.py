@@ -110,6 +110,17 @@ def test_idle_session_ends(node: WebNode) -> None:
         assert c.get("/").status_code == 303
 
 
+def test_a_changed_password_ends_open_sessions(node: WebNode) -> None:
+    from dicomnode.passwords import hash_password
+
+    auth = node.node.web.app.state.auth
+    with client_from(node, "127.0.0.25", headers=HTML) as c:
+        assert log_in(c).status_code == 303 and c.get("/api/series").status_code == 200
+        auth.sync_users({USER: hash_password(PASSWORD, iterations=1000)})  # node.toml changed, node restarted
+        assert c.get("/api/series").status_code == 401
+        assert log_in(c).status_code == 303  # the (same) password still works for a new session
+
+
 # -- defect 2: throttled logins ----------------------------------------------------------------
 def test_failed_logins_from_one_client_are_throttled(node: WebNode) -> None:
     free = node.node.settings.web.login_client_failures
