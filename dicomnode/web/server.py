@@ -46,11 +46,10 @@ class WebServer:
         self.port = self._socket.getsockname()[1]
         # a generous keep-alive: when inference starves this thread of the GIL, a short idle timer can
         # fire late and reset a connection the client is already reusing
-        tls = {}
-        if self.settings.tls_cert_file is not None:
-            tls = {"ssl_certfile": str(self.settings.tls_cert_file), "ssl_keyfile": str(self.settings.tls_key_file)}
+        cert, key = self.settings.tls_cert_file, self.settings.tls_key_file  # both or neither (config checks)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, timeout_keep_alive=30, server_header=False, **tls)
+                                timeout_graceful_shutdown=5, timeout_keep_alive=30, server_header=False,
+                                ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="web-console", daemon=True)
