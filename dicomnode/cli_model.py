@@ -80,7 +80,8 @@ def _read_datasets(files: list[Path]) -> list:
 def _pipeline(args: argparse.Namespace):
     from inference.engines import EngineUnavailable
     from inference.nets.checkpoint import CheckpointError
-    from inference.pipeline import LungNodulePipeline, WeightsError
+    from inference.pipeline import LungNodulePipeline
+    from inference.weights_bundle import WeightsError
 
     try:
         return LungNodulePipeline(engine=args.engine, mode=args.mode, threads=args.threads, weights=args.weights,
@@ -257,7 +258,7 @@ def cmd_model_calibrate(args: argparse.Namespace) -> int:
                    "sensitivity_6mm": report["sensitivity_6mm_at_1fp_per_scan"],
                    "phantom_seeds": report["phantom_seeds"]}
     if args.write:
-        from inference.pipeline import write_manifest
+        from inference.weights_bundle import write_manifest
 
         manifest = {**pipeline.bundle.manifest, "report_threshold_probability": threshold, "calibration": calibration}
         calibration["written_to"] = str(write_manifest(pipeline.bundle.directory, manifest))
@@ -270,7 +271,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     from inference.nets.checkpoint import load_into
     from inference.nets.classifier import DPNClassifierNet
     from inference.nets.dpn3d import DPN26Detector
-    from inference.pipeline import WeightsError, load_weights_bundle
+    from inference.weights_bundle import WeightsError, load_weights_bundle
 
     try:
         bundle = load_weights_bundle(args.weights)
@@ -316,7 +317,7 @@ def _tensorrt_skip_reason() -> str | None:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from inference.engines import resolve_kind
-    from inference.pipeline import WeightsError, load_weights_bundle
+    from inference.weights_bundle import WeightsError, load_weights_bundle
 
     try:
         bundle = load_weights_bundle(args.weights)

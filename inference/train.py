@@ -775,7 +775,7 @@ def package_weights(
 
     from inference.classify import MalignancyClassifier  # noqa: F401  (the GBM file format lives there)
     from inference.nets.checkpoint import file_sha256, read_checkpoint
-    from inference.pipeline import write_manifest
+    from inference.weights_bundle import write_manifest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
