@@ -13,7 +13,7 @@ import torch
 from inference.nets.checkpoint import load_into, read_checkpoint
 from inference.nets.dpn3d import ANCHORS_MM, DPN26Detector, make_coord
 from inference.phantom import make_phantom
-from inference.train import (
+from inference.training.crops import (
     Case,
     CropSampler,
     TrainConfig,
@@ -177,7 +177,7 @@ def test_the_phantom_cache_builds_in_worker_processes_after_torch_has_run(tmp_pa
 import torch
 torch.set_num_threads(2)
 torch.nn.functional.interpolate(torch.rand(1, 1, 64, 64, 64), scale_factor=2.0, mode="trilinear")
-from inference.train import cached_phantom_cases, Case
+from inference.training.crops import cached_phantom_cases, Case
 paths = cached_phantom_cases([7, 8], {str(tmp_path)!r}, True, workers=2)
 print([len(Case.load(p).nodules) for p in paths])
 """

@@ -703,7 +703,7 @@ def evaluate_detector_on_cases(
     phantoms it is the report threshold to ship; `report_threshold` scores a shipped one.
     """
     from inference.detect import detect
-    from inference.evaluate import froc_from_matches, match_findings, operating_point, roc, sensitivity_at_max_fps
+    from inference.training.metrics import froc_from_matches, match_findings, operating_point, roc, sensitivity_at_max_fps
 
     matches_big, matches_all = [], []
     y_true: list[int] = []
@@ -744,7 +744,7 @@ def evaluate_detector_on_cases(
 def plot_confusion_png(confusion: np.ndarray, path: str | Path, title: str = "malignancy at 0.5") -> Path:
     import matplotlib
 
-    from inference.evaluate import save_png
+    from inference.training.metrics import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
