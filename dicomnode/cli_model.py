@@ -163,7 +163,10 @@ def _seed_range(text: str) -> tuple[int, int]:
 
 
 def cmd_model_train(args: argparse.Namespace) -> int:
-    from inference.training.crops import HARDNESS_KINDS, MissingPackage, TrainConfig, check_hardness_kinds, run_training
+    from inference.training.crops import HARDNESS_KINDS, check_hardness_kinds
+    from inference.training.detector import TrainConfig
+    from inference.training.luna16 import MissingPackage
+    from inference.training.run import run_training
 
     luna = None if args.data == "phantoms" else Path(args.data)
     if luna is not None and not luna.is_dir():
@@ -212,7 +215,8 @@ def cmd_model_froc(args: argparse.Namespace) -> int:
 
 def _evaluate_on_phantoms(args: argparse.Namespace, pipeline, report_threshold: float | None):
     """Detection FROC and malignancy ROC of `pipeline` on phantoms first_seed..first_seed+count-1."""
-    from inference.training.crops import Case, cached_phantom_cases, evaluate_detector_on_cases
+    from inference.training.cases import Case, cached_phantom_cases
+    from inference.training.evaluation import evaluate_detector_on_cases
 
     seeds = list(range(args.first_seed, args.first_seed + args.count))
     with _bar() as bar:
@@ -229,7 +233,7 @@ def _evaluate_on_phantoms(args: argparse.Namespace, pipeline, report_threshold: 
 
 
 def cmd_model_evaluate(args: argparse.Namespace) -> int:
-    from inference.training.crops import plot_confusion_png
+    from inference.training.evaluation import plot_confusion_png
 
     pipeline = _pipeline(args)
     ev, report = _evaluate_on_phantoms(args, pipeline, pipeline.bundle.manifest.get("report_threshold_probability"))

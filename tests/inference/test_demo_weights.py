@@ -52,7 +52,7 @@ def test_packaged_networks_load():
 def test_held_out_phantom_big_nodules_are_found():
     from inference.detect import detect
     from inference.engines import make_engine
-    from inference.training.crops import phantom_case
+    from inference.training.cases import phantom_case
 
     bundle = load_weights_bundle()
     det = DPN26Detector()

@@ -16,7 +16,7 @@ from inference.nets.dpn3d import DPN26Detector
 from inference.phantom import write_phantom_series
 from inference.pipeline import LungNodulePipeline, key_slice
 from inference.preprocess import preprocess
-from inference.training.crops import package_weights
+from inference.training.packaging import package_weights
 from inference.volume import load_volume, read_series
 from inference.weights_bundle import WeightsError, load_weights_bundle
 from tests.conftest import TRANSFER_SYNTAXES
