@@ -80,7 +80,8 @@ def _read_datasets(files: list[Path]) -> list:
 def _pipeline(args: argparse.Namespace):
     from inference.engines import EngineUnavailable
     from inference.nets.checkpoint import CheckpointError
-    from inference.pipeline import LungNodulePipeline, WeightsError
+    from inference.pipeline import LungNodulePipeline
+    from inference.weights_bundle import WeightsError
 
     try:
         return LungNodulePipeline(engine=args.engine, mode=args.mode, threads=args.threads, weights=args.weights,
@@ -162,7 +163,10 @@ def _seed_range(text: str) -> tuple[int, int]:
 
 
 def cmd_model_train(args: argparse.Namespace) -> int:
-    from inference.train import HARDNESS_KINDS, MissingPackage, TrainConfig, check_hardness_kinds, run_training
+    from inference.training.crops import HARDNESS_KINDS, check_hardness_kinds
+    from inference.training.detector import TrainConfig
+    from inference.training.luna16 import MissingPackage
+    from inference.training.run import run_training
 
     luna = None if args.data == "phantoms" else Path(args.data)
     if luna is not None and not luna.is_dir():
@@ -193,7 +197,7 @@ def cmd_model_train(args: argparse.Namespace) -> int:
 
 
 def cmd_model_froc(args: argparse.Namespace) -> int:
-    from inference.evaluate import format_froc_report, froc
+    from inference.training.metrics import format_froc_report, froc
 
     for name in ("annotations", "excluded", "seriesuids", "candidates"):
         if not getattr(args, name).is_file():
@@ -211,7 +215,8 @@ def cmd_model_froc(args: argparse.Namespace) -> int:
 
 def _evaluate_on_phantoms(args: argparse.Namespace, pipeline, report_threshold: float | None):
     """Detection FROC and malignancy ROC of `pipeline` on phantoms first_seed..first_seed+count-1."""
-    from inference.train import Case, cached_phantom_cases, evaluate_detector_on_cases
+    from inference.training.cases import Case, cached_phantom_cases
+    from inference.training.evaluation import evaluate_detector_on_cases
 
     seeds = list(range(args.first_seed, args.first_seed + args.count))
     with _bar() as bar:
@@ -228,7 +233,7 @@ def _evaluate_on_phantoms(args: argparse.Namespace, pipeline, report_threshold: 
 
 
 def cmd_model_evaluate(args: argparse.Namespace) -> int:
-    from inference.train import plot_confusion_png
+    from inference.training.evaluation import plot_confusion_png
 
     pipeline = _pipeline(args)
     ev, report = _evaluate_on_phantoms(args, pipeline, pipeline.bundle.manifest.get("report_threshold_probability"))
@@ -257,7 +262,7 @@ def cmd_model_calibrate(args: argparse.Namespace) -> int:
                    "sensitivity_6mm": report["sensitivity_6mm_at_1fp_per_scan"],
                    "phantom_seeds": report["phantom_seeds"]}
     if args.write:
-        from inference.pipeline import write_manifest
+        from inference.weights_bundle import write_manifest
 
         manifest = {**pipeline.bundle.manifest, "report_threshold_probability": threshold, "calibration": calibration}
         calibration["written_to"] = str(write_manifest(pipeline.bundle.directory, manifest))
@@ -270,7 +275,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     from inference.nets.checkpoint import load_into
     from inference.nets.classifier import DPNClassifierNet
     from inference.nets.dpn3d import DPN26Detector
-    from inference.pipeline import WeightsError, load_weights_bundle
+    from inference.weights_bundle import WeightsError, load_weights_bundle
 
     try:
         bundle = load_weights_bundle(args.weights)
@@ -316,7 +321,7 @@ def _tensorrt_skip_reason() -> str | None:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from inference.engines import resolve_kind
-    from inference.pipeline import WeightsError, load_weights_bundle
+    from inference.weights_bundle import WeightsError, load_weights_bundle
 
     try:
         bundle = load_weights_bundle(args.weights)

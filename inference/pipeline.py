@@ -2,18 +2,17 @@
 
 The node keeps one `LungNodulePipeline` per model: the networks and engines load once in
 `__init__`; `analyze` is then called per series. Weights come from a folder holding
-`manifest.json` (file names, SHA-256s, version, report threshold); the packaged demo weights live
-in `inference/weights/`. Every file's SHA-256 is checked against the manifest before loading.
+`manifest.json` (file names, SHA-256s, version, report threshold), read by
+`inference.weights_bundle`; the packaged demo weights live in `inference/weights/`. Every file's
+SHA-256 is checked against the manifest before loading.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -29,75 +28,15 @@ from inference.findings import (
     lung_rads_category,
 )
 from inference.volume import Volume, VolumeLimits, load_volume
+from inference.weights_bundle import load_weights_bundle
 
 log = logging.getLogger(__name__)
 
-PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
-MANIFEST = "manifest.json"
 MODEL_NAME = "dicomnode-dpn26"
 MAX_FINDINGS = 5  # DeepLung's classification stage looks at the top 5 candidates
 SUSPICIOUS_AT = 0.5  # malignancy probability from which the study verdict is "suspicious"
 
 ProgressFn = Callable[[str], None]
-
-
-class WeightsError(Exception):
-    """The weights folder is missing, incomplete or does not match its manifest."""
-
-
-@dataclass(frozen=True)
-class WeightsBundle:
-    directory: Path
-    manifest: dict[str, Any]
-    detector: Path
-    classifier_net: Path | None
-    malignancy_gbm: Path | None
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest.get("version", "unknown"))
-
-    def sha256(self, role: str) -> str:
-        return str(self.manifest["files"][role]["sha256"])
-
-
-def load_weights_bundle(directory: str | Path | None = None, verify: bool = True) -> WeightsBundle:
-    """Read `manifest.json` of a weights folder (the packaged one by default) and check the files."""
-    from inference.nets.checkpoint import file_sha256
-
-    root = Path(directory) if directory is not None else PACKAGED_WEIGHTS
-    path = root / MANIFEST
-    if not path.is_file():
-        raise WeightsError(f"{root}: no {MANIFEST}; train weights with `dicomnode model train` or pass --weights")
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"{path}: not a weights manifest ({exc})") from None
-    if "detector" not in files:
-        raise WeightsError(f"{path}: names no detector file")
-    resolved: dict[str, Path | None] = {}
-    for role in ("detector", "classifier_net", "malignancy_gbm"):
-        entry = files.get(role)
-        if entry is None:
-            resolved[role] = None
-            continue
-        f = root / entry["path"]
-        if not f.is_file():
-            raise WeightsError(f"{f}: missing (listed in {path})")
-        if verify and file_sha256(f) != entry["sha256"]:
-            raise WeightsError(f"{f}: SHA-256 differs from {path}; the file was changed or damaged")
-        resolved[role] = f
-    return WeightsBundle(root, manifest, resolved["detector"], resolved["classifier_net"], resolved["malignancy_gbm"])  # type: ignore[arg-type]
-
-
-def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write a weights folder's `manifest.json` whole or not at all (a node may be reading it)."""
-    path = Path(directory) / MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def _logit(p: float) -> float:

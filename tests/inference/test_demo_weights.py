@@ -10,7 +10,7 @@ from inference.classify import MalignancyClassifier
 from inference.nets.checkpoint import file_sha256, load_into
 from inference.nets.classifier import DPNClassifierNet
 from inference.nets.dpn3d import DPN26Detector
-from inference.pipeline import PACKAGED_WEIGHTS, load_weights_bundle
+from inference.weights_bundle import PACKAGED_WEIGHTS, load_weights_bundle
 
 # a held-out phantom (training used seeds 1000..1027) with nodules of 10 mm and more
 HELD_OUT_SEED = 9001
@@ -52,7 +52,7 @@ def test_packaged_networks_load():
 def test_held_out_phantom_big_nodules_are_found():
     from inference.detect import detect
     from inference.engines import make_engine
-    from inference.train import phantom_case
+    from inference.training.cases import phantom_case
 
     bundle = load_weights_bundle()
     det = DPN26Detector()

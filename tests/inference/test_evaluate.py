@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.evaluate import (
+from inference.training.metrics import (
     FROC_FPS_PER_SCAN,
     _top_marks,
     format_froc_report,

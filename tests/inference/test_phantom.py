@@ -8,7 +8,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from inference.phantom import PhantomNodule, _sample_nodule_spec, insert_nodules, make_phantom, write_phantom_series
+from inference.phantom import PhantomNodule, insert_nodules, make_phantom, write_phantom_series
+from inference.phantom.nodules import _sample_nodule_spec
 from inference.volume import load_volume
 from tests.conftest import require_tool
 

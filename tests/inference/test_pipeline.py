@@ -14,10 +14,11 @@ from inference.findings import SeriesResult, Verdict
 from inference.nets.checkpoint import save_project_checkpoint
 from inference.nets.dpn3d import DPN26Detector
 from inference.phantom import write_phantom_series
-from inference.pipeline import LungNodulePipeline, WeightsError, key_slice, load_weights_bundle
+from inference.pipeline import LungNodulePipeline, key_slice
 from inference.preprocess import preprocess
-from inference.train import package_weights
+from inference.training.packaging import package_weights
 from inference.volume import load_volume, read_series
+from inference.weights_bundle import WeightsError, load_weights_bundle
 from tests.conftest import TRANSFER_SYNTAXES
 
 TINY = dict(matrix=128, pixel_spacing_mm=2.5, n_slices=28, slice_spacing_mm=2.5, n_nodules=2)

@@ -13,19 +13,11 @@ import torch
 from inference.nets.checkpoint import load_into, read_checkpoint
 from inference.nets.dpn3d import ANCHORS_MM, DPN26Detector, make_coord
 from inference.phantom import make_phantom
-from inference.train import (
-    Case,
-    CropSampler,
-    TrainConfig,
-    crop_coord,
-    detector_loss,
-    init_head,
-    luna16_cases,
-    make_targets,
-    nodule_hardness,
-    read_mhd_volume,
-    train_detector,
-)
+from inference.training.cases import Case
+from inference.training.crops import CropSampler, crop_coord, make_targets, nodule_hardness
+from inference.training.detector import TrainConfig, init_head, train_detector
+from inference.training.loss import detector_loss
+from inference.training.luna16 import luna16_cases, read_mhd_volume
 from tests.conftest import REPO_ROOT
 
 
@@ -177,7 +169,7 @@ def test_the_phantom_cache_builds_in_worker_processes_after_torch_has_run(tmp_pa
 import torch
 torch.set_num_threads(2)
 torch.nn.functional.interpolate(torch.rand(1, 1, 64, 64, 64), scale_factor=2.0, mode="trilinear")
-from inference.train import cached_phantom_cases, Case
+from inference.training.cases import cached_phantom_cases, Case
 paths = cached_phantom_cases([7, 8], {str(tmp_path)!r}, True, workers=2)
 print([len(Case.load(p).nodules) for p in paths])
 """

@@ -1,0 +1,142 @@
+"""The public builders: `make_phantom` (a whole synthetic chest CT) and `insert_nodules` (phantom
+nodules painted into a real CT volume).
+
+Speed: the anatomy is drawn on a coarse grid (about 1.5 mm) and upsampled trilinearly; nodules are
+drawn at full resolution; noise comes from a small pool of noise planes shifted per slice. A
+512x512x240 phantom builds in a few seconds on 2 cores.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from inference.phantom.anatomy import _render_anatomy
+from inference.phantom.drawing import _Grid, _upsample
+from inference.phantom.model import Phantom, PhantomNodule
+from inference.phantom.nodules import _place_nodules, _sample_nodule_spec, paint_nodule
+from inference.volume import Volume
+
+_COARSE_MM = 1.5
+_NOISE_SD = 20.0
+
+
+def make_phantom(
+    seed: int,
+    *,
+    small: bool = False,
+    matrix: int | None = None,
+    n_slices: int | None = None,
+    pixel_spacing_mm: float | None = None,
+    slice_spacing_mm: float | None = None,
+    slice_thickness_mm: float | None = None,
+    patient_position: Literal["HFS", "FFS"] | None = None,
+    origin_offset_mm: Sequence[float] | None = None,
+    n_nodules: int | None = None,
+) -> Phantom:
+    """A synthetic chest CT. Unset options are drawn from the seed; `small` gives 256x256x~100 at coarse spacing."""
+    rng = np.random.default_rng(seed)
+    matrix = matrix or (256 if small else 512)
+    if matrix < 64:
+        raise ValueError(f"matrix {matrix} is too small for a chest phantom (64 or more)")
+    if pixel_spacing_mm is None:
+        fov = rng.uniform(330, 400)
+        pixel_spacing_mm = fov / matrix
+    if slice_spacing_mm is None:
+        slice_spacing_mm = float(rng.choice([2.5, 3.0]) if small else rng.choice([0.625, 1.0, 1.25, 1.25, 1.5, 2.0, 2.5]))
+    if n_slices is None:
+        coverage = rng.uniform(280, 320)
+        n_slices = int(round(coverage / slice_spacing_mm))
+    if n_slices < 8:
+        raise ValueError(f"n_slices {n_slices} is too few for a chest phantom (8 or more)")
+    thickness = float(slice_thickness_mm or slice_spacing_mm)
+    position = patient_position or str(rng.choice(["HFS", "FFS"], p=[0.8, 0.2]))
+    if position not in ("HFS", "FFS"):
+        raise ValueError(f"patient_position must be HFS or FFS, not {position!r}")
+    offset = np.asarray(origin_offset_mm, float) if origin_offset_mm is not None else np.array(
+        [rng.uniform(-20, 20), rng.uniform(-30, 10), rng.uniform(-400, -100)]
+    )
+    fov = matrix * pixel_spacing_mm
+    origin = np.array([-fov / 2 + pixel_spacing_mm / 2 + offset[0], -fov / 2 + pixel_spacing_mm / 2 + offset[1], offset[2]])
+    spacing = np.array([slice_spacing_mm, pixel_spacing_mm, pixel_spacing_mm], float)
+    shape = (n_slices, matrix, matrix)
+    fine = _Grid(origin=origin, spacing=spacing, shape=shape)
+
+    # coarse grid with the same corners, so align_corners trilinear upsampling maps exactly
+    coarse_shape = tuple(
+        max(2, min(n, int(math.ceil((n - 1) * s / _COARSE_MM)) + 1)) for n, s in zip(shape, spacing)
+    )
+    coarse_spacing = np.array([(n - 1) * s / (c - 1) for n, s, c in zip(shape, spacing, coarse_shape)])
+    coarse = _Grid(origin=origin, spacing=coarse_spacing, shape=coarse_shape)  # type: ignore[arg-type]
+    vol, label, vessels, anatomy = _render_anatomy(coarse, rng)
+
+    # nodules stay whole inside the scanned range and inside the lung (not in a big vessel or airway)
+    inside = (label > 0) & (vol < -600)
+    specs = [_sample_nodule_spec(rng) for _ in range(int(rng.integers(1, 7)) if n_nodules is None else n_nodules)]
+    nodules = _place_nodules(specs, inside, coarse, vessels, rng, lung=label > 0)
+
+    hu = _upsample(vol, shape)
+    del vol
+    for nodule in nodules:
+        paint_nodule(hu, origin, spacing, np.eye(3), nodule)
+    _add_noise(hu, rng)
+    np.rint(hu, out=hu)
+    np.clip(hu, -1024, 3071, out=hu)
+    return Phantom(
+        hu=hu.astype(np.int16), origin=origin, spacing=spacing, slice_thickness_mm=thickness,
+        patient_position=position, nodules=nodules, seed=seed,  # type: ignore[arg-type]
+    )
+
+
+def _add_noise(hu: np.ndarray, rng: np.random.Generator) -> None:
+    """Correlated Gaussian noise (~20 HU sd) from a pool of planes, rolled differently per slice."""
+    n, rows, cols = hu.shape
+    pool = rng.standard_normal((min(8, n), rows, cols), dtype=np.float32)
+    pool = ndimage.gaussian_filter(pool, (0, 0.6, 0.6))
+    pool *= _NOISE_SD / float(pool.std())
+    shifts = rng.integers(0, max(rows, cols), size=(n, 2))
+    for k in range(n):
+        hu[k] += np.roll(pool[k % len(pool)], tuple(shifts[k]), axis=(0, 1))
+
+
+def insert_nodules(
+    volume: Volume, lung_mask: np.ndarray, nodules: int | Sequence[PhantomNodule], rng: np.random.Generator
+) -> list[PhantomNodule]:
+    """Paint phantom nodules into a real CT (volume.hu, in place) inside `lung_mask` ((z, y, x) like volume.hu).
+
+    `nodules` is either a count (random nodules at random lung positions) or explicit nodules whose
+    centres must lie inside the mask. Returns the nodules painted, with world centres.
+    """
+    if lung_mask.shape != volume.hu.shape:
+        raise ValueError(f"lung mask shape {lung_mask.shape} differs from the volume {volume.hu.shape}")
+    if isinstance(nodules, int):
+        if not np.array_equal(np.abs(volume.direction), np.eye(3)):
+            raise ValueError("random placement needs an axis-aligned volume; pass explicit nodules instead")
+        # place on an axis-aligned grid view of the volume (flip axes whose direction is negative)
+        flips = np.diag(volume.direction) < 0
+        view = lung_mask[tuple(slice(None, None, -1) if f else slice(None) for f in flips[::-1])]
+        corner = volume.voxel_to_world(np.array([[0 if not flips[2] else volume.shape[0] - 1,
+                                                   0 if not flips[1] else volume.shape[1] - 1,
+                                                   0 if not flips[0] else volume.shape[2] - 1]]))[0]
+        grid = _Grid(origin=corner, spacing=volume.spacing, shape=lung_mask.shape)
+        inside = view & (_as_view(volume.hu, flips) < -600)
+        specs = [_sample_nodule_spec(rng) for _ in range(nodules)]
+        for s in specs:
+            if s["attached_to"] == "vessel":  # no vessel tree is known in a real scan
+                s["attached_to"] = None
+        placed = _place_nodules(specs, inside, grid, [], rng)
+    else:
+        placed = list(nodules)
+        for nodule in placed:
+            idx = np.rint(volume.world_to_voxel(np.asarray(nodule.center_mm))).astype(int)
+            if np.any(idx < 0) or np.any(idx >= np.array(volume.shape)) or not lung_mask[tuple(idx)]:
+                raise ValueError(f"nodule centre {nodule.center_mm} is not inside the lung mask")
+    for nodule in placed:
+        paint_nodule(volume.hu, volume.origin, volume.spacing, volume.direction, nodule)
+    return placed
+
+
+def _as_view(array: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    return array[tuple(slice(None, None, -1) if f else slice(None) for f in flips[::-1])]
