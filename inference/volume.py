@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence, SupportsFloat, SupportsInt
 
 import numpy as np
 import pydicom
@@ -62,7 +62,7 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.hu.shape)  # type: ignore[return-value]
+        return tuple(self.hu.shape)
 
     def voxel_to_world(self, zyx: np.ndarray) -> np.ndarray:
         """(N, 3) voxel indices (z, y, x), may be fractional -> (N, 3) LPS mm (x, y, z)."""
@@ -166,7 +166,7 @@ def load_volume(datasets: Sequence[Dataset], limits: VolumeLimits | None = None)
         sop_class_uid=str(ds0.SOPClassUID),
         series_instance_uid=str(ds0.SeriesInstanceUID),
         study_instance_uid=str(ds0.get("StudyInstanceUID", "")),
-        frame_numbers=[int(s.frame_number) for s in slices] if multiframe else None,  # type: ignore[arg-type]
+        frame_numbers=[s.frame_number for s in slices if s.frame_number is not None] if multiframe else None,
         slice_thickness_mm=float(thickness),
     )
 
@@ -191,10 +191,10 @@ def _check_series_identity(datasets: Sequence[Dataset]) -> None:
             raise NotAnalysable("the series is a localizer (scout) image, not an axial CT volume")
 
 
-def _is_localizer(image_type: object) -> bool:
+def _is_localizer(image_type: str | Iterable[object] | None) -> bool:
     if image_type is None:
         return False
-    values = [image_type] if isinstance(image_type, str) else list(image_type)  # type: ignore[call-overload]
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
     return any(str(v).upper() == "LOCALIZER" for v in values)
 
 
@@ -206,15 +206,20 @@ def _slices_of(ds: Dataset) -> list[_Slice]:
     return [_classic_slice(ds)]
 
 
-def _require(ds: Dataset, keyword: str, uid: str) -> object:
+# A numeric multi-valued element as pydicom reads it: a MultiValue of DSfloat / float (or str).
+_Numbers = Sequence[SupportsFloat | str]
+
+
+def _require(ds: Dataset, keyword: str, uid: str) -> Any:
+    """The element's value; Any because pydicom types element values dynamically (Dataset.get -> Any)."""
     value = ds.get(keyword)
     if value is None or value == "":
         raise NotAnalysable(f"image {uid} lacks {keyword}, so its position in the patient is unknown")
     return value
 
 
-def _orientation(value: object, uid: str) -> tuple[np.ndarray, np.ndarray]:
-    iop = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+def _orientation(value: _Numbers, uid: str) -> tuple[np.ndarray, np.ndarray]:
+    iop = np.array([float(v) for v in value], dtype=np.float64)
     if iop.shape != (6,):
         raise NotAnalysable(f"image {uid} has a malformed ImageOrientationPatient")
     row, col = iop[:3], iop[3:]
@@ -244,15 +249,15 @@ def _decoder(ds: Dataset) -> Callable[[], np.ndarray]:
 
 def _classic_slice(ds: Dataset) -> _Slice:
     uid = str(ds.get("SOPInstanceUID", "?"))
-    ipp = _require(ds, "ImagePositionPatient", uid)
+    ipp: _Numbers = _require(ds, "ImagePositionPatient", uid)
     row, col = _orientation(_require(ds, "ImageOrientationPatient", uid), uid)
-    spacing = _require(ds, "PixelSpacing", uid)
+    spacing: _Numbers = _require(ds, "PixelSpacing", uid)
     thickness = ds.get("SliceThickness")
     return _Slice(
-        position=np.array([float(v) for v in ipp], dtype=np.float64),  # type: ignore[union-attr]
+        position=np.array([float(v) for v in ipp], dtype=np.float64),
         row_cosine=row,
         col_cosine=col,
-        pixel_spacing=(float(spacing[0]), float(spacing[1])),  # type: ignore[index]
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
         thickness=float(thickness) if thickness not in (None, "") else None,
         slope=float(ds.get("RescaleSlope", 1) or 1),
         intercept=float(ds.get("RescaleIntercept", 0) or 0),
@@ -274,10 +279,10 @@ def _group_item(ds: Dataset, frame_group: Dataset | None, sequence: str) -> Data
     return None
 
 
-def _first(seq: object) -> Dataset | None:
-    if seq is None or len(seq) == 0:  # type: ignore[arg-type]
+def _first(seq: Sequence[Dataset] | None) -> Dataset | None:
+    if seq is None or len(seq) == 0:
         return None
-    return seq[0]  # type: ignore[index]
+    return seq[0]
 
 
 def _frames_of(ds: Dataset) -> list[_Slice]:
@@ -287,7 +292,7 @@ def _frames_of(ds: Dataset) -> list[_Slice]:
     if per_frame is None or len(per_frame) != n_frames:
         raise NotAnalysable(f"multi-frame image {uid} lacks a PerFrameFunctionalGroupsSequence item for every frame")
     decode_all = _decoder(ds)
-    slices = []
+    slices: list[_Slice] = []
     for index, group in enumerate(per_frame):
         frame_type = _group_item(ds, group, "CTImageFrameTypeSequence")
         if frame_type is not None and _is_localizer(frame_type.get("FrameType")):
@@ -298,20 +303,21 @@ def _frames_of(ds: Dataset) -> list[_Slice]:
         if position is None or orientation is None or measures is None:
             raise NotAnalysable(f"frame {index + 1} of {uid} lacks its plane position, orientation or pixel spacing")
         row, col = _orientation(_require(orientation, "ImageOrientationPatient", uid), uid)
-        spacing = _require(measures, "PixelSpacing", uid)
+        spacing: _Numbers = _require(measures, "PixelSpacing", uid)
         thickness = measures.get("SliceThickness")
         transform = _group_item(ds, group, "PixelValueTransformationSequence")
         slope = float(transform.get("RescaleSlope", 1)) if transform is not None else float(ds.get("RescaleSlope", 1) or 1)
         intercept = (
             float(transform.get("RescaleIntercept", 0)) if transform is not None else float(ds.get("RescaleIntercept", 0) or 0)
         )
+        ipp: _Numbers = _require(position, "ImagePositionPatient", uid)
         frame_number = index + 1
         slices.append(
             _Slice(
-                position=np.array([float(v) for v in _require(position, "ImagePositionPatient", uid)], dtype=np.float64),  # type: ignore[union-attr]
+                position=np.array([float(v) for v in ipp], dtype=np.float64),
                 row_cosine=row,
                 col_cosine=col,
-                pixel_spacing=(float(spacing[0]), float(spacing[1])),  # type: ignore[index]
+                pixel_spacing=(float(spacing[0]), float(spacing[1])),
                 thickness=float(thickness) if thickness not in (None, "") else None,
                 slope=slope,
                 intercept=intercept,
@@ -319,10 +325,15 @@ def _frames_of(ds: Dataset) -> list[_Slice]:
                 columns=int(ds.Columns),
                 sop_instance_uid=uid,
                 frame_number=frame_number,
-                pixels=(lambda f=frame_number: _frame(decode_all(), f, n_frames)),
+                pixels=_frame_decoder(decode_all, frame_number, n_frames),
             )
         )
     return slices
+
+
+def _frame_decoder(decode_all: Callable[[], np.ndarray], frame_number: int, n_frames: int) -> Callable[[], np.ndarray]:
+    """One frame's lazy decoder; a closure per frame, so each keeps its own frame number."""
+    return lambda: _frame(decode_all(), frame_number, n_frames)
 
 
 def _frame(array: np.ndarray, frame_number: int, n_frames: int) -> np.ndarray:
@@ -399,12 +410,12 @@ def _padding_range(ds: Dataset) -> tuple[float, float] | None:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     bits = int(ds.get("BitsAllocated", 16))
 
-    def as_stored(v: object) -> int:
-        v = int(v)  # type: ignore[call-overload]
+    def as_stored(v: SupportsInt | str | bytes) -> int:
+        stored = int(v)
         # the tag may be written as US although the pixels are signed: 63536 means -2000 on int16
-        if signed and v >= 1 << (bits - 1):
-            v -= 1 << bits
-        return v
+        if signed and stored >= 1 << (bits - 1):
+            stored -= 1 << bits
+        return stored
 
     low = as_stored(value)
     limit = ds.get("PixelPaddingRangeLimit")
