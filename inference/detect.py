@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -35,6 +35,12 @@ Progress = Callable[[int, int], None]  # (tiles done, tiles total)
 Int3 = tuple[int, int, int]
 
 
+def _int3(values: Iterable[int]) -> Int3:
+    """Exactly three integers (a shape, a side, tile counts) as a (z, y, x) triple."""
+    z, y, x = values
+    return (z, y, x)
+
+
 @dataclass(frozen=True)
 class Candidate:
     zyx: tuple[float, float, float]  # preprocessed voxel coordinates == mm in the preprocessed frame
@@ -54,7 +60,7 @@ class TilePlan:
 
     @property
     def crop(self) -> Int3:
-        return tuple(s + 2 * self.margin for s in self.side)  # type: ignore[return-value]
+        return _int3(s + 2 * self.margin for s in self.side)
 
     @property
     def n_tiles(self) -> int:
@@ -96,8 +102,8 @@ def plan_tiled(shape: Sequence[int], side: int = 144, margin: int = 32) -> TileP
     """DeepLung's tiling: cubes of `side`, each crop extended by `margin` on every face."""
     side3 = (side, side, side)
     _check_geometry(side3, margin)
-    counts = tuple(max(1, -(-s // side)) for s in shape)
-    return TilePlan(tuple(shape), side3, margin, counts)  # type: ignore[arg-type]
+    counts = _int3(max(1, -(-s // side)) for s in shape)
+    return TilePlan(_int3(shape), side3, margin, counts)
 
 
 def plan_whole(shape: Sequence[int], margin: int = 0, max_voxels: int | None = None) -> TilePlan:
@@ -109,7 +115,7 @@ def plan_whole(shape: Sequence[int], margin: int = 0, max_voxels: int | None = N
     counts = [1, 1, 1]
 
     def sides() -> Int3:
-        return tuple(_ceil_to(-(-s // n), MAX_STRIDE) for s, n in zip(shape, counts))  # type: ignore[return-value]
+        return _int3(_ceil_to(-(-s // n), MAX_STRIDE) for s, n in zip(shape, counts))
 
     side = sides()
     while max_voxels is not None and math.prod(s + 2 * margin for s in side) > max_voxels:
@@ -119,7 +125,7 @@ def plan_whole(shape: Sequence[int], margin: int = 0, max_voxels: int | None = N
         counts[axis] += 1
         side = sides()
     _check_geometry(side, margin)
-    return TilePlan(tuple(shape), side, margin, tuple(counts))  # type: ignore[arg-type]
+    return TilePlan(_int3(shape), side, margin, _int3(counts))
 
 
 def run_detector(
@@ -136,7 +142,7 @@ def run_detector(
     if image_u8.ndim != 3:
         raise ValueError(f"expected a (z, y, x) volume, got shape {image_u8.shape}")
     padded = pad_to_stride(image_u8)
-    shape: Int3 = padded.shape  # type: ignore[assignment]
+    shape = _int3(padded.shape)
     if mode == "tiled":
         plan = plan_tiled(shape, side, 32 if margin is None else margin)
     elif mode == "whole":
@@ -215,7 +221,7 @@ def nms(boxes: np.ndarray, iou_threshold: float = NMS_IOU, max_kept: int | None 
     if len(boxes) == 0:
         return boxes
     order = boxes[np.argsort(-boxes[:, 0], kind="stable")]
-    kept = []
+    kept: list[np.ndarray] = []
     while len(order) and (max_kept is None or len(kept) < max_kept):
         top = order[0]
         kept.append(top)

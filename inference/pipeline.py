@@ -12,12 +12,12 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from inference.detect import REPORT_LOGIT, Candidate, detect
+from inference.detect import REPORT_LOGIT, Candidate, Mode, detect
 from inference.findings import (
     Finding,
     KeySlice,
@@ -30,6 +30,9 @@ from inference.findings import (
 from inference.volume import Volume, VolumeLimits, load_volume
 from inference.weights_bundle import load_weights_bundle
 
+if TYPE_CHECKING:
+    from inference.preprocess import Preprocessed
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "dicomnode-dpn26"
@@ -37,6 +40,14 @@ MAX_FINDINGS = 5  # DeepLung's classification stage looks at the top 5 candidate
 SUSPICIOUS_AT = 0.5  # malignancy probability from which the study verdict is "suspicious"
 
 ProgressFn = Callable[[str], None]
+
+
+def _detection_mode(mode: str) -> Mode:
+    if mode == "whole":
+        return "whole"
+    if mode == "tiled":
+        return "tiled"
+    raise ValueError(f"unknown detection mode {mode!r}: 'whole' or 'tiled'")
 
 
 def _logit(p: float) -> float:
@@ -68,10 +79,9 @@ class LungNodulePipeline:
         from inference.nets.classifier import DPNClassifierNet
         from inference.nets.dpn3d import DPN26Detector
 
-        if mode not in ("whole", "tiled"):
-            raise ValueError(f"unknown detection mode {mode!r}: 'whole' or 'tiled'")
+        detection_mode = _detection_mode(mode)
         self.bundle = load_weights_bundle(weights)
-        self.mode = mode
+        self.mode = detection_mode
         self.max_findings = max_findings
         self.limits = limits
         n_threads = threads or None
@@ -141,7 +151,7 @@ class LungNodulePipeline:
         say(f"detecting nodules ({self.detector.name}, {self.mode})")
         t = time.perf_counter()
         candidates = detect(
-            self.detector, pre.image, mode=self.mode,  # type: ignore[arg-type]
+            self.detector, pre.image, mode=self.mode,
             progress=lambda done, total: say(f"detecting: tile {done}/{total}"),
         )
         timings["detect"] = time.perf_counter() - t
@@ -162,7 +172,7 @@ class LungNodulePipeline:
             log.info("series %s: %s", volume.series_instance_uid, "; ".join(volume.warnings))
         return result
 
-    def _findings(self, volume: Volume, pre, cands: list[Candidate]) -> list[Finding]:
+    def _findings(self, volume: Volume, pre: Preprocessed, cands: list[Candidate]) -> list[Finding]:
         from inference.classify import estimate_volume_mm3, long_axis_diameter_mm
 
         if not cands:
@@ -180,9 +190,10 @@ class LungNodulePipeline:
             mean_diameter = 0.5 * (long_axis + cand.diameter_mm)
             volume_mm3 = estimate_volume_mm3(pre.image, zyx, cand.diameter_mm)
             src = pre.to_source_voxel(zyx[None])[0]
+            x_mm, y_mm, z_mm = volume.voxel_to_world(src)
             findings.append(
                 Finding(
-                    center_mm=tuple(float(v) for v in volume.voxel_to_world(src)),  # type: ignore[arg-type]
+                    center_mm=(float(x_mm), float(y_mm), float(z_mm)),
                     diameter_mm=float(mean_diameter),
                     volume_mm3=float(volume_mm3),
                     probability=float(cand.probability),

@@ -44,4 +44,4 @@ class OnnxRuntimeEngine(Engine):
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence, overload
 
 from torch import nn
 
@@ -16,6 +16,9 @@ from inference.engines.base import (
     NetworkKind,
     network_io,
 )
+
+if TYPE_CHECKING:
+    from inference.engines.tensorrt_engine import InputProfile
 
 EngineKind = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -70,6 +73,55 @@ def _onnx_for(model: nn.Module | None, onnx_path: str | Path | None, network: Ne
     return path
 
 
+# The network picks the wrapper type: callers that name it get a DetectorEngine or ClassifierEngine.
+@overload
+def make_engine(
+    kind: str = ...,
+    *,
+    network: Literal["detector"] = ...,
+    model: nn.Module | None = ...,
+    onnx_path: str | Path | None = ...,
+    weights_sha256: str | None = ...,
+    threads: int | None = ...,
+    max_batch: int | None = ...,
+    fp16: bool = ...,
+    cache_dir: str | Path | None = ...,
+    trt_profile: Sequence[InputProfile] | None = ...,
+) -> DetectorEngine: ...
+
+
+@overload
+def make_engine(
+    kind: str = ...,
+    *,
+    network: Literal["classifier"],
+    model: nn.Module | None = ...,
+    onnx_path: str | Path | None = ...,
+    weights_sha256: str | None = ...,
+    threads: int | None = ...,
+    max_batch: int | None = ...,
+    fp16: bool = ...,
+    cache_dir: str | Path | None = ...,
+    trt_profile: Sequence[InputProfile] | None = ...,
+) -> ClassifierEngine: ...
+
+
+@overload
+def make_engine(
+    kind: str = ...,
+    *,
+    network: NetworkKind,
+    model: nn.Module | None = ...,
+    onnx_path: str | Path | None = ...,
+    weights_sha256: str | None = ...,
+    threads: int | None = ...,
+    max_batch: int | None = ...,
+    fp16: bool = ...,
+    cache_dir: str | Path | None = ...,
+    trt_profile: Sequence[InputProfile] | None = ...,
+) -> DetectorEngine | ClassifierEngine: ...
+
+
 def make_engine(
     kind: str = "auto",
     *,
@@ -81,7 +133,7 @@ def make_engine(
     max_batch: int | None = None,
     fp16: bool = True,
     cache_dir: str | Path | None = None,
-    trt_profile: Sequence[Any] | None = None,
+    trt_profile: Sequence[InputProfile] | None = None,
 ) -> DetectorEngine | ClassifierEngine:
     """Build the engine for `network` from a torch module and/or its ONNX export.
 
@@ -115,5 +167,5 @@ def make_engine(
                 trt_profile = detector_profile(max_batch=min(max_batch or 8, 9))
             else:
                 trt_profile = classifier_profile(max_batch=max_batch or 64)
-        engine = TensorRTEngine(path, io, trt_profile, cache, weights_sha256=weights_sha256, fp16=fp16)  # type: ignore[arg-type]
+        engine = TensorRTEngine(path, io, trt_profile, cache, weights_sha256=weights_sha256, fp16=fp16)
     return DetectorEngine(engine) if network == "detector" else ClassifierEngine(engine)

@@ -164,7 +164,8 @@ class TensorRTEngine(Engine):
         )
         self.plan_path = engine_cache_path(cache_dir, key, io.kind, trt.__version__)
         self._runtime = trt.Runtime(self._logger)
-        self.engine = None
+        # tensorrt ships no types: the ICudaEngine once loaded, None after close()
+        self.engine: Any = None
         if self.plan_path.is_file():
             # A plan from a crashed write or another TensorRT build deserializes to None: rebuild then.
             self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())

@@ -6,11 +6,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from inference.training.cases import Case, Progress
+
+if TYPE_CHECKING:
+    from inference.classify import MalignancyClassifier
+    from inference.detect import Mode
+    from inference.engines.base import DetectorEngine
+    from inference.training.metrics import FrocResult, RocResult
 
 
 @dataclass
@@ -21,10 +27,10 @@ class PhantomEvaluation:
     threshold_6mm_at_1fp: float  # detection probability of that operating point
     cpm_6mm: float
     cpm_all: float
-    froc_6mm: object  # evaluate.FrocResult
-    froc_all: object
+    froc_6mm: FrocResult
+    froc_all: FrocResult
     malignancy_auc: float | None
-    malignancy_roc: object | None  # evaluate.RocResult
+    malignancy_roc: RocResult | None
     seconds_per_scan: float
     # what the node delivers at the weights' calibrated report threshold (None: not calibrated)
     report_threshold: float | None = None
@@ -39,11 +45,11 @@ class PhantomEvaluation:
             "threshold_6mm_at_1fp_per_scan": round(self.threshold_6mm_at_1fp, 5),
             "cpm_6mm": round(self.cpm_6mm, 4),
             "cpm_all": round(self.cpm_all, 4),
-            "froc_6mm_sensitivities": [round(float(v), 4) for v in self.froc_6mm.sensitivities],  # type: ignore[attr-defined]
-            "froc_all_sensitivities": [round(float(v), 4) for v in self.froc_all.sensitivities],  # type: ignore[attr-defined]
+            "froc_6mm_sensitivities": [round(float(v), 4) for v in self.froc_6mm.sensitivities],
+            "froc_all_sensitivities": [round(float(v), 4) for v in self.froc_all.sensitivities],
             "malignancy_auc": None if self.malignancy_auc is None else round(self.malignancy_auc, 4),
             "malignancy_confusion_tn_fp_fn_tp": None if self.malignancy_roc is None
-            else [int(v) for v in self.malignancy_roc.confusion.ravel()],  # type: ignore[attr-defined]
+            else [int(v) for v in self.malignancy_roc.confusion.ravel()],
             "seconds_per_scan": round(self.seconds_per_scan, 2),
             "report_threshold_probability": self.report_threshold,
             "sensitivity_6mm_at_report_threshold": _rounded(self.sensitivity_6mm_at_report_threshold),
@@ -56,7 +62,8 @@ def _rounded(v: float | None) -> float | None:
 
 
 def evaluate_detector_on_cases(
-    detector_engine, cases: Sequence[Case], *, mode: str = "whole", classifier=None, min_diameter_mm: float = 6.0,
+    detector_engine: DetectorEngine, cases: Sequence[Case], *, mode: Mode = "whole",
+    classifier: MalignancyClassifier | None = None, min_diameter_mm: float = 6.0,
     progress: Progress | None = None, report_threshold: float | None = None, max_fps_per_scan: float = 1.0,
 ) -> PhantomEvaluation:
     """FROC (LUNA16 hit rule, in the 1 mm preprocessed frame) and malignancy ROC on labelled cases.
@@ -74,7 +81,7 @@ def evaluate_detector_on_cases(
     y_score: list[float] = []
     t0 = time.time()
     for i, case in enumerate(cases):
-        cands = detect(detector_engine, case.image, mode=mode)  # type: ignore[arg-type]
+        cands = detect(detector_engine, case.image, mode=mode)
         # LUNA16 keeps at most 100 marks per scan
         cands = cands[:100]
         centres = np.array([c.zyx for c in cands]).reshape(-1, 3)
