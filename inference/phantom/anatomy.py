@@ -114,7 +114,7 @@ def _render_anatomy(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, 
     return vol, label, vessels, an
 
 
-def _rim_mask(Z, Y, X, c, r, an: _Anatomy) -> np.ndarray:
+def _rim_mask(Z: np.ndarray, Y: np.ndarray, X: np.ndarray, c: np.ndarray, r: np.ndarray, an: _Anatomy) -> np.ndarray:
     return (((Z - c[2]) / r[2]) ** 2 + (((Y - (c[1] - an.cy)) / r[1]) ** 2)[None] + (((X - (c[0] - an.cx)) / r[0]) ** 2)[None]) < 1
 
 

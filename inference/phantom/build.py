@@ -8,7 +8,7 @@ drawn at full resolution; noise comes from a small pool of noise planes shifted 
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal, Sequence, TypedDict
 
 import numpy as np
 from scipy import ndimage
@@ -21,6 +21,20 @@ from inference.volume import Volume
 
 _COARSE_MM = 1.5
 _NOISE_SD = 20.0
+
+
+class PhantomOptions(TypedDict, total=False):
+    """`make_phantom`'s keyword options, for callers that pass them on (`write_phantom_series`)."""
+
+    small: bool
+    matrix: int | None
+    n_slices: int | None
+    pixel_spacing_mm: float | None
+    slice_spacing_mm: float | None
+    slice_thickness_mm: float | None
+    patient_position: Literal["HFS", "FFS"] | None
+    origin_offset_mm: Sequence[float] | None
+    n_nodules: int | None
 
 
 def make_phantom(
@@ -52,9 +66,7 @@ def make_phantom(
     if n_slices < 8:
         raise ValueError(f"n_slices {n_slices} is too few for a chest phantom (8 or more)")
     thickness = float(slice_thickness_mm or slice_spacing_mm)
-    position = patient_position or str(rng.choice(["HFS", "FFS"], p=[0.8, 0.2]))
-    if position not in ("HFS", "FFS"):
-        raise ValueError(f"patient_position must be HFS or FFS, not {position!r}")
+    position = _patient_position(patient_position or str(rng.choice(["HFS", "FFS"], p=[0.8, 0.2])))
     offset = np.asarray(origin_offset_mm, float) if origin_offset_mm is not None else np.array(
         [rng.uniform(-20, 20), rng.uniform(-30, 10), rng.uniform(-400, -100)]
     )
@@ -65,11 +77,9 @@ def make_phantom(
     fine = _Grid(origin=origin, spacing=spacing, shape=shape)
 
     # coarse grid with the same corners, so align_corners trilinear upsampling maps exactly
-    coarse_shape = tuple(
-        max(2, min(n, int(math.ceil((n - 1) * s / _COARSE_MM)) + 1)) for n, s in zip(shape, spacing)
-    )
+    coarse_shape = (_coarse_size(shape[0], spacing[0]), _coarse_size(shape[1], spacing[1]), _coarse_size(shape[2], spacing[2]))
     coarse_spacing = np.array([(n - 1) * s / (c - 1) for n, s, c in zip(shape, spacing, coarse_shape)])
-    coarse = _Grid(origin=origin, spacing=coarse_spacing, shape=coarse_shape)  # type: ignore[arg-type]
+    coarse = _Grid(origin=origin, spacing=coarse_spacing, shape=coarse_shape)
     vol, label, vessels, anatomy = _render_anatomy(coarse, rng)
 
     # nodules stay whole inside the scanned range and inside the lung (not in a big vessel or airway)
@@ -86,8 +96,21 @@ def make_phantom(
     np.clip(hu, -1024, 3071, out=hu)
     return Phantom(
         hu=hu.astype(np.int16), origin=origin, spacing=spacing, slice_thickness_mm=thickness,
-        patient_position=position, nodules=nodules, seed=seed,  # type: ignore[arg-type]
+        patient_position=position, nodules=nodules, seed=seed,
     )
+
+
+def _patient_position(value: str) -> Literal["HFS", "FFS"]:
+    if value == "HFS":
+        return "HFS"
+    if value == "FFS":
+        return "FFS"
+    raise ValueError(f"patient_position must be HFS or FFS, not {value!r}")
+
+
+def _coarse_size(n: int, spacing_mm: float) -> int:
+    """Points on a coarse axis with the same end points as `n` fine points `spacing_mm` apart."""
+    return max(2, min(n, int(math.ceil((n - 1) * spacing_mm / _COARSE_MM)) + 1))
 
 
 def _add_noise(hu: np.ndarray, rng: np.random.Generator) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 NoduleKind = Literal["solid", "part-solid", "ground-glass"]
 Attachment = Literal["pleura", "vessel"] | None
+NoduleMargin = Literal["smooth", "lobulated", "spiculated"]
 
 AIR = -1000.0
 LUNG = -860.0
@@ -32,7 +33,7 @@ class PhantomNodule:
     kind: NoduleKind
     attached_to: Attachment
     malignant: bool
-    margin: Literal["smooth", "lobulated", "spiculated"] = "smooth"
+    margin: NoduleMargin = "smooth"
     calcified: bool = False
     solid_diameter_mm: float = 0.0  # the solid component: all of a solid nodule, the core of a part-solid one
     shape_seed: int = 0  # fixes lobulation and spicule directions

@@ -7,32 +7,51 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TypedDict
 
 import numpy as np
 
 from inference.phantom.drawing import _Grid, _segment_distance, _soft
-from inference.phantom.model import PhantomNodule
+from inference.phantom.model import Attachment, NoduleKind, NoduleMargin, PhantomNodule
 
 log = logging.getLogger(__name__)
 
+# The values drawn by name, each mapped to its typed value (the draw order is the key order).
+_KINDS: dict[str, NoduleKind] = {"solid": "solid", "part-solid": "part-solid", "ground-glass": "ground-glass"}
+_ATTACHMENTS: dict[str, Attachment] = {"none": None, "pleura": "pleura", "vessel": "vessel"}
 
-def _sample_nodule_spec(rng: np.random.Generator) -> dict:
+
+class _NoduleSpec(TypedDict):
+    """A sampled nodule before placement: PhantomNodule's fields less its centre."""
+
+    kind: NoduleKind
+    diameter_mm: float
+    malignant: bool
+    margin: NoduleMargin
+    calcified: bool
+    solid_diameter_mm: float
+    attached_to: Attachment
+    shape_seed: int
+
+
+def _sample_nodule_spec(rng: np.random.Generator) -> _NoduleSpec:
     """Kind, size, margin and label; malignancy follows size, kind and margin as in screening data."""
-    kind = str(rng.choice(["solid", "part-solid", "ground-glass"], p=[0.62, 0.2, 0.18]))
+    kind = _KINDS[str(rng.choice(list(_KINDS), p=[0.62, 0.2, 0.18]))]
     diameter = float(3.0 + 27.0 * rng.beta(1.3, 3.2))
     logit = -3.4 + 0.24 * (diameter - 3.0) + {"solid": 0.0, "part-solid": 1.3, "ground-glass": -0.4}[kind]
     malignant = bool(rng.random() < 1 / (1 + math.exp(-logit)))
     calcified = False
+    margin: NoduleMargin
     if malignant:
         margin = "spiculated" if kind != "ground-glass" and rng.random() < 0.75 else "lobulated"
     else:
         margin = "lobulated" if rng.random() < 0.25 else "smooth"
         calcified = kind == "solid" and diameter >= 4 and rng.random() < 0.35
     solid = diameter if kind == "solid" else diameter * rng.uniform(0.3, 0.6) if kind == "part-solid" else 0.0
-    attached = rng.choice(["none", "pleura", "vessel"], p=[0.65, 0.2, 0.15])
-    return dict(
+    attached = _ATTACHMENTS[str(rng.choice(list(_ATTACHMENTS), p=[0.65, 0.2, 0.15]))]
+    return _NoduleSpec(
         kind=kind, diameter_mm=diameter, malignant=malignant, margin=margin, calcified=calcified,
-        solid_diameter_mm=float(solid), attached_to=None if attached == "none" else str(attached),
+        solid_diameter_mm=float(solid), attached_to=attached,
         shape_seed=int(rng.integers(0, 2**31 - 1)),
     )
 
@@ -54,7 +73,7 @@ def _exit_distance(center: np.ndarray, inside: np.ndarray, grid: _Grid, limit: f
 
 
 def _place_nodules(
-    specs: list[dict], inside: np.ndarray, grid: _Grid, vessels: list[tuple[np.ndarray, float]],
+    specs: list[_NoduleSpec], inside: np.ndarray, grid: _Grid, vessels: list[tuple[np.ndarray, float]],
     rng: np.random.Generator, lung: np.ndarray | None = None,
 ) -> list[PhantomNodule]:
     """Centres in the lung, at the pleura or on a vessel as the spec asks, not overlapping.
@@ -95,7 +114,7 @@ def _place_nodules(
                 continue
             if any(np.linalg.norm(center - np.array(p.center_mm)) < radius + p.diameter_mm / 2 + 6 for p in placed):
                 continue
-            nodule = PhantomNodule(center_mm=tuple(float(c) for c in center), **spec)  # type: ignore[arg-type]
+            nodule = PhantomNodule(center_mm=(float(center[0]), float(center[1]), float(center[2])), **spec)
             placed.append(nodule)
             result.append(nodule)
             break

@@ -4,29 +4,31 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from inference.phantom.build import make_phantom
+from inference.phantom.build import PhantomOptions, make_phantom
 from inference.phantom.model import Phantom, PhantomCase
 from inference.volume import CT_IMAGE_STORAGE
 
 
-def _uid(seed: int, *parts: object) -> str:
+def _uid(seed: int, *parts: object) -> UID:
     return generate_uid(entropy_srcs=["dicomnode-phantom", str(seed), *map(str, parts)])
 
 
-def write_phantom_series(out_dir: str | Path, seed: int, **options: object) -> PhantomCase:
+def write_phantom_series(
+    out_dir: str | Path, seed: int, *, fov_padding: bool = False, **options: Unpack[PhantomOptions]
+) -> PhantomCase:
     """Write the phantom of `seed` (make_phantom options) as one CT Image Storage file per slice, plus truth.json.
 
     HFS series use ImageOrientationPatient 1\\0\\0\\0\\1\\0 and number instances from the head; FFS ones use
     -1\\0\\0\\0\\1\\0 and number from the feet, as scanners do. `fov_padding=True` marks pixels outside the
     reconstruction circle with PixelPaddingValue -2000.
     """
-    fov_padding = bool(options.pop("fov_padding", False))
-    phantom = make_phantom(seed, **options)  # type: ignore[arg-type]
+    phantom = make_phantom(seed, **options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key = json.dumps(options, sort_keys=True, default=str)
@@ -91,7 +93,7 @@ def _slice_dataset(
 ) -> Dataset:
     sop_uid = _uid(seed, key, "instance", instance)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
