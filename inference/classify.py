@@ -15,13 +15,16 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import joblib
 import numpy as np
 import sklearn
 from scipy import ndimage
 from sklearn.ensemble import GradientBoostingClassifier
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CROP_SIZE = 32
 CENTRE_SIZE = 17  # the central cube of pixels the GBM sees directly (DeepLung)
@@ -38,7 +41,7 @@ FeaturesFn = Callable[[np.ndarray], np.ndarray]  # (N,1,32,32,32) float32 -> (N,
 
 
 def extract_crop(
-    image: np.ndarray, centre_zyx: Sequence[float], size: int = CROP_SIZE, pad_value: int = PAD_VALUE
+    image: np.ndarray, centre_zyx: np.ndarray | Sequence[float], size: int = CROP_SIZE, pad_value: int = PAD_VALUE
 ) -> np.ndarray:
     """A ``size``^3 cube with the (rounded) centre at index size // 2, padded where it leaves the image."""
     if image.ndim != 3:
@@ -95,7 +98,7 @@ def gbm_inputs(crops: np.ndarray, diameters_mm: np.ndarray | Sequence[float], fe
     return np.concatenate(parts, axis=1)
 
 
-def torch_features_fn(net, device: str = "cpu", batch_size: int = 32) -> FeaturesFn:
+def torch_features_fn(net: nn.Module, device: str = "cpu", batch_size: int = 32) -> FeaturesFn:
     """Wrap a feature network (e.g. ``DPNClassifierNet``) as an engine-like ``features_fn``."""
     import torch
 
@@ -328,7 +331,7 @@ def segment_nodule(
     seed_local = np.unravel_index(np.argmin(np.where(candidates, r2, np.inf)), box.shape)
     labels, _ = ndimage.label(mask)
     component = labels == labels[seed_local]
-    seed = tuple(int(s + o) for s, o in zip(seed_local, lo))
+    seed = (int(seed_local[0] + lo[0]), int(seed_local[1] + lo[1]), int(seed_local[2] + lo[2]))
     return NoduleMask(component, (int(lo[0]), int(lo[1]), int(lo[2])), seed, (float(sp[0]), float(sp[1]), float(sp[2])))
 
 

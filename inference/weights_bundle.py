@@ -62,7 +62,10 @@ def load_weights_bundle(directory: str | Path | None = None, verify: bool = True
         if verify and file_sha256(f) != entry["sha256"]:
             raise WeightsError(f"{f}: SHA-256 differs from {path}; the file was changed or damaged")
         resolved[role] = f
-    return WeightsBundle(root, manifest, resolved["detector"], resolved["classifier_net"], resolved["malignancy_gbm"])  # type: ignore[arg-type]
+    detector = resolved["detector"]
+    if detector is None:  # listed as null: as unusable as not listed
+        raise WeightsError(f"{path}: names no detector file")
+    return WeightsBundle(root, manifest, detector, resolved["classifier_net"], resolved["malignancy_gbm"])
 
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inference.phantom.model import Phantom
+    from inference.volume import Volume
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -37,7 +41,7 @@ class Case:
             return cls(str(z["name"]), z["image"], z["nodules"], z["malignant"], z["lung_points"])
 
 
-def _volume_from_phantom(ph) -> "object":
+def _volume_from_phantom(ph: Phantom) -> Volume:
     from inference.volume import CT_IMAGE_STORAGE, Volume
 
     n = ph.hu.shape[0]
@@ -48,7 +52,7 @@ def _volume_from_phantom(ph) -> "object":
     )
 
 
-def case_from_volume(name: str, volume, nodules_world: Sequence[tuple[Sequence[float], float, int]],
+def case_from_volume(name: str, volume: Volume, nodules_world: Sequence[tuple[Sequence[float], float, int]],
                      rng: np.random.Generator, n_lung_points: int = 4000) -> Case:
     """Preprocess `volume` and map nodules ((x, y, z) mm, diameter mm, malignant 1/0/-1) into its frame."""
     from inference.preprocess import preprocess

@@ -66,7 +66,7 @@ def train_classifier(cases: Sequence[Case], out_dir: str | Path, *, seed: int = 
     if epochs == 0:
         gbm = MalignancyClassifier(random_state=seed).fit(crops, diam, labels)
         return ClassifierResult(None, gbm_path, gbm.save(gbm_path), [])
-    net = DPNClassifierNet(dropout=0.3).to(memory_format=torch.channels_last_3d)
+    net = DPNClassifierNet(dropout=0.3).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch: Module.to takes memory_format at run time, its typed overloads omit it
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     x_all = torch.from_numpy(normalise_crops(crops))
     y_all = torch.from_numpy(labels)

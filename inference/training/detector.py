@@ -89,11 +89,19 @@ def init_head(model: DPN26Detector) -> None:
     the bias). Starting the logit bias at a small prior (as RetinaNet does) makes negatives cheap
     from step one, so the positives' gradient leads; a small positive hidden bias adds margin.
     """
-    torch.nn.init.constant_(model.output[0].bias, 0.1)
-    last = model.output[2]
+    hidden_bias, _ = _conv_bias(model.output[0])
+    torch.nn.init.constant_(hidden_bias, 0.1)
+    logit_bias, out_channels = _conv_bias(model.output[2])
     with torch.no_grad():
-        last.bias.zero_()
-        last.bias[0 :: last.out_channels // model.n_anchors] = math.log(LOGIT_PRIOR / (1 - LOGIT_PRIOR))
+        logit_bias.zero_()
+        logit_bias[0 :: out_channels // model.n_anchors] = math.log(LOGIT_PRIOR / (1 - LOGIT_PRIOR))
+
+
+def _conv_bias(layer: torch.nn.Module) -> tuple[torch.Tensor, int]:
+    """A head layer's bias and output channels; nn.Sequential indexes to plain Modules, so check it is a Conv3d."""
+    if not isinstance(layer, torch.nn.Conv3d) or layer.bias is None:
+        raise TypeError(f"the detector head should hold biased Conv3d layers, found {type(layer).__name__}")
+    return layer.bias, layer.out_channels
 
 
 def train_detector(cfg: TrainConfig, cases: Sequence[Case] | None = None, progress: Progress | None = None,
@@ -112,7 +120,7 @@ def train_detector(cfg: TrainConfig, cases: Sequence[Case] | None = None, progre
     else:
         init_head(model)
     # channels-last 3D lets oneDNN pick fast grouped-conv kernels: about 4x faster training on CPU
-    model = model.to(memory_format=torch.channels_last_3d).train()
+    model = model.to(memory_format=torch.channels_last_3d).train()  # type: ignore[call-overload]  # torch: Module.to takes memory_format at run time, its typed overloads omit it
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # cosine decay to 10% of the rate: a short run still ends on a small step
     def rate(s: int) -> float:  # linear warm-up, then cosine decay to 10%

@@ -3,29 +3,34 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inference.training.cases import Progress, case_from_volume
+
+if TYPE_CHECKING:
+    from inference.volume import Volume
 
 
 class MissingPackage(RuntimeError):
     """An optional package the requested data needs is not installed; the message says which."""
 
 
-def _sitk():
+def _require_sitk() -> None:
+    """Fail with the install hint when SimpleITK, an optional package, is missing."""
     try:
-        import SimpleITK as sitk  # noqa: N813
+        import SimpleITK  # noqa: F401
     except ImportError:
         raise MissingPackage("reading LUNA16 .mhd files needs SimpleITK: pip install -c constraints.txt SimpleITK") from None
-    return sitk
 
 
-def read_mhd_volume(path: str | Path):
+def read_mhd_volume(path: str | Path) -> Volume:
     """A .mhd/.raw CT as an `inference.volume.Volume` (HU float32, LPS geometry as ITK stores it)."""
     from inference.volume import CT_IMAGE_STORAGE, Volume
 
-    sitk = _sitk()
+    _require_sitk()
+    import SimpleITK as sitk  # noqa: N813
     img = sitk.ReadImage(str(path))
     hu = sitk.GetArrayFromImage(img).astype(np.float32)  # (z, y, x)
     spacing = np.asarray(img.GetSpacing(), float)[::-1]  # ITK gives x, y, z
@@ -48,7 +53,7 @@ def luna16_cases(folder: str | Path, cache_dir: str | Path, limit: int | None = 
     scans = sorted(folder.glob("subset*/*.mhd"))
     if not scans:
         raise FileNotFoundError(f"{folder}: no subset*/*.mhd scans")
-    _sitk()
+    _require_sitk()
     by_uid: dict[str, list[tuple[tuple[float, float, float], float, int]]] = {}
     with ann.open(newline="") as f:
         for row in csv.DictReader(f):

@@ -19,9 +19,12 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FROC_FPS_PER_SCAN = np.array([0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
 EXCLUDED_DEFAULT_DIAMETER_MM = 10.0  # LUNA16: excluded findings without a size (-1)
@@ -155,7 +158,7 @@ def match_findings(
     if len(found) != len(probs) or len(truth) != len(diam):
         raise ValueError("centres and their probabilities/diameters differ in length")
     hit = _hits(found, truth, diam)  # (F, T)
-    truth_hit = hit.any(axis=0)
+    truth_hit = np.asarray(hit.any(axis=0))  # numpy types any(axis=...) as scalar-or-array; hit is 2-D
     scored = np.where(hit, probs[:, None], -np.inf)  # (F, T)
     truth_score = np.where(truth_hit, scored.max(axis=0, initial=-np.inf), np.nan)
     # the candidates that give some nodule its score; other hits are neither TP nor FP
@@ -251,7 +254,7 @@ class FrocResult:
         return save_png(fig, path)
 
 
-def save_png(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+def save_png(fig: Figure, path: str | Path) -> Path:
     """Lay out, write and close a matplotlib figure."""
     import matplotlib.pyplot as plt
 
