@@ -15,7 +15,7 @@ from fastapi import HTTPException, Request
 from sqlalchemy import select
 
 from dicomnode.config import WebSettings
-from dicomnode.passwords import verify_password
+from dicomnode.passwords import token_label, token_matches, verify_password
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -78,9 +78,10 @@ class Auth:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        for known in self.tokens:
-            if hmac.compare_digest(known.encode(), token.strip().encode()):
-                return Principal(f"token:{known[:4]}…", "token")
+        # one constant-time comparison for hashed ("sha256$…") and older plain-text tokens alike
+        known = token_matches(token.strip(), self.tokens)
+        if known is not None:
+            return Principal(token_label(known), "token")
         raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
 
     def principal(self, request: Request) -> Principal | None:
