@@ -248,7 +248,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         if args.password:
             console.print("[yellow]warning:[/] --password is visible to other users (ps, shell history); "
-                          "prefer the prompt or --password-stdin")
+                          "prefer the prompt or --password-stdin", soft_wrap=True)
         print(hash_password(args.password or _read_password(args.password_stdin)))
         return 0
     settings = _settings(args)
@@ -344,7 +344,7 @@ def cmd_user(args: argparse.Namespace) -> int:
     if args.print or args.config is None:
         print(f'users = {{ "{args.name}" = "{encoded}" }}')
         console.print("put this line in the [web] section of the config file (it holds a hash, not the password)",
-                      markup=False)
+                      markup=False, soft_wrap=True)
         return 0
     _edit_web_section(args.config, lambda web: _set_user(web, args.name, encoded))
     console.print(f"user {args.name} saved in {terminal_safe(str(args.config))} (web.users, as a PBKDF2 hash); "
@@ -361,9 +361,10 @@ def cmd_token(args: argparse.Namespace) -> int:
         _edit_web_section(args.config, lambda web: _add_token(web, digest))
         where = f"its hash was added to web.api_tokens in {terminal_safe(str(args.config))}; restart the node to apply"
     else:
-        where = f'put its hash in [web] api_tokens: "{hash_token(token)}"'
+        where = f'put its hash in \\[web] api_tokens: "{hash_token(token)}"'
     print(token)
-    console.print(f"this token is shown ONCE (send it as Authorization: Bearer <token>); {where}", highlight=False, soft_wrap=True)
+    console.print(f"this token is shown ONCE (send it as Authorization: Bearer <token>); {where}",
+                  highlight=False, soft_wrap=True)
     return 0
 
 

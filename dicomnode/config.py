@@ -186,6 +186,11 @@ class TlsSettings(Strict):
                 missing.append("ca_file")
             if missing:
                 raise ValueError(f"tls.enabled is true but {', '.join(missing)} not set")
+            # config check must catch a wrong path, not the first TLS association
+            absent = [f"{k} ({path})" for k in ("cert_file", "key_file", "ca_file")
+                      if (path := getattr(self, k)) is not None and not Path(path).is_file()]
+            if absent:
+                raise ValueError(f"tls.enabled is true but these files do not exist: {', '.join(absent)}")
         return self
 
 

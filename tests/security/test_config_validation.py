@@ -56,6 +56,8 @@ CASES = {
     "ae-flag": Case("", "node.ae_title", "--ae-title", flags=["--ae-title", AE_17]),
     "database-url": Case('[node]\nhost = "127.0.0.1"\ndatabase_url = "nosuchdb://dicomnode:Pw-0f-the-DB-9@db/x"\n'
                          '[web]\nenabled = false\n', "node.database_url", "file", secret="Pw-0f-the-DB-9"),
+    "tls-missing-files": Case('[tls]\nenabled = true\ncert_file = "/nonexistent/node.crt"\nkey_file = "/nonexistent/node.key"\n'
+                              'require_client_cert = false\n', "tls", "file"),
     "plain-password": Case('[web]\nenabled = false\nusers = { admin = "correct horse battery staple" }\n',
                            "web.users", "file", secret="correct horse battery staple"),
     "short-token": Case('[web]\nenabled = false\napi_tokens = ["s3cr3t-tok"]\n', "web.api_tokens", "file",
