@@ -5,18 +5,34 @@ errors (a typo must not silently fall back to a default), reported with the key'
 """
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from dicomnode.passwords import is_password_hash, is_token_hash, secret_weakness
 from dicomnode.results.options import ResultOptions
 
 EXAMPLE_CONFIG = Path(__file__).with_name("node.example.toml")
-AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 16 max
+ENV_PREFIX = "DICOMNODE_"
+# PS3.5 AE VR: the default repertoire without backslash and control characters, 16 at most
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+# a host name label (RFC 1123; "_" too, as Docker service names use it)
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+# a CS value (modality, body part): letters, digits, space, underscore, 16 at most
+_CODE_STRING_RE = re.compile(r"^[A-Za-z0-9 _]{1,16}$")
+# a pipeline: the built-in name or "package.module:callable"
+_PIPELINE_RE = re.compile(r"^(lung-nodule|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+# a user name for the console: also a TOML key and an audit field
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ConfigError(Exception):
@@ -27,11 +43,91 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _check_ae_title(value: str) -> str:
-    value = value.strip()
-    if not AE_TITLE_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)")
+def show(value: object, limit: int = 40) -> str:
+    """A value quoted for an error message: repr escapes control characters, long values are cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_ae_title(value: str) -> str:
+    stripped = value.strip()  # leading and trailing spaces are not significant (PS3.5)
+    if not stripped:
+        raise ValueError("an AE title must not be empty or all spaces")
+    if not AE_TITLE_RE.match(stripped):
+        raise ValueError(f"{show(value)} is not a valid AE title (at most 16 characters, printable ASCII, "
+                         "no backslash or control characters)")
+    return stripped
+
+
+_check_ae_title = check_ae_title  # the old name
+
+
+def check_host(value: str) -> str:
+    """An IP address or a host name (what a socket can bind to or connect to)."""
+    host = value.strip()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    labels = name.split(".")
+    if (name and len(name) <= 253 and all(_HOST_LABEL_RE.match(label) for label in labels)
+            and not labels[-1].isdigit()):  # "10.0.0.300" is a bad address, not a host name
+        return host
+    raise ValueError(f"{show(value)} is not an IP address or a host name")
+
+
+def check_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{show(value)} is not an IP address or a CIDR network (e.g. 10.0.0.0/8)") from None
+
+
+def check_path(value: Path | None) -> Path | None:
+    if value is not None and _CONTROL_RE.search(str(value)):
+        raise ValueError(f"{show(str(value))} contains control characters")
     return value
+
+
+def check_database_url(value: str | None) -> str | None:
+    """A URL SQLAlchemy can parse, for a dialect it knows. Never echoes the URL (it may hold a password)."""
+    if value is None:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise ValueError("is not a database URL (e.g. sqlite:////var/lib/dicomnode/audit.sqlite or "
+                         "postgresql+psycopg://dicomnode@db/dicomnode)") from None
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(f"names an unknown database dialect/driver {url.drivername!r}") from None
+    return value
+
+
+def redact_url(value: str) -> str:
+    """A database URL with its password hidden, for output and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except Exception:  # not parseable: show nothing of it
+        return "(hidden)"
+
+
+def check_code_string(value: str) -> str:
+    if not _CODE_STRING_RE.match(value.strip()):
+        raise ValueError(f"{show(value)} is not a DICOM code string (letters, digits, space, _; 16 at most)")
+    return value.strip()
+
+
+AETitle = Annotated[str, AfterValidator(check_ae_title)]
+Network = Annotated[str, AfterValidator(check_network)]
+CodeString = Annotated[str, AfterValidator(check_code_string)]
 
 
 class NodeSettings(Strict):
@@ -49,14 +145,28 @@ class NodeSettings(Strict):
     max_pdu_size: int = Field(0, ge=0)
     network_timeout_s: float = Field(60.0, gt=0)
 
-    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+    _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
+    _host = field_validator("host")(lambda cls, v: check_host(v))
+    _paths = field_validator("data_dir", "spool_dir", "outbox_dir")(lambda cls, v: check_path(v))
+    _db_url = field_validator("database_url")(lambda cls, v: check_database_url(v))
 
 
 class SecuritySettings(Strict):
     # empty list: any calling AE title is accepted
-    allowed_calling_aes: list[str] = []
+    allowed_calling_aes: list[AETitle] = []
     # empty list: any host; entries are IP addresses or CIDR networks
-    allowed_hosts: list[str] = []
+    allowed_hosts: list[Network] = []
+    # the parsed allowed_hosts, so nothing downstream parses raw strings again
+    _networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _parse_networks(self) -> "SecuritySettings":
+        self._networks = [ipaddress.ip_network(h) for h in self.allowed_hosts]
+        return self
+
+    @property
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return list(self._networks)
 
 
 class TlsSettings(Strict):
@@ -66,6 +176,7 @@ class TlsSettings(Strict):
     ca_file: Path | None = None
     # a calling AE must present a certificate signed by ca_file
     require_client_cert: bool = True
+    _paths = field_validator("cert_file", "key_file", "ca_file")(lambda cls, v: check_path(v))
 
     @model_validator(mode="after")
     def _files_named(self) -> "TlsSettings":
@@ -75,6 +186,11 @@ class TlsSettings(Strict):
                 missing.append("ca_file")
             if missing:
                 raise ValueError(f"tls.enabled is true but {', '.join(missing)} not set")
+            # config check must catch a wrong path, not the first TLS association
+            absent = [f"{k} ({path})" for k in ("cert_file", "key_file", "ca_file")
+                      if (path := getattr(self, k)) is not None and not Path(path).is_file()]
+            if absent:
+                raise ValueError(f"tls.enabled is true but these files do not exist: {', '.join(absent)}")
         return self
 
 
@@ -86,15 +202,15 @@ class SeriesSettings(Strict):
 
 
 class RouteMatch(Strict):
-    modality: list[str] = []
-    body_part: list[str] = []
+    modality: list[CodeString] = []
+    body_part: list[CodeString] = []
     image_type_contains: list[str] = []
     series_description_regex: str | None = None
     min_slice_thickness_mm: float | None = None
     max_slice_thickness_mm: float | None = None
     min_slices: int | None = None
     max_slices: int | None = None
-    calling_ae: list[str] = []
+    calling_ae: list[AETitle] = []
 
     @field_validator("series_description_regex")
     @classmethod
@@ -103,7 +219,7 @@ class RouteMatch(Strict):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+                raise ValueError(f"invalid regular expression {show(value)}: {exc}") from None
         return value
 
 
@@ -116,13 +232,21 @@ class Route(Strict):
     # a PACS sends whole studies: analyse only the best matching series of each study
     one_series_per_study: bool = False
 
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline_named(cls, value: str) -> str:
+        if not _PIPELINE_RE.match(value):
+            raise ValueError(f"{show(value)} is neither \"lung-nodule\" nor \"package.module:callable\"")
+        return value
+
 
 class Destination(Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     tls: bool = False
-    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+    _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
+    _host = field_validator("host")(lambda cls, v: check_host(v))
 
 
 class SenderSettings(Strict):
@@ -148,6 +272,7 @@ class InferenceSettings(Strict):
     threads: int = Field(0, ge=0)  # 0: all cores
     weights: Path | None = None  # default: the packaged demo weights
     engine_cache_dir: Path | None = None  # default <data_dir>/engines
+    _paths = field_validator("weights", "engine_cache_dir")(lambda cls, v: check_path(v))
 
 
 class WebSettings(Strict):
@@ -190,6 +315,37 @@ class WebSettings(Strict):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("web.tls_cert_file and web.tls_key_file go together: set both or neither")
         return self
+
+    _host = field_validator("host")(lambda cls, v: check_host(v))
+
+    @field_validator("users")
+    @classmethod
+    def _users_are_hashed(cls, users: dict[str, str]) -> dict[str, str]:
+        for name, encoded in users.items():
+            if not USER_NAME_RE.match(name):
+                raise ValueError(f"user name {show(name)} may hold only letters, digits and . _ @ - (64 at most)")
+            if not is_password_hash(encoded):  # the value is probably a password: never echo it
+                raise ValueError(f"the value for user {name!r} is not a password hash (plain-text passwords are "
+                                 f"refused); make one with `dicomnode user add {name} --config FILE`")
+        return users
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_are_strong(cls, tokens: list[str]) -> list[str]:
+        for i, token in enumerate(tokens):
+            weakness = None if is_token_hash(token) else secret_weakness(token)
+            if weakness:
+                raise ValueError(f"token [{i}] {weakness}; make one with `dicomnode token create --config FILE`")
+        return tokens
+
+    @field_validator("session_secret")
+    @classmethod
+    def _session_secret_is_strong(cls, secret: str | None) -> str | None:
+        weakness = secret_weakness(secret) if secret is not None else None
+        if weakness:
+            raise ValueError(f"the session secret {weakness} (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))'), or leave it unset")
+        return secret
 
 
 class Settings(BaseSettings):
@@ -256,34 +412,125 @@ class Settings(BaseSettings):
         return self.inference.engine_cache_dir or self.node.data_dir / "engines"
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+# -- loading, with errors that say where a bad value came from ---------------------------------
+def _key(loc: tuple[int | str, ...]) -> str:
+    """("security", "allowed_hosts", 0) -> "security.allowed_hosts[0]"."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "(top level)"
+
+
+def _env_vars() -> dict[tuple[str, ...], str]:
+    """DICOMNODE_* variables by the settings path they set: ("node", "port") -> "DICOMNODE_NODE__PORT"."""
+    found: dict[tuple[str, ...], str] = {}
+    for name in os.environ:
+        if name.upper().startswith(ENV_PREFIX):
+            found[tuple(name[len(ENV_PREFIX):].lower().split("__"))] = name
+    return found
+
+
+def _source_of(loc: tuple[int | str, ...], file: Path | None) -> str:
+    """The environment variable that set this key (or a section above it), else the file."""
+    path = tuple(str(p).lower() for p in loc)
+    for env_path, name in _env_vars().items():
+        if path[:len(env_path)] == env_path:
+            return f"environment variable {name}"
+    return f"config file {file}" if file is not None else "the built-in defaults"
+
+
+def _error_lines(exc: ValidationError, prefix: tuple[str, ...], source: Any) -> list[str]:
+    """One line per problem: key, where its value came from, what is wrong (never the value of a secret)."""
+    lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = prefix + tuple(err["loc"])
+        where = source(loc) if callable(source) else source
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (see {EXAMPLE_CONFIG.name} for the valid keys)")
+            why = f"unknown key (see {EXAMPLE_CONFIG.name} for the valid keys)"
         else:
-            lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
+            why = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {_key(loc)}: {why} (from {where})")
+    return lines
 
 
-def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Read the TOML file (if any), apply env and then CLI overrides ({"node.port": 11113})."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None,
+                  flags: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply env and then CLI overrides ({"node.port": 11113}).
+
+    `flags` names the command-line flag behind each override ({"node.port": "--port"}), so that an
+    error blames the flag, not the file; every error names the key and where its value came from.
+    """
+    data = _read_file(path) if path is not None else {}
     try:
         settings = Settings(**data)
-        for dotted, value in (overrides or {}).items():
-            section, key = dotted.split(".", 1)
-            setattr(getattr(settings, section), key, value)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        lines = _error_lines(exc, (), lambda loc: _source_of(loc, path))
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    except SettingsError:
+        names = ", ".join(sorted(_env_vars().values())) or "DICOMNODE_*"
+        raise ConfigError(f"invalid configuration: an environment variable is not valid JSON for its key "
+                          f"(one of {names}); lists and tables are written as JSON, e.g. '[\"10.0.0.0/8\"]'") from None
+    problems: list[str] = []
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        try:
+            setattr(getattr(settings, section), key, value)
+        except ValidationError as exc:
+            problems += _error_lines(exc, (section,), (flags or {}).get(dotted, f"the override {dotted}"))
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
     return settings
+
+
+# -- what `config check` and `serve` say about a valid configuration ------------------------------
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def security_warnings(settings: Settings) -> list[str]:
+    """Valid but risky settings, said loudly at start-up and by `config check`."""
+    warnings = []
+    node, security = settings.node, settings.security
+    if not is_loopback_host(node.host) and not security.allowed_calling_aes and not security.allowed_hosts:
+        warnings.append(
+            f"the DICOM port {node.port} listens on {node.host} and accepts ANY calling AE from ANY host: "
+            "set security.allowed_calling_aes and/or security.allowed_hosts "
+            "(e.g. DICOMNODE_SECURITY__ALLOWED_HOSTS='[\"10.1.2.3\"]')")
+    plain = [i for i, t in enumerate(settings.web.api_tokens) if not is_token_hash(t)]
+    if plain:
+        warnings.append(
+            f"web.api_tokens {', '.join(f'[{i}]' for i in plain)} stored in PLAIN TEXT: anyone who reads the config "
+            "can use them; replace each with a hash (`dicomnode token create --config FILE`)")
+    return warnings
+
+
+def redacted_dump(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON data with every secret hidden (for `config check`)."""
+    data = settings.model_dump(mode="json")
+    web = data["web"]
+    web["users"] = {name: "(password hash hidden)" for name in web["users"]}
+    web["api_tokens"] = ["(hash hidden)" if is_token_hash(t) else "(plain-text token hidden)"
+                         for t in settings.web.api_tokens]
+    if web["session_secret"] is not None:
+        web["session_secret"] = "(hidden)"
+    if data["node"]["database_url"] is not None:
+        data["node"]["database_url"] = redact_url(data["node"]["database_url"])
+    return data

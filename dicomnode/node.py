@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from dicomnode.config import Settings
+from dicomnode.config import Settings, redact_url
 from dicomnode.ingest import Ingestor
 from dicomnode.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
 from dicomnode.outbox import Outbox
@@ -47,7 +47,7 @@ def open_database(settings: Settings) -> Database:
     try:
         db.migrate()
     except Exception as exc:
-        raise StartupError(f"cannot open the audit database {settings.database_url}: {exc}") from exc
+        raise StartupError(f"cannot open the audit database {redact_url(settings.database_url)}: {exc}") from exc
     return db
 
 

@@ -80,8 +80,8 @@ class AssociationState:
 class AssociationPolicy:
     def __init__(self, settings: Settings) -> None:
         self.called_ae = settings.node.ae_title
-        self.calling_aes = {a.strip() for a in settings.security.allowed_calling_aes}
-        self.networks = [ipaddress.ip_network(h, strict=False) for h in settings.security.allowed_hosts]
+        self.calling_aes = set(settings.security.allowed_calling_aes)  # validated and stripped by the settings
+        self.networks = settings.security.networks  # parsed by the settings: a bad entry never gets here
 
     def refusal(self, called: str, calling: str, host: str) -> tuple[EventCode, tuple[int, int, int], str] | None:
         if called.strip() != self.called_ae:

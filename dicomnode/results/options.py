@@ -1,9 +1,14 @@
 """What the result encoders produce and how they label it (DESIGN.md section 5)."""
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# an LO value (PS3.5): 64 characters at most, no backslash (the multi-value separator), no control characters
+_LONG_STRING_RE = re.compile(r"^[^\\\x00-\x1f\x7f]{0,64}$")
+_MAX_IS = 2**31 - 1  # the largest Integer String (series numbers)
 
 
 class ResultOptions(BaseModel):
@@ -29,9 +34,9 @@ class ResultOptions(BaseModel):
     # malignancy >= threshold is coded "Malignant", else "Benign"
     malignancy_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
-    sr_series_number: int = Field(default=9001, ge=1)
-    overlay_series_number: int = Field(default=9002, ge=1)
-    seg_series_number: int = Field(default=9003, ge=1)
+    sr_series_number: int = Field(default=9001, ge=1, le=_MAX_IS)
+    overlay_series_number: int = Field(default=9002, ge=1, le=_MAX_IS)
+    seg_series_number: int = Field(default=9003, ge=1, le=_MAX_IS)
     sr_series_description: str = "Lung nodule CAD report"
     overlay_series_description: str = "Lung nodule overlays - NOT FOR DIAGNOSTIC USE"
     seg_series_description: str = "Lung nodule segmentation - NOT FOR DIAGNOSTIC USE"
@@ -45,6 +50,15 @@ class ResultOptions(BaseModel):
     # lung window for the secondary-capture overlays
     window_center: float = -600.0
     window_width: float = Field(default=1500.0, gt=0)
+
+    @field_validator("sr_series_description", "overlay_series_description", "seg_series_description",
+                     "manufacturer", "institution_name", "device_name")
+    @classmethod
+    def _long_string(cls, value: str | None) -> str | None:
+        # written into every result object: a bad value would make invalid DICOM for every series
+        if value is not None and not _LONG_STRING_RE.match(value):
+            raise ValueError("must be at most 64 characters with no backslash or control characters (DICOM LO)")
+        return value
 
     @field_validator("overlay_series_description")
     @classmethod

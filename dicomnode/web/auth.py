@@ -20,7 +20,7 @@ from fastapi import HTTPException, Request
 from sqlalchemy import delete, select
 
 from dicomnode.config import WebSettings
-from dicomnode.passwords import verify_password
+from dicomnode.passwords import token_label, token_matches, verify_password
 from dicomnode.web.sessions import SessionStore
 from dicomnode.web.throttle import LoginThrottle, RateLimitedAudit, Refusal
 from storage.audit import record_event
@@ -104,9 +104,10 @@ class Auth:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        for known in self.tokens:
-            if hmac.compare_digest(known.encode(), token.strip().encode()):
-                return Principal(f"token:{known[:4]}…", "token")
+        # one constant-time comparison for hashed ("sha256$…") and older plain-text tokens alike
+        known = token_matches(token.strip(), self.tokens)
+        if known is not None:
+            return Principal(token_label(known), "token")
         raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
 
     def principal(self, request: Request) -> Principal | None:

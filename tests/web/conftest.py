@@ -18,7 +18,7 @@ from dicomnode.passwords import hash_password
 from tests.node.helpers import free_port
 
 USER, PASSWORD = "admin", "correct horse battery"
-TOKEN = "test-api-token-0123456789"
+TOKEN = "test-api-token-0123456789abcdefghijk"  # 32+ characters: shorter tokens are refused
 PIPELINE = "tests.web.pipelines:findings_pipeline"
 
 
