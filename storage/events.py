@@ -24,8 +24,7 @@ class EventCode(IntEnum):
     ECHO_RECEIVED = 207
     ASSOCIATION_REFUSED_LIMIT = 208  # refused by the association limit (A-ASSOCIATE-RJ, local limit exceeded)
     CONNECTION_CLOSED_IDLE = 209  # a TCP connection sent no A-ASSOCIATE-RQ in time and was closed
-    # 3xx: instances
-    INSTANCE_STORED = 300
+    # 3xx: instances (300 is retired and never reused: a stored instance is an `instances` row, not an event)
     INSTANCE_DUPLICATE = 301
     INSTANCE_REJECTED_UNPARSEABLE = 302
     INSTANCE_REJECTED_DISK_FULL = 303

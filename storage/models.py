@@ -79,7 +79,6 @@ class Series(Base):
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # completion clock: starts when the last association that carried an instance ends
-    open_associations: Mapped[int] = mapped_column(default=0)
     last_released_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
 

@@ -30,7 +30,7 @@ MAX_ERROR_DETAIL = 300  # characters of an error message echoed back (it may quo
 def create_app(node: Node) -> FastAPI:
     settings = node.settings.web
     # docs and schema are served below, behind the same login as the API
-    app = FastAPI(title="dicomnode", version=getattr(dicomnode, "__version__", "0"), docs_url=None, redoc_url=None,
+    app = FastAPI(title="dicomnode", version=dicomnode.__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, description="Lung nodule DICOM node: series, jobs, findings, deliveries, audit events.")
     app.state.node = node
     app.state.auth = Auth(settings, node.db)
