@@ -286,9 +286,10 @@ class Ingestor:
         if found is not None and found.study_id != study_id:
             known = s.execute(select(Study.study_instance_uid).where(Study.id == found.study_id)).scalar()
             raise SeriesStudyConflict(f"series {series_uid} belongs to study {known}, not to study {study_uid}")
-        series_id = found.id if found is not None else None
-        created = series_id is None
-        if created:
+        created = found is None
+        if found is not None:
+            series_id: int = found.id
+        else:
             series = Series(
                 series_instance_uid=series_uid,
                 study_id=study_id,
