@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from io import BytesIO
 
 from pydicom.dataset import Dataset
@@ -19,6 +20,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.config import Settings
@@ -89,6 +91,29 @@ def safe_text(value: str, limit: int = 64) -> str:
     """A peer-supplied string (AE title) fit for one log line: control characters escaped, bounded."""
     text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
     return text[:limit]
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's acceptor with three fixes for connection floods:
+
+    - listen backlog LISTEN_BACKLOG instead of socketserver's 5: a burst overflowed it and the
+      kernel dropped SYNs, which peers retry only after 1 s, 3 s, 7 s;
+    - the TLS handshake runs in the connection's own thread (on its first read) instead of in the
+      accept loop, where one silent client blocked every later connection indefinitely;
+    - supported contexts copied cheaply per connection (ContextList).
+    """
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.contexts = ContextList(self.contexts)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
 
 
 class ContextList(list):  # type: ignore[type-arg]
@@ -313,12 +338,13 @@ class StorageSCP:
     def start(self) -> None:
         cfg = self.settings.node
         ssl_context = server_ssl_context(self.settings) if self.settings.tls.enabled else None
-        self.server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers(),
-                                           ssl_context=ssl_context)
-        # socketserver listens with a backlog of 5: a burst of connections overflows it and the
-        # kernel drops SYNs, which peers retry after 1 s, 3 s, 7 s. Listening again raises it.
-        self.server.socket.listen(LISTEN_BACKLOG)
-        self.server.contexts = ContextList(self.server.contexts)
+        # AE.start_server(block=False), with our server class
+        server = self.ae.make_server((cfg.host, cfg.port), evt_handlers=self.handlers(), ssl_context=ssl_context,
+                                     server_class=GuardedServer)
+        thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)
+        self.server = server
 
     def stop(self) -> None:
         if self.server is not None:
@@ -340,8 +366,38 @@ class StorageSCP:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         rq = event.assoc.requestor
+        if isinstance(sock, ssl.SSLSocket) and not self._tls_handshake(sock, str(rq.address), int(rq.port)):
+            return
         with self._lock:
             self._connections[id(event.assoc)] = Connection(str(rq.address), int(rq.port))
+
+    def _tls_handshake(self, sock: ssl.SSLSocket, host: str, port: int) -> bool:
+        """The TLS handshake, in this connection's thread and bounded by the idle timeout (GuardedServer
+        defers it from the accept loop). A failure is audited and the connection shut down; a peer
+        that hangs up first (a port probe, a health check) is not, as for plain TCP."""
+        timeout = self.settings.node.idle_connection_timeout_s
+        sock.settimeout(timeout)
+        try:
+            sock.do_handshake()
+            return True
+        except (ssl.SSLError, OSError) as exc:
+            details = {"peer_host": host, "peer_port": port}
+            if isinstance(exc, TimeoutError):
+                code, message = EventCode.CONNECTION_CLOSED_IDLE, f"closed a connection from {host}:{port} that did not complete the TLS handshake in {timeout:g} s"
+            elif isinstance(exc, ssl.SSLEOFError) or isinstance(exc, ConnectionResetError):
+                code, message = None, ""
+            else:
+                code, message = EventCode.TLS_HANDSHAKE_FAILED, f"TLS handshake with {host}:{port} failed: {exc}"
+            if code is not None:
+                with self.db.session() as s:
+                    record_event(s, code, message, details=details)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the association then sees the connection closed
+            except OSError:
+                pass
+            return False
+        finally:
+            sock.settimeout(None)
 
     def _on_requested(self, event: evt.Event) -> None:
         with self._lock:
