@@ -84,6 +84,7 @@ REJECT_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (prese
 # _on_requested), so idle connections cannot lock peers out; pynetdicom's limit stays as a backstop.
 CONNECTION_HEADROOM = 64
 MAX_COMMAND_BYTES = 64 * 1024
+PDU_ALLOWANCE = 2**20  # a PDU may carry a whole data set (max_pdu_size 0) plus headers
 LISTEN_BACKLOG = 512  # the kernel caps it at net.core.somaxconn
 
 
@@ -366,10 +367,33 @@ class StorageSCP:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         rq = event.assoc.requestor
+        self._bound_pdu_reads(event.assoc, str(rq.address), int(rq.port))
         if isinstance(sock, ssl.SSLSocket) and not self._tls_handshake(sock, str(rq.address), int(rq.port)):
             return
         with self._lock:
             self._connections[id(event.assoc)] = Connection(str(rq.address), int(rq.port))
+
+    def _bound_pdu_reads(self, assoc: PynetAssociation, host: str, port: int) -> None:
+        """pynetdicom reads a whole PDU, of the length its header claims, into memory before
+        anything else sees it. A length over the instance cap ends the connection instead (the
+        DUL treats the error as the connection closing) and is audited."""
+        transport = assoc.dul.socket
+        if transport is None:
+            return
+        limit = self.settings.node.max_instance_mb * 2**20 + PDU_ALLOWANCE
+        read = transport.recv
+
+        def bounded(nr_bytes: int) -> bytearray:
+            if nr_bytes > limit:
+                with self.db.session() as s:
+                    record_event(s, EventCode.INSTANCE_REJECTED_TOO_LARGE,
+                                 f"a PDU of {nr_bytes} bytes from {host}:{port}, over node.max_instance_mb; connection closed",
+                                 association_id=self._states[id(assoc)].db_id if id(assoc) in self._states else None,
+                                 details={"peer_host": host, "peer_port": port})
+                raise OSError(f"PDU of {nr_bytes} bytes refused")
+            return read(nr_bytes)
+
+        transport.recv = bounded  # type: ignore[method-assign]
 
     def _tls_handshake(self, sock: ssl.SSLSocket, host: str, port: int) -> bool:
         """The TLS handshake, in this connection's thread and bounded by the idle timeout (GuardedServer

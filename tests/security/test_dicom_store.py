@@ -2,6 +2,7 @@
 one series under two studies, and header values that do not fit the audit database."""
 from __future__ import annotations
 
+import struct
 import warnings
 
 from pydicom.uid import generate_uid
@@ -79,7 +80,9 @@ def test_c_store_whose_announced_data_set_never_comes_gets_a_failure(make_node) 
 
 
 def test_oversize_instance_is_refused_and_not_stored(make_node) -> None:
-    node = make_node(quiet_config("max_instance_mb = 1"))
+    # PDUs of 256 KiB, as most senders use: the data set comes in fragments and is refused with a
+    # status (one PDU larger than the cap closes the connection instead, see the test below)
+    node = make_node(quiet_config("max_instance_mb = 1\nmax_pdu_size = 262144"))
     audit = Audit(node)
     big = ct_dataset()
     big.add_new(0x00091010, "OB", b"\0" * (3 * 2**20))  # a 3 MiB private tag
@@ -137,3 +140,21 @@ def test_header_values_that_do_not_fit_are_stored_without_them(make_node) -> Non
         assoc.release()
     assert audit.rows("SELECT instance_number FROM instances") == [(None,)]
     assert audit.rows("SELECT slice_thickness FROM series") == [(None,)]
+
+
+def test_a_pdu_longer_than_the_instance_cap_is_not_read_into_memory(make_node) -> None:
+    """pynetdicom reads a whole PDU before parsing it: a P-DATA-TF header claiming 2 GiB must end the
+    connection at once instead of the node waiting for (and buffering) 2 GiB."""
+    node = make_node(quiet_config("max_instance_mb = 1"))
+    audit = Audit(node)
+    assoc = associate(node.port)
+    try:
+        raw = assoc.dul.socket.socket
+        raw.sendall(struct.pack(">BBL", 0x04, 0, 2**31) + b"\0" * 1024)
+        raw.settimeout(20)  # the network timeout is 60 s: waiting that long means it was reading
+        closed = eventually(lambda: not assoc.is_established, timeout=20)
+        assert closed, "the node kept reading the oversize PDU"
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+    assert eventually(lambda: audit.count("INSTANCE_REJECTED_TOO_LARGE") == 1)
