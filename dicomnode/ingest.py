@@ -13,7 +13,6 @@ from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -285,6 +284,7 @@ class Ingestor:
         found = s.execute(select(Series.id, Series.study_id).where(Series.series_instance_uid == series_uid)).first()
         if found is not None and found.study_id != study_id:
             known = s.execute(select(Study.study_instance_uid).where(Study.id == found.study_id)).scalar()
+            self._study_ids.pop(study_uid, None)  # a study row made above is rolled back with this session
             raise SeriesStudyConflict(f"series {series_uid} belongs to study {known}, not to study {study_uid}")
         created = found is None
         if found is not None:

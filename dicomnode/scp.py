@@ -10,8 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from io import BytesIO
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -20,13 +20,12 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.ingest import Ingestor, Sender, StoreOutcome, SUCCESS
 from dicomnode.series import CompletionTracker
-from dicomnode.uids import printable
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -88,8 +87,9 @@ PDU_ALLOWANCE = 2**20  # a PDU may carry a whole data set (max_pdu_size 0) plus 
 LISTEN_BACKLOG = 512  # the kernel caps it at net.core.somaxconn
 
 
-def safe_text(value: str, limit: int = 64) -> str:
-    """A peer-supplied string (AE title) fit for one log line: control characters escaped, bounded."""
+def safe_text(value: str, limit: int = 16) -> str:
+    """A peer-supplied AE title fit for one log line and a String(16) column: control characters
+    escaped, then cut to `limit`."""
     text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
     return text[:limit]
 
