@@ -144,6 +144,12 @@ class NodeSettings(Strict):
     # the largest P-DATA PDU we accept; large PDUs cut per-PDU overhead (0 = unlimited)
     max_pdu_size: int = Field(0, ge=0)
     network_timeout_s: float = Field(60.0, gt=0)
+    # a C-STORE whose data set is larger than this is refused (0xA700) without buffering the rest
+    max_instance_mb: int = Field(1024, ge=1)
+    # a TCP connection that sends no A-ASSOCIATE-RQ within this many seconds is closed and audited
+    idle_connection_timeout_s: float = Field(5.0, gt=0)
+    # a C-STORE request that announces a data set but sends none within this many seconds gets 0xC000
+    dataset_timeout_s: float = Field(10.0, gt=0)
 
     _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
     _host = field_validator("host")(lambda cls, v: check_host(v))

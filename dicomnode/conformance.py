@@ -48,9 +48,12 @@ SCU_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 STORE_STATUSES = [
     (SUCCESS, "Success", ("the instance is fsynced in the spool and recorded in the audit database; "
                           "also returned for a duplicate SOP Instance UID (the stored copy is kept)")),
-    (OUT_OF_RESOURCES, "Refused: out of resources", "free disk space below node.min_free_disk_mb, or the disk is full"),
+    (OUT_OF_RESOURCES, "Refused: out of resources", ("free disk space below node.min_free_disk_mb, or the disk is full; "
+                                                      "or the data set is larger than node.max_instance_mb")),
     (CANNOT_UNDERSTAND, "Error: cannot understand", ("the data set cannot be parsed or lacks SOP Class/Instance, "
-                                                      "Study or Series Instance UID")),
+                                                      "Study or Series Instance UID; a UID is not valid (PS3.5 9.1); "
+                                                      "the request carried no data set; or the series already belongs "
+                                                      "to another study")),
     (PROCESSING_FAILURE, "Processing failure", "the spool file or the audit row could not be written"),
 ]
 
@@ -89,9 +92,11 @@ def generate() -> str:
         "  (rejected-permanent, service user, reason 7 \"called AE title not recognised\").",
         "- When `security.allowed_calling_aes` is set, other calling AE titles are rejected (reason 3); when",
         "  `security.allowed_hosts` is set, other peer addresses are rejected (reason 1). Every refusal is audited.",
-        f"- At most `node.max_associations` concurrent associations (default {node.max_associations}); maximum PDU",
+        f"- At most `node.max_associations` concurrent associations (default {node.max_associations}); more are",
+        "  rejected (rejected-transient, service provider, reason 2 \"local limit exceeded\") and audited. Maximum PDU",
         f"  size `node.max_pdu_size` (default {node.max_pdu_size}, 0 = unlimited); network timeout",
-        f"  {node.network_timeout_s:g} s.",
+        f"  {node.network_timeout_s:g} s. A connection that sends no A-ASSOCIATE-RQ within",
+        f"  `node.idle_connection_timeout_s` (default {node.idle_connection_timeout_s:g} s) is closed and audited.",
         "- Optional TLS 1.2+ (`[tls]`), with client certificates required by default.",
         "- The node initiates associations only to deliver results (section 4).",
         "",

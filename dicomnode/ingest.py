@@ -6,18 +6,19 @@ file is fsynced in the spool and its row is committed to the audit database.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomnode.series import CompletionTracker
 from dicomnode.spool import DiskFull, Spool, SpoolError
+from dicomnode.uids import InvalidUID, check_uid, printable
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -50,47 +51,95 @@ class Sender:
     peer_host: str
 
 
+class SeriesStudyConflict(Exception):
+    """A SeriesInstanceUID already known under another StudyInstanceUID."""
+
+
+# attributes that become directory and file names, checked to the UID grammar before any path is built
+_UID_ATTRIBUTES = (("SOPClassUID", "SOP Class UID"), ("StudyInstanceUID", "Study Instance UID"),
+                   ("SeriesInstanceUID", "Series Instance UID"), ("SOPInstanceUID", "SOP Instance UID"))
+_INT_RANGE = (-(2**31), 2**31 - 1)  # IS values are 32-bit; anything else is not a number we keep
+
+
 def _text(ds: Dataset, keyword: str, limit: int) -> str:
-    value = ds.get(keyword, "")
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # a value pydicom cannot convert (wrong VR, bad bytes): keep nothing
+        return ""
     return str(value if value is not None else "")[:limit]
+
+
+def _int_or_none(ds: Dataset, keyword: str) -> int | None:
+    """An IS attribute as an int, or None when absent, multi-valued or out of range (never raises)."""
+    try:
+        value = int(ds.get(keyword))
+    except Exception:
+        return None
+    return value if _INT_RANGE[0] <= value <= _INT_RANGE[1] else None
+
+
+def _float_or_none(ds: Dataset, keyword: str) -> float | None:
+    """A DS attribute as a finite float, or None (never raises)."""
+    try:
+        value = float(ds.get(keyword))
+    except Exception:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def check_uids(ds: Dataset) -> tuple[str, str, str, str]:
+    """(SOP Class, Study, Series, SOP Instance) UIDs, each valid, or InvalidUID naming the first bad one."""
+    return tuple(check_uid(name, str(ds.get(keyword))) for keyword, name in _UID_ATTRIBUTES)  # type: ignore[return-value]
 
 
 def parse_header(data: bytes) -> Dataset:
     """Read everything but the pixel data; raises ValueError naming what is wrong."""
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise ValueError(f"cannot parse the data set: {exc}") from exc
-    missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)]
+        # values are converted lazily: touch the ones we need while errors still mean "unparseable"
+        missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)]
+        ds.file_meta.get("TransferSyntaxUID")
+    except Exception as exc:  # pydicom raises many types on hostile input; all mean the same to a sender
+        raise ValueError(f"cannot parse the data set: {printable(str(exc), 200)}") from exc
     if missing:
         raise LookupError(f"missing required attribute(s): {', '.join(missing)}")
     return ds
 
 
 class Ingestor:
-    def __init__(self, db: Database, spool: Spool, tracker: CompletionTracker) -> None:
+    def __init__(self, db: Database, spool: Spool, tracker: CompletionTracker,
+                 max_instance_bytes: int | None = None) -> None:
         self.db = db
         self.spool = spool
         self.tracker = tracker
+        self.max_instance_bytes = max_instance_bytes
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
+        # study of each known series: a series never moves to another study
+        self._series_study: dict[str, str] = {}
         # SQLite serialises writers anyway; one lock keeps study/series creation race-free
         self._write_lock = threading.Lock()
 
     def store(self, data: bytes, sender: Sender) -> StoreOutcome:
+        if self.max_instance_bytes is not None and len(data) > self.max_instance_bytes:
+            return self.refuse_too_large(len(data), sender)
         try:
             ds = parse_header(data)
         except LookupError as exc:
             return self._refuse(EventCode.INSTANCE_REJECTED_MISSING_UIDS, str(exc), sender, CANNOT_UNDERSTAND)
         except ValueError as exc:
             return self._refuse(EventCode.INSTANCE_REJECTED_UNPARSEABLE, str(exc), sender, CANNOT_UNDERSTAND)
-
-        sop_uid = str(ds.SOPInstanceUID)
-        series_uid = str(ds.SeriesInstanceUID)
         try:
-            relative = self.spool.relative_path(str(ds.StudyInstanceUID), series_uid, sop_uid)
+            _, study_uid, series_uid, sop_uid = check_uids(ds)
+        except InvalidUID as exc:  # before any path is built: these become directory and file names
+            return self._refuse(EventCode.INSTANCE_REJECTED_INVALID_UID, str(exc), sender, CANNOT_UNDERSTAND)
+        try:
+            relative = self.spool.relative_path(study_uid, series_uid, sop_uid)
         except SpoolError as exc:
-            return self._refuse(EventCode.INSTANCE_REJECTED_UNPARSEABLE, str(exc), sender, CANNOT_UNDERSTAND)
+            return self._refuse(EventCode.INSTANCE_REJECTED_INVALID_UID, str(exc), sender, CANNOT_UNDERSTAND)
+        conflict = self._study_conflict(study_uid, series_uid)
+        if conflict is not None:
+            return self._refuse(EventCode.SERIES_STUDY_CONFLICT, conflict, sender, CANNOT_UNDERSTAND, series_uid)
 
         # register before writing, so the completion checker cannot close the series under us
         known_receiving = self.tracker.instance_arrived(series_uid, sender.association_id)
@@ -107,6 +156,10 @@ class Ingestor:
 
         try:
             self._record(ds, relative, len(data), sender, known_receiving)
+        except SeriesStudyConflict as exc:
+            # lost a race with the first instance of the series under another study: drop our copy
+            self._remove_unrecorded(relative)
+            return self._refuse(EventCode.SERIES_STUDY_CONFLICT, str(exc), sender, CANNOT_UNDERSTAND, series_uid)
         except IntegrityError:
             # the same instance raced in on another association: the first row wins
             return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True)
@@ -114,6 +167,40 @@ class Ingestor:
             log.exception("recording instance %s failed", sop_uid)
             return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot record instance: {exc}", sender, PROCESSING_FAILURE, series_uid)
         return StoreOutcome(SUCCESS, None, sop_uid)
+
+    def refuse_too_large(self, size: int, sender: Sender) -> StoreOutcome:
+        """0xA700 for a data set over node.max_instance_mb (also used by the SCP before it is buffered)."""
+        limit = self.max_instance_bytes or 0
+        return self._refuse(EventCode.INSTANCE_REJECTED_TOO_LARGE,
+                            f"data set too large: over {size} bytes, the limit is {limit // 2**20} MiB (node.max_instance_mb)",
+                            sender, OUT_OF_RESOURCES)
+
+    def refuse_no_dataset(self, sop_uid: object, sender: Sender) -> StoreOutcome:
+        """0xC000 for a C-STORE request that carried no data set."""
+        return self._refuse(EventCode.INSTANCE_REJECTED_NO_DATASET,
+                            f"no data set in the C-STORE request for {printable(sop_uid)}", sender, CANNOT_UNDERSTAND)
+
+    def _study_conflict(self, study_uid: str, series_uid: str) -> str | None:
+        """Why this instance conflicts with the study its series already belongs to, or None."""
+        known = self._series_study.get(series_uid)
+        if known is None:
+            with self.db.engine.connect() as conn:
+                known = conn.execute(
+                    select(Study.study_instance_uid).join(Series, Series.study_id == Study.id)
+                    .where(Series.series_instance_uid == series_uid)
+                ).scalar()
+            if known is None:
+                return None
+            self._series_study[series_uid] = known
+        if known == study_uid:
+            return None
+        return f"series {series_uid} belongs to study {known}, not to study {study_uid}"
+
+    def _remove_unrecorded(self, relative: str) -> None:
+        try:
+            self.spool.path(relative).unlink(missing_ok=True)
+        except OSError:
+            log.exception("cannot remove the refused file %s", relative)
 
     # ------------------------------------------------------------------------------
     # The hot path uses SQLAlchemy Core on one connection: the ORM's per-statement overhead
@@ -139,10 +226,13 @@ class Ingestor:
             if series_id is None:
                 with self.db.session() as s:
                     series_id, created = self._find_or_create_series(s, ds, sender)
+            elif self._series_study.get(series_uid) != str(ds.StudyInstanceUID):
+                raise SeriesStudyConflict(
+                    f"series {series_uid} belongs to study {self._series_study.get(series_uid)}, "
+                    f"not to study {ds.StudyInstanceUID}")
             if not created and not known_receiving:
                 # also after a restart, when the cache is cold but the series exists and may be finished
                 self._reopen_if_finished(series_id, series_uid, sender)
-            number = ds.get("InstanceNumber")
             with self.db.engine.begin() as conn:
                 conn.execute(_INSERT_INSTANCE, {
                     "sop_instance_uid": str(ds.SOPInstanceUID),
@@ -150,7 +240,7 @@ class Ingestor:
                     "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "")),
                     "series_id": series_id,
                     "association_id": sender.association_id,
-                    "instance_number": int(number) if number not in (None, "") else None,
+                    "instance_number": _int_or_none(ds, "InstanceNumber"),
                     "path": relative,
                     "size_bytes": size,
                     "received_at": utcnow(),
@@ -191,20 +281,24 @@ class Ingestor:
                 s.flush()
                 study_id = study.id
             self._study_ids[study_uid] = study_id
-        series_id = s.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).scalar()
-        created = series_id is None
-        if created:
-            thickness = ds.get("SliceThickness")
-            number = ds.get("SeriesNumber")
+        found = s.execute(select(Series.id, Series.study_id).where(Series.series_instance_uid == series_uid)).first()
+        if found is not None and found.study_id != study_id:
+            known = s.execute(select(Study.study_instance_uid).where(Study.id == found.study_id)).scalar()
+            self._study_ids.pop(study_uid, None)  # a study row made above is rolled back with this session
+            raise SeriesStudyConflict(f"series {series_uid} belongs to study {known}, not to study {study_uid}")
+        created = found is None
+        if found is not None:
+            series_id: int = found.id
+        else:
             series = Series(
                 series_instance_uid=series_uid,
                 study_id=study_id,
                 modality=_text(ds, "Modality", 16),
                 body_part=_text(ds, "BodyPartExamined", 16),
                 series_description=_text(ds, "SeriesDescription", 64),
-                series_number=int(number) if number not in (None, "") else None,
-                image_type="\\".join(str(v) for v in (ds.get("ImageType") or []))[:128],
-                slice_thickness=float(thickness) if thickness not in (None, "") else None,
+                series_number=_int_or_none(ds, "SeriesNumber"),
+                image_type=_image_type(ds),
+                slice_thickness=_float_or_none(ds, "SliceThickness"),
                 calling_ae=sender.calling_ae,
                 peer_host=sender.peer_host,
             )
@@ -217,6 +311,7 @@ class Ingestor:
                 association_id=sender.association_id, series_instance_uid=series_uid,
             )
         self._series_ids[series_uid] = series_id
+        self._series_study[series_uid] = study_uid
         return series_id, created
 
     def _refuse(
@@ -226,3 +321,12 @@ class Ingestor:
             record_event(s, code, reason, association_id=sender.association_id, series_instance_uid=series_uid,
                          details={"calling_ae": sender.calling_ae, "peer_host": sender.peer_host, "status": f"0x{status:04X}"})
         return StoreOutcome(status, reason[:1024])
+
+
+def _image_type(ds: Dataset) -> str:
+    try:
+        value = ds.get("ImageType") or []
+        values = [value] if isinstance(value, str) else list(value)
+    except Exception:
+        return ""
+    return "\\".join(str(v) for v in values)[:128]

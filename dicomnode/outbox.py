@@ -16,7 +16,8 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Settings
-from dicomnode.spool import make_dirs_durably, write_durably
+from dicomnode.spool import confined, make_dirs_durably, write_durably
+from dicomnode.uids import check_uid
 from storage.audit import record_event
 from storage.events import EventCode
 from storage.models import Delivery, Job, Series
@@ -61,8 +62,12 @@ class Outbox:
         return Target(name, dest.ae_title, dest.host, dest.port, dest.tls)
 
     def write(self, series_uid: str, ds: Dataset) -> str:
-        relative = f"{series_uid}/{ds.SOPInstanceUID}.dcm"
-        path = self.root / relative
+        """Write one result under <outbox>/<series>/<SOP instance>.dcm; both UIDs are checked and
+        the path confined to the outbox (the series UID comes from the database, i.e. the network)."""
+        check_uid("Series Instance UID", series_uid)
+        sop_uid = check_uid("SOP Instance UID of a result", str(ds.SOPInstanceUID))
+        relative = f"{series_uid}/{sop_uid}.dcm"
+        path = confined(self.root, relative)
         make_dirs_durably(path.parent)
         write_durably(path, encode_file(ds))
         return relative

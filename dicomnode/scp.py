@@ -1,19 +1,30 @@
 """The application entity: association policy, C-ECHO and C-STORE for every storage SOP class."""
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association as PynetAssociation
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
-from dicomnode.ingest import Ingestor, Sender, SUCCESS
+from dicomnode.ingest import Ingestor, Sender, StoreOutcome, SUCCESS
 from dicomnode.series import CompletionTracker
 from storage.audit import record_event
 from storage.db import Database
@@ -65,6 +76,62 @@ STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePr
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognised
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
 REJECT_NO_REASON = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no reason given
+REJECT_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit exceeded
+
+# pynetdicom counts every connection, even one that has not sent its A-ASSOCIATE-RQ yet, against
+# AE.maximum_associations. We enforce node.max_associations ourselves on associations only (in
+# _on_requested), so idle connections cannot lock peers out; pynetdicom's limit stays as a backstop.
+CONNECTION_HEADROOM = 64
+MAX_COMMAND_BYTES = 64 * 1024
+PDU_ALLOWANCE = 2**20  # a PDU may carry a whole data set (max_pdu_size 0) plus headers
+LISTEN_BACKLOG = 512  # the kernel caps it at net.core.somaxconn
+
+
+def safe_text(value: str, limit: int = 16) -> str:
+    """A peer-supplied AE title fit for one log line and a String(16) column: control characters
+    escaped, then cut to `limit`."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
+    return text[:limit]
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's acceptor with three fixes for connection floods:
+
+    - listen backlog LISTEN_BACKLOG instead of socketserver's 5: a burst overflowed it and the
+      kernel dropped SYNs, which peers retry only after 1 s, 3 s, 7 s;
+    - the TLS handshake runs in the connection's own thread (on its first read) instead of in the
+      accept loop, where one silent client blocked every later connection indefinitely;
+    - supported contexts copied cheaply per connection (ContextList).
+    """
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.contexts = ContextList(self.contexts)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+
+class ContextList(list):  # type: ignore[type-arg]
+    """Our supported presentation contexts, cheap to copy.
+
+    pynetdicom deep-copies them for every connection (_create_association). With ~170 storage
+    classes that costs ~15 ms of CPU a connection: a burst of 50 connections spent over a second
+    on it, ahead of a monitor's C-ECHO. A context's only mutable part is its transfer-syntax list
+    (UIDs are immutable strings), so copying that list is the whole deep copy."""
+
+    def __deepcopy__(self, memo: dict[int, object]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            clone = copy.copy(context)
+            clone._transfer_syntax = list(context._transfer_syntax)
+            copies.append(clone)
+        return copies
 
 
 @dataclass
@@ -75,6 +142,116 @@ class AssociationState:
     instances: int = 0
     bytes: int = 0
     end_state: str = "aborted"  # until a proper A-RELEASE is seen
+    guard: "DimseGuard | None" = None
+
+
+@dataclass
+class Connection:
+    """A TCP connection that has not sent its A-ASSOCIATE-RQ yet."""
+    host: str
+    port: int
+    opened: float = field(default_factory=time.monotonic)
+
+
+class DimseGuard:
+    """Sits between one association's DUL and its DIMSE decoder (pynetdicom has no hook there).
+
+    - A data set over `max_bytes` is not buffered further: its fragments are passed on empty, so
+      the message still completes, and the handler refuses it (see take_oversize).
+    - A C-STORE-RQ that announced a data set which never comes (the peer sends the next command,
+      or nothing for `timeout_s`) is answered by `on_missing` instead of hanging the association.
+    """
+
+    def __init__(self, assoc: PynetAssociation, max_bytes: int, timeout_s: float,
+                 on_missing: Callable[[DIMSEMessage, int], None]) -> None:
+        self.dimse = assoc.dimse
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.on_missing = on_missing
+        self._inner = assoc.dimse.receive_primitive
+        self._lock = threading.Lock()
+        self._received = 0  # data-set bytes of the message being decoded
+        self._data_seen = False
+        self._oversize: set[int] = set()  # message ids whose data set went over max_bytes
+        self._timer: threading.Timer | None = None
+        assoc.dimse.receive_primitive = self.receive  # type: ignore[method-assign]
+
+    def receive(self, primitive: P_DATA) -> None:
+        # one PDV at a time: pynetdicom drops the PDVs after the one that completes a message
+        with self._lock:
+            for context_id, data in primitive.presentation_data_value_list:
+                self._one(context_id, data)
+
+    def _one(self, context_id: int, data: bytes) -> None:
+        message = self.dimse.message
+        is_command = bool(data[0] & 1) if data else True
+        if message is not None and self._awaiting_dataset(message) and is_command:
+            self._answer_missing(message)  # a new command came instead of the announced data set
+            message = None
+        has_command = message is not None and "CommandField" in message.command_set
+        if is_command:
+            self._received += len(data)
+            if self._received > MAX_COMMAND_BYTES:
+                data = data[:1]  # a command set is a few hundred bytes: stop buffering; it fails to decode
+        elif not has_command:
+            data = data[:1]  # a data set with no command before it: pynetdicom aborts, buffer nothing
+        else:
+            self._data_seen = True
+            self._cancel_timer()
+            self._received += len(data) - 1
+            if self._received > self.max_bytes:
+                self._oversize.add(int(message.command_set.get("MessageID", -1)))
+                message.data_set = BytesIO()  # free what was buffered; keep only the last-fragment bit
+                data = data[:1]
+        single = P_DATA()
+        single.presentation_data_value_list = [[context_id, data]]  # type: ignore[list-item]  # it wants lists
+        self._inner(single)
+        current = self.dimse.message
+        if current is None:
+            self._received, self._data_seen = 0, False
+            return
+        if is_command and "CommandField" in current.command_set:
+            self._received = 0  # the command set is complete: from here on, count the data set
+        if self._awaiting_dataset(current) and self._timer is None:
+            self._timer = threading.Timer(self.timeout_s, self._timed_out, args=(current,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _awaiting_dataset(self, message: DIMSEMessage) -> bool:
+        """The command set is complete, announced a data set, and no data fragment came yet."""
+        return "CommandField" in message.command_set and not self._data_seen
+
+    def _timed_out(self, message: DIMSEMessage) -> None:
+        with self._lock:
+            self._timer = None
+            if self.dimse.message is message and self._awaiting_dataset(message):
+                self._answer_missing(message)
+
+    def _answer_missing(self, message: DIMSEMessage) -> None:
+        self._cancel_timer()
+        self.dimse.message = None
+        self._received, self._data_seen = 0, False
+        if isinstance(message, C_STORE_RQ):
+            self.on_missing(message, int(message.context_id or 0))
+        else:
+            log.warning("dropped a DIMSE request that announced a data set and sent none")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def take_oversize(self, message_id: int) -> bool:
+        """True once for a message whose data set went over the limit."""
+        with self._lock:
+            if message_id in self._oversize:
+                self._oversize.discard(message_id)
+                return True
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._cancel_timer()
 
 
 class AssociationPolicy:
@@ -121,6 +298,13 @@ class StorageSCP:
         self.policy = AssociationPolicy(settings)
         self._states: dict[int, AssociationState] = {}
         self._lock = threading.Lock()
+        # associations past their A-ASSOCIATE-RQ that hold one of node.max_associations slots
+        self._slots: dict[int, PynetAssociation] = {}
+        self._guards: dict[int, DimseGuard] = {}
+        # connections that have not sent an A-ASSOCIATE-RQ yet (audited if closed for idling)
+        self._connections: dict[int, Connection] = {}
+        # the cap holds for every way in (C-STORE here, uploads through the same Ingestor)
+        ingestor.max_instance_bytes = settings.node.max_instance_mb * 2**20
         self.server = None
         self.ae = self._make_ae()
 
@@ -128,8 +312,10 @@ class StorageSCP:
         cfg = self.settings.node
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_pdu_size = cfg.max_pdu_size
-        ae.maximum_associations = cfg.max_associations
+        ae.maximum_associations = cfg.max_associations + CONNECTION_HEADROOM  # backstop, see above
         ae.network_timeout = cfg.network_timeout_s
+        # an acceptor waits this long for the A-ASSOCIATE-RQ (and ARTIM uses it), default 30 s
+        ae.acse_timeout = cfg.idle_connection_timeout_s
         ae.require_called_aet = False  # checked in _on_requested so the refusal is audited
         syntaxes = negotiation_order()
         for sop_class in STORAGE_SOP_CLASSES:
@@ -142,6 +328,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, self._on_connected),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_released),
@@ -152,8 +339,13 @@ class StorageSCP:
     def start(self) -> None:
         cfg = self.settings.node
         ssl_context = server_ssl_context(self.settings) if self.settings.tls.enabled else None
-        self.server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers(),
-                                           ssl_context=ssl_context)
+        # AE.start_server(block=False), with our server class
+        server = self.ae.make_server((cfg.host, cfg.port), evt_handlers=self.handlers(), ssl_context=ssl_context,
+                                     server_class=GuardedServer)
+        thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)
+        self.server = server
 
     def stop(self) -> None:
         if self.server is not None:
@@ -163,32 +355,150 @@ class StorageSCP:
     # -- handlers ---------------------------------------------------------------------
     @staticmethod
     def _peer(event: evt.Event) -> tuple[str, str, str, int]:
-        """(calling AE, called AE, host, port) from the A-ASSOCIATE request."""
+        """(calling AE, called AE, host, port) from the A-ASSOCIATE request, AE titles log-safe."""
         rq = event.assoc.requestor
         primitive = rq.primitive
-        return str(primitive.calling_ae_title).strip(), str(primitive.called_ae_title).strip(), str(rq.address), int(rq.port)
+        return (safe_text(str(primitive.calling_ae_title).strip()), safe_text(str(primitive.called_ae_title).strip()),
+                str(rq.address), int(rq.port))
 
-    @staticmethod
-    def _on_connected(event: evt.Event) -> None:
+    def _on_connected(self, event: evt.Event) -> None:
         # C-STORE is request/response: small responses must not wait on Nagle's algorithm
         sock = getattr(event.assoc.dul.socket, "socket", None)
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rq = event.assoc.requestor
+        self._bound_pdu_reads(event.assoc, str(rq.address), int(rq.port))
+        if isinstance(sock, ssl.SSLSocket) and not self._tls_handshake(sock, str(rq.address), int(rq.port)):
+            return
+        with self._lock:
+            self._connections[id(event.assoc)] = Connection(str(rq.address), int(rq.port))
+
+    def _bound_pdu_reads(self, assoc: PynetAssociation, host: str, port: int) -> None:
+        """pynetdicom reads a whole PDU, of the length its header claims, into memory before
+        anything else sees it. A length over the instance cap ends the connection instead (the
+        DUL treats the error as the connection closing) and is audited."""
+        transport = assoc.dul.socket
+        if transport is None:
+            return
+        limit = self.settings.node.max_instance_mb * 2**20 + PDU_ALLOWANCE
+        read = transport.recv
+
+        def bounded(nr_bytes: int) -> bytearray:
+            if nr_bytes > limit:
+                with self.db.session() as s:
+                    record_event(s, EventCode.INSTANCE_REJECTED_TOO_LARGE,
+                                 f"a PDU of {nr_bytes} bytes from {host}:{port}, over node.max_instance_mb; connection closed",
+                                 association_id=self._states[id(assoc)].db_id if id(assoc) in self._states else None,
+                                 details={"peer_host": host, "peer_port": port})
+                raise OSError(f"PDU of {nr_bytes} bytes refused")
+            return read(nr_bytes)
+
+        transport.recv = bounded  # type: ignore[method-assign]
+
+    def _tls_handshake(self, sock: ssl.SSLSocket, host: str, port: int) -> bool:
+        """The TLS handshake, in this connection's thread and bounded by the idle timeout (GuardedServer
+        defers it from the accept loop). A failure is audited and the connection shut down; a peer
+        that hangs up first (a port probe, a health check) is not, as for plain TCP."""
+        timeout = self.settings.node.idle_connection_timeout_s
+        sock.settimeout(timeout)
+        try:
+            sock.do_handshake()
+            return True
+        except (ssl.SSLError, OSError) as exc:
+            details = {"peer_host": host, "peer_port": port}
+            if isinstance(exc, TimeoutError):
+                code, message = EventCode.CONNECTION_CLOSED_IDLE, f"closed a connection from {host}:{port} that did not complete the TLS handshake in {timeout:g} s"
+            elif isinstance(exc, ssl.SSLEOFError) or isinstance(exc, ConnectionResetError):
+                code, message = None, ""
+            else:
+                code, message = EventCode.TLS_HANDSHAKE_FAILED, f"TLS handshake with {host}:{port} failed: {exc}"
+            if code is not None:
+                with self.db.session() as s:
+                    record_event(s, code, message, details=details)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the association then sees the connection closed
+            except OSError:
+                pass
+            return False
+        finally:
+            sock.settimeout(None)
 
     def _on_requested(self, event: evt.Event) -> None:
+        with self._lock:
+            self._connections.pop(id(event.assoc), None)
         calling, called, host, port = self._peer(event)
-        refusal = self.policy.refusal(called, calling, host)
+        refusal = self.policy.refusal(called, calling, host) or self._limit_refusal(event.assoc)
         if refusal is None:
+            self._guard(event.assoc)
             return
         code, rsd, reason = refusal
+        # answer first: under a burst the audit writes queue up on the database, and a refused
+        # peer (a monitor's C-ECHO) must not wait for them; the row follows in this same thread
+        event.assoc.acse.send_reject(*rsd)
+        self._record_refusal(code, reason, calling, called, host, port)
+        event.assoc.kill()
+
+    def _limit_refusal(self, assoc: PynetAssociation) -> tuple[EventCode, tuple[int, int, int], str] | None:
+        """Take one of node.max_associations slots for this association, or say why not."""
+        limit = self.settings.node.max_associations
+        with self._lock:
+            # a thread that ended without EVT_CONN_CLOSE must not hold its slot forever
+            for key in [k for k, a in self._slots.items() if not a.is_alive()]:
+                del self._slots[key]
+            if len(self._slots) >= limit:
+                return (EventCode.ASSOCIATION_REFUSED_LIMIT, REJECT_LIMIT,
+                        f"local limit exceeded: {len(self._slots)} of {limit} associations in use (node.max_associations)")
+            self._slots[id(assoc)] = assoc
+        return None
+
+    def _guard(self, assoc: PynetAssociation) -> None:
+        """Installed before the A-ASSOCIATE-AC goes out, so it sees the first P-DATA."""
+        cfg = self.settings.node
+        guard = DimseGuard(assoc, cfg.max_instance_mb * 2**20, cfg.dataset_timeout_s,
+                           lambda message, cx: self._answer_no_dataset(assoc, message, cx))
+        with self._lock:
+            self._guards[id(assoc)] = guard
+
+    def _record_refusal(self, code: EventCode, reason: str, calling: str, called: str, host: str, port: int) -> None:
         with self.db.session() as s:
-            row = Association(calling_ae=calling[:16], called_ae=called[:16], peer_host=host, peer_port=port,
+            row = Association(calling_ae=calling[:16], called_ae=called[:16], peer_host=host[:64], peer_port=port,
                               tls=self.settings.tls.enabled, state="rejected", reject_reason=reason, ended_at=utcnow())
             s.add(row)
             s.flush()
             record_event(s, code, f"refused {calling}@{host}: {reason}", association_id=row.id)
-        event.assoc.acse.send_reject(*rsd)
-        event.assoc.kill()
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        """pynetdicom's own refusals (its association limit, the backstop): the ones our policy
+        sends in _on_requested do not come here, so nothing is audited twice."""
+        if not event.assoc.is_acceptor or event.assoc.requestor.primitive is None:
+            return
+        calling, called, host, port = self._peer(event)
+        sent = event.assoc.acceptor.primitive
+        rsd = (sent.result, sent.result_source, sent.diagnostic) if sent is not None else None
+        if rsd == REJECT_LIMIT:
+            code, reason = EventCode.ASSOCIATION_REFUSED_LIMIT, "local limit exceeded (connections in use)"
+        else:
+            code, reason = EventCode.ASSOCIATION_REJECTED_CALLING_AE, f"refused by the DICOM stack, A-ASSOCIATE-RJ {rsd}"
+        self._record_refusal(code, reason, calling, called, host, port)
+
+    def _answer_no_dataset(self, assoc: PynetAssociation, message: DIMSEMessage, context_id: int) -> None:
+        """C-STORE-RSP 0xC000 to a C-STORE-RQ whose data set never came (called by the DimseGuard)."""
+        command = message.command_set
+        outcome = self.ingestor.refuse_no_dataset(command.get("AffectedSOPInstanceUID"), self._sender(assoc))
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = command.MessageID
+        for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            try:
+                setattr(rsp, keyword, command.get(keyword))
+            except Exception:  # a hostile UID pynetdicom will not encode: the response goes without it
+                pass
+        rsp.Status = outcome.status
+        rsp.ErrorComment = error_comment(outcome.comment or "")
+        assoc.dimse.send_msg(rsp, context_id)
+
+    def _sender(self, assoc: PynetAssociation) -> Sender:
+        state = self._states.get(id(assoc))
+        return Sender(state.db_id if state else None, state.calling_ae if state else "", state.peer_host if state else "")
 
     def _on_accepted(self, event: evt.Event) -> None:
         calling, called, host, port = self._peer(event)
@@ -200,7 +510,7 @@ class StorageSCP:
             record_event(s, EventCode.ASSOCIATION_ACCEPTED, f"{calling}@{host}:{port} -> {called}", association_id=row.id)
             db_id = row.id
         with self._lock:
-            self._states[id(event.assoc)] = AssociationState(db_id, calling, host)
+            self._states[id(event.assoc)] = AssociationState(db_id, calling, host, guard=self._guards.get(id(event.assoc)))
 
     def _state(self, event: evt.Event) -> AssociationState | None:
         return self._states.get(id(event.assoc))
@@ -214,18 +524,19 @@ class StorageSCP:
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
         state = self._state(event)
+        request = event.request
+        sender = self._sender(event.assoc)
+        if state is not None and state.guard is not None and state.guard.take_oversize(int(request.MessageID)):
+            return response(self.ingestor.refuse_too_large(self.ingestor.max_instance_bytes or 0, sender))
+        if request.DataSet is None or not request.DataSet.getbuffer().nbytes:
+            # CommandDataSetType 0x0101 (or an empty data set): pynetdicom would hand us only file meta
+            return response(self.ingestor.refuse_no_dataset(request.AffectedSOPInstanceUID, sender))
         data = event.encoded_dataset(include_meta=True)
-        sender = Sender(state.db_id if state else None, state.calling_ae if state else "", state.peer_host if state else "")
         outcome = self.ingestor.store(data, sender)
         if state is not None and outcome.status == SUCCESS:
             state.instances += 1
             state.bytes += len(data)
-        if outcome.status == SUCCESS or not outcome.comment:
-            return outcome.status
-        rsp = Dataset()
-        rsp.Status = outcome.status
-        rsp.ErrorComment = outcome.comment[:64]
-        return rsp
+        return response(outcome)
 
     def _on_released(self, event: evt.Event) -> None:
         state = self._state(event)
@@ -238,8 +549,16 @@ class StorageSCP:
             state.end_state = "aborted"
 
     def _on_closed(self, event: evt.Event) -> None:
+        key = id(event.assoc)
         with self._lock:
-            state = self._states.pop(id(event.assoc), None)
+            state = self._states.pop(key, None)
+            connection = self._connections.pop(key, None)
+            guard = self._guards.pop(key, None)
+            self._slots.pop(key, None)
+        if guard is not None:
+            guard.close()
+        if connection is not None:
+            self._audit_idle(connection)
         if state is None:
             return  # rejected or never negotiated
         with self.db.session() as s:
@@ -250,3 +569,30 @@ class StorageSCP:
                 code = EventCode.ASSOCIATION_RELEASED if state.end_state == "released" else EventCode.ASSOCIATION_ABORTED
                 record_event(s, code, f"{state.instances} instance(s), {state.bytes} bytes", association_id=state.db_id)
         self.tracker.association_ended(state.db_id)
+
+    def _audit_idle(self, connection: Connection) -> None:
+        """A connection closed before its A-ASSOCIATE-RQ: audited when we closed it for idling
+        (pynetdicom ends the wait after acse_timeout), not when the peer hung up first."""
+        timeout = self.settings.node.idle_connection_timeout_s
+        waited = time.monotonic() - connection.opened
+        if waited < timeout * 0.9:
+            return
+        with self.db.session() as s:
+            record_event(s, EventCode.CONNECTION_CLOSED_IDLE,
+                         f"closed a connection from {connection.host}:{connection.port} that sent no A-ASSOCIATE-RQ "
+                         f"in {timeout:g} s", details={"peer_host": connection.host, "peer_port": connection.port})
+
+
+def error_comment(text: str) -> str:
+    """An Error Comment (LO): at most 64 characters, printable, no backslash (the VM separator)."""
+    return "".join(c if c.isprintable() and c != "\\" else "?" for c in text)[:64]
+
+
+def response(outcome: StoreOutcome) -> Dataset | int:
+    """The C-STORE response: a bare status, or a status with its Error Comment."""
+    if outcome.status == SUCCESS or not outcome.comment:
+        return outcome.status
+    rsp = Dataset()
+    rsp.Status = outcome.status
+    rsp.ErrorComment = error_comment(outcome.comment)
+    return rsp

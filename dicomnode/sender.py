@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from dicomnode.config import Settings
 from dicomnode.outbox import Target
 from dicomnode.scu import STORED_STATUSES
+from dicomnode.spool import SpoolError, confined
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -93,7 +94,7 @@ class Sender:
         try:
             for d in items:
                 try:
-                    status = assoc.send_c_store(dcmread(self.outbox_root / d.path))
+                    status = assoc.send_c_store(dcmread(confined(self.outbox_root, d.path)))
                     code = getattr(status, "Status", None)
                     if code in STORED_STATUSES:
                         self._mark_delivered(d, target)
@@ -102,8 +103,8 @@ class Sender:
                         comment = getattr(status, "ErrorComment", "") if status else ""
                         why = f"status 0x{code:04X} {comment}".strip() if code is not None else "no response (timeout or abort)"
                         self._mark_failed(d, target, why)
-                except (OSError, ValueError) as exc:
-                    self._mark_failed(d, target, f"cannot send {d.path}: {exc}")
+                except (OSError, ValueError, SpoolError) as exc:
+                    self._mark_failed(d, target, f"cannot send {d.path!r}: {exc}")
                 if not assoc.is_established:
                     rest = [x for x in items if x.id > d.id]
                     self._fail_all(rest, target, "association lost")

@@ -3,20 +3,41 @@
 An instance is written to a temporary name, fsynced, renamed into place and its directory
 fsynced, so a crash leaves either no file or the whole file, never half of one. Layout:
 <root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+
+The UIDs come from the network: each is checked to the DICOM grammar (dicomnode.uids) and every
+path is resolved and checked to stay under its root before it is used. Files are created 0600
+and directories 0700 (received images are patient data).
 """
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 from pathlib import Path
 
-_UID_RE = re.compile(r"^[0-9.]{1,64}$")
+from dicomnode.uids import InvalidUID, check_uid
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class SpoolError(Exception):
     pass
+
+
+class OutsideRoot(SpoolError):
+    """A relative path (from the network or the database) that would leave its root directory."""
+
+
+def confined(root: Path, relative: str) -> Path:
+    """root/relative, resolved, or OutsideRoot when it is absolute or escapes `root` (.., symlinks)."""
+    if not relative or "\x00" in relative or Path(relative).is_absolute():
+        raise OutsideRoot(f"path {relative!r} is not a relative path under {root}")
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if path == base or not path.is_relative_to(base):
+        raise OutsideRoot(f"path {relative!r} leaves {root}")
+    return path
 
 
 class DiskFull(SpoolError):
@@ -34,7 +55,7 @@ def _fsync_dir(path: Path) -> None:
 def write_durably(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically and durably (file and directory entry on disk)."""
     tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         view = memoryview(data)
         while view:
@@ -51,7 +72,7 @@ def write_durably(path: Path, data: bytes) -> None:
 
 
 def make_dirs_durably(path: Path) -> None:
-    """mkdir -p, fsyncing each parent whose entry we created."""
+    """mkdir -p (new directories 0700), fsyncing each parent whose entry we created."""
     missing: list[Path] = []
     p = path
     while not p.exists():
@@ -59,7 +80,7 @@ def make_dirs_durably(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir()
+            d.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue
         _fsync_dir(d.parent)
@@ -93,13 +114,18 @@ class Spool:
             )
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
-        for uid in (study_uid, series_uid, sop_uid):
-            if not _UID_RE.match(uid):
-                raise SpoolError(f"invalid UID {uid!r}")
-        return f"{study_uid}/{series_uid}/{sop_uid}.dcm"
+        try:
+            for name, uid in (("Study Instance UID", study_uid), ("Series Instance UID", series_uid),
+                              ("SOP Instance UID", sop_uid)):
+                check_uid(name, uid)
+        except InvalidUID as exc:
+            raise SpoolError(str(exc)) from None
+        relative = f"{study_uid}/{series_uid}/{sop_uid}.dcm"
+        confined(self.root, relative)
+        return relative
 
     def store(self, relative: str, data: bytes) -> Path:
-        path = self.root / relative
+        path = confined(self.root, relative)
         parent = path.parent
         if parent not in self._known_dirs:
             self._make_parent(parent)
@@ -118,7 +144,8 @@ class Spool:
             self._known_dirs.add(parent)
 
     def path(self, relative: str) -> Path:
-        return self.root / relative
+        """The file of a relative path from the database, never outside the spool."""
+        return confined(self.root, relative)
 
     def remove_temporaries(self) -> int:
         """Drop half-written temporaries left by a crash (never acknowledged to the sender)."""

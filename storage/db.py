@@ -5,6 +5,7 @@ SQLite is the embedded default; any SQLAlchemy URL works (PostgreSQL for several
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +13,15 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# the audit database holds patient names and ids: owner only. SQLite gives its -wal, -shm and
+# -journal files the mode of the database file, so creating that one 0600 covers them all.
+DB_FILE_MODE = 0o600
 
 
 class Database:
@@ -51,8 +56,38 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a sqlite URL, or None (in-memory, other databases)."""
+    parsed = make_url(url)
+    if not parsed.get_backend_name() == "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.database.startswith("file:") or parsed.query.get("mode") == "memory":
+        return None  # URI filenames: SQLite opens them itself
+    return Path(parsed.database)
+
+
+def secure_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would use the umask, often 0644), and
+    take group and other access away from an existing one and its companion files."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_FILE_MODE))
+    except FileExistsError:
+        pass
+    for candidate in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            if candidate.stat().st_mode & 0o077:
+                candidate.chmod(DB_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            log.warning("cannot make %s private (owner-only): not its owner", candidate)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        path = sqlite_file(url)
+        if path is not None and path.parent.is_dir():
+            secure_sqlite_file(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
