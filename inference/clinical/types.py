@@ -1,0 +1,155 @@
+"""Inputs shared by the clinical rules: what the image measurements say about one nodule and one exam.
+
+Units: millimetres for diameters, mm3 for volumes, months for stability. The characterize step
+(inference/characterize/) produces these values; the rules here never look at pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from enum import Enum
+
+
+class NoduleType(str, Enum):
+    """Attenuation of the nodule (Lung-RADS and Brock both use these three)."""
+
+    SOLID = "solid"
+    PART_SOLID = "part_solid"
+    GROUND_GLASS = "ground_glass"  # non-solid
+
+
+class Margin(str, Enum):
+    SMOOTH = "smooth"
+    LOBULATED = "lobulated"
+    SPICULATED = "spiculated"
+
+
+class Lung(str, Enum):
+    RIGHT = "right"
+    LEFT = "left"
+
+
+class Zone(str, Enum):
+    """Thirds of the lung from apex to base; approximates the lobe (upper zone ~ upper lobe)."""
+
+    UPPER = "upper"
+    MIDDLE = "middle"
+    LOWER = "lower"
+
+
+class Change(str, Enum):
+    """Comparison with a prior screening CT; None on a nodule means baseline (no prior)."""
+
+    NEW = "new"
+    GROWING = "growing"  # Lung-RADS v2022: mean diameter up by > 1.5 mm within 12 months
+    STABLE = "stable"  # unchanged or decreased in size
+
+
+def round_half_up(value: float, digits: int) -> float:
+    """Round like a radiologist's caliper report (5.95 -> 6.0), not banker's rounding."""
+    quantum = Decimal(1).scaleb(-digits)
+    return float(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Nodule:
+    """One nodule as Lung-RADS and the Brock model need it.
+
+    mean_diameter_mm: mean of long and short axis (the Lung-RADS measurement); it is rounded to one
+    decimal (half up) before any threshold is applied, as Lung-RADS v2022 says to report it.
+    longest_diameter_mm: the long axis (the Brock model's nodule size); falls back to the mean.
+    solid_component_mm: mean diameter of the solid part (part-solid nodules only, required there).
+    pleural_shape_benign: for juxtapleural/perifissural nodules, whether the shape is oval, lentiform
+    or triangular (Lung-RADS v2022 juxtapleural rule); None = not assessed, and the rule then does
+    not downgrade the nodule.
+    change/stable_months/prior_category: follow-up inputs; None at baseline.
+    """
+
+    type: NoduleType
+    mean_diameter_mm: float
+    calcified: bool = False  # a benign calcification pattern (complete, central, popcorn, concentric rings) or fat
+    margin: Margin = Margin.SMOOTH
+    volume_mm3: float | None = None
+    longest_diameter_mm: float | None = None
+    solid_component_mm: float | None = None
+    solid_component_volume_mm3: float | None = None
+    juxtapleural: bool = False
+    perifissural: bool = False
+    pleural_shape_benign: bool | None = None
+    lung: Lung | None = None
+    zone: Zone | None = None
+    change: Change | None = None
+    stable_months: float | None = None
+    prior_category: "LungRadsCategory | None" = None
+
+    def __post_init__(self) -> None:
+        _positive("mean_diameter_mm", self.mean_diameter_mm)
+        _positive("volume_mm3", self.volume_mm3)
+        _positive("longest_diameter_mm", self.longest_diameter_mm)
+        _positive("solid_component_mm", self.solid_component_mm)
+        _positive("solid_component_volume_mm3", self.solid_component_volume_mm3)
+        if not isinstance(self.type, NoduleType):
+            raise ValueError(f"type must be a NoduleType, got {self.type!r}")
+        if self.type is NoduleType.PART_SOLID and self.solid_component_mm is None:
+            raise ValueError("solid_component_mm is required for a part_solid nodule (Lung-RADS grades it)")
+        if self.stable_months is not None and (not math.isfinite(self.stable_months) or self.stable_months < 0):
+            raise ValueError(f"stable_months must be >= 0, got {self.stable_months!r}")
+
+    @property
+    def reported_mean_diameter_mm(self) -> float:
+        """The Lung-RADS mean diameter: one decimal, rounded half up."""
+        return round_half_up(self.mean_diameter_mm, 1)
+
+    @property
+    def reported_solid_component_mm(self) -> float | None:
+        if self.solid_component_mm is None:
+            return None
+        return round_half_up(self.solid_component_mm, 1)
+
+    @property
+    def upper_zone(self) -> bool:
+        return self.zone is Zone.UPPER
+
+
+@dataclass(frozen=True)
+class Exam:
+    """One screening CT: whether the lungs are fully in the field of view, and its nodules."""
+
+    lungs_fully_covered: bool
+    nodules: tuple[Nodule, ...] = field(default_factory=tuple)
+    incomplete_reason: str | None = None  # why not covered (shown with category 0)
+
+    def __post_init__(self) -> None:
+        if not self.lungs_fully_covered and not (self.incomplete_reason and self.incomplete_reason.strip()):
+            raise ValueError("incomplete_reason is required when lungs_fully_covered is False")
+
+
+class LungRadsCategory(str, Enum):
+    """ACR Lung-RADS v2022 assessment categories, in increasing order of suspicion."""
+
+    C0 = "0"
+    C1 = "1"
+    C2 = "2"
+    C3 = "3"
+    C4A = "4A"
+    C4B = "4B"
+    C4X = "4X"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @property
+    def is_suspicious(self) -> bool:
+        return self in (LungRadsCategory.C4A, LungRadsCategory.C4B, LungRadsCategory.C4X)
+
+
+_RANK = {c: i for i, c in enumerate(LungRadsCategory)}
