@@ -13,7 +13,8 @@ Where the numbers were checked (search tool):
 - Every slope (0.0287, 0.6011, 0.2961, 0.2953, -5.3854, 0.377, -0.1276, 0.6581, -0.0824, 0.7729) and the
   size transform (diameter/10)^-0.5: Table 2 of "Tabular form of mathematical prediction model's base
   equations", Eur Radiol 2019;29:5367-5377, https://pmc.ncbi.nlm.nih.gov/articles/PMC6717521/table/T2
-  (its "BU" column; its intercept cell reads 0.2761, which is not the centred model's intercept).
+  (its "BU" column). Its intercept cell, 0.2761, is the same model written without centring:
+  -6.7892 - 0.0287*62 + 5.3854*1.58113883 + 0.0824*4 = 0.27607, which confirms -6.7892 independently.
 - The intercept -6.7892 with the centring (age - 62), (count - 4) and - 1.58113883 (= (4/10)^-0.5, size
   centred at 4 mm): a published implementation of the full model (Kotlin "BrockCalculator", full Brock
   (PanCan) model with spiculation), and the centring constants 62 / 4 / 1.58113883 also in

@@ -108,6 +108,18 @@ def test_each_coefficient_moves_the_logit_by_its_published_value() -> None:
     assert logit(size_mm=4.0) == pytest.approx(-6.7892, abs=1e-7)
 
 
+def test_uncentred_intercept_matches_the_published_table() -> None:
+    # Eur Radiol 2019;29:5367 (PMC6717521, Table 2) prints the Brock intercept uncentred as 0.2761:
+    # -6.7892 - 0.0287*62 + 5.3854*1.58113883 + 0.0824*4 = -6.7892 - 1.7794 + 8.5150651 + 0.3296 = 0.2760651.
+    # Uncentred: logit = 0.2760651 + 0.0287 age - 5.3854 (size/10)^-0.5 - 0.0824 count + ...
+    # At age 0, 10 mm ((10/10)^-0.5 = 1), 1 nodule: 0.2760651 - 5.3854 - 0.0824 = -5.1917349.
+    result = brock_risk(
+        size_mm=10.0, nodule_type=S, nodule_count=1, upper_lobe=False, spiculation=False,
+        emphysema=False, age_years=0, sex=Sex.MALE, family_history=FamilyHistory.NO,
+    )
+    assert result.logit == pytest.approx(0.2760651 - 5.3854 * 1.0 - 0.0824, abs=1e-6)
+
+
 def test_bigger_and_spiculated_nodules_are_riskier() -> None:
     sizes = [2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0]
     risks = [risk(size_mm=s) for s in sizes]
