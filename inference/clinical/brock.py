@@ -20,7 +20,9 @@ Where the numbers were checked (search tool):
   (PanCan) model with spiculation), and the centring constants 62 / 4 / 1.58113883 also in
   https://www.medicalalgorithms.com/pulmonary-nodule-cancer (McWilliams et al. models).
 Nodule size: the model's size is the nodule's longest diameter in mm (the PanCan readers measured the
-maximal diameter); callers pass the long axis, and the mean diameter only when no long axis exists.
+maximal diameter; van Riel et al., Eur Radiol 2017;27:4019-4029, name PanCan's definition "Dlongest-C",
+the longest diameter on axial sections); callers pass the long axis, and the mean diameter only when no
+long axis exists.
 """
 from __future__ import annotations
 
