@@ -9,15 +9,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from dicomnode.config import Settings, redact_url
-from dicomnode.ingest import Ingestor
-from dicomnode.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
-from dicomnode.outbox import Outbox
-from dicomnode.pipelines import known_pipeline
-from dicomnode.routing import Router
-from dicomnode.scp import StorageSCP
-from dicomnode.sender import Sender, SenderLoop
-from dicomnode.series import CompletionChecker, CompletionTracker
-from dicomnode.spool import Spool, SpoolError, make_dirs_durably
+from dicomnode.receive.ingest import Ingestor
+from dicomnode.process.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
+from dicomnode.deliver.outbox import Outbox
+from dicomnode.process.pipelines import known_pipeline
+from dicomnode.process.routing import Router
+from dicomnode.receive.scp import StorageSCP
+from dicomnode.deliver.sender import Sender, SenderLoop
+from dicomnode.receive.completion import CompletionChecker, CompletionTracker
+from dicomnode.receive.spool import Spool, SpoolError, make_dirs_durably
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode

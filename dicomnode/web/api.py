@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from dicomnode.node import Node
-from dicomnode.sender import requeue_deliveries
+from dicomnode.deliver.sender import requeue_deliveries
 from dicomnode.web.auth import Principal, client_host, csrf_token
 from dicomnode.web.deps import api_post, api_user, get_node
 from dicomnode.web.receive import receive_upload

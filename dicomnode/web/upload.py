@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pydicom import dcmread
 
 from dicomnode.config import WebSettings
-from dicomnode.ingest import SUCCESS, Sender
+from dicomnode.receive.ingest import SUCCESS, Sender
 from storage.audit import record_event
 from storage.events import EventCode
 

@@ -63,9 +63,9 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_ingest_and_queries_on_postgresql(postgres_url, tmp_path: Path):
-    from dicomnode.ingest import Ingestor, Sender
-    from dicomnode.series import CompletionTracker
-    from dicomnode.spool import Spool
+    from dicomnode.receive.ingest import Ingestor, Sender
+    from dicomnode.receive.completion import CompletionTracker
+    from dicomnode.receive.spool import Spool
     from storage.db import Database
     from storage.queries import AuditFilter, run_query
 

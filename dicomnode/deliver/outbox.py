@@ -16,8 +16,8 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Settings
-from dicomnode.spool import confined, make_dirs_durably, write_durably
-from dicomnode.uids import check_uid
+from dicomnode.receive.spool import confined, make_dirs_durably, write_durably
+from dicomnode.core.uids import check_uid
 from storage.audit import record_event
 from storage.events import EventCode
 from storage.models import Delivery, Job, Series

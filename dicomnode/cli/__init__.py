@@ -22,7 +22,7 @@ from rich.table import Table
 
 from dicomnode.config import (EXAMPLE_CONFIG, USER_NAME_RE, ConfigError, Destination, Settings, check_ae_title,
                               check_host, load_settings, redacted_dump, security_warnings)
-from dicomnode.dicom_address import DicomAddress
+from dicomnode.core.dicom_address import DicomAddress
 
 console = Console(stderr=True)
 # piped output (less, grep, a file) gets wide rows instead of columns folded to 80 characters
@@ -66,7 +66,7 @@ def _progress() -> Progress:
 
 # -- serve ---------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dicomnode.logs import setup_logging
+    from dicomnode.core.logs import setup_logging
     from dicomnode.node import Node
 
     extra: dict[str, Any] = {}
@@ -118,7 +118,7 @@ def _ae_title_arg(text: str) -> str:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from dicomnode.scu import ScuError, echo
+    from dicomnode.deliver.scu import ScuError, echo
 
     address = _address(args.address)
     try:
@@ -130,7 +130,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dicomnode.scu import ScuError, dicom_files, send_files
+    from dicomnode.deliver.scu import ScuError, dicom_files, send_files
 
     address = _address(args.address)
     try:
@@ -219,7 +219,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from dicomnode.sender import Sender, requeue_deliveries, wait_for_outcome
+    from dicomnode.deliver.sender import Sender, requeue_deliveries, wait_for_outcome
 
     if args.delivery is None and not args.all_dead:
         raise UserError("say which: --delivery ID or --all-dead")
@@ -244,7 +244,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
         return 0
     if args.action == "hash-password":
-        from dicomnode.passwords import hash_password
+        from dicomnode.core.passwords import hash_password
 
         if args.password:
             console.print("[yellow]warning:[/] --password is visible to other users (ps, shell history); "
@@ -262,7 +262,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 # -- user add / token create: secrets go into the config file only as hashes --------------------
 def _read_password(from_stdin: bool) -> str:
     """From stdin (one line) with --password-stdin, else typed twice at a terminal, never echoed."""
-    from dicomnode.passwords import MIN_PASSWORD_LENGTH
+    from dicomnode.core.passwords import MIN_PASSWORD_LENGTH
 
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -336,7 +336,7 @@ def _add_token(web: Any, digest: str) -> None:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    from dicomnode.passwords import hash_password
+    from dicomnode.core.passwords import hash_password
 
     if not USER_NAME_RE.match(args.name):
         raise UserError("a user name may hold only letters, digits and . _ @ - (64 at most)")
@@ -353,7 +353,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from dicomnode.passwords import hash_token, new_token
+    from dicomnode.core.passwords import hash_token, new_token
 
     token = new_token()
     if args.config is not None:
@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_commands(sub: Any) -> None:
     """analyze, model and phantom live in cli_model.py (they import the inference stack)."""
     try:
-        from dicomnode.cli_model import add_model_commands
+        from dicomnode.cli.model import add_model_commands
     except ImportError:
         return
     add_model_commands(sub)

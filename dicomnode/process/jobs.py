@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Route, Settings
-from dicomnode.outbox import Outbox
-from dicomnode.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
-from dicomnode.spool import Spool
+from dicomnode.deliver.outbox import Outbox
+from dicomnode.process.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
+from dicomnode.receive.spool import Spool
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode

@@ -12,7 +12,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicomnode.dicom_address import DicomAddress
+from dicomnode.core.dicom_address import DicomAddress
 
 
 class ScuError(Exception):

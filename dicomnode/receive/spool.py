@@ -4,7 +4,7 @@ An instance is written to a temporary name, fsynced, renamed into place and its 
 fsynced, so a crash leaves either no file or the whole file, never half of one. Layout:
 <root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
 
-The UIDs come from the network: each is checked to the DICOM grammar (dicomnode.uids) and every
+The UIDs come from the network: each is checked to the DICOM grammar (dicomnode.core.uids) and every
 path is resolved and checked to stay under its root before it is used. Files are created 0600
 and directories 0700 (received images are patient data).
 """
@@ -15,7 +15,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from dicomnode.uids import InvalidUID, check_uid
+from dicomnode.core.uids import InvalidUID, check_uid
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

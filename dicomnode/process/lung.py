@@ -9,7 +9,7 @@ import time
 from pydicom.dataset import Dataset
 
 from dicomnode.config import Settings
-from dicomnode.pipelines import PipelineContext, PipelineOutput
+from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 from dicomnode.results import build_results
 
 

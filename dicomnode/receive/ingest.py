@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dicomnode.series import CompletionTracker
-from dicomnode.spool import DiskFull, Spool, SpoolError
-from dicomnode.uids import InvalidUID, check_uid, printable
+from dicomnode.receive.completion import CompletionTracker
+from dicomnode.receive.spool import DiskFull, Spool, SpoolError
+from dicomnode.core.uids import InvalidUID, check_uid, printable
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode

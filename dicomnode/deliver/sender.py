@@ -20,9 +20,9 @@ from pynetdicom.presentation import build_context
 from sqlalchemy import select, update
 
 from dicomnode.config import Settings
-from dicomnode.outbox import Target
-from dicomnode.scu import STORED_STATUSES
-from dicomnode.spool import SpoolError, confined
+from dicomnode.deliver.outbox import Target
+from dicomnode.deliver.scu import STORED_STATUSES
+from dicomnode.receive.spool import SpoolError, confined
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode

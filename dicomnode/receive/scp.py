@@ -24,8 +24,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
-from dicomnode.ingest import Ingestor, Sender, StoreOutcome, SUCCESS
-from dicomnode.series import CompletionTracker
+from dicomnode.receive.ingest import Ingestor, Sender, StoreOutcome, SUCCESS
+from dicomnode.receive.completion import CompletionTracker
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode

@@ -50,7 +50,7 @@ def register_pipeline(name: str, factory: PipelineFactory) -> None:
 
 def _lung_nodule_factory(settings: Settings) -> Pipeline:
     # imported lazily: loading torch and the weights is only worth it when a route uses it
-    from dicomnode.lung_pipeline import LungNodulePipeline
+    from dicomnode.process.lung import LungNodulePipeline
 
     return LungNodulePipeline(settings)
 
