@@ -1,1 +1,2 @@
-"""Stage 1, receive: the SCP and the web upload hand instances to one intake, which spools and records them; the completion tracker decides when a series is whole."""
+"""Stage 1, receive: the SCP and the web upload open intake sessions that spool and record each
+instance; the series lifecycle owns its state, and the completion checker decides when it is whole."""

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicomnode.config import load_settings
-from dicomnode.node import Node
+from dicomnode.cli.serve import ServedNode as Node
 from dicomnode.core.passwords import hash_password
 from tests.node.helpers import free_port
 
