@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     """analyze, model and phantom live in cli/model.py (they import the inference stack)."""
     try:
         from dicomnode.cli.model import add_model_commands

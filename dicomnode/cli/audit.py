@@ -5,6 +5,7 @@ import argparse
 from typing import Any
 
 from dicomnode.cli.common import UserError, add_settings_args, open_db, out, print_rows
+from storage.states import DeliveryState
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     ResultSender(db, settings.outbox_dir, settings).send_due(only_ids=ids)
     # a running node may have picked some up first: report what happened, whoever sent them
     outcome = wait_for_outcome(db, ids)
-    delivered = outcome.get("delivered", 0)
+    delivered = outcome.get(DeliveryState.DELIVERED, 0)
     out.print(f"delivered {delivered} of {len(ids)} now; the rest stay queued with backoff")
     return 0 if delivered == len(ids) else 1
 

@@ -74,7 +74,7 @@ def resolve_pipeline(name: str, settings: Settings) -> Pipeline:
         target = _import(name, name)
         # a class or factory taking settings, or a plain function pipeline
         try:
-            return target(settings) if isinstance(target, type) else target  # type: ignore[no-any-return]
+            return target(settings) if isinstance(target, type) else target
         except TypeError as exc:
             raise UnknownPipeline(f"pipeline {name!r}: {exc}") from exc
     known = sorted({*_REGISTRY, *BUILT_IN})
