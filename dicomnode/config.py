@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from dicomnode.passwords import is_password_hash, is_token_hash, secret_weakness
+from dicomnode.core.passwords import is_password_hash, is_token_hash, secret_weakness
 from dicomnode.results.options import ResultOptions
 
 EXAMPLE_CONFIG = Path(__file__).with_name("node.example.toml")

@@ -21,20 +21,14 @@ from pydicom.uid import (
 )
 
 from dicomnode.config import NodeSettings, SenderSettings
-from dicomnode.ingest import (
-    CANNOT_UNDERSTAND,
-    OUT_OF_RESOURCES,
-    PROCESSING_FAILURE,
-    SUCCESS,
-)
-from dicomnode.scp import (
+from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, STORED_STATUSES, SUCCESS
+from dicomnode.receive.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
     LOSSY_TRANSFER_SYNTAXES,
     STORAGE_SOP_CLASSES,
     UNCOMPRESSED,
     negotiation_order,
 )
-from dicomnode.scu import STORED_STATUSES
 
 VERIFICATION = "1.2.840.10008.1.1"
 # what the result builders create (dicomnode.results) and the sender offers as SCU

@@ -1,4 +1,9 @@
-"""The running node: spool, audit database, AE, completion, routing, jobs and sender together."""
+"""The running node: the one place that wires the stages together (docs/architecture.md, "Flow").
+
+receive (spool, intake, SCP, series lifecycle, completion) -> process (routing, jobs) -> deliver
+(outbox, result sender). The web console is started by `dicomnode serve` (dicomnode.cli.serve) on
+top of a Node; the node itself knows nothing of it.
+"""
 from __future__ import annotations
 
 import errno
@@ -9,19 +14,24 @@ from pathlib import Path
 from sqlalchemy import select
 
 from dicomnode.config import Settings, redact_url
-from dicomnode.ingest import Ingestor
-from dicomnode.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
-from dicomnode.outbox import Outbox
-from dicomnode.pipelines import known_pipeline
-from dicomnode.routing import Router
-from dicomnode.scp import StorageSCP
-from dicomnode.sender import Sender, SenderLoop
-from dicomnode.series import CompletionChecker, CompletionTracker
-from dicomnode.spool import Spool, SpoolError, make_dirs_durably
+from dicomnode.core.durable import make_dirs_durably
+from dicomnode.deliver.outbox import Outbox
+from dicomnode.deliver.retry import requeue_for_user
+from dicomnode.deliver.sender import DeliveryLoop, ResultSender
+from dicomnode.process.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
+from dicomnode.process.pipelines import known_pipeline
+from dicomnode.process.routing import Router
+from dicomnode.receive.completion import CompletionChecker
+from dicomnode.receive.ingest import Ingestor
+from dicomnode.receive.intake import Intake
+from dicomnode.receive.lifecycle import SeriesLifecycle
+from dicomnode.receive.scp import StorageSCP
+from dicomnode.receive.spool import Spool, SpoolError
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
 from storage.models import Series, utcnow
+from storage.states import SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +75,29 @@ class Node:
         except (SpoolError, OSError) as exc:
             raise StartupError(str(exc)) from None
         self.db = open_database(settings)
-        self.tracker = CompletionTracker(self.db)
-        self.ingestor = Ingestor(self.db, self.spool, self.tracker)
+        self.lifecycle = SeriesLifecycle(self.db)
+        # the size cap holds for every way in (C-STORE and uploads share the ingestor)
+        self.ingestor = Ingestor(self.db, self.spool, self.lifecycle, settings.node.max_instance_mb * 2**20)
+        self.intake = Intake(self.ingestor, self.lifecycle)
         self.outbox = Outbox(settings.outbox_dir, settings)
         self.router = Router(self.db, settings.routes, enqueue_job)
         self.runner = JobRunner(self.db, self.spool, self.outbox, settings)
-        self.sender = Sender(self.db, settings.outbox_dir, settings)
-        self.scp = StorageSCP(settings, self.db, self.ingestor, self.tracker)
-        self.checker = CompletionChecker(self.tracker, settings.series.stable_seconds,
+        self.sender = ResultSender(self.db, settings.outbox_dir, settings)
+        self.scp = StorageSCP(settings, self.db, self.intake)
+        self.checker = CompletionChecker(self.lifecycle, settings.series.stable_seconds,
                                          settings.series.poll_seconds, self.router.on_series_complete)
         self.workers = [JobWorker(self.runner, settings.jobs.poll_seconds, i) for i in range(settings.jobs.workers)]
-        self.sender_loop = SenderLoop(self.sender, settings.sender.poll_seconds)
-        self.web = None
+        self.sender_loop = DeliveryLoop(self.sender, settings.sender.poll_seconds)
 
     def recover(self) -> None:
         """Pick up what a crash or restart left behind, then say so in the audit trail."""
         started = utcnow()
         temporaries = self.spool.remove_temporaries()
-        orphans = self.tracker.adopt_orphans(started)
+        orphans = self.lifecycle.adopt_orphans(started)
         jobs = requeue_interrupted(self.db)
         deliveries = self.sender.recover()
         with self.db.session() as s:
-            waiting = list(s.execute(select(Series.id).where(Series.status == "complete")).scalars())
+            waiting = list(s.execute(select(Series.id).where(Series.status == SeriesState.COMPLETE)).scalars())
         for series_id in waiting:
             self.router.on_series_complete(series_id)
         if temporaries or orphans or jobs or deliveries or waiting:
@@ -95,6 +106,13 @@ class Node:
                              f"resumed {orphans} receiving series, {jobs} job(s), {deliveries} delivery(ies), "
                              f"{len(waiting)} series awaiting routing; removed {temporaries} partial file(s)")
 
+    def retry_deliveries(self, user: str, client: str, delivery_id: int | None) -> list[int]:
+        """Re-queue one delivery (or every dead letter) for a console user, audited, and wake the
+        delivery loop so they go now rather than at its next poll."""
+        ids = requeue_for_user(self.db, user, client, delivery_id)
+        self.sender_loop.wake_up()
+        return ids
+
     def start(self) -> None:
         self.recover()
         self.scp.start()
@@ -102,21 +120,19 @@ class Node:
         for worker in self.workers:
             worker.start()
         self.sender_loop.start()
-        if self.settings.web.enabled:
-            self._start_web()
+        self.start_services()
         cfg = self.settings.node
         with self.db.session() as s:
             record_event(s, EventCode.NODE_STARTED,
                          f"AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''}; "
                          f"data in {Path(cfg.data_dir).resolve()}")
 
-    def _start_web(self) -> None:
-        try:
-            from dicomnode.web.server import WebServer
-        except ImportError:
-            return  # the console is optional; the DICOM side runs without it
-        self.web = WebServer(self)
-        self.web.start()
+    def start_services(self) -> None:
+        """Hook for what runs on top of the node (the web console, see dicomnode.cli.serve):
+        started after the stages, before the node announces that it is up."""
+
+    def stop_services(self) -> None:
+        """Hook: stopped after the stages, before the audit database closes."""
 
     def stop(self) -> None:
         self.scp.stop()
@@ -124,8 +140,7 @@ class Node:
         for worker in self.workers:
             worker.stop()
         self.sender_loop.stop()
-        if self.web is not None:
-            self.web.stop()
+        self.stop_services()
         with self.db.session() as s:
             record_event(s, EventCode.NODE_STOPPED, "node stopped")
         self.db.close()

@@ -1,6 +1,6 @@
 """DeepLung's classification stage: nodule crops -> DPN features -> gradient boosting -> malignancy.
 
-Inputs are the preprocessed volume (uint8, 1 mm voxels, 170 outside the lungs, DESIGN.md section 4)
+Inputs are the preprocessed volume (uint8, 1 mm voxels, 170 outside the lungs, docs/architecture.md, "Flow")
 and candidate centres in its voxel coordinates (z, y, x). For each candidate a 32^3 crop is taken
 (padded with 170); the GBM sees, as in the paper, the network features, the central 17^3 pixels
 and the detector's diameter. Without a feature network (``features_fn=None``) it uses pixels and
@@ -22,6 +22,8 @@ import numpy as np
 import sklearn
 from scipy import ndimage
 from sklearn.ensemble import GradientBoostingClassifier
+
+from inference.hashing import file_sha256
 
 if TYPE_CHECKING:
     from torch import nn
@@ -118,14 +120,6 @@ def torch_features_fn(net: nn.Module, device: str = "cpu", batch_size: int = 32)
 # ---------------------------------------------------------------------------------------------
 # The classifier
 # ---------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sidecar(path: Path) -> Path:

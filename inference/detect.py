@@ -1,6 +1,6 @@
 """Run the DPN26 detector over a preprocessed volume and turn its output into nodule candidates.
 
-Input: the preprocessed uint8 image (z, y, x) at 1 mm (DESIGN.md section 4), so voxel indices are
+Input: the preprocessed uint8 image (z, y, x) at 1 mm (docs/architecture.md, "Flow"), so voxel indices are
 millimetres in the preprocessed frame. Two ways to cover the volume:
 
 - "tiled": DeepLung's own scheme: 144^3 tiles with a 32-voxel margin (208^3 crops, edge padding),

@@ -1,4 +1,4 @@
-"""Plain data that crosses from `inference` to `dicomnode` (DESIGN.md section 2).
+"""Plain data that crosses from `inference` to `dicomnode` (docs/architecture.md, "Flow").
 
 Everything here is JSON-friendly so the node can store it in the audit database
 and the CLI can print it without knowing how the model works.
@@ -98,7 +98,7 @@ class NotAnalysable(Exception):
 
 
 def lung_rads_category(mean_diameter_mm: float) -> str:
-    """Lung-RADS v2022 for solid nodules by mean diameter (DESIGN.md section 4)."""
+    """Lung-RADS v2022 for solid nodules by mean diameter (docs/architecture.md, "Results encoding")."""
     if mean_diameter_mm < 6.0:
         return "2"
     if mean_diameter_mm < 8.0:

@@ -1,4 +1,4 @@
-"""DeepLung preprocessing (DESIGN.md section 4): lung mask, 1 mm resampling, intensity mapping, crop.
+"""DeepLung preprocessing (docs/architecture.md, "Flow"): lung mask, 1 mm resampling, intensity mapping, crop.
 
 The lung mask is found on a reduced grid (about 1.4 mm in-plane) because the thresholds, component
 labelling and convex hulls do not need full resolution, and it keeps the step to a few seconds.

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference.hashing import file_sha256
+
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
 
@@ -37,8 +39,6 @@ class WeightsBundle:
 
 def load_weights_bundle(directory: str | Path | None = None, verify: bool = True) -> WeightsBundle:
     """Read `manifest.json` of a weights folder (the packaged one by default) and check the files."""
-    from inference.nets.checkpoint import file_sha256
-
     root = Path(directory) if directory is not None else PACKAGED_WEIGHTS
     path = root / MANIFEST
     if not path.is_file():

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from storage.states import SeriesState
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -29,7 +31,7 @@ class Association(Base):
     peer_host: Mapped[str] = mapped_column(String(64))
     peer_port: Mapped[int] = mapped_column(Integer)
     tls: Mapped[bool] = mapped_column(default=False)
-    # accepted | rejected | released | aborted
+    # an AssociationState
     state: Mapped[str] = mapped_column(String(16), index=True)
     reject_reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -70,8 +72,8 @@ class Series(Base):
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     peer_host: Mapped[str] = mapped_column(String(64), default="")
     instance_count: Mapped[int] = mapped_column(default=0)
-    # receiving | complete | routed | ignored | not_selected
-    status: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    # a SeriesState; named `status` (jobs and deliveries say `state`), kept as the schema has it
+    status: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value, index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
     route_name: Mapped[str | None] = mapped_column(String(64))
     # bumps each time a late instance re-opens a completed series
@@ -113,7 +115,7 @@ class Job(Base):
     pipeline: Mapped[str] = mapped_column(String(64))
     route_name: Mapped[str] = mapped_column(String(64), default="")
     destinations: Mapped[list[Any]] = mapped_column(default=list)
-    # queued | running | done | failed
+    # a JobState
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
@@ -125,10 +127,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
     series: Mapped[Series] = relationship()
-    findings: Mapped[list[Finding]] = relationship(back_populates="job", cascade="all, delete-orphan")
+    findings: Mapped[list[FindingRow]] = relationship(back_populates="job", cascade="all, delete-orphan")
 
 
-class Finding(Base):
+class FindingRow(Base):
     __tablename__ = "findings"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -163,7 +165,7 @@ class Delivery(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)  # relative to the outbox directory
-    # pending | delivered | dead
+    # a DeliveryState
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from storage.models import Association, Delivery, Event, Finding, Instance, Job, Series, Study
+from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, Series, Study
+from storage.states import DeliveryState
 
 AUDIT_SUBJECTS = ("associations", "instances", "series", "jobs", "findings", "deliveries", "events", "dead-letters")
 
@@ -111,15 +112,15 @@ def jobs(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
 
 
 def findings(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
-    q = (select(Finding.id, Finding.job_id, Series.series_instance_uid, Finding.index, Finding.center_x_mm,
-                Finding.center_y_mm, Finding.center_z_mm, Finding.diameter_mm, Finding.volume_mm3,
-                Finding.probability, Finding.malignancy, Finding.lung_rads, Finding.sop_instance_uid,
-                Finding.row, Finding.column, Job.finished_at)
-         .join(Job, Finding.job_id == Job.id).join(Series, Finding.series_id == Series.id))
+    q = (select(FindingRow.id, FindingRow.job_id, Series.series_instance_uid, FindingRow.index, FindingRow.center_x_mm,
+                FindingRow.center_y_mm, FindingRow.center_z_mm, FindingRow.diameter_mm, FindingRow.volume_mm3,
+                FindingRow.probability, FindingRow.malignancy, FindingRow.lung_rads, FindingRow.sop_instance_uid,
+                FindingRow.row, FindingRow.column, Job.finished_at)
+         .join(Job, FindingRow.job_id == Job.id).join(Series, FindingRow.series_id == Series.id))
     q = _series_uid(_since(q, Job.finished_at, f), f)
     if f.status:
-        q = q.where(Finding.lung_rads == f.status)
-    return _rows(s, q.order_by(Finding.id.desc()).limit(f.limit))
+        q = q.where(FindingRow.lung_rads == f.status)
+    return _rows(s, q.order_by(FindingRow.id.desc()).limit(f.limit))
 
 
 def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
@@ -135,7 +136,7 @@ def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
 
 
 def dead_letters(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
-    return deliveries(s, AuditFilter(f.since, "dead", f.series, f.limit))
+    return deliveries(s, AuditFilter(f.since, DeliveryState.DEAD, f.series, f.limit))
 
 
 def events(s: Session, f: AuditFilter) -> list[dict[str, Any]]:

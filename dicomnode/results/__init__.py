@@ -1,4 +1,4 @@
-"""Findings -> DICOM: TID 1500 SR, secondary-capture overlays, optional SEG (DESIGN.md section 5)."""
+"""Findings -> DICOM: TID 1500 SR, secondary-capture overlays, optional SEG (docs/architecture.md, "Results encoding")."""
 from dicomnode.results.build import build_results
 from dicomnode.results.options import ResultOptions
 from dicomnode.results.overlay import build_overlays, render_overlay_png

@@ -1,4 +1,4 @@
-"""What the result encoders produce and how they label it (DESIGN.md section 5)."""
+"""What the result encoders produce and how they label it (docs/architecture.md, "Results encoding")."""
 from __future__ import annotations
 
 import re

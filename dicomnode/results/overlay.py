@@ -1,4 +1,4 @@
-"""Secondary-capture images with the nodules drawn on their key slices (DESIGN.md section 5).
+"""Secondary-capture images with the nodules drawn on their key slices (docs/architecture.md, "Results encoding").
 
 For PACS users without an SR-capable viewer: one RGB image per nodule, plus a summary
 image listing every finding. Burned-in annotations, so never for diagnosis.

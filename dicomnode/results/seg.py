@@ -1,4 +1,4 @@
-"""Optional DICOM SEG of the nodules: one BINARY segment per nodule (DESIGN.md section 5).
+"""Optional DICOM SEG of the nodules: one BINARY segment per nodule (docs/architecture.md, "Results encoding").
 
 Each nodule is rasterised as a sphere of its reported diameter directly in each source
 slice's own geometry (ImagePositionPatient / ImageOrientationPatient / PixelSpacing), so

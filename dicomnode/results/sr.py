@@ -1,4 +1,4 @@
-"""TID 1500 measurement reports for lung nodule findings (DESIGN.md section 5).
+"""TID 1500 measurement reports for lung nodule findings (docs/architecture.md, "Results encoding").
 
 One planar ROI group per nodule on its key slice, three NUM items first (OHIF shows
 only those), coded evaluations after. Never the retired SRT scheme: SCT, DCM, UCUM
@@ -22,7 +22,7 @@ from dicomnode.results.options import ResultOptions
 from dicomnode.results.uids import device_uid, result_uid, settings_digest
 from inference.findings import Finding, ModelIdentity, SeriesResult
 
-# No standard code list exists for Lung-RADS categories (DESIGN.md section 4): declare ours.
+# No standard code list exists for Lung-RADS categories (docs/architecture.md, "Results encoding"): declare ours.
 LUNG_RADS_SCHEME = "99DCMNODE_LRADS"
 LUNG_RADS_CONCEPT = CodedConcept("LRADS", LUNG_RADS_SCHEME, "Lung-RADS assessment category")
 LUNG_RADS_MEANINGS = {

@@ -1,4 +1,4 @@
-"""Deterministic UIDs for result objects (DESIGN.md section 3, "results").
+"""Deterministic UIDs for result objects (docs/architecture.md, "Promises": re-processing replaces, never duplicates).
 
 Re-processing the same series with the same model and settings must give the same
 Series/SOP Instance UIDs, so a re-send replaces the earlier objects in the PACS.

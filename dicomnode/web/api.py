@@ -7,7 +7,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from dicomnode.node import Node
-from dicomnode.sender import requeue_deliveries
 from dicomnode.web.auth import Principal, client_host, csrf_token
 from dicomnode.web.deps import api_post, api_user, get_node
 from dicomnode.web.receive import receive_upload
@@ -18,8 +17,6 @@ from dicomnode.web.views import (
     list_series,
     series_detail,
 )
-from storage.audit import record_event
-from storage.events import EventCode
 from storage.queries import AuditFilter, parse_since, run_query
 
 router = APIRouter(prefix="/api", tags=["api"], dependencies=[Depends(api_user)])
@@ -89,27 +86,15 @@ def events(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node
     return _query(node, "events", f)
 
 
-def retry(node: Node, user: Principal, client: str, delivery_id: int | None) -> list[int]:
-    """Re-queue one delivery or every dead letter, audit it, and wake the sender."""
-    ids = requeue_deliveries(node.db, delivery_id=delivery_id, all_dead=delivery_id is None, actor=f"web user {user.name}")
-    what = f"delivery {delivery_id}" if delivery_id is not None else "all dead letters"
-    with node.db.session() as s:
-        record_event(s, EventCode.ADMIN_ACTION, f"{user.name} re-queued {what} from {client}: {len(ids)} delivery(ies)",
-                     delivery_id=delivery_id, details={"user": user.name, "client": client, "action": "retry",
-                                                       "deliveries": ids})
-    node.sender_loop.wake.set()
-    return ids
-
-
 @router.post("/dead-letters/retry", summary="Re-send every dead letter")
 def retry_all(request: Request, user: Principal = Depends(api_post), node: Node = Depends(get_node)) -> dict[str, Any]:
-    return {"requeued": retry(node, user, client_host(request), None)}
+    return {"requeued": node.retry_deliveries(user.name, client_host(request), None)}
 
 
 @router.post("/dead-letters/{delivery_id}/retry", summary="Re-send one delivery (dead, pending or delivered)")
 def retry_one(delivery_id: int, request: Request, user: Principal = Depends(api_post),
               node: Node = Depends(get_node)) -> dict[str, Any]:
-    ids = retry(node, user, client_host(request), delivery_id)
+    ids = node.retry_deliveries(user.name, client_host(request), delivery_id)
     if not ids:
         raise HTTPException(404, f"no delivery {delivery_id} that can be re-sent")
     return {"requeued": ids}

@@ -20,7 +20,7 @@ from fastapi import HTTPException, Request
 from sqlalchemy import delete, select
 
 from dicomnode.config import WebSettings
-from dicomnode.passwords import token_label, token_matches, verify_password
+from dicomnode.core.passwords import token_label, token_matches, verify_password
 from dicomnode.web.sessions import SessionStore
 from dicomnode.web.throttle import LoginThrottle, RateLimitedAudit, Refusal
 from storage.audit import record_event

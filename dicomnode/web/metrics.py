@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from dicomnode.web.views import model_info, spool_free_bytes
 from storage.models import Association, Delivery, Instance, Job, Series
+from storage.states import AssociationState, DeliveryState, JobState, SeriesState
 from storage.queries import counts_by
 
 if TYPE_CHECKING:
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
 
 # seconds; from a fast loopback send up to an hour-long stuck delivery
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
-SERIES_STATES = ("receiving", "complete", "routed", "ignored", "not_selected")
-JOB_STATES = ("queued", "running", "done", "failed")
-DELIVERY_STATES = ("pending", "sending", "delivered", "dead", "superseded")
+SERIES_STATES = tuple(SeriesState)
+JOB_STATES = tuple(JobState)
+DELIVERY_STATES = tuple(DeliveryState)
 # job.summary keys a pipeline may fill with per-stage seconds (timings_s of SeriesResult)
 INFERENCE_KEYS = ("inference", "detect", "detection", "model")
 ENCODING_KEYS = ("encoding", "encode", "results")
@@ -87,7 +88,7 @@ class DatabaseCollector(Collector):
                                        .where(Delivery.delivered_at.is_not(None))).all()
 
         family = CounterMetricFamily("dicomnode_associations", "DICOM associations by final state", labels=["state"])
-        for state in sorted(set(assoc_states) | {"accepted", "rejected", "released", "aborted"}):
+        for state in sorted(set(assoc_states) | set(AssociationState)):
             family.add_metric([state], assoc_states.get(state, 0))
         yield family
         yield CounterMetricFamily("dicomnode_instances_received", "Instances stored in the spool", value=instances)
@@ -95,13 +96,13 @@ class DatabaseCollector(Collector):
         yield CounterMetricFamily("dicomnode_association_bytes", "Bytes received on closed associations", value=assoc_bytes)
         yield CounterMetricFamily("dicomnode_series_completed", "Series that completed at least once", value=completed)
         yield CounterMetricFamily("dicomnode_series_ignored", "Complete series that no route matched",
-                                  value=series_states.get("ignored", 0))
+                                  value=series_states.get(SeriesState.IGNORED, 0))
         yield self._states("dicomnode_series", "Series by status", "status", series_states, SERIES_STATES)
         yield self._states("dicomnode_jobs", "Jobs by state", "state", job_states, JOB_STATES)
-        yield GaugeMetricFamily("dicomnode_queue_depth", "Jobs waiting for a worker", value=job_states.get("queued", 0))
+        yield GaugeMetricFamily("dicomnode_queue_depth", "Jobs waiting for a worker", value=job_states.get(JobState.QUEUED, 0))
         yield self._states("dicomnode_deliveries", "Result deliveries by state", "state", delivery_states, DELIVERY_STATES)
         yield GaugeMetricFamily("dicomnode_dead_letters", "Deliveries that gave up (retry from the console)",
-                                value=delivery_states.get("dead", 0))
+                                value=delivery_states.get(DeliveryState.DEAD, 0))
 
         stages: dict[str, list[float]] = {k: [] for k in ("receive_to_complete", "queue_wait", "job", "inference",
                                                           "encoding", "delivery")}
@@ -111,7 +112,7 @@ class DatabaseCollector(Collector):
         for queued, started, finished, state, summary in job_times:
             if (v := _seconds(queued, started)) is not None:
                 stages["queue_wait"].append(v)
-            if state == "done" and (v := _seconds(started, finished)) is not None:
+            if state == JobState.DONE and (v := _seconds(started, finished)) is not None:
                 stages["job"].append(v)
                 if (t := _timing(summary, INFERENCE_KEYS)) is not None:
                     stages["inference"].append(t)

@@ -12,7 +12,6 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from dicomnode.node import Node
-from dicomnode.web.api import retry
 from dicomnode.web.auth import SESSION_CSRF, Auth, Principal, client_host, csrf_token
 from dicomnode.web.deps import get_auth, get_node, page_post, page_user
 from dicomnode.web.report import build_pdf, report_context
@@ -26,9 +25,10 @@ from dicomnode.web.views import (
     series_detail,
 )
 from storage.queries import AUDIT_SUBJECTS, AuditFilter, parse_since, run_query
+from storage.states import SeriesState
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
-SERIES_STATUSES = ("receiving", "complete", "routed", "ignored", "not_selected")
+SERIES_STATUSES = tuple(SeriesState)
 router = APIRouter(include_in_schema=False)
 
 
@@ -189,7 +189,7 @@ def dead_letters(request: Request, retried: str | None = None, user: Principal =
 @router.post("/dead-letters/retry")
 def dead_letters_retry(request: Request, delivery_id: int | None = Form(None), user: Principal = Depends(page_post),
                        node: Node = Depends(get_node)) -> Response:
-    ids = retry(node, user, client_host(request), delivery_id)
+    ids = node.retry_deliveries(user.name, client_host(request), delivery_id)
     return RedirectResponse("/dead-letters?" + urlencode({"retried": ",".join(map(str, ids)) or "none"}), status_code=303)
 
 

@@ -9,8 +9,8 @@ import time
 import uvicorn
 
 from dicomnode.node import Node, StartupError
+from dicomnode.process.pipelines import MODEL_PIPELINES
 from dicomnode.web.app import create_app
-from dicomnode.web.views import MODEL_PIPELINES
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,6 @@ class WebServer:
         self.settings = node.settings.web
         self.app = create_app(node)
         self.port: int = self.settings.port
-        self.warmup_error: str | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -72,19 +71,7 @@ class WebServer:
 
     def _start_warmup(self) -> None:
         """Load the model of every route that needs it now, so /health is ready before the first series."""
-        names = sorted({r.pipeline for r in self.node.settings.routes if r.pipeline in MODEL_PIPELINES})
-        if not names:
-            return
-
-        def load() -> None:
-            for name in names:
-                try:
-                    self.node.runner.pipeline(name)
-                except Exception as exc:  # reported by /health; the job that needs it will fail with it too
-                    self.warmup_error = f"pipeline {name!r} failed to load: {exc}"
-                    log.error("%s", self.warmup_error)
-
-        threading.Thread(target=load, name="model-warmup", daemon=True).start()
+        self.node.runner.warm_up(sorted({r.pipeline for r in self.node.settings.routes if r.pipeline in MODEL_PIPELINES}))
 
     def stop(self) -> None:
         if self._server is not None:

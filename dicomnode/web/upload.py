@@ -1,8 +1,8 @@
 """Upload: DICOM files or zips from the browser, through the same ingest path as C-STORE.
 
-Each file goes to `Ingestor.store` exactly as a C-STORE would; when the upload is over the
-completion clock of its series starts as if an association had been released, so the series
-completes, is routed and queued like any other.
+Each upload is one intake session (dicomnode.receive.intake), the same way in as a C-STORE
+association: each file is stored through it, and when the upload is over the session ends, which
+starts the completion clock of its series, so they complete, are routed and queued like any other.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from pydicom import dcmread
 
 from dicomnode.config import WebSettings
-from dicomnode.ingest import SUCCESS, Sender
+from dicomnode.core.dimse import SUCCESS
+from dicomnode.receive.intake import IntakeSession, Origin
 from storage.audit import record_event
 from storage.events import EventCode
 
@@ -34,8 +35,9 @@ RATIO_FLOOR_BYTES = 2**20
 READ_CHUNK = 2**20
 TEMP_DIR_NAME = "web-upload"
 
-# Uploads share association_id None in the completion tracker; one upload at a time keeps one
-# upload's end from starting the clock of a series another upload is still sending.
+# One upload at a time. Each upload has its own intake session, so one upload's end no longer
+# starts the clock of a series another upload is still sending (uploads used to share one key);
+# the lock is kept so that uploads stay serialised as before.
 _upload_lock = threading.Lock()
 
 
@@ -194,13 +196,13 @@ def _series_uid(data: bytes) -> str:
         return ""
 
 
-def _ingest(node: Node, files: list[tuple[str, Path]], sender: Sender, budget: _Budget, result: UploadResult) -> None:
+def _ingest(session: IntakeSession, files: list[tuple[str, Path]], budget: _Budget, result: UploadResult) -> None:
     for name, path in files:
         for member, content in _members(name, path, budget):
             if isinstance(content, str):
                 result.failed.append((member, content))
                 continue
-            outcome = node.ingestor.store(content, sender)
+            outcome = session.store(content)
             if outcome.status != SUCCESS:
                 result.failed.append((member, outcome.comment or f"status 0x{outcome.status:04X}"))
                 continue
@@ -219,17 +221,14 @@ def ingest_uploads(node: Node, files: list[tuple[str, Path]], client: str, user:
     limits = limits or UploadLimits.from_settings(node.settings.web)
     check_files(files, limits)
     result = UploadResult()
-    sender = Sender(association_id=None, calling_ae=UPLOAD_AE, peer_host=client[:64])
     stopped: str | None = None
-    with _upload_lock:
+    # the session ends (and the completion clock of what it carried starts) however the upload ends
+    with _upload_lock, node.intake.open(Origin(None, UPLOAD_AE, client[:64])) as session:
         try:
-            _ingest(node, files, sender, _Budget(limits), result)
+            _ingest(session, files, _Budget(limits), result)
         except UploadRejected as exc:  # a zip held more than its directory said: keep what was stored
             stopped = str(exc)
             result.failed.append(("(rest of the upload)", f"not read: {stopped}"))
-        finally:
-            # the "release": starts the completion clock of what this upload carried
-            node.tracker.association_ended(None)
     if stopped is not None:
         record_rejection(node, user, client, f"stopped while reading: {stopped}", 413)
     with node.db.session() as s:

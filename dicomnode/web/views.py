@@ -14,14 +14,16 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import SecondaryCaptureImageStorage
 from sqlalchemy import func, select, text
 
-from storage.models import Association, Delivery, Finding, Instance, Job, Series, Study
+from dicomnode.process.pipelines import MODEL_PIPELINES, model_identity, model_manifest
+
+from storage.models import Association, Delivery, FindingRow, Instance, Job, Series, Study
+from storage.states import DeliveryState, JobState
 from storage.queries import AuditFilter, counts_by, run_query
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
 
 # pipelines that need the model (and so an inference engine) loaded to be ready
-MODEL_PIPELINES = {"lung-nodule"}
 LUNG_RADS_ORDER = ["1", "2", "3", "4A", "4B", "4X"]
 NOT_FOR_CLINICAL_USE = ("Research use only - not for clinical use. The findings come from an automated "
                         "algorithm, are not a diagnosis and must be reviewed by a qualified radiologist.")
@@ -42,45 +44,26 @@ def spool_free_bytes(node: Node) -> int:
 
 
 # -- model and engine ---------------------------------------------------------------
-def loaded_pipelines(node: Node) -> dict[str, Any]:
-    # JobRunner keeps resolved pipelines in a private cache; read it without loading anything
-    return dict(getattr(node.runner, "_pipelines", {}))
-
-
-def _identity(pipeline: Any, depth: int = 0) -> dict[str, Any] | None:
-    """The ModelIdentity a loaded pipeline exposes: on itself or on its model (pipeline.model.identity)."""
-    for attr in ("model_identity", "identity", "model"):
-        value = getattr(pipeline, attr, None)
-        if value is None:
-            continue
-        if all(isinstance(getattr(value, k, None), str) for k in ("name", "version", "engine")):
-            to_json = getattr(value, "to_json", None)
-            return to_json() if callable(to_json) else {k: getattr(value, k) for k in ("name", "version", "engine")}
-        if depth == 0 and (found := _identity(value, 1)) is not None:
-            return found
-    return None
-
-
 def model_info(node: Node) -> dict[str, Any]:
     """Configured engine, what the running pipelines say they use, and the last job's model."""
     cfg = node.settings.inference
     required = sorted({r.pipeline for r in node.settings.routes if r.pipeline in MODEL_PIPELINES})
-    loaded = loaded_pipelines(node)
+    loaded = node.runner.loaded_pipelines()
     info: dict[str, Any] = {
         "configured_engine": cfg.engine, "mode": cfg.mode,
         "weights": str(cfg.weights) if cfg.weights else "packaged demo weights",
         "pipelines": sorted({r.pipeline for r in node.settings.routes}),
         "required": required, "loaded": sorted(loaded), "model": None,
-        "warmup_error": getattr(getattr(node, "web", None), "warmup_error", None),
+        "warmup_error": node.runner.warmup_error,
     }
     for pipeline in loaded.values():
-        identity = _identity(pipeline)
+        identity = model_identity(pipeline)
         if identity:
             info["model"] = identity
             break
     if info["model"] is None:
         with node.db.session() as s:
-            summaries = s.execute(select(Job.summary).where(Job.state == "done").order_by(Job.id.desc()).limit(20)).scalars()
+            summaries = s.execute(select(Job.summary).where(Job.state == JobState.DONE).order_by(Job.id.desc()).limit(20)).scalars()
             for summary in summaries:
                 if isinstance(summary, dict) and isinstance(summary.get("model"), dict):
                     info["model"] = {**summary["model"], "source": "last finished job"}
@@ -103,9 +86,9 @@ def model_warning(node: Node, summary: dict[str, Any] | None = None) -> str:
     card: str | None = None
     if summary and summary.get("warning"):
         card = str(summary["warning"])
-    for pipeline in loaded_pipelines(node).values():
-        manifest = getattr(getattr(getattr(pipeline, "model", pipeline), "bundle", None), "manifest", None)
-        if card is None and isinstance(manifest, dict) and manifest.get("warning"):
+    for pipeline in node.runner.loaded_pipelines().values():
+        manifest = model_manifest(pipeline)
+        if card is None and manifest is not None and manifest.get("warning"):
             card = str(manifest["warning"])
     if card is None:
         import inference.weights
@@ -126,8 +109,8 @@ def dashboard_stats(node: Node) -> dict[str, Any]:
             "jobs_by_state": counts_by(s, Job.state),
             "deliveries_by_state": counts_by(s, Delivery.state),
         }
-    stats["queue_depth"] = stats["jobs_by_state"].get("queued", 0)
-    stats["dead_letters"] = stats["deliveries_by_state"].get("dead", 0)
+    stats["queue_depth"] = stats["jobs_by_state"].get(JobState.QUEUED, 0)
+    stats["dead_letters"] = stats["deliveries_by_state"].get(DeliveryState.DEAD, 0)
     stats["spool_free_bytes"] = spool_free_bytes(node)
     stats["model"] = model_info(node)
     return stats
@@ -189,13 +172,13 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
         series, study = row
         f = AuditFilter(series=series_uid, limit=200)
         jobs = [j for j in run_query(s, "jobs", f) if j["series_instance_uid"] == series_uid]
-        done = next((j for j in jobs if j["state"] == "done"), None)
+        done = next((j for j in jobs if j["state"] == JobState.DONE), None)
         findings = []
         if done is not None:
             findings = [{c: getattr(x, c) for c in ("index", "center_x_mm", "center_y_mm", "center_z_mm", "diameter_mm",
                                                      "volume_mm3", "probability", "malignancy", "lung_rads",
                                                      "sop_instance_uid", "row", "column")}
-                        for x in s.execute(select(Finding).where(Finding.job_id == done["id"]).order_by(Finding.index)).scalars()]
+                        for x in s.execute(select(FindingRow).where(FindingRow.job_id == done["id"]).order_by(FindingRow.index)).scalars()]
         deliveries = [d for d in run_query(s, "deliveries", f) if d["series_instance_uid"] == series_uid]
         events = run_query(s, "events", AuditFilter(series=series_uid, limit=100))
         info = {
@@ -284,8 +267,7 @@ def overlay_png(node: Node, series_uid: str, key: str) -> bytes:
 
 def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> bytes:
     from dicomnode.results.overlay import render_overlay_png
-    from inference.findings import Finding as ModelFinding
-    from inference.findings import KeySlice
+    from inference.findings import Finding, KeySlice
 
     match = [f for f in detail["findings"] if str(f["index"]) == index_text]
     if not match:
@@ -296,8 +278,8 @@ def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> byte
     if path is None:
         raise NotFound("the key slice of this finding is no longer in the spool")
     ct = dcmread(node.spool.path(path))
-    finding = ModelFinding(center_mm=(f["center_x_mm"], f["center_y_mm"], f["center_z_mm"]), diameter_mm=f["diameter_mm"],
-                           volume_mm3=f["volume_mm3"], probability=f["probability"], malignancy=f["malignancy"],
-                           lung_rads=f["lung_rads"],
-                           key_slice=KeySlice(f["sop_instance_uid"], str(ct.SOPClassUID), f["row"], f["column"]))
+    finding = Finding(center_mm=(f["center_x_mm"], f["center_y_mm"], f["center_z_mm"]), diameter_mm=f["diameter_mm"],
+                      volume_mm3=f["volume_mm3"], probability=f["probability"], malignancy=f["malignancy"],
+                      lung_rads=f["lung_rads"],
+                      key_slice=KeySlice(f["sop_instance_uid"], str(ct.SOPClassUID), f["row"], f["column"]))
     return render_overlay_png(ct, [finding], numbers=[f["index"]])

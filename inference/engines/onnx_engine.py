@@ -1,4 +1,4 @@
-"""ONNX Runtime engine (CPU): about 3-4x faster than PyTorch on this network on CPU (DESIGN.md 7)."""
+"""ONNX Runtime engine (CPU): about 3-4x faster than PyTorch on this network on CPU (docs/architecture.md, "Adding an engine")."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -150,7 +150,7 @@ class TensorRTEngine(Engine):
 
         onnx_path = Path(onnx_path)
         if weights_sha256 is None:
-            from inference.nets.checkpoint import file_sha256
+            from inference.hashing import file_sha256
 
             weights_sha256 = file_sha256(onnx_path)  # the ONNX file holds the weights, so it identifies them
         key = engine_cache_key(

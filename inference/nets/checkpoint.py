@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from inference.hashing import file_sha256
+
 Layout = Literal["deeplung", "project", "state_dict"]
 
 
@@ -32,14 +34,6 @@ class LoadedCheckpoint:
     model_card: dict[str, Any] = field(default_factory=dict)
     epoch: int | None = None
     args: dict[str, Any] = field(default_factory=dict)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _torch_load(path: Path) -> Any:

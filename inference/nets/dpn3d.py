@@ -1,4 +1,4 @@
-"""DPN26 3D nodule detector (DeepLung, DESIGN.md section 4).
+"""DPN26 3D nodule detector (DeepLung; docs/architecture.md, "Flow").
 
 A U-shaped dual-path network: four stride-2 stages down to 1/16, two transposed-conv steps back
 up to 1/4, where relative coordinates join the features and a 1x1x1 head predicts, per voxel of

@@ -1,4 +1,4 @@
-"""The 3D dual-path block shared by the detector and the classifier (DESIGN.md section 4).
+"""The 3D dual-path block shared by the detector and the classifier (docs/architecture.md, "Flow").
 
 Attribute names (conv1, bn1, conv2, bn2, conv3, bn3, shortcut.0, shortcut.1) are the state-dict
 keys of the original DeepLung checkpoints, so those files load without renaming.

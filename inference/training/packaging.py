@@ -19,7 +19,8 @@ def package_weights(
     import shutil
 
     from inference.classify import MalignancyClassifier  # noqa: F401  (the GBM file format lives there)
-    from inference.nets.checkpoint import file_sha256, read_checkpoint
+    from inference.hashing import file_sha256
+    from inference.nets.checkpoint import read_checkpoint
     from inference.weights_bundle import write_manifest
 
     out = Path(out_dir)

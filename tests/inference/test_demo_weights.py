@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from inference.classify import MalignancyClassifier
-from inference.nets.checkpoint import file_sha256, load_into
+from inference.hashing import file_sha256
+from inference.nets.checkpoint import load_into
 from inference.nets.classifier import DPNClassifierNet
 from inference.nets.dpn3d import DPN26Detector
 from inference.weights_bundle import PACKAGED_WEIGHTS, load_weights_bundle

@@ -11,7 +11,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicomnode.pipelines import PipelineContext, PipelineOutput
+from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 
 
 def summary_pipeline(datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:

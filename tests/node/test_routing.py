@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.config import Route, RouteMatch
-from dicomnode.routing import Router, SeriesFacts, first_matching_route, mismatch
+from dicomnode.process.routing import Router, SeriesFacts, first_matching_route, mismatch
 from storage.db import Database
 from storage.models import Job, Series, Study
 

@@ -1,4 +1,4 @@
-"""A real Orthanc PACS for tests (DESIGN.md section 6): Debian's `Orthanc` in a temp dir.
+"""A real Orthanc PACS for tests, a real peer rather than a mock: Debian's `Orthanc` in a temp dir.
 
     with OrthancProcess(tmp_path / "orthanc", modalities={"NODE": ["DICOMNODE", "127.0.0.1", 11112]}) as pacs:
         pacs.upload(path)
@@ -54,7 +54,7 @@ class OrthancProcess:
     `dicomweb`: load the DICOMweb plugin at `/dicom-web/` with Full study/series metadata.
     `config`: extra top-level settings merged last (they win). `verbose`: Orthanc's --verbose log.
     The log goes to `workdir/orthanc.log` (`log_tail()` for failure messages).
-    TCP_NODELAY=1 is put in Orthanc's environment (DESIGN.md section 6).
+    TCP_NODELAY=1 is put in Orthanc's environment.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The OrthancProcess helper against Debian's real Orthanc (DESIGN.md section 6)."""
+"""The OrthancProcess helper against Debian's real Orthanc."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Run the Debian DICOM validators on files and parse what they say; plus the shared test inputs.
 
-dciodvfy/dcentvfy come from dicom3tools, dsrdump from dcmtk (DESIGN.md section 6).
+dciodvfy/dcentvfy come from dicom3tools, dsrdump from dcmtk.
 """
 from __future__ import annotations
 

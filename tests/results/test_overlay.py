@@ -1,4 +1,4 @@
-"""Secondary-capture overlays: attributes per DESIGN.md section 5 and the drawn pixels."""
+"""Secondary-capture overlays: attributes per docs/architecture.md, "Results encoding", and the drawn pixels."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Every result object through the real validators: dciodvfy, dcentvfy, dsrdump (DESIGN.md section 5)."""
+"""Every result object through the real validators: dciodvfy, dcentvfy, dsrdump (docs/architecture.md, "Results encoding")."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -132,7 +132,7 @@ def test_send_to_with_a_long_ae_title_is_a_clear_error(tmp_path: Path) -> None:
 
 # -- a valid config: what `config check` prints ----------------------------------------------------
 def test_config_check_never_prints_secrets(tmp_path: Path) -> None:
-    from dicomnode.passwords import hash_password, hash_token
+    from dicomnode.core.passwords import hash_password, hash_token
 
     password_hash = hash_password("a long test password", iterations=1000)
     plain_token = "plain-token-" + "0123456789abcdefghijklmnopqrstuv"

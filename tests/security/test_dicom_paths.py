@@ -54,7 +54,7 @@ def test_hostile_uid_is_refused_and_nothing_is_written(make_node, tmp_path: Path
     ("1.٢", False), (" 1.2", False), ("1.2\n", False),
 ])
 def test_uid_grammar(value: str, valid: bool) -> None:
-    from dicomnode.uids import is_valid_uid
+    from dicomnode.core.uids import is_valid_uid
 
     assert is_valid_uid(value) is valid
 
@@ -62,8 +62,8 @@ def test_uid_grammar(value: str, valid: bool) -> None:
 def test_spool_and_outbox_paths_stay_under_their_roots(tmp_path: Path) -> None:
     """Paths read back from the database (or built from it) are confined too."""
     from dicomnode.config import load_settings
-    from dicomnode.outbox import Outbox
-    from dicomnode.spool import OutsideRoot, Spool, SpoolError
+    from dicomnode.deliver.outbox import Outbox
+    from dicomnode.receive.spool import OutsideRoot, Spool, SpoolError
 
     spool = Spool(tmp_path / "spool", 0)
     spool.ensure_writable()

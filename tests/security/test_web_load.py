@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from dicomnode.passwords import hash_password
+from dicomnode.core.passwords import hash_password
 from storage.models import Event
 from tests.web.conftest import PASSWORD, USER, WebNode, start_node
 

@@ -63,25 +63,25 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_ingest_and_queries_on_postgresql(postgres_url, tmp_path: Path):
-    from dicomnode.ingest import Ingestor, Sender
-    from dicomnode.series import CompletionTracker
-    from dicomnode.spool import Spool
+    from dicomnode.receive.ingest import Ingestor, Origin
+    from dicomnode.receive.lifecycle import SeriesLifecycle
+    from dicomnode.receive.spool import Spool
     from storage.db import Database
     from storage.queries import AuditFilter, run_query
 
     db = Database(postgres_url)
     db.migrate()
     db.migrate()  # idempotent: a second node starting on the same database
-    tracker = CompletionTracker(db)
+    tracker = SeriesLifecycle(db)
     spool = Spool(tmp_path / "spool", 0)
     spool.ensure_writable()
     ingestor = Ingestor(db, spool, tracker)
     files = sorted(LIDC_SERIES.iterdir())[:5]
-    sender = Sender(None, "SCANNER", "127.0.0.1")
+    sender = Origin(None, "SCANNER", "127.0.0.1")
     for f in files:
         assert ingestor.store(f.read_bytes(), sender).status == 0
     assert ingestor.store(files[0].read_bytes(), sender).duplicate
-    tracker.association_ended(None)
+    tracker.session_ended(None)
     completed: list[int] = []
     assert tracker.complete_due(0.0, completed.append) == 1
     with db.session() as s:

@@ -1,4 +1,4 @@
-"""The real OHIF v3 viewer for tests (DESIGN.md section 6).
+"""The real OHIF v3 viewer for tests, a real peer rather than a mock.
 
 `ohif_dist()` finds (or fetches with tests/viewer/fetch_ohif.sh) the prebuilt `dist/` of npm
 `@ohif/app`, cached outside the repository. `OhifServer` serves it on 127.0.0.1 with our own

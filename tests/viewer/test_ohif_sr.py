@@ -1,4 +1,4 @@
-"""Issue 4 "How it is shown": our TID 1500 SR opens in the real OHIF v3 viewer (DESIGN.md sections 5, 6).
+"""Issue 4 "How it is shown": our TID 1500 SR opens in the real OHIF v3 viewer (docs/architecture.md, "Results encoding").
 
 Orthanc (with DICOMweb) holds the CT, the SR and the overlays; OHIF's prebuilt dist is served on
 the same origin and driven in headless Debian Chromium. The read-only SR view draws only the

@@ -13,8 +13,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicomnode.config import load_settings
-from dicomnode.node import Node
-from dicomnode.passwords import hash_password
+from dicomnode.cli.serve import ServedNode as Node
+from dicomnode.core.passwords import hash_password
 from tests.node.helpers import free_port
 
 USER, PASSWORD = "admin", "correct horse battery"

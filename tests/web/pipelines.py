@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from dicomnode.pipelines import PipelineContext, PipelineOutput
+from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 from dicomnode.results import ResultOptions, build_results
 from inference.findings import Finding, KeySlice, ModelIdentity, SeriesResult, Verdict
 

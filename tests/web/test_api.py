@@ -160,7 +160,7 @@ def test_openapi(client: httpx.Client) -> None:
 def test_model_identity_of_a_loaded_pipeline() -> None:
     from types import SimpleNamespace
 
-    from dicomnode.web.views import _identity
+    from dicomnode.process.pipelines import model_identity as _identity
     from inference.findings import ModelIdentity
 
     identity = ModelIdentity("deeplung-dpn26", "1.2", "ab" * 32, "tensorrt-fp16")

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from dicomnode.config import load_settings
-from dicomnode.pipelines import known_pipeline
+from dicomnode.process.pipelines import known_pipeline
 from tests.conftest import REPO_ROOT
 from tests.web.conftest import WebNode
 

@@ -111,7 +111,7 @@ def test_idle_session_ends(node: WebNode) -> None:
 
 
 def test_a_changed_password_ends_open_sessions(node: WebNode) -> None:
-    from dicomnode.passwords import hash_password
+    from dicomnode.core.passwords import hash_password
 
     auth = node.node.web.app.state.auth
     with client_from(node, "127.0.0.25", headers=HTML) as c:

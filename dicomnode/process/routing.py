@@ -15,10 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Route
+from dicomnode.receive.lifecycle import SeriesLifecycle
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
 from storage.models import Series
+from storage.states import SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -105,45 +107,40 @@ class Router:
     def on_series_complete(self, series_id: int) -> None:
         with self.db.session() as s:
             series = s.get(Series, series_id)
-            if series is None or series.status != "complete":
+            if series is None or series.status != SeriesState.COMPLETE:
                 return
             route, reason = first_matching_route(self.routes, SeriesFacts.of(series))
             if route is None:
-                series.status, series.status_reason = "ignored", reason
-                record_event(s, EventCode.SERIES_IGNORED, f"no route matched: {reason}",
-                             series_instance_uid=series.series_instance_uid)
+                SeriesLifecycle.ignore(s, series, reason)
                 return
             series.route_name = route.name
             if not route.one_series_per_study:
                 self._route(s, series, route)
                 return
-            series.status_reason = f"waiting for the rest of the study to choose one series for route {route.name!r}"
+            SeriesLifecycle.wait_for_study(series, route.name)
             s.flush()
             self._choose_for_study(s, series.study_id, route)
 
     def _route(self, s: Session, series: Series, route: Route) -> None:
-        series.status, series.status_reason = "routed", None
+        SeriesLifecycle.routed(series)
         job_id = self.enqueue(s, series, route)
         record_event(s, EventCode.SERIES_ROUTED, f"route {route.name!r} -> pipeline {route.pipeline!r}, job {job_id}",
                      series_instance_uid=series.series_instance_uid, job_id=job_id)
 
     def _choose_for_study(self, s: Session, study_id: int, route: Route) -> None:
         siblings = s.execute(select(Series).where(Series.study_id == study_id)).scalars().all()
-        if any(x.status == "receiving" for x in siblings):
+        if any(x.status == SeriesState.RECEIVING for x in siblings):
             return  # the last series of the study to complete makes the choice
-        candidates = [x for x in siblings if x.route_name == route.name and x.status in ("complete", "routed", "not_selected")]
+        candidates = [x for x in siblings if x.route_name == route.name and x.status in (SeriesState.COMPLETE, SeriesState.ROUTED, SeriesState.NOT_SELECTED)]
         best = min(candidates, key=lambda x: preference_key(SeriesFacts.of(x)))
         for other in candidates:
             if other is best:
                 continue
-            if other.status == "complete":
-                other.status = "not_selected"
-                other.status_reason = (
+            if other.status == SeriesState.COMPLETE:
+                SeriesLifecycle.not_selected(s, other, (
                     f"route {route.name!r} analyses one series per study; chose series {best.series_number} "
                     f"({best.slice_thickness} mm, {best.instance_count} slices)"
-                )
-                record_event(s, EventCode.SERIES_NOT_SELECTED, other.status_reason,
-                             series_instance_uid=other.series_instance_uid)
-        if best.status != "routed":
+                ))
+        if best.status != SeriesState.ROUTED:
             self._route(s, best, route)
 

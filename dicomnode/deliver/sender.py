@@ -1,4 +1,4 @@
-"""C-STORE SCU for the outbox: exponential backoff, dead letters, and replay (`dicomnode retry`).
+"""C-STORE SCU for the outbox: exponential backoff and dead letters (replay: dicomnode.deliver.retry).
 
 Deliveries to one destination share an association. A destination that is down costs an
 attempt to each due delivery; after `max_attempts` a delivery is a dead letter and stays on disk.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import time
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -20,13 +19,14 @@ from pynetdicom.presentation import build_context
 from sqlalchemy import select, update
 
 from dicomnode.config import Settings
-from dicomnode.outbox import Target
-from dicomnode.scu import STORED_STATUSES
-from dicomnode.spool import SpoolError, confined
+from dicomnode.deliver.outbox import Target
+from dicomnode.core.dimse import STORED_STATUSES
+from dicomnode.core.durable import OutsideRoot, confined
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
 from storage.models import Delivery, utcnow
+from storage.states import DeliveryState
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ def client_ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-class Sender:
+class ResultSender:
+    """Sends results from the outbox to their destinations by C-STORE, one association per target."""
+
     def __init__(self, db: Database, outbox_root: Path, settings: Settings) -> None:
         self.db = db
         self.outbox_root = outbox_root
@@ -53,12 +55,12 @@ class Sender:
     def recover(self) -> int:
         """Deliveries caught mid-send by a crash go back to pending (the peer de-duplicates by UID)."""
         with self.db.session() as s:
-            return s.execute(update(Delivery).where(Delivery.state == "sending").values(state="pending")).rowcount
+            return s.execute(update(Delivery).where(Delivery.state == DeliveryState.SENDING).values(state=DeliveryState.PENDING)).rowcount
 
     def send_due(self, only_ids: list[int] | None = None) -> int:
         """Send every due pending delivery (or just `only_ids`); returns how many were delivered."""
         with self.db.session() as s:
-            query = select(Delivery).where(Delivery.state == "pending")
+            query = select(Delivery).where(Delivery.state == DeliveryState.PENDING)
             if only_ids is not None:
                 query = query.where(Delivery.id.in_(only_ids))
             else:
@@ -66,8 +68,8 @@ class Sender:
             due = s.execute(query.order_by(Delivery.id)).scalars().all()
             claimed: list[Delivery] = []
             for d in due:
-                if s.execute(update(Delivery).where(Delivery.id == d.id, Delivery.state == "pending")
-                             .values(state="sending")).rowcount:
+                if s.execute(update(Delivery).where(Delivery.id == d.id, Delivery.state == DeliveryState.PENDING)
+                             .values(state=DeliveryState.SENDING)).rowcount:
                     claimed.append(d)
         groups: dict[Target, list[Delivery]] = defaultdict(list)
         for d in claimed:
@@ -103,7 +105,7 @@ class Sender:
                         comment = getattr(status, "ErrorComment", "") if status else ""
                         why = f"status 0x{code:04X} {comment}".strip() if code is not None else "no response (timeout or abort)"
                         self._mark_failed(d, target, why)
-                except (OSError, ValueError, SpoolError) as exc:
+                except (OSError, ValueError, OutsideRoot) as exc:
                     self._mark_failed(d, target, f"cannot send {d.path!r}: {exc}")
                 if not assoc.is_established:
                     rest = [x for x in items if x.id > d.id]
@@ -122,7 +124,7 @@ class Sender:
     def _mark_delivered(self, d: Delivery, target: Target) -> None:
         with self.db.session() as s:
             s.execute(update(Delivery).where(Delivery.id == d.id)
-                      .values(state="delivered", delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None))
+                      .values(state=DeliveryState.DELIVERED, delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None))
             record_event(s, EventCode.DELIVERY_SENT, f"{d.sop_instance_uid} delivered to {target}",
                          job_id=d.job_id, delivery_id=d.id)
 
@@ -134,52 +136,21 @@ class Sender:
             row.attempts += 1
             row.last_error = why
             if row.attempts >= cfg.max_attempts:
-                row.state = "dead"
+                row.state = DeliveryState.DEAD
                 record_event(s, EventCode.DELIVERY_DEAD_LETTER,
                              f"gave up on {target} after {row.attempts} attempts: {why}; `dicomnode retry --delivery {row.id}` sends it again",
                              job_id=row.job_id, delivery_id=row.id)
             else:
                 delay = backoff_seconds(row.attempts, cfg.backoff_initial_s, cfg.backoff_max_s)
-                row.state = "pending"
+                row.state = DeliveryState.PENDING
                 row.next_attempt_at = utcnow() + timedelta(seconds=delay)
                 record_event(s, EventCode.DELIVERY_ATTEMPT_FAILED,
                              f"attempt {row.attempts} to {target} failed: {why}; next in {delay:.0f} s",
                              job_id=row.job_id, delivery_id=row.id)
 
 
-def requeue_deliveries(db: Database, delivery_id: int | None = None, all_dead: bool = False,
-                       actor: str = "cli") -> list[int]:
-    """Put one delivery, or every dead letter, back in the queue with a fresh attempt count."""
-    with db.session() as s:
-        query = select(Delivery.id)
-        if delivery_id is not None:
-            query = query.where(Delivery.id == delivery_id, Delivery.state.in_(("dead", "pending", "delivered")))
-        elif all_dead:
-            query = query.where(Delivery.state == "dead")
-        else:
-            raise ValueError("name a delivery or ask for all dead letters")
-        ids = list(s.execute(query).scalars())
-        if ids:
-            s.execute(update(Delivery).where(Delivery.id.in_(ids))
-                      .values(state="pending", attempts=0, next_attempt_at=utcnow(), last_error=None))
-        for i in ids:
-            record_event(s, EventCode.DELIVERY_RETRY_REQUESTED, f"re-send requested by {actor}", delivery_id=i)
-    return ids
-
-
-def wait_for_outcome(db: Database, ids: list[int], timeout_s: float = 60.0) -> dict[str, int]:
-    """States of these deliveries once none is mid-send (a running node may have claimed them)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with db.session() as s:
-            states = list(s.execute(select(Delivery.state).where(Delivery.id.in_(ids))).scalars())
-        if "sending" not in states or time.monotonic() > deadline:
-            return {state: states.count(state) for state in set(states)}
-        time.sleep(0.2)
-
-
-class SenderLoop(threading.Thread):
-    def __init__(self, sender: Sender, poll_seconds: float) -> None:
+class DeliveryLoop(threading.Thread):
+    def __init__(self, sender: ResultSender, poll_seconds: float) -> None:
         super().__init__(name="sender", daemon=True)
         self.sender = sender
         self.poll_seconds = poll_seconds
@@ -194,6 +165,10 @@ class SenderLoop(threading.Thread):
                 log.exception("sender loop error")
             self.wake.wait(self.poll_seconds)
             self.wake.clear()
+
+    def wake_up(self) -> None:
+        """Look for due deliveries now instead of at the next poll (after a retry request)."""
+        self.wake.set()
 
     def stop(self) -> None:
         self.stopping.set()

@@ -1,32 +1,19 @@
 """`dicomnode analyze`, `dicomnode model train|froc|evaluate|calibrate|export|info` and `dicomnode phantom`.
 
-Kept apart from cli.py because these import the inference stack (torch and friends).
+Kept apart from the other command groups because these import the inference stack (torch and friends).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dicomnode.cli import UserError, console
+from dicomnode.cli.common import UserError, console
 
-
-def _running_user_error() -> type[Exception]:
-    """`python -m dicomnode.cli` runs cli.py as __main__, a second module object whose UserError
-    is the class main() catches; raise that one so user mistakes stay messages."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name == "dicomnode.cli" and hasattr(main, "UserError"):
-        return main.UserError  # type: ignore[no-any-return]
-    return UserError
-
-
-UserError = _running_user_error()  # type: ignore[misc]  # noqa: F811
 ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEFAULT_CACHE = Path.home() / ".cache" / "dicomnode"
 
@@ -436,8 +423,3 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--weights", type=Path)
     p.set_defaults(func=cmd_model_info)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from dicomnode.cli import main
-
-    sys.exit(main())

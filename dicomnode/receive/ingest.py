@@ -1,7 +1,8 @@
 """One received instance: parse the header, store it durably, record it, then say the status.
 
-The order is the promise of DESIGN.md section 3: the success status is returned only after the
-file is fsynced in the spool and its row is committed to the audit database.
+The order is the promise of docs/architecture.md, "Promises": the success status is returned only
+after the file is fsynced in the spool and its row is committed to the audit database. Callers go
+through an intake session (dicomnode.receive.intake), which says who sent the instance.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dicomnode.series import CompletionTracker
-from dicomnode.spool import DiskFull, Spool, SpoolError
-from dicomnode.uids import InvalidUID, check_uid, printable
+from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
+from dicomnode.core.uids import InvalidUID, check_uid, printable
+from dicomnode.receive.lifecycle import SeriesLifecycle, SessionKey
+from dicomnode.receive.spool import DiskFull, Spool, SpoolError
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -28,12 +30,6 @@ log = logging.getLogger(__name__)
 
 _SELECT_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
 _INSERT_INSTANCE = insert(Instance.__table__)
-
-# DIMSE C-STORE statuses (PS3.4 B.2.3)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,9 @@ class StoreOutcome:
 
 
 @dataclass(frozen=True)
-class Sender:
+class Origin:
+    """Who sent an instance: the association row (None for a web upload), the calling AE, the peer."""
+
     association_id: int | None
     calling_ae: str
     peer_host: str
@@ -107,11 +105,11 @@ def parse_header(data: bytes) -> Dataset:
 
 
 class Ingestor:
-    def __init__(self, db: Database, spool: Spool, tracker: CompletionTracker,
+    def __init__(self, db: Database, spool: Spool, lifecycle: SeriesLifecycle,
                  max_instance_bytes: int | None = None) -> None:
         self.db = db
         self.spool = spool
-        self.tracker = tracker
+        self.lifecycle = lifecycle
         self.max_instance_bytes = max_instance_bytes
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
@@ -120,65 +118,66 @@ class Ingestor:
         # SQLite serialises writers anyway; one lock keeps study/series creation race-free
         self._write_lock = threading.Lock()
 
-    def store(self, data: bytes, sender: Sender) -> StoreOutcome:
+    def store(self, data: bytes, origin: Origin, session: SessionKey = None) -> StoreOutcome:
+        """Store one instance sent by `origin` within the intake session `session`."""
         if self.max_instance_bytes is not None and len(data) > self.max_instance_bytes:
-            return self.refuse_too_large(len(data), sender)
+            return self.refuse_too_large(len(data), origin)
         try:
             ds = parse_header(data)
         except LookupError as exc:
-            return self._refuse(EventCode.INSTANCE_REJECTED_MISSING_UIDS, str(exc), sender, CANNOT_UNDERSTAND)
+            return self._refuse(EventCode.INSTANCE_REJECTED_MISSING_UIDS, str(exc), origin, CANNOT_UNDERSTAND)
         except ValueError as exc:
-            return self._refuse(EventCode.INSTANCE_REJECTED_UNPARSEABLE, str(exc), sender, CANNOT_UNDERSTAND)
+            return self._refuse(EventCode.INSTANCE_REJECTED_UNPARSEABLE, str(exc), origin, CANNOT_UNDERSTAND)
         try:
             _, study_uid, series_uid, sop_uid = check_uids(ds)
         except InvalidUID as exc:  # before any path is built: these become directory and file names
-            return self._refuse(EventCode.INSTANCE_REJECTED_INVALID_UID, str(exc), sender, CANNOT_UNDERSTAND)
+            return self._refuse(EventCode.INSTANCE_REJECTED_INVALID_UID, str(exc), origin, CANNOT_UNDERSTAND)
         try:
             relative = self.spool.relative_path(study_uid, series_uid, sop_uid)
         except SpoolError as exc:
-            return self._refuse(EventCode.INSTANCE_REJECTED_INVALID_UID, str(exc), sender, CANNOT_UNDERSTAND)
+            return self._refuse(EventCode.INSTANCE_REJECTED_INVALID_UID, str(exc), origin, CANNOT_UNDERSTAND)
         conflict = self._study_conflict(study_uid, series_uid)
         if conflict is not None:
-            return self._refuse(EventCode.SERIES_STUDY_CONFLICT, conflict, sender, CANNOT_UNDERSTAND, series_uid)
+            return self._refuse(EventCode.SERIES_STUDY_CONFLICT, conflict, origin, CANNOT_UNDERSTAND, series_uid)
 
         # register before writing, so the completion checker cannot close the series under us
-        known_receiving = self.tracker.instance_arrived(series_uid, sender.association_id)
-        if self._is_duplicate(sop_uid, series_uid, sender):
+        self.lifecycle.instance_arriving(series_uid, session)
+        if self._is_duplicate(sop_uid, series_uid, origin):
             return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True)
         try:
             self.spool.check_space(len(data))
             self.spool.store(relative, data)
         except DiskFull as exc:
-            return self._refuse(EventCode.INSTANCE_REJECTED_DISK_FULL, str(exc), sender, OUT_OF_RESOURCES, series_uid)
+            return self._refuse(EventCode.INSTANCE_REJECTED_DISK_FULL, str(exc), origin, OUT_OF_RESOURCES, series_uid)
         except OSError as exc:
             status = OUT_OF_RESOURCES if exc.errno in (28, 122) else PROCESSING_FAILURE  # ENOSPC, EDQUOT
-            return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot write spool file: {exc}", sender, status, series_uid)
+            return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot write spool file: {exc}", origin, status, series_uid)
 
         try:
-            self._record(ds, relative, len(data), sender, known_receiving)
+            self._record(ds, relative, len(data), origin)
         except SeriesStudyConflict as exc:
             # lost a race with the first instance of the series under another study: drop our copy
             self._remove_unrecorded(relative)
-            return self._refuse(EventCode.SERIES_STUDY_CONFLICT, str(exc), sender, CANNOT_UNDERSTAND, series_uid)
+            return self._refuse(EventCode.SERIES_STUDY_CONFLICT, str(exc), origin, CANNOT_UNDERSTAND, series_uid)
         except IntegrityError:
             # the same instance raced in on another association: the first row wins
             return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True)
         except Exception as exc:  # the database is the second half of the promise
             log.exception("recording instance %s failed", sop_uid)
-            return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot record instance: {exc}", sender, PROCESSING_FAILURE, series_uid)
+            return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot record instance: {exc}", origin, PROCESSING_FAILURE, series_uid)
         return StoreOutcome(SUCCESS, None, sop_uid)
 
-    def refuse_too_large(self, size: int, sender: Sender) -> StoreOutcome:
+    def refuse_too_large(self, size: int, origin: Origin) -> StoreOutcome:
         """0xA700 for a data set over node.max_instance_mb (also used by the SCP before it is buffered)."""
         limit = self.max_instance_bytes or 0
         return self._refuse(EventCode.INSTANCE_REJECTED_TOO_LARGE,
                             f"data set too large: over {size} bytes, the limit is {limit // 2**20} MiB (node.max_instance_mb)",
-                            sender, OUT_OF_RESOURCES)
+                            origin, OUT_OF_RESOURCES)
 
-    def refuse_no_dataset(self, sop_uid: object, sender: Sender) -> StoreOutcome:
+    def refuse_no_dataset(self, sop_uid: object, origin: Origin) -> StoreOutcome:
         """0xC000 for a C-STORE request that carried no data set."""
         return self._refuse(EventCode.INSTANCE_REJECTED_NO_DATASET,
-                            f"no data set in the C-STORE request for {printable(sop_uid)}", sender, CANNOT_UNDERSTAND)
+                            f"no data set in the C-STORE request for {printable(sop_uid)}", origin, CANNOT_UNDERSTAND)
 
     def _study_conflict(self, study_uid: str, series_uid: str) -> str | None:
         """Why this instance conflicts with the study its series already belongs to, or None."""
@@ -205,7 +204,7 @@ class Ingestor:
     # ------------------------------------------------------------------------------
     # The hot path uses SQLAlchemy Core on one connection: the ORM's per-statement overhead
     # was 40% of the handler's time in profiles. Rare paths (new series, duplicates) use the ORM.
-    def _is_duplicate(self, sop_uid: str, series_uid: str, sender: Sender) -> bool:
+    def _is_duplicate(self, sop_uid: str, series_uid: str, origin: Origin) -> bool:
         with self.db.engine.connect() as conn:
             existing = conn.execute(_SELECT_INSTANCE, {"uid": sop_uid}).scalar()
         if existing is None:
@@ -214,54 +213,38 @@ class Ingestor:
             s.execute(update(Instance).where(Instance.id == existing).values(duplicates=Instance.duplicates + 1))
             record_event(
                 s, EventCode.INSTANCE_DUPLICATE, f"instance {sop_uid} received again; kept the stored copy",
-                association_id=sender.association_id, series_instance_uid=series_uid,
+                association_id=origin.association_id, series_instance_uid=series_uid,
             )
         return True
 
-    def _record(self, ds: Dataset, relative: str, size: int, sender: Sender, known_receiving: bool) -> None:
+    def _record(self, ds: Dataset, relative: str, size: int, origin: Origin) -> None:
         series_uid = str(ds.SeriesInstanceUID)
         with self._write_lock:
             series_id = self._series_ids.get(series_uid)
             created = False
             if series_id is None:
                 with self.db.session() as s:
-                    series_id, created = self._find_or_create_series(s, ds, sender)
+                    series_id, created = self._find_or_create_series(s, ds, origin)
             elif self._series_study.get(series_uid) != str(ds.StudyInstanceUID):
                 raise SeriesStudyConflict(
                     f"series {series_uid} belongs to study {self._series_study.get(series_uid)}, "
                     f"not to study {ds.StudyInstanceUID}")
-            if not created and not known_receiving:
-                # also after a restart, when the cache is cold but the series exists and may be finished
-                self._reopen_if_finished(series_id, series_uid, sender)
+            self.lifecycle.instance_recorded(series_id, series_uid, created, origin.association_id)
             with self.db.engine.begin() as conn:
                 conn.execute(_INSERT_INSTANCE, {
                     "sop_instance_uid": str(ds.SOPInstanceUID),
                     "sop_class_uid": str(ds.SOPClassUID),
                     "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "")),
                     "series_id": series_id,
-                    "association_id": sender.association_id,
+                    "association_id": origin.association_id,
                     "instance_number": _int_or_none(ds, "InstanceNumber"),
                     "path": relative,
                     "size_bytes": size,
                     "received_at": utcnow(),
                     "duplicates": 0,
                 })
-        self.tracker.mark_receiving(series_uid)
 
-    def _reopen_if_finished(self, series_id: int, series_uid: str, sender: Sender) -> None:
-        with self.db.session() as s:
-            reopened = s.execute(
-                update(Series)
-                .where(Series.id == series_id, Series.status != "receiving")
-                .values(status="receiving", status_reason=None, last_released_at=None, completed_at=None)
-            ).rowcount
-            if reopened:
-                record_event(
-                    s, EventCode.SERIES_REOPENED, "a new instance arrived after completion; the series will be analysed again",
-                    association_id=sender.association_id, series_instance_uid=series_uid,
-                )
-
-    def _find_or_create_series(self, s, ds: Dataset, sender: Sender) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
+    def _find_or_create_series(self, s, ds: Dataset, origin: Origin) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
         """The series row's id, and whether this call created it."""
         study_uid = str(ds.StudyInstanceUID)
         series_uid = str(ds.SeriesInstanceUID)
@@ -299,27 +282,27 @@ class Ingestor:
                 series_number=_int_or_none(ds, "SeriesNumber"),
                 image_type=_image_type(ds),
                 slice_thickness=_float_or_none(ds, "SliceThickness"),
-                calling_ae=sender.calling_ae,
-                peer_host=sender.peer_host,
+                calling_ae=origin.calling_ae,
+                peer_host=origin.peer_host,
             )
             s.add(series)
             s.flush()
             series_id = series.id
             record_event(
                 s, EventCode.SERIES_OPENED,
-                f"{series.modality} series {series.series_number} {series.series_description!r} from {sender.calling_ae}",
-                association_id=sender.association_id, series_instance_uid=series_uid,
+                f"{series.modality} series {series.series_number} {series.series_description!r} from {origin.calling_ae}",
+                association_id=origin.association_id, series_instance_uid=series_uid,
             )
         self._series_ids[series_uid] = series_id
         self._series_study[series_uid] = study_uid
         return series_id, created
 
     def _refuse(
-        self, code: EventCode, reason: str, sender: Sender, status: int, series_uid: str | None = None
+        self, code: EventCode, reason: str, origin: Origin, status: int, series_uid: str | None = None
     ) -> StoreOutcome:
         with self.db.session() as s:
-            record_event(s, code, reason, association_id=sender.association_id, series_instance_uid=series_uid,
-                         details={"calling_ae": sender.calling_ae, "peer_host": sender.peer_host, "status": f"0x{status:04X}"})
+            record_event(s, code, reason, association_id=origin.association_id, series_instance_uid=series_uid,
+                         details={"calling_ae": origin.calling_ae, "peer_host": origin.peer_host, "status": f"0x{status:04X}"})
         return StoreOutcome(status, reason[:1024])
 
 

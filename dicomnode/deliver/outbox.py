@@ -16,11 +16,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Settings
-from dicomnode.spool import confined, make_dirs_durably, write_durably
-from dicomnode.uids import check_uid
+from dicomnode.core.durable import confined, make_dirs_durably, write_durably
+from dicomnode.core.uids import check_uid
 from storage.audit import record_event
 from storage.events import EventCode
 from storage.models import Delivery, Job, Series
+from storage.states import DeliveryState
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,13 @@ class Outbox:
                 s.execute(
                     update(Delivery)
                     .where(Delivery.sop_instance_uid == str(ds.SOPInstanceUID), Delivery.destination == target.name,
-                           Delivery.state.in_(("pending", "dead")))
-                    .values(state="superseded", last_error=f"superseded by job {job.id}")
+                           Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEAD)))
+                    .values(state=DeliveryState.SUPERSEDED, last_error=f"superseded by job {job.id}")
                 )
                 delivery = Delivery(
                     job_id=job.id, destination=target.name, ae_title=target.ae_title, host=target.host,
                     port=target.port, tls=target.tls, sop_instance_uid=str(ds.SOPInstanceUID),
-                    sop_class_uid=str(ds.SOPClassUID), path=relative, state="pending",
+                    sop_class_uid=str(ds.SOPClassUID), path=relative, state=DeliveryState.PENDING,
                 )
                 s.add(delivery)
                 s.flush()

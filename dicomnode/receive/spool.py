@@ -1,89 +1,41 @@
 """Durable instance store.
 
-An instance is written to a temporary name, fsynced, renamed into place and its directory
-fsynced, so a crash leaves either no file or the whole file, never half of one. Layout:
+An instance is written with dicomnode.core.durable (temporary name, fsync, rename, directory
+fsync: a crash leaves either no file or the whole file). Layout:
 <root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
 
-The UIDs come from the network: each is checked to the DICOM grammar (dicomnode.uids) and every
+The UIDs come from the network: each is checked to the DICOM grammar (dicomnode.core.uids) and every
 path is resolved and checked to stay under its root before it is used. Files are created 0600
 and directories 0700 (received images are patient data).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from pathlib import Path
 
-from dicomnode.uids import InvalidUID, check_uid
-
-FILE_MODE = 0o600
-DIR_MODE = 0o700
+from dicomnode.core import durable
+from dicomnode.core.durable import make_dirs_durably, write_durably
+from dicomnode.core.uids import InvalidUID, check_uid
 
 
 class SpoolError(Exception):
     pass
 
 
-class OutsideRoot(SpoolError):
-    """A relative path (from the network or the database) that would leave its root directory."""
+class OutsideRoot(SpoolError, durable.OutsideRoot):
+    """A spool path that would leave the spool (a SpoolError, so spool callers need catch only that)."""
 
 
 def confined(root: Path, relative: str) -> Path:
-    """root/relative, resolved, or OutsideRoot when it is absolute or escapes `root` (.., symlinks)."""
-    if not relative or "\x00" in relative or Path(relative).is_absolute():
-        raise OutsideRoot(f"path {relative!r} is not a relative path under {root}")
-    base = root.resolve()
-    path = (base / relative).resolve()
-    if path == base or not path.is_relative_to(base):
-        raise OutsideRoot(f"path {relative!r} leaves {root}")
-    return path
+    try:
+        return durable.confined(root, relative)
+    except durable.OutsideRoot as exc:
+        raise OutsideRoot(str(exc)) from None
 
 
 class DiskFull(SpoolError):
     pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically and durably (file and directory entry on disk)."""
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def make_dirs_durably(path: Path) -> None:
-    """mkdir -p (new directories 0700), fsyncing each parent whose entry we created."""
-    missing: list[Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            continue
-        _fsync_dir(d.parent)
 
 
 class Spool:

@@ -17,13 +17,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Route, Settings
-from dicomnode.outbox import Outbox
-from dicomnode.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
-from dicomnode.spool import Spool
+from dicomnode.deliver.outbox import Outbox
+from dicomnode.process.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
+from dicomnode.receive.spool import Spool
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
-from storage.models import Finding, Instance, Job, Series, utcnow
+from storage.models import FindingRow, Instance, Job, Series, utcnow
+from storage.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def enqueue_job(s: Session, series: Series, route: Route) -> int:
         pipeline=route.pipeline,
         route_name=route.name,
         destinations=list(route.destinations),
-        state="queued",
+        state=JobState.QUEUED,
     )
     s.add(job)
     s.flush()
@@ -46,9 +47,9 @@ def enqueue_job(s: Session, series: Series, route: Route) -> int:
 
 def requeue_interrupted(db: Database) -> int:
     with db.session() as s:
-        interrupted = s.execute(select(Job.id, Series.series_instance_uid).join(Series).where(Job.state == "running")).all()
+        interrupted = s.execute(select(Job.id, Series.series_instance_uid).join(Series).where(Job.state == JobState.RUNNING)).all()
         for job_id, series_uid in interrupted:
-            s.execute(update(Job).where(Job.id == job_id).values(state="queued", progress=None))
+            s.execute(update(Job).where(Job.id == job_id).values(state=JobState.QUEUED, progress=None))
             record_event(s, EventCode.JOB_REQUEUED, "interrupted by a restart; queued again",
                          series_instance_uid=series_uid, job_id=job_id)
     return len(interrupted)
@@ -72,6 +73,7 @@ class JobRunner:
         self._resolve = pipeline_resolver
         self._pipelines: dict[str, Pipeline] = {}
         self._pipeline_lock = threading.Lock()
+        self.warmup_error: str | None = None  # why a warm-up load failed (reported by /health)
 
     def pipeline(self, name: str) -> Pipeline:
         with self._pipeline_lock:
@@ -79,12 +81,35 @@ class JobRunner:
                 self._pipelines[name] = self._resolve(name, self.settings)
             return self._pipelines[name]
 
+    def loaded_pipelines(self) -> dict[str, Pipeline]:
+        """The pipelines loaded so far, by name; loads nothing and never waits for a load in
+        progress (the lock is held while a model loads; copying a dict is atomic under the GIL)."""
+        return dict(self._pipelines)
+
+    def warm_up(self, names: list[str]) -> threading.Thread | None:
+        """Load these pipelines now in a background thread, so the first series does not wait for
+        the model; a failure is kept in `warmup_error` (the job that needs it fails with it too)."""
+        if not names:
+            return None
+
+        def load() -> None:
+            for name in names:
+                try:
+                    self.pipeline(name)
+                except Exception as exc:
+                    self.warmup_error = f"pipeline {name!r} failed to load: {exc}"
+                    log.error("%s", self.warmup_error)
+
+        thread = threading.Thread(target=load, name="model-warmup", daemon=True)
+        thread.start()
+        return thread
+
     def claim(self) -> int | None:
         with self.db.session() as s:
-            for job_id in s.execute(select(Job.id).where(Job.state == "queued").order_by(Job.queued_at, Job.id).limit(4)).scalars():
+            for job_id in s.execute(select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id).limit(4)).scalars():
                 claimed = s.execute(
-                    update(Job).where(Job.id == job_id, Job.state == "queued")
-                    .values(state="running", started_at=utcnow(), attempts=Job.attempts + 1, error=None)
+                    update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+                    .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1, error=None)
                 ).rowcount
                 if claimed:
                     return job_id
@@ -129,7 +154,7 @@ class JobRunner:
             # files first (fsynced), then the rows that point at them, in one transaction
             deliveries = self.outbox.enqueue(s, job, series, output.datasets)
             for i, f in enumerate(output.findings, start=1):
-                s.add(Finding(
+                s.add(FindingRow(
                     job_id=job.id, series_id=series.id, index=i,
                     center_x_mm=f.center_mm[0], center_y_mm=f.center_mm[1], center_z_mm=f.center_mm[2],
                     diameter_mm=f.diameter_mm, volume_mm3=f.volume_mm3, probability=f.probability,
@@ -139,7 +164,7 @@ class JobRunner:
                 record_event(s, EventCode.FINDING_RECORDED,
                              f"nodule {i}: {f.diameter_mm:.1f} mm, p(cancer) {f.malignancy:.2f}, Lung-RADS {f.lung_rads}",
                              series_instance_uid=series.series_instance_uid, job_id=job.id)
-            job.state, job.finished_at, job.verdict, job.progress = "done", utcnow(), output.verdict, None
+            job.state, job.finished_at, job.verdict, job.progress = JobState.DONE, utcnow(), output.verdict, None
             job.summary = {**output.summary, "seconds": round(seconds, 3), "objects": len(output.datasets),
                            "deliveries": deliveries, "findings": len(output.findings)}
             if output.verdict == "not_analysed":
@@ -157,11 +182,11 @@ class JobRunner:
             job.error = message + "\n" + "".join(traceback.format_exception(exc))[-4000:]
             job.progress = None
             if job.attempts < self.settings.jobs.max_attempts:
-                job.state = "queued"
+                job.state = JobState.QUEUED
                 record_event(s, EventCode.JOB_REQUEUED, f"attempt {job.attempts} failed ({message}); queued again",
                              series_instance_uid=series_uid, job_id=job_id)
             else:
-                job.state, job.finished_at = "failed", utcnow()
+                job.state, job.finished_at = JobState.FAILED, utcnow()
                 record_event(s, EventCode.JOB_FAILED, f"failed after {job.attempts} attempt(s): {message}",
                              series_instance_uid=series_uid, job_id=job_id)
 

@@ -24,12 +24,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
-from dicomnode.ingest import Ingestor, Sender, StoreOutcome, SUCCESS
-from dicomnode.series import CompletionTracker
+from dicomnode.core.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, REJECT_NO_REASON, SUCCESS
+from dicomnode.receive.intake import Intake, IntakeSession, Origin, StoreOutcome
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
 from storage.models import Association, utcnow
+from storage.states import AssociationState
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,6 @@ def negotiation_order() -> list[str]:
 
 
 STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-
-# A-ASSOCIATE-RJ (result, source, reason) per PS3.8 9.3.4
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognised
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
-REJECT_NO_REASON = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no reason given
-REJECT_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit exceeded
 
 # pynetdicom counts every connection, even one that has not sent its A-ASSOCIATE-RQ yet, against
 # AE.maximum_associations. We enforce node.max_associations ourselves on associations only (in
@@ -135,13 +130,14 @@ class ContextList(list):  # type: ignore[type-arg]
 
 
 @dataclass
-class AssociationState:
+class OpenAssociation:
     db_id: int
     calling_ae: str
     peer_host: str
+    intake: IntakeSession  # the instances of this association enter through it
     instances: int = 0
     bytes: int = 0
-    end_state: str = "aborted"  # until a proper A-RELEASE is seen
+    end_state: AssociationState = AssociationState.ABORTED  # until a proper A-RELEASE is seen
     guard: "DimseGuard | None" = None
 
 
@@ -290,21 +286,18 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 class StorageSCP:
-    def __init__(self, settings: Settings, db: Database, ingestor: Ingestor, tracker: CompletionTracker) -> None:
+    def __init__(self, settings: Settings, db: Database, intake: Intake) -> None:
         self.settings = settings
         self.db = db
-        self.ingestor = ingestor
-        self.tracker = tracker
+        self.intake = intake
         self.policy = AssociationPolicy(settings)
-        self._states: dict[int, AssociationState] = {}
+        self._states: dict[int, OpenAssociation] = {}
         self._lock = threading.Lock()
         # associations past their A-ASSOCIATE-RQ that hold one of node.max_associations slots
         self._slots: dict[int, PynetAssociation] = {}
         self._guards: dict[int, DimseGuard] = {}
         # connections that have not sent an A-ASSOCIATE-RQ yet (audited if closed for idling)
         self._connections: dict[int, Connection] = {}
-        # the cap holds for every way in (C-STORE here, uploads through the same Ingestor)
-        ingestor.max_instance_bytes = settings.node.max_instance_mb * 2**20
         self.server = None
         self.ae = self._make_ae()
 
@@ -462,7 +455,7 @@ class StorageSCP:
     def _record_refusal(self, code: EventCode, reason: str, calling: str, called: str, host: str, port: int) -> None:
         with self.db.session() as s:
             row = Association(calling_ae=calling[:16], called_ae=called[:16], peer_host=host[:64], peer_port=port,
-                              tls=self.settings.tls.enabled, state="rejected", reject_reason=reason, ended_at=utcnow())
+                              tls=self.settings.tls.enabled, state=AssociationState.REJECTED, reject_reason=reason, ended_at=utcnow())
             s.add(row)
             s.flush()
             record_event(s, code, f"refused {calling}@{host}: {reason}", association_id=row.id)
@@ -484,7 +477,7 @@ class StorageSCP:
     def _answer_no_dataset(self, assoc: PynetAssociation, message: DIMSEMessage, context_id: int) -> None:
         """C-STORE-RSP 0xC000 to a C-STORE-RQ whose data set never came (called by the DimseGuard)."""
         command = message.command_set
-        outcome = self.ingestor.refuse_no_dataset(command.get("AffectedSOPInstanceUID"), self._sender(assoc))
+        outcome = self._session(assoc).refuse_no_dataset(command.get("AffectedSOPInstanceUID"))
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = command.MessageID
         for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
@@ -496,23 +489,25 @@ class StorageSCP:
         rsp.ErrorComment = error_comment(outcome.comment or "")
         assoc.dimse.send_msg(rsp, context_id)
 
-    def _sender(self, assoc: PynetAssociation) -> Sender:
+    def _session(self, assoc: PynetAssociation) -> IntakeSession:
+        """The association's intake session; one that stores nothing when it was never accepted."""
         state = self._states.get(id(assoc))
-        return Sender(state.db_id if state else None, state.calling_ae if state else "", state.peer_host if state else "")
+        return state.intake if state is not None else self.intake.open(Origin(None, "", ""))
 
     def _on_accepted(self, event: evt.Event) -> None:
         calling, called, host, port = self._peer(event)
         with self.db.session() as s:
             row = Association(calling_ae=calling[:16], called_ae=called[:16], peer_host=host, peer_port=port,
-                              tls=self.settings.tls.enabled, state="accepted")
+                              tls=self.settings.tls.enabled, state=AssociationState.ACCEPTED)
             s.add(row)
             s.flush()
             record_event(s, EventCode.ASSOCIATION_ACCEPTED, f"{calling}@{host}:{port} -> {called}", association_id=row.id)
             db_id = row.id
         with self._lock:
-            self._states[id(event.assoc)] = AssociationState(db_id, calling, host, guard=self._guards.get(id(event.assoc)))
+            self._states[id(event.assoc)] = OpenAssociation(db_id, calling, host, self.intake.open(Origin(db_id, calling, host)),
+                                                            guard=self._guards.get(id(event.assoc)))
 
-    def _state(self, event: evt.Event) -> AssociationState | None:
+    def _state(self, event: evt.Event) -> OpenAssociation | None:
         return self._states.get(id(event.assoc))
 
     def _on_echo(self, event: evt.Event) -> int:
@@ -525,14 +520,14 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> Dataset | int:
         state = self._state(event)
         request = event.request
-        sender = self._sender(event.assoc)
+        session = self._session(event.assoc)
         if state is not None and state.guard is not None and state.guard.take_oversize(int(request.MessageID)):
-            return response(self.ingestor.refuse_too_large(self.ingestor.max_instance_bytes or 0, sender))
+            return response(session.refuse_too_large())
         if request.DataSet is None or not request.DataSet.getbuffer().nbytes:
             # CommandDataSetType 0x0101 (or an empty data set): pynetdicom would hand us only file meta
-            return response(self.ingestor.refuse_no_dataset(request.AffectedSOPInstanceUID, sender))
+            return response(session.refuse_no_dataset(request.AffectedSOPInstanceUID))
         data = event.encoded_dataset(include_meta=True)
-        outcome = self.ingestor.store(data, sender)
+        outcome = session.store(data)
         if state is not None and outcome.status == SUCCESS:
             state.instances += 1
             state.bytes += len(data)
@@ -541,12 +536,12 @@ class StorageSCP:
     def _on_released(self, event: evt.Event) -> None:
         state = self._state(event)
         if state is not None:
-            state.end_state = "released"
+            state.end_state = AssociationState.RELEASED
 
     def _on_aborted(self, event: evt.Event) -> None:
         state = self._state(event)
         if state is not None:
-            state.end_state = "aborted"
+            state.end_state = AssociationState.ABORTED
 
     def _on_closed(self, event: evt.Event) -> None:
         key = id(event.assoc)
@@ -566,9 +561,9 @@ class StorageSCP:
             if row is not None:
                 row.state, row.ended_at = state.end_state, utcnow()
                 row.instances_received, row.bytes_received = state.instances, state.bytes
-                code = EventCode.ASSOCIATION_RELEASED if state.end_state == "released" else EventCode.ASSOCIATION_ABORTED
+                code = EventCode.ASSOCIATION_RELEASED if state.end_state == AssociationState.RELEASED else EventCode.ASSOCIATION_ABORTED
                 record_event(s, code, f"{state.instances} instance(s), {state.bytes} bytes", association_id=state.db_id)
-        self.tracker.association_ended(state.db_id)
+        state.intake.end()
 
     def _audit_idle(self, connection: Connection) -> None:
         """A connection closed before its A-ASSOCIATE-RQ: audited when we closed it for idling

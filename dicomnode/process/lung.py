@@ -1,26 +1,41 @@
 """The lung-nodule pipeline as the node runs it: inference, then DICOM results.
 
-The model is loaded once per node (the job runner keeps one pipeline object per name).
+Registered as the built-in "lung-nodule" by dicomnode.process.pipelines. The model is loaded once
+per node (the job runner keeps one pipeline object per name).
 """
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from dicomnode.config import Settings
-from dicomnode.pipelines import PipelineContext, PipelineOutput
+from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 from dicomnode.results import build_results
+from inference.findings import ModelIdentity
 
 
-class LungNodulePipeline:
+class LungNoduleStage:
+    """The node's stage around inference.pipeline.LungNodulePipeline (the model itself)."""
+
     def __init__(self, settings: Settings) -> None:
-        from inference.pipeline import LungNodulePipeline as Model
+        from inference.pipeline import LungNodulePipeline as Model  # torch: only when a route uses it
 
         cfg = settings.inference
         self.options = settings.results
         self.model = Model(engine=cfg.engine, mode=cfg.mode, threads=cfg.threads, weights=cfg.weights,
                            cache_dir=settings.engine_cache_dir)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Which model, weights and engine this stage runs."""
+        return self.model.identity
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The weights' manifest.json (the model card)."""
+        return self.model.bundle.manifest
 
     def __call__(self, datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:
         started = time.perf_counter()

@@ -12,7 +12,8 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicomnode.dicom_address import DicomAddress
+from dicomnode.core.dicom_address import DicomAddress
+from dicomnode.core.dimse import STORED_STATUSES
 
 
 class ScuError(Exception):
@@ -26,9 +27,6 @@ class SendReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-# C-STORE statuses that mean the peer has the object: success and the warnings
-# coercion (0xB000), elements discarded (0xB006), data set does not match SOP class (0xB007)
-STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 
 
 def _associate(address: DicomAddress, calling_ae: str, timeout: float, contexts: list) -> Association:

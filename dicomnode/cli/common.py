@@ -1,0 +1,135 @@
+"""What every command group shares: the consoles, UserError, settings arguments, safe output."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicomnode.config import Settings, check_ae_title, check_host, load_settings, security_warnings
+from dicomnode.core.dicom_address import DicomAddress
+from storage.db import Database
+
+console = Console(stderr=True)
+# piped output (less, grep, a file) gets wide rows instead of columns folded to 80 characters
+out = Console(width=None if sys.stdout.isatty() else 250)
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+def add_settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (see `dicomnode config example`)")
+    p.add_argument("--data-dir", type=Path, help="spool, outbox and audit database live here")
+
+
+# the flag behind each override, so that a bad value blames the flag and not the file
+FLAG_KEYS = {"node.data_dir": "--data-dir", "node.port": "--port", "node.ae_title": "--ae-title",
+             "web.port": "--web-port", "series.stable_seconds": "--stable-seconds"}
+
+
+def settings_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["node.data_dir"] = args.data_dir
+    overrides.update(extra or {})
+    flags = {key: f"flag {FLAG_KEYS.get(key, key)}" for key in overrides}
+    return load_settings(args.config, overrides, flags)
+
+
+def warn_security(settings: Settings) -> None:
+    """The loud warnings of `config check`, logged at start-up too."""
+    for text in security_warnings(settings):
+        logging.getLogger("dicomnode.config").warning("SECURITY WARNING: %s", text)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def parse_address(text: str, flag: str = "address") -> DicomAddress:
+    """AET@HOST:PORT with the same AE title and host rules as the config file."""
+    try:
+        address = DicomAddress.parse(text)
+        return DicomAddress(check_ae_title(address.ae_title), check_host(address.host), address.port)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def ae_title_arg(text: str) -> str:
+    try:
+        return check_ae_title(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def open_db(args: argparse.Namespace) -> tuple[Settings, Database]:
+    from dicomnode.node import open_database
+
+    settings = settings_from_args(args)
+    if settings.database_url.startswith("sqlite:///") and not Path(settings.database_url[10:]).exists():
+        raise UserError(f"no audit database at {settings.database_url[10:]}: is --data-dir/--config right?")
+    return settings, open_database(settings)
+
+
+# C0/C1 controls and DEL: an ESC from a DICOM header must not reach the terminal as an escape sequence
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# a spreadsheet runs a cell that starts with one of these as a formula (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def _no_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def terminal_safe(text: str) -> str:
+    """Text from outside (DICOM headers, file names) for rich: no control characters, no markup."""
+    return escape(_no_controls(text))
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text, never runs: a leading ' defuses = + - @."""
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value)
+    if not isinstance(value, str):
+        return value  # numbers (also negative ones) stay numbers
+    value = _no_controls(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def print_rows(rows: list[dict[str, Any]], fmt: str, title: str = "") -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))  # json escapes control characters itself
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: csv_cell(v) for k, v in row.items()})
+        sys.stdout.write(buffer.getvalue())
+    else:
+        table = Table(title=terminal_safe(title) or None, show_lines=False)
+        columns = list(rows[0]) if rows else []
+        for c in columns:
+            table.add_column(terminal_safe(c), overflow="fold")
+        for row in rows:
+            table.add_row(*("" if row[c] is None else terminal_safe(str(row[c])) for c in columns))
+        out.print(table if rows else f"no {terminal_safe(title or 'rows')}")
+
+
+def print_error(prefix: str, exc: Exception) -> None:
+    # messages quote config keys like [destinations]: no markup, no hard wrapping
+    console.print(f"[red]{prefix}[/] {escape(str(exc))}", highlight=False, soft_wrap=True)

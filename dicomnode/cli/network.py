@@ -1,0 +1,55 @@
+"""`dicomnode echo` and `dicomnode send`: a DICOM SCU for testing peers and sending files."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dicomnode.cli.common import UserError, ae_title_arg, console, out, parse_address, progress_bar, terminal_safe
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.deliver.scu import ScuError, echo
+
+    address = parse_address(args.address)
+    try:
+        status = echo(address, args.calling_ae, args.timeout)
+    except ScuError as exc:
+        raise UserError(str(exc)) from None
+    out.print(f"C-ECHO {address}: status 0x{status:04X} {'(success)' if status == 0 else ''}")
+    return 0 if status == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicomnode.deliver.scu import ScuError, dicom_files, send_files
+
+    address = parse_address(args.address)
+    try:
+        files = dicom_files(args.paths)
+        with progress_bar() as progress:
+            task = progress.add_task(f"C-STORE to {address}", total=len(files))
+            report = send_files(address, files, args.calling_ae, lambda _: progress.advance(task), args.timeout)
+    except ScuError as exc:
+        raise UserError(str(exc)) from None
+    for path, why in report.skipped:
+        console.print(f"[yellow]skipped[/] {terminal_safe(str(path))}: {terminal_safe(str(why))}")
+    for path, why in report.failed:
+        console.print(f"[red]failed[/] {terminal_safe(str(path))}: {terminal_safe(str(why))}")
+    out.print(f"sent {report.sent}, failed {len(report.failed)}, skipped {len(report.skipped)}")
+    return 0 if not report.failed else 1
+
+
+def add_commands(sub: Any) -> None:
+    """echo, send"""
+    p = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    p.add_argument("address", help="AET@HOST:PORT")
+    p.add_argument("--calling-ae", default="DICOMNODE", type=ae_title_arg)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("send", help="C-STORE files or folders to a DICOM peer")
+    p.add_argument("address", help="AET@HOST:PORT")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--calling-ae", default="DICOMNODE", type=ae_title_arg)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(func=cmd_send)

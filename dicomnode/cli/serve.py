@@ -1,0 +1,87 @@
+"""`dicomnode serve`: the node, and the web console on top of it."""
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Any
+
+from rich.markup import escape
+
+from dicomnode.cli.common import add_settings_args, console, parse_address, settings_from_args, warn_security
+from dicomnode.config import Destination, Settings
+from dicomnode.node import Node
+
+
+
+class ServedNode(Node):
+    """The node with its web console (when web.enabled): what `dicomnode serve` runs. The console
+    is started here, above both, so that the node never imports the web and the web only imports
+    the node."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.web: Any = None  # the WebServer once started
+
+    def start_services(self) -> None:
+        if not self.settings.web.enabled:
+            return
+        try:
+            from dicomnode.web.server import WebServer
+        except ImportError:
+            return  # the console is optional; the DICOM side runs without it
+        self.web = WebServer(self)
+        self.web.start()
+
+    def stop_services(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.core.logs import setup_logging
+
+    extra: dict[str, Any] = {}
+    if args.port is not None:
+        extra["node.port"] = args.port
+    if args.ae_title:
+        extra["node.ae_title"] = args.ae_title
+    if args.web_port is not None:
+        extra["web.port"] = args.web_port
+    if args.stable_seconds is not None:
+        extra["series.stable_seconds"] = args.stable_seconds
+    settings = settings_from_args(args, extra)
+    for i, text in enumerate(args.send_to or [], start=1):
+        address = parse_address(text, "--send-to")
+        name = f"send-to-{i}"
+        settings.destinations[name] = Destination(ae_title=address.ae_title, host=address.host, port=address.port)
+        for route in settings.routes:
+            route.destinations.append(name)
+    setup_logging(args.log_level, args.log_format)
+    warn_security(settings)
+    node = ServedNode(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    web = f", console http://{settings.web.host}:{node.web.port}" if node.web else ""
+    console.print(f"[green]dicomnode[/] AE [bold]{escape(settings.node.ae_title)}[/] on port {settings.node.port}"
+                  f"{escape(web)}; data in {escape(str(settings.node.data_dir.resolve()))}; Ctrl-C stops")
+    stop.wait()
+    node.stop()
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """serve"""
+    p = sub.add_parser("serve", help="run the node (DICOM AE, workers, sender, web console)")
+    add_settings_args(p)
+    p.add_argument("--port", type=int, help="DICOM port (overrides node.port)")
+    p.add_argument("--ae-title", help="this node's AE title (overrides node.ae_title)")
+    p.add_argument("--web-port", type=int, help="web console port (overrides web.port; 0 picks a free one)")
+    p.add_argument("--stable-seconds", type=float, help="series completion delay (overrides series.stable_seconds)")
+    p.add_argument("--send-to", action="append", metavar="AET@HOST:PORT",
+                   help="send every analysed series' results there (repeatable)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="kv", choices=["kv", "json"])
+    p.set_defaults(func=cmd_serve)
