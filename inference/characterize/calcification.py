@@ -1,9 +1,8 @@
 """Calcification: voxels above 200 HU inside the nodule, and their pattern.
 
-200 HU: the Fleischner/ACR convention for calcium in a nodule (benign calcification patterns are
-judged on densities well above soft tissue; Siegelman et al., Radiology 1986;160:307-312 used
-about 164-185 HU on their scanner, 200 HU is the value quoted in current guidance and reviews as a
-conservative calcium threshold). Patterns (Lung-RADS v2022 category 1: complete, central, popcorn,
+200 HU: a conservative calcium threshold (Siegelman et al., "Solitary pulmonary nodules: CT
+assessment", Radiology 1986;160:307-312 called nodules with CT numbers above 164 HU on their
+scanner calcified; about 200 HU is the value commonly quoted since; soft tissue is 20-60 HU). Patterns (Lung-RADS v2022 category 1: complete, central, popcorn,
 concentric-ring calcification are benign): we tell
 - diffuse: calcified share of the nodule >= `DIFFUSE_SHARE`;
 - central: the calcified voxels' centroid lies within `CENTRAL_OFFSET` nodule radii of the

@@ -4,10 +4,11 @@ Method (all distances in mm, so anisotropic voxels are handled by `sampling`):
 1. ROI: a box of half-size 2 R + 8 mm around the centre (R = detector diameter / 2), enough for the
    nodule, its spicules (up to about 2 R + 2 mm from the centre) and some parenchyma around it.
 2. Candidate voxels: lightly smoothed HU > -750 (`SEED_THRESHOLD_HU`). Ground-glass opacity is
-   about -750 ... -300 HU and aerated lung about -950 ... -800 HU, so -750 keeps ground-glass rims
-   while excluding normal parenchyma (Fleischner glossary: GGO is hazy increased attenuation that
-   does not obscure vessels; quantitative studies place it between about -750 and -300 HU, e.g.
-   Kitami et al. and the CT-density histogram literature reviewed by Lee et al., Radiology 2014).
+   roughly -750 ... -300 HU and aerated lung about -950 ... -800 HU, so -750 keeps ground-glass rims
+   while excluding normal parenchyma (Fleischner glossary, Hansell et al., Radiology 2008: GGO is
+   hazy increased attenuation that does not obscure vessels; the HU band is the one used in the
+   quantitative subsolid-nodule literature, not a single primary source checked here). On the
+   phantoms the lung is -860 +- 20 HU and ground glass -650 ... -500 HU.
 3. Chest wall / mediastinum ("cut at the pleura"): whatever survives a morphological opening with a
    ball larger than the nodule (radius 0.6 D + 1.5 mm) cannot be the nodule. (Cutting at the lung
    mask closed over the nodule's bite was tried and lost more of juxtapleural nodules on phantoms.)
