@@ -1,0 +1,98 @@
+"""Nodule and exam characterisation on CT: segmentation, size, type, calcification, margin, location,
+lung volume and emphysema (issue 11). numpy/scipy only; every threshold is documented in its module.
+
+Entry points: `characterize_nodule` (one detected nodule) and `characterize_exam` (per exam).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from inference.characterize import attenuation, calcification, margin, measure
+from inference.characterize.emphysema import characterize_exam
+from inference.characterize.location import juxtapleural, make_location, side_and_zone
+from inference.characterize.model import (
+    Axes, ExamCharacteristics, Location, NoduleCharacteristics,
+)
+from inference.characterize.segment import dilate_mm, refine_boundary, segment_nodule, touches_volume_edge
+
+__all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
+
+_GGO_LEVEL_HU = -600.0  # used when a ground-glass nodule has too few inner voxels to measure its own level
+
+
+def characterize_nodule(
+    volume_hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray, diameter_mm: float,
+    lung_mask: np.ndarray | None = None, *, direction: np.ndarray | None = None,
+) -> NoduleCharacteristics:
+    """Segment and measure one detected nodule.
+
+    volume_hu (z, y, x) HU; spacing_zyx mm; centre_zyx voxel indices (may be fractional); diameter_mm
+    the detector's estimate (sets the ROI and the morphological radii); lung_mask (z, y, x) bool for
+    side and zone; direction: the series' 3x3 direction cosines (columns = x, y, z axes, as in
+    Volume.direction), identity when omitted.
+    """
+    spacing = np.asarray(spacing_zyx, float)
+    direction = np.eye(3) if direction is None else np.asarray(direction, float)
+    seg = segment_nodule(volume_hu, spacing, np.asarray(centre_zyx, float), diameter_mm)
+    offset = np.array([s.start for s in seg.box])
+    lung, zone = (None, None)
+    if lung_mask is not None:
+        lung, zone = side_and_zone(np.asarray(centre_zyx, float), lung_mask, spacing, direction)
+    if not seg.ok:
+        return _failed(seg.reason or "segmentation failed", make_location(lung, zone, False), centre_zyx)
+
+    near_wall = dilate_mm(seg.wall, 2.0 * float(spacing[1:].mean()), spacing)
+    share = attenuation.solid_share(seg.smooth, seg.mask, spacing, near_wall)
+    ratio = attenuation.volume_ratio(seg.smooth, seg.mask)
+    solid_guess = share >= attenuation.SOLID_SHARE and ratio <= attenuation.SOLID_MAX_RATIO
+    level = _level(seg.hu, seg.mask, spacing, solid_guess)
+    threshold = refine_boundary(seg, level)
+    mask = seg.mask
+    solid = attenuation.solid_component(seg.smooth, mask)
+    solid_axes = measure.axes(solid, spacing, int(offset[0]))
+    kind = attenuation.classify(share, ratio, solid_axes.mean_mm if solid_axes else 0.0)
+    if kind == "solid":
+        solid, solid_axes = mask, measure.axes(mask, spacing, int(offset[0]))
+    elif kind == "ground_glass":
+        solid, solid_axes = np.zeros_like(mask), None
+    pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
+    cv = margin.radial_cv(mask, spacing)
+    centroid = np.argwhere(mask).mean(axis=0) + offset
+    reason = None
+    if touches_volume_edge(seg, volume_hu.shape):
+        reason = "the nodule is cut by the field of view (it touches the edge of the scanned volume)"
+    return NoduleCharacteristics(
+        segmentation_ok=reason is None, reason=reason,
+        volume_mm3=round(measure.volume_mm3(mask, spacing), 1),
+        axes=measure.axes(mask, spacing, int(offset[0])), solid_axes=solid_axes,
+        solid_volume_mm3=round(measure.volume_mm3(solid, spacing), 1),
+        type=kind, solid_share=round(share, 3),
+        calcified=calcification.is_benign(pattern), calcification_pattern=pattern,
+        margin=margin.classify_margin(seg.spicules, cv),
+        location=make_location(lung, zone, juxtapleural(mask, seg.wall)),
+        mean_hu=round(float(seg.hu[mask].mean()), 1),
+        centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+        features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,
+                  "radial_cv": round(cv, 4), "volume_ratio": round(ratio, 3), "spicules": float(seg.spicules),
+                  "calcified_share": round(calc_share, 4)},
+    )
+
+
+def _level(hu: np.ndarray, mask: np.ndarray, spacing: np.ndarray, solid: bool) -> float:
+    """The nodule's own HU level at its outer boundary: solid tissue, or the ground-glass part."""
+    inner = attenuation.core(mask, spacing)
+    values = hu[inner]
+    if solid:
+        values = values[values > attenuation.SOLID_THRESHOLD_HU]
+        return float(np.median(values)) if values.size else 0.0
+    values = values[(values > -750) & (values <= attenuation.SOLID_THRESHOLD_HU)]
+    return float(np.median(values)) if values.size >= 5 else _GGO_LEVEL_HU
+
+
+def _failed(reason: str, location: Location, centre_zyx: np.ndarray) -> NoduleCharacteristics:
+    c = np.asarray(centre_zyx, float)
+    return NoduleCharacteristics(
+        segmentation_ok=False, reason=reason, volume_mm3=0.0, axes=None, solid_axes=None,
+        solid_volume_mm3=0.0, type="solid", solid_share=0.0, calcified=False, calcification_pattern=None,
+        margin="smooth", location=location, mean_hu=0.0, centroid_zyx=(float(c[0]), float(c[1]), float(c[2])),
+    )

@@ -1,0 +1,65 @@
+"""What characterisation returns: one record per nodule and one per exam (plain dataclasses)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AttenuationType = Literal["solid", "part_solid", "ground_glass"]
+Margin = Literal["smooth", "lobulated", "spiculated"]
+CalcificationPattern = Literal["central", "diffuse", "eccentric"]
+Lung = Literal["right", "left"]
+Zone = Literal["upper", "middle", "lower"]
+
+
+@dataclass(frozen=True)
+class Axes:
+    """Long axis, perpendicular short axis and Lung-RADS mean diameter on one axial slice (mm)."""
+
+    long_mm: float
+    short_mm: float
+    mean_mm: float  # (long + short) / 2 rounded to 0.1 mm, the Lung-RADS v2022 measurement
+    slice_index: int  # z index (source voxels) of the axial slice measured
+
+
+@dataclass(frozen=True)
+class Location:
+    lung: Lung | None  # None when no lung mask was given and the side cannot be told
+    zone: Zone | None  # thirds of that lung's craniocaudal extent: approximates the lobe, it is not one
+    juxtapleural: bool  # the segmentation touches the chest wall / mediastinum (the pleura)
+    perifissural: bool  # always False: fissures are not detected (not measurable here)
+
+
+@dataclass(frozen=True)
+class NoduleCharacteristics:
+    segmentation_ok: bool
+    reason: str | None  # why segmentation failed or is doubtful; None when it is fine
+    volume_mm3: float
+    axes: Axes | None  # whole nodule
+    solid_axes: Axes | None  # solid component (all of a solid nodule; None for ground-glass)
+    solid_volume_mm3: float
+    type: AttenuationType
+    solid_share: float  # share of the nodule core above the solid threshold (the type's evidence)
+    calcified: bool  # a benign pattern (central or diffuse); an eccentric one is not benign
+    calcification_pattern: CalcificationPattern | None
+    margin: Margin
+    location: Location
+    mean_hu: float
+    centroid_zyx: tuple[float, float, float]  # voxel indices of the segmentation's centroid
+    features: dict[str, float] = field(default_factory=dict)  # raw shape/HU features, for audit and tuning
+
+    @property
+    def mean_diameter_mm(self) -> float:
+        return self.axes.mean_mm if self.axes else 0.0
+
+    @property
+    def solid_component_mm(self) -> float:
+        return self.solid_axes.mean_mm if self.solid_axes else 0.0
+
+
+@dataclass(frozen=True)
+class ExamCharacteristics:
+    lung_volume_ml: float
+    laa950_pct: float  # % of lung voxels below -950 HU
+    lungs_fully_covered: bool
+    reason: str | None  # why the lungs are not fully covered (Lung-RADS 0), else None
+    end_slice_lung_share: tuple[float, float]  # lung area on the first/last slice over the largest lung slice

@@ -1,0 +1,182 @@
+"""Nodule and exam characterisation on synthetic arrays of exactly known geometry (issue 11)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from inference.characterize import characterize_exam, characterize_nodule
+
+SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
+SHAPE = (60, 96, 96)
+CENTRE = np.array([30.0, 48.0, 48.0])
+
+
+def lung(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """Aerated lung: -860 HU with 20 HU noise, like the phantoms."""
+    return np.random.default_rng(seed).normal(-860.0, 20.0, shape).astype(np.float32)
+
+
+def _offsets(shape: tuple[int, ...], centre: np.ndarray, sub: int = 3) -> np.ndarray:
+    """Sub-voxel sample offsets (mm) of every voxel from `centre`: (sub^3, z, y, x, 3)."""
+    grids = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    base = np.stack(grids, axis=-1)
+    steps = (np.arange(sub) + 0.5) / sub - 0.5
+    out = [(base + np.array([a, b, c], np.float32) - centre) * SPACING for a in steps for b in steps for c in steps]
+    return np.stack(out)
+
+
+def ellipsoid_fraction(semi_axes_zyx: tuple[float, float, float], centre: np.ndarray = CENTRE,
+                       shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """Partial-volume fraction of an ellipsoid (3^3 sub-samples per voxel)."""
+    off = _offsets(shape, centre)
+    r2 = sum((off[..., k] / semi_axes_zyx[k]) ** 2 for k in range(3))
+    return (r2 <= 1.0).mean(axis=0)
+
+
+def paint(hu: np.ndarray, frac: np.ndarray, value: float) -> None:
+    hu += frac * (value - hu)
+
+
+def test_solid_ellipsoid_volume_axes_and_type() -> None:
+    hu = lung()
+    frac = ellipsoid_fraction((5.0, 8.0, 5.0))
+    paint(hu, frac, 40.0)
+    c = characterize_nodule(hu, SPACING, CENTRE, 14.0)
+    assert c.segmentation_ok, c.reason
+    truth = 4 / 3 * math.pi * 5 * 8 * 5
+    assert abs(c.volume_mm3 - truth) / truth < 0.05
+    assert c.axes is not None
+    assert abs(c.axes.long_mm - 16.0) <= 0.7 and abs(c.axes.short_mm - 10.0) <= 0.7
+    assert c.axes.mean_mm == round((c.axes.long_mm + c.axes.short_mm) / 2, 1)
+    assert c.axes.slice_index == 30
+    assert c.type == "solid" and not c.calcified and c.margin == "smooth"
+    assert c.solid_axes == c.axes  # all of a solid nodule is its solid component
+
+
+def test_part_solid_nodule_reports_its_solid_component() -> None:
+    hu = lung(1)
+    paint(hu, ellipsoid_fraction((7.0, 7.0, 7.0)), -600.0)
+    paint(hu, ellipsoid_fraction((3.0, 3.0, 3.0)), 30.0)
+    c = characterize_nodule(hu, SPACING, CENTRE, 14.0)
+    assert c.type == "part_solid"
+    assert c.axes is not None and abs(c.axes.mean_mm - 14.0) <= 1.0
+    assert c.solid_axes is not None and abs(c.solid_axes.mean_mm - 6.0) <= 1.0
+    truth = 4 / 3 * math.pi * 7**3
+    assert abs(c.volume_mm3 - truth) / truth < 0.1
+
+
+def test_ground_glass_nodule() -> None:
+    hu = lung(2)
+    paint(hu, ellipsoid_fraction((6.0, 6.0, 6.0)), -580.0)
+    c = characterize_nodule(hu, SPACING, CENTRE, 12.0)
+    assert c.type == "ground_glass" and c.solid_axes is None and c.solid_component_mm == 0.0
+    truth = 4 / 3 * math.pi * 6**3
+    assert abs(c.volume_mm3 - truth) / truth < 0.1
+
+
+def test_central_calcification_is_benign_and_plain_solid_is_not() -> None:
+    hu = lung(3)
+    paint(hu, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
+    plain = characterize_nodule(hu, SPACING, CENTRE, 10.0)
+    paint(hu, ellipsoid_fraction((2.0, 2.0, 2.0)), 400.0)
+    calcified = characterize_nodule(hu, SPACING, CENTRE, 10.0)
+    assert not plain.calcified and plain.calcification_pattern is None
+    assert calcified.calcified and calcified.calcification_pattern == "central"
+
+
+def spikes_fraction(radius: float, n: int, length: float, thickness: float) -> np.ndarray:
+    """Thin straight spicules leaving a sphere in evenly spread directions."""
+    off = _offsets(SHAPE, CENTRE, sub=2)
+    golden = math.pi * (3 - math.sqrt(5))
+    inside = np.zeros(off.shape[:-1], bool)
+    for k in range(n):
+        z = 1 - 2 * (k + 0.5) / n
+        d = np.array([z, math.sqrt(1 - z * z) * math.sin(golden * k), math.sqrt(1 - z * z) * math.cos(golden * k)])
+        t = np.clip(off @ d, radius * 0.8, radius + length)
+        dist = np.linalg.norm(off - t[..., None] * d, axis=-1)
+        inside |= (dist <= thickness) & (off @ d >= radius * 0.8)
+    return inside.mean(axis=0)
+
+
+def test_spiculated_sphere_versus_smooth_sphere() -> None:
+    smooth = lung(4)
+    paint(smooth, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
+    spiculated = smooth.copy()
+    paint(spiculated, spikes_fraction(5.0, 10, 6.0, 0.6), 40.0)
+    assert characterize_nodule(smooth, SPACING, CENTRE, 10.0).margin == "smooth"
+    assert characterize_nodule(spiculated, SPACING, CENTRE, 10.0).margin == "spiculated"
+
+
+def test_juxtapleural_nodule_is_cut_at_the_chest_wall() -> None:
+    hu = lung(5)
+    hu[:, :, :30] = 40.0  # chest wall: soft tissue over the first 21 mm of x
+    centre = np.array([30.0, 48.0, 30.0 + 4.0 / 0.7])  # a 5 mm sphere whose edge touches the wall
+    paint(hu, ellipsoid_fraction((5.0, 5.0, 5.0), centre), 40.0)
+    c = characterize_nodule(hu, SPACING, centre, 10.0)
+    assert c.segmentation_ok and c.location.juxtapleural
+    truth = 4 / 3 * math.pi * 125  # all of the sphere lies in the lung except a 1 mm cap
+    assert 0.75 * truth < c.volume_mm3 < 1.1 * truth  # the wall is not part of it
+    free = lung(6)
+    paint(free, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
+    assert not characterize_nodule(free, SPACING, CENTRE, 10.0).location.juxtapleural
+
+
+def lungs_mask(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """Two box lungs: voxel x < 44 and x > 52, rows 10..86, slices 5..54."""
+    m = np.zeros(shape, bool)
+    m[5:55, 10:86, 4:44] = True
+    m[5:55, 10:86, 52:92] = True
+    return m
+
+
+@pytest.mark.parametrize(
+    ("z", "x", "direction", "lung", "zone"),
+    [
+        (50.0, 20.0, np.eye(3), "right", "upper"),  # low x index = patient right (+x LPS is left), high z = head
+        (30.0, 70.0, np.eye(3), "left", "middle"),
+        (8.0, 70.0, np.eye(3), "left", "lower"),
+        (50.0, 20.0, np.diag([-1.0, 1.0, -1.0]), "left", "lower"),  # x and z axes flipped: world decides
+    ],
+)
+def test_side_and_zone_from_world_coordinates(z: float, x: float, direction: np.ndarray, lung: str, zone: str) -> None:
+    hu = globals()["lung"](7)
+    centre = np.array([z, 48.0, x])
+    paint(hu, ellipsoid_fraction((3.0, 3.0, 3.0), centre), 40.0)
+    c = characterize_nodule(hu, SPACING, centre, 6.0, lungs_mask(), direction=direction)
+    assert (c.location.lung, c.location.zone) == (lung, zone)
+    assert c.location.perifissural is False
+
+
+def test_nodule_cut_by_the_field_of_view_is_reported() -> None:
+    hu = lung(8)
+    centre = np.array([1.0, 48.0, 48.0])  # on the first slice: half of it is outside the scan
+    paint(hu, ellipsoid_fraction((4.0, 4.0, 4.0), centre), 40.0)
+    c = characterize_nodule(hu, SPACING, centre, 8.0)
+    assert not c.segmentation_ok and c.reason is not None and "field of view" in c.reason
+
+
+def test_no_nodule_at_the_centre_is_a_clear_failure() -> None:
+    c = characterize_nodule(lung(9), SPACING, CENTRE, 8.0)
+    assert not c.segmentation_ok and c.reason is not None and "no nodule" in c.reason
+
+
+def test_laa950_lung_volume_and_coverage() -> None:
+    hu = np.full(SHAPE, -860.0, np.float32)
+    mask = lungs_mask()
+    idx = np.flatnonzero(mask.ravel())
+    low = np.random.default_rng(10).choice(idx, size=int(0.12 * idx.size), replace=False)
+    hu.ravel()[low] = -980.0
+    exam = characterize_exam(hu, SPACING, mask)
+    assert exam.laa950_pct == pytest.approx(12.0, abs=0.01)
+    assert exam.lung_volume_ml == pytest.approx(mask.sum() * SPACING.prod() / 1000, abs=0.1)
+    assert exam.lungs_fully_covered and exam.reason is None
+
+
+def test_lungs_cut_by_the_field_of_view() -> None:
+    mask = lungs_mask()
+    mask[:5] = mask[5]  # the lungs run into the first slice
+    exam = characterize_exam(np.full(SHAPE, -860.0, np.float32), SPACING, mask)
+    assert not exam.lungs_fully_covered
+    assert exam.reason is not None and "field of view" in exam.reason
