@@ -11,10 +11,22 @@ from typing import Any
 
 
 class Verdict(str, Enum):
-    NO_NODULE = "no_nodule"
-    BENIGN = "benign"
-    SUSPICIOUS = "suspicious"
-    NOT_ANALYSED = "not_analysed"
+    """The exam verdict (inference.clinical.verdict says how it is decided), or why there is none."""
+
+    NEGATIVE = "negative"  # Lung-RADS 1-2
+    PROBABLY_BENIGN = "probably_benign"  # Lung-RADS 3
+    INCOMPLETE = "incomplete"  # Lung-RADS 0: the lungs are not fully in the field of view
+    SUSPICIOUS = "suspicious"  # Lung-RADS 4A/4B/4X, or a Brock risk at the work-up threshold
+    NOT_ANALYSED = "not_analysed"  # the series does not suit the model: no verdict at all
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+# Incomplete ranks above probably benign: an exam that cannot be read needs action before a 3 does.
+_SEVERITY = {Verdict.NOT_ANALYSED: -1, Verdict.NEGATIVE: 0, Verdict.PROBABLY_BENIGN: 1, Verdict.INCOMPLETE: 2,
+             Verdict.SUSPICIOUS: 3}
 
 
 @dataclass(frozen=True)
@@ -28,29 +40,121 @@ class KeySlice:
 
 
 @dataclass(frozen=True)
+class NoduleLocation:
+    lung: str | None = None  # "right" | "left"; None when the side could not be told
+    zone: str | None = None  # "upper" | "middle" | "lower": thirds of that lung's height, approximating the lobe
+    juxtapleural: bool = False  # touches the pleura (chest wall, mediastinum, diaphragm)
+    perifissural: bool = False  # fissures are not detected: always False today
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Finding:
+    """One nodule: where it is, what the Lung-RADS v2022 table and the Brock model need, and their results."""
+
     center_mm: tuple[float, float, float]  # x, y, z in patient LPS millimetres
-    diameter_mm: float
-    volume_mm3: float
+    diameter_mm: float  # the Lung-RADS mean diameter (long + short axis) / 2, to 0.1 mm
+    volume_mm3: float  # of the segmentation
     probability: float  # detection probability 0..1
-    malignancy: float  # probability of cancer 0..1
-    lung_rads: str  # "2", "3", "4A", "4B"
+    # DeepLung DPN + GBM score 0..1 from weights trained on synthetic phantoms: a model score, never the
+    # clinical probability, unless the weights manifest declares the malignancy head validated on real data
+    model_score: float
+    lung_rads: str  # "1", "2", "3", "4A", "4B", "4X" (inference.clinical.lungrads)
     key_slice: KeySlice
     # in-plane extent on the key slice in pixels (row, column half-axes) for drawing
     radius_px: tuple[float, float] = (0.0, 0.0)
+    nodule_type: str = "solid"  # "solid" | "part_solid" | "ground_glass" (inference.characterize.attenuation)
+    calcified: bool = False  # a benign calcification pattern (central or diffuse): Lung-RADS 1
+    calcification_pattern: str | None = None  # "central" | "diffuse" | "eccentric"
+    margin: str = "smooth"  # "smooth" | "lobulated" | "spiculated"
+    location: NoduleLocation = NoduleLocation()
+    long_axis_mm: float = 0.0  # on the axial slice of the largest extent
+    short_axis_mm: float = 0.0  # perpendicular to the long axis, same slice
+    solid_component_mm: float | None = None  # mean diameter of the solid component of a part-solid nodule
+    solid_long_axis_mm: float | None = None
+    solid_short_axis_mm: float | None = None
+    brock_risk: float | None = None  # 0..1, Brock University (PanCan) full model with spiculation
+    lung_rads_reasons: tuple[str, ...] = ()  # why this category (the rule that decided it)
+    segmentation_ok: bool = True
+    note: str | None = None  # e.g. "cut by the field of view": what a reader should know about the measurement
+
+    @property
+    def mean_diameter_mm(self) -> float:
+        return self.diameter_mm
 
     def to_json(self) -> dict[str, Any]:
         return {
             "center_mm": [round(c, 3) for c in self.center_mm],
             "diameter_mm": round(self.diameter_mm, 3),
+            "mean_diameter_mm": round(self.diameter_mm, 1),
+            "long_axis_mm": round(self.long_axis_mm, 1),
+            "short_axis_mm": round(self.short_axis_mm, 1),
             "volume_mm3": round(self.volume_mm3, 2),
+            "type": self.nodule_type,
+            "solid_component_mm": None if self.solid_component_mm is None else round(self.solid_component_mm, 1),
+            "calcified": self.calcified,
+            "calcification_pattern": self.calcification_pattern,
+            "margin": self.margin,
+            "location": self.location.to_json(),
             "probability": round(self.probability, 5),
-            "malignancy": round(self.malignancy, 5),
+            "brock_risk": None if self.brock_risk is None else round(self.brock_risk, 5),
+            "model_score": round(self.model_score, 5),
             "lung_rads": self.lung_rads,
+            "lung_rads_reasons": list(self.lung_rads_reasons),
+            "segmentation_ok": self.segmentation_ok,
+            "note": self.note,
             "sop_instance_uid": self.key_slice.sop_instance_uid,
             "row": round(self.key_slice.row, 2),
             "column": round(self.key_slice.column, 2),
             "radius_px": [round(r, 2) for r in self.radius_px],
+        }
+
+
+@dataclass(frozen=True)
+class RiskInputs:
+    """What the Brock model was given for this patient, and what had to be assumed."""
+
+    age_years: float | None  # from PatientAge, or PatientBirthDate with StudyDate
+    sex: str | None  # "female" | "male"
+    family_history: str  # "yes" | "no" | "unknown" (unknown is counted as no)
+    emphysema: bool  # LAA-950 at or above the configured threshold
+    missing: tuple[str, ...] = ()  # inputs that were absent and replaced by the model's reference value
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["missing"] = list(self.missing)
+        return d
+
+
+@dataclass(frozen=True)
+class ExamSummary:
+    """The exam-level statement: Lung-RADS category and recommendation, emphysema, risk-model inputs."""
+
+    lung_rads: str  # the highest nodule category; "0" when the lungs are not fully covered; "1" without nodules
+    recommendation: str  # the ACR management text of that category
+    lungs_fully_covered: bool
+    risk_inputs: RiskInputs
+    reason: str | None = None  # why the category is 0, or other caveats a reader must see
+    laa950_pct: float | None = None  # % of lung volume below -950 HU
+    lung_volume_ml: float | None = None
+    highest_brock_risk: float | None = None
+    verdict_reasons: tuple[str, ...] = ()
+    headline: str = "brock"  # which risk is the headline figure: "brock", or "model" for validated weights
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lung_rads": self.lung_rads,
+            "recommendation": self.recommendation,
+            "reason": self.reason,
+            "lungs_fully_covered": self.lungs_fully_covered,
+            "laa950_pct": None if self.laa950_pct is None else round(self.laa950_pct, 2),
+            "lung_volume_ml": None if self.lung_volume_ml is None else round(self.lung_volume_ml, 1),
+            "highest_brock_risk": None if self.highest_brock_risk is None else round(self.highest_brock_risk, 5),
+            "risk_inputs": self.risk_inputs.to_json(),
+            "verdict_reasons": list(self.verdict_reasons),
+            "headline": self.headline,
         }
 
 
@@ -71,11 +175,12 @@ class SeriesResult:
 
     series_instance_uid: str
     verdict: Verdict
-    verdict_probability: float  # highest malignancy among findings (0 when none)
+    verdict_probability: float  # the headline risk: the highest Brock risk (or validated model score); 0 when none
     model: ModelIdentity
     findings: list[Finding] = field(default_factory=list)
     not_analysed_reason: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    exam: ExamSummary | None = None  # None when not analysed
 
     @property
     def analysed(self) -> bool:
@@ -88,6 +193,7 @@ class SeriesResult:
             "verdict_probability": round(self.verdict_probability, 5),
             "not_analysed_reason": self.not_analysed_reason,
             "model": self.model.to_json(),
+            "exam": self.exam.to_json() if self.exam is not None else None,
             "findings": [f.to_json() for f in self.findings],
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }

@@ -18,26 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
-
 from inference.clinical.types import LungRadsCategory
+from inference.findings import Verdict  # the one verdict enum, shared with the findings
 
 BROCK_WORKUP_THRESHOLD = 0.10  # BTS 2015: Brock >= 10 % -> PET-CT / further work-up
 
-
-class Verdict(str, Enum):
-    NEGATIVE = "negative"
-    PROBABLY_BENIGN = "probably_benign"
-    INCOMPLETE = "incomplete"
-    SUSPICIOUS = "suspicious"
-
-    @property
-    def severity(self) -> int:
-        return _SEVERITY[self]
-
-
-# Incomplete ranks above probably benign: an exam that cannot be read needs action before a 3 does.
-_SEVERITY = {Verdict.NEGATIVE: 0, Verdict.PROBABLY_BENIGN: 1, Verdict.INCOMPLETE: 2, Verdict.SUSPICIOUS: 3}
 
 _BY_CATEGORY = {
     LungRadsCategory.C0: Verdict.INCOMPLETE,
