@@ -142,9 +142,25 @@ class FindingRow(Base):
     center_z_mm: Mapped[float] = mapped_column(Float)
     diameter_mm: Mapped[float] = mapped_column(Float)
     volume_mm3: Mapped[float] = mapped_column(Float)
-    probability: Mapped[float] = mapped_column(Float)
-    malignancy: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float] = mapped_column(Float)  # detection probability
+    # DeepLung DPN + GBM score (was `malignancy`): weights trained on phantoms, not a clinical probability
+    model_score: Mapped[float] = mapped_column(Float)
     lung_rads: Mapped[str] = mapped_column(String(4))
+    # issue 11 characterisation; NULL on rows recorded before migration 0004 (not known then)
+    nodule_type: Mapped[str | None] = mapped_column(String(16))  # solid | part_solid | ground_glass
+    calcified: Mapped[bool | None]
+    calcification_pattern: Mapped[str | None] = mapped_column(String(16))
+    margin: Mapped[str | None] = mapped_column(String(16))  # smooth | lobulated | spiculated
+    lung: Mapped[str | None] = mapped_column(String(8))  # right | left
+    zone: Mapped[str | None] = mapped_column(String(8))  # upper | middle | lower (approximates the lobe)
+    juxtapleural: Mapped[bool | None]
+    mean_diameter_mm: Mapped[float | None] = mapped_column(Float)  # the Lung-RADS measurement, 0.1 mm
+    long_axis_mm: Mapped[float | None] = mapped_column(Float)
+    short_axis_mm: Mapped[float | None] = mapped_column(Float)
+    solid_component_mm: Mapped[float | None] = mapped_column(Float)  # part-solid nodules only
+    brock_risk: Mapped[float | None] = mapped_column(Float)  # 0..1, Brock (PanCan) full model
+    lung_rads_reasons: Mapped[str | None] = mapped_column(Text)  # one reason per line
+    note: Mapped[str | None] = mapped_column(Text)  # e.g. "cut by the field of view"
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     row: Mapped[float] = mapped_column(Float)
     column: Mapped[float] = mapped_column(Float)
