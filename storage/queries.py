@@ -108,19 +108,48 @@ def jobs(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     for row in rows:  # the first line of the error is what an admin reads in a table
         if row["error"]:
             row["error"] = row["error"].splitlines()[0]
+        # the exam-level statement (Lung-RADS, recommendation, LAA-950, risk inputs) of a finished job
+        row["exam"] = row["summary"].get("exam") if isinstance(row["summary"], dict) else None
     return rows
 
 
+# decimals each finding column is shown with: the measurement's precision, not a 15-digit float
+FINDING_DECIMALS = {"center_x_mm": 1, "center_y_mm": 1, "center_z_mm": 1, "diameter_mm": 1, "mean_diameter_mm": 1,
+                    "long_axis_mm": 1, "short_axis_mm": 1, "solid_component_mm": 1, "volume_mm3": 0,
+                    "probability": 3, "brock_risk": 4, "model_score": 3, "row": 1, "column": 1}
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    for key, decimals in FINDING_DECIMALS.items():
+        if isinstance(row.get(key), float):
+            row[key] = round(row[key], decimals) if decimals else float(round(row[key]))
+    return row
+
+
+# what a findings table shows in an 80-120 column terminal or a browser window (everything: --format json)
+FINDING_TABLE_COLUMNS = ("id", "series_instance_uid", "index", "type", "mean_diameter_mm", "solid_component_mm",
+                         "lung_rads", "brock_risk", "model_score", "calcified", "margin", "lung", "zone", "finished_at")
+
+
+def compact_finding(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in FINDING_TABLE_COLUMNS}
+
+
 def findings(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
-    q = (select(FindingRow.id, FindingRow.job_id, Series.series_instance_uid, FindingRow.index, FindingRow.center_x_mm,
-                FindingRow.center_y_mm, FindingRow.center_z_mm, FindingRow.diameter_mm, FindingRow.volume_mm3,
-                FindingRow.probability, FindingRow.malignancy, FindingRow.lung_rads, FindingRow.sop_instance_uid,
-                FindingRow.row, FindingRow.column, Job.finished_at)
+    """One row per finding, flat (the CLI prints it as a table); dicomnode.web.views.finding_json nests it for the API."""
+    q = (select(FindingRow.id, FindingRow.job_id, Series.series_instance_uid, FindingRow.index,
+                FindingRow.nodule_type.label("type"), FindingRow.mean_diameter_mm, FindingRow.solid_component_mm,
+                FindingRow.lung_rads, FindingRow.brock_risk, FindingRow.model_score, FindingRow.calcified,
+                FindingRow.calcification_pattern, FindingRow.margin, FindingRow.lung, FindingRow.zone,
+                FindingRow.juxtapleural, FindingRow.long_axis_mm, FindingRow.short_axis_mm, FindingRow.diameter_mm,
+                FindingRow.volume_mm3, FindingRow.probability, FindingRow.center_x_mm, FindingRow.center_y_mm,
+                FindingRow.center_z_mm, FindingRow.sop_instance_uid, FindingRow.row, FindingRow.column,
+                FindingRow.lung_rads_reasons, FindingRow.note, Job.finished_at)
          .join(Job, FindingRow.job_id == Job.id).join(Series, FindingRow.series_id == Series.id))
     q = _series_uid(_since(q, Job.finished_at, f), f)
     if f.status:
         q = q.where(FindingRow.lung_rads == f.status)
-    return _rows(s, q.order_by(FindingRow.id.desc()).limit(f.limit))
+    return [_rounded(r) for r in _rows(s, q.order_by(FindingRow.id.desc()).limit(f.limit))]
 
 
 def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:

@@ -18,6 +18,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _, db = open_db(args)
     with db.session() as s:
         rows = run_query(s, args.what, AuditFilter(since, args.status, args.series, args.limit))
+    if args.what == "findings" and args.format == "table":
+        from storage.queries import compact_finding
+
+        rows = [compact_finding(r) for r in rows]  # readable width; json/csv carry every column
     print_rows(rows, args.format, args.what)
     return 0
 

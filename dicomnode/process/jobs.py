@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -24,6 +25,7 @@ from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
 from storage.models import FindingRow, Instance, Job, Series, utcnow
+from inference.findings import ExamSummary, Finding
 from storage.states import JobState
 
 log = logging.getLogger(__name__)
@@ -154,19 +156,16 @@ class JobRunner:
             # files first (fsynced), then the rows that point at them, in one transaction
             deliveries = self.outbox.enqueue(s, job, series, output.datasets)
             for i, f in enumerate(output.findings, start=1):
-                s.add(FindingRow(
-                    job_id=job.id, series_id=series.id, index=i,
-                    center_x_mm=f.center_mm[0], center_y_mm=f.center_mm[1], center_z_mm=f.center_mm[2],
-                    diameter_mm=f.diameter_mm, volume_mm3=f.volume_mm3, probability=f.probability,
-                    malignancy=f.malignancy, lung_rads=f.lung_rads, sop_instance_uid=f.key_slice.sop_instance_uid,
-                    row=f.key_slice.row, column=f.key_slice.column,
-                ))
-                record_event(s, EventCode.FINDING_RECORDED,
-                             f"nodule {i}: {f.diameter_mm:.1f} mm, p(cancer) {f.malignancy:.2f}, Lung-RADS {f.lung_rads}",
+                s.add(finding_row(job.id, series.id, i, f))
+                record_event(s, EventCode.FINDING_RECORDED, finding_message(i, f),
                              series_instance_uid=series.series_instance_uid, job_id=job.id)
             job.state, job.finished_at, job.verdict, job.progress = JobState.DONE, utcnow(), output.verdict, None
-            job.summary = {**output.summary, "seconds": round(seconds, 3), "objects": len(output.datasets),
-                           "deliveries": deliveries, "findings": len(output.findings)}
+            summary = {**output.summary, "seconds": round(seconds, 3), "objects": len(output.datasets),
+                       "deliveries": deliveries, "findings": len(output.findings)}
+            exam = exam_json(output)
+            if exam is not None:  # JSON, not the dataclass: the column is JSON
+                summary["exam"] = exam
+            job.summary = summary
             if output.verdict == "not_analysed":
                 record_event(s, EventCode.SERIES_NOT_ANALYSED, str(output.summary.get("reason", "not analysed")),
                              series_instance_uid=series.series_instance_uid, job_id=job.id)
@@ -189,6 +188,37 @@ class JobRunner:
                 job.state, job.finished_at = JobState.FAILED, utcnow()
                 record_event(s, EventCode.JOB_FAILED, f"failed after {job.attempts} attempt(s): {message}",
                              series_instance_uid=series_uid, job_id=job_id)
+
+
+def finding_row(job_id: int, series_id: int, index: int, f: Finding) -> FindingRow:
+    """The audit row of one finding: every field a reader sees in the console, report and API."""
+    return FindingRow(
+        job_id=job_id, series_id=series_id, index=index,
+        center_x_mm=f.center_mm[0], center_y_mm=f.center_mm[1], center_z_mm=f.center_mm[2],
+        diameter_mm=f.diameter_mm, volume_mm3=f.volume_mm3, probability=f.probability,
+        model_score=f.model_score, lung_rads=f.lung_rads, sop_instance_uid=f.key_slice.sop_instance_uid,
+        row=f.key_slice.row, column=f.key_slice.column,
+        nodule_type=f.nodule_type, calcified=f.calcified, calcification_pattern=f.calcification_pattern,
+        margin=f.margin, lung=f.location.lung, zone=f.location.zone, juxtapleural=f.location.juxtapleural,
+        mean_diameter_mm=round(f.mean_diameter_mm, 1), long_axis_mm=f.long_axis_mm, short_axis_mm=f.short_axis_mm,
+        solid_component_mm=f.solid_component_mm, brock_risk=f.brock_risk,
+        lung_rads_reasons="\n".join(f.lung_rads_reasons) or None, note=f.note,
+    )
+
+
+def finding_message(index: int, f: Finding) -> str:
+    """The FINDING_RECORDED event text: the Brock risk is the risk; the model score is named as such."""
+    brock = "n/a" if f.brock_risk is None else f"{f.brock_risk * 100:.1f}%"
+    return (f"nodule {index}: {f.nodule_type.replace('_', '-')} {f.mean_diameter_mm:.1f} mm, Lung-RADS {f.lung_rads}, "
+            f"Brock risk {brock}, model score {f.model_score:.2f}")
+
+
+def exam_json(output: PipelineOutput) -> dict[str, Any] | None:
+    """The exam summary the pipeline reported (an ExamSummary, or its JSON in summary["exam"]), as JSON."""
+    exam = getattr(output, "exam", None) or output.summary.get("exam")
+    if isinstance(exam, ExamSummary):
+        return exam.to_json()
+    return exam if isinstance(exam, dict) else None
 
 
 class JobWorker(threading.Thread):
