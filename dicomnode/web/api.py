@@ -13,6 +13,7 @@ from dicomnode.web.receive import receive_upload
 from dicomnode.web.views import (
     NotFound,
     dashboard_stats,
+    finding_json,
     health,
     list_series,
     series_detail,
@@ -68,7 +69,7 @@ def jobs(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node))
 
 @router.get("/findings", summary="Findings; status filters on the Lung-RADS category")
 def findings(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
-    return _query(node, "findings", f)
+    return [finding_json(r) for r in _query(node, "findings", f)]  # the fields and shape of analyze --json
 
 
 @router.get("/deliveries")

@@ -23,8 +23,10 @@ from dicomnode.web.views import (
 if TYPE_CHECKING:
     from dicomnode.node import Node
 
-FINDING_COLUMNS = [("#", 8), ("Diameter mm", 24), ("Volume mm3", 24), ("Detection %", 24), ("p(cancer) %", 24),
-                   ("Lung-RADS", 20), ("Centre x, y, z (mm, LPS)", 56)]
+# short columns that fit A4 portrait (190 mm): risks as whole %, sizes to 0.1 mm
+FINDING_COLUMNS = [("#", 7), ("Type", 24), ("Mean Ø mm", 17), ("Solid mm", 15), ("Lung-RADS", 17),
+                   ("Brock risk*", 18), ("Model score", 18), ("Margin", 18), ("Location", 30), ("Vol. mm³", 14),
+                   ("Det. %", 12)]
 MAX_KEY_IMAGES = 6
 
 
@@ -75,6 +77,8 @@ def build_pdf(node: Node, series_uid: str) -> bytes:
         pdf.cell(28, 5, label)
         pdf.set_font("Helvetica", "", 9)
         pdf.multi_cell(0, 5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    if ctx["exam"]:
+        _exam(pdf, ctx["exam"])
     pdf.ln(3)
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, f"Findings ({len(ctx['findings'])})", new_x="LMARGIN", new_y="NEXT")
@@ -84,16 +88,73 @@ def build_pdf(node: Node, series_uid: str) -> bytes:
     pdf.ln()
     pdf.set_font("Helvetica", "", 8)
     for f in ctx["findings"]:
-        values = [f["index"], f"{f['diameter_mm']:.1f}", f"{f['volume_mm3']:.0f}", f"{f['probability'] * 100:.0f}",
-                  f"{f['malignancy'] * 100:.0f}", f["lung_rads"],
-                  f"{f['center_x_mm']:.1f}, {f['center_y_mm']:.1f}, {f['center_z_mm']:.1f}"]
-        for (_, width), value in zip(FINDING_COLUMNS, values):
+        for (_, width), value in zip(FINDING_COLUMNS, finding_cells(f)):
             pdf.cell(width, 6, _latin1(value), border=1)
         pdf.ln()
     if not ctx["findings"]:
         pdf.cell(0, 6, "No lung nodules reported." if job else "The series has not been analysed.", new_x="LMARGIN", new_y="NEXT")
+    else:
+        _footnotes(pdf, ctx)
     _key_images(pdf, node, series_uid, ctx["images"])
     return bytes(pdf.output())
+
+
+def finding_cells(f: dict[str, Any]) -> list[str]:
+    """One findings-table row as text, in FINDING_COLUMNS order."""
+    size = f["mean_diameter_mm"] if f.get("mean_diameter_mm") is not None else f["diameter_mm"]
+    kind = (f.get("type") or "-").replace("_", "-") + (", calcified" if f.get("calcified") else "")
+    loc = f.get("location") or {}
+    where = f"{loc.get('lung') or ''} {loc.get('zone') or ''}".strip() or "-"
+    if loc.get("juxtapleural"):
+        where += ", juxtapl."
+    return [str(f["index"]), kind, f"{size:.1f}", _opt(f.get("solid_component_mm"), "{:.1f}"), f["lung_rads"],
+            _opt(f.get("brock_risk"), "{:.0%}"), f"{f['model_score']:.2f}", f.get("margin") or "-", where,
+            f"{f['volume_mm3']:.0f}", f"{f['probability'] * 100:.0f}"]
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def exam_rows(exam: dict[str, Any]) -> list[tuple[str, str]]:
+    """The exam statement: category (with the reason for a 0), management, emphysema, the risk inputs."""
+    inputs = exam.get("risk_inputs") or {}
+    category = exam["lung_rads"] + (f" - {exam['reason']}" if exam.get("reason") else "")
+    emphysema = (f"LAA-950 {exam['laa950_pct']:.1f}% of lung volume" if exam.get("laa950_pct") is not None
+                 else "LAA-950 not measured")
+    if exam.get("lung_volume_ml") is not None:
+        emphysema += f"; lung volume {exam['lung_volume_ml']:.0f} ml"
+    age = "missing" if inputs.get("age_years") is None else f"{inputs['age_years']:.0f}"
+    given = (f"age {age}, sex {inputs.get('sex') or 'missing'}, family history {inputs.get('family_history') or 'unknown'}, "
+             f"emphysema {'yes' if inputs.get('emphysema') else 'no'}. {exam['missing_inputs_text']}")
+    rows = [("Lung-RADS (exam)", category), ("Recommendation", exam["recommendation"]), ("Emphysema", emphysema),
+            ("Risk inputs", given)]
+    if exam.get("highest_brock_risk") is not None:
+        rows.append(("Highest Brock risk", f"{exam['highest_brock_risk']:.0%}"))
+    return rows
+
+
+def _exam(pdf: FPDF, exam: dict[str, Any]) -> None:
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 7, "Exam", new_x="LMARGIN", new_y="NEXT")
+    for label, value in exam_rows(exam):
+        pdf.set_font("Helvetica", "B", 9)
+        pdf.cell(34, 5, label)
+        pdf.set_font("Helvetica", "", 9)
+        pdf.multi_cell(0, 5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+
+
+def _footnotes(pdf: FPDF, ctx: dict[str, Any]) -> None:
+    notes = [f"* Brock risk: {ctx['brock_method']}.",
+             (f"Model score: {ctx['model_score_label']}; the DeepLung classifier trained on synthetic phantoms, "
+              "not a probability of cancer." if not ctx["model_score_validated"] else f"Model score: {ctx['model_score_label']}."),
+             ctx["zone_note"]]
+    notes += [f"Nodule {f['index']}: {f['note']}." for f in ctx["findings"] if f.get("note")]
+    pdf.ln(1)
+    pdf.set_font("Helvetica", "", 7)
+    for note in notes:
+        pdf.multi_cell(0, 3.5, _latin1(note), new_x="LMARGIN", new_y="NEXT")
 
 
 def _key_images(pdf: FPDF, node: Node, series_uid: str, images: list[OverlayImage]) -> None:

@@ -29,6 +29,20 @@ NOT_FOR_CLINICAL_USE = ("Research use only - not for clinical use. The findings 
                         "algorithm, are not a diagnosis and must be reviewed by a qualified radiologist.")
 
 
+BROCK_METHOD = ("Brock University (PanCan) full model with spiculation (McWilliams et al., N Engl J Med "
+                "2013;369:910-919): probability of cancer from age, sex, family history, emphysema, nodule size, "
+                "type, upper-zone location, spiculation and nodule count")
+MODEL_SCORE_LABEL = "model score (phantom-trained weights)"
+VALIDATED_MODEL_SCORE_LABEL = "model score (weights validated on real data)"
+ZONE_NOTE = ("Location: the zone is the upper, middle or lower third of that lung's height and approximates the "
+             "lobe; fissures are not detected.")
+
+
+def model_score_label(exam: dict[str, Any] | None) -> str:
+    """What the DeepLung score is: phantom-trained unless the weights manifest declared it validated."""
+    return VALIDATED_MODEL_SCORE_LABEL if (exam or {}).get("headline") == "model" else MODEL_SCORE_LABEL
+
+
 class NotFound(LookupError):
     pass
 
@@ -173,12 +187,12 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
         f = AuditFilter(series=series_uid, limit=200)
         jobs = [j for j in run_query(s, "jobs", f) if j["series_instance_uid"] == series_uid]
         done = next((j for j in jobs if j["state"] == JobState.DONE), None)
-        findings = []
+        findings: list[dict[str, Any]] = []
         if done is not None:
-            findings = [{c: getattr(x, c) for c in ("index", "center_x_mm", "center_y_mm", "center_z_mm", "diameter_mm",
-                                                     "volume_mm3", "probability", "malignancy", "lung_rads",
-                                                     "sop_instance_uid", "row", "column")}
-                        for x in s.execute(select(FindingRow).where(FindingRow.job_id == done["id"]).order_by(FindingRow.index)).scalars()]
+            rows = run_query(s, "findings", AuditFilter(series=series_uid, limit=1000))
+            findings = sorted((finding_json(r) for r in rows
+                               if r["job_id"] == done["id"] and r["series_instance_uid"] == series_uid),
+                              key=lambda r: r["index"])
         deliveries = [d for d in run_query(s, "deliveries", f) if d["series_instance_uid"] == series_uid]
         events = run_query(s, "events", AuditFilter(series=series_uid, limit=100))
         info = {
@@ -193,9 +207,48 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
         }
     # a series the model refused (not_analysed) has no Lung-RADS category, not "1"
     analysed = done is not None and done.get("verdict") != "not_analysed"
+    exam = (done or {}).get("exam") if analysed else None
+    # the exam's own category (0 when the lungs are not covered) wins over the highest nodule category
+    lung_rads = (exam or {}).get("lung_rads") or lung_rads_overall([x["lung_rads"] for x in findings])
     return {"series": info, "jobs": jobs, "latest_done_job": done, "findings": findings,
-            "lung_rads": lung_rads_overall([x["lung_rads"] for x in findings]) if analysed else None,
+            "lung_rads": lung_rads if analysed else None, "exam": exam_view(exam),
+            "model_score_label": model_score_label(exam), "model_score_validated": (exam or {}).get("headline") == "model",
+            "brock_method": BROCK_METHOD, "zone_note": ZONE_NOTE,
             "deliveries": deliveries, "events": events}
+
+
+def finding_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A findings query row in the shape of `analyze --json`: `type`, `location` {lung, zone, ...}, reasons as a list."""
+    out = {k: v for k, v in row.items() if k not in ("lung", "zone", "juxtapleural", "lung_rads_reasons")}
+    out["location"] = {"lung": row.get("lung"), "zone": row.get("zone"), "juxtapleural": row.get("juxtapleural")}
+    out["lung_rads_reasons"] = (row.get("lung_rads_reasons") or "").splitlines()
+    out["center_mm"] = [row.get("center_x_mm"), row.get("center_y_mm"), row.get("center_z_mm")]
+    return out
+
+
+# what the Brock model substitutes for a missing input (inference.clinical.brock.brock_risk)
+REFERENCE_VALUES = {"age": "age 62 years (the model's centring value)", "sex": "male (the reference category)"}
+
+
+def exam_view(exam: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job's exam summary plus `missing_inputs_text`: the sentence the console and report print."""
+    if not isinstance(exam, dict):
+        return None
+    inputs = exam.get("risk_inputs") or {}
+    missing = [str(m) for m in inputs.get("missing") or []]
+    from_header = [m for m in missing if m in REFERENCE_VALUES]
+    parts = []
+    if from_header:
+        used = "; ".join(REFERENCE_VALUES[m] for m in from_header)
+        parts.append(f"Missing from the DICOM header: {', '.join(from_header)}. The Brock risk was computed with "
+                     f"the model's reference value instead: {used}.")
+    others = [m.replace("_", " ") for m in missing if m not in REFERENCE_VALUES and m != "family_history"]
+    if others:
+        parts.append(f"Also missing: {', '.join(others)}.")
+    if "family_history" in missing or inputs.get("family_history", "unknown") == "unknown":
+        parts.append("Family history of lung cancer: unknown (not configured), counted as no.")
+    text = " ".join(parts) or "All risk-model inputs were present."
+    return {**exam, "missing_inputs_text": text}
 
 
 # -- overlay images -------------------------------------------------------------------
@@ -241,8 +294,15 @@ def overlay_images(node: Node, series_uid: str, detail: dict[str, Any] | None = 
     if images:
         return sorted(images, key=lambda i: i.order)
     # no SC objects (overlays switched off): draw each finding on its key slice from the spool
-    return [OverlayImage(f"finding-{f['index']}", f"nodule {f['index']}: {f['diameter_mm']:.1f} mm, Lung-RADS {f['lung_rads']}",
-                         f["index"]) for f in detail["findings"]]
+    return [OverlayImage(f"finding-{f['index']}", finding_caption(f), f["index"]) for f in detail["findings"]]
+
+
+def finding_caption(f: dict[str, Any]) -> str:
+    """`nodule 1: part-solid 9.5 mm, Lung-RADS 4A, Brock risk 12%` (type and risk only where recorded)."""
+    size = f["mean_diameter_mm"] if f.get("mean_diameter_mm") is not None else f["diameter_mm"]
+    kind = f"{f['type'].replace('_', '-')} " if f.get("type") else ""
+    risk = f", Brock risk {f['brock_risk'] * 100:.0f}%" if f.get("brock_risk") is not None else ""
+    return f"nodule {f['index']}: {kind}{size:.1f} mm, Lung-RADS {f['lung_rads']}{risk}"
 
 
 def overlay_png(node: Node, series_uid: str, key: str) -> bytes:
@@ -267,7 +327,7 @@ def overlay_png(node: Node, series_uid: str, key: str) -> bytes:
 
 def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> bytes:
     from dicomnode.results.overlay import render_overlay_png
-    from inference.findings import Finding, KeySlice
+    from inference.findings import Finding, KeySlice, NoduleLocation
 
     match = [f for f in detail["findings"] if str(f["index"]) == index_text]
     if not match:
@@ -278,8 +338,13 @@ def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> byte
     if path is None:
         raise NotFound("the key slice of this finding is no longer in the spool")
     ct = dcmread(node.spool.path(path))
-    finding = Finding(center_mm=(f["center_x_mm"], f["center_y_mm"], f["center_z_mm"]), diameter_mm=f["diameter_mm"],
-                      volume_mm3=f["volume_mm3"], probability=f["probability"], malignancy=f["malignancy"],
-                      lung_rads=f["lung_rads"],
+    location = NoduleLocation(lung=f["location"]["lung"], zone=f["location"]["zone"],
+                              juxtapleural=bool(f["location"]["juxtapleural"]))
+    finding = Finding(center_mm=(f["center_x_mm"], f["center_y_mm"], f["center_z_mm"]),
+                      diameter_mm=f["mean_diameter_mm"] if f["mean_diameter_mm"] is not None else f["diameter_mm"],
+                      volume_mm3=f["volume_mm3"], probability=f["probability"], model_score=f["model_score"],
+                      lung_rads=f["lung_rads"], nodule_type=f["type"] or "solid", calcified=bool(f["calcified"]),
+                      margin=f["margin"] or "smooth", location=location, brock_risk=f["brock_risk"],
+                      solid_component_mm=f["solid_component_mm"],
                       key_slice=KeySlice(f["sop_instance_uid"], str(ct.SOPClassUID), f["row"], f["column"]))
     return render_overlay_png(ct, [finding], numbers=[f["index"]])

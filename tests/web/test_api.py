@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.web import pipelines
 from tests.web.conftest import WebNode
 
 
@@ -62,6 +63,10 @@ def test_series_detail(client: httpx.Client, open_series: dict[str, Any]) -> Non
     (finding,) = detail["findings"]
     assert finding["lung_rads"] == "4A" and finding["diameter_mm"] == pytest.approx(9.5)
     assert detail["lung_rads"] == "4A"
+    _assert_issue11_finding(finding)
+    _assert_exam(detail["exam"])
+    assert detail["latest_done_job"]["exam"]["lung_rads"] == "4A"
+    assert detail["model_score_label"] == "model score (phantom-trained weights)"
     # SR + one overlay per nodule + a summary overlay, each to the (closed) PACS
     assert len(detail["deliveries"]) == 3
     assert any(e["name"] == "JOB_DONE" for e in detail["events"])
@@ -73,6 +78,9 @@ def test_lists(client: httpx.Client, open_series: dict[str, Any]) -> None:
     jobs = client.get("/api/jobs", params={"series": uid}).json()
     assert jobs and jobs[0]["state"] == "done"
     assert [f["lung_rads"] for f in client.get("/api/findings", params={"status": "4A", "series": uid}).json()] == ["4A"]
+    (listed,) = client.get("/api/findings", params={"series": uid}).json()
+    _assert_issue11_finding(listed)
+    _assert_exam(jobs[0]["exam"])
     assert client.get("/api/findings", params={"status": "2", "series": uid}).json() == []
     deliveries = client.get("/api/deliveries", params={"series": uid}).json()
     assert {d["destination"] for d in deliveries} == {"PACS"}
@@ -80,6 +88,27 @@ def test_lists(client: httpx.Client, open_series: dict[str, Any]) -> None:
     assert dead and all(d["state"] == "dead" for d in dead)
     assert events(client, "UPLOAD_RECEIVED")[-1]["message"].startswith("local uploaded 20 instance(s)")
     assert client.get("/api/jobs", params={"limit": 0}).status_code == 422
+
+
+def _assert_issue11_finding(finding: dict[str, Any]) -> None:
+    """The fields and shape `analyze --json` has (issue 11), rounded to their precision."""
+    assert finding["type"] == "part_solid" and finding["calcified"] is False and finding["margin"] == "lobulated"
+    assert finding["location"] == {"lung": "right", "zone": "upper", "juxtapleural": False}
+    assert finding["mean_diameter_mm"] == pytest.approx(pipelines.DIAMETER_MM)
+    assert finding["solid_component_mm"] == pytest.approx(pipelines.SOLID_MM)
+    assert (finding["long_axis_mm"], finding["short_axis_mm"]) == (10.6, 8.4)
+    assert finding["brock_risk"] == pytest.approx(pipelines.BROCK_RISK)
+    assert finding["model_score"] == pytest.approx(pipelines.MODEL_SCORE) and "malignancy" not in finding
+    assert finding["lung_rads"] == "4A" and finding["lung_rads_reasons"] == [
+        "part-solid >= 6 mm with a solid component of 6 to < 8 mm"]
+    assert finding["volume_mm3"] == 449.0 and len(finding["center_mm"]) == 3
+
+
+def _assert_exam(exam: dict[str, Any]) -> None:
+    assert exam["lung_rads"] == "4A" and exam["recommendation"] == pipelines.RECOMMENDATION
+    assert exam["laa950_pct"] == pytest.approx(3.24) and exam["lung_volume_ml"] == pytest.approx(4870.4)
+    assert exam["risk_inputs"]["sex"] == "female" and exam["risk_inputs"]["age_years"] is None
+    assert exam["risk_inputs"]["missing"] == ["age", "family_history"]
 
 
 def test_retry_needs_csrf_and_is_audited(client: httpx.Client, open_series: dict[str, Any]) -> None:

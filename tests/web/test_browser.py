@@ -57,6 +57,20 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     page.wait_for_url(f"**/series/{uid}")
     findings = page.locator("#findings tbody tr")
     assert findings.count() == 1 and "4A" in findings.first.inner_text()
+    # issue 11: type, mean diameter, solid component, Lung-RADS, Brock risk and the model score named as such
+    row = findings.first
+    assert row.locator("td.f-type").inner_text() == "part-solid"
+    assert (row.locator("td.f-mean").inner_text(), row.locator("td.f-solid").inner_text()) == ("9.5", "6.5")
+    assert (row.locator("td.f-lung-rads").inner_text(), row.locator("td.f-brock").inner_text()) == ("4A", "8%")
+    brock = page.locator("#findings thead th", has_text="Brock risk")
+    assert "McWilliams" in (brock.get_attribute("title") or "")
+    assert page.locator("#findings thead th", has_text="model score (phantom-trained weights)").count() == 1
+    assert page.locator("#exam-lung-rads").inner_text() == "4A"
+    assert "3-month LDCT" in page.locator("#exam-recommendation").inner_text()
+    assert page.locator("#exam-laa950").inner_text() == "LAA-950 3.2% of lung volume; lung volume 4870 ml"
+    assert "Missing from the DICOM header: age." in page.locator("#exam-missing").inner_text()
+    # the findings table fits the 1280 px window (issue 13: it was 3050 px wide)
+    assert page.locator("#findings").evaluate("t => t.scrollWidth") <= 1280
     overlay = page.locator("img.overlay").first
     overlay.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=overlay.element_handle())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def test_series_page_findings_and_overlays(client: httpx.Client, open_series: di
     uid = open_series["uid"]
     page = client.get(f"/series/{uid}").text
     findings = page.split('id="findings"')[1].split("</table>")[0]
-    assert "9.5" in findings and "4A" in findings and "62%" in findings
+    assert "9.5" in findings and "4A" in findings
+    _assert_issue11_fields(findings, page)
     images = re.findall(rf'src="(/series/{re.escape(uid)}/overlay/sc-[0-9.]+\.png)"', page)
     assert len(images) == 2  # one per nodule plus the summary, from the outbox SC objects
     yellow = []
@@ -62,6 +64,28 @@ def test_series_page_findings_and_overlays(client: httpx.Client, open_series: di
         yellow.append(int(((rgb[..., 0] > 200) & (rgb[..., 1] > 200) & (rgb[..., 2] < 80)).sum()))
     assert yellow[0] > 20  # the nodule's image has its yellow outline and label drawn in
     assert client.get(f"/series/{uid}/overlay/sc-1.2.3.png").status_code == 404
+
+
+def _cell(table: str, css_class: str) -> str:
+    match = re.search(rf'<td class="{css_class}"[^>]*>(.*?)</td>', table, re.S)
+    assert match, f"no {css_class} cell in the findings table"
+    return re.sub(r"<[^>]+>", "", match.group(1)).strip()
+
+
+def _assert_issue11_fields(findings: str, page: str) -> None:
+    """Per nodule: type, mean diameter, solid component, Lung-RADS, Brock risk (method in a tooltip) and the
+    model score named for what it is; per exam: category, recommendation, LAA-950, lung volume, missing inputs."""
+    assert _cell(findings, "f-type") == "part-solid"
+    assert (_cell(findings, "f-mean"), _cell(findings, "f-solid")) == ("9.5", "6.5")
+    assert (_cell(findings, "f-lung-rads"), _cell(findings, "f-brock"), _cell(findings, "f-score")) == ("4A", "8%", "0.62")
+    assert re.search(r'<th title="Brock University \(PanCan\)[^"]*McWilliams[^"]*">Brock risk', findings)
+    assert "model score (phantom-trained weights)" in findings and "p(cancer)" not in findings
+    assert "right upper" in findings and "lobulated" in findings
+    assert "approximates the lobe" in page
+    exam = page.split('id="exam"')[1].split("</table>")[0]
+    assert re.search(r'id="exam-lung-rads"><b>4A</b>', exam)
+    assert "3-month LDCT" in exam and "LAA-950 3.2% of lung volume; lung volume 4870 ml" in exam
+    assert "Missing from the DICOM header: age." in exam and "counted as no" in exam and "p(cancer)" not in exam
 
 
 def test_overlay_rendered_from_spool_when_no_sc(client: httpx.Client, open_series: dict[str, Any]) -> None:
@@ -85,6 +109,24 @@ def test_report_html_and_pdf(client: httpx.Client, open_series: dict[str, Any]) 
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-") and pdf.content.rstrip().endswith(b"%%EOF")
     assert pdf.content.count(b"/Subtype /Image") >= 2  # the key images are embedded
+    _assert_issue11_fields(html.split('id="findings"')[1].split("</table>")[0], html)
+    text = _pdf_text(pdf.content)
+    for shown in ("part-solid", "9.5", "6.5", "Brock risk*", "8%", "0.62", "right upper", "lobulated",
+                  "Lung-RADS (exam)", "3-month LDCT", "LAA-950 3.2% of lung volume", "McWilliams",
+                  "approximates the", "Missing from the DICOM header: age.", "phantom-trained"):
+        assert shown in text, f"{shown!r} missing from the PDF report"
+    assert "p(cancer)" not in text.split("Key images")[0]  # captions of the SC overlays come from dicomnode.results
+
+
+def _pdf_text(pdf: bytes) -> str:
+    """The text shown by an fpdf2 PDF: its Flate content streams, decompressed (enough to find words)."""
+    chunks = []
+    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        try:
+            chunks.append(zlib.decompress(match.group(1)).decode("latin-1"))
+        except zlib.error:  # images and other binary streams
+            continue
+    return "".join(re.findall(r"\((.*?)(?<!\\)\) ?Tj", "".join(chunks))).replace("\\(", "(").replace("\\)", ")")
 
 
 def test_audit_search(client: httpx.Client, open_series: dict[str, Any]) -> None:
@@ -92,6 +134,10 @@ def test_audit_search(client: httpx.Client, open_series: dict[str, Any]) -> None
     assert "JOB_DONE" in page and "SERIES_OPENED" not in page
     page = client.get("/audit", params={"subject": "findings", "series": open_series["uid"]}).text
     assert "4A" in page and "1 row(s)" in page
+    headers = re.findall(r"<th>([a-z_]+)</th>", page.split('id="audit-rows"')[1])
+    # the issue 11 columns, narrow enough for a window (issue 13): no centre coordinates or key-slice pixels
+    assert {"type", "mean_diameter_mm", "solid_component_mm", "lung_rads", "brock_risk", "model_score"} <= set(headers)
+    assert "center_x_mm" not in headers and "malignancy" not in headers and len(headers) <= 14
     assert client.get("/audit", params={"subject": "passwords"}).status_code == 404
 
 
