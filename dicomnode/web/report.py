@@ -84,12 +84,12 @@ def build_pdf(node: Node, series_uid: str) -> bytes:
     pdf.cell(0, 7, f"Findings ({len(ctx['findings'])})", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "B", 8)
     for title, width in FINDING_COLUMNS:
-        pdf.cell(width, 6, title, border=1)
+        _fit_cell(pdf, width, _latin1(title))
     pdf.ln()
     pdf.set_font("Helvetica", "", 8)
     for f in ctx["findings"]:
         for (_, width), value in zip(FINDING_COLUMNS, finding_cells(f)):
-            pdf.cell(width, 6, _latin1(value), border=1)
+            _fit_cell(pdf, width, _latin1(value))
         pdf.ln()
     if not ctx["findings"]:
         pdf.cell(0, 6, "No lung nodules reported." if job else "The series has not been analysed.", new_x="LMARGIN", new_y="NEXT")
@@ -110,6 +110,15 @@ def finding_cells(f: dict[str, Any]) -> list[str]:
     return [str(f["index"]), kind, f"{size:.1f}", _opt(f.get("solid_component_mm"), "{:.1f}"), f["lung_rads"],
             _opt(f.get("brock_risk"), "{:.0%}"), f"{f['model_score']:.2f}", f.get("margin") or "-", where,
             f"{f['volume_mm3']:.0f}", f"{f['probability'] * 100:.0f}"]
+
+
+def _fit_cell(pdf: FPDF, width: float, text: str, size: float = 8.0) -> None:
+    """A bordered cell whose text shrinks (down to 5 pt) rather than run into the next column."""
+    while size > 5.0 and pdf.get_string_width(text) > width - 2.0:
+        size -= 0.5
+        pdf.set_font_size(size)
+    pdf.cell(width, 6, text, border=1)
+    pdf.set_font_size(8.0)
 
 
 def _opt(value: float | None, fmt: str) -> str:
