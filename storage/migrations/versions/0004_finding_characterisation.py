@@ -8,7 +8,7 @@ Revises: 0003
 Create Date: 2026-11-30 10:50:00
 
 """
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 from alembic import op
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ down_revision: Union[str, Sequence[str], None] = '0003'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
-NEW_COLUMNS = [
+NEW_COLUMNS: list[tuple[str, sa.types.TypeEngine[Any]]] = [
     ('nodule_type', sa.String(length=16)),
     ('calcified', sa.Boolean()),
     ('calcification_pattern', sa.String(length=16)),
