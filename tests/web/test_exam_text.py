@@ -54,3 +54,14 @@ def test_finding_recorded_before_issue_11_shows_dashes_not_errors() -> None:
     html = TEMPLATES.get_template("_findings.html").render(findings=[f], latest_done_job={"id": 1},
                                                            model_score_label="model score (phantom-trained weights)")
     assert '<td class="f-type">-</td>' in html and '<td class="f-brock">-</td>' in html
+
+
+def test_job_summary_gets_the_exam_as_json_whichever_way_the_pipeline_hands_it_over() -> None:
+    """lung.py may put the ExamSummary itself or its JSON in summary["exam"]: the JSON column gets JSON."""
+    from dicomnode.process.jobs import exam_json
+    from dicomnode.process.pipelines import PipelineOutput
+    from tests.web.pipelines import EXAM
+
+    assert exam_json(PipelineOutput([], summary={"exam": EXAM})) == EXAM.to_json()
+    assert exam_json(PipelineOutput([], summary={"exam": EXAM.to_json()})) == EXAM.to_json()
+    assert exam_json(PipelineOutput([], verdict="not_analysed", summary={"reason": "not a chest CT"})) is None
