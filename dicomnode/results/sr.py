@@ -2,9 +2,9 @@
 
 One planar ROI group per nodule on its key slice, three NUM items first (OHIF shows
 only those: mean diameter, volume, the headline probability of cancer), the other
-measurements and the coded evaluations after. One TID 1501 exam group (summary of
-detections, LAA-950, lung volume) and, at report level, a Qualitative Evaluations
-container (exam Lung-RADS, recommendation, risk-model inputs).
+measurements and the coded evaluations after; a "no nodules" group when there is none.
+At report level, a Qualitative Evaluations container: exam Lung-RADS, recommendation,
+LAA-950 and lung volume, risk-model inputs.
 
 Never the retired SRT scheme: SCT, DCM, UCUM, UMLS, and two declared private schemes
 (99DCMNODE_LRADS for the Lung-RADS categories, 99DCMNODE for the few concepts with no
@@ -66,7 +66,6 @@ MODEL_METHOD = CodedConcept("DLMODEL", PRIVATE_SCHEME, "Detection model malignan
 BROCK_ALGORITHM = ("Brock University (PanCan) model", "McWilliams et al. N Engl J Med 2013;369:910-919, full model")
 LAA950 = CodedConcept("LAA950", PRIVATE_SCHEME, "Lung volume below -950 HU (LAA-950)")
 SCORE_UNIT = CodedConcept("{score}", "UCUM", "score")  # a UCUM annotation: a 0..1 score, not a percentage
-MILLILITER = CodedConcept("mL", "UCUM", "milliliter")
 
 # ---- qualitative evaluations: the Chest CAD SR concepts of PS3.16 (TID 4100 family) where they fit
 OPACITY_DESCRIPTOR = codes.DCM.OpacityDescriptor  # 112027
@@ -104,7 +103,6 @@ CALCIFICATION_PATTERN = {
 }
 
 SUMMARY_OF_DETECTIONS = codes.DCM.SummaryOfDetections  # 111064
-WITH_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithFindings  # 111242
 WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings  # 111241
 NOT_ANALYSED = codes.DCM.NoAlgorithmsSucceededWithoutFindings  # 111245
 COMMENT = CodedConcept("121106", "DCM", "Comment")
@@ -270,7 +268,7 @@ def _mm(name: CodedConcept | Code, value: float, derivation: CodedConcept | Code
 
 
 def _percent(value: float) -> float:
-    return round(float(value) * 100.0, 1)
+    return round(float(value) * 100.0, 2)  # 0.01 % steps: a Brock risk of 0.3127 reads 31.27 %
 
 
 def brock_measurement(risk: float) -> hd.sr.Measurement:
@@ -415,20 +413,6 @@ def _add_world_centre(
     raise AssertionError("mean diameter measurement missing from the nodule group")
 
 
-def exam_measurements(exam: ExamSummary | None) -> list[hd.sr.Measurement]:
-    """LAA-950 and the lung volume it is a share of (NUM items cannot go in the report-level container)."""
-    if exam is None:
-        return []
-    measurements = []
-    if exam.laa950_pct is not None:
-        measurements.append(hd.sr.Measurement(name=LAA950, value=round(float(exam.laa950_pct), 1),
-                                              unit=codes.UCUM.Percent))
-    if exam.lung_volume_ml is not None:
-        measurements.append(hd.sr.Measurement(name=VOLUME, value=round(float(exam.lung_volume_ml), 1),
-                                              unit=MILLILITER, finding_sites=[hd.sr.FindingSite(LUNG)]))
-    return measurements
-
-
 def _summary_group(
     result_series_uid: str,
     model: ModelIdentity,
@@ -436,17 +420,19 @@ def _summary_group(
     digest: str,
     summary: CodedConcept | Code,
     text: str,
-    exam: ExamSummary | None = None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """Exam-level group (TID 1501): what the algorithm concluded, and the exam's emphysema measurements."""
+    """Series-level group (TID 1501) saying what the algorithm concluded without a nodule ROI.
+
+    Only when there is no nodule: OHIF 3.13.2 fails to open an SR in which a measurement group has
+    no image region (it reads coords[0] of every group), so with nodules there is none.
+    """
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=result_uid("tracking-summary", result_series_uid, model.version, digest, 0, options.uid_root),
-            identifier="Lung screening exam",
+            identifier="Lung nodule detection",
         ),
         finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG)],
         algorithm_id=algorithm_identification(model),
-        measurements=exam_measurements(exam) or None,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=SUMMARY_OF_DETECTIONS, value=summary)],
     )
     group[0].ContentSequence.append(
@@ -467,13 +453,29 @@ def risk_inputs_text(exam: ExamSummary) -> str:
     )
 
 
+def emphysema_items(exam: ExamSummary) -> list[hd.sr.TextContentItem]:
+    """LAA-950 and the lung volume as TEXT: the report-level container takes CODE and TEXT only (TID 1500),
+    and a measurement group without an image region would stop OHIF from opening the SR."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items = []
+    if exam.laa950_pct is not None:
+        items.append(hd.sr.TextContentItem(name=LAA950, value=f"{exam.laa950_pct:.1f} % of the lung volume",
+                                           relationship_type=contains))
+    if exam.lung_volume_ml is not None:
+        items.append(hd.sr.TextContentItem(name=VOLUME, value=f"{exam.lung_volume_ml:.1f} mL (both lungs)",
+                                           relationship_type=contains))
+    return items
+
+
 def exam_statements(exam: ExamSummary) -> hd.sr.ContainerContentItem:
-    """Report-level Qualitative Evaluations (TID 1500): exam Lung-RADS, recommendation, risk inputs, caveats."""
+    """Report-level Qualitative Evaluations (TID 1500): exam Lung-RADS, recommendation, LAA-950 and lung
+    volume, risk-model inputs, caveats."""
     contains = hd.sr.RelationshipTypeValues.CONTAINS
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
     items = [
         hd.sr.CodeContentItem(name=LUNG_RADS_CONCEPT, value=lung_rads_code(exam.lung_rads), relationship_type=contains),
         hd.sr.TextContentItem(name=RECOMMENDATION, value=exam.recommendation, relationship_type=contains),
+        *emphysema_items(exam),
         hd.sr.TextContentItem(name=COMMENT, value=risk_inputs_text(exam), relationship_type=contains),
         hd.sr.TextContentItem(
             name=COMMENT, relationship_type=contains,
@@ -529,7 +531,8 @@ def _document(
 
 
 def build_sr(source: Sequence[Dataset], result: SeriesResult, options: ResultOptions | None = None) -> Dataset:
-    """TID 1500 report of an analysed series: one ROI group per nodule, the exam group, the exam statements."""
+    """TID 1500 report of an analysed series: one ROI group per nodule (or a "no nodules" group), the exam
+    statements at report level."""
     options = options or ResultOptions()
     if not result.analysed:
         return build_not_analysed_sr(source, result.not_analysed_reason or "not analysed", result.model, options,
@@ -542,12 +545,11 @@ def build_sr(source: Sequence[Dataset], result: SeriesResult, options: ResultOpt
         image = find_instance(sources, finding.key_slice.sop_instance_uid)
         key_images[image.SOPInstanceUID] = image
         groups.append(_nodule_group(index, finding, image, result, options, digest))
-    count = len(result.findings)
-    summary, text = (WITH_FINDINGS, f"{count} lung nodule(s) detected.") if count else (
-        WITHOUT_FINDINGS, "No lung nodules detected.")
-    # last: viewers that list measurement groups show the nodules first
-    groups.append(_summary_group(result.series_instance_uid, result.model, options, digest, summary, text,
-                                 result.exam))
+    if not groups:
+        groups.append(
+            _summary_group(result.series_instance_uid, result.model, options, digest, WITHOUT_FINDINGS,
+                           "No lung nodules detected.")
+        )
     library = sort_by_position(list(key_images.values())) or [_middle(sources)]
     return _document(sources, groups, library, result.series_instance_uid, result.model, options, digest,
                      options.sr_series_description, result.exam)
