@@ -13,7 +13,7 @@ standard code) only. Where each code comes from is said beside it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 
 import highdicom as hd
@@ -324,7 +324,7 @@ def nodule_measurements(finding: Finding, result: SeriesResult) -> list[hd.sr.Me
     return measurements
 
 
-def _coded(table: dict[str, CodedConcept | Code], key: str | None, what: str) -> CodedConcept | Code:
+def _coded(table: Mapping[str, CodedConcept | Code], key: str | None, what: str) -> CodedConcept | Code:
     try:
         return table[key or ""]
     except KeyError:

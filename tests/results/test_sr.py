@@ -11,9 +11,11 @@ from pydicom.filebase import DicomBytesIO
 
 from dicomnode.results import ResultOptions, build_not_analysed_sr, build_sr, result_uid, settings_digest
 from dicomnode.results.sr import LUNG_RADS_SCHEME
+from inference.findings import NoduleLocation
 from tests.results.dicom_validators import (
     MODEL,
     empty_result,
+    exam_summary,
     not_analysed_result,
     synthetic_result,
 )
@@ -334,3 +336,26 @@ def test_not_analysed_report(series):
     routed = build_sr(list(series), not_analysed_result(series, reason), ResultOptions())
     assert routed.SOPInstanceUID == sr.SOPInstanceUID
     assert _summary(routed) == (code, text)
+
+
+def test_incomplete_exam_states_category_0_and_why(series):
+    """Lungs not fully in the field of view: Lung-RADS 0 at report level with the reason, never a crash."""
+    result = synthetic_result(series, count=1)
+    reason = "lungs not fully in the field of view: the apices are cut"
+    result.exam = replace(exam_summary("0"), reason=reason, lungs_fully_covered=False)
+    items = _exam_container(build_sr(list(series), result, ResultOptions()))
+    code = next(i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "LRADS").ConceptCodeSequence[0]
+    assert (code.CodeValue, code.CodeMeaning) == ("0", "Lung-RADS 0 incomplete")
+    assert reason in [i.TextValue for i in items if i.ValueType == "TEXT"]
+
+
+def test_missing_risk_and_side_are_left_out_not_invented(series):
+    """No Brock risk: no probability of cancer item; no side or zone: no laterality or location item."""
+    result = synthetic_result(series, count=1)
+    result.findings[0] = replace(result.findings[0], brock_risk=None, location=NoduleLocation())
+    group = _planar_groups(build_sr(list(series), result, ResultOptions()))[0]
+    names = [m.name.value for m in group.get_measurements()]
+    assert "111047" not in names
+    assert names[:3] == ["81827009", "118565006", "103339001"]  # OHIF then shows the long axis third
+    assert group.finding_sites[0].laterality is None
+    assert "112013" not in {e.name.value for e in group.get_qualitative_evaluations()}
