@@ -31,7 +31,8 @@ class ResultOptions(BaseModel):
     # ROI drawn on the key slice: a closed polygon is drawn by every viewer we know.
     roi_graphic: Literal["polyline", "ellipse"] = "polyline"
     polygon_vertices: int = Field(default=32, ge=8, le=360)
-    # malignancy >= threshold is coded "Malignant", else "Benign"
+    # Unused since issue 11: the SR no longer codes Benign/Malignant from the phantom-trained model score
+    # (the Brock risk and Lung-RADS are encoded instead). Kept so existing [results] settings still parse.
     malignancy_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
     sr_series_number: int = Field(default=9001, ge=1, le=_MAX_IS)

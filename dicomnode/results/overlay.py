@@ -6,6 +6,7 @@ image listing every finding. Burned-in annotations, so never for diagnosis.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -43,11 +44,42 @@ def lung_window_rgb(ct_slice: Dataset, center: float = -600.0, width: float = 15
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
+TYPE_WORDS = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "ground-glass"}
+BANNER_WIDTH_CHARS = 76  # what fits across a 512-column image at the banner font
+
+
+def nodule_type_words(finding: Finding) -> str:
+    words = TYPE_WORDS.get(finding.nodule_type, finding.nodule_type)
+    return f"{words} calcified" if finding.calcified else words
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.0f}%"
+
+
 def finding_label(number: int, finding: Finding) -> str:
+    """What a radiologist reads first: type, Lung-RADS mean diameter, category, Brock risk."""
     return (
-        f"{number}: {finding.diameter_mm:.1f} mm, p(cancer) {finding.malignancy * 100:.0f}%, "
-        f"Lung-RADS {finding.lung_rads}"
+        f"{number}: {nodule_type_words(finding)} {finding.mean_diameter_mm:.1f} mm, "
+        f"Lung-RADS {finding.lung_rads}, Brock {percent(finding.brock_risk)}"
     )
+
+
+MODEL_SCORE_FOOTNOTE = {
+    "brock": "* model score: weights trained on phantoms; not a probability of cancer",
+    "model": "* model p(cancer): weights declared validated on real data",
+}
+
+
+def _headline(result: SeriesResult) -> str:
+    return "model" if result.exam is not None and result.exam.headline == "model" else "brock"
+
+
+def model_score_words(finding: Finding, result: SeriesResult) -> str:
+    """The detection model's malignancy output, labelled for what it is (the footnote says more)."""
+    if _headline(result) == "model":
+        return f"model p(cancer) {percent(finding.model_score)}*"
+    return f"model score {finding.model_score:.2f}*"
 
 
 def outline_box(finding: Finding, ct_slice: Dataset) -> tuple[float, float, float, float]:
@@ -89,14 +121,31 @@ def draw_findings(
         anchor = label_anchor(finding, ct_slice, (box[2] - box[0], box[3] - box[1]))
         draw.text(anchor, text, fill=TEXT_COLOUR, font=label_font, stroke_width=2, stroke_fill=(0, 0, 0))
     if banner:
-        banner_font = _font(BANNER_FONT_SIZE)
-        line_height = BANNER_FONT_SIZE + 4
-        height = line_height * len(banner) + 8
-        width = max(draw.textbbox((0, 0), line, font=banner_font)[2] for line in banner) + 12
-        draw.rectangle((0, 0, min(width, image.width - 1), height), fill=(0, 0, 0))
-        for i, line in enumerate(banner):
-            draw.text((6, 4 + i * line_height), line, fill=(255, 255, 255), font=banner_font)
+        _draw_banner(draw, image.size, banner, [outline_box(f, ct_slice) for _, f in numbered])
     return np.asarray(image, dtype=np.uint8).copy()
+
+
+def banner_top(size: tuple[int, int], height: int, boxes: Sequence[tuple[float, float, float, float]]) -> int:
+    """Top of the banner: at the top unless it would hide a nodule or its label, then at the bottom."""
+    label_room = LABEL_FONT_SIZE + 12  # the label sits above the ring
+
+    def clear(top: int) -> bool:
+        return all(box[3] < top or box[1] - label_room > top + height for box in boxes)
+
+    bottom = size[1] - height - 1
+    return 0 if clear(0) or not clear(bottom) else bottom
+
+
+def _draw_banner(draw: ImageDraw.ImageDraw, size: tuple[int, int], banner: Sequence[str],
+                 boxes: Sequence[tuple[float, float, float, float]]) -> None:
+    banner_font = _font(BANNER_FONT_SIZE)
+    line_height = BANNER_FONT_SIZE + 4
+    height = line_height * len(banner) + 8
+    width = max(draw.textbbox((0, 0), line, font=banner_font)[2] for line in banner) + 12
+    top = banner_top(size, height, boxes)
+    draw.rectangle((0, top, min(width, size[0] - 1), top + height), fill=(0, 0, 0))
+    for i, line in enumerate(banner):
+        draw.text((6, top + 4 + i * line_height), line, fill=(255, 255, 255), font=banner_font)
 
 
 def render_overlay_png(
@@ -202,20 +251,51 @@ def _largest(findings: Sequence[Finding]) -> int:
     return max(range(len(findings)), key=lambda i: findings[i].diameter_mm)
 
 
+def _where(finding: Finding) -> str:
+    location = finding.location
+    side = location.lung or "side unknown"
+    zone = f" {location.zone} zone" if location.zone else " lung"
+    return side + zone + (", juxtapleural" if location.juxtapleural else "")
+
+
+def _exam_lines(result: SeriesResult) -> list[str]:
+    exam = result.exam
+    if exam is None:
+        return []
+    lines = []
+    if exam.laa950_pct is not None:
+        volume = f" of {exam.lung_volume_ml:.0f} mL lung" if exam.lung_volume_ml is not None else ""
+        lines.append(f"LAA-950 {exam.laa950_pct:.1f}%{volume}")
+    missing = ", ".join(exam.risk_inputs.missing)
+    if missing:
+        lines.append(f"Brock inputs missing (reference value used): {missing}")
+    if exam.reason:
+        lines.append(exam.reason)
+    lines.append(f"Recommendation: {exam.recommendation}")
+    lines.append("Zones approximate the lobes.")
+    return lines
+
+
 def summary_lines(result: SeriesResult) -> list[str]:
+    """The summary table; the second line is the headline (also the summary image's ImageComments)."""
     model = result.model
     lines = [f"{model.name} {model.version} - NOT FOR DIAGNOSTIC USE"]
     if not result.findings:
         lines.append("No lung nodules detected.")
-        return lines
-    lines.append(f"{len(result.findings)} nodule(s); highest p(cancer) {result.verdict_probability * 100:.0f}%")
+    else:
+        highest = max((f.brock_risk for f in result.findings if f.brock_risk is not None), default=None)
+        category = f"exam Lung-RADS {result.exam.lung_rads}; " if result.exam is not None else ""
+        lines.append(f"{len(result.findings)} nodule(s); {category}highest Brock risk {percent(highest)}")
     for number, finding in enumerate(result.findings, start=1):
-        x, y, z = finding.center_mm
-        lines.append(
-            f"{finding_label(number, finding)}; vol {finding.volume_mm3:.0f} mm3; "
-            f"z {z:.1f} mm"
-        )
-    return lines
+        z = finding.center_mm[2]
+        lines.append(finding_label(number, finding))
+        lines.append(f"   {_where(finding)}; {finding.volume_mm3:.0f} mm3; z {z:.0f} mm; "
+                     f"{model_score_words(finding, result)}")
+    if result.findings:
+        lines.append(MODEL_SCORE_FOOTNOTE[_headline(result)])
+    lines.extend(_exam_lines(result))
+    return [wrapped for line in lines
+            for wrapped in textwrap.wrap(line, BANNER_WIDTH_CHARS, subsequent_indent="   ") or [""]]
 
 
 def build_overlays(

@@ -1,13 +1,19 @@
 """TID 1500 measurement reports for lung nodule findings (docs/architecture.md, "Results encoding").
 
 One planar ROI group per nodule on its key slice, three NUM items first (OHIF shows
-only those), coded evaluations after. Never the retired SRT scheme: SCT, DCM, UCUM
-and our declared private Lung-RADS scheme only.
+only those: mean diameter, volume, the headline probability of cancer), the other
+measurements and the coded evaluations after; a "no nodules" group when there is none.
+At report level, a Qualitative Evaluations container: exam Lung-RADS, recommendation,
+LAA-950 and lung volume, risk-model inputs.
+
+Never the retired SRT scheme: SCT, DCM, UCUM, UMLS, and two declared private schemes
+(99DCMNODE_LRADS for the Lung-RADS categories, 99DCMNODE for the few concepts with no
+standard code) only. Where each code comes from is said beside it.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 
 import highdicom as hd
@@ -20,12 +26,14 @@ from pydicom.tag import Tag
 
 from dicomnode.results.options import ResultOptions
 from dicomnode.results.uids import device_uid, result_uid, settings_digest
-from inference.findings import Finding, ModelIdentity, SeriesResult
+from inference.findings import ExamSummary, Finding, ModelIdentity, SeriesResult
 
-# No standard code list exists for Lung-RADS categories (docs/architecture.md, "Results encoding"): declare ours.
+# No DICOM/SNOMED code list exists for Lung-RADS categories (the RadElement set RDES267 is not a
+# DICOM-registered scheme): declare ours (docs/architecture.md, "Results encoding").
 LUNG_RADS_SCHEME = "99DCMNODE_LRADS"
 LUNG_RADS_CONCEPT = CodedConcept("LRADS", LUNG_RADS_SCHEME, "Lung-RADS assessment category")
 LUNG_RADS_MEANINGS = {
+    "0": "Lung-RADS 0 incomplete",
     "1": "Lung-RADS 1 negative",
     "2": "Lung-RADS 2 benign appearance or behavior",
     "3": "Lung-RADS 3 probably benign",
@@ -33,22 +41,74 @@ LUNG_RADS_MEANINGS = {
     "4B": "Lung-RADS 4B very suspicious",
     "4X": "Lung-RADS 4X very suspicious with additional features",
 }
+# Concepts with no standard code (searched in PS3.16, SNOMED CT and RadLex/RadElement): declared here.
+PRIVATE_SCHEME = "99DCMNODE"
 
 NODULE = codes.SCT.Nodule  # 27925004
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
 LUNG = codes.SCT.Lung  # 39607008
+# Finding site laterality (TID 1419 "Finding Site" + HAS CONCEPT MOD Laterality, CID 244)
+LATERALITY = {"right": codes.SCT.Right, "left": codes.SCT.Left}  # 24028007, 7771000
+
+# ---- NUM items (PS3.16 CID 7469/7470 and CID 6048)
+DIAMETER = codes.SCT.Diameter  # 81827009, with Derivation (DCM 121401) = Mean (SCT 373098007)
+MEAN = codes.SCT.Mean  # 373098007
 LONG_AXIS = codes.SCT.LongAxis  # 103339001
+SHORT_AXIS = codes.SCT.ShortAxis  # 103340004
 VOLUME = codes.SCT.Volume  # 118565006
-PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # 111047
+PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # 111047 (CID 6048)
 CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding  # 111012, used for detection probability
-IMPRESSION = codes.DCM.DifferentialDiagnosisImpression  # 111023
-BENIGN = codes.SCT.Benign  # 30807003
-MALIGNANT = codes.SCT.Malignant  # 21594007
+SOLID_COMPONENT_DIAMETER = CodedConcept("SOLIDDIAM", PRIVATE_SCHEME, "Solid component mean diameter")
+MODEL_SCORE = CodedConcept("MODELSCORE", PRIVATE_SCHEME, "Model score, phantom-trained weights, not p(cancer)")
+# Measurement Method (SCT 370129005) values naming how a probability of cancer was derived
+BROCK_METHOD = CodedConcept("BROCK", PRIVATE_SCHEME, "Brock University (PanCan) full model with spiculation")
+MODEL_METHOD = CodedConcept("DLMODEL", PRIVATE_SCHEME, "Detection model malignancy head, validated weights")
+BROCK_ALGORITHM = ("Brock University (PanCan) model", "McWilliams et al. N Engl J Med 2013;369:910-919, full model")
+LAA950 = CodedConcept("LAA950", PRIVATE_SCHEME, "Lung volume below -950 HU (LAA-950)")
+SCORE_UNIT = CodedConcept("{score}", "UCUM", "score")  # a UCUM annotation: a 0..1 score, not a percentage
+
+# ---- qualitative evaluations: the Chest CAD SR concepts of PS3.16 (TID 4100 family) where they fit
+OPACITY_DESCRIPTOR = codes.DCM.OpacityDescriptor  # 112027
+ATTENUATION = {
+    # SCT 35702001 "Solid": HL7 LT lung IG value set "pulmonary-nodule-type", expanded by tx.fhir.org
+    "solid": CodedConcept("35702001", "SCT", "Solid"),
+    # no SNOMED CT / PS3.16 code for a part-solid (mixed) nodule; RadElement RDE1301 is not a DICOM scheme
+    "part_solid": CodedConcept("PARTSOLID", PRIVATE_SCHEME, "Part-solid"),
+    "ground_glass": codes.DCM.GroundGlassOpacity,  # 112120, CID 6102/6104
+}
+BORDER_SHAPE = codes.DCM.BorderShape  # 112015 (values CID 6119 Chest Border Shape)
+MARGIN = {
+    "smooth": codes.SCT.Smooth,  # 82280004
+    "lobulated": codes.DCM.Lobulated,  # 112135, CID 6119
+    "spiculated": codes.DCM.Spiculated,  # 112136, CID 6119
+}
+LOCATION_IN_CHEST = codes.DCM.LocationInChest  # 112013 (values CID 6124 Location in Chest)
+ZONE = {
+    # zones are thirds of the lung height: they approximate, and are not, the lobes
+    "upper": codes.SCT.UpperZoneOfLung,  # 281392002
+    "middle": codes.SCT.MiddleZoneOfLung,  # 281393007
+    "lower": codes.SCT.LowerZoneOfLung,  # 281394001
+}
+# CID 6124 has no "juxtapleural"; Subpleural (SCT 68599007) is its nearest member: the nodule abuts the pleura
+SUBPLEURAL = CodedConcept("68599007", "SCT", "Subpleural")
+CALCIFICATION = CodedConcept("CALC", PRIVATE_SCHEME, "Nodule calcification")
+PRESENT = codes.SCT.Present  # 52101004 (CID 240)
+ABSENT = codes.SCT.Absent  # 272519000 (CID 240)
+CALCIFICATION_DESCRIPTOR = codes.DCM.CalcificationDescriptor  # 112030
+CALCIFICATION_PATTERN = {
+    # CID 6132 Chest Calcification Descriptor has popcorn and laminated, not these three
+    "central": CodedConcept("CENTRALCALC", PRIVATE_SCHEME, "Central calcification"),
+    "diffuse": CodedConcept("DIFFUSECALC", PRIVATE_SCHEME, "Diffuse calcification"),
+    "eccentric": CodedConcept("ECCENTRICCALC", PRIVATE_SCHEME, "Eccentric calcification"),
+}
+
 SUMMARY_OF_DETECTIONS = codes.DCM.SummaryOfDetections  # 111064
-WITH_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithFindings  # 111242
 WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings  # 111241
 NOT_ANALYSED = codes.DCM.NoAlgorithmsSucceededWithoutFindings  # 111245
 COMMENT = CodedConcept("121106", "DCM", "Comment")
+RECOMMENDATION = codes.DCM.Recommendation  # 121075
+# TID 1500 row "Qualitative Evaluations" container (CODE and TEXT items about the whole report)
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 PROCEDURE_REPORTED = codes.SCT.ComputedTomography  # 77477000
 
 # Required (Type 2) patient/study attributes highdicom reads from the first source dataset.
@@ -118,7 +178,15 @@ def lung_rads_code(category: str) -> CodedConcept:
 def lung_rads_scheme_item() -> hd.coding_schemes.CodingSchemeIdentificationItem:
     return hd.coding_schemes.CodingSchemeIdentificationItem(
         designator=LUNG_RADS_SCHEME,
-        name="dicomnode Lung-RADS v2022 categories (solid nodules, by mean diameter)",
+        name="dicomnode codes for the ACR Lung-RADS v2022 categories",
+        responsible_organization="dicomnode project",
+    )
+
+
+def private_scheme_item() -> hd.coding_schemes.CodingSchemeIdentificationItem:
+    return hd.coding_schemes.CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME,
+        name="dicomnode lung screening concepts without a standard code",
         responsible_organization="dicomnode project",
     )
 
@@ -139,7 +207,7 @@ def contributing_equipment(model: ModelIdentity, options: ResultOptions) -> hd.C
         manufacturer_model_name=model.name,
         software_versions=model.version,
         institution_name=options.institution_name,
-        contribution_description=f"Lung nodule detection and malignancy estimation ({model.engine})",
+        contribution_description=f"Lung nodule detection, characterisation, Lung-RADS and Brock risk ({model.engine})",
     )
 
 
@@ -188,6 +256,100 @@ def radius_px(finding: Finding, image: Dataset) -> tuple[float, float]:
     return half / spacing[0], half / spacing[1]
 
 
+def _finding_site(finding: Finding) -> hd.sr.FindingSite:
+    """Lung, with the side as a laterality modifier when it could be told."""
+    side = LATERALITY.get(finding.location.lung or "")
+    return hd.sr.FindingSite(anatomic_location=LUNG, laterality=side)
+
+
+def _mm(name: CodedConcept | Code, value: float, derivation: CodedConcept | Code | None = None) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=round(float(value), 1), unit=codes.UCUM.Millimeter,
+                             derivation=derivation)
+
+
+def _percent(value: float) -> float:
+    return round(float(value) * 100.0, 2)  # 0.01 % steps: a Brock risk of 0.3127 reads 31.27 %
+
+
+def brock_measurement(risk: float) -> hd.sr.Measurement:
+    """Probability of cancer by the Brock model, the method and its source named."""
+    name, version = BROCK_ALGORITHM
+    return hd.sr.Measurement(
+        name=PROBABILITY_OF_CANCER, value=_percent(risk), unit=codes.UCUM.Percent, method=BROCK_METHOD,
+        algorithm_id=hd.sr.AlgorithmIdentification(name=name, version=version),
+    )
+
+
+def model_measurement(finding: Finding, result: SeriesResult) -> hd.sr.Measurement:
+    """The detection model's malignancy output: a probability only when its weights are declared validated."""
+    if headline_is_model(result):
+        return hd.sr.Measurement(
+            name=PROBABILITY_OF_CANCER, value=_percent(finding.model_score), unit=codes.UCUM.Percent,
+            method=MODEL_METHOD, algorithm_id=algorithm_identification(result.model),
+        )
+    return hd.sr.Measurement(name=MODEL_SCORE, value=round(float(finding.model_score), 3), unit=SCORE_UNIT)
+
+
+def headline_is_model(result: SeriesResult) -> bool:
+    return result.exam is not None and result.exam.headline == "model"
+
+
+def nodule_measurements(finding: Finding, result: SeriesResult) -> list[hd.sr.Measurement]:
+    """NUM items; the first three are what OHIF labels the nodule with, in a radiologist's order:
+    the Lung-RADS mean diameter, the volume, the headline probability of cancer (Brock, or the
+    model's only when its weights are declared validated)."""
+    headline: list[hd.sr.Measurement] = []
+    rest: list[hd.sr.Measurement] = []
+    brock = [brock_measurement(finding.brock_risk)] if finding.brock_risk is not None else []
+    model = [model_measurement(finding, result)]
+    if headline_is_model(result):
+        headline, rest = model, brock
+    else:
+        headline, rest = brock, model
+    measurements = [
+        _mm(DIAMETER, finding.mean_diameter_mm, derivation=MEAN),
+        hd.sr.Measurement(name=VOLUME, value=round(float(finding.volume_mm3), 1), unit=codes.UCUM.CubicMillimeter),
+        *headline,
+    ]
+    if finding.long_axis_mm > 0:
+        measurements.append(_mm(LONG_AXIS, finding.long_axis_mm))
+    if finding.short_axis_mm > 0:
+        measurements.append(_mm(SHORT_AXIS, finding.short_axis_mm))
+    if finding.solid_component_mm is not None:
+        measurements.append(_mm(SOLID_COMPONENT_DIAMETER, finding.solid_component_mm, derivation=MEAN))
+    measurements.extend(rest)
+    measurements.append(
+        hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=_percent(finding.probability), unit=codes.UCUM.Percent)
+    )
+    return measurements
+
+
+def _coded(table: Mapping[str, CodedConcept | Code], key: str | None, what: str) -> CodedConcept | Code:
+    try:
+        return table[key or ""]
+    except KeyError:
+        raise ValueError(f"finding has an unknown {what} {key!r}; expected one of {sorted(table)}") from None
+
+
+def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
+    """Attenuation type, margin, location, calcification and the Lung-RADS category, coded."""
+    qe = hd.sr.QualitativeEvaluation
+    evaluations = [
+        qe(name=OPACITY_DESCRIPTOR, value=_coded(ATTENUATION, finding.nodule_type, "attenuation type")),
+        qe(name=BORDER_SHAPE, value=_coded(MARGIN, finding.margin, "margin")),
+    ]
+    if finding.location.zone is not None:
+        evaluations.append(qe(name=LOCATION_IN_CHEST, value=_coded(ZONE, finding.location.zone, "zone")))
+    if finding.location.juxtapleural:
+        evaluations.append(qe(name=LOCATION_IN_CHEST, value=SUBPLEURAL))
+    evaluations.append(qe(name=CALCIFICATION, value=PRESENT if finding.calcified else ABSENT))
+    if finding.calcification_pattern is not None:
+        pattern = _coded(CALCIFICATION_PATTERN, finding.calcification_pattern, "calcification pattern")
+        evaluations.append(qe(name=CALCIFICATION_DESCRIPTOR, value=pattern))
+    evaluations.append(qe(name=LUNG_RADS_CONCEPT, value=lung_rads_code(finding.lung_rads)))
+    return evaluations
+
+
 def _nodule_group(
     index: int,
     finding: Finding,
@@ -212,44 +374,15 @@ def _nodule_group(
         ),
         source_image=hd.sr.SourceImageForRegion.from_source_image(image),
     )
-    algorithm = algorithm_identification(result.model)
-    # Order matters: OHIF labels a group with its first three NUM items.
-    measurements = [
-        hd.sr.Measurement(
-            name=LONG_AXIS,
-            value=round(float(finding.diameter_mm), 2),
-            unit=codes.UCUM.Millimeter,
-        ),
-        hd.sr.Measurement(
-            name=VOLUME,
-            value=round(float(finding.volume_mm3), 1),
-            unit=codes.UCUM.CubicMillimeter,
-        ),
-        hd.sr.Measurement(
-            name=PROBABILITY_OF_CANCER,
-            value=round(float(finding.malignancy) * 100.0, 1),
-            unit=codes.UCUM.Percent,
-        ),
-        hd.sr.Measurement(
-            name=CERTAINTY_OF_FINDING,
-            value=round(float(finding.probability) * 100.0, 1),
-            unit=codes.UCUM.Percent,
-        ),
-    ]
-    evaluations = [
-        hd.sr.QualitativeEvaluation(
-            name=IMPRESSION,
-            value=MALIGNANT if finding.malignancy >= options.malignancy_threshold else BENIGN,
-        ),
-        hd.sr.QualitativeEvaluation(name=LUNG_RADS_CONCEPT, value=lung_rads_code(finding.lung_rads)),
-    ]
+    measurements = nodule_measurements(finding, result)
+    evaluations = nodule_evaluations(finding)
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_region=region,
         finding_type=NODULE,
         finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG)],
-        algorithm_id=algorithm,
+        finding_sites=[_finding_site(finding)],
+        algorithm_id=algorithm_identification(result.model),
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
@@ -261,7 +394,7 @@ def _nodule_group(
 def _add_world_centre(
     group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations, finding: Finding, image: Dataset
 ) -> None:
-    """Attach the nodule's world centre as SCOORD3D POINT (INFERRED FROM) to the diameter NUM.
+    """Attach the nodule's world centre as SCOORD3D POINT (INFERRED FROM) to the mean diameter NUM.
 
     highdicom refuses 3D coordinates inside a planar group, but the Comprehensive 3D SR IOD
     allows NUM INFERRED FROM SCOORD3D; 3D-aware viewers can jump to the point.
@@ -272,12 +405,12 @@ def _add_world_centre(
         frame_of_reference_uid=image.FrameOfReferenceUID,
     )
     for item in group[0].ContentSequence:
-        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == LONG_AXIS.value:
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == DIAMETER.value:
             if "ContentSequence" not in item:
                 item.ContentSequence = hd.sr.ContentSequence()
             item.ContentSequence.append(point)
             return
-    raise AssertionError("long axis measurement missing from the nodule group")
+    raise AssertionError("mean diameter measurement missing from the nodule group")
 
 
 def _summary_group(
@@ -288,7 +421,11 @@ def _summary_group(
     summary: CodedConcept | Code,
     text: str,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """Series-level group (TID 1501) saying what the algorithm concluded without a nodule ROI."""
+    """Series-level group (TID 1501) saying what the algorithm concluded without a nodule ROI.
+
+    Only when there is no nodule: OHIF 3.13.2 fails to open an SR in which a measurement group has
+    no image region (it reads coords[0] of every group), so with nodules there is none.
+    """
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=result_uid("tracking-summary", result_series_uid, model.version, digest, 0, options.uid_root),
@@ -304,6 +441,53 @@ def _summary_group(
     return group
 
 
+def risk_inputs_text(exam: ExamSummary) -> str:
+    """What the Brock model was given, and which inputs were missing (replaced by its reference values)."""
+    inputs = exam.risk_inputs
+    age = f"{inputs.age_years:.0f} years" if inputs.age_years is not None else "unknown"
+    family = inputs.family_history + (" (counted as no)" if inputs.family_history == "unknown" else "")
+    missing = ", ".join(inputs.missing) if inputs.missing else "none"
+    return (
+        f"Brock model inputs: age {age}; sex {inputs.sex or 'unknown'}; family history of lung cancer {family}; "
+        f"emphysema {'yes' if inputs.emphysema else 'no'}. Missing inputs (model reference value used): {missing}."
+    )
+
+
+def emphysema_items(exam: ExamSummary) -> list[hd.sr.TextContentItem]:
+    """LAA-950 and the lung volume as TEXT: the report-level container takes CODE and TEXT only (TID 1500),
+    and a measurement group without an image region would stop OHIF from opening the SR."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items = []
+    if exam.laa950_pct is not None:
+        items.append(hd.sr.TextContentItem(name=LAA950, value=f"{exam.laa950_pct:.1f} % of the lung volume",
+                                           relationship_type=contains))
+    if exam.lung_volume_ml is not None:
+        items.append(hd.sr.TextContentItem(name=VOLUME, value=f"{exam.lung_volume_ml:.1f} mL (both lungs)",
+                                           relationship_type=contains))
+    return items
+
+
+def exam_statements(exam: ExamSummary) -> hd.sr.ContainerContentItem:
+    """Report-level Qualitative Evaluations (TID 1500): exam Lung-RADS, recommendation, LAA-950 and lung
+    volume, risk-model inputs, caveats."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    items = [
+        hd.sr.CodeContentItem(name=LUNG_RADS_CONCEPT, value=lung_rads_code(exam.lung_rads), relationship_type=contains),
+        hd.sr.TextContentItem(name=RECOMMENDATION, value=exam.recommendation, relationship_type=contains),
+        *emphysema_items(exam),
+        hd.sr.TextContentItem(name=COMMENT, value=risk_inputs_text(exam), relationship_type=contains),
+        hd.sr.TextContentItem(
+            name=COMMENT, relationship_type=contains,
+            value="Nodule zones are thirds of each lung's height: they approximate, and are not, the lobes.",
+        ),
+    ]
+    if exam.reason:
+        items.append(hd.sr.TextContentItem(name=COMMENT, value=exam.reason, relationship_type=contains))
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
 def _document(
     sources: list[Dataset],
     groups: list,
@@ -313,6 +497,7 @@ def _document(
     options: ResultOptions,
     digest: str,
     description: str,
+    exam: ExamSummary | None = None,
 ) -> Dataset:
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(model, options),
@@ -322,6 +507,8 @@ def _document(
         # tree (and highdicom) 20x slower and viewers find the series from the evidence anyway.
         referenced_images=library,
     )
+    if exam is not None:
+        report[0].ContentSequence.append(exam_statements(exam))
     sr_class = hd.sr.Comprehensive3DSR if options.sop_class == "comprehensive3d" else hd.sr.ComprehensiveSR
     root = options.uid_root
     sr = sr_class(
@@ -337,14 +524,15 @@ def _document(
         series_description=description,
         manufacturer_model_name=model.name,
         software_versions=model.version,
-        coding_schemes=[lung_rads_scheme_item()],
+        coding_schemes=[lung_rads_scheme_item(), private_scheme_item()],
         contributing_equipment=[contributing_equipment(model, options)],
     )
     return sr
 
 
 def build_sr(source: Sequence[Dataset], result: SeriesResult, options: ResultOptions | None = None) -> Dataset:
-    """TID 1500 report of an analysed series: one ROI group per nodule, or a "no nodules" group."""
+    """TID 1500 report of an analysed series: one ROI group per nodule (or a "no nodules" group), the exam
+    statements at report level."""
     options = options or ResultOptions()
     if not result.analysed:
         return build_not_analysed_sr(source, result.not_analysed_reason or "not analysed", result.model, options,
@@ -364,7 +552,7 @@ def build_sr(source: Sequence[Dataset], result: SeriesResult, options: ResultOpt
         )
     library = sort_by_position(list(key_images.values())) or [_middle(sources)]
     return _document(sources, groups, library, result.series_instance_uid, result.model, options, digest,
-                     options.sr_series_description)
+                     options.sr_series_description, result.exam)
 
 
 def _middle(sources: list[Dataset]) -> Dataset:

@@ -7,14 +7,25 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from inference.findings import Finding, KeySlice, ModelIdentity, SeriesResult, Verdict, lung_rads_category
+from inference.clinical import RECOMMENDATIONS
+from inference.clinical.lungrads import LungRadsCategory
+from inference.findings import (
+    ExamSummary,
+    Finding,
+    KeySlice,
+    ModelIdentity,
+    NoduleLocation,
+    RiskInputs,
+    SeriesResult,
+    Verdict,
+)
 from tests.conftest import LIDC_SERIES, require_tool
 
 # dciodvfy warnings we accept, each with why:
@@ -23,7 +34,8 @@ KNOWN_DCIODVFY_WARNINGS = (
     re.compile(r"^Warning - </(StudyTime\(0008,0030\)|StudyID\(0020,0010\))> - Missing attribute or value that would be needed to build DICOMDIR$"),
     # Our private Lung-RADS scheme: declared in CodingSchemeIdentificationSequence (PS3.3
     # C.12.1.1.4 allows "99"-prefixed local schemes), but dciodvfy only knows standard designators.
-    re.compile(r"CodingSchemeDesignator\(0008,0102\)\[1\]> - Unrecognized defined term = <99DCMNODE_LRADS>$"),
+    # The same for 99DCMNODE, the declared scheme of the few concepts with no standard code.
+    re.compile(r"CodingSchemeDesignator\(0008,0102\)\[1\]> - Unrecognized defined term = <99DCMNODE(_LRADS)?>$"),
 )
 
 # dcentvfy: dicom3tools files AccessionNumber under the Series IE for CT/SC/SEG but the Study IE
@@ -108,36 +120,66 @@ def key_slice_for(series: tuple[Dataset, ...], center_mm: tuple[float, float, fl
     return ds, KeySlice(ds.SOPInstanceUID, ds.SOPClassUID, row, column)
 
 
-# The ground-glass lesion of LIDC-IDRI-0002 (left upper lobe, seen z -121..-87 mm), plus two
-# made-up small nodules in lung parenchyma on other slices.
+# The ground-glass lesion of LIDC-IDRI-0002 (left upper lobe, seen z -121..-87 mm), here a part-solid
+# nodule, plus two made-up nodules in lung parenchyma on other slices: every attenuation type, margin,
+# zone, calcification and the juxtapleural flag appears once.
 NODULE_SPECS = (
-    # centre (x, y, z) LPS mm, diameter, volume, detection p, malignancy
-    ((56.3, 67.5, -104.5), 25.0, 4100.0, 0.97, 0.81),
-    ((-60.0, 20.0, -200.0), 6.5, 144.0, 0.71, 0.12),
-    ((-80.0, 0.0, -60.0), 9.2, 410.0, 0.55, 0.34),
+    Finding(
+        center_mm=(56.3, 67.5, -104.5), diameter_mm=25.0, volume_mm3=4100.0, probability=0.97, model_score=0.81,
+        lung_rads="4X", key_slice=KeySlice("", "", 0.0, 0.0), nodule_type="part_solid", margin="spiculated",
+        location=NoduleLocation(lung="left", zone="upper"), long_axis_mm=28.2, short_axis_mm=21.8,
+        solid_component_mm=9.4, solid_long_axis_mm=10.6, solid_short_axis_mm=8.2, brock_risk=0.3127,
+        lung_rads_reasons=("part-solid, solid component >= 8 mm: 4B", "spiculated: 4X"),
+    ),
+    Finding(
+        center_mm=(-60.0, 20.0, -200.0), diameter_mm=6.5, volume_mm3=144.0, probability=0.71, model_score=0.12,
+        lung_rads="3", key_slice=KeySlice("", "", 0.0, 0.0), nodule_type="solid", margin="smooth",
+        location=NoduleLocation(lung="right", zone="lower", juxtapleural=True), long_axis_mm=7.1, short_axis_mm=5.9,
+        brock_risk=0.0186, lung_rads_reasons=("solid 6.0-7.9 mm: 3",),
+    ),
+    Finding(
+        center_mm=(-80.0, 0.0, -60.0), diameter_mm=9.2, volume_mm3=410.0, probability=0.55, model_score=0.34,
+        lung_rads="1", key_slice=KeySlice("", "", 0.0, 0.0), nodule_type="solid", margin="lobulated",
+        calcified=True, calcification_pattern="central", location=NoduleLocation(lung="right", zone="middle"),
+        long_axis_mm=10.3, short_axis_mm=8.1, brock_risk=0.0412, lung_rads_reasons=("benign calcification: 1",),
+    ),
 )
 
-
-def synthetic_result(series: tuple[Dataset, ...], model: ModelIdentity = MODEL, count: int = 3) -> SeriesResult:
-    findings = []
-    for centre, diameter, volume, probability, malignancy in NODULE_SPECS[:count]:
-        ds, key = key_slice_for(series, centre)
-        r = diameter / 2.0 / float(ds.PixelSpacing[0])
-        findings.append(
-            Finding(centre, diameter, volume, probability, malignancy, lung_rads_category(diameter), key, (r, r))
-        )
-    verdict_p = max(f.malignancy for f in findings) if findings else 0.0
-    return SeriesResult(
-        series_instance_uid=series[0].SeriesInstanceUID,
-        verdict=Verdict.SUSPICIOUS if verdict_p >= 0.5 else Verdict.BENIGN,
-        verdict_probability=verdict_p,
-        model=model,
-        findings=findings,
+def exam_summary(lung_rads: str = "4X", headline: str = "brock") -> ExamSummary:
+    """An exam as inference.clinical would state it: LIDC-0002 has no PatientAge or PatientSex."""
+    return ExamSummary(
+        lung_rads=lung_rads, recommendation=RECOMMENDATIONS[LungRadsCategory(lung_rads)], lungs_fully_covered=True,
+        risk_inputs=RiskInputs(age_years=None, sex=None, family_history="unknown", emphysema=False,
+                               missing=("age", "sex")),
+        laa950_pct=3.84, lung_volume_ml=5231.6, highest_brock_risk=0.3127, headline=headline,
+        verdict_reasons=("Lung-RADS 4X",),
     )
 
 
+def synthetic_result(series: tuple[Dataset, ...], model: ModelIdentity = MODEL, count: int = 3,
+                     headline: str = "brock") -> SeriesResult:
+    findings = []
+    for spec in NODULE_SPECS[:count]:
+        ds, key = key_slice_for(series, spec.center_mm)
+        r = spec.diameter_mm / 2.0 / float(ds.PixelSpacing[0])
+        findings.append(replace(spec, key_slice=key, radius_px=(r, r)))
+    exam = exam_summary(max((f.lung_rads for f in findings), key=_LRADS_ORDER.index, default="1"), headline)
+    risk = max((f.brock_risk or 0.0 for f in findings), default=0.0)
+    return SeriesResult(
+        series_instance_uid=series[0].SeriesInstanceUID,
+        verdict=Verdict.SUSPICIOUS if exam.lung_rads.startswith("4") else Verdict.PROBABLY_BENIGN,
+        verdict_probability=risk,
+        model=model,
+        findings=findings,
+        exam=exam,
+    )
+
+
+_LRADS_ORDER = ["0", "1", "2", "3", "4A", "4B", "4X"]
+
+
 def empty_result(series: tuple[Dataset, ...], model: ModelIdentity = MODEL) -> SeriesResult:
-    return SeriesResult(series[0].SeriesInstanceUID, Verdict.NO_NODULE, 0.0, model)
+    return SeriesResult(series[0].SeriesInstanceUID, Verdict.NEGATIVE, 0.0, model, exam=exam_summary("1"))
 
 
 def not_analysed_result(series: tuple[Dataset, ...], reason: str, model: ModelIdentity = MODEL) -> SeriesResult:

@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dicomnode.results import ResultOptions, build_overlays, render_overlay_png
-from dicomnode.results.overlay import OUTLINE_COLOUR, OUTLINE_MARGIN_PX, lung_window_rgb
-from tests.results.dicom_validators import empty_result
+from dicomnode.results.overlay import (
+    OUTLINE_COLOUR,
+    OUTLINE_MARGIN_PX,
+    draw_findings,
+    finding_label,
+    lung_window_rgb,
+    summary_lines,
+)
+from tests.results.dicom_validators import empty_result, synthetic_result
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +112,65 @@ def test_render_overlay_png(series, result):
 def test_overlay_description_must_say_not_diagnostic():
     with pytest.raises(ValueError):
         ResultOptions(overlay_series_description="Lung nodule overlays")
+
+
+def test_labels_show_type_mean_diameter_lung_rads_and_brock(overlays, result):
+    """The burned-in strings (the renderer's own label text, not OCR): per nodule and in the summary."""
+    expected = [
+        "1: part-solid 25.0 mm, Lung-RADS 4X, Brock 31%",
+        "2: solid 6.5 mm, Lung-RADS 3, Brock 2%",
+        "3: solid calcified 9.2 mm, Lung-RADS 1, Brock 4%",
+    ]
+    assert [finding_label(n, f) for n, f in enumerate(result.findings, start=1)] == expected
+    assert [sc.ImageComments for sc in overlays[:-1]] == expected
+    lines = summary_lines(result)
+    assert lines[1] == "3 nodule(s); exam Lung-RADS 4X; highest Brock risk 31%"
+    assert overlays[-1].ImageComments == "Summary: " + lines[1]
+    assert set(expected) <= set(lines)
+    text = "\n".join(lines)
+    assert "left upper zone; 4100 mm3" in text and "right lower zone, juxtapleural" in text
+    # the phantom-trained score is labelled as such, never as p(cancer)
+    assert "model score 0.81*" in text
+    assert "* model score: weights trained on phantoms; not a probability of cancer" in lines
+    assert "p(cancer)" not in text
+    assert "LAA-950 3.8% of 5232 mL lung" in lines
+    assert "Brock inputs missing (reference value used): age, sex" in lines
+    assert "Zones approximate the lobes." in lines
+    assert lines[lines.index("Zones approximate the lobes.") - 4].startswith("Recommendation: Diagnostic chest CT")
+
+
+def test_validated_model_labelled_as_probability(series):
+    result = synthetic_result(series, count=1, headline="model")
+    lines = summary_lines(result)
+    assert "model p(cancer) 81%*" in lines[3]
+    assert "* model p(cancer): weights declared validated on real data" in lines
+
+
+def test_label_pixels_follow_the_nodule_type(series, result):
+    """Changing only the type changes pixels in the label band above the ring, nowhere else."""
+    finding = result.findings[1]
+    ct = next(ds for ds in series if ds.SOPInstanceUID == finding.key_slice.sop_instance_uid)
+    solid = np.asarray(Image.open(io.BytesIO(render_overlay_png(ct, [finding]))).convert("RGB"))
+    glass = replace(finding, nodule_type="ground_glass")
+    other = np.asarray(Image.open(io.BytesIO(render_overlay_png(ct, [glass]))).convert("RGB"))
+    changed = np.argwhere(np.any(solid != other, axis=2))
+    assert len(changed) > 50
+    ring_top = finding.key_slice.row - finding.radius_px[0] - OUTLINE_MARGIN_PX
+    assert changed[:, 0].max() < ring_top  # only the label, which sits above the ring, differs
+    assert changed[:, 0].min() > ring_top - 30
+
+
+def test_banner_moves_below_a_nodule_it_would_hide(series, result):
+    finding = replace(result.findings[1], key_slice=replace(result.findings[1].key_slice, row=60.0))
+    ct = next(ds for ds in series if ds.SOPInstanceUID == finding.key_slice.sop_instance_uid)
+    rgb = lung_window_rgb(ct)
+    drawn = draw_findings(rgb, ct, [(1, finding)], banner=summary_lines(result))
+    height = len(summary_lines(result)) * 17 + 8
+    # the banner (black box with white text) is at the bottom; the ring at the top is still drawn
+    bottom = drawn[-height:, :300]
+    black_or_white = np.all(bottom == 0, axis=2) | np.all(bottom == 255, axis=2)
+    assert black_or_white.mean() > 0.6  # the CT there is mostly grey (about 0.23)
+    assert np.all(bottom == 255, axis=2).sum() > 200
+    assert np.array_equal(drawn[:20, :100], rgb[:20, :100])  # nothing drawn in the top-left corner
+    r = finding.radius_px[1] + OUTLINE_MARGIN_PX
+    assert _ring_hits(drawn, finding.key_slice.row, finding.key_slice.column, r).mean() > 0.8

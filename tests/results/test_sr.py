@@ -11,9 +11,11 @@ from pydicom.filebase import DicomBytesIO
 
 from dicomnode.results import ResultOptions, build_not_analysed_sr, build_sr, result_uid, settings_digest
 from dicomnode.results.sr import LUNG_RADS_SCHEME
+from inference.findings import NoduleLocation
 from tests.results.dicom_validators import (
     MODEL,
     empty_result,
+    exam_summary,
     not_analysed_result,
     synthetic_result,
 )
@@ -65,25 +67,12 @@ def test_planar_groups_match_findings(sr, result, series):
         assert group.tracking_uid == result_uid("tracking", result.series_instance_uid, MODEL.version, digest, index)
         assert group.finding_type.value == "27925004" and group.finding_type.scheme_designator == "SCT"
         assert group.finding_category.value == "49755003"
-        assert [s.value.value for s in group.finding_sites] == ["39607008"]
-        # first three NUM items, in the order OHIF labels them
-        measurements = group.get_measurements()
-        names = [(m.name.value, m.name.scheme_designator) for m in measurements]
-        assert names[:3] == [("103339001", "SCT"), ("118565006", "SCT"), ("111047", "DCM")]
-        assert measurements[0].value == pytest.approx(finding.diameter_mm, abs=0.01)
-        assert measurements[0].unit.value == "mm"
-        assert measurements[1].value == pytest.approx(finding.volume_mm3, abs=0.1)
-        assert measurements[1].unit.value == "mm3"
-        assert measurements[2].value == pytest.approx(finding.malignancy * 100, abs=0.1)
-        assert measurements[2].unit.value == "%"
-        # detection probability comes after the three
-        assert names[3] == ("111012", "DCM")
-        assert measurements[3].value == pytest.approx(finding.probability * 100, abs=0.1)
-        evaluations = {e.name.value: e.value for e in group.get_qualitative_evaluations()}
-        assert evaluations["LRADS"].value == finding.lung_rads
-        assert evaluations["LRADS"].scheme_designator == LUNG_RADS_SCHEME
-        expected = "21594007" if finding.malignancy >= 0.5 else "30807003"
-        assert evaluations["111023"].value == expected and evaluations["111023"].scheme_designator == "SCT"
+        site = group.finding_sites[0]
+        assert (site.value.value, site.value.scheme_designator) == ("39607008", "SCT")  # Lung, as before
+        side = {"right": "24028007", "left": "7771000"}[finding.location.lung]
+        assert site.laterality.value == side and site.laterality.scheme_designator == "SCT"
+        _assert_measurements(group, finding)
+        _assert_evaluations(group, finding)
         # the ROI: closed polygon around the key-slice centre, selected from that CT image
         region = group.roi
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
@@ -96,6 +85,76 @@ def test_planar_groups_match_findings(sr, result, series):
         source = region.ContentSequence[0]
         assert source.RelationshipType == "SELECTED FROM"
         assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == finding.key_slice.sop_instance_uid
+
+
+def _num(measurement) -> tuple[str, str, float, str]:
+    return (measurement.name.value, measurement.name.scheme_designator, measurement.value, measurement.unit.value)
+
+
+def _modifiers(measurement) -> dict[str, tuple[str, str] | str]:
+    """HAS CONCEPT MOD children of a NUM: concept code -> (code, scheme) of a CODE, or a TEXT value."""
+    out: dict[str, tuple[str, str] | str] = {}
+    for item in measurement[0].ContentSequence if "ContentSequence" in measurement[0] else ():
+        key = item.ConceptNameCodeSequence[0].CodeValue
+        if item.ValueType == "CODE":
+            code = item.ConceptCodeSequence[0]
+            out[key] = (code.CodeValue, code.CodingSchemeDesignator)
+        elif item.ValueType == "TEXT":
+            out[key] = item.TextValue
+    return out
+
+
+def _assert_measurements(group, finding) -> None:
+    measurements = group.get_measurements()
+    nums = [_num(m) for m in measurements]
+    # first three, in the order OHIF labels them: mean diameter, volume, Brock probability of cancer
+    assert nums[0] == ("81827009", "SCT", pytest.approx(finding.mean_diameter_mm, abs=0.05), "mm")
+    assert _modifiers(measurements[0])["121401"] == ("373098007", "SCT")  # Derivation = Mean
+    assert nums[1] == ("118565006", "SCT", pytest.approx(finding.volume_mm3, abs=0.05), "mm3")
+    assert nums[2] == ("111047", "DCM", pytest.approx(finding.brock_risk * 100, abs=0.05), "%")
+    brock = _modifiers(measurements[2])
+    assert brock["370129005"] == ("BROCK", "99DCMNODE")  # Measurement Method names the model
+    assert brock["111001"] == "Brock University (PanCan) model"
+    assert "McWilliams" in brock["111003"]
+    by_code = {n[0]: n for n in nums[3:]}
+    assert by_code["103339001"] == ("103339001", "SCT", pytest.approx(finding.long_axis_mm, abs=0.05), "mm")
+    assert by_code["103340004"] == ("103340004", "SCT", pytest.approx(finding.short_axis_mm, abs=0.05), "mm")
+    if finding.solid_component_mm is None:
+        assert "SOLIDDIAM" not in by_code
+    else:
+        assert by_code["SOLIDDIAM"] == ("SOLIDDIAM", "99DCMNODE", pytest.approx(finding.solid_component_mm, abs=0.05),
+                                        "mm")
+    # the model score is its own item, never a probability of cancer, and says what it is
+    assert [n for n in nums if n[0] == "111047"] == [nums[2]]
+    score = next(m for m in measurements if m.name.value == "MODELSCORE")
+    assert score.value == pytest.approx(finding.model_score, abs=5e-4) and score.unit.value == "{score}"
+    assert "phantom-trained" in score.name.meaning and "not p(cancer)" in score.name.meaning
+    assert nums[-1] == ("111012", "DCM", pytest.approx(finding.probability * 100, abs=0.05), "%")
+
+
+ATTENUATION_CODES = {"solid": ("35702001", "SCT"), "part_solid": ("PARTSOLID", "99DCMNODE"),
+                     "ground_glass": ("112120", "DCM")}
+MARGIN_CODES = {"smooth": ("82280004", "SCT"), "lobulated": ("112135", "DCM"), "spiculated": ("112136", "DCM")}
+ZONE_CODES = {"upper": ("281392002", "SCT"), "middle": ("281393007", "SCT"), "lower": ("281394001", "SCT")}
+
+
+def _assert_evaluations(group, finding) -> None:
+    evaluations: dict[str, list[tuple[str, str]]] = {}
+    for e in group.get_qualitative_evaluations():
+        evaluations.setdefault(e.name.value, []).append((e.value.value, e.value.scheme_designator))
+    assert evaluations["112027"] == [ATTENUATION_CODES[finding.nodule_type]]  # Opacity Descriptor
+    assert evaluations["112015"] == [MARGIN_CODES[finding.margin]]  # Border shape
+    expected_location = [ZONE_CODES[finding.location.zone]]
+    if finding.location.juxtapleural:
+        expected_location.append(("68599007", "SCT"))  # Subpleural
+    assert evaluations["112013"] == expected_location  # Location in Chest
+    assert evaluations["CALC"] == [("52101004", "SCT") if finding.calcified else ("272519000", "SCT")]
+    if finding.calcification_pattern is None:
+        assert "112030" not in evaluations
+    else:
+        assert evaluations["112030"] == [(finding.calcification_pattern.upper() + "CALC", "99DCMNODE")]
+    assert evaluations["LRADS"] == [(finding.lung_rads, LUNG_RADS_SCHEME)]
+    assert "111023" not in evaluations  # no Benign/Malignant impression from a phantom-trained score
 
 
 def test_algorithm_and_device_observer(sr):
@@ -122,6 +181,61 @@ def test_algorithm_and_device_observer(sr):
     assert names["Device Observer Manufacturer"] == "dicomnode"
     assert names["Device Observer Model Name"] == MODEL.name
     assert names["Device Observer UID"].startswith("2.25.")
+
+
+def _exam_container(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    parsed = hd.sr.srread(DicomBytesIO(_encoded(ds)))
+    containers = [item for item in parsed.content[0].ContentSequence
+                  if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert len(containers) == 1
+    assert containers[0].ConceptNameCodeSequence[0].CodingSchemeDesignator == "UMLS"
+    return list(containers[0].ContentSequence)
+
+
+def test_exam_statements_at_report_level(sr, result):
+    items = _exam_container(sr)
+    lung_rads = [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "LRADS"]
+    assert [(i.ConceptCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodingSchemeDesignator)
+            for i in lung_rads] == [(result.exam.lung_rads, LUNG_RADS_SCHEME)]
+    texts = [(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) for i in items if i.ValueType == "TEXT"]
+    assert ("121075", result.exam.recommendation) in texts
+    assert ("LAA950", "3.8 % of the lung volume") in texts
+    assert ("118565006", "5231.6 mL (both lungs)") in texts
+    comments = " ".join(t for code, t in texts if code == "121106")
+    # the inputs the Brock model used, the missing ones named, family history's default said
+    assert "age unknown; sex unknown" in comments
+    assert "family history of lung cancer unknown (counted as no)" in comments
+    assert "Missing inputs (model reference value used): age, sex." in comments
+    assert "approximate, and are not, the lobes" in comments
+
+
+def test_no_measurement_group_without_a_region_beside_the_nodules(sr):
+    """OHIF 3.13.2 cannot open an SR with a region-less group: the exam is stated at report level instead."""
+    parsed = hd.sr.srread(DicomBytesIO(_encoded(sr)))
+    assert parsed.content.get_image_measurement_groups() == []
+
+
+def test_validated_model_score_is_the_headline_probability(series):
+    """Only weights declared validated may give the probability of cancer; Brock then follows, still named."""
+    result = synthetic_result(series, count=1, headline="model")
+    group = _planar_groups(build_sr(list(series), result, ResultOptions()))[0]
+    finding = result.findings[0]
+    measurements = group.get_measurements()
+    probabilities = [m for m in measurements if m.name.value == "111047"]
+    assert measurements[2] is probabilities[0]
+    assert probabilities[0].value == pytest.approx(finding.model_score * 100, abs=0.05)
+    assert _modifiers(probabilities[0])["370129005"] == ("DLMODEL", "99DCMNODE")
+    assert _modifiers(probabilities[0])["111001"] == MODEL.name
+    assert probabilities[1].value == pytest.approx(finding.brock_risk * 100, abs=0.05)
+    assert _modifiers(probabilities[1])["370129005"] == ("BROCK", "99DCMNODE")
+    assert "MODELSCORE" not in {m.name.value for m in measurements}
+
+
+def test_unknown_attenuation_type_is_refused_by_name(series):
+    result = synthetic_result(series, count=1)
+    result.findings[0] = replace(result.findings[0], nodule_type="cavitary")
+    with pytest.raises(ValueError, match="attenuation type 'cavitary'"):
+        build_sr(list(series), result, ResultOptions())
 
 
 def test_image_library_lists_key_slices(sr, result):
@@ -222,3 +336,26 @@ def test_not_analysed_report(series):
     routed = build_sr(list(series), not_analysed_result(series, reason), ResultOptions())
     assert routed.SOPInstanceUID == sr.SOPInstanceUID
     assert _summary(routed) == (code, text)
+
+
+def test_incomplete_exam_states_category_0_and_why(series):
+    """Lungs not fully in the field of view: Lung-RADS 0 at report level with the reason, never a crash."""
+    result = synthetic_result(series, count=1)
+    reason = "lungs not fully in the field of view: the apices are cut"
+    result.exam = replace(exam_summary("0"), reason=reason, lungs_fully_covered=False)
+    items = _exam_container(build_sr(list(series), result, ResultOptions()))
+    code = next(i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "LRADS").ConceptCodeSequence[0]
+    assert (code.CodeValue, code.CodeMeaning) == ("0", "Lung-RADS 0 incomplete")
+    assert reason in [i.TextValue for i in items if i.ValueType == "TEXT"]
+
+
+def test_missing_risk_and_side_are_left_out_not_invented(series):
+    """No Brock risk: no probability of cancer item; no side or zone: no laterality or location item."""
+    result = synthetic_result(series, count=1)
+    result.findings[0] = replace(result.findings[0], brock_risk=None, location=NoduleLocation())
+    group = _planar_groups(build_sr(list(series), result, ResultOptions()))[0]
+    names = [m.name.value for m in group.get_measurements()]
+    assert "111047" not in names
+    assert names[:3] == ["81827009", "118565006", "103339001"]  # OHIF then shows the long axis third
+    assert group.finding_sites[0].laterality is None
+    assert "112013" not in {e.name.value for e in group.get_qualitative_evaluations()}

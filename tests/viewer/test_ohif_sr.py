@@ -5,7 +5,8 @@ the same origin and driven in headless Debian Chromium. The read-only SR view dr
 measurements of the slice on screen, so the test walks the measurements with the viewport's
 next-measurement arrow and checks every nodule: drawn as the group of its Tracking Unique
 Identifier, on its key slice (the overlay's "I:<InstanceNumber>"), labelled
-"<CodeMeaning>: <value, 2 decimals> <unit>" for diameter, volume and probability of cancer.
+"<CodeMeaning>: <value, 2 decimals> <unit>" for the mean diameter ("Diameter", derivation Mean),
+volume and the Brock probability of cancer, in that order.
 
 Skips only when the OHIF dist cannot be had (no npm) or Chromium is missing; CI installs both.
 Set DICOMNODE_SCREENSHOTS=1 to refresh docs/screenshots/ohif-sr-lidc.png (written when missing).
@@ -25,10 +26,19 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomnode.results import ResultOptions, build_overlays, build_sr
-from inference.findings import Finding, SeriesResult, Verdict, lung_rads_category
+from inference.clinical import NoduleType, brock_risk
+from inference.findings import Finding, NoduleLocation, SeriesResult, Verdict, lung_rads_category
 from tests.conftest import REPO_ROOT
 from tests.peers.orthanc import OrthancProcess
-from tests.results.dicom_validators import MODEL, key_slice_for, lidc_paths, lidc_series, save, synthetic_result
+from tests.results.dicom_validators import (
+    MODEL,
+    exam_summary,
+    key_slice_for,
+    lidc_paths,
+    lidc_series,
+    save,
+    synthetic_result,
+)
 from tests.viewer.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, OhifUnavailable, ohif_dist
 
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "ohif-sr-lidc.png"
@@ -93,13 +103,14 @@ def _code(item: Dataset) -> str:
 
 
 def measurement_groups(sr: Dataset) -> list[Dataset]:
-    """TID 1411 groups (125007) under Imaging Measurements (126010), in document order."""
+    """TID 1410 nodule groups (125007 with an image region) under Imaging Measurements (126010), in
+    document order; the exam's TID 1501 group (no region) follows them and is not drawn."""
     return [
         group
         for container in sr.ContentSequence
         if _code(container) == "126010"
         for group in container.ContentSequence
-        if _code(group) == "125007"
+        if _code(group) == "125007" and any(i.ValueType == "SCOORD" for i in group.ContentSequence)
     ]
 
 
@@ -118,13 +129,13 @@ def expected_views(sr: Dataset, result: SeriesResult, series: list[Dataset]) -> 
         tracking = next(i for i in items if _code(i) == "112040").UID
         assert next(i for i in items if _code(i) == "112039").TextValue == f"Nodule {index + 1}"
         nums = [i for i in items if i.ValueType == "NUM"][:3]
-        values = (finding.diameter_mm, finding.volume_mm3, finding.malignancy * 100.0)
+        values = (finding.mean_diameter_mm, finding.volume_mm3, finding.brock_risk * 100.0)
         labels = tuple(
             f"{num.ConceptNameCodeSequence[0].CodeMeaning}: {value:.2f} "
             f"{num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue}"
             for num, value in zip(nums, values)
         )
-        assert [n.ConceptNameCodeSequence[0].CodeMeaning for n in nums] == ["Long axis", "Volume", "Probability of cancer"]
+        assert [n.ConceptNameCodeSequence[0].CodeMeaning for n in nums] == ["Diameter", "Volume", "Probability of cancer"]
         key = by_uid[finding.key_slice.sop_instance_uid]
         views.append(Expected(str(tracking), int(key.InstanceNumber), labels))  # type: ignore[arg-type]
     return views
@@ -274,21 +285,30 @@ def test_lidc_sr_every_nodule_on_its_key_slice(browser, pacs, web, tmp_path: Pat
         shutil.copyfile(first_shot, DOCS_SCREENSHOT)
 
 
+PHANTOM_TYPES = {"solid": NoduleType.SOLID, "part-solid": NoduleType.PART_SOLID, "ground-glass": NoduleType.GROUND_GLASS}
+
+
 def phantom_result(series: list[Dataset], truth_nodules) -> SeriesResult:
-    """Findings at the phantom's true nodules: key slice nearest the centre, row/column from the header."""
+    """Findings at the phantom's true nodules: key slice nearest the centre, row/column from the header;
+    type and margin from the phantom, the Brock risk computed by inference.clinical."""
     findings = []
     ordered = tuple(series)
     for index, nodule in enumerate(truth_nodules):
         ds, key = key_slice_for(ordered, nodule.center_mm)
-        diameter = round(float(nodule.diameter_mm), 2)
+        diameter = round(float(nodule.diameter_mm), 1)
         volume = round(math.pi / 6.0 * diameter**3, 1)
-        malignancy = 0.9 if nodule.malignant else round(0.1 + 0.05 * index, 2)
+        kind = PHANTOM_TYPES[nodule.kind]
+        risk = brock_risk(size_mm=diameter, nodule_type=kind, nodule_count=len(truth_nodules), upper_lobe=False,
+                          spiculation=nodule.margin == "spiculated", emphysema=False, age_years=None, sex=None).risk
         r = diameter / 2.0 / float(ds.PixelSpacing[0])
-        findings.append(Finding(tuple(nodule.center_mm), diameter, volume, 0.9, malignancy,
-                                lung_rads_category(diameter), key, (r, r)))
-    top = max(f.malignancy for f in findings)
-    return SeriesResult(str(series[0].SeriesInstanceUID), Verdict.SUSPICIOUS if top >= 0.5 else Verdict.BENIGN, top,
-                        MODEL, findings)
+        findings.append(Finding(
+            tuple(nodule.center_mm), diameter, volume, 0.9, round(0.1 + 0.05 * index, 2), lung_rads_category(diameter),
+            key, (r, r), nodule_type=kind.value, margin=str(nodule.margin), location=NoduleLocation(lung="right"),
+            long_axis_mm=diameter, short_axis_mm=diameter, brock_risk=risk,
+        ))
+    top = max(f.brock_risk or 0.0 for f in findings)
+    return SeriesResult(str(series[0].SeriesInstanceUID), Verdict.SUSPICIOUS, top, MODEL, findings,
+                        exam=exam_summary("4X"))
 
 
 def test_phantom_sr_every_nodule_on_its_key_slice(browser, pacs, web, tmp_path: Path) -> None:
