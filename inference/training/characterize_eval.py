@@ -10,7 +10,7 @@ wall is invisible there and not counted; the part of a nodule over a vessel it e
 The detector's diameter is simulated as the truth diameter times a factor in 0.85 ... 1.15 drawn
 from the seed (a detector is not exact).
 
-    python -m inference.characterize.evaluate --count 20 --first-seed 9000
+    python -m inference.training.characterize_eval --count 20 --first-seed 9000
 """
 from __future__ import annotations
 
