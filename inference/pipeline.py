@@ -319,7 +319,8 @@ def _mean_diameter(m: Measured) -> tuple[float, str | None]:
         # measured, but possibly doubtful (e.g. cut by the field of view): the reader must see why
         return float(axes.mean_mm), None if m.chars.segmentation_ok else m.chars.reason
     why = m.chars.reason or "segmentation failed"
-    return float(round(m.candidate.diameter_mm, 1)), f"{why}; mean diameter is the detector's estimate"
+    return (float(round(m.candidate.diameter_mm, 1)),
+            f"{why}; the mean diameter is the detector's estimate and the volume that of a sphere of it")
 
 
 def _pleural_shape_benign(c: NoduleCharacteristics, mean_mm: float) -> bool | None:
