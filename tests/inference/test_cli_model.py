@@ -176,3 +176,23 @@ def test_evaluate_prints_the_nodule_type_confusion_matrix(tmp_path):
 def test_analyze_refuses_an_unknown_family_history(tmp_path):
     proc = _cli("analyze", str(tmp_path), "--family-history", "maybe")
     assert proc.returncode == 2 and "--family-history" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_analyze_takes_the_clinical_settings_from_the_config(tmp_path):
+    out = tmp_path / "ph"
+    assert _cli("phantom", str(out), "--seed", "5", "--small").returncode == 0
+    config = tmp_path / "node.toml"
+    # threshold 0 %: any LAA-950 counts as emphysema for Brock, so the setting's effect is visible
+    config.write_text('[clinical]\nfamily_history = "no"\nemphysema_laa950_pct = 0.0\n')
+    proc = _cli("analyze", str(out), "--json", "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
+                "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    inputs = json.loads(proc.stdout)["exam"]["risk_inputs"]
+    assert inputs["family_history"] == "no" and inputs["emphysema"] is True and inputs["missing"] == []
+
+
+def test_analyze_with_a_bad_clinical_setting_is_a_message(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text('[clinical]\nfamily_history = "perhaps"\n')
+    proc = _cli("analyze", str(tmp_path), "--config", str(config))
+    assert proc.returncode == 2 and "clinical.family_history" in proc.stderr and "Traceback" not in proc.stderr
