@@ -8,11 +8,15 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomnode.cli.common import UserError, console
+
+if TYPE_CHECKING:
+    from inference.findings import SeriesResult
+    from inference.pipeline import LungNodulePipeline
 
 ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEFAULT_CACHE = Path.home() / ".cache" / "dicomnode"
@@ -78,7 +82,7 @@ def _clinical(args: argparse.Namespace) -> dict[str, Any]:
             "emphysema_laa950_pct": settings.clinical.emphysema_laa950_pct}
 
 
-def _pipeline(args: argparse.Namespace, clinical: dict[str, Any] | None = None):
+def _pipeline(args: argparse.Namespace, clinical: dict[str, Any] | None = None) -> LungNodulePipeline:
     from inference.engines import EngineUnavailable
     from inference.nets.checkpoint import CheckpointError
     from inference.pipeline import LungNodulePipeline
@@ -116,7 +120,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0 if result.analysed else 3
 
 
-def _print_summary(result) -> None:
+def _print_summary(result: SeriesResult) -> None:
     from rich.table import Table
 
     if not result.analysed:
