@@ -45,6 +45,7 @@ def _child(engine: str, mode: str, series: Path, threads: int, cache_dir: Path, 
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "timings_s": result.timings_s,
         "verdict": result.verdict.value,
+        "exam": result.exam.to_json() if result.exam is not None else None,
         "findings": [f.to_json() for f in result.findings],
     }
 
@@ -102,8 +103,9 @@ def main() -> int:
     if results:
         print("findings (" + results[0]["config"] + "):")
         for f in results[0]["findings"]:
-            print(f"  centre {f['center_mm']} mm, diameter {f['diameter_mm']} mm, p {f['probability']}, "
-                  f"malignancy {f['malignancy']}, Lung-RADS {f['lung_rads']}")
+            print(f"  centre {f['center_mm']} mm, mean diameter {f['mean_diameter_mm']} mm, {f['type']}, "
+                  f"p {f['probability']}, Brock {f['brock_risk']}, model score {f['model_score']}, "
+                  f"Lung-RADS {f['lung_rads']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0 if results else 1

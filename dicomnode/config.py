@@ -281,6 +281,17 @@ class InferenceSettings(Strict):
     _paths = field_validator("weights", "engine_cache_dir")(lambda cls, v: check_path(v))
 
 
+class ClinicalSettings(Strict):
+    """Inputs of the Brock (PanCan) risk that are not in the image or the DICOM header."""
+
+    # lung cancer in a first-degree relative, for every patient of this node: not in DICOM; "unknown"
+    # is computed as "no" and reported as unknown
+    family_history: Literal["unknown", "yes", "no"] = "unknown"
+    # LAA-950 (% of lung below -950 HU) from which Brock's emphysema input is yes: COPDGene's definition of
+    # CT emphysema, >= 5 % (Amaza et al., Int J Chron Obstruct Pulmon Dis 2021;16:1231-1242)
+    emphysema_laa950_pct: float = Field(5.0, ge=0, le=100)
+
+
 class WebSettings(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -373,6 +384,7 @@ class Settings(BaseSettings):
     sender: SenderSettings = SenderSettings()
     jobs: JobSettings = JobSettings()
     inference: InferenceSettings = InferenceSettings()
+    clinical: ClinicalSettings = ClinicalSettings()
     results: ResultOptions = ResultOptions()
     web: WebSettings = WebSettings()
 

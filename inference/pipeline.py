@@ -1,4 +1,5 @@
-"""One series in, one `SeriesResult` out: load -> preprocess -> detect -> classify -> verdict.
+"""One series in, one `SeriesResult` out: load -> preprocess -> detect -> model score -> characterise
+(segmentation, type, calcification, margin, location, emphysema) -> Lung-RADS v2022 and Brock -> exam verdict.
 
 The node keeps one `LungNodulePipeline` per model: the networks and engines load once in
 `__init__`; `analyze` is then called per series. Weights come from a folder holding
@@ -10,22 +11,42 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 
+from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
+from inference.clinical import (
+    Exam,
+    FamilyHistory,
+    Lung,
+    Margin,
+    Nodule,
+    NoduleType,
+    Sex,
+    Zone,
+    brock_risk_for_nodule,
+    classify_exam,
+    exam_verdict,
+)
+from inference.clinical.brock import AGE_CENTRE_YEARS
 from inference.detect import REPORT_LOGIT, Candidate, Mode, detect
 from inference.findings import (
+    ExamSummary,
     Finding,
     KeySlice,
     ModelIdentity,
+    NoduleLocation,
     NotAnalysable,
+    RiskInputs,
     SeriesResult,
     Verdict,
-    lung_rads_category,
 )
 from inference.volume import Volume, VolumeLimits, load_volume
 from inference.weights_bundle import load_weights_bundle
@@ -37,7 +58,14 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "dicomnode-dpn26"
 MAX_FINDINGS = 5  # DeepLung's classification stage looks at the top 5 candidates
-SUSPICIOUS_AT = 0.5  # malignancy probability from which the study verdict is "suspicious"
+# Brock's emphysema input is "yes" from this LAA-950 (% of lung volume below -950 HU): the COPDGene
+# definition of quantitative CT emphysema, LAA-950 >= 5 % (e.g. Amaza et al., Int J Chron Obstruct Pulmon
+# Dis 2021;16:1231-1242; -950 HU after Gevenois et al., AJRCCM 1996;154:187-192).
+EMPHYSEMA_LAA950_PCT = 5.0
+# pleural nodule shape: "oval/lentiform" when the short axis is at most this share of the long axis
+PLEURAL_ELONGATED_RATIO = 0.75
+PLEURAL_BENIGN_MAX_MM = 10.0  # Lung-RADS v2022 juxtapleural rule: < 10 mm mean diameter
+VALIDATED_KEY = "malignancy_validated_on_real_data"
 
 ProgressFn = Callable[[str], None]
 
@@ -68,9 +96,12 @@ class LungNodulePipeline:
         report_threshold: float | None = None,
         max_findings: int = MAX_FINDINGS,
         limits: VolumeLimits | None = None,
+        family_history: str = "unknown",
+        emphysema_laa950_pct: float = EMPHYSEMA_LAA950_PCT,
     ) -> None:
         """`report_threshold` is a detection probability; None takes the manifest's calibrated one,
-        else DeepLung's report logit -2. `threads` 0 leaves the engine's default."""
+        else DeepLung's report logit -2. `threads` 0 leaves the engine's default. `family_history`
+        ("yes" | "no" | "unknown") and `emphysema_laa950_pct` feed the Brock model (settings [clinical])."""
         import torch
 
         from inference.classify import MalignancyClassifier
@@ -80,7 +111,16 @@ class LungNodulePipeline:
         from inference.nets.dpn3d import DPN26Detector
 
         detection_mode = _detection_mode(mode)
+        try:
+            self.family_history = FamilyHistory(family_history)
+        except ValueError:
+            raise ValueError(f"family_history must be 'yes', 'no' or 'unknown', got {family_history!r}") from None
+        if not (isinstance(emphysema_laa950_pct, (int, float)) and 0.0 <= emphysema_laa950_pct <= 100.0):
+            raise ValueError(f"emphysema_laa950_pct must be a percentage 0..100, got {emphysema_laa950_pct!r}")
+        self.emphysema_laa950_pct = float(emphysema_laa950_pct)
         self.bundle = load_weights_bundle(weights)
+        # only weights whose manifest declares the malignancy head validated on real data may headline its score
+        self.model_score_validated = self.bundle.manifest.get(VALIDATED_KEY) is True
         self.mode = detection_mode
         self.max_findings = max_findings
         self.limits = limits
@@ -134,12 +174,16 @@ class LungNodulePipeline:
         except NotAnalysable as exc:
             timings["total"] = time.perf_counter() - t_all
             return SeriesResult(series_uid, Verdict.NOT_ANALYSED, 0.0, self.identity, [], str(exc), timings)
-        result = self.analyze_volume(volume, progress=say)
+        header = next((ds for ds in datasets if "SOPInstanceUID" in ds), datasets[0] if datasets else None)
+        result = self.analyze_volume(volume, progress=say, header=header)
         result.timings_s = {**timings, **result.timings_s, "total": time.perf_counter() - t_all}
         return result
 
-    def analyze_volume(self, volume: Volume, progress: ProgressFn | None = None) -> SeriesResult:
-        from inference.preprocess import preprocess
+    def analyze_volume(self, volume: Volume, progress: ProgressFn | None = None,
+                       header: Dataset | None = None) -> SeriesResult:
+        """Findings and exam statement for one volume; `header` (any instance of the series) gives the
+        patient's age and sex for the Brock model (absent: both missing, and the result says so)."""
+        from inference.preprocess import lung_mask, preprocess
 
         say = progress or (lambda _msg: None)
         timings: dict[str, float] = {}
@@ -159,51 +203,42 @@ class LungNodulePipeline:
 
         say(f"classifying {len(reported)} finding(s)")
         t = time.perf_counter()
-        findings = self._findings(volume, pre, reported)
+        scores = self._model_scores(pre, reported)
         timings["classify"] = time.perf_counter() - t
 
-        if not findings:
-            verdict, prob = Verdict.NO_NODULE, 0.0
-        else:
-            prob = max(f.malignancy for f in findings)
-            verdict = Verdict.SUSPICIOUS if prob >= SUSPICIOUS_AT else Verdict.BENIGN
-        result = SeriesResult(volume.series_instance_uid, verdict, float(prob), self.identity, findings, None, timings)
+        say("characterising nodules and exam (segmentation, type, Lung-RADS, Brock)")
+        t = time.perf_counter()
+        # the source-resolution lung mask: side/zone of each nodule, lung volume, LAA-950 and coverage
+        lungs = lung_mask(volume.hu, volume.spacing)
+        exam_chars = characterize_exam(volume.hu, volume.spacing, lungs)
+        measured = [self._characterize(volume, pre, cand, lungs) for cand in reported]
+        patient = patient_inputs(header)
+        findings, exam, verdict = assess(measured, scores, exam_chars, patient, self.family_history,
+                                         self.emphysema_laa950_pct, volume)
+        timings["characterize"] = time.perf_counter() - t
+
+        headline = max((f.brock_risk or 0.0 for f in findings), default=0.0)
+        if self.model_score_validated:
+            headline = max((f.model_score for f in findings), default=0.0)
+            exam = replace(exam, headline="model")
+        result = SeriesResult(volume.series_instance_uid, verdict, float(headline), self.identity, findings, None,
+                              timings, exam)
         if volume.warnings:
             log.info("series %s: %s", volume.series_instance_uid, "; ".join(volume.warnings))
         return result
 
-    def _findings(self, volume: Volume, pre: Preprocessed, cands: list[Candidate]) -> list[Finding]:
-        from inference.classify import estimate_volume_mm3, long_axis_diameter_mm
-
-        if not cands:
-            return []
+    def _model_scores(self, pre: Preprocessed, cands: list[Candidate]) -> np.ndarray:
+        """The DeepLung DPN + GBM score per candidate (zeros without a malignancy head)."""
+        if not cands or self.classifier is None:
+            return np.zeros(len(cands))
         centres = np.array([c.zyx for c in cands], dtype=np.float64)
-        diam = [c.diameter_mm for c in cands]
-        if self.classifier is not None:
-            malignancy = self.classifier.predict_image(pre.image, centres, diam)
-        else:
-            malignancy = np.zeros(len(cands))
-        findings = []
-        for cand, zyx, mal in zip(cands, centres, malignancy):
-            # size from a segmentation of the 1 mm image; the detector's diameter when that fails
-            long_axis = long_axis_diameter_mm(pre.image, zyx, cand.diameter_mm)
-            mean_diameter = 0.5 * (long_axis + cand.diameter_mm)
-            volume_mm3 = estimate_volume_mm3(pre.image, zyx, cand.diameter_mm)
-            src = pre.to_source_voxel(zyx[None])[0]
-            x_mm, y_mm, z_mm = volume.voxel_to_world(src)
-            findings.append(
-                Finding(
-                    center_mm=(float(x_mm), float(y_mm), float(z_mm)),
-                    diameter_mm=float(mean_diameter),
-                    volume_mm3=float(volume_mm3),
-                    probability=float(cand.probability),
-                    malignancy=float(mal),
-                    lung_rads=lung_rads_category(mean_diameter),
-                    key_slice=key_slice(volume, src),
-                    radius_px=(mean_diameter / 2 / float(volume.spacing[1]), mean_diameter / 2 / float(volume.spacing[2])),
-                )
-            )
-        return findings
+        return np.asarray(self.classifier.predict_image(pre.image, centres, [c.diameter_mm for c in cands]), float)
+
+    def _characterize(self, volume: Volume, pre: Preprocessed, cand: Candidate, lungs: np.ndarray) -> Measured:
+        src = pre.to_source_voxel(np.asarray(cand.zyx, float)[None])[0]
+        chars = characterize_nodule(volume.hu, volume.spacing, src, cand.diameter_mm, lungs,
+                                    direction=volume.direction)
+        return Measured(cand, src, chars)
 
     def close(self) -> None:
         self.detector.close()
@@ -217,3 +252,201 @@ def key_slice(volume: Volume, src_zyx: np.ndarray) -> KeySlice:
     k = int(np.clip(np.rint(src_zyx[0]), 0, volume.shape[0] - 1))
     uid, _frame = volume.slice_reference(k)
     return KeySlice(sop_instance_uid=uid, sop_class_uid=volume.sop_class_uid, row=float(src_zyx[1]), column=float(src_zyx[2]))
+
+
+# -- patient inputs from the DICOM header -----------------------------------------------------------
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
+_AGE_UNIT_YEARS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
+
+
+@dataclass(frozen=True)
+class PatientInputs:
+    age_years: float | None
+    sex: Sex | None
+
+
+def _dicom_date(value: object) -> date | None:
+    text = str(value or "").strip()
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def patient_age_years(ds: Dataset | None) -> float | None:
+    """PatientAge ("065Y", also D/W/M units), else PatientBirthDate with StudyDate; None when neither works."""
+    if ds is None:
+        return None
+    m = _AGE.match(str(ds.get("PatientAge", "") or ""))
+    if m:
+        return round(int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2)], 2)
+    born, seen = _dicom_date(ds.get("PatientBirthDate")), _dicom_date(ds.get("StudyDate"))
+    if born is None or seen is None or seen < born:
+        return None
+    years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    return float(years)
+
+
+def patient_sex(ds: Dataset | None) -> Sex | None:
+    """PatientSex M/F; O, empty or absent -> None (missing: the Brock model's reference value is used)."""
+    value = str((ds.get("PatientSex", "") if ds is not None else "") or "").strip().upper()
+    return {"M": Sex.MALE, "F": Sex.FEMALE}.get(value)
+
+
+def patient_inputs(ds: Dataset | None) -> PatientInputs:
+    age = patient_age_years(ds)
+    if age is not None and not 0.0 <= age <= 120.0:
+        age = None  # an implausible header value is treated as missing, not fed to the model
+    return PatientInputs(age, patient_sex(ds))
+
+
+# -- from measurements to findings, Lung-RADS, Brock and the verdict -----------------------------
+@dataclass(frozen=True)
+class Measured:
+    """One reported candidate with its centre in source voxels and its characterisation."""
+
+    candidate: Candidate
+    source_zyx: np.ndarray
+    chars: NoduleCharacteristics
+
+
+def _mean_diameter(m: Measured) -> tuple[float, str | None]:
+    """The Lung-RADS mean diameter, and a note when it had to come from the detector."""
+    axes = m.chars.axes
+    if axes is not None and axes.mean_mm > 0:
+        # measured, but possibly doubtful (e.g. cut by the field of view): the reader must see why
+        return float(axes.mean_mm), None if m.chars.segmentation_ok else m.chars.reason
+    why = m.chars.reason or "segmentation failed"
+    return (float(round(m.candidate.diameter_mm, 1)),
+            f"{why}; the mean diameter is the detector's estimate and the volume that of a sphere of it")
+
+
+def _pleural_shape_benign(c: NoduleCharacteristics, mean_mm: float) -> bool | None:
+    """Lung-RADS v2022 juxtapleural rule input: True only for a juxtapleural, smooth, solid nodule under
+    10 mm whose axial section is elongated (short/long <= PLEURAL_ELONGATED_RATIO: oval or lentiform).
+    None when the nodule is not juxtapleural (not assessed); False when juxtapleural but not that shape."""
+    if not c.location.juxtapleural:
+        return None
+    if c.axes is None or c.axes.long_mm <= 0:
+        return False
+    elongated = c.axes.short_mm / c.axes.long_mm <= PLEURAL_ELONGATED_RATIO
+    return bool(c.type == "solid" and c.margin == "smooth" and mean_mm < PLEURAL_BENIGN_MAX_MM and elongated)
+
+
+def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
+    """The clinical `Nodule` of one characterised candidate, and a note about what was assumed."""
+    c = m.chars
+    mean_mm, note = _mean_diameter(m)
+    kind = NoduleType(c.type)
+    solid_mm = c.solid_component_mm if c.solid_axes is not None else 0.0
+    if kind is NoduleType.PART_SOLID and solid_mm <= 0:
+        kind = NoduleType.GROUND_GLASS  # no measurable solid part: graded as ground glass
+        note = "; ".join(filter(None, [note, "no measurable solid component: graded as ground glass"]))
+    nodule = Nodule(
+        type=kind, mean_diameter_mm=mean_mm, calcified=c.calcified, margin=Margin(c.margin),
+        volume_mm3=c.volume_mm3 if c.volume_mm3 > 0 else None,
+        longest_diameter_mm=c.axes.long_mm if c.axes is not None and c.axes.long_mm > 0 else None,
+        solid_component_mm=solid_mm if kind is NoduleType.PART_SOLID else None,
+        solid_component_volume_mm3=(c.solid_volume_mm3 if kind is NoduleType.PART_SOLID and c.solid_volume_mm3 > 0
+                                    else None),
+        juxtapleural=c.location.juxtapleural, perifissural=c.location.perifissural,
+        pleural_shape_benign=_pleural_shape_benign(c, mean_mm),
+        lung=Lung(c.location.lung) if c.location.lung else None,
+        zone=Zone(c.location.zone) if c.location.zone else None,
+    )
+    return nodule, note
+
+
+def _missing_note(patient: PatientInputs) -> str | None:
+    missing = []
+    if patient.age_years is None:
+        missing.append(f"age ({AGE_CENTRE_YEARS:g} years assumed)")
+    if patient.sex is None:
+        missing.append("sex (male assumed, the model's reference)")
+    if not missing:
+        return None
+    return "Brock risk computed without the patient's " + " and ".join(missing) + ": not in the DICOM header"
+
+
+def _centre(m: Measured) -> np.ndarray:
+    """The finding's centre: the segmentation centroid when the segmentation is ok (it is where the measured
+    nodule is; the detector's centre comes from a 1 mm resampled grid), else the detector's centre."""
+    if m.chars.segmentation_ok:
+        return np.asarray(m.chars.centroid_zyx, float)
+    return m.source_zyx
+
+
+def assess(
+    measured: list[Measured], scores: np.ndarray, exam_chars: ExamCharacteristics, patient: PatientInputs,
+    family_history: FamilyHistory, emphysema_threshold_pct: float, volume: Volume,
+) -> tuple[list[Finding], ExamSummary, Verdict]:
+    """Lung-RADS per nodule and exam, Brock per nodule and the exam verdict, as the findings contract."""
+    built = [clinical_nodule(m) for m in measured]
+    nodules = tuple(n for n, _ in built)
+    covered = exam_chars.lungs_fully_covered
+    exam = Exam(covered, nodules, None if covered else (exam_chars.reason or "the lungs are not fully covered"))
+    assessment = classify_exam(exam)
+    emphysema = exam_chars.laa950_pct >= emphysema_threshold_pct
+    missing_note = _missing_note(patient)
+    findings: list[Finding] = []
+    for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
+        brock = brock_risk_for_nodule(nodule, nodule_count=len(nodules), emphysema=emphysema,
+                                      age_years=patient.age_years, sex=patient.sex, family_history=family_history)
+        findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock.risk, float(score),
+                                 "; ".join(filter(None, [note, missing_note])) or None))
+    highest = max((f.brock_risk for f in findings if f.brock_risk is not None), default=None)
+    verdict = exam_verdict(assessment.category, highest, highest_nodule_category=assessment.highest_nodule_category)
+    missing = tuple(name for name, absent in (("age", patient.age_years is None), ("sex", patient.sex is None),
+                                              ("family_history", family_history is FamilyHistory.UNKNOWN)) if absent)
+    inputs = RiskInputs(age_years=patient.age_years, sex=patient.sex.value if patient.sex else None,
+                        family_history=family_history.value, emphysema=emphysema, missing=missing)
+    caveats = [assessment.reason] if assessment.category.value == "0" else []
+    if missing_note:
+        caveats.append(missing_note)
+    if family_history is FamilyHistory.UNKNOWN:
+        caveats.append("family history of lung cancer unknown (settings [clinical]): counted as no")
+    summary = ExamSummary(
+        lung_rads=assessment.category.value, recommendation=assessment.recommendation,
+        lungs_fully_covered=covered, risk_inputs=inputs, reason="; ".join(caveats) or None,
+        laa950_pct=exam_chars.laa950_pct, lung_volume_ml=exam_chars.lung_volume_ml, highest_brock_risk=highest,
+        verdict_reasons=verdict.reasons,
+    )
+    return findings, summary, verdict.verdict
+
+
+def _finding(volume: Volume, m: Measured, nodule: Nodule, lung_rads: str, reasons: tuple[str, ...], brock: float,
+             score: float, note: str | None) -> Finding:
+    c = m.chars
+    centre = _centre(m)
+    x_mm, y_mm, z_mm = volume.voxel_to_world(centre)
+    mean_mm = nodule.mean_diameter_mm
+    radius = mean_mm / 2
+    axes, solid = c.axes, c.solid_axes
+    part_solid = nodule.type is NoduleType.PART_SOLID
+    return Finding(
+        center_mm=(float(x_mm), float(y_mm), float(z_mm)),
+        diameter_mm=float(mean_mm),
+        volume_mm3=float(c.volume_mm3) if c.volume_mm3 > 0 else float(math.pi / 6 * mean_mm**3),
+        probability=float(m.candidate.probability),
+        model_score=score,
+        lung_rads=lung_rads,
+        key_slice=key_slice(volume, centre),
+        radius_px=(radius / float(volume.spacing[1]), radius / float(volume.spacing[2])),
+        nodule_type=nodule.type.value,
+        calcified=c.calcified,
+        calcification_pattern=c.calcification_pattern,
+        margin=c.margin,
+        location=NoduleLocation(lung=c.location.lung, zone=c.location.zone, juxtapleural=c.location.juxtapleural,
+                                perifissural=c.location.perifissural),
+        long_axis_mm=float(axes.long_mm) if axes is not None else float(mean_mm),
+        short_axis_mm=float(axes.short_mm) if axes is not None else float(mean_mm),
+        solid_component_mm=float(nodule.solid_component_mm) if part_solid and nodule.solid_component_mm else None,
+        solid_long_axis_mm=float(solid.long_mm) if part_solid and solid is not None else None,
+        solid_short_axis_mm=float(solid.short_mm) if part_solid and solid is not None else None,
+        brock_risk=float(brock),
+        lung_rads_reasons=tuple(reasons),
+        segmentation_ok=c.segmentation_ok,
+        note=note,
+    )

@@ -8,11 +8,15 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomnode.cli.common import UserError, console
+
+if TYPE_CHECKING:
+    from inference.findings import SeriesResult
+    from inference.pipeline import LungNodulePipeline
 
 ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEFAULT_CACHE = Path.home() / ".cache" / "dicomnode"
@@ -64,7 +68,21 @@ def _read_datasets(files: list[Path]) -> list:
     return datasets
 
 
-def _pipeline(args: argparse.Namespace):
+def _clinical(args: argparse.Namespace) -> dict[str, Any]:
+    """[clinical] settings for the Brock model: the config file (and DICOMNODE_CLINICAL__* env), then the flag."""
+    from dicomnode.config import ConfigError, load_settings
+
+    overrides = {"clinical.family_history": args.family_history} if getattr(args, "family_history", None) else {}
+    try:
+        settings = load_settings(getattr(args, "config", None), overrides,
+                                 {"clinical.family_history": "flag --family-history"})
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    return {"family_history": settings.clinical.family_history,
+            "emphysema_laa950_pct": settings.clinical.emphysema_laa950_pct}
+
+
+def _pipeline(args: argparse.Namespace, clinical: dict[str, Any] | None = None) -> LungNodulePipeline:
     from inference.engines import EngineUnavailable
     from inference.nets.checkpoint import CheckpointError
     from inference.pipeline import LungNodulePipeline
@@ -72,15 +90,16 @@ def _pipeline(args: argparse.Namespace):
 
     try:
         return LungNodulePipeline(engine=args.engine, mode=args.mode, threads=args.threads, weights=args.weights,
-                                  cache_dir=args.cache_dir)
+                                  cache_dir=args.cache_dir, **(clinical or {}))
     except (WeightsError, EngineUnavailable, CheckpointError, ValueError) as exc:
         raise UserError(str(exc)) from None
 
 
 # -- analyze ---------------------------------------------------------------------------------
 def cmd_analyze(args: argparse.Namespace) -> int:
+    clinical = _clinical(args)
     datasets = _read_datasets(_dicom_files(args.path))
-    pipeline = _pipeline(args)
+    pipeline = _pipeline(args, clinical)
     with _bar() as bar:
         task = bar.add_task("analysing", total=None)
         result = pipeline.analyze(datasets, progress=lambda msg: bar.update(task, description=msg))
@@ -101,22 +120,42 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0 if result.analysed else 3
 
 
-def _print_summary(result) -> None:
+def _print_summary(result: SeriesResult) -> None:
     from rich.table import Table
 
     if not result.analysed:
         print(f"not analysed: {result.not_analysed_reason}")
         return
-    print(f"verdict: {result.verdict.value} (highest malignancy {result.verdict_probability:.2f}); "
+    exam = result.exam
+    risk = "model score (validated weights)" if exam is not None and exam.headline == "model" else "highest Brock risk"
+    print(f"verdict: {result.verdict.value} ({risk} {result.verdict_probability:.1%}); "
           f"model {result.model.name} {result.model.version} on {result.model.engine}")
-    table = Table("#", "centre x,y,z mm", "diam mm", "p(nodule)", "p(malignant)", "Lung-RADS", "slice UID", "row,col")
+    if exam is not None:
+        print(f"exam: Lung-RADS {exam.lung_rads}: {exam.recommendation}")
+        laa = "n/a" if exam.laa950_pct is None else f"{exam.laa950_pct:.1f} %"
+        vol = "n/a" if exam.lung_volume_ml is None else f"{exam.lung_volume_ml:.0f} ml"
+        inputs = exam.risk_inputs
+        age = "missing" if inputs.age_years is None else f"{inputs.age_years:g}"
+        print(f"emphysema LAA-950 {laa} of {vol} lung; Brock inputs: age {age}, sex {inputs.sex or 'missing'}, "
+              f"family history {inputs.family_history}, emphysema {'yes' if inputs.emphysema else 'no'}")
+        if exam.reason:
+            print(f"note: {exam.reason}")
+    table = Table("#", "centre x,y,z mm", "mean diam mm", "type", "calc", "margin", "lung/zone", "Lung-RADS",
+                  "Brock", "model score", "p(nodule)", "slice UID", "row,col")
     for i, f in enumerate(result.findings, 1):
-        table.add_row(str(i), ", ".join(f"{c:.1f}" for c in f.center_mm), f"{f.diameter_mm:.1f}", f"{f.probability:.2f}",
-                      f"{f.malignancy:.2f}", f.lung_rads, f.key_slice.sop_instance_uid[-24:],
+        table.add_row(str(i), ", ".join(f"{c:.1f}" for c in f.center_mm), f"{f.diameter_mm:.1f}", f.nodule_type,
+                      "yes" if f.calcified else "no", f.margin, f"{f.location.lung or '?'}/{f.location.zone or '?'}",
+                      f.lung_rads, "n/a" if f.brock_risk is None else f"{f.brock_risk:.1%}", f"{f.model_score:.2f}",
+                      f"{f.probability:.2f}", f.key_slice.sop_instance_uid[-24:],
                       f"{f.key_slice.row:.0f},{f.key_slice.column:.0f}")
-    from rich.console import Console
+    from dicomnode.cli.common import out
 
-    Console().print(table)
+    out.print(table)  # 250 columns when not a terminal: the table is not squeezed into 80
+    for i, f in enumerate(result.findings, 1):
+        if f.note:
+            print(f"#{i}: {f.note}")
+    print("model score: DeepLung DPN + GBM trained on synthetic phantoms; not a clinical probability"
+          if exam is None or exam.headline != "model" else "model score: weights validated on real data")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
 
 
@@ -220,10 +259,19 @@ def _evaluate_on_phantoms(args: argparse.Namespace, pipeline, report_threshold: 
 
 
 def cmd_model_evaluate(args: argparse.Namespace) -> int:
+    from inference.training.characterize_eval import evaluate as evaluate_characterization
+    from inference.training.characterize_eval import format_report
     from inference.training.evaluation import plot_confusion_png
 
     pipeline = _pipeline(args)
     ev, report = _evaluate_on_phantoms(args, pipeline, pipeline.bundle.manifest.get("report_threshold_probability"))
+    # characterisation (type, margin, calcification, volume) on the same held-out phantom seeds, from the
+    # painted truth at each nodule's centre (the detector's diameter is simulated within +-15 %)
+    with _bar() as bar:
+        bar.add_task("characterising nodules on the held-out phantoms", total=None)
+        chars = evaluate_characterization(range(args.first_seed, args.first_seed + args.count), 6.0,
+                                          small=not args.full_size)
+    report["characterization"] = chars.to_json()
     if args.png:
         args.png.mkdir(parents=True, exist_ok=True)
         report["png"] = [str(ev.froc_6mm.plot_png(args.png / "froc-6mm.png")),  # type: ignore[attr-defined]
@@ -231,8 +279,27 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
         if ev.malignancy_roc is not None:
             report["png"].append(str(ev.malignancy_roc.plot_png(args.png / "malignancy-roc.png", "malignancy ROC")))  # type: ignore[attr-defined]
             report["png"].append(str(plot_confusion_png(ev.malignancy_roc.confusion, args.png / "malignancy-confusion.png")))  # type: ignore[attr-defined]
-    print(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_evaluation(report)
+    print("characterisation (nodules >= 6 mm, truth = the painted phantom nodules):")
+    print(format_report(chars, details=False))
     return 0
+
+
+def _print_evaluation(report: dict[str, Any]) -> None:
+    auc = report.get("malignancy_auc")
+    print(f"weights {report['weights']} {report['version']} on {report['engine']}; "
+          f"held-out phantoms {report['phantom_seeds'][0]}..{report['phantom_seeds'][1]}")
+    print(f"detection: {report['n_nodules_6mm']} nodules >= 6 mm in {report['n_scans']} scans; sensitivity "
+          f"{report['sensitivity_6mm_at_1fp_per_scan']:.3f} at <= 1 FP/scan; CPM {report['cpm_6mm']:.3f}")
+    if report.get("report_threshold_probability") is not None:
+        print(f"at the report threshold {report['report_threshold_probability']}: sensitivity "
+              f"{report['sensitivity_6mm_at_report_threshold']} with {report['fps_per_scan_at_report_threshold']} FPs/scan")
+    print("model score (synthetic-data malignancy head): AUC " + ("n/a" if auc is None else f"{auc:.3f}"))
+    for name in report.get("png", []):
+        print(f"plot: {name}")
 
 
 def cmd_model_calibrate(args: argparse.Namespace) -> int:
@@ -357,6 +424,9 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("path", type=Path)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", type=Path, help="write the result DICOM objects (SR, overlays, SEG) here")
+    p.add_argument("--config", type=Path, help="TOML config file: its [clinical] section feeds the Brock model")
+    p.add_argument("--family-history", choices=("unknown", "yes", "no"),
+                   help="lung cancer in a first-degree relative (default: [clinical] family_history, else unknown)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -404,9 +474,11 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--png", type=Path, help="write froc.png into this folder")
     p.set_defaults(func=cmd_model_froc)
 
-    p = msub.add_parser("evaluate", help="detection FROC and malignancy ROC on held-out phantoms")
+    p = msub.add_parser("evaluate", help="detection FROC, model-score ROC and nodule characterisation (type, "
+                        "margin, calcification confusion matrices, volume error) on held-out phantoms")
     _add_phantom_evaluation_args(p, count=20, first_seed=9000, role="held-out")
     p.add_argument("--png", type=Path, help="write FROC, ROC and confusion-matrix PNGs here")
+    p.add_argument("--json", action="store_true", help="print the figures (detection and characterisation) as JSON")
     p.set_defaults(func=cmd_model_evaluate)
 
     p = msub.add_parser("calibrate", help="report threshold at <= N FP/scan on calibration phantoms (not held-out)")

@@ -25,7 +25,9 @@ class LungNoduleStage:
         cfg = settings.inference
         self.options = settings.results
         self.model = Model(engine=cfg.engine, mode=cfg.mode, threads=cfg.threads, weights=cfg.weights,
-                           cache_dir=settings.engine_cache_dir)
+                           cache_dir=settings.engine_cache_dir,
+                           family_history=settings.clinical.family_history,
+                           emphysema_laa950_pct=settings.clinical.emphysema_laa950_pct)
 
     @property
     def identity(self) -> ModelIdentity:
@@ -44,8 +46,9 @@ class LungNoduleStage:
         context.progress("encoding results")
         objects = build_results(datasets, result, self.options)
         encoded = time.perf_counter()
-        summary = {
+        summary: dict[str, Any] = {
             "verdict_probability": result.verdict_probability,
+            "exam": result.exam.to_json() if result.exam is not None else None,
             "model": result.model.to_json(),
             "timings_s": {**result.timings_s, "inference": round(inferred - started, 3),
                           "encoding": round(encoded - inferred, 3)},

@@ -1,13 +1,13 @@
 """Characterisation on held-out phantoms (seeds never used for tuning: those were 1..40 and 500..519).
 
 Truth: the phantom's own nodules (kind) and the painter's partial-volume fraction (volume; see
-inference.characterize.evaluate.truth_volume). Small phantoms keep this to a few seconds per seed.
+inference.training.characterize_eval.truth_volume). Small phantoms keep this to a few seconds per seed.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from inference.characterize.evaluate import TYPES, evaluate
+from inference.training.characterize_eval import TYPES, evaluate
 
 SEEDS = range(700, 706)
 

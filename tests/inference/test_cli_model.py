@@ -44,15 +44,46 @@ def test_phantom_then_analyze_json(tmp_path):
     assert len(files) == truth["shape_zyx"][0] and truth["nodules"]
 
     proc = _cli("analyze", str(out), "--json", "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
-                "--out", str(tmp_path / "results"))
+                "--family-history", "yes")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert set(result) >= {"series_instance_uid", "verdict", "verdict_probability", "findings", "model", "timings_s"}
+    assert set(result) >= {"series_instance_uid", "verdict", "verdict_probability", "findings", "model", "timings_s",
+                           "exam"}
     assert result["series_instance_uid"] == truth["series_instance_uid"]
     assert result["model"]["name"] == "dicomnode-dpn26" and result["model"]["engine"] == "onnxruntime-cpu"
+    assert result["findings"]
     for f in result["findings"]:
-        assert set(f) >= {"center_mm", "diameter_mm", "probability", "malignancy", "lung_rads", "sop_instance_uid",
-                          "row", "column"}
+        assert set(f) >= {"center_mm", "diameter_mm", "probability", "model_score", "lung_rads", "sop_instance_uid",
+                          "row", "column", "type", "calcified", "margin", "location", "mean_diameter_mm",
+                          "solid_component_mm", "brock_risk"}
+        assert f["type"] in ("solid", "part_solid", "ground_glass") and isinstance(f["calcified"], bool)
+        assert f["margin"] in ("smooth", "lobulated", "spiculated")
+        assert f["location"]["lung"] in ("right", "left") and f["location"]["zone"] in ("upper", "middle", "lower")
+        assert 0 < f["brock_risk"] < 1 and 0 <= f["model_score"] <= 1 and f["mean_diameter_mm"] > 0
+        assert f["lung_rads"] in ("1", "2", "3", "4A", "4B", "4X")
+        assert (f["solid_component_mm"] is not None) == (f["type"] == "part_solid")
+    exam = result["exam"]
+    categories = ["0", "1", "2", "3", "4A", "4B", "4X"]
+    assert exam["lung_rads"] == max((f["lung_rads"] for f in result["findings"]), key=categories.index)
+    assert exam["recommendation"] and 0 <= exam["laa950_pct"] < 100
+    inputs = exam["risk_inputs"]
+    # the phantom's header has PatientAge and PatientSex; the flag gives the family history
+    import pydicom
+
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert inputs["age_years"] == int(str(header.PatientAge)[:3])
+    assert inputs["sex"] == {"F": "female", "M": "male"}[header.PatientSex]
+    assert inputs["family_history"] == "yes" and inputs["missing"] == []
+    assert result["verdict_probability"] == max(f["brock_risk"] for f in result["findings"])
+
+
+def test_analyze_out_writes_the_sr(tmp_path):
+    out = tmp_path / "ph"
+    assert _cli("phantom", str(out), "--seed", "5", "--small").returncode == 0
+    proc = _cli("analyze", str(out), "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
+                "--out", str(tmp_path / "results"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Lung-RADS" in proc.stdout and "Brock" in proc.stdout
     written = list((tmp_path / "results").glob("*.dcm"))
     assert any(p.name.startswith("SR-") for p in written)
 
@@ -117,9 +148,51 @@ def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     assert manifest["report_threshold_probability"] == threshold and 0 < threshold < 1
     assert manifest["calibration"]["phantom_seeds"] == [8000, 8002]
     # the weight files themselves are untouched: their hashes still verify
-    proc = _cli("model", "evaluate", *common)
+    proc = _cli("model", "evaluate", *common, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    types = report["characterization"]["type"]
+    assert types["labels"] == ["solid", "part_solid", "ground_glass"] and sum(map(sum, types["confusion"])) > 0
     assert report["report_threshold_probability"] == threshold
     assert report["fps_per_scan_at_report_threshold"] <= 1.0
     assert report["sensitivity_6mm_at_report_threshold"] == calibration["sensitivity_6mm"] > 0
+
+
+def test_evaluate_prints_the_nodule_type_confusion_matrix(tmp_path):
+    proc = _cli("model", "evaluate", "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
+                "--count", "1", "--first-seed", "9001", "--workers", "1")  # 9001: nodules of 10 mm and more
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("type: accuracy"))
+    assert lines[at + 1].split() == ["solid", "part_solid", "ground_glass"]
+    rows = [line.split() for line in lines[at + 2: at + 5]]
+    assert [row[0] for row in rows] == ["solid", "part_solid", "ground_glass"]
+    assert sum(int(v) for row in rows for v in row[1:]) > 0  # held-out nodules were counted
+    assert any(line.startswith("margin: accuracy") for line in lines)
+    assert any(line.startswith("calcified: accuracy") for line in lines)
+    assert any(line.startswith("volume error:") for line in lines) and "detection:" in proc.stdout
+
+
+def test_analyze_refuses_an_unknown_family_history(tmp_path):
+    proc = _cli("analyze", str(tmp_path), "--family-history", "maybe")
+    assert proc.returncode == 2 and "--family-history" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_analyze_takes_the_clinical_settings_from_the_config(tmp_path):
+    out = tmp_path / "ph"
+    assert _cli("phantom", str(out), "--seed", "5", "--small").returncode == 0
+    config = tmp_path / "node.toml"
+    # threshold 0 %: any LAA-950 counts as emphysema for Brock, so the setting's effect is visible
+    config.write_text('[clinical]\nfamily_history = "no"\nemphysema_laa950_pct = 0.0\n')
+    proc = _cli("analyze", str(out), "--json", "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
+                "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    inputs = json.loads(proc.stdout)["exam"]["risk_inputs"]
+    assert inputs["family_history"] == "no" and inputs["emphysema"] is True and inputs["missing"] == []
+
+
+def test_analyze_with_a_bad_clinical_setting_is_a_message(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text('[clinical]\nfamily_history = "perhaps"\n')
+    proc = _cli("analyze", str(tmp_path), "--config", str(config))
+    assert proc.returncode == 2 and "clinical.family_history" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
-"""LungNodulePipeline: the contract, not-analysable series, weights checks, and key-slice geometry."""
+"""LungNodulePipeline: the contract, not-analysable series, weights checks, key-slice geometry, and the
+clinical statement (Lung-RADS, Brock, exam verdict) including the bad inputs of issue 11."""
 from __future__ import annotations
 
 import json
@@ -79,9 +80,13 @@ def test_contract_on_a_phantom_without_findings(quiet_pipeline, quiet_weights, t
     messages: list[str] = []
     result = quiet_pipeline.analyze(datasets, progress=messages.append)
     assert isinstance(result, SeriesResult) and result.analysed
-    assert result.verdict is Verdict.NO_NODULE and result.verdict_probability == 0.0 and result.findings == []
+    # issue 11: the verdict is the exam's (no "no nodule" verdict any more): lungs covered, no nodule ->
+    # Lung-RADS 1, negative
+    assert result.verdict is Verdict.NEGATIVE and result.verdict_probability == 0.0 and result.findings == []
+    assert result.exam is not None and result.exam.lung_rads == "1" and result.exam.lungs_fully_covered
+    assert result.exam.highest_brock_risk is None and result.exam.recommendation
     assert result.series_instance_uid == case.series_instance_uid
-    assert set(result.timings_s) >= {"load", "preprocess", "detect", "classify", "total"}
+    assert set(result.timings_s) >= {"load", "preprocess", "detect", "classify", "characterize", "total"}
     manifest = json.loads((quiet_weights / "manifest.json").read_text())
     assert result.model.name == "dicomnode-dpn26" and result.model.version == "test-1"
     assert result.model.weights_sha256 == manifest["files"]["detector"]["sha256"]
@@ -127,3 +132,180 @@ def test_key_slice_of_a_truth_nodule_matches_the_dicom_header(tiny_series):
         row, col, _ = _dicom_row_col(nearest, xyz)
         assert ks.row == pytest.approx(row, abs=1e-3) and ks.column == pytest.approx(col, abs=1e-3)
         np.testing.assert_allclose(volume.voxel_to_world(src), xyz, atol=1e-6)
+
+
+# -- issue 11: the clinical statement on phantoms, with the packaged demo weights -------------------------
+CLINICAL_SEED = 5  # small phantom: solid 13.9 mm, ground-glass 8.4 mm, solid 10.0 mm, 3.2 mm, 6.5 mm
+
+
+@pytest.fixture(scope="module")
+def demo_pipeline(tmp_path_factory) -> LungNodulePipeline:
+    return LungNodulePipeline(engine="onnxruntime", threads=2, cache_dir=tmp_path_factory.mktemp("demo-engines"))
+
+
+@pytest.fixture(scope="module")
+def clinical_case(tmp_path_factory):
+    case = write_phantom_series(tmp_path_factory.mktemp("clinical"), CLINICAL_SEED, small=True)
+    return case, read_series(case.files)
+
+
+@pytest.fixture(scope="module")
+def clinical_result(demo_pipeline, clinical_case) -> SeriesResult:
+    return demo_pipeline.analyze(clinical_case[1])
+
+
+def _truth_near(case, finding, within_mm: float = 5.0):
+    """The painted nodule whose centre is within `within_mm` of the finding's, else None."""
+    best = min(case.phantom.nodules, key=lambda n: np.linalg.norm(np.subtract(n.center_mm, finding.center_mm)))
+    return best if np.linalg.norm(np.subtract(best.center_mm, finding.center_mm)) <= within_mm else None
+
+
+def test_findings_carry_type_lung_rads_brock_and_the_exam_statement(clinical_result, clinical_case):
+    case, datasets = clinical_case
+    result, exam = clinical_result, clinical_result.exam
+    assert result.findings and exam is not None and exam.lungs_fully_covered
+    # the header's patient: PatientAge "063Y", PatientSex F; family history defaults to unknown (= no, said so)
+    ds = datasets[0]
+    assert exam.risk_inputs.age_years == int(str(ds.PatientAge)[:3])
+    assert exam.risk_inputs.sex == {"F": "female", "M": "male"}[ds.PatientSex]
+    assert exam.risk_inputs.missing == ("family_history",) and "counted as no" in exam.reason
+    assert exam.laa950_pct is not None and 0 <= exam.laa950_pct < 100 and exam.lung_volume_ml > 1000
+    kinds = {"solid": "solid", "part-solid": "part_solid", "ground-glass": "ground_glass"}
+    matched = 0
+    for f in result.findings:
+        assert 0 < f.brock_risk < 1 and 0 <= f.model_score <= 1 and f.lung_rads_reasons
+        assert f.location.lung in ("right", "left") and f.location.zone in ("upper", "middle", "lower")
+        truth = _truth_near(case, f)
+        if truth is not None and truth.diameter_mm >= 6:
+            matched += 1
+            assert f.nodule_type == kinds[truth.kind], (f, truth)
+            assert f.diameter_mm == pytest.approx(truth.diameter_mm, rel=0.2)
+    assert matched >= 3
+    # the exam is the highest nodule category; the verdict and the rows never contradict each other
+    from inference.clinical import LungRadsCategory, finding_verdict
+
+    highest = max((LungRadsCategory(f.lung_rads) for f in result.findings), key=lambda c: c.rank)
+    assert exam.lung_rads == highest.value
+    assert exam.highest_brock_risk == max(f.brock_risk for f in result.findings)
+    for f in result.findings:
+        assert result.verdict.severity >= finding_verdict(LungRadsCategory(f.lung_rads), f.brock_risk).verdict.severity
+    # the headline is the Brock risk, not the synthetic-data model score
+    assert exam.headline == "brock" and result.verdict_probability == pytest.approx(exam.highest_brock_risk)
+    assert json.loads(json.dumps(result.to_json()))["exam"]["lung_rads"] == exam.lung_rads
+
+
+def test_a_header_without_age_and_sex_still_gives_a_risk_and_says_what_is_missing(demo_pipeline, clinical_case,
+                                                                                   clinical_result):
+    import copy
+
+    from inference.clinical import brock_risk
+    from inference.clinical.types import NoduleType
+
+    _, datasets = clinical_case
+    bare = [copy.deepcopy(ds) for ds in datasets]
+    for ds in bare:
+        for keyword in ("PatientAge", "PatientBirthDate", "PatientSex"):
+            if keyword in ds:
+                delattr(ds, keyword)
+    result = demo_pipeline.analyze(bare)
+    exam = result.exam
+    assert exam.risk_inputs.age_years is None and exam.risk_inputs.sex is None
+    assert set(exam.risk_inputs.missing) == {"age", "sex", "family_history"}
+    assert "without the patient's age" in exam.reason and "sex" in exam.reason
+    assert result.findings and len(result.findings) == len(clinical_result.findings)
+    for f in result.findings:
+        assert "not in the DICOM header" in f.note
+        # the model's reference values: 62 years, male
+        expected = brock_risk(size_mm=f.long_axis_mm, nodule_type=NoduleType(f.nodule_type),
+                              nodule_count=len(result.findings), upper_lobe=f.location.zone == "upper",
+                              spiculation=f.margin == "spiculated", emphysema=exam.risk_inputs.emphysema,
+                              age_years=62.0, sex=None).risk
+        assert f.brock_risk == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_series_that_does_not_cover_the_lungs_is_lung_rads_0_with_the_reason(demo_pipeline, clinical_case):
+    _, datasets = clinical_case
+    volume = load_volume(datasets)
+    # keep the middle third in z: the lungs run out of both ends of the scan
+    n = volume.shape[0]
+    kept = set(volume.sop_instance_uids[n // 3: 2 * n // 3])
+    cropped = [ds for ds in datasets if ds.SOPInstanceUID in kept]
+    result = demo_pipeline.analyze(cropped)
+    assert result.analysed and result.exam is not None
+    assert result.exam.lung_rads == "0" and not result.exam.lungs_fully_covered
+    assert "lungs not fully covered" in result.exam.reason and "field of view" in result.exam.reason
+    assert result.verdict in (Verdict.INCOMPLETE, Verdict.SUSPICIOUS)
+    from inference.clinical import RECOMMENDATIONS, LungRadsCategory
+
+    assert result.exam.recommendation == RECOMMENDATIONS[LungRadsCategory.C0]
+
+
+def test_a_nodule_cut_by_the_field_of_view_is_said_so(demo_pipeline, clinical_case):
+    case, datasets = clinical_case
+    volume = load_volume(datasets)
+    big = max(case.phantom.nodules, key=lambda n: n.diameter_mm)  # the 13.9 mm solid nodule
+    k = int(round(volume.world_to_voxel(np.asarray(big.center_mm))[0]))
+    # the scan ends one slice (2.5 mm) past the nodule's centre: still well inside its 7 mm radius
+    kept = set(volume.sop_instance_uids[: k + 2])
+    result = demo_pipeline.analyze([ds for ds in datasets if ds.SOPInstanceUID in kept])
+    assert result.analysed and result.exam is not None
+    cut = [f for f in result.findings if _truth_near(case, f, 10.0) is big]
+    assert cut, [f.center_mm for f in result.findings]
+    assert not cut[0].segmentation_ok and "cut by the field of view" in cut[0].note
+    assert cut[0].brock_risk is not None and cut[0].lung_rads
+    assert result.exam.lung_rads == "0"  # the lungs are cut too: the exam is incomplete, with the reason
+
+
+def test_the_model_score_is_the_headline_only_for_weights_validated_on_real_data(tmp_path, clinical_case,
+                                                                                 clinical_result):
+    import shutil
+
+    from inference.weights_bundle import PACKAGED_WEIGHTS
+
+    weights = tmp_path / "weights"
+    shutil.copytree(PACKAGED_WEIGHTS, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    manifest["malignancy_validated_on_real_data"] = True
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    pipeline = LungNodulePipeline(engine="onnxruntime", threads=2, weights=weights, cache_dir=tmp_path / "engines")
+    try:
+        result = pipeline.analyze(clinical_case[1])
+    finally:
+        pipeline.close()
+    assert result.exam.headline == "model"
+    assert result.verdict_probability == pytest.approx(max(f.model_score for f in result.findings))
+    # the Brock figures themselves are unchanged, and without the flag the headline is Brock's
+    assert [f.brock_risk for f in result.findings] == [f.brock_risk for f in clinical_result.findings]
+    assert clinical_result.verdict_probability == pytest.approx(clinical_result.exam.highest_brock_risk)
+    assert clinical_result.verdict_probability != pytest.approx(result.verdict_probability)
+
+
+@pytest.mark.parametrize(("header", "age"), [
+    ({"PatientAge": "065Y"}, 65.0), ({"PatientAge": "006M"}, 0.5), ({"PatientAge": "052W"}, 0.996),
+    ({"PatientAge": "030D"}, 0.08), ({"PatientBirthDate": "19600315", "StudyDate": "20260314"}, 65.0),
+    ({"PatientBirthDate": "19600315", "StudyDate": "20260315"}, 66.0), ({"PatientAge": "65"}, None),
+    ({"PatientBirthDate": "19601315", "StudyDate": "20260315"}, None), ({}, None),
+])
+def test_patient_age_from_the_header(header, age):
+    from inference.pipeline import patient_age_years
+
+    ds = pydicom.Dataset()
+    for k, v in header.items():
+        setattr(ds, k, v)
+    got = patient_age_years(ds)
+    assert got == (None if age is None else pytest.approx(age, abs=0.01))
+
+
+@pytest.mark.parametrize(("value", "sex"), [("M", "male"), ("F", "female"), ("O", None), ("", None)])
+def test_patient_sex_from_the_header(value, sex):
+    from inference.pipeline import patient_sex
+
+    ds = pydicom.Dataset()
+    ds.PatientSex = value
+    got = patient_sex(ds)
+    assert (got.value if got else None) == sex
+
+
+def test_family_history_setting_is_checked(quiet_weights):
+    with pytest.raises(ValueError, match="family_history"):
+        LungNodulePipeline(engine="onnxruntime", weights=quiet_weights, family_history="maybe")

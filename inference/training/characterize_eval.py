@@ -10,12 +10,13 @@ wall is invisible there and not counted; the part of a nodule over a vessel it e
 The detector's diameter is simulated as the truth diameter times a factor in 0.85 ... 1.15 drawn
 from the seed (a detector is not exact).
 
-    python -m inference.characterize.evaluate --count 20 --first-seed 9000
+    python -m inference.training.characterize_eval --count 20 --first-seed 9000
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -77,6 +78,20 @@ class Evaluation:
     def volume_errors(self) -> np.ndarray:
         return np.array([r.volume_error for r in self.counted])
 
+    def to_json(self) -> dict[str, Any]:
+        """Confusion matrices (rows truth, columns predicted), accuracies and volume errors, for `--json`."""
+        out: dict[str, Any] = {"min_diameter_mm": self.min_diameter_mm, "nodules_counted": len(self.counted),
+                               "nodules_total": len(self.results)}
+        for what, labels in (("type", TYPES), ("margin", MARGINS), ("calcified", (False, True))):
+            out[what] = {"labels": list(labels), "confusion": self.confusion(what).tolist(),
+                         "accuracy": round(self.accuracy(what), 4)}
+        err = self.volume_errors()
+        out["volume_error"] = None if not err.size else {
+            "mean": round(float(err.mean()), 4), "median_abs": round(float(np.median(np.abs(err))), 4),
+            "max_abs": round(float(np.abs(err).max()), 4), "share_within_15pct": round(float((np.abs(err) <= 0.15).mean()), 4),
+        }
+        return out
+
 
 def truth_volume(phantom: Phantom, inside: np.ndarray, nodule: PhantomNodule) -> float:
     """Painted volume (mm3) of one nodule: its partial-volume fraction summed inside the lungs."""
@@ -89,9 +104,9 @@ def truth_volume(phantom: Phantom, inside: np.ndarray, nodule: PhantomNodule) ->
     return float((frac * inside).sum() * np.prod(spacing))
 
 
-def evaluate_seed(seed: int, min_diameter_mm: float = 0.0) -> list[NoduleResult]:
-    phantom = make_phantom(seed, small=True)
-    anatomy = make_phantom(seed, small=True, n_nodules=0)
+def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True) -> list[NoduleResult]:
+    phantom = make_phantom(seed, small=small)
+    anatomy = make_phantom(seed, small=small, n_nodules=0)
     # the lungs of the nodule-free phantom with vessels inside them (holes filled slice by slice)
     inside = np.stack([ndimage.binary_fill_holes(p) for p in lung_mask(anatomy.hu, anatomy.spacing)])
     mask = lung_mask(phantom.hu, phantom.spacing)
@@ -112,15 +127,15 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0) -> list[NoduleResult]
     return out
 
 
-def evaluate(seeds: range | list[int], min_diameter_mm: float = 6.0) -> Evaluation:
-    """Characterise every nodule of the small phantoms of `seeds`; counts nodules >= min_diameter_mm."""
+def evaluate(seeds: range | list[int], min_diameter_mm: float = 6.0, small: bool = True) -> Evaluation:
+    """Characterise every nodule of the phantoms of `seeds` (small ones by default); counts nodules >= min_diameter_mm."""
     ev = Evaluation(min_diameter_mm=min_diameter_mm)
     for seed in seeds:
-        ev.results.extend(evaluate_seed(seed))
+        ev.results.extend(evaluate_seed(seed, small=small))
     return ev
 
 
-def format_report(ev: Evaluation) -> str:
+def format_report(ev: Evaluation, details: bool = True) -> str:
     lines = [f"nodules >= {ev.min_diameter_mm:g} mm: {len(ev.counted)} (of {len(ev.results)})"]
     for what, labels in (("type", TYPES), ("margin", MARGINS), ("calcified", ("no", "yes"))):
         m = ev.confusion(what)
@@ -133,7 +148,7 @@ def format_report(ev: Evaluation) -> str:
         q = np.percentile(np.abs(err), [50, 90, 100])
         lines.append(f"volume error: mean {err.mean():+.1%}, |error| median {q[0]:.1%}, 90th pct {q[1]:.1%}, "
                      f"max {q[2]:.1%}; within 15%: {(np.abs(err) <= 0.15).mean():.1%}")
-    for r in ev.counted:
+    for r in ev.counted if details else []:
         flag = "" if (r.truth_type == r.predicted_type and abs(r.volume_error) <= 0.15) else "  <--"
         lines.append(f"  seed {r.seed} {r.diameter_mm:5.1f} mm {r.truth_type:>12} -> {r.predicted_type:<12} "
                      f"vol {r.volume_mm3:8.0f} / {r.truth_volume_mm3:8.0f} ({r.volume_error:+.0%}) "
