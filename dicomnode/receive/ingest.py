@@ -29,7 +29,8 @@ from storage.models import Instance, Series, Study, utcnow
 log = logging.getLogger(__name__)
 
 _SELECT_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
-_INSERT_INSTANCE = insert(Instance.__table__)
+# the Core insert on the Table (Instance.__table__ is typed as a plain FromClause)
+_INSERT_INSTANCE = insert(Instance.metadata.tables[Instance.__tablename__])
 
 
 @dataclass(frozen=True)
