@@ -391,7 +391,7 @@ class StorageSCP:
                 raise OSError(f"PDU of {nr_bytes} bytes refused")
             return read(nr_bytes)
 
-        transport.recv = bounded  # type: ignore[method-assign]
+        transport.recv = bounded  # type: ignore[method-assign]  # pynetdicom has no PDU-length hook: wrap its method
 
     def _tls_handshake(self, sock: ssl.SSLSocket, host: str, port: int) -> bool:
         """The TLS handshake, in this connection's thread and bounded by the idle timeout (GuardedServer
