@@ -9,11 +9,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import CursorResult, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,13 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def rows_changed(s: Session, statement: UpdateBase) -> int:
+    """Runs an INSERT/UPDATE/DELETE in the session; returns how many rows it matched."""
+    # a DML statement's result is always a CursorResult (the Result that carries rowcount), but
+    # Session.execute is typed to return the base Result
+    return cast("CursorResult[Any]", s.execute(statement)).rowcount
 
 
 def sqlite_url(path: Path) -> str:
@@ -94,7 +105,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the web console and CLI read while the node writes; synchronous=FULL makes a
     # commit durable before the C-STORE success status goes out.

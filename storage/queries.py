@@ -4,13 +4,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar, Unpack
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, Series, Study
 from storage.states import DeliveryState
+
+# the helpers below narrow a query (.where returns the same Select type), so keep its row type
+_Query = TypeVar("_Query", bound="Select[Unpack[tuple[Any, ...]]]")
 
 AUDIT_SUBJECTS = ("associations", "instances", "series", "jobs", "findings", "deliveries", "events", "dead-letters")
 
@@ -45,18 +48,18 @@ def _iso(value: Any) -> Any:
     return value
 
 
-def _rows(s: Session, query: Select) -> list[dict[str, Any]]:
+def _rows(s: Session, query: Select[Unpack[tuple[Any, ...]]]) -> list[dict[str, Any]]:
     return [{k: _iso(v) for k, v in row._mapping.items()} for row in s.execute(query)]
 
 
-def _since(query: Select, column: Any, f: AuditFilter) -> Select:
+def _since(query: _Query, column: Any, f: AuditFilter) -> _Query:
     # SQLite stores naive UTC; compare against naive UTC so both backends agree
     if f.since is not None:
         query = query.where(column >= f.since.astimezone(timezone.utc).replace(tzinfo=None))
     return query
 
 
-def _series_uid(query: Select, f: AuditFilter) -> Select:
+def _series_uid(query: _Query, f: AuditFilter) -> _Query:
     if f.series:
         query = query.where(Series.series_instance_uid.startswith(f.series))
     return query

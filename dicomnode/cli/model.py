@@ -8,15 +8,18 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomnode.cli.common import UserError, console
 
-if TYPE_CHECKING:
-    from inference.findings import SeriesResult
+if TYPE_CHECKING:  # the inference stack loads only when a command needs it
+    from pydicom.dataset import Dataset
+
     from inference.pipeline import LungNodulePipeline
+    from inference.findings import SeriesResult
+    from inference.training.evaluation import PhantomEvaluation
 
 ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEFAULT_CACHE = Path.home() / ".cache" / "dicomnode"
@@ -50,11 +53,11 @@ def _dicom_files(path: Path) -> list[Path]:
     return files
 
 
-def _read_datasets(files: list[Path]) -> list:
+def _read_datasets(files: list[Path]) -> list[Dataset]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    datasets = []
+    datasets: list[Dataset] = []
     skipped = 0
     for f in files:
         try:
@@ -213,9 +216,13 @@ def cmd_model_train(args: argparse.Namespace) -> int:
     log_path = args.out / "train-log.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log, _bar() as bar:
+        def log_line(line: str) -> None:
+            log.write(line + "\n")
+            log.flush()
+
         try:
             summary = run_training(cfg, classifier_epochs=args.classifier_epochs, progress=_stage_progress(bar),
-                                   log_fn=lambda line: (log.write(line + "\n"), log.flush()))
+                                   log_fn=log_line)
         except (MissingPackage, FileNotFoundError, ValueError) as exc:
             raise UserError(str(exc)) from None
     print(json.dumps(summary, indent=2))
@@ -239,7 +246,8 @@ def cmd_model_froc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_on_phantoms(args: argparse.Namespace, pipeline, report_threshold: float | None):
+def _evaluate_on_phantoms(args: argparse.Namespace, pipeline: LungNodulePipeline,
+                          report_threshold: float | None) -> tuple[PhantomEvaluation, dict[str, Any]]:
     """Detection FROC and malignancy ROC of `pipeline` on phantoms first_seed..first_seed+count-1."""
     from inference.training.cases import Case, cached_phantom_cases
     from inference.training.evaluation import evaluate_detector_on_cases
@@ -274,11 +282,11 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
     report["characterization"] = chars.to_json()
     if args.png:
         args.png.mkdir(parents=True, exist_ok=True)
-        report["png"] = [str(ev.froc_6mm.plot_png(args.png / "froc-6mm.png")),  # type: ignore[attr-defined]
-                         str(ev.froc_all.plot_png(args.png / "froc-all.png"))]  # type: ignore[attr-defined]
+        report["png"] = [str(ev.froc_6mm.plot_png(args.png / "froc-6mm.png")),
+                         str(ev.froc_all.plot_png(args.png / "froc-all.png"))]
         if ev.malignancy_roc is not None:
-            report["png"].append(str(ev.malignancy_roc.plot_png(args.png / "malignancy-roc.png", "malignancy ROC")))  # type: ignore[attr-defined]
-            report["png"].append(str(plot_confusion_png(ev.malignancy_roc.confusion, args.png / "malignancy-confusion.png")))  # type: ignore[attr-defined]
+            report["png"].append(str(ev.malignancy_roc.plot_png(args.png / "malignancy-roc.png", "malignancy ROC")))
+            report["png"].append(str(plot_confusion_png(ev.malignancy_roc.confusion, args.png / "malignancy-confusion.png")))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -336,7 +344,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     except WeightsError as exc:
         raise UserError(str(exc)) from None
     args.out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[tuple[Literal["detector", "classifier"], Path]] = []
     detector = DPN26Detector()
     load_into(detector, bundle.detector)
     written.append(("detector", export_onnx(detector.eval(), args.out / "detector.onnx", kind="detector")))
@@ -355,7 +363,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
         from inference.engines import make_engine
 
         for kind, path in written:
-            make_engine("tensorrt", network=kind, onnx_path=path, cache_dir=args.out,  # type: ignore[arg-type]
+            make_engine("tensorrt", network=kind, onnx_path=path, cache_dir=args.out,
                         weights_sha256=bundle.sha256("detector" if kind == "detector" else "classifier_net"))
             print(f"TensorRT engine for {kind}: built into {args.out}")
     return 0

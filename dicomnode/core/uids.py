@@ -38,9 +38,9 @@ def is_valid_uid(value: object) -> bool:
 def check_uid(name: str, value: object) -> str:
     """`value` if it is a valid UID, else InvalidUID naming `name` and what is wrong."""
     problem = uid_problem(value)
-    if problem is not None:
-        raise InvalidUID(f"invalid {name} {printable(value)}: {problem}")
-    return value  # type: ignore[return-value]
+    if problem is None and isinstance(value, str):  # uid_problem passes nothing but text
+        return value
+    raise InvalidUID(f"invalid {name} {printable(value)}: {problem}")
 
 
 def printable(value: object, limit: int = 80) -> str:

@@ -10,7 +10,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 
 from dicomnode.core.dicom_address import DicomAddress
 from dicomnode.core.dimse import STORED_STATUSES

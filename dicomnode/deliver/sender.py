@@ -23,7 +23,7 @@ from dicomnode.deliver.outbox import Target
 from dicomnode.core.dimse import STORED_STATUSES
 from dicomnode.core.durable import OutsideRoot, confined
 from storage.audit import record_event
-from storage.db import Database
+from storage.db import Database, rows_changed
 from storage.events import EventCode
 from storage.models import Delivery, utcnow
 from storage.states import DeliveryState
@@ -55,7 +55,7 @@ class ResultSender:
     def recover(self) -> int:
         """Deliveries caught mid-send by a crash go back to pending (the peer de-duplicates by UID)."""
         with self.db.session() as s:
-            return s.execute(update(Delivery).where(Delivery.state == DeliveryState.SENDING).values(state=DeliveryState.PENDING)).rowcount
+            return rows_changed(s, update(Delivery).where(Delivery.state == DeliveryState.SENDING).values(state=DeliveryState.PENDING))
 
     def send_due(self, only_ids: list[int] | None = None) -> int:
         """Send every due pending delivery (or just `only_ids`); returns how many were delivered."""
@@ -68,8 +68,8 @@ class ResultSender:
             due = s.execute(query.order_by(Delivery.id)).scalars().all()
             claimed: list[Delivery] = []
             for d in due:
-                if s.execute(update(Delivery).where(Delivery.id == d.id, Delivery.state == DeliveryState.PENDING)
-                             .values(state=DeliveryState.SENDING)).rowcount:
+                if rows_changed(s, update(Delivery).where(Delivery.id == d.id, Delivery.state == DeliveryState.PENDING)
+                                .values(state=DeliveryState.SENDING)):
                     claimed.append(d)
         groups: dict[Target, list[Delivery]] = defaultdict(list)
         for d in claimed:
@@ -86,7 +86,8 @@ class ResultSender:
             ]
         tls_args = (client_ssl_context(self.settings), None) if target.tls else None
         try:
-            assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
+            assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
+                                 tls_args=tls_args)  # type: ignore[arg-type]  # pynetdicom types server_hostname as str; ssl takes None (no SNI)
         except Exception as exc:  # DNS failures, refused TLS handshakes
             return self._fail_all(items, target, f"cannot connect: {exc}")
         if not assoc.is_established:

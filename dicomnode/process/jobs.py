@@ -22,7 +22,7 @@ from dicomnode.deliver.outbox import Outbox
 from dicomnode.process.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
 from dicomnode.receive.spool import Spool
 from storage.audit import record_event
-from storage.db import Database
+from storage.db import Database, rows_changed
 from storage.events import EventCode
 from storage.models import FindingRow, Instance, Job, Series, utcnow
 from inference.findings import ExamSummary, Finding
@@ -109,10 +109,10 @@ class JobRunner:
     def claim(self) -> int | None:
         with self.db.session() as s:
             for job_id in s.execute(select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id).limit(4)).scalars():
-                claimed = s.execute(
+                claimed = rows_changed(s,
                     update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
                     .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1, error=None)
-                ).rowcount
+                )
                 if claimed:
                     return job_id
         return None

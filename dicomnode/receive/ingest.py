@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 from dicomnode.core.uids import InvalidUID, check_uid, printable
@@ -29,7 +30,8 @@ from storage.models import Instance, Series, Study, utcnow
 log = logging.getLogger(__name__)
 
 _SELECT_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
-_INSERT_INSTANCE = insert(Instance.__table__)
+# the Core insert on the Table (Instance.__table__ is typed as a plain FromClause)
+_INSERT_INSTANCE = insert(Instance.metadata.tables[Instance.__tablename__])
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def _float_or_none(ds: Dataset, keyword: str) -> float | None:
 
 def check_uids(ds: Dataset) -> tuple[str, str, str, str]:
     """(SOP Class, Study, Series, SOP Instance) UIDs, each valid, or InvalidUID naming the first bad one."""
-    return tuple(check_uid(name, str(ds.get(keyword))) for keyword, name in _UID_ATTRIBUTES)  # type: ignore[return-value]
+    sop_class, study, series, sop_instance = (check_uid(name, str(ds.get(keyword))) for keyword, name in _UID_ATTRIBUTES)
+    return sop_class, study, series, sop_instance
 
 
 def parse_header(data: bytes) -> Dataset:
@@ -244,7 +247,7 @@ class Ingestor:
                     "duplicates": 0,
                 })
 
-    def _find_or_create_series(self, s, ds: Dataset, origin: Origin) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
+    def _find_or_create_series(self, s: Session, ds: Dataset, origin: Origin) -> tuple[int, bool]:
         """The series row's id, and whether this call created it."""
         study_uid = str(ds.StudyInstanceUID)
         series_uid = str(ds.SeriesInstanceUID)

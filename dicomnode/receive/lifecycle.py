@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from storage.audit import record_event
-from storage.db import Database
+from storage.db import Database, rows_changed
 from storage.events import EventCode
 from storage.models import Instance, Series, utcnow
 from storage.states import SeriesState
@@ -61,11 +61,11 @@ class SeriesLifecycle:
     def _reopen(self, series_id: int, series_uid: str, association_id: int | None) -> None:
         # also after a restart, when the cache is cold but the series exists and may be finished
         with self.db.session() as s:
-            reopened = s.execute(
+            reopened = rows_changed(s,
                 update(Series)
                 .where(Series.id == series_id, Series.status != SeriesState.RECEIVING)
                 .values(status=SeriesState.RECEIVING, status_reason=None, last_released_at=None, completed_at=None)
-            ).rowcount
+            )
             if reopened:
                 record_event(
                     s, EventCode.SERIES_REOPENED, "a new instance arrived after completion; the series will be analysed again",
@@ -117,12 +117,12 @@ class SeriesLifecycle:
                     continue
                 with self.db.session() as s:
                     count = s.execute(select(func.count(Instance.id)).where(Instance.series_id == series_id)).scalar_one()
-                    changed = s.execute(
+                    changed = rows_changed(s,
                         update(Series)
                         .where(Series.id == series_id, Series.status == SeriesState.RECEIVING)
                         .values(status=SeriesState.COMPLETE, completed_at=utcnow(), generation=Series.generation + 1,
                                 instance_count=count)
-                    ).rowcount
+                    )
                     self._receiving.discard(uid)
                     if changed:
                         record_event(s, EventCode.SERIES_COMPLETE, f"series complete with {count} instances", series_instance_uid=uid)
@@ -135,11 +135,11 @@ class SeriesLifecycle:
         """After a restart, series still receiving lost their sessions with the old process: start
         their clocks now so they complete instead of waiting forever."""
         with self.db.session() as s:
-            return s.execute(
+            return rows_changed(s,
                 update(Series)
                 .where(Series.status == SeriesState.RECEIVING, Series.last_released_at.is_(None))
                 .values(last_released_at=started_at)
-            ).rowcount
+            )
 
     # -- routing decisions (made by dicomnode.process.routing, written here) -----------------
     @staticmethod

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -20,7 +20,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
@@ -106,13 +106,16 @@ class GuardedServer(ThreadedAssociationServer):
         self.contexts = ContextList(self.contexts)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self.socket.accept()  # type: ignore[union-attr]
+        listening = self.socket
+        if listening is None:  # closed by server_close(): fail as accept() on a closed socket does
+            raise OSError("the listening socket is closed")
+        client, address = listening.accept()
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
 
-class ContextList(list):  # type: ignore[type-arg]
+class ContextList(list[PresentationContext]):
     """Our supported presentation contexts, cheap to copy.
 
     pynetdicom deep-copies them for every connection (_create_association). With ~170 storage
@@ -170,7 +173,7 @@ class DimseGuard:
         self._data_seen = False
         self._oversize: set[int] = set()  # message ids whose data set went over max_bytes
         self._timer: threading.Timer | None = None
-        assoc.dimse.receive_primitive = self.receive  # type: ignore[method-assign]
+        assoc.dimse.receive_primitive = self.receive  # type: ignore[method-assign]  # pynetdicom has no hook here: wrap its method
 
     def receive(self, primitive: P_DATA) -> None:
         # one PDV at a time: pynetdicom drops the PDVs after the one that completes a message
@@ -189,7 +192,7 @@ class DimseGuard:
             self._received += len(data)
             if self._received > MAX_COMMAND_BYTES:
                 data = data[:1]  # a command set is a few hundred bytes: stop buffering; it fails to decode
-        elif not has_command:
+        elif message is None or not has_command:  # has_command implies a message
             data = data[:1]  # a data set with no command before it: pynetdicom aborts, buffer nothing
         else:
             self._data_seen = True
@@ -200,7 +203,7 @@ class DimseGuard:
                 message.data_set = BytesIO()  # free what was buffered; keep only the last-fragment bit
                 data = data[:1]
         single = P_DATA()
-        single.presentation_data_value_list = [[context_id, data]]  # type: ignore[list-item]  # it wants lists
+        single.presentation_data_value_list = [[context_id, data]]  # type: ignore[list-item]  # pynetdicom annotates tuples, its setter takes only lists
         self._inner(single)
         current = self.dimse.message
         if current is None:
@@ -298,7 +301,7 @@ class StorageSCP:
         self._guards: dict[int, DimseGuard] = {}
         # connections that have not sent an A-ASSOCIATE-RQ yet (audited if closed for idling)
         self._connections: dict[int, Connection] = {}
-        self.server = None
+        self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -351,6 +354,8 @@ class StorageSCP:
         """(calling AE, called AE, host, port) from the A-ASSOCIATE request, AE titles log-safe."""
         rq = event.assoc.requestor
         primitive = rq.primitive
+        if primitive is None:  # pynetdicom sets it before any event that reaches here
+            raise RuntimeError("no A-ASSOCIATE request on this association")
         return (safe_text(str(primitive.calling_ae_title).strip()), safe_text(str(primitive.called_ae_title).strip()),
                 str(rq.address), int(rq.port))
 
@@ -386,7 +391,7 @@ class StorageSCP:
                 raise OSError(f"PDU of {nr_bytes} bytes refused")
             return read(nr_bytes)
 
-        transport.recv = bounded  # type: ignore[method-assign]
+        transport.recv = bounded  # type: ignore[method-assign]  # pynetdicom has no PDU-length hook: wrap its method
 
     def _tls_handshake(self, sock: ssl.SSLSocket, host: str, port: int) -> bool:
         """The TLS handshake, in this connection's thread and bounded by the idle timeout (GuardedServer
@@ -486,7 +491,7 @@ class StorageSCP:
             except Exception:  # a hostile UID pynetdicom will not encode: the response goes without it
                 pass
         rsp.Status = outcome.status
-        rsp.ErrorComment = error_comment(outcome.comment or "")
+        rsp.ErrorComment = error_comment(outcome.comment or "")  # type: ignore[assignment]  # pynetdicom: unannotated `= None`
         assoc.dimse.send_msg(rsp, context_id)
 
     def _session(self, assoc: PynetAssociation) -> IntakeSession:
@@ -519,9 +524,10 @@ class StorageSCP:
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
         state = self._state(event)
-        request = event.request
+        request = cast(C_STORE, event.request)  # EVT_C_STORE's request (pynetdicom casts it the same way)
         session = self._session(event.assoc)
-        if state is not None and state.guard is not None and state.guard.take_oversize(int(request.MessageID)):
+        if (state is not None and state.guard is not None and request.MessageID is not None
+                and state.guard.take_oversize(request.MessageID)):
             return response(session.refuse_too_large())
         if request.DataSet is None or not request.DataSet.getbuffer().nbytes:
             # CommandDataSetType 0x0101 (or an empty data set): pynetdicom would hand us only file meta

@@ -94,7 +94,7 @@ def outline_box(finding: Finding, ct_slice: Dataset) -> tuple[float, float, floa
     )
 
 
-def label_anchor(finding: Finding, ct_slice: Dataset, text_size: tuple[int, int]) -> tuple[int, int]:
+def label_anchor(finding: Finding, ct_slice: Dataset, text_size: tuple[float, float]) -> tuple[int, int]:
     """Top-left of the label: above the ring, kept inside the image."""
     left, top, _, bottom = outline_box(finding, ct_slice)
     width, height = text_size
@@ -223,7 +223,7 @@ def _sc_image(
                                     index, root),
         instance_number=index + 1,
         manufacturer=options.manufacturer,
-        pixel_spacing=tuple(float(v) for v in ct_slice.PixelSpacing),
+        pixel_spacing=tuple(float(v) for v in ct_slice.PixelSpacing),  # type: ignore[arg-type]  # highdicom: ints here, floats in __init__ (which checks the length)
         patient_orientation=patient_orientation(ct_slice),
         contributing_equipment=[contributing_equipment(result.model, options)],
         series_description=options.overlay_series_description,

@@ -58,7 +58,8 @@ def histogram(name: str, doc: str, samples: dict[str, list[float]], label: str =
 def _timing(summary: Any, keys: Iterable[str]) -> float | None:
     if not isinstance(summary, dict):
         return None
-    timings = summary.get("timings_s") if isinstance(summary.get("timings_s"), dict) else summary
+    nested = summary.get("timings_s")
+    timings: dict[Any, Any] = nested if isinstance(nested, dict) else summary
     for key in keys:
         value = timings.get(key)
         if isinstance(value, (int, float)):
@@ -130,12 +131,12 @@ class DatabaseCollector(Collector):
             pass
         info = model_info(self.node)
         model = info["model"] or {}
-        family = InfoMetricFamily("dicomnode_model", "Model and inference engine in use")
-        family.add_metric([], {"configured_engine": info["configured_engine"], "mode": info["mode"],
-                               "engine": str(model.get("engine", "")), "name": str(model.get("name", "")),
-                               "version": str(model.get("version", "")),
-                               "pipelines": ",".join(info["pipelines"])})
-        yield family
+        model_family = InfoMetricFamily("dicomnode_model", "Model and inference engine in use")
+        model_family.add_metric([], {"configured_engine": info["configured_engine"], "mode": info["mode"],
+                                     "engine": str(model.get("engine", "")), "name": str(model.get("name", "")),
+                                     "version": str(model.get("version", "")),
+                                     "pipelines": ",".join(info["pipelines"])})
+        yield model_family
         yield GaugeMetricFamily("dicomnode_model_loaded", "1 when every pipeline that needs the model has loaded it",
                                 value=0 if set(info["required"]) - set(info["loaded"]) else 1)
 

@@ -79,7 +79,7 @@ class UploadParser(MultiPartParser):
         spooled = self._files_to_close_on_error.pop()
         spooled.close()
         handle = open(inside(self.folder, self.folder / f"part-{self._file_count:06d}"), "w+b")  # noqa: SIM115
-        self._files_to_close_on_error.append(handle)  # type: ignore[arg-type]
+        self._files_to_close_on_error.append(handle)  # type: ignore[arg-type]  # starlette types it SpooledTemporaryFile; it only calls close()
         upload.file = handle
 
 

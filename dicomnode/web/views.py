@@ -115,7 +115,7 @@ def model_warning(node: Node, summary: dict[str, Any] | None = None) -> str:
 def dashboard_stats(node: Node) -> dict[str, Any]:
     today = _today_start()
     with node.db.session() as s:
-        stats = {
+        stats: dict[str, Any] = {
             "associations_today": s.execute(select(func.count(Association.id)).where(Association.started_at >= today)).scalar_one(),
             "instances_today": s.execute(select(func.count(Instance.id)).where(Instance.received_at >= today)).scalar_one(),
             "series_today": s.execute(select(func.count(Series.id)).where(Series.first_received_at >= today)).scalar_one(),
@@ -162,9 +162,9 @@ def list_series(node: Node, f: AuditFilter) -> list[dict[str, Any]]:
         latest: dict[int, tuple[str, str | None, str | None]] = {}
         if ids:
             newest = select(func.max(Job.id)).where(Job.series_id.in_(ids)).group_by(Job.series_id)
-            for series_id, state, verdict, progress in s.execute(
+            for series_id, job_state, verdict, progress in s.execute(
                     select(Job.series_id, Job.state, Job.verdict, Job.progress).where(Job.id.in_(newest))):
-                latest[series_id] = (state, verdict, progress)
+                latest[series_id] = (job_state, verdict, progress)
     for row in rows:
         state, verdict, progress = latest.get(row["id"], (None, None, None))
         row["job_state"], row["verdict"], row["job_progress"] = state, verdict, progress

@@ -66,6 +66,8 @@ def test_parallel_wrong_logins_neither_stall_nor_pass(node: WebNode) -> None:
         for c in clients:
             c.close()
     statuses = [a.status_code for a in answers]
+    print(f"web load: {len(latencies)} /health/live polls, slowest {max(latencies, default=0):.3f} s; "
+          f"login answers {sorted(statuses)}")  # the figure for the record (pytest -s)
     assert len(latencies) >= 5 and max(latencies) < LATENCY_BOUND_S, f"worst /health/live: {max(latencies):.2f} s"
     free = node.node.settings.web.login_client_failures
     assert statuses.count(401) <= free and statuses.count(429) >= PARALLEL - free, statuses
