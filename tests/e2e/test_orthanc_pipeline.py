@@ -103,7 +103,7 @@ def test_phantom_study_round_trip_through_orthanc(tmp_path):
         assert len(groups) == len(findings), "one measurement group per recorded finding"
         for g in groups:
             names = [n for n, _, _ in g["nums"]][:3]
-            assert names == ["Long axis", "Volume", "Probability of cancer"], names
+            assert names == ["Diameter", "Volume", "Probability of cancer"], names  # mean diameter first (Lung-RADS)
         # the SR carries diameters to 0.01 mm; the audit database keeps the model's float
         recorded = sorted((f["sop_instance_uid"], round(f["diameter_mm"], 2)) for f in findings)
         in_sr = sorted((g["key_slice"], g["nums"][0][1]) for g in groups)
