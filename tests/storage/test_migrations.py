@@ -6,10 +6,21 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 
 from storage.db import Database, alembic_config, sqlite_url
 from storage.models import Base
+
+
+def _insert_study_and_series(conn: Connection, status: str) -> None:
+    """One study (1.2.3) with one series (1.2.3.4), written with plain SQL so any schema revision takes it."""
+    conn.execute(text("INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number,"
+                      " study_date, study_description, first_received_at, last_received_at) VALUES ('1.2.3', 'P', 'N',"
+                      " '', '', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    conn.execute(text("INSERT INTO series (series_instance_uid, study_id, modality, body_part, series_description,"
+                      " image_type, calling_ae, peer_host, instance_count, status, generation, first_received_at,"
+                      " last_received_at) VALUES ('1.2.3.4', 1, 'CT', '', '', '', 'A', '127.0.0.1', 0, :status, 0,"
+                      " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"status": status})
 
 
 def _series_columns(db: Database) -> set[str]:
@@ -30,13 +41,7 @@ def test_open_associations_dropped_and_restored_with_rows_kept(tmp_path: Path) -
     db.migrate()
     assert "open_associations" not in _series_columns(db)
     with db.engine.begin() as conn:
-        conn.execute(text("INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number,"
-                          " study_date, study_description, first_received_at, last_received_at) VALUES ('1.2.3', 'P', 'N', '', '', '', "
-                          "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-        conn.execute(text("INSERT INTO series (series_instance_uid, study_id, modality, body_part, "
-                          "series_description, image_type, calling_ae, peer_host, instance_count, status, generation,"
-                          " first_received_at, last_received_at) VALUES ('1.2.3.4', 1, 'CT', '', '', '', 'A', "
-                          "'127.0.0.1', 0, 'receiving', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        _insert_study_and_series(conn, status='receiving')
     config = alembic_config(db.engine)
     command.downgrade(config, "0002")
     assert "open_associations" in _series_columns(db)
@@ -56,13 +61,7 @@ def test_0004_renames_malignancy_to_model_score_keeping_rows_and_steps_back(tmp_
     config = alembic_config(db.engine)
     command.upgrade(config, "0003")
     with db.engine.begin() as conn:  # a finding recorded by a node before issue 11
-        conn.execute(text("INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number,"
-                          " study_date, study_description, first_received_at, last_received_at) VALUES ('1.2.3', 'P', 'N', '', '', '', "
-                          "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-        conn.execute(text("INSERT INTO series (series_instance_uid, study_id, modality, body_part, "
-                          "series_description, image_type, calling_ae, peer_host, instance_count, status, generation,"
-                          " first_received_at, last_received_at) VALUES ('1.2.3.4', 1, 'CT', '', '', '', 'A', "
-                          "'127.0.0.1', 0, 'done', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        _insert_study_and_series(conn, status='done')
         conn.execute(text("INSERT INTO jobs (series_id, series_generation, pipeline, route_name, destinations, state, "
                           "attempts, queued_at) VALUES (1, 0, 'lung-nodule', '', '[]', 'done', 1, CURRENT_TIMESTAMP)"))
         conn.execute(text("INSERT INTO findings (job_id, series_id, \"index\", center_x_mm, center_y_mm, center_z_mm, "
