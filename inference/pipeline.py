@@ -183,7 +183,7 @@ class LungNodulePipeline:
                        header: Dataset | None = None) -> SeriesResult:
         """Findings and exam statement for one volume; `header` (any instance of the series) gives the
         patient's age and sex for the Brock model (absent: both missing, and the result says so)."""
-        from inference.preprocess import lung_mask, preprocess
+        from inference.preprocess import preprocess
 
         say = progress or (lambda _msg: None)
         timings: dict[str, float] = {}
@@ -208,8 +208,9 @@ class LungNodulePipeline:
 
         say("characterising nodules and exam (segmentation, type, Lung-RADS, Brock)")
         t = time.perf_counter()
-        # the source-resolution lung mask: side/zone of each nodule, lung volume, LAA-950 and coverage
-        lungs = lung_mask(volume.hu, volume.spacing)
+        # the source-resolution lung mask (from preprocessing's segmentation, not a second one): side/zone of
+        # each nodule, lung volume, LAA-950 and coverage
+        lungs = pre.source_lung_mask()
         exam_chars = characterize_exam(volume.hu, volume.spacing, lungs)
         measured = [self._characterize(volume, pre, cand, lungs) for cand in reported]
         patient = patient_inputs(header)

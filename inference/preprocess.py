@@ -39,6 +39,16 @@ class Preprocessed:
     source_spacing: np.ndarray  # (z, y, x) mm of the source volume
     resolution_mm: float
     mask_fallback: bool
+    # the lungs found on the working grid, kept so the source-resolution mask needs no second segmentation
+    work_lungs: np.ndarray | None = None
+    work_factors: np.ndarray | None = None
+    source_shape: tuple[int, int, int] | None = None
+
+    def source_lung_mask(self) -> np.ndarray:
+        """The same mask as `lung_mask(hu, spacing)` (undilated, no body fallback) at the source resolution."""
+        if self.work_lungs is None or self.work_factors is None or self.source_shape is None:
+            raise ValueError("this Preprocessed carries no working-grid lung mask")
+        return _to_source(self.work_lungs, self.work_factors, self.source_shape)
 
     def to_source_voxel(self, zyx: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3) index -> fractional voxel index in the source Volume."""
@@ -239,6 +249,7 @@ def preprocess(volume: Volume) -> Preprocessed:
     return Preprocessed(
         image=out, mask=mask, box_start=start.astype(np.int64), source_spacing=spacing,
         resolution_mm=RESOLUTION_MM, mask_fallback=fallback,
+        work_lungs=seg.lungs, work_factors=seg.factors, source_shape=(hu.shape[0], hu.shape[1], hu.shape[2]),
     )
 
 
