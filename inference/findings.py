@@ -201,14 +201,3 @@ class SeriesResult:
 
 class NotAnalysable(Exception):
     """The series does not suit the model; the message is the reason shown to users."""
-
-
-def lung_rads_category(mean_diameter_mm: float) -> str:
-    """Lung-RADS v2022 for solid nodules by mean diameter (docs/architecture.md, "Results encoding")."""
-    if mean_diameter_mm < 6.0:
-        return "2"
-    if mean_diameter_mm < 8.0:
-        return "3"
-    if mean_diameter_mm < 15.0:
-        return "4A"
-    return "4B"

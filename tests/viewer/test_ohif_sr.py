@@ -26,8 +26,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomnode.results import ResultOptions, build_overlays, build_sr
-from inference.clinical import NoduleType, brock_risk
-from inference.findings import Finding, NoduleLocation, SeriesResult, Verdict, lung_rads_category
+from inference.clinical import Nodule, NoduleType, brock_risk, classify_nodule
+from inference.findings import Finding, NoduleLocation, SeriesResult, Verdict
 from tests.conftest import REPO_ROOT
 from tests.peers.orthanc import OrthancProcess
 from tests.results.dicom_validators import (
@@ -300,9 +300,11 @@ def phantom_result(series: list[Dataset], truth_nodules) -> SeriesResult:
         kind = PHANTOM_TYPES[nodule.kind]
         risk = brock_risk(size_mm=diameter, nodule_type=kind, nodule_count=len(truth_nodules), upper_lobe=False,
                           spiculation=nodule.margin == "spiculated", emphysema=False, age_years=None, sex=None).risk
+        solid = round(float(nodule.solid_diameter_mm), 1) if kind is NoduleType.PART_SOLID else None
+        category = classify_nodule(Nodule(type=kind, mean_diameter_mm=diameter, solid_component_mm=solid)).category
         r = diameter / 2.0 / float(ds.PixelSpacing[0])
         findings.append(Finding(
-            tuple(nodule.center_mm), diameter, volume, 0.9, round(0.1 + 0.05 * index, 2), lung_rads_category(diameter),
+            tuple(nodule.center_mm), diameter, volume, 0.9, round(0.1 + 0.05 * index, 2), category.value,
             key, (r, r), nodule_type=kind.value, margin=str(nodule.margin), location=NoduleLocation(lung="right"),
             long_axis_mm=diameter, short_axis_mm=diameter, brock_risk=risk,
         ))
