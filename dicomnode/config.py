@@ -18,6 +18,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from dicomnode.core.passwords import is_password_hash, is_token_hash, secret_weakness
+from dicomnode.core.uids import printable  # an untrusted value quoted for one message line, bounded
 from dicomnode.results.options import ResultOptions
 
 EXAMPLE_CONFIG = Path(__file__).with_name("node.example.toml")
@@ -43,18 +44,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def show(value: object, limit: int = 40) -> str:
-    """A value quoted for an error message: repr escapes control characters, long values are cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def check_ae_title(value: str) -> str:
     stripped = value.strip()  # leading and trailing spaces are not significant (PS3.5)
     if not stripped:
         raise ValueError("an AE title must not be empty or all spaces")
     if not AE_TITLE_RE.match(stripped):
-        raise ValueError(f"{show(value)} is not a valid AE title (at most 16 characters, printable ASCII, "
+        raise ValueError(f"{printable(value, 40)} is not a valid AE title (at most 16 characters, printable ASCII, "
                          "no backslash or control characters)")
     return stripped
 
@@ -74,19 +69,19 @@ def check_host(value: str) -> str:
     if (name and len(name) <= 253 and all(_HOST_LABEL_RE.match(label) for label in labels)
             and not labels[-1].isdigit()):  # "10.0.0.300" is a bad address, not a host name
         return host
-    raise ValueError(f"{show(value)} is not an IP address or a host name")
+    raise ValueError(f"{printable(value, 40)} is not an IP address or a host name")
 
 
 def check_network(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value.strip(), strict=False))
     except ValueError:
-        raise ValueError(f"{show(value)} is not an IP address or a CIDR network (e.g. 10.0.0.0/8)") from None
+        raise ValueError(f"{printable(value, 40)} is not an IP address or a CIDR network (e.g. 10.0.0.0/8)") from None
 
 
 def check_path(value: Path | None) -> Path | None:
     if value is not None and _CONTROL_RE.search(str(value)):
-        raise ValueError(f"{show(str(value))} contains control characters")
+        raise ValueError(f"{printable(str(value), 40)} contains control characters")
     return value
 
 
@@ -121,7 +116,7 @@ def redact_url(value: str) -> str:
 
 def check_code_string(value: str) -> str:
     if not _CODE_STRING_RE.match(value.strip()):
-        raise ValueError(f"{show(value)} is not a DICOM code string (letters, digits, space, _; 16 at most)")
+        raise ValueError(f"{printable(value, 40)} is not a DICOM code string (letters, digits, space, _; 16 at most)")
     return value.strip()
 
 
@@ -225,7 +220,7 @@ class RouteMatch(Strict):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"invalid regular expression {show(value)}: {exc}") from None
+                raise ValueError(f"invalid regular expression {printable(value, 40)}: {exc}") from None
         return value
 
 
@@ -242,7 +237,7 @@ class Route(Strict):
     @classmethod
     def _pipeline_named(cls, value: str) -> str:
         if not _PIPELINE_RE.match(value):
-            raise ValueError(f"{show(value)} is neither \"lung-nodule\" nor \"package.module:callable\"")
+            raise ValueError(f"{printable(value, 40)} is neither \"lung-nodule\" nor \"package.module:callable\"")
         return value
 
 
@@ -340,7 +335,7 @@ class WebSettings(Strict):
     def _users_are_hashed(cls, users: dict[str, str]) -> dict[str, str]:
         for name, encoded in users.items():
             if not USER_NAME_RE.match(name):
-                raise ValueError(f"user name {show(name)} may hold only letters, digits and . _ @ - (64 at most)")
+                raise ValueError(f"user name {printable(name, 40)} may hold only letters, digits and . _ @ - (64 at most)")
             if not is_password_hash(encoded):  # the value is probably a password: never echo it
                 raise ValueError(f"the value for user {name!r} is not a password hash (plain-text passwords are "
                                  f"refused); make one with `dicomnode user add {name} --config FILE`")
