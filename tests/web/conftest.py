@@ -1,8 +1,7 @@
 """Fixtures for console tests: real nodes in this process (web port 0), phantom CT files to upload."""
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from pydicom.uid import generate_uid
 from dicomnode.config import load_settings
 from dicomnode.cli.serve import ServedNode as Node
 from dicomnode.core.passwords import hash_password
-from tests.node.helpers import free_port
+from tests.node.helpers import free_port, wait_for  # wait_for: also imported from here by web tests
 
 USER, PASSWORD = "admin", "correct horse battery"
 TOKEN = "test-api-token-0123456789abcdefghijk"  # 32+ characters: shorter tokens are refused
@@ -98,16 +97,6 @@ def secure_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
     web = start_node(tmp_path_factory.mktemp("secure-node"), require_login=True)
     yield web
     web.node.stop()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def upload_and_wait(client: httpx.Client, files: list[Path], headers: dict[str, str] | None = None) -> dict[str, Any]:
