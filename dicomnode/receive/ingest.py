@@ -40,6 +40,7 @@ class StoreOutcome:
     comment: str | None = None
     sop_instance_uid: str | None = None
     duplicate: bool = False
+    series_instance_uid: str | None = None  # of an accepted instance: callers need not parse it again
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class Ingestor:
         # register before writing, so the completion checker cannot close the series under us
         self.lifecycle.instance_arriving(series_uid, session)
         if self._is_duplicate(sop_uid, series_uid, origin):
-            return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True)
+            return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True, series_instance_uid=series_uid)
         try:
             self.spool.check_space(len(data))
             self.spool.store(relative, data)
@@ -164,11 +165,11 @@ class Ingestor:
             return self._refuse(EventCode.SERIES_STUDY_CONFLICT, str(exc), origin, CANNOT_UNDERSTAND, series_uid)
         except IntegrityError:
             # the same instance raced in on another association: the first row wins
-            return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True)
+            return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True, series_instance_uid=series_uid)
         except Exception as exc:  # the database is the second half of the promise
             log.exception("recording instance %s failed", sop_uid)
             return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot record instance: {exc}", origin, PROCESSING_FAILURE, series_uid)
-        return StoreOutcome(SUCCESS, None, sop_uid)
+        return StoreOutcome(SUCCESS, None, sop_uid, series_instance_uid=series_uid)
 
     def refuse_too_large(self, size: int, origin: Origin) -> StoreOutcome:
         """0xA700 for a data set over node.max_instance_mb (also used by the SCP before it is buffered)."""

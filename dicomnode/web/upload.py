@@ -12,11 +12,8 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from pydicom import dcmread
 
 from dicomnode.config import WebSettings
 from dicomnode.core.dimse import SUCCESS
@@ -189,13 +186,6 @@ def _members(name: str, path: Path, budget: _Budget) -> Iterator[tuple[str, byte
         yield name, f"cannot read zip: {exc}"
 
 
-def _series_uid(data: bytes) -> str:
-    try:
-        return str(dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
-    except Exception:  # the ingestor already accepted it; this is only for the summary
-        return ""
-
-
 def _ingest(session: IntakeSession, files: list[tuple[str, Path]], budget: _Budget, result: UploadResult) -> None:
     for name, path in files:
         for member, content in _members(name, path, budget):
@@ -210,7 +200,7 @@ def _ingest(session: IntakeSession, files: list[tuple[str, Path]], budget: _Budg
                 result.duplicates += 1
             else:
                 result.stored += 1
-            uid = _series_uid(content)
+            uid = outcome.series_instance_uid or ""
             result.series[uid] = result.series.get(uid, 0) + 1
 
 
