@@ -49,12 +49,14 @@ class EventCode(IntEnum):
     JOB_REQUEUED = 504
     SERIES_NOT_ANALYSED = 505
     FINDING_RECORDED = 506
+    SERIES_REPROCESS_REQUESTED = 507  # an admin asked to analyse a series again (CLI, API or console)
     # 6xx: deliveries
     DELIVERY_QUEUED = 600
     DELIVERY_SENT = 601
     DELIVERY_ATTEMPT_FAILED = 602
     DELIVERY_DEAD_LETTER = 603
     DELIVERY_RETRY_REQUESTED = 604
+    FORWARD_QUEUED = 605  # a route forwards the source instances themselves to a destination
     # 7xx: administration and web console
     ADMIN_LOGIN = 700
     ADMIN_LOGIN_FAILED = 701
@@ -64,11 +66,17 @@ class EventCode(IntEnum):
     ADMIN_LOGOUT = 705
     UPLOAD_REJECTED = 706  # over a size, member-count or compression-ratio limit
     WEB_REQUEST_REFUSED = 707  # a foreign Host header, or a body over the size limit
+    DESTINATION_ECHO = 708  # an admin C-ECHOed a destination from the console
+
+    # 8xx: retention (what was deleted, and why; audit rows themselves are never deleted)
+    RETENTION_DELETED = 800  # files of a series (source instances, results or outbox) removed by policy
+    RETENTION_HIGH_WATER = 801  # disk use above the high-water mark: oldest deletable data removed first
+    RETENTION_SKIPPED = 802  # disk above the mark but nothing deletable (all undelivered or unanalysed)
 
     @property
     def level(self) -> str:
         warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 602,
-                701, 704, 706, 707}
+                701, 704, 706, 707, 801, 802}
         error = {603}
         if self.value in error:
             return "error"
