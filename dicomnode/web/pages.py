@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +34,7 @@ from storage.states import SeriesState
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 SERIES_STATUSES = tuple(SeriesState)
 router = APIRouter(include_in_schema=False)
+MAX_ROW_ID = 2**63 - 1  # SQL integers: a larger id in a URL is a 422, not a driver overflow
 
 
 def _bytes(value: float | None) -> str:
@@ -138,7 +139,7 @@ def dashboard(request: Request, echo: str | None = None, user: Principal = Depen
 
 def _last_echo(node: Node, event_id: str | None) -> dict[str, Any] | None:
     """The DESTINATION_ECHO row an echo redirect points to, for the page's status line."""
-    if not event_id or not event_id.isdigit():
+    if not event_id or not event_id.isdigit() or int(event_id) > MAX_ROW_ID:
         return None
     with node.db.session() as s:
         row = audit_row(s, "events", int(event_id))
@@ -174,7 +175,7 @@ def _detail(node: Node, series_uid: str) -> dict[str, Any]:
 
 
 @router.get("/series/{series_uid}")
-def series_one(series_uid: str, request: Request, page: int = 1, user: Principal = Depends(page_user),
+def series_one(series_uid: str, request: Request, page: int = Query(1, ge=1, le=MAX_ROW_ID), user: Principal = Depends(page_user),
                node: Node = Depends(get_node)) -> Response:
     detail = _detail(node, series_uid)
     with node.db.session() as s:
@@ -228,7 +229,7 @@ def audit(request: Request, subject: str = "events", since: str | None = None, s
 
 
 @router.get("/audit/{subject}/{row_id}")
-def audit_one(subject: str, row_id: int, request: Request, user: Principal = Depends(page_user),
+def audit_one(subject: str, request: Request, row_id: int = PathParam(ge=0, le=MAX_ROW_ID), user: Principal = Depends(page_user),
               node: Node = Depends(get_node)) -> Response:
     if subject not in AUDIT_SUBJECTS:
         raise HTTPException(404, f"unknown audit subject {subject!r}; choose from {', '.join(AUDIT_SUBJECTS)}")

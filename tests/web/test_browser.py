@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.node.helpers import StoreSCP
+from tests.node.helpers import StoreSCP, storescu
 from tests.web.conftest import PASSWORD, TOKEN, USER, WebNode, new_series_copy, start_node, wait_for
 from tests.web.test_destinations import deliveries_of, upload
 
@@ -58,6 +58,8 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     assert "test-nodule-model" in page.locator("#model").inner_text()
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
+    # the same study sent again by the PACS: 120 duplicates, one line in the series' story
+    storescu(secure_node.node.settings.node.port, phantom_files * 6, calling="ORTHANC")
     page.click("header nav >> text=Series")
     page.click(f'a[href="/series/{uid}"]')
     page.wait_for_url(f"**/series/{uid}")
@@ -81,6 +83,10 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     overlay.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=overlay.element_handle())
     assert overlay.evaluate("img => img.naturalWidth") == 64
+    duplicates = page.locator('#series-events tr[data-event="INSTANCE_DUPLICATE"]')
+    assert duplicates.count() == 1 and duplicates.first.locator("td.what").inner_text().startswith(
+        "120 duplicate instances from ORTHANC, ")
+    assert page.locator('#job-events tr[data-event="JOB_DONE"]').count() == 1
     page.screenshot(path=str(tmp_path / "series.png"), full_page=True)
 
     page.goto(secure_node.base + "/dead-letters")
@@ -117,11 +123,14 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
 
     for name in ("dashboard.png", "series.png", "dead-letters.png", "upload.png"):
         assert (tmp_path / name).stat().st_size > 10_000
-    # refresh the committed README pictures only on request, so test runs leave the tree clean
-    for shot, readme in (("series.png", README_SHOT), ("dashboard.png", README_DASHBOARD)):
-        if not readme.exists() or os.environ.get("DICOMNODE_UPDATE_SCREENSHOTS"):
-            readme.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(tmp_path / shot, readme)
+    update_readme_picture(tmp_path / "series.png", README_SHOT)
+
+
+def update_readme_picture(shot: Path, readme: Path) -> None:
+    # only on request (or when missing), so test runs leave the tree clean
+    if not readme.exists() or os.environ.get("DICOMNODE_UPDATE_SCREENSHOTS"):
+        readme.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, readme)
 
 
 @pytest.fixture
@@ -169,3 +178,4 @@ def test_dashboard_turns_to_warning_without_reload(page: Any, live_pacs_node: An
     page.wait_for_url("**/?echo=*")
     assert " failed: " in page.locator("#echo-result").inner_text()
     assert not violations, violations
+    update_readme_picture(tmp_path / "dashboard-failing.png", README_DASHBOARD)

@@ -199,6 +199,10 @@ def test_audit_rows_are_short_and_open_their_own_page(client: httpx.Client, open
     assert '"lung_rads": "4A"' in row.replace("&#34;", '"')  # the exam summary, readable JSON
     assert client.get("/audit/jobs/999999999").status_code == 404
     assert client.get("/audit/passwords/1").status_code == 404
+    huge = "9" * 30  # past SQL integers: refused before it reaches the driver
+    assert client.get(f"/audit/jobs/{huge}").status_code == 422
+    assert client.get(f"/series/{uid}", params={"page": huge}).status_code == 422
+    assert client.get("/", params={"echo": huge}).status_code == 200
     findings = client.get("/audit", params={"subject": "findings", "series": uid}).text
     finding = re.search(r'<a href="(/audit/findings/\d+)">', findings)
     assert finding and "center_x_mm" in client.get(finding.group(1)).text  # every field on the row's page
