@@ -172,6 +172,9 @@ def test_dashboard_turns_to_warning_without_reload(page: Any, live_pacs_node: An
     wait_for(lambda: row.locator('[data-field="pending"]').inner_text() == str(len(waiting)), 30, "the pending count")
     assert "no association" in (row.locator('[data-field="last_error_text"]').get_attribute("title") or "")
     assert row.locator('[data-field="last_failure_at"]').inner_text() != ""
+    # the latest series table follows too: the series sent while the page was open is listed first
+    page.wait_for_selector(f'#recent-series tbody tr:first-child a[href="/series/{second}"]')
+    assert page.locator("#recent-series tbody tr").count() == 2
     page.screenshot(path=str(tmp_path / "dashboard-failing.png"), full_page=True)
 
     row.locator("button.echo").click()  # the C-ECHO button: a POST with the page's CSRF token

@@ -92,6 +92,43 @@
     }
   }
 
+  function badge(text, css, title) {
+    const span = document.createElement("span");
+    span.className = "badge " + css;
+    span.textContent = text;
+    if (title) span.title = title;
+    return span;
+  }
+
+  function seriesRow(r) {
+    const cells = [];
+    const add = (...content) => { const td = document.createElement("td"); td.append(...content); cells.push(td); return td; };
+    add(time(r.first_received_at)).title = r.first_received_at || "";
+    add(r.patient_id || "");
+    const link = document.createElement("a");
+    link.href = "/series/" + r.series_instance_uid;
+    link.textContent = (r.series_number === null ? "" : r.series_number) + " " + (r.series_description || r.series_instance_uid);
+    add(link);
+    add(r.modality || "");
+    add(String(r.instance_count));
+    add(r.calling_ae || "");
+    add(badge(r.status, "s-" + r.status, r.status_reason));
+    add(...(r.job_state ? [badge(r.job_state, "j-" + r.job_state), " " + (r.job_progress || "")] : []));
+    add(r.verdict || "");
+    const tr = document.createElement("tr");
+    tr.append(...cells);
+    return tr;
+  }
+
+  async function recentSeries() {
+    const body = document.querySelector("#recent-series tbody");
+    if (!body) return;
+    const response = await fetch("/api/series?limit=10", { headers: { Accept: "application/json", "X-Dicomnode-Background": "1" } });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    const rows = await response.json();
+    if (rows.length) body.replaceChildren(...rows.map(seriesRow));
+  }
+
   async function refresh() {
     try {
       // X-Dicomnode-Background: this poll does not count as activity for the session's idle timeout
@@ -106,6 +143,7 @@
       cards(stats);
       deliveries(stats);
       destinations(stats);
+      await recentSeries();
       status.classList.remove("error");
       if (updated) updated.textContent = time(stats.now);
       status.dataset.refreshed = String(Number(status.dataset.refreshed || 0) + 1);
