@@ -87,6 +87,7 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     assert duplicates.count() == 1 and duplicates.first.locator("td.what").inner_text().startswith(
         "120 duplicate instances from ORTHANC, ")
     assert page.locator('#job-events tr[data-event="JOB_DONE"]').count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= WINDOW  # the whole series page fits
     page.screenshot(path=str(tmp_path / "series.png"), full_page=True)
 
     page.goto(secure_node.base + "/dead-letters")
@@ -175,6 +176,7 @@ def test_dashboard_turns_to_warning_without_reload(page: Any, live_pacs_node: An
     # the latest series table follows too: the series sent while the page was open is listed first
     page.wait_for_selector(f'#recent-series tbody tr:first-child a[href="/series/{second}"]')
     assert page.locator("#recent-series tbody tr").count() == 2
+    assert page.evaluate("document.documentElement.scrollWidth") <= WINDOW  # the dashboard fits the window too
     page.screenshot(path=str(tmp_path / "dashboard-failing.png"), full_page=True)
 
     row.locator("button.echo").click()  # the C-ECHO button: a POST with the page's CSRF token
