@@ -217,6 +217,15 @@ def audit_row(s: Session, subject: str, row_id: int) -> dict[str, Any] | None:
     return row
 
 
+def echo_event(s: Session, event_id: int) -> dict[str, Any] | None:
+    """A DESTINATION_ECHO row: its message and whether the destination answered; None for any other row."""
+    row = s.execute(select(Event.message, Event.details)
+                    .where(Event.id == event_id, Event.code == int(EventCode.DESTINATION_ECHO))).first()
+    if row is None:
+        return None
+    return {"message": row.message, "ok": bool((row.details or {}).get("ok"))}
+
+
 # newest events of one series read for its page; a series far past this is a storm the admin reads in /audit
 MAX_SERIES_EVENTS = 20000
 

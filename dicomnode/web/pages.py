@@ -28,7 +28,15 @@ from dicomnode.web.views import (
     overlay_png,
     series_detail,
 )
-from storage.queries import AUDIT_SUBJECTS, AuditFilter, audit_row, parse_since, run_query, series_events
+from storage.queries import (
+    AUDIT_SUBJECTS,
+    AuditFilter,
+    audit_row,
+    echo_event,
+    parse_since,
+    run_query,
+    series_events,
+)
 from storage.states import SeriesState
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -142,10 +150,7 @@ def _last_echo(node: Node, event_id: str | None) -> dict[str, Any] | None:
     if not event_id or not event_id.isdigit() or int(event_id) > MAX_ROW_ID:
         return None
     with node.db.session() as s:
-        row = audit_row(s, "events", int(event_id))
-    if row is None or row["name"] != "DESTINATION_ECHO":
-        return None
-    return {"message": row["message"], "ok": " answered: " in row["message"]}  # echo.echo_destination's wording
+        return echo_event(s, int(event_id))
 
 
 @router.post("/destinations/{name}/echo")
@@ -175,8 +180,8 @@ def _detail(node: Node, series_uid: str) -> dict[str, Any]:
 
 
 @router.get("/series/{series_uid}")
-def series_one(series_uid: str, request: Request, page: int = Query(1, ge=1, le=MAX_ROW_ID), user: Principal = Depends(page_user),
-               node: Node = Depends(get_node)) -> Response:
+def series_one(series_uid: str, request: Request, page: int = Query(1, ge=1, le=MAX_ROW_ID),
+               user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
     detail = _detail(node, series_uid)
     with node.db.session() as s:
         story = series_story(series_events(s, series_uid), page)
@@ -229,8 +234,8 @@ def audit(request: Request, subject: str = "events", since: str | None = None, s
 
 
 @router.get("/audit/{subject}/{row_id}")
-def audit_one(subject: str, request: Request, row_id: int = PathParam(ge=0, le=MAX_ROW_ID), user: Principal = Depends(page_user),
-              node: Node = Depends(get_node)) -> Response:
+def audit_one(subject: str, request: Request, row_id: int = PathParam(ge=0, le=MAX_ROW_ID),
+              user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
     if subject not in AUDIT_SUBJECTS:
         raise HTTPException(404, f"unknown audit subject {subject!r}; choose from {', '.join(AUDIT_SUBJECTS)}")
     with node.db.session() as s:
