@@ -321,6 +321,10 @@ class WebSettings(Strict):
     login_user_failures: int = Field(10, ge=1)
     # the longest delay a throttled client or user is made to wait
     login_max_delay_s: int = Field(900, ge=1)
+    # the dashboard and /metrics flag a destination whose oldest pending delivery waits longer than this
+    destination_warn_pending_s: int = Field(600, ge=1)
+    # the dashboard reloads its figures in the background this often (no page reload)
+    dashboard_refresh_s: int = Field(5, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "WebSettings":

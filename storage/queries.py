@@ -9,6 +9,7 @@ from typing import Any, TypeVar, Unpack
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from storage.events import EventCode
 from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, Series, Study
 from storage.states import DeliveryState
 
@@ -40,6 +41,7 @@ class AuditFilter:
     status: str | None = None
     series: str | None = None  # a SeriesInstanceUID or its prefix
     limit: int = 1000
+    row_id: int | None = None  # one row by its id (a row's own page in the console)
 
 
 def _iso(value: Any) -> Any:
@@ -65,12 +67,18 @@ def _series_uid(query: _Query, f: AuditFilter) -> _Query:
     return query
 
 
+def _row_id(query: _Query, column: Any, f: AuditFilter) -> _Query:
+    if f.row_id is not None:
+        query = query.where(column == f.row_id)
+    return query
+
+
 def associations(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     q = select(Association.id, Association.started_at, Association.ended_at, Association.calling_ae,
                Association.called_ae, Association.peer_host, Association.peer_port, Association.tls,
                Association.state, Association.reject_reason, Association.instances_received,
                Association.bytes_received)
-    q = _since(q, Association.started_at, f)
+    q = _row_id(_since(q, Association.started_at, f), Association.id, f)
     if f.status:
         q = q.where(Association.state == f.status)
     return _rows(s, q.order_by(Association.id.desc()).limit(f.limit))
@@ -83,7 +91,7 @@ def instances(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
                 Instance.association_id, Instance.path)
          .join(Series, Instance.series_id == Series.id).join(Study, Series.study_id == Study.id)
          .outerjoin(Association, Instance.association_id == Association.id))
-    q = _series_uid(_since(q, Instance.received_at, f), f)
+    q = _row_id(_series_uid(_since(q, Instance.received_at, f), f), Instance.id, f)
     return _rows(s, q.order_by(Instance.id.desc()).limit(f.limit))
 
 
@@ -94,7 +102,7 @@ def series(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
                 Series.status, Series.status_reason, Series.route_name, Series.generation,
                 Series.first_received_at, Series.completed_at)
          .join(Study, Series.study_id == Study.id))
-    q = _series_uid(_since(q, Series.first_received_at, f), f)
+    q = _row_id(_series_uid(_since(q, Series.first_received_at, f), f), Series.id, f)
     if f.status:
         q = q.where(Series.status == f.status)
     return _rows(s, q.order_by(Series.id.desc()).limit(f.limit))
@@ -104,7 +112,7 @@ def jobs(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     q = (select(Job.id, Series.series_instance_uid, Job.pipeline, Job.route_name, Job.state, Job.attempts,
                 Job.verdict, Job.progress, Job.error, Job.queued_at, Job.started_at, Job.finished_at, Job.summary)
          .join(Series, Job.series_id == Series.id))
-    q = _series_uid(_since(q, Job.queued_at, f), f)
+    q = _row_id(_series_uid(_since(q, Job.queued_at, f), f), Job.id, f)
     if f.status:
         q = q.where(Job.state == f.status)
     rows = _rows(s, q.order_by(Job.id.desc()).limit(f.limit))
@@ -149,7 +157,7 @@ def findings(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
                 FindingRow.center_z_mm, FindingRow.sop_instance_uid, FindingRow.row, FindingRow.column,
                 FindingRow.lung_rads_reasons, FindingRow.note, Job.finished_at)
          .join(Job, FindingRow.job_id == Job.id).join(Series, FindingRow.series_id == Series.id))
-    q = _series_uid(_since(q, Job.finished_at, f), f)
+    q = _row_id(_series_uid(_since(q, Job.finished_at, f), f), FindingRow.id, f)
     if f.status:
         q = q.where(FindingRow.lung_rads == f.status)
     return [_rounded(r) for r in _rows(s, q.order_by(FindingRow.id.desc()).limit(f.limit))]
@@ -161,20 +169,20 @@ def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
                 Delivery.attempts, Delivery.last_error, Delivery.created_at, Delivery.next_attempt_at,
                 Delivery.delivered_at)
          .outerjoin(Job, Delivery.job_id == Job.id).outerjoin(Series, Job.series_id == Series.id))
-    q = _series_uid(_since(q, Delivery.created_at, f), f)
+    q = _row_id(_series_uid(_since(q, Delivery.created_at, f), f), Delivery.id, f)
     if f.status:
         q = q.where(Delivery.state == f.status)
     return _rows(s, q.order_by(Delivery.id.desc()).limit(f.limit))
 
 
 def dead_letters(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
-    return deliveries(s, AuditFilter(f.since, DeliveryState.DEAD, f.series, f.limit))
+    return deliveries(s, AuditFilter(f.since, DeliveryState.DEAD, f.series, f.limit, f.row_id))
 
 
 def events(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     q = select(Event.id, Event.at, Event.code, Event.name, Event.level, Event.message, Event.association_id,
                Event.series_instance_uid, Event.job_id, Event.delivery_id)
-    q = _since(q, Event.at, f)
+    q = _row_id(_since(q, Event.at, f), Event.id, f)
     if f.series:
         q = q.where(Event.series_instance_uid.startswith(f.series))
     if f.status:  # for events, --status is the level or the event name
@@ -196,3 +204,118 @@ def run_query(s: Session, subject: str, f: AuditFilter) -> list[dict[str, Any]]:
 
 def counts_by(s: Session, column: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in s.execute(select(column, func.count()).group_by(column))}
+
+
+def audit_row(s: Session, subject: str, row_id: int) -> dict[str, Any] | None:
+    """One row of an audit subject, every field (a row's own page); None when there is no such row."""
+    rows = run_query(s, subject, AuditFilter(limit=1, row_id=row_id))
+    if not rows:
+        return None
+    row = rows[0]
+    if subject == "jobs":  # the table shows the error's first line; its page shows all of it
+        row["error"] = s.execute(select(Job.error).where(Job.id == row_id)).scalar()
+    return row
+
+
+def echo_event(s: Session, event_id: int) -> dict[str, Any] | None:
+    """A DESTINATION_ECHO row: its message and whether the destination answered; None for any other row."""
+    row = s.execute(select(Event.message, Event.details)
+                    .where(Event.id == event_id, Event.code == int(EventCode.DESTINATION_ECHO))).first()
+    if row is None:
+        return None
+    return {"message": row.message, "ok": bool((row.details or {}).get("ok"))}
+
+
+# newest events of one series read for its page; a series far past this is a storm the admin reads in /audit
+MAX_SERIES_EVENTS = 20000
+
+
+def series_events(s: Session, series_uid: str, limit: int = MAX_SERIES_EVENTS) -> list[dict[str, Any]]:
+    """Every event about one series, oldest first, each with the calling AE of its association.
+
+    Events about the series' jobs and their deliveries count too: the sender records DELIVERY_SENT
+    and the retries with a job and delivery id only, not the series UID.
+    """
+    job_ids = select(Job.id).join(Series, Job.series_id == Series.id).where(Series.series_instance_uid == series_uid)
+    delivery_ids = select(Delivery.id).where(Delivery.job_id.in_(job_ids))
+    q = (select(Event.id, Event.at, Event.code, Event.name, Event.level, Event.message, Event.association_id,
+                Event.series_instance_uid, Event.job_id, Event.delivery_id, Association.calling_ae)
+         .outerjoin(Association, Event.association_id == Association.id)
+         .where((Event.series_instance_uid == series_uid) | Event.job_id.in_(job_ids)
+                | Event.delivery_id.in_(delivery_ids)))
+    return list(reversed(_rows(s, q.order_by(Event.id.desc()).limit(limit))))
+
+
+# delivery states that still wait to go out
+WAITING_STATES = (DeliveryState.PENDING, DeliveryState.SENDING)
+_FAILURE_CODES = (int(EventCode.DELIVERY_ATTEMPT_FAILED), int(EventCode.DELIVERY_DEAD_LETTER))
+# DESTINATION_ECHO rows read for the last echo of each destination
+_ECHO_ROWS = 500
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive UTC, PostgreSQL aware datetimes: compare naive UTC
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _later(a: tuple[datetime | None, str | None], b: tuple[datetime | None, str | None]) -> tuple[datetime | None, str | None]:
+    if a[0] is None:
+        return b
+    if b[0] is None:
+        return a
+    return b if b[0] > a[0] else a
+
+
+def destination_health(s: Session, names: list[str], warn_pending_s: float,
+                       now: datetime | None = None) -> list[dict[str, Any]]:
+    """Per destination (the configured names, then any other name deliveries went to, e.g. "sender"):
+    pending count, the oldest pending delivery's age, dead letters, the last success and the last
+    failure (text and time), from deliveries, their failure events and console C-ECHOs.
+
+    `state`: "failing" when the last attempt (delivery or C-ECHO) failed, "backlog" when the oldest
+    pending delivery is older than warn_pending_s, "ok" when it last succeeded, "idle" when untried.
+    """
+    now = _naive_utc(now or datetime.now(timezone.utc))
+    assert now is not None
+    waiting = {d: (int(n), _naive_utc(oldest)) for d, n, oldest in s.execute(
+        select(Delivery.destination, func.count(), func.min(Delivery.created_at))
+        .where(Delivery.state.in_(WAITING_STATES)).group_by(Delivery.destination))}
+    dead = {d: int(n) for d, n in s.execute(select(Delivery.destination, func.count())
+                                            .where(Delivery.state == DeliveryState.DEAD).group_by(Delivery.destination))}
+    delivered = {d: _naive_utc(at) for d, at in s.execute(select(Delivery.destination, func.max(Delivery.delivered_at))
+                                                          .group_by(Delivery.destination))}
+    newest_failure = (select(func.max(Event.id)).join(Delivery, Event.delivery_id == Delivery.id)
+                      .where(Event.code.in_(_FAILURE_CODES)).group_by(Delivery.destination))
+    failed = {d: (_naive_utc(at), msg) for d, at, msg in s.execute(
+        select(Delivery.destination, Event.at, Event.message).join(Delivery, Event.delivery_id == Delivery.id)
+        .where(Event.id.in_(newest_failure)))}
+    echo_ok: dict[str, datetime | None] = {}
+    echo_failed: dict[str, tuple[datetime | None, str | None]] = {}
+    for at, message, details in s.execute(select(Event.at, Event.message, Event.details)
+                                          .where(Event.code == int(EventCode.DESTINATION_ECHO))
+                                          .order_by(Event.id.desc()).limit(_ECHO_ROWS)):
+        name = str((details or {}).get("destination", ""))
+        if (details or {}).get("ok"):
+            echo_ok.setdefault(name, _naive_utc(at))
+        else:
+            echo_failed.setdefault(name, (_naive_utc(at), message))
+    extra = sorted((set(waiting) | set(dead) | set(delivered) | set(failed)) - set(names))
+    rows = []
+    for name in [*names, *extra]:
+        success = _later((delivered.get(name), None), (echo_ok.get(name), None))[0]
+        failure_at, failure = _later(failed.get(name, (None, None)), echo_failed.get(name, (None, None)))
+        pending, oldest = waiting.get(name, (0, None))
+        age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
+        if failure_at is not None and (success is None or failure_at >= success):
+            state = "failing"
+        elif age is not None and age > warn_pending_s:
+            state = "backlog"
+        else:
+            state = "ok" if success is not None else "idle"
+        rows.append({"destination": name, "configured": name in names, "state": state,
+                     "warning": state in ("failing", "backlog"), "pending": pending,
+                     "oldest_pending_at": _iso(oldest), "oldest_pending_age_s": age, "dead": dead.get(name, 0),
+                     "last_success_at": _iso(success), "last_failure_at": _iso(failure_at), "last_error": failure})
+    return rows

@@ -1,6 +1,7 @@
 """REST API under /api (OpenAPI docs at /docs) and /health."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -9,10 +10,12 @@ from fastapi.responses import JSONResponse
 from dicomnode.node import Node
 from dicomnode.web.auth import Principal, client_host, csrf_token
 from dicomnode.web.deps import api_post, api_user, get_node
+from dicomnode.web.echo import UnknownDestination, echo_destination
 from dicomnode.web.receive import receive_upload
 from dicomnode.web.views import (
     NotFound,
     dashboard_stats,
+    destinations,
     finding_json,
     health,
     list_series,
@@ -47,6 +50,21 @@ def session_info(request: Request, user: Principal = Depends(api_user)) -> dict[
 @router.get("/stats", summary="Dashboard numbers: today's traffic, queue, jobs, deliveries, disk, model")
 def stats(node: Node = Depends(get_node)) -> dict[str, Any]:
     return dashboard_stats(node)
+
+
+@router.get("/destinations", summary="Health of each destination: pending, oldest pending age, last success and error")
+def destination_list(node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    return destinations(node)
+
+
+@router.post("/destinations/{name}/echo", summary="C-ECHO a configured destination (audited as DESTINATION_ECHO)")
+def destination_echo(name: str, request: Request, user: Principal = Depends(api_post),
+                     node: Node = Depends(get_node)) -> dict[str, Any]:
+    try:
+        result = echo_destination(node.settings, node.db, name, user.name, client_host(request))
+    except UnknownDestination as exc:
+        raise HTTPException(404, str(exc)) from None
+    return asdict(result)
 
 
 @router.get("/series", summary="Series, newest first, with the state of their latest job")

@@ -30,6 +30,8 @@ from storage.models import User, WebSession
 
 SESSION_ID = "sid"  # the random id of a server-side session (dicomnode.web.sessions)
 SESSION_CSRF = "csrf"
+# a request the page makes by itself (dashboard refresh): not activity for the session idle timeout
+BACKGROUND_HEADER = "x-dicomnode-background"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 # a syntactically valid hash that never matches: failed logins for unknown users cost the same time
@@ -114,7 +116,9 @@ class Auth:
         by_token = self.token_principal(request)
         if by_token is not None:
             return by_token
-        user = self.sessions.user(str(request.session.get(SESSION_ID, "")))
+        # the dashboard's background refresh says so: it is not a user's activity
+        background = request.headers.get(BACKGROUND_HEADER) == "1"
+        user = self.sessions.user(str(request.session.get(SESSION_ID, "")), touch=not background)
         if user:
             return Principal(user, "session")
         if not self.required:

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from dicomnode.web.views import model_info, spool_free_bytes
+from dicomnode.web.views import destinations, model_info, spool_free_bytes
 from storage.models import Association, Delivery, Instance, Job, Series
 from storage.states import AssociationState, DeliveryState, JobState, SeriesState
 from storage.queries import counts_by
@@ -129,6 +129,7 @@ class DatabaseCollector(Collector):
             yield GaugeMetricFamily("dicomnode_spool_free_bytes", "Free disk space of the spool", value=spool_free_bytes(self.node))
         except OSError:
             pass
+        yield from destination_families(destinations(self.node))
         info = model_info(self.node)
         model = info["model"] or {}
         model_family = InfoMetricFamily("dicomnode_model", "Model and inference engine in use")
@@ -146,6 +147,37 @@ class DatabaseCollector(Collector):
         for state in sorted(set(known) | set(counts)):
             family.add_metric([state], counts.get(state, 0))
         return family
+
+
+def _timestamp(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def destination_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The dashboard's destination health, labelled by destination (timestamps only once they happened)."""
+    label = ["destination"]
+    pending = GaugeMetricFamily("dicomnode_destination_pending", "Deliveries waiting to go to the destination", labels=label)
+    oldest = GaugeMetricFamily("dicomnode_destination_oldest_pending_age_seconds",
+                               "Age of the oldest delivery waiting for the destination (0: none waits)", labels=label)
+    dead = GaugeMetricFamily("dicomnode_destination_dead_letters", "Deliveries to the destination that gave up",
+                             labels=label)
+    success = GaugeMetricFamily("dicomnode_destination_last_success_timestamp_seconds",
+                                "Unix time of the last delivery or C-ECHO the destination accepted", labels=label)
+    failure = GaugeMetricFamily("dicomnode_destination_last_failure_timestamp_seconds",
+                                "Unix time of the last failed delivery attempt or C-ECHO", labels=label)
+    warning = GaugeMetricFamily("dicomnode_destination_warning", "1 when the last attempt failed or the oldest "
+                                "pending delivery is older than web.destination_warn_pending_s", labels=label)
+    for row in rows:
+        name = [row["destination"]]
+        pending.add_metric(name, row["pending"])
+        oldest.add_metric(name, row["oldest_pending_age_s"] or 0.0)
+        dead.add_metric(name, row["dead"])
+        warning.add_metric(name, 1 if row["warning"] else 0)
+        if (at := _timestamp(row["last_success_at"])) is not None:
+            success.add_metric(name, at)
+        if (at := _timestamp(row["last_failure_at"])) is not None:
+            failure.add_metric(name, at)
+    yield from (pending, oldest, dead, success, failure, warning)
 
 
 def make_registry(node: Node) -> CollectorRegistry:

@@ -1,12 +1,13 @@
 """Server-rendered console pages (Jinja templates, no front-end build)."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -14,8 +15,11 @@ from starlette.concurrency import run_in_threadpool
 from dicomnode.node import Node
 from dicomnode.web.auth import SESSION_CSRF, Auth, Principal, client_host, csrf_token
 from dicomnode.web.deps import get_auth, get_node, page_post, page_user
+from dicomnode.web.echo import UnknownDestination, echo_destination
 from dicomnode.web.report import build_pdf, report_context
 from dicomnode.web.receive import receive_upload
+from dicomnode.web.story import series_story
+from dicomnode.web.tables import cell, short_uid, table_rows
 from dicomnode.web.views import (
     NotFound,
     dashboard_stats,
@@ -24,12 +28,21 @@ from dicomnode.web.views import (
     overlay_png,
     series_detail,
 )
-from storage.queries import AUDIT_SUBJECTS, AuditFilter, compact_finding, parse_since, run_query
+from storage.queries import (
+    AUDIT_SUBJECTS,
+    AuditFilter,
+    audit_row,
+    echo_event,
+    parse_since,
+    run_query,
+    series_events,
+)
 from storage.states import SeriesState
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 SERIES_STATUSES = tuple(SeriesState)
 router = APIRouter(include_in_schema=False)
+MAX_ROW_ID = 2**63 - 1  # SQL integers: a larger id in a URL is a 422, not a driver overflow
 
 
 def _bytes(value: float | None) -> str:
@@ -44,6 +57,22 @@ def _bytes(value: float | None) -> str:
 
 TEMPLATES.env.filters["bytes"] = _bytes
 TEMPLATES.env.filters["urlquote"] = lambda v: quote(str(v), safe="")
+TEMPLATES.env.filters["short_uid"] = short_uid
+
+
+def _age(seconds: float | None) -> str:
+    """'45 s', '12 min', '3.5 h', '2.0 d': the age of the oldest pending delivery."""
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.1f} d"
+
+
+TEMPLATES.env.filters["age"] = _age
+TEMPLATES.env.filters["cell"] = lambda value, column: cell(column, value)
 
 
 def render(request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -109,9 +138,30 @@ def logout(request: Request, user: Principal = Depends(page_post), auth: Auth = 
 
 # -- dashboard and series -------------------------------------------------------------
 @router.get("/")
-def dashboard(request: Request, user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+def dashboard(request: Request, echo: str | None = None, user: Principal = Depends(page_user),
+              node: Node = Depends(get_node)) -> Response:
     recent = list_series(node, AuditFilter(limit=10))
-    return render(request, "dashboard.html", user, stats=dashboard_stats(node), recent=recent)
+    return render(request, "dashboard.html", user, stats=dashboard_stats(node), recent=recent,
+                  refresh_s=node.settings.web.dashboard_refresh_s, echo=_last_echo(node, echo))
+
+
+def _last_echo(node: Node, event_id: str | None) -> dict[str, Any] | None:
+    """The DESTINATION_ECHO row an echo redirect points to, for the page's status line."""
+    if not event_id or not event_id.isdigit() or int(event_id) > MAX_ROW_ID:
+        return None
+    with node.db.session() as s:
+        return echo_event(s, int(event_id))
+
+
+@router.post("/destinations/{name}/echo")
+def destination_echo(name: str, request: Request, user: Principal = Depends(page_post),
+                     node: Node = Depends(get_node)) -> Response:
+    try:
+        result = echo_destination(node.settings, node.db, name, user.name, client_host(request))
+    except UnknownDestination as exc:
+        raise HTTPException(404, str(exc)) from None
+    # the dashboard shows the result from its audit row (a reload shows the same, a forged id nothing new)
+    return RedirectResponse("/?" + urlencode({"echo": result.event_id or ""}) + "#destinations", status_code=303)
 
 
 @router.get("/series")
@@ -130,10 +180,13 @@ def _detail(node: Node, series_uid: str) -> dict[str, Any]:
 
 
 @router.get("/series/{series_uid}")
-def series_one(series_uid: str, request: Request, user: Principal = Depends(page_user),
-               node: Node = Depends(get_node)) -> Response:
+def series_one(series_uid: str, request: Request, page: int = Query(1, ge=1, le=MAX_ROW_ID),
+               user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
     detail = _detail(node, series_uid)
-    return render(request, "series.html", user, **detail, images=overlay_images(node, series_uid, detail))
+    with node.db.session() as s:
+        story = series_story(series_events(s, series_uid), page)
+    return render(request, "series.html", user, **detail, images=overlay_images(node, series_uid, detail),
+                  story=story)
 
 
 @router.get("/series/{series_uid}/overlay/{key}.png")
@@ -174,10 +227,24 @@ def audit(request: Request, subject: str = "events", since: str | None = None, s
     f, error = _filter(since, status, series, max(1, min(limit, 5000)))
     with node.db.session() as s:
         rows = run_query(s, subject, f) if error is None else []
-    if subject == "findings":  # narrow enough for a window; /api/findings carries every field
-        rows = [compact_finding(r) for r in rows]
-    return render(request, "audit.html", user, rows=rows, subjects=AUDIT_SUBJECTS, subject=subject, since=since or "",
-                  status=status or "", series=series or "", limit=f.limit, error=error)
+    # a few short columns, narrow enough for a window; every field is on the row's page and in the API
+    columns, table = table_rows(subject, rows)
+    return render(request, "audit.html", user, rows=table, columns=columns, subjects=AUDIT_SUBJECTS, subject=subject,
+                  since=since or "", status=status or "", series=series or "", limit=f.limit, error=error)
+
+
+@router.get("/audit/{subject}/{row_id}")
+def audit_one(subject: str, request: Request, row_id: int = PathParam(ge=0, le=MAX_ROW_ID),
+              user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+    if subject not in AUDIT_SUBJECTS:
+        raise HTTPException(404, f"unknown audit subject {subject!r}; choose from {', '.join(AUDIT_SUBJECTS)}")
+    with node.db.session() as s:
+        row = audit_row(s, subject, row_id)
+    if row is None:
+        raise HTTPException(404, f"no {subject} row {row_id}")
+    fields = [(k, json.dumps(v, indent=2, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in row.items()]
+    return render(request, "audit_row.html", user, subject=subject, row_id=row_id, fields=fields,
+                  series_uid=row.get("series_instance_uid"))
 
 
 @router.get("/dead-letters")

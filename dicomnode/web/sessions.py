@@ -51,8 +51,12 @@ class SessionStore:
             s.execute(delete(WebSession).where(WebSession.created_at < now - self.lifetime))
         return token
 
-    def user(self, token: str) -> str | None:
-        """The user of a live session, or None (unknown, revoked, idle too long or too old)."""
+    def user(self, token: str, touch: bool = True) -> str | None:
+        """The user of a live session, or None (unknown, revoked, idle too long or too old).
+
+        touch=False: a background poll (the dashboard's refresh), which must not keep an unattended
+        screen logged in past the idle timeout.
+        """
         if not token:
             return None
         now = _now()
@@ -63,7 +67,7 @@ class SessionStore:
             if now - _aware(row.last_seen_at) > self.idle or now - _aware(row.created_at) > self.lifetime:
                 s.delete(row)
                 return None
-            if now - _aware(row.last_seen_at) > TOUCH_EVERY:
+            if touch and now - _aware(row.last_seen_at) > TOUCH_EVERY:
                 row.last_seen_at = now
             return row.username
 

@@ -18,7 +18,7 @@ from dicomnode.process.pipelines import MODEL_PIPELINES, model_identity, model_m
 
 from storage.models import Association, Delivery, FindingRow, Instance, Job, Series, Study
 from storage.states import DeliveryState, JobState
-from storage.queries import AuditFilter, counts_by, run_query
+from storage.queries import AuditFilter, counts_by, destination_health, run_query
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
@@ -127,7 +127,15 @@ def dashboard_stats(node: Node) -> dict[str, Any]:
     stats["dead_letters"] = stats["deliveries_by_state"].get(DeliveryState.DEAD, 0)
     stats["spool_free_bytes"] = spool_free_bytes(node)
     stats["model"] = model_info(node)
+    stats["destinations"] = destinations(node)
+    stats["now"] = datetime.now(UTC).isoformat(timespec="seconds")  # when these figures were read
     return stats
+
+
+def destinations(node: Node) -> list[dict[str, Any]]:
+    """Health of each destination (storage.queries.destination_health), configured ones first."""
+    with node.db.session() as s:
+        return destination_health(s, list(node.settings.destinations), node.settings.web.destination_warn_pending_s)
 
 
 # -- health -------------------------------------------------------------------------

@@ -21,8 +21,9 @@ TOKEN = "test-api-token-0123456789abcdefghijk"  # 32+ characters: shorter tokens
 PIPELINE = "tests.web.pipelines:findings_pipeline"
 
 
-def node_toml(require_login: bool, pacs_port: int, web_extra: str = "") -> str:
-    # the PACS port is closed: every delivery fails once and becomes a dead letter to retry
+def node_toml(require_login: bool, pacs_port: int, web_extra: str = "", max_attempts: int = 1) -> str:
+    # the PACS port is closed: every delivery fails once and becomes a dead letter to retry (unless a
+    # test starts a PACS there, or allows more attempts)
     users = f'users = {{ {USER} = "{hash_password(PASSWORD, iterations=1000)}" }}' if require_login else ""
     return f"""
 [series]
@@ -31,7 +32,7 @@ poll_seconds = 0.1
 [jobs]
 poll_seconds = 0.1
 [sender]
-max_attempts = 1
+max_attempts = {max_attempts}
 poll_seconds = 0.2
 connect_timeout_s = 2
 [web]
@@ -64,11 +65,11 @@ class WebNode:
         return httpx.Client(base_url=self.base, timeout=30, **kwargs)
 
 
-def start_node(root: Path, require_login: bool, web_extra: str = "") -> WebNode:
-    """web_extra: more [web] lines (limits, TLS) for nodes that test them."""
+def start_node(root: Path, require_login: bool, web_extra: str = "", max_attempts: int = 1) -> WebNode:
+    """web_extra: more [web] lines (limits, TLS) for nodes that test them; max_attempts: of each delivery."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "node.toml"
-    config.write_text(node_toml(require_login, free_port(), web_extra))
+    config.write_text(node_toml(require_login, free_port(), web_extra, max_attempts))
     settings = load_settings(config, {"node.data_dir": root / "data", "node.port": free_port(), "node.host": "127.0.0.1",
                                       "node.min_free_disk_mb": 1})
     node = Node(settings)

@@ -115,3 +115,31 @@ def test_login_never_redirects_off_site(secure_node: WebNode) -> None:
     with secure_node.client(headers=HTML) as c:
         response = log_in(c, next_url="//evil.example/steal")
         assert response.status_code == 303 and response.headers["location"] == "/"
+
+
+def test_dashboard_refresh_does_not_keep_an_idle_session_alive(secure_node: WebNode) -> None:
+    """The dashboard polls /api/stats with X-Dicomnode-Background: 1; a screen left open must still be
+    logged out after web.session_idle_minutes (30) without a user's request."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from storage.models import WebSession
+
+    def last_seen(session_id: int) -> datetime:
+        with secure_node.node.db.session() as s:
+            seen = s.execute(select(WebSession.last_seen_at).where(WebSession.id == session_id)).scalar_one()
+        return seen if seen.tzinfo else seen.replace(tzinfo=UTC)
+
+    with secure_node.client(headers=HTML) as c:
+        assert log_in(c).status_code == 303
+        idle_since = datetime.now(UTC) - timedelta(minutes=29)
+        with secure_node.node.db.session() as s:  # this login's session, idle for 29 of its 30 minutes
+            row = s.execute(select(WebSession).where(WebSession.username == USER)
+                            .order_by(WebSession.id.desc()).limit(1)).scalar_one()
+            row.last_seen_at, session_id = idle_since, row.id
+        for _ in range(3):
+            assert c.get("/api/stats", headers={"X-Dicomnode-Background": "1"}).status_code == 200
+        assert last_seen(session_id) == idle_since  # the polls were answered but did not count as activity
+        assert c.get("/api/stats").status_code == 200  # a user's own request does
+        assert last_seen(session_id) > idle_since + timedelta(minutes=28)

@@ -176,3 +176,52 @@ def test_report_shows_the_model_cards_warning(client: httpx.Client, open_node: W
         inference.weights = before
     warning = html.split('id="warning">')[1].split("</p>")[0]
     assert warning.startswith("NOT FOR CLINICAL USE: phantom-trained demo. Research use only")
+
+
+def _text(html: str) -> str:
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def test_audit_rows_are_short_and_open_their_own_page(client: httpx.Client, open_series: dict[str, Any]) -> None:
+    uid = open_series["uid"]
+    page = client.get("/audit", params={"subject": "jobs", "series": uid}).text
+    table = page.split('id="audit-rows"')[1].split("</table>")[0]
+    headers = re.findall(r"<th>([a-z_]+)</th>", table)
+    assert "summary" not in headers and "exam" not in headers and len(headers) <= 10  # the raw dicts: on the job's page
+    assert uid not in _text(table) and f'title="{uid}"' in table  # shortened, the full UID on hover
+    assert re.search(r'>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d<', table)  # times without the zone and fraction
+    link = re.search(r'<a href="(/audit/jobs/(\d+))">\2</a>', table)
+    assert link, "the job id does not link to the job's page"
+    detail = client.get(link.group(1))
+    assert detail.status_code == 200
+    row = detail.text.split('id="audit-row"')[1]
+    assert uid in _text(row) and "<th>summary</th>" in row and "<th>exam</th>" in row
+    assert '"lung_rads": "4A"' in row.replace("&#34;", '"')  # the exam summary, readable JSON
+    assert client.get("/audit/jobs/999999999").status_code == 404
+    assert client.get("/audit/passwords/1").status_code == 404
+    huge = "9" * 30  # past SQL integers: refused before it reaches the driver
+    assert client.get(f"/audit/jobs/{huge}").status_code == 422
+    assert client.get(f"/series/{uid}", params={"page": huge}).status_code == 422
+    assert client.get("/", params={"echo": huge}).status_code == 200
+    findings = client.get("/audit", params={"subject": "findings", "series": uid}).text
+    finding = re.search(r'<a href="(/audit/findings/\d+)">', findings)
+    assert finding and "center_x_mm" in client.get(finding.group(1)).text  # every field on the row's page
+
+
+def test_series_story_collapses_duplicates_and_keeps_the_job(client: httpx.Client, open_node: WebNode,
+                                                            open_series: dict[str, Any], phantom_files: list[Path]) -> None:
+    """Issue 13: a study sent again makes one INSTANCE_DUPLICATE event per instance; 120 of them used to
+    push every job and delivery event out of the series page's 100 newest events."""
+    from tests.node.helpers import storescu
+
+    uid = open_series["uid"]
+    storescu(open_node.node.settings.node.port, phantom_files * 6, calling="ORTHANC")
+    page = client.get(f"/series/{uid}").text
+    events = page.split('id="series-events"')[1].split("</table>")[0]
+    assert re.search(r"120 duplicate instances from ORTHANC, \d\d:\d\d:\d\d(-\d\d:\d\d:\d\d)?<", events)
+    assert len(re.findall(r'data-event="INSTANCE_DUPLICATE" data-count="120"', events)) == 1
+    jobs = page.split('id="job-events"')[1].split("</table>")[0]
+    for name in ("JOB_QUEUED", "JOB_DONE", "DELIVERY_QUEUED", "DELIVERY_DEAD_LETTER"):
+        assert f'data-event="{name}"' in jobs, f"{name} missing from the job and deliveries section"
+    assert "INSTANCE_DUPLICATE" not in jobs
+    assert client.get(f"/series/{uid}", params={"page": 99}).status_code == 200  # past the end: the last page
