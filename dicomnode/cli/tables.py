@@ -118,7 +118,7 @@ def _first_line(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
     lines = str(value).splitlines()
-    return lines[0] if lines else ""
+    return lines[0].replace("\t", " ") if lines else ""
 
 
 def _format(value: Any, kind: str, wide: bool) -> str:
@@ -142,11 +142,14 @@ def _format(value: Any, kind: str, wide: bool) -> str:
 
 
 def _human_bytes(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)
+    if size < 1024:
+        return f"{size} B"
+    scaled = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        scaled /= 1024
+        if scaled < 1024 or unit == "GiB":
+            break
+    return f"{scaled:.1f} {unit}"
 
 
 def _cut(text: str, width: int) -> str:
@@ -231,8 +234,7 @@ def render(rows: list[dict[str, Any]], subject: str, wide: bool = False, width: 
         width = _line_width(list(widths.values()))
     else:
         widths = choose_columns(columns, cells, width)
-    table = Table(box=box.HEAVY_HEAD, show_lines=False, expand=False,
-                  pad_edge=True, padding=(0, 1))
+    table = Table(box=box.HEAVY_HEAD, show_lines=False, expand=False, pad_edge=True, padding=(0, 1))
     for key, w in widths.items():
         table.add_column(Text(headers[key]), width=w, no_wrap=True, overflow="ellipsis")
     for i in range(len(rows)):
@@ -241,6 +243,7 @@ def render(rows: list[dict[str, Any]], subject: str, wide: bool = False, width: 
     Console(width=width, file=buffer, color_system=None, force_terminal=False, legacy_windows=False).print(table, crop=True)
     text = buffer.getvalue()
     hidden = [c.key for c in columns if c.key not in widths and any(cells[c.key])]
+    hidden += [key for key in rows[0] if key not in spec and not wide]  # e.g. the job's summary JSON
     if hidden:
         text += _cut(f"{len(rows)} row(s); not shown: {', '.join(hidden)} (--wide or --format json)", width) + "\n"
     return text
