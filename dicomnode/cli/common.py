@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from dicomnode.cli.tables import no_controls, render
 from dicomnode.config import Settings, check_ae_title, check_host, load_settings, security_warnings, unknown_env_vars
 from dicomnode.core.dicom_address import DicomAddress
 from storage.db import Database
@@ -85,15 +85,8 @@ def open_db(args: argparse.Namespace) -> tuple[Settings, Database]:
     return settings, open_database(settings)
 
 
-# C0/C1 controls and DEL: an ESC from a DICOM header must not reach the terminal as an escape sequence
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # a spreadsheet runs a cell that starts with one of these as a formula (CSV injection)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-
-
-def no_controls(text: str) -> str:
-    """Control characters shown as \\xNN, so that none reaches the terminal or a CSV cell."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def terminal_safe(text: str) -> str:
@@ -124,8 +117,6 @@ def print_rows(rows: list[dict[str, Any]], fmt: str, title: str = "", wide: bool
                 writer.writerow({k: csv_cell(v) for k, v in row.items()})
         sys.stdout.write(buffer.getvalue())
     else:
-        from dicomnode.cli.tables import render
-
         sys.stdout.write(render(rows, title or "rows", wide=wide))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dicomnode.cli.common import no_controls
 
 # a pipe (less, grep, a file) has no width: rows stay on one line, as wide as this
 PIPE_WIDTH = 250
@@ -100,6 +100,15 @@ SUBJECT_COLUMNS: dict[str, tuple[Column, ...]] = {
         _c("level", 1), _c("message", 0, max_width=200, flex=True), _c("series_instance_uid", 2, "uid"),
         _c("association_id", 5, "int"), _c("job_id", 3, "int"), _c("delivery_id", 5, "int")),
 }
+# C0/C1 controls and DEL: an ESC from a DICOM header must not reach the terminal as an escape sequence
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def no_controls(text: str) -> str:
+    """Control characters shown as \\xNN, so that none reaches the terminal or a CSV cell."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 FLEX_MIN = 16  # a free-text column is shown only if it gets at least this many characters
 
 
