@@ -5,6 +5,7 @@ errors (a typo must not silently fall back to a default), reported with the key'
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -448,12 +449,71 @@ def _env_vars() -> dict[tuple[str, ...], str]:
 
 
 def _source_of(loc: tuple[int | str, ...], file: Path | None) -> str:
-    """The environment variable that set this key (or a section above it), else the file."""
+    """The environment variable that set this key, a section above it or a key below it (an error on
+    `routes` can come from DICOMNODE_ROUTES__0__NAME), else the file, else the defaults."""
     path = tuple(str(p).lower() for p in loc)
     for env_path, name in _env_vars().items():
-        if path[:len(env_path)] == env_path:
+        common = min(len(path), len(env_path))
+        if path[:common] == env_path[:common]:
             return f"environment variable {name}"
     return f"config file {file}" if file is not None else "the built-in defaults"
+
+
+# -- the names of every setting, for "did you mean" and for unknown environment variables -------------
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def setting_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key a config file may set ("node.port", "routes.match.min_slices", ...)."""
+    keys: list[str] = []
+    for name, field in (model or Settings).model_fields.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        keys.append(dotted)
+        nested = _model_of(field.annotation)
+        if model is None and name == "routes":
+            nested = Route
+        elif model is None and name == "destinations":
+            nested, dotted = Destination, "destinations.NAME"
+        if nested is not None:
+            keys += setting_keys(nested, dotted)
+    return keys
+
+
+def nearest_key(key: str) -> str | None:
+    """The valid key closest to a misspelt one (same section first), or None."""
+    keys = setting_keys()
+    section = key.rsplit(".", 1)[0] if "." in key else ""
+    same = [k for k in keys if k.rsplit(".", 1)[0] == section] if section else [k for k in keys if "." not in k]
+    for pool in (same, keys):
+        match = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+        if match:
+            return match[0]
+    return None
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
+# settings whose values are tables the admin names (any name below them is fine)
+_OPEN_ENV_PREFIXES = ("DICOMNODE_DESTINATIONS__", "DICOMNODE_WEB__USERS__", "DICOMNODE_ROUTES__")
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per DICOMNODE_* variable that sets nothing (pydantic-settings ignores them silently),
+    naming the variable and the nearest valid one."""
+    valid = {_env_name(k) for k in setting_keys() if "NAME" not in k}
+    warnings = []
+    for name in sorted(environ if environ is not None else os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in valid or upper.startswith(_OPEN_ENV_PREFIXES):
+            continue
+        near = difflib.get_close_matches(upper, sorted(valid), n=1, cutoff=0.8)
+        hint = f"; did you mean {near[0]}?" if near else " (see `dicomnode config example` for the keys)"
+        warnings.append(f"environment variable {name} is not a dicomnode setting and is ignored{hint} "
+                        f"(DICOMNODE_<SECTION>__<KEY>, two underscores between section and key)")
+    return warnings
 
 
 def _error_lines(exc: ValidationError, prefix: tuple[str, ...], source: Any) -> list[str]:
@@ -463,7 +523,9 @@ def _error_lines(exc: ValidationError, prefix: tuple[str, ...], source: Any) -> 
         loc = prefix + tuple(err["loc"])
         where = source(loc) if callable(source) else source
         if err["type"] == "extra_forbidden":
-            why = f"unknown key (see {EXAMPLE_CONFIG.name} for the valid keys)"
+            near = nearest_key(re.sub(r"\[\d+\]", "", _key(loc)))
+            why = "unknown key" + (f"; did you mean {near}?" if near else "") + \
+                " (`dicomnode config example` shows every valid key)"
         else:
             why = err["msg"].removeprefix("Value error, ")
         lines.append(f"  {_key(loc)}: {why} (from {where})")

@@ -9,15 +9,25 @@ import argparse
 import os
 import sys
 
+from dicomnode import __version__
 from dicomnode.cli import audit, config, network, serve
 from dicomnode.cli.common import UserError, print_error
 from dicomnode.config import ConfigError
 
+# every command group, in the order of `dicomnode --help`; a new group is one more entry here
+COMMAND_GROUPS = [serve, network, audit, config]
+
+EXIT_CODES = """exit codes: 0 done; 1 done in part (a peer refused some instances, a delivery is still
+pending, C-ECHO answered a failure); 2 a usage, configuration or start-up error: nothing done;
+3 nothing to do (`send` found no DICOM file). `dicomnode COMMAND --help` says more."""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicomnode", description="A DICOM node that finds lung nodules in chest CT.")
+    parser = argparse.ArgumentParser(prog="dicomnode", description="A DICOM node that finds lung nodules in chest CT.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-V", "--version", action="version", version=f"dicomnode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, network, audit, config):
+    for group in COMMAND_GROUPS:
         group.add_commands(sub)
     _add_model_commands(sub)
     return parser

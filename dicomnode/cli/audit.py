@@ -2,10 +2,43 @@
 from __future__ import annotations
 
 import argparse
+from enum import StrEnum
 from typing import Any
 
 from dicomnode.cli.common import UserError, add_settings_args, open_db, out, print_rows
-from storage.states import DeliveryState
+from storage.events import EventCode
+from storage.states import AssociationState, DeliveryState, JobState, SeriesState
+
+# what --status may be for each subject: its states (events: a level or an event name)
+EVENT_LEVELS = ("info", "warning", "error")
+
+
+def status_choices(subject: str) -> tuple[str, ...]:
+    """The valid --status values of one audit subject."""
+    states: dict[str, type[StrEnum]] = {"associations": AssociationState, "series": SeriesState, "jobs": JobState,
+                                        "deliveries": DeliveryState}
+    if subject in states:
+        return tuple(state.value for state in states[subject])
+    if subject == "findings":  # findings filter on their Lung-RADS category
+        return ("0", "1", "2", "3", "4A", "4B", "4X")
+    if subject == "events":
+        return EVENT_LEVELS + tuple(code.name.lower() for code in EventCode)
+    return ()  # instances and dead-letters have no status to filter on
+
+
+def checked_status(subject: str, status: str | None) -> str | None:
+    """`status` in the form the query compares, or a UserError listing the choices (exit 2)."""
+    if status is None:
+        return None
+    choices = status_choices(subject)
+    if not choices:
+        raise UserError(f"audit {subject} has no --status filter")
+    for choice in choices:
+        if status.lower() == choice.lower():
+            return choice
+    listed = ", ".join(choices) if subject != "events" else ", ".join(EVENT_LEVELS) + " or an event name (e.g. " \
+        "delivery_dead_letter; see `dicomnode audit events --format json`)"
+    raise UserError(f"--status {status!r} is not a state of {subject}; choose from {listed}")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -15,14 +48,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    status = checked_status(args.what, args.status)
+    if args.wide and args.format != "table":
+        raise UserError("--wide is for tables; json and csv always carry every field")
     _, db = open_db(args)
     with db.session() as s:
-        rows = run_query(s, args.what, AuditFilter(since, args.status, args.series, args.limit))
-    if args.what == "findings" and args.format == "table":
-        from storage.queries import compact_finding
-
-        rows = [compact_finding(r) for r in rows]  # readable width; json/csv carry every column
-    print_rows(rows, args.format, args.what)
+        rows = run_query(s, args.what, AuditFilter(since, status, args.series, args.limit))
+    print_rows(rows, args.format, args.what, wide=args.wide)
     return 0
 
 
@@ -47,18 +79,40 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0 if delivered == len(ids) else 1
 
 
+AUDIT_EPILOG = """--status values per subject:
+  associations: {associations}
+  series: {series}
+  jobs: {jobs}
+  deliveries: {deliveries}
+  findings (Lung-RADS): {findings}
+  events: a level ({levels}) or an event name
+
+Tables fit the terminal (COLUMNS, else its width; 250 columns when piped): the least important
+columns are left out and long UIDs shortened to their last 12 characters; --wide shows every field
+in full, --format json or csv every field unabridged.
+Exit codes: 0 rows printed (also none), 2 a usage or configuration error."""
+
+
+def _audit_epilog() -> str:
+    return AUDIT_EPILOG.format(**{s: ", ".join(status_choices(s)) for s in
+                                  ("associations", "series", "jobs", "deliveries", "findings")},
+                               levels=", ".join(EVENT_LEVELS))
+
+
 def add_commands(sub: Any) -> None:
     """audit, retry"""
     from storage.queries import AUDIT_SUBJECTS
 
-    p = sub.add_parser("audit", help="query the audit database")
+    p = sub.add_parser("audit", help="query the audit database", epilog=_audit_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=AUDIT_SUBJECTS)
     add_settings_args(p)
     p.add_argument("--since", help="ISO date/time or an age such as 30m, 2h, 7d")
-    p.add_argument("--status", help="state/status to keep (e.g. failed, ignored, dead, rejected)")
+    p.add_argument("--status", help="state to keep (the choices per subject are listed below)")
     p.add_argument("--series", help="SeriesInstanceUID (or a prefix)")
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--wide", action="store_true", help="a table with every field in full (may be wider than the terminal)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("retry", help="send a delivery or all dead letters again")

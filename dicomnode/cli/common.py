@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from dicomnode.config import Settings, check_ae_title, check_host, load_settings, security_warnings
+from dicomnode.cli.tables import no_controls, render
+from dicomnode.config import Settings, check_ae_title, check_host, load_settings, security_warnings, unknown_env_vars
 from dicomnode.core.dicom_address import DicomAddress
 from storage.db import Database
 
@@ -35,7 +34,7 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
 
 
 # the flag behind each override, so that a bad value blames the flag and not the file
-FLAG_KEYS = {"node.data_dir": "--data-dir", "node.port": "--port", "node.ae_title": "--ae-title",
+FLAG_KEYS = {"node.data_dir": "--data-dir", "node.port": "--port", "node.ae_title": "--ae-title", "node.host": "--host",
              "web.port": "--web-port", "series.stable_seconds": "--stable-seconds"}
 
 
@@ -45,6 +44,8 @@ def settings_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = 
         overrides["node.data_dir"] = args.data_dir
     overrides.update(extra or {})
     flags = {key: f"flag {FLAG_KEYS.get(key, key)}" for key in overrides}
+    for text in unknown_env_vars():  # a misspelt variable would otherwise be ignored without a word
+        console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
     return load_settings(args.config, overrides, flags)
 
 
@@ -84,19 +85,13 @@ def open_db(args: argparse.Namespace) -> tuple[Settings, Database]:
     return settings, open_database(settings)
 
 
-# C0/C1 controls and DEL: an ESC from a DICOM header must not reach the terminal as an escape sequence
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # a spreadsheet runs a cell that starts with one of these as a formula (CSV injection)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 
-def _no_controls(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def terminal_safe(text: str) -> str:
     """Text from outside (DICOM headers, file names) for rich: no control characters, no markup."""
-    return escape(_no_controls(text))
+    return escape(no_controls(text))
 
 
 def csv_cell(value: Any) -> Any:
@@ -105,11 +100,12 @@ def csv_cell(value: Any) -> Any:
         value = json.dumps(value)
     if not isinstance(value, str):
         return value  # numbers (also negative ones) stay numbers
-    value = _no_controls(value)
+    value = no_controls(value)
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def print_rows(rows: list[dict[str, Any]], fmt: str, title: str = "") -> None:
+def print_rows(rows: list[dict[str, Any]], fmt: str, title: str = "", wide: bool = False) -> None:
+    """json and csv carry every field unabridged; a table fits the terminal (cli/tables.py) unless wide."""
     if fmt == "json":
         print(json.dumps(rows, indent=2, default=str))  # json escapes control characters itself
     elif fmt == "csv":
@@ -121,13 +117,7 @@ def print_rows(rows: list[dict[str, Any]], fmt: str, title: str = "") -> None:
                 writer.writerow({k: csv_cell(v) for k, v in row.items()})
         sys.stdout.write(buffer.getvalue())
     else:
-        table = Table(title=terminal_safe(title) or None, show_lines=False)
-        columns = list(rows[0]) if rows else []
-        for c in columns:
-            table.add_column(terminal_safe(c), overflow="fold")
-        for row in rows:
-            table.add_row(*("" if row[c] is None else terminal_safe(str(row[c])) for c in columns))
-        out.print(table if rows else f"no {terminal_safe(title or 'rows')}")
+        sys.stdout.write(render(rows, title or "rows", wide=wide))
 
 
 def print_error(prefix: str, exc: Exception) -> None:

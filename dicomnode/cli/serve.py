@@ -13,7 +13,6 @@ from dicomnode.config import Destination, Settings
 from dicomnode.node import Node
 
 
-
 class ServedNode(Node):
     """The node with its web console (when web.enabled): what `dicomnode serve` runs. The console
     is started here, above both, so that the node never imports the web and the web only imports
@@ -42,6 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.core.logs import setup_logging
 
     extra: dict[str, Any] = {}
+    if args.host is not None:
+        extra["node.host"] = args.host
     if args.port is not None:
         extra["node.port"] = args.port
     if args.ae_title:
@@ -65,7 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     node.start()
     web = f", console http://{settings.web.host}:{node.web.port}" if node.web else ""
-    console.print(f"[green]dicomnode[/] AE [bold]{escape(settings.node.ae_title)}[/] on port {settings.node.port}"
+    console.print(f"[green]dicomnode[/] AE [bold]{escape(settings.node.ae_title)}[/] on "
+                  f"{escape(settings.node.host)} port {settings.node.port}"
                   f"{escape(web)}; data in {escape(str(settings.node.data_dir.resolve()))}; Ctrl-C stops")
     stop.wait()
     node.stop()
@@ -76,6 +78,9 @@ def add_commands(sub: Any) -> None:
     """serve"""
     p = sub.add_parser("serve", help="run the node (DICOM AE, workers, sender, web console)")
     add_settings_args(p)
+    p.add_argument("--host", metavar="ADDRESS",
+                   help="address the DICOM port listens on (overrides node.host, default 0.0.0.0: every address; "
+                        "127.0.0.1 keeps it to this machine)")
     p.add_argument("--port", type=int, help="DICOM port (overrides node.port)")
     p.add_argument("--ae-title", help="this node's AE title (overrides node.ae_title)")
     p.add_argument("--web-port", type=int, help="web console port (overrides web.port; 0 picks a free one)")

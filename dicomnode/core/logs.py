@@ -34,12 +34,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+# the libraries whose info lines are about their internals, not about the node's work
+THIRD_PARTY_LOGGERS = ("highdicom", "pynetdicom", "pydicom", "alembic", "PIL")
+
+
 def setup_logging(level: str = "info", fmt: str = "kv") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at info; keep its warnings only
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # other libraries' chatter (highdicom: ~8 "copy attributes of module" lines per result object;
+    # pynetdicom: every PDU) only with --log-level debug; their warnings always
+    quiet = logging.NOTSET if level.lower() == "debug" else logging.WARNING
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)

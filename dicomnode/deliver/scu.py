@@ -62,16 +62,32 @@ def dicom_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+def _store_header(f: Path) -> tuple[str, str]:
+    """(SOP class, transfer syntax) of a file to send, or ValueError saying in our words why it cannot be."""
+    try:
+        ds = dcmread(f, stop_before_pixels=True)
+    except InvalidDicomError:
+        raise ValueError("not a DICOM file (no 'DICM' marker after a 128-byte preamble, no file meta information)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    except (EOFError, ValueError, KeyError, TypeError):
+        raise ValueError("a damaged DICOM file (its header ends early or cannot be parsed)") from None
+    sop_class, syntax = ds.get("SOPClassUID"), ds.file_meta.get("TransferSyntaxUID")
+    if not sop_class or not syntax:
+        missing = "SOP Class UID (0008,0016)" if not sop_class else "Transfer Syntax UID (0002,0010)"
+        raise ValueError(f"a DICOM file without a {missing}: it cannot be sent with C-STORE")
+    return str(sop_class), str(syntax)
+
+
 def send_files(address: DicomAddress, files: list[Path], calling_ae: str,
                progress: Callable[[Path], None] = lambda p: None, timeout: float = 30.0) -> SendReport:
     report = SendReport()
     headers = []
     for f in files:
         try:
-            ds = dcmread(f, stop_before_pixels=True)
-            headers.append((f, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
-        except (InvalidDicomError, AttributeError, OSError) as exc:
-            report.skipped.append((str(f), f"not a DICOM file: {exc}"))
+            headers.append((f, *_store_header(f)))
+        except ValueError as exc:
+            report.skipped.append((str(f), str(exc)))
             progress(f)
     if not headers:
         return report

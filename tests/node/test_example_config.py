@@ -80,3 +80,47 @@ def test_the_example_parses_and_its_values_are_the_defaults() -> None:
         if section in ("routes", "destinations"):
             continue
         compare(data, getattr(settings, section), getattr(defaults, section), section)
+
+
+# Values the example route sets that are NOT the defaults of a route an admin writes: they are the
+# built-in route's choices (Settings.routes, used when the file has no [[routes]]), and each is
+# commented "default: ...; built-in route: ..." in the example. Nothing else may differ.
+EXAMPLE_ONLY_ROUTE_VALUES = {
+    "name",  # required: no default
+    "one_series_per_study",  # default false: every matching series is analysed
+    "match.modality",  # default []: any modality
+    "match.max_slice_thickness_mm",  # default: no limit
+    "match.min_slices",  # default: no minimum
+}
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_the_example_route_sets_only_defaults_or_commented_built_in_choices() -> None:
+    from dicomnode.config import Route
+
+    (route,) = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))["routes"]
+    loaded = load_settings(EXAMPLE_CONFIG).routes[0].model_dump()
+    written = Route(name="mine").model_dump()  # a route with nothing but its name
+    differs = {key for key in _flat(route) if _flat(loaded)[key] != _flat(written)[key]}
+    assert differs == EXAMPLE_ONLY_ROUTE_VALUES, f"the example route differs from a route's defaults in {differs}"
+    # and the example route is exactly the built-in one it says it is
+    assert load_settings(EXAMPLE_CONFIG).routes == Settings().routes
+
+
+def test_every_example_only_value_is_commented_as_such() -> None:
+    """Each built-in choice in the example says what a route of yours gets instead."""
+    lines = EXAMPLE_CONFIG.read_text(encoding="utf-8").splitlines()
+    for key in EXAMPLE_ONLY_ROUTE_VALUES - {"name"}:
+        name = key.split(".")[-1]
+        (i,) = [i for i, line in enumerate(lines) if re.match(rf"^{name}\s*=", line)]
+        said = lines[i] + " " + lines[i - 1]  # the comment is on the line or just above it
+        assert "default:" in said.lower() and "built-in route" in said, f"{key} is not marked as a built-in choice"
