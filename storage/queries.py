@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, Unpack
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, Series, Study
-from storage.states import DeliveryState
+from storage.states import DeliveryState, JobState
 
 # the helpers below narrow a query (.where returns the same Select type), so keep its row type
 _Query = TypeVar("_Query", bound="Select[Unpack[tuple[Any, ...]]]")
@@ -196,3 +196,68 @@ def run_query(s: Session, subject: str, f: AuditFilter) -> list[dict[str, Any]]:
 
 def counts_by(s: Session, column: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in s.execute(select(column, func.count()).group_by(column))}
+
+
+# -- retention (dicomnode.retention): facts the policy decides on, and what reprocess checks ------------
+# a delivery in any other state (pending, sending, dead, or a state added later) is not yet sent
+SENT_DELIVERY_STATES = (DeliveryState.DELIVERED, DeliveryState.SUPERSEDED)
+
+
+def retention_series(s: Session) -> list[dict[str, Any]]:
+    """One row per series that may still have files: source instances not removed, or deliveries
+    (i.e. outbox files) created since its results were last removed. Timestamps as stored."""
+    present = (select(Instance.series_id, func.count(Instance.id).label("source_files"),
+                      func.coalesce(func.sum(Instance.size_bytes), 0).label("source_bytes"),
+                      func.max(Instance.id).label("max_instance_id"))
+               .where(Instance.deleted_at.is_(None)).group_by(Instance.series_id).subquery())
+    jobs = (select(Job.series_id, func.max(Job.id).label("latest_job_id"), func.max(Job.finished_at).label("job_finished_at"),
+                   func.sum(case((Job.state.in_((JobState.QUEUED, JobState.RUNNING)), 1), else_=0)).label("active_jobs"))
+            .group_by(Job.series_id).subquery())
+    sent = (select(Job.series_id, func.max(Delivery.delivered_at).label("last_delivered_at"),
+                   func.max(Delivery.created_at).label("last_delivery_created_at"))
+            .join(Job, Delivery.job_id == Job.id).group_by(Job.series_id).subquery())
+    latest = Job.__table__.alias("latest")
+    q = (select(Series.id, Series.series_instance_uid, Series.status, Series.generation, Series.completed_at,
+                Series.last_received_at, Series.files_deleted_at, Series.results_deleted_at,
+                func.coalesce(present.c.source_files, 0).label("source_files"),
+                func.coalesce(present.c.source_bytes, 0).label("source_bytes"), present.c.max_instance_id,
+                func.coalesce(jobs.c.active_jobs, 0).label("active_jobs"), latest.c.state.label("latest_job_state"),
+                jobs.c.job_finished_at, sent.c.last_delivered_at, sent.c.last_delivery_created_at)
+         .outerjoin(present, present.c.series_id == Series.id)
+         .outerjoin(jobs, jobs.c.series_id == Series.id)
+         .outerjoin(latest, latest.c.id == jobs.c.latest_job_id)
+         .outerjoin(sent, sent.c.series_id == Series.id)
+         .where((present.c.source_files > 0) | (sent.c.last_delivery_created_at.is_not(None)
+                                                & (Series.results_deleted_at.is_(None)
+                                                   | (sent.c.last_delivery_created_at > Series.results_deleted_at))))
+         .order_by(Series.id))
+    return [dict(row._mapping) for row in s.execute(q)]
+
+
+def series_with_unsent_deliveries(s: Session, series_id: int | None = None) -> set[int]:
+    """Series ids with a delivery not yet delivered (or superseded), linked to the series by its job,
+    by a SOP Instance UID of its instances (a forwarded source instance) or by its outbox folder."""
+    unsent = select(Delivery.id, Delivery.job_id, Delivery.sop_instance_uid, Delivery.path).where(
+        Delivery.state.not_in(SENT_DELIVERY_STATES))
+    found: set[int] = set()
+    for _, job_id, sop_uid, path in s.execute(unsent).all():
+        by_job = select(Job.series_id).where(Job.id == job_id) if job_id is not None else None
+        by_sop = select(Instance.series_id).where(Instance.sop_instance_uid == sop_uid)
+        by_path = select(Series.id).where(Series.series_instance_uid == path.split("/", 1)[0])
+        for query in (by_job, by_sop, by_path):
+            if query is not None:
+                found.update(s.execute(query).scalars())
+    return found if series_id is None else found & {series_id}
+
+
+def series_files_present(s: Session, series_uid: str) -> bool:
+    """Whether every received instance of the series is still in the spool (not removed by
+    retention): reprocess must refuse a series without them, naming the date they went."""
+    return series_files_removed_at(s, series_uid) is None
+
+
+def series_files_removed_at(s: Session, series_uid: str) -> datetime | None:
+    """When retention removed source instances of the series (the latest removal), or None."""
+    removed = s.execute(select(func.max(Instance.deleted_at)).join(Series, Instance.series_id == Series.id)
+                        .where(Series.series_instance_uid == series_uid)).scalar()
+    return removed if removed is None or removed.tzinfo else removed.replace(tzinfo=timezone.utc)

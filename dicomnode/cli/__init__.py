@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from dicomnode.cli import audit, config, network, serve
+from dicomnode.cli import audit, config, network, retention, serve
 from dicomnode.cli.common import UserError, print_error
 from dicomnode.config import ConfigError
 
@@ -17,7 +17,7 @@ from dicomnode.config import ConfigError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomnode", description="A DICOM node that finds lung nodules in chest CT.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, network, audit, config):
+    for group in (serve, network, audit, config, retention):
         group.add_commands(sub)
     _add_model_commands(sub)
     return parser
