@@ -66,7 +66,10 @@ def _listing(root: Path, relatives: list[str]) -> list[list[Any]]:
     for relative in relatives:
         try:
             st = _target(root, relative).lstat()
-        except (OutsideRoot, FileNotFoundError, NotADirectoryError):
+        except OutsideRoot:
+            files.append([relative, 0, 0])  # listed so that the refusal is counted and audited
+            continue
+        except (FileNotFoundError, NotADirectoryError):
             continue
         files.append([relative, st.st_size, st.st_mtime_ns])
     return files
