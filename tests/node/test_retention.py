@@ -48,14 +48,17 @@ class Made:
 class World:
     """A node's data directory and audit database, filled row by row."""
 
-    def __init__(self, tmp: Path, **retention: Any) -> None:
+    def __init__(self, tmp: Path, database_url: str | None = None, **retention: Any) -> None:
         # a disk at 99 % is not what these tests are about: only max_spool_gb makes pressure here
         defaults = {"high_water_percent": 99.0, "low_water_percent": 98.0}
         self.config = tmp / "node.toml"
         lines = [f"{k} = {json.dumps(v)}" for k, v in {**defaults, **retention}.items()]
         self.config.write_text("[retention]\n" + "\n".join(lines) + "\n")
         self.data_dir = tmp / "data"
-        self.settings: Settings = load_settings(self.config, {"node.data_dir": self.data_dir})
+        overrides: dict[str, Any] = {"node.data_dir": self.data_dir}
+        if database_url:
+            overrides["node.database_url"] = database_url
+        self.settings: Settings = load_settings(self.config, overrides)
         for folder in (self.settings.spool_dir, self.settings.outbox_dir):
             folder.mkdir(parents=True)
         self.db = Database(self.settings.database_url)
