@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 
 from dicomnode.cli.serve import ServedNode
 from dicomnode.config import load_settings
-from storage.models import Instance, Series
+from storage.events import EventCode
+from storage.models import Event, Instance, Job, Series
+from storage.states import JobState
 from tests.conftest import LIDC_SERIES, TRANSFER_SYNTAXES
 from tests.node.helpers import StoreSCP, free_port, storescu, wait_for
 
@@ -96,6 +98,22 @@ def test_delivered_series_removed_by_the_node_shown_in_the_api_and_the_node_keep
     assert said == [f"files removed by retention on {day}: 1 outbox files (results)",
                     f"files removed by retention on {day}: 4 source instances"]
     assert all(d["state"] == "delivered" for d in detail["deliveries"])  # the record stays
+
+    # the PACS sends the series again: stored again (not "duplicate ignored"), analysed and delivered
+    # again, then removed again once delivered
+    storescu(node.settings.node.port, files)
+
+    def analysed_again() -> bool:
+        with node.db.session() as s:
+            states = s.execute(select(Job.state).join(Series).where(Series.series_instance_uid == uid)
+                               .order_by(Job.id)).scalars().all()
+            removed = s.execute(select(func.count(Event.id)).where(
+                Event.series_instance_uid == uid, Event.code == int(EventCode.RETENTION_DELETED))).scalar_one()
+        return states == [JobState.DONE, JobState.DONE] and removed == 4 and _deleted_instances(node, uid) == (4, 4)
+
+    wait_for(analysed_again, 60, "the resent series to be analysed, delivered and removed again")
+    with node.db.session() as s:
+        assert s.execute(select(func.count(Event.id)).where(Event.code == int(EventCode.INSTANCE_DUPLICATE))).scalar() == 0
 
     # the next series is received, analysed and delivered as before
     other = TRANSFER_SYNTAXES / "CTImage.dcm"
