@@ -236,18 +236,19 @@ def retention_series(s: Session) -> list[dict[str, Any]]:
 
 def series_with_unsent_deliveries(s: Session, series_id: int | None = None) -> set[int]:
     """Series ids with a delivery not yet delivered (or superseded), linked to the series by its job,
-    by a SOP Instance UID of its instances (a forwarded source instance) or by its outbox folder."""
-    unsent = select(Delivery.id, Delivery.job_id, Delivery.sop_instance_uid, Delivery.path).where(
-        Delivery.state.not_in(SENT_DELIVERY_STATES))
-    found: set[int] = set()
-    for _, job_id, sop_uid, path in s.execute(unsent).all():
-        by_job = select(Job.series_id).where(Job.id == job_id) if job_id is not None else None
-        by_sop = select(Instance.series_id).where(Instance.sop_instance_uid == sop_uid)
-        by_path = select(Series.id).where(Series.series_instance_uid == path.split("/", 1)[0])
-        for query in (by_job, by_sop, by_path):
-            if query is not None:
-                found.update(s.execute(query).scalars())
-    return found if series_id is None else found & {series_id}
+    by a SOP Instance UID of its instances (a forwarded source instance) or by its outbox folder
+    (<outbox>/<series>/...); only `series_id` when given. A few queries, whatever the backlog."""
+    unsent = Delivery.state.not_in(SENT_DELIVERY_STATES)
+    by_job = select(Job.series_id).join(Delivery, Delivery.job_id == Job.id).where(unsent)
+    by_sop = select(Instance.series_id).join(Delivery, Delivery.sop_instance_uid == Instance.sop_instance_uid).where(unsent)
+    if series_id is not None:
+        by_job, by_sop = by_job.where(Job.series_id == series_id), by_sop.where(Instance.series_id == series_id)
+    found = set(s.execute(by_job).scalars()) | set(s.execute(by_sop).scalars())
+    folders = {path.split("/", 1)[0] for path in s.execute(select(Delivery.path).where(unsent)).scalars() if "/" in path}
+    by_path = select(Series.id).where(Series.series_instance_uid.in_(folders))
+    if series_id is not None:
+        by_path = by_path.where(Series.id == series_id)
+    return found | set(s.execute(by_path).scalars()) if folders else found
 
 
 def series_files_present(s: Session, series_uid: str) -> bool:

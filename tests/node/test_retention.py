@@ -378,3 +378,17 @@ def test_migration_0005_steps_down_and_up_keeping_rows(world: World) -> None:
         assert s.execute(select(Series.series_instance_uid)).scalars().all() == [series.uid]
         assert s.execute(select(Instance.deleted_at)).scalars().all() == [None, None, None]  # the marks went down
         assert s.execute(select(Job.state)).scalars().all() == [JobState.DONE]
+
+
+@pytest.mark.parametrize("link", ["sop_instance_uid", "outbox_folder"])
+def test_a_pending_delivery_linked_only_by_instance_or_folder_keeps_the_series(world: World, link: str) -> None:
+    # forwards of source instances (issue 13) may carry no job: the instance UID or the outbox folder names the series
+    series = world.series(SeriesState.IGNORED, 40, job=None)
+    sop = f"{series.uid}.0" if link == "sop_instance_uid" else "1.2.3.4.5"
+    path = f"{series.uid}/forward.dcm" if link == "outbox_folder" else "1.2.3/forward.dcm"
+    with world.db.session() as s:
+        s.add(Delivery(job_id=None, destination="ARCHIVE", ae_title="ARCHIVE", host="127.0.0.1", port=4242,
+                       sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2", path=path,
+                       state=DeliveryState.DEAD))
+    assert run_pass(world.db, world.settings).plan.kept == {"delivery not sent (pending, failed or dead letter)": 1}
+    assert _all_there(series)
