@@ -15,7 +15,7 @@ from dicomnode.cli.serve import ServedNode
 from dicomnode.config import load_settings
 from storage.events import EventCode
 from storage.models import Event, Instance, Job, Series
-from storage.states import JobState
+from storage.states import JobState, SeriesState
 from tests.conftest import LIDC_SERIES, TRANSFER_SYNTAXES
 from tests.node.helpers import StoreSCP, free_port, storescu, wait_for
 
@@ -122,3 +122,33 @@ def test_delivered_series_removed_by_the_node_shown_in_the_api_and_the_node_keep
     storescu(node.settings.node.port, [other])
     wait_for(lambda: len(pacs.files()) == 2, 60, "the second series' result at the PACS")
     assert _deleted_instances(node, other_uid)[0] == 1
+
+
+def test_a_restart_finishes_a_removal_a_crash_left_half_done(tmp_path: Path) -> None:
+    from dicomnode.node import Node
+    from dicomnode.retention.executor import Executor
+    from dicomnode.retention.policy import plan
+    from dicomnode.retention.survey import series_facts
+    from storage.models import utcnow
+    from tests.node.test_retention import World, _all_there, _gone
+
+    # the periodic loop is off: only the start-up recovery can finish the removal
+    world = World(tmp_path, enabled=False)
+    series = world.series(SeriesState.ROUTED, days_ago=40)
+    executor = Executor(world.db, world.settings)
+    for removal in plan(series_facts(world.db, world.settings), world.settings.retention, utcnow()).removals:
+        assert executor.mark(removal) is not None  # marked; then the process died before deleting
+    world.db.close()
+    assert _all_there(series)
+
+    settings = world.settings.model_copy(deep=True)
+    settings.node.port, settings.node.host, settings.node.min_free_disk_mb = free_port(), "127.0.0.1", 1
+    node = Node(settings)
+    node.start()
+    try:
+        assert node.retention is None and _gone(series)
+        with node.db.session() as s:
+            events = s.execute(select(Event.details).where(Event.code == int(EventCode.RETENTION_DELETED))).scalars().all()
+        assert sorted(d["what"] for d in events) == ["outbox", "source"]
+    finally:
+        node.stop()
