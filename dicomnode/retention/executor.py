@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.config import Settings
 from dicomnode.core.durable import OutsideRoot, confined
-from dicomnode.retention.policy import OUTBOX, SOURCE, Removal
+from dicomnode.retention.policy import OUTBOX, SOURCE, Removal, human_bytes
 from dicomnode.retention.survey import outbox_folder, walk_files
 from storage.audit import record_event
 from storage.db import Database, rows_changed
@@ -189,7 +189,7 @@ class Executor:
         note = (f"; kept {done.kept_changed} rewritten since" if done.kept_changed else "") + \
                (f"; refused {done.refused} outside the data directory" if done.refused else "")
         record_event(s, EventCode.RETENTION_DELETED,
-                     f"files removed by retention on {day}: {done.files} {label}, {_human(done.bytes)} ({why}){note}",
+                     f"files removed by retention on {day}: {done.files} {label}, {human_bytes(done.bytes)} ({why}){note}",
                      series_instance_uid=done.series_uid,
                      details={"what": done.what, "bytes": done.bytes, "files": done.files, "reason": reason,
                               "purge_id": done.purge_id, "kept_changed": done.kept_changed, "refused": done.refused})
@@ -225,12 +225,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _human(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{count} B"

@@ -10,7 +10,7 @@ from typing import Any
 
 from dicomnode.config import Settings
 from dicomnode.retention.executor import Executor, Finished
-from dicomnode.retention.policy import Plan, Removal, plan
+from dicomnode.retention.policy import Plan, Removal, human_bytes, plan
 from dicomnode.retention.survey import Pressure, pressure, series_facts
 from storage.audit import record_event
 from storage.db import Database
@@ -61,7 +61,7 @@ def run_pass(db: Database, settings: Settings, *, dry_run: bool = False, now: da
         return report
     if decided.need_bytes:
         _record(db, EventCode.RETENTION_HIGH_WATER,
-                f"{load.describe()}: removing the oldest deletable files first, {_gib(decided.need_bytes)} to free",
+                f"{load.describe()}: removing the oldest deletable files first, {human_bytes(decided.need_bytes)} to free",
                 {"used_bytes": load.used, "capacity_bytes": load.capacity, "need_bytes": decided.need_bytes})
     for removal in decided.removals:
         purge_id = executor.mark(removal)
@@ -71,7 +71,7 @@ def run_pass(db: Database, settings: Settings, *, dry_run: bool = False, now: da
     if decided.shortfall_bytes:
         kept = ", ".join(f"{n} {why}" for why, n in sorted(decided.kept.items())) or "none"
         _record(db, EventCode.RETENTION_SKIPPED,
-                f"{load.describe()}: {_gib(decided.shortfall_bytes)} more must go but nothing else may be deleted "
+                f"{load.describe()}: {human_bytes(decided.shortfall_bytes)} more must go but nothing else may be deleted "
                 f"(series kept: {kept}); an admin must act (deliveries, failed jobs, disk) before the node refuses data",
                 {"shortfall_bytes": decided.shortfall_bytes, "kept": decided.kept})
     return report
@@ -80,10 +80,6 @@ def run_pass(db: Database, settings: Settings, *, dry_run: bool = False, now: da
 def _record(db: Database, code: EventCode, message: str, details: dict[str, Any]) -> None:
     with db.session() as s:
         record_event(s, code, message, details=details)
-
-
-def _gib(count: int) -> str:
-    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 class RetentionLoop(threading.Thread):

@@ -11,7 +11,7 @@ from typing import Any
 
 from dicomnode.config import Settings
 from dicomnode.core.durable import OutsideRoot, confined
-from dicomnode.retention.policy import SeriesFacts
+from dicomnode.retention.policy import SeriesFacts, human_bytes
 from storage.db import Database
 from storage.queries import retention_series, series_with_unsent_deliveries
 
@@ -59,17 +59,21 @@ def _settled_at(row: dict[str, Any]) -> datetime | None:
 
 
 def series_facts(db: Database, settings: Settings, busy: Callable[[str], bool] | None = None) -> list[SeriesFacts]:
+    """One SeriesFacts per series that may still have files; `busy`: the node's open intake sessions."""
     with db.session() as s:
         rows = retention_series(s)
         unsent = series_with_unsent_deliveries(s)
-    return [SeriesFacts(
-        series_id=row["id"], series_uid=row["series_instance_uid"], status=row["status"],
-        generation=row["generation"], settled_at=_settled_at(row), active_jobs=int(row["active_jobs"] or 0),
-        latest_job_state=row["latest_job_state"], unsent_deliveries=row["id"] in unsent,
-        busy=bool(busy and busy(row["series_instance_uid"])),
-        source_files=int(row["source_files"]), source_bytes=int(row["source_bytes"]),
-        **dict(zip(("outbox_files", "outbox_bytes"), _outbox_size(settings.outbox_dir, row["series_instance_uid"]))),
-    ) for row in rows]
+    facts = []
+    for row in rows:
+        uid = row["series_instance_uid"]
+        outbox_files, outbox_bytes = _outbox_size(settings.outbox_dir, uid)
+        facts.append(SeriesFacts(
+            series_id=row["id"], series_uid=uid, status=row["status"], generation=row["generation"],
+            settled_at=_settled_at(row), active_jobs=int(row["active_jobs"] or 0),
+            latest_job_state=row["latest_job_state"], unsent_deliveries=row["id"] in unsent,
+            busy=bool(busy and busy(uid)), source_files=int(row["source_files"]),
+            source_bytes=int(row["source_bytes"]), outbox_files=outbox_files, outbox_bytes=outbox_bytes))
+    return facts
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class Pressure:
         return self.used - int(self.capacity * self.low_percent / 100)
 
     def describe(self) -> str:
-        return (f"{self.what}: {self.percent:.1f}% used ({self.used / 2**30:.2f} of {self.capacity / 2**30:.2f} GiB), "
+        return (f"{self.what}: {self.percent:.1f}% used ({human_bytes(self.used)} of {human_bytes(self.capacity)}), "
                 f"high-water {self.high_percent:g}%, low-water {self.low_percent:g}%")
 
 
