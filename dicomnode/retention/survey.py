@@ -110,7 +110,10 @@ def data_bytes(settings: Settings) -> int:
 def pressure(settings: Settings) -> Pressure:
     """The tighter of the filesystem holding the spool and the max_spool_gb cap."""
     r = settings.retention
-    usage = shutil.disk_usage(settings.spool_dir)
+    existing = Path(settings.spool_dir).resolve()
+    while not existing.exists():  # a spool not made yet: the filesystem it will be on
+        existing = existing.parent
+    usage = shutil.disk_usage(existing)
     # like df: percent of what is usable (used + available to us), not of the raw size
     disk = Pressure(f"filesystem of {Path(settings.spool_dir).resolve()}", usage.used, usage.used + usage.free,
                     r.high_water_percent, r.low_water_percent)
