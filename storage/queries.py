@@ -227,11 +227,16 @@ def retention_series(s: Session) -> list[dict[str, Any]]:
          .outerjoin(jobs, jobs.c.series_id == Series.id)
          .outerjoin(latest, latest.c.id == jobs.c.latest_job_id)
          .outerjoin(sent, sent.c.series_id == Series.id)
-         .where((present.c.source_files > 0) | (sent.c.last_delivery_created_at.is_not(None)
-                                                & (Series.results_deleted_at.is_(None)
-                                                   | (sent.c.last_delivery_created_at > Series.results_deleted_at))))
+         # outbox files come from a job (results, also with no destination) or a delivery (a forward)
+         .where((present.c.source_files > 0) | _since_results_removed(jobs.c.job_finished_at)
+                | _since_results_removed(sent.c.last_delivery_created_at))
          .order_by(Series.id))
     return [dict(row._mapping) for row in s.execute(q)]
+
+
+def _since_results_removed(written_at: Any) -> Any:
+    """Outbox files were written (at written_at) after the series' results were last removed."""
+    return written_at.is_not(None) & (Series.results_deleted_at.is_(None) | (written_at > Series.results_deleted_at))
 
 
 def series_with_unsent_deliveries(s: Session, series_id: int | None = None) -> set[int]:

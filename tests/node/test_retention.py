@@ -177,6 +177,18 @@ def test_source_and_results_periods_apply_separately(tmp_path: Path) -> None:
     assert all(p.is_file() for p in series.outbox)
 
 
+def test_results_of_a_route_without_destinations_go_after_their_own_period(tmp_path: Path) -> None:
+    world = World(tmp_path, source_days=7, results_days=60)
+    series = world.series(SeriesState.ROUTED, days_ago=10, deliveries=())  # results in the outbox, sent nowhere
+    run_pass(world.db, world.settings)
+    assert not any(p.exists() for p in series.source) and all(p.is_file() for p in series.outbox)
+    with world.db.session() as s:  # 61 days later
+        s.execute(text("UPDATE jobs SET finished_at = :t"), {"t": utcnow() - timedelta(days=61)})
+        s.execute(text("UPDATE series SET completed_at = :t"), {"t": utcnow() - timedelta(days=61)})
+    run_pass(world.db, world.settings)
+    assert _gone(series)
+
+
 def test_never_removes_what_is_not_analysed_delivered_or_finished_even_under_pressure(tmp_path: Path) -> None:
     # everything is 40 days old, both periods are 0 and the spool cap is far exceeded: still nothing may go
     world = World(tmp_path, source_days=0, results_days=0, max_spool_gb=1e-6, high_water_percent=90,
