@@ -288,6 +288,32 @@ class ClinicalSettings(Strict):
     emphysema_laa950_pct: float = Field(5.0, ge=0, le=100)
 
 
+class RetentionSettings(Strict):
+    """What the node may delete, and when (dicomnode.retention). Only files of series that are
+    finished (analysed and every delivery sent, or ignored / not selected) ever go; audit rows stay."""
+
+    # run the policy in the node, every interval_seconds; `dicomnode retention` runs it on demand
+    enabled: bool = True
+    interval_seconds: float = Field(3600.0, gt=0)
+    # keep received instances this many days after the series was delivered, ignored or not selected
+    source_days: float = Field(30.0, ge=0)
+    # keep results (and anything else in the outbox) this many days after they were sent
+    results_days: float = Field(30.0, ge=0)
+    # percent used of the data directory's filesystem above which the oldest deletable series go
+    # first, whatever their age, until use is below low_water_percent
+    high_water_percent: float = Field(90.0, ge=1, le=99)
+    low_water_percent: float = Field(80.0, ge=1, le=99)
+    # spool + outbox above this many GiB counts as full (the same high/low percents apply); 0 = no cap
+    max_spool_gb: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> "RetentionSettings":
+        if self.low_water_percent >= self.high_water_percent:
+            raise ValueError(f"retention.low_water_percent ({self.low_water_percent:g}) must be below "
+                             f"retention.high_water_percent ({self.high_water_percent:g})")
+        return self
+
+
 class WebSettings(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -386,6 +412,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     clinical: ClinicalSettings = ClinicalSettings()
     results: ResultOptions = ResultOptions()
+    retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
 
     @classmethod

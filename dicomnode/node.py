@@ -27,6 +27,8 @@ from dicomnode.receive.intake import Intake
 from dicomnode.receive.lifecycle import SeriesLifecycle
 from dicomnode.receive.scp import StorageSCP
 from dicomnode.receive.spool import Spool, SpoolError
+from dicomnode.retention.executor import Executor as RetentionExecutor
+from dicomnode.retention.service import RetentionLoop
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -88,6 +90,8 @@ class Node:
                                          settings.series.poll_seconds, self.router.on_series_complete)
         self.workers = [JobWorker(self.runner, settings.jobs.poll_seconds, i) for i in range(settings.jobs.workers)]
         self.sender_loop = DeliveryLoop(self.sender, settings.sender.poll_seconds)
+        # deletes only files of finished series; busy: a series an open intake session still carries
+        self.retention = RetentionLoop(self.db, settings, self.lifecycle.is_open) if settings.retention.enabled else None
 
     def recover(self) -> None:
         """Pick up what a crash or restart left behind, then say so in the audit trail."""
@@ -96,6 +100,7 @@ class Node:
         orphans = self.lifecycle.adopt_orphans(started)
         jobs = requeue_interrupted(self.db)
         deliveries = self.sender.recover()
+        RetentionExecutor(self.db, self.settings).finish_pending()  # removals a crash left half-done
         with self.db.session() as s:
             waiting = list(s.execute(select(Series.id).where(Series.status == SeriesState.COMPLETE)).scalars())
         for series_id in waiting:
@@ -120,6 +125,8 @@ class Node:
         for worker in self.workers:
             worker.start()
         self.sender_loop.start()
+        if self.retention is not None:
+            self.retention.start()
         self.start_services()
         cfg = self.settings.node
         with self.db.session() as s:
@@ -140,6 +147,8 @@ class Node:
         for worker in self.workers:
             worker.stop()
         self.sender_loop.stop()
+        if self.retention is not None:
+            self.retention.stop()
         self.stop_services()
         with self.db.session() as s:
             record_event(s, EventCode.NODE_STOPPED, "node stopped")

@@ -83,6 +83,10 @@ class Series(Base):
     # completion clock: starts when the last association that carried an instance ends
     last_released_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+    # retention (dicomnode.retention): when the policy last removed the series' source instances /
+    # its outbox files (results, forwarded copies); the rows stay, they are the record
+    files_deleted_at: Mapped[datetime | None]
+    results_deleted_at: Mapped[datetime | None]
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -102,6 +106,8 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     duplicates: Mapped[int] = mapped_column(default=0)
+    # set when retention removed the file (the row stays: it is the record of what was received)
+    deleted_at: Mapped[datetime | None]
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -188,6 +194,25 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     delivered_at: Mapped[datetime | None]
+
+
+class RetentionPurge(Base):
+    """Retention's write-ahead journal: one row per series and kind of files (source | outbox) it
+    decided to remove. Written before any file goes; a restart finishes a row left unfinished."""
+
+    __tablename__ = "retention_purges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    what: Mapped[str] = mapped_column(String(16))  # source | outbox
+    reason: Mapped[str] = mapped_column(String(16))  # age | high_water
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    file_count: Mapped[int] = mapped_column(Integer)
+    # [[path relative to its root, size, mtime_ns], ...]: a file changed since (rewritten by a new
+    # job) no longer matches and is kept; emptied when finished
+    files: Mapped[list[Any] | None]
+    marked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class Event(Base):

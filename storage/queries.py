@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, Unpack
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from storage.events import EventCode
 from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, Series, Study
-from storage.states import DeliveryState
+from storage.states import DeliveryState, JobState
 
 # the helpers below narrow a query (.where returns the same Select type), so keep its row type
 _Query = TypeVar("_Query", bound="Select[Unpack[tuple[Any, ...]]]")
@@ -319,3 +319,73 @@ def destination_health(s: Session, names: list[str], warn_pending_s: float,
                      "oldest_pending_at": _iso(oldest), "oldest_pending_age_s": age, "dead": dead.get(name, 0),
                      "last_success_at": _iso(success), "last_failure_at": _iso(failure_at), "last_error": failure})
     return rows
+
+# -- retention (dicomnode.retention): facts the policy decides on, and what reprocess checks ------------
+# a delivery in any other state (pending, sending, dead, or a state added later) is not yet sent
+SENT_DELIVERY_STATES = (DeliveryState.DELIVERED, DeliveryState.SUPERSEDED)
+
+
+def retention_series(s: Session) -> list[dict[str, Any]]:
+    """One row per series that may still have files: source instances not removed, or deliveries
+    (i.e. outbox files) created since its results were last removed. Timestamps as stored."""
+    present = (select(Instance.series_id, func.count(Instance.id).label("source_files"),
+                      func.coalesce(func.sum(Instance.size_bytes), 0).label("source_bytes"),
+                      func.max(Instance.id).label("max_instance_id"))
+               .where(Instance.deleted_at.is_(None)).group_by(Instance.series_id).subquery())
+    jobs = (select(Job.series_id, func.max(Job.id).label("latest_job_id"), func.max(Job.finished_at).label("job_finished_at"),
+                   func.sum(case((Job.state.in_((JobState.QUEUED, JobState.RUNNING)), 1), else_=0)).label("active_jobs"))
+            .group_by(Job.series_id).subquery())
+    sent = (select(Job.series_id, func.max(Delivery.delivered_at).label("last_delivered_at"),
+                   func.max(Delivery.created_at).label("last_delivery_created_at"))
+            .join(Job, Delivery.job_id == Job.id).group_by(Job.series_id).subquery())
+    latest = Job.__table__.alias("latest")
+    q = (select(Series.id, Series.series_instance_uid, Series.status, Series.generation, Series.completed_at,
+                Series.last_received_at, Series.files_deleted_at, Series.results_deleted_at,
+                func.coalesce(present.c.source_files, 0).label("source_files"),
+                func.coalesce(present.c.source_bytes, 0).label("source_bytes"), present.c.max_instance_id,
+                func.coalesce(jobs.c.active_jobs, 0).label("active_jobs"), latest.c.state.label("latest_job_state"),
+                jobs.c.job_finished_at, sent.c.last_delivered_at, sent.c.last_delivery_created_at)
+         .outerjoin(present, present.c.series_id == Series.id)
+         .outerjoin(jobs, jobs.c.series_id == Series.id)
+         .outerjoin(latest, latest.c.id == jobs.c.latest_job_id)
+         .outerjoin(sent, sent.c.series_id == Series.id)
+         # outbox files come from a job (results, also with no destination) or a delivery (a forward)
+         .where((present.c.source_files > 0) | _since_results_removed(jobs.c.job_finished_at)
+                | _since_results_removed(sent.c.last_delivery_created_at))
+         .order_by(Series.id))
+    return [dict(row._mapping) for row in s.execute(q)]
+
+
+def _since_results_removed(written_at: Any) -> Any:
+    """Outbox files were written (at written_at) after the series' results were last removed."""
+    return written_at.is_not(None) & (Series.results_deleted_at.is_(None) | (written_at > Series.results_deleted_at))
+
+
+def series_with_unsent_deliveries(s: Session, series_id: int | None = None) -> set[int]:
+    """Series ids with a delivery not yet delivered (or superseded), linked to the series by its job,
+    by a SOP Instance UID of its instances (a forwarded source instance) or by its outbox folder
+    (<outbox>/<series>/...); only `series_id` when given. A few queries, whatever the backlog."""
+    unsent = Delivery.state.not_in(SENT_DELIVERY_STATES)
+    by_job = select(Job.series_id).join(Delivery, Delivery.job_id == Job.id).where(unsent)
+    by_sop = select(Instance.series_id).join(Delivery, Delivery.sop_instance_uid == Instance.sop_instance_uid).where(unsent)
+    if series_id is not None:
+        by_job, by_sop = by_job.where(Job.series_id == series_id), by_sop.where(Instance.series_id == series_id)
+    found = set(s.execute(by_job).scalars()) | set(s.execute(by_sop).scalars())
+    folders = {path.split("/", 1)[0] for path in s.execute(select(Delivery.path).where(unsent)).scalars() if "/" in path}
+    by_path = select(Series.id).where(Series.series_instance_uid.in_(folders))
+    if series_id is not None:
+        by_path = by_path.where(Series.id == series_id)
+    return found | set(s.execute(by_path).scalars()) if folders else found
+
+
+def series_files_present(s: Session, series_uid: str) -> bool:
+    """Whether every received instance of the series is still in the spool (not removed by
+    retention): reprocess must refuse a series without them, naming the date they went."""
+    return series_files_removed_at(s, series_uid) is None
+
+
+def series_files_removed_at(s: Session, series_uid: str) -> datetime | None:
+    """When retention removed source instances of the series (the latest removal), or None."""
+    removed = s.execute(select(func.max(Instance.deleted_at)).join(Series, Instance.series_id == Series.id)
+                        .where(Series.series_instance_uid == series_uid)).scalar()
+    return removed if removed is None or removed.tzinfo else removed.replace(tzinfo=timezone.utc)

@@ -10,12 +10,12 @@ import os
 import sys
 
 from dicomnode import __version__
-from dicomnode.cli import audit, config, network, serve
+from dicomnode.cli import audit, config, network, retention, serve
 from dicomnode.cli.common import UserError, print_error
 from dicomnode.config import ConfigError
 
 # every command group, in the order of `dicomnode --help`; a new group is one more entry here
-COMMAND_GROUPS = [serve, network, audit, config]
+COMMAND_GROUPS = [serve, network, audit, config, retention]
 
 EXIT_CODES = """exit codes: 0 done; 1 done in part (a peer refused some instances, a delivery is still
 pending, C-ECHO answered a failure); 2 a usage, configuration or start-up error: nothing done;

@@ -23,13 +23,14 @@ from dicomnode.core.uids import InvalidUID, check_uid, printable
 from dicomnode.receive.lifecycle import SeriesLifecycle, SessionKey
 from dicomnode.receive.spool import DiskFull, Spool, SpoolError
 from storage.audit import record_event
-from storage.db import Database
+from storage.db import Database, rows_changed
 from storage.events import EventCode
 from storage.models import Instance, Series, Study, utcnow
 
 log = logging.getLogger(__name__)
 
-_SELECT_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
+# a row whose file retention removed is no stored copy: the instance is stored again (_restore_removed)
+_SELECT_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"), Instance.deleted_at.is_(None))
 # the Core insert on the Table (Instance.__table__ is typed as a plain FromClause)
 _INSERT_INSTANCE = insert(Instance.metadata.tables[Instance.__tablename__])
 
@@ -164,6 +165,8 @@ class Ingestor:
             self._remove_unrecorded(relative)
             return self._refuse(EventCode.SERIES_STUDY_CONFLICT, str(exc), origin, CANNOT_UNDERSTAND, series_uid)
         except IntegrityError:
+            if self._restore_removed(sop_uid, relative, len(data), origin):
+                return StoreOutcome(SUCCESS, None, sop_uid, series_instance_uid=series_uid)
             # the same instance raced in on another association: the first row wins
             return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True, series_instance_uid=series_uid)
         except Exception as exc:  # the database is the second half of the promise
@@ -220,6 +223,14 @@ class Ingestor:
                 association_id=origin.association_id, series_instance_uid=series_uid,
             )
         return True
+
+    def _restore_removed(self, sop_uid: str, relative: str, size: int, origin: Origin) -> bool:
+        """The instance's file had been removed by retention: its row (the record) holds the new copy."""
+        with self.db.session() as s:
+            return bool(rows_changed(s, update(Instance).where(Instance.sop_instance_uid == sop_uid,
+                                                                  Instance.deleted_at.is_not(None))
+                        .values(deleted_at=None, path=relative, size_bytes=size, received_at=utcnow(),
+                                association_id=origin.association_id)))
 
     def _record(self, ds: Dataset, relative: str, size: int, origin: Origin) -> None:
         series_uid = str(ds.SeriesInstanceUID)
