@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from dicomnode.cli.common import add_settings_args, open_db, out, print_rows, terminal_safe
+from dicomnode.core.sizes import human_bytes
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
@@ -25,10 +26,9 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Any) -> None:
-    from dicomnode.retention.policy import human_bytes
 
-    rows = [{**row, "bytes": human_bytes(row["bytes"])} for row in report.rows()]
-    print_rows(rows, "table", "would remove (dry run)" if report.dry_run else "removed")
+    out.print("would remove (dry run):" if report.dry_run else "removed:", highlight=False)
+    print_rows(report.rows(), "table", "removals")
     out.print(terminal_safe(report.pressure.describe()), highlight=False, soft_wrap=True)
     total = sum(r.bytes for r in report.plan.removals)
     verb = "would free" if report.dry_run else "freed"

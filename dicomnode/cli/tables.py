@@ -23,6 +23,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dicomnode.core.sizes import human_bytes
+
 
 # a pipe (less, grep, a file) has no width: rows stay on one line, as wide as this
 PIPE_WIDTH = 250
@@ -93,6 +95,9 @@ SUBJECT_COLUMNS: dict[str, tuple[Column, ...]] = {
         _c("brock_risk", 1, "f4"), _c("model_score", 4, "f3"), _c("calcified", 5, "bool"), _c("margin", 4),
         _c("lung", 2), _c("zone", 3), _c("volume_mm3", 7, "f1"), _c("note", 8, max_width=40, flex=True),
         _c("finished_at", 6, "time")),
+    "removals": (  # `dicomnode retention`
+        _c("series_instance_uid", 0, "uid"), _c("what", 0), _c("files", 1, "int"), _c("bytes", 0, "bytes"),
+        _c("reason", 0), _c("settled_at", 2, "time")),
     "deliveries": _DELIVERY,
     "dead-letters": _DELIVERY,
     "events": (
@@ -139,7 +144,7 @@ def _format(value: Any, kind: str, wide: bool) -> str:
     if kind == "bool" or isinstance(value, bool):
         return "yes" if value else "no"
     if kind == "bytes" and isinstance(value, int):
-        return _human_bytes(value)
+        return human_bytes(value)
     if isinstance(value, float):  # a float the table has no precision for: 4 significant digits
         return f"{value:.4g}"
     if kind == "time" and isinstance(value, str) and not wide:
@@ -148,17 +153,6 @@ def _format(value: Any, kind: str, wide: bool) -> str:
     if kind == "uid" and not wide and len(text) > UID_TAIL + 1:
         return ELLIPSIS + text[-UID_TAIL:]
     return text
-
-
-def _human_bytes(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    scaled = float(size)
-    for unit in ("KiB", "MiB", "GiB"):
-        scaled /= 1024
-        if scaled < 1024 or unit == "GiB":
-            break
-    return f"{scaled:.1f} {unit}"
 
 
 def _cut(text: str, width: int) -> str:

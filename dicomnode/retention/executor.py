@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from dicomnode.config import Settings
 from dicomnode.core.durable import OutsideRoot, confined
-from dicomnode.retention.policy import OUTBOX, SOURCE, Removal, human_bytes
+from dicomnode.core.sizes import human_bytes
+from dicomnode.retention.policy import OUTBOX, SOURCE, Removal
 from dicomnode.retention.survey import outbox_folder, walk_files
 from storage.audit import record_event
 from storage.db import Database, rows_changed

@@ -58,14 +58,6 @@ class Plan:
     shortfall_bytes: int = 0  # of need_bytes, what nothing deletable could cover
 
 
-def human_bytes(count: int) -> str:
-    """1.5 GiB, 320.0 MiB, 12.0 KiB, 900 B: for messages and tables (events carry exact byte counts)."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} B"
-
-
 def keep_reason(f: SeriesFacts) -> str | None:
     """Why this series' files must stay, or None when they may go."""
     if f.status == SeriesState.RECEIVING or f.busy:

@@ -10,7 +10,8 @@ from typing import Any
 
 from dicomnode.config import Settings
 from dicomnode.retention.executor import Executor, Finished
-from dicomnode.retention.policy import Plan, Removal, human_bytes, plan
+from dicomnode.core.sizes import human_bytes
+from dicomnode.retention.policy import Plan, Removal, plan
 from dicomnode.retention.survey import Pressure, pressure, series_facts
 from storage.audit import record_event
 from storage.db import Database

@@ -11,7 +11,8 @@ from typing import Any
 
 from dicomnode.config import Settings
 from dicomnode.core.durable import OutsideRoot, confined
-from dicomnode.retention.policy import SeriesFacts, human_bytes
+from dicomnode.core.sizes import human_bytes
+from dicomnode.retention.policy import SeriesFacts
 from storage.db import Database
 from storage.queries import retention_series, series_with_unsent_deliveries
 

@@ -12,6 +12,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from dicomnode.core.sizes import human_bytes
+
 from dicomnode.node import Node
 from dicomnode.web.auth import SESSION_CSRF, Auth, Principal, client_host, csrf_token
 from dicomnode.web.deps import get_auth, get_node, page_post, page_user
@@ -46,13 +48,7 @@ MAX_ROW_ID = 2**63 - 1  # SQL integers: a larger id in a URL is a 422, not a dri
 
 
 def _bytes(value: float | None) -> str:
-    if value is None:
-        return ""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(value)
+    return "" if value is None else human_bytes(value)
 
 
 TEMPLATES.env.filters["bytes"] = _bytes
