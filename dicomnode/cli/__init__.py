@@ -10,6 +10,7 @@ import os
 import sys
 
 from dicomnode.cli import audit, config, network, serve
+from dicomnode.cli import reprocess
 from dicomnode.cli.common import UserError, print_error
 from dicomnode.config import ConfigError
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (serve, network, audit, config):
         group.add_commands(sub)
+    reprocess.add_commands(sub)
     _add_model_commands(sub)
     return parser
 
