@@ -6,7 +6,6 @@ import json
 import os
 import sqlite3
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
