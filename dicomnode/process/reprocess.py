@@ -121,6 +121,15 @@ def _source_check(s: Session, spool: Spool, series: Series) -> int:
     return len(paths)
 
 
+def _refuse_concurrent(s: Session, series: Series, job_id: int) -> None:
+    """Two requests at once (a double click) both passed the busy check before either wrote: after
+    our insert, holding the write lock, a second pending job means the other request won."""
+    other = s.execute(select(Job.id).where(Job.series_id == series.id, Job.id != job_id,
+                                           Job.state.in_((JobState.QUEUED, JobState.RUNNING)))).first()
+    if other is not None:
+        raise SeriesBusy(f"series {series.series_instance_uid} already has job {other[0]} pending: wait for it to finish")
+
+
 def request_reprocess(db: Database, spool: Spool, settings: Settings, req: ReprocessRequest) -> ReprocessResult:
     """Queue a re-run of a series, audited (SERIES_REPROCESS_REQUESTED), or raise a ReprocessError."""
     pipeline = check_pipeline_name(req.pipeline) if req.pipeline else None
@@ -150,6 +159,7 @@ def request_reprocess(db: Database, spool: Spool, settings: Settings, req: Repro
             raise SeriesBusy(str(exc)) from None
         job_route = Route(name=route_name, pipeline=pipeline, destinations=destinations)
         job_id = enqueue_job(s, series, job_route, supersedes_job_id=last.id if last else None)
+        _refuse_concurrent(s, series, job_id)
         supersedes = last.id if last else None
         details = {"user": req.user, "client": req.client, "via": req.via, "pipeline": pipeline,
                    "job": job_id, "supersedes_job": supersedes, "destinations": destinations}
