@@ -31,19 +31,25 @@ from storage.states import DeliveryKind, DeliveryState, JobState
 log = logging.getLogger(__name__)
 
 
-def enqueue_job(s: Session, series: Series, route: Route, supersedes_job_id: int | None = None) -> int:
+def enqueue_job(s: Session, series: Series, route: Route) -> int:
+    return queue_job(s, series, route.pipeline, route.name, list(route.destinations))
+
+
+def queue_job(s: Session, series: Series, pipeline: str, route_name: str, destinations: list[str],
+              supersedes_job_id: int | None = None) -> int:
+    """A queued job row (and its JOB_QUEUED event) in the caller's transaction; the workers claim it."""
     job = Job(
         series_id=series.id,
         series_generation=series.generation,
-        pipeline=route.pipeline,
-        route_name=route.name,
-        destinations=list(route.destinations),
+        pipeline=pipeline,
+        route_name=route_name,
+        destinations=destinations,
         state=JobState.QUEUED,
         supersedes_job_id=supersedes_job_id,
     )
     s.add(job)
     s.flush()
-    record_event(s, EventCode.JOB_QUEUED, f"pipeline {route.pipeline!r} for {series.instance_count} instances",
+    record_event(s, EventCode.JOB_QUEUED, f"pipeline {pipeline!r} for {series.instance_count} instances",
                  series_instance_uid=series.series_instance_uid, job_id=job.id)
     return job.id
 

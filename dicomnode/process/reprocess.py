@@ -23,7 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Route, Settings
-from dicomnode.process.jobs import enqueue_job
+from dicomnode.core.uids import printable
+from dicomnode.process.jobs import queue_job
 from dicomnode.process.pipelines import BUILT_IN, known_pipeline
 from dicomnode.receive.lifecycle import NotReprocessable, SeriesLifecycle
 from dicomnode.receive.spool import Spool, SpoolError
@@ -81,10 +82,18 @@ class ReprocessResult:
                 "instances": self.instances, "state": JobState.QUEUED.value}
 
 
-def check_pipeline_name(name: str) -> str:
-    """A built-in name, or module:callable whose module exists (not imported here: it may load a model)."""
-    if not known_pipeline(name):
-        raise BadPipeline(f"unknown pipeline {name!r}; known: {', '.join(sorted(BUILT_IN))} or module:callable")
+def allowed_pipelines(settings: Settings, previous: list[str]) -> set[str]:
+    """What a re-run may ask for: the built-in pipelines, those a configured route names, and those
+    the series already ran. Never any importable callable: the API must not let a web user make the
+    node import and call code the configuration does not name."""
+    return set(BUILT_IN) | {r.pipeline for r in settings.routes} | set(previous)
+
+
+def check_pipeline_name(name: str, allowed: set[str]) -> str:
+    """A pipeline the configuration knows, whose module exists (not imported here: it may load a model)."""
+    if name not in allowed or not known_pipeline(name):
+        raise BadPipeline(f"pipeline {printable(name, 80)} is not one this node runs; choose from "
+                          f"{', '.join(sorted(allowed))} (a route in the configuration names the others)")
     if name in BUILT_IN:
         return name
     module = name.partition(":")[0]
@@ -132,7 +141,6 @@ def _refuse_concurrent(s: Session, series: Series, job_id: int) -> None:
 
 def request_reprocess(db: Database, spool: Spool, settings: Settings, req: ReprocessRequest) -> ReprocessResult:
     """Queue a re-run of a series, audited (SERIES_REPROCESS_REQUESTED), or raise a ReprocessError."""
-    pipeline = check_pipeline_name(req.pipeline) if req.pipeline else None
     with db.session() as s:
         series = s.execute(select(Series).where(Series.series_instance_uid == req.series_uid)).scalar_one_or_none()
         if series is None:
@@ -144,6 +152,8 @@ def request_reprocess(db: Database, spool: Spool, settings: Settings, req: Repro
                              "wait for it to finish")
         last = jobs[0] if jobs else None
         route = _route(settings, series.route_name)
+        pipeline = (check_pipeline_name(req.pipeline, allowed_pipelines(settings, [j.pipeline for j in jobs]))
+                    if req.pipeline else None)
         pipeline = pipeline or (last.pipeline if last else None) or (route.pipeline if route else None)
         if pipeline is None:
             raise BadPipeline(f"series {req.series_uid} was never analysed and no route names a pipeline for it "
@@ -157,8 +167,7 @@ def request_reprocess(db: Database, spool: Spool, settings: Settings, req: Repro
                                       f"re-run requested by {req.user} ({req.via})")
         except NotReprocessable as exc:
             raise SeriesBusy(str(exc)) from None
-        job_route = Route(name=route_name, pipeline=pipeline, destinations=destinations)
-        job_id = enqueue_job(s, series, job_route, supersedes_job_id=last.id if last else None)
+        job_id = queue_job(s, series, pipeline, route_name, destinations, supersedes_job_id=last.id if last else None)
         _refuse_concurrent(s, series, job_id)
         supersedes = last.id if last else None
         details = {"user": req.user, "client": req.client, "via": req.via, "pipeline": pipeline,

@@ -74,18 +74,32 @@ def test_reprocess_a_series_on_a_running_then_a_stopped_node(make_node, pacs):
     wait_for(lambda: _job_delivered(node, 3), 60, "the queued re-run once the node started")
 
 
+# a configured route whose pipeline module is not installed (it never matches: no modality XX)
+BROKEN_ROUTE = """
+[[routes]]
+name = "broken"
+pipeline = "no_such_package.module:run"
+[routes.match]
+modality = ["XX"]
+"""
+
+
 def test_reprocess_errors_name_what_is_wrong(make_node, pacs):
-    node = make_node(node_config(pacs.port)).start()
+    node = make_node(node_config(pacs.port, extra=BROKEN_ROUTE)).start()
     storescu(node.port, sorted(LIDC_SERIES.glob("*.dcm"))[:4])
     wait_for(lambda: _job_delivered(node, 1), 60, "the first job's result delivered")
     ((series_uid,),) = _rows(node, "SELECT series_instance_uid FROM series")
 
     unknown = reprocess(node, "1.2.3.4.5")
     assert unknown.returncode == 2 and "no series 1.2.3.4.5 in the audit database" in unknown.stderr
-    bad = reprocess(node, series_uid, "--pipeline", "no_such_package.module:run")
-    assert bad.returncode == 2 and "there is no module 'no_such_package.module'" in bad.stderr
-    nonsense = reprocess(node, series_uid, "--pipeline", "not a pipeline")
-    assert nonsense.returncode == 2 and "unknown pipeline 'not a pipeline'" in nonsense.stderr
+    missing = reprocess(node, series_uid, "--pipeline", "no_such_package.module:run")
+    assert missing.returncode == 2 and "there is no module 'no_such_package.module'" in missing.stderr
+    # only what the configuration names: never any importable callable
+    for name in ("os:system", "not a pipeline"):
+        refused = reprocess(node, series_uid, "--pipeline", name)
+        assert refused.returncode == 2, refused.stdout
+        assert (f"pipeline {name!r} is not one this node runs; choose from lung-nodule, no_such_package.module:run, "
+                "tests.node.pipelines:summary_pipeline") in refused.stderr.replace("\n", " ")
 
     # the source files are gone (retention, or by hand): nothing to analyse, nothing queued
     for (path,) in _rows(node, "SELECT path FROM instances"):

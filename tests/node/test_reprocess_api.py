@@ -31,9 +31,21 @@ def other_model_pipeline(datasets: list[Dataset], context: PipelineContext) -> P
     return output
 
 
+# the updated model is a pipeline the configuration names (a route that matches nothing else); the
+# lines go in at the end of [web], so this [[routes]] entry comes before the "all-ct" route
+OTHER_MODEL = "tests.node.test_reprocess_api:other_model_pipeline"
+OTHER_MODEL_ROUTE = f"""
+[[routes]]
+name = "updated-model"
+pipeline = "{OTHER_MODEL}"
+[routes.match]
+modality = ["XX"]
+"""
+
+
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
-    node = start_node(tmp_path_factory.mktemp("reprocess-node"), require_login=True)
+    node = start_node(tmp_path_factory.mktemp("reprocess-node"), require_login=True, web_extra=OTHER_MODEL_ROUTE)
     yield node
     node.node.stop()
 
@@ -70,8 +82,12 @@ def test_api_refuses_without_auth_and_names_what_is_wrong(web: WebNode, analysed
     with web.client(headers=AUTH) as client:
         missing = client.post("/api/series/1.2.3.999/reprocess")
         assert missing.status_code == 404 and missing.json()["detail"] == "no series 1.2.3.999 in the audit database"
-        bad = client.post(f"/api/series/{uid}/reprocess", params={"pipeline": "no_such_package.module:run"})
-        assert bad.status_code == 422 and "there is no module 'no_such_package.module'" in bad.json()["detail"]
+        # a web user never makes the node import and call what the configuration does not name
+        for name in ("os:system", "no_such_package.module:run"):
+            bad = client.post(f"/api/series/{uid}/reprocess", params={"pipeline": name})
+            assert bad.status_code == 422
+            assert bad.json()["detail"].startswith(f"pipeline {name!r} is not one this node runs; choose from lung-nodule, "
+                                                   f"{OTHER_MODEL}, tests.web.pipelines:findings_pipeline")
     with web.node.db.session() as s:
         assert s.execute(select(Job.id).where(Job.supersedes_job_id.is_not(None))).first() is None
         assert s.execute(select(Event.id).where(Event.code == 507)).first() is None
@@ -112,7 +128,7 @@ def test_a_model_update_gives_new_uids_and_marks_the_old_result_superseded(web: 
             for d in s.execute(select(Delivery).where(Delivery.job_id == before)).scalars():
                 d.state, d.last_error = "dead", "test: never delivered"
         queued = client.post(f"/api/series/{uid}/reprocess",
-                             params={"pipeline": "tests.node.test_reprocess_api:other_model_pipeline"})
+                             params={"pipeline": OTHER_MODEL})
         assert queued.status_code == 202, queued.text
         new = queued.json()["job"]
         wait_for(lambda: _job_settled(web, new), 60, "the re-run with the updated model")
