@@ -233,6 +233,9 @@ class Route(Strict):
     match: RouteMatch = RouteMatch()
     # a PACS sends whole studies: analyse only the best matching series of each study
     one_series_per_study: bool = False
+    # destination names from [destinations] that also get the source instances themselves, as
+    # received, once a matching series is complete (whatever the analysis does)
+    forward_to: list[str] = []
 
     @field_validator("pipeline")
     @classmethod
@@ -435,6 +438,10 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"route {route.name!r} names destination {dest!r}, which is not in [destinations]"
                     )
+            for dest in route.forward_to:  # "sender" is refused: the images would go back where they came from
+                if dest not in self.destinations:
+                    raise ValueError(f"route {route.name!r} forward_to names destination {dest!r}, which is not in "
+                                     f"[destinations] (known: {', '.join(sorted(self.destinations)) or 'none'})")
         return self
 
     # derived paths -------------------------------------------------------------

@@ -82,7 +82,7 @@ class Node:
         self.ingestor = Ingestor(self.db, self.spool, self.lifecycle, settings.node.max_instance_mb * 2**20)
         self.intake = Intake(self.ingestor, self.lifecycle)
         self.outbox = Outbox(settings.outbox_dir, settings)
-        self.router = Router(self.db, settings.routes, enqueue_job)
+        self.router = Router(self.db, settings.routes, enqueue_job, self.outbox.forward)
         self.runner = JobRunner(self.db, self.spool, self.outbox, settings)
         self.sender = ResultSender(self.db, settings.outbox_dir, settings)
         self.scp = StorageSCP(settings, self.db, self.intake)

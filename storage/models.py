@@ -131,6 +131,9 @@ class Job(Base):
     queued_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # a re-run (`dicomnode reprocess`, the API, the console) names the job whose result it replaces;
+    # no foreign key: adding one to a table others reference would make SQLite rebuild it (0005)
+    supersedes_job_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
     series: Mapped[Series] = relationship()
     findings: Mapped[list[FindingRow]] = relationship(back_populates="job", cascade="all, delete-orphan")
@@ -179,6 +182,12 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    # a DeliveryKind: "result" (a job's output, path under the outbox) or "forward" (a source
+    # instance as received, path under the spool; no job). Retention keeps a spool file while a
+    # forward of it is not delivered.
+    kind: Mapped[str] = mapped_column(String(16), default="result", server_default="result", index=True)
+    # the source series (results and forwards); NULL on rows from before migration 0005 without a job
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
     ae_title: Mapped[str] = mapped_column(String(16))
     host: Mapped[str] = mapped_column(String(255))
@@ -186,7 +195,7 @@ class Delivery(Base):
     tls: Mapped[bool] = mapped_column(default=False)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)  # relative to the outbox directory
+    path: Mapped[str] = mapped_column(Text)  # relative to the outbox (kind result) or spool (kind forward)
     # a DeliveryState
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(default=0)

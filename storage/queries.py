@@ -110,7 +110,8 @@ def series(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
 
 def jobs(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     q = (select(Job.id, Series.series_instance_uid, Job.pipeline, Job.route_name, Job.state, Job.attempts,
-                Job.verdict, Job.progress, Job.error, Job.queued_at, Job.started_at, Job.finished_at, Job.summary)
+                Job.verdict, Job.progress, Job.error, Job.queued_at, Job.started_at, Job.finished_at, Job.summary,
+                Job.supersedes_job_id)
          .join(Series, Job.series_id == Series.id))
     q = _row_id(_series_uid(_since(q, Job.queued_at, f), f), Job.id, f)
     if f.status:
@@ -164,11 +165,13 @@ def findings(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
 
 
 def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
-    q = (select(Delivery.id, Delivery.job_id, Series.series_instance_uid, Delivery.destination, Delivery.ae_title,
-                Delivery.host, Delivery.port, Delivery.sop_instance_uid, Delivery.sop_class_uid, Delivery.state,
-                Delivery.attempts, Delivery.last_error, Delivery.created_at, Delivery.next_attempt_at,
+    # forwards (kind "forward") have no job: their series is deliveries.series_id
+    q = (select(Delivery.id, Delivery.job_id, Delivery.kind, Series.series_instance_uid, Delivery.destination,
+                Delivery.ae_title, Delivery.host, Delivery.port, Delivery.sop_instance_uid, Delivery.sop_class_uid,
+                Delivery.state, Delivery.attempts, Delivery.last_error, Delivery.created_at, Delivery.next_attempt_at,
                 Delivery.delivered_at)
-         .outerjoin(Job, Delivery.job_id == Job.id).outerjoin(Series, Job.series_id == Series.id))
+         .outerjoin(Job, Delivery.job_id == Job.id)
+         .outerjoin(Series, Series.id == func.coalesce(Delivery.series_id, Job.series_id)))
     q = _row_id(_series_uid(_since(q, Delivery.created_at, f), f), Delivery.id, f)
     if f.status:
         q = q.where(Delivery.state == f.status)

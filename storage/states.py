@@ -46,3 +46,10 @@ class AssociationState(StrEnum):
     RELEASED = "released"
     ABORTED = "aborted"
     REJECTED = "rejected"
+
+
+class DeliveryKind(StrEnum):
+    """Delivery.kind: what a delivery sends."""
+
+    RESULT = "result"  # an object a job produced, written to the outbox
+    FORWARD = "forward"  # a source instance as received, sent from the spool (route.forward_to)

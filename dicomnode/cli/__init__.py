@@ -10,12 +10,12 @@ import os
 import sys
 
 from dicomnode import __version__
-from dicomnode.cli import audit, config, network, retention, serve
+from dicomnode.cli import audit, config, network, reprocess, retention, serve
 from dicomnode.cli.common import UserError, print_error
 from dicomnode.config import ConfigError
 
 # every command group, in the order of `dicomnode --help`; a new group is one more entry here
-COMMAND_GROUPS = [serve, network, audit, config, retention]
+COMMAND_GROUPS = [serve, network, audit, config, reprocess, retention]
 
 EXIT_CODES = """exit codes: 0 done; 1 done in part (a peer refused some instances, a delivery is still
 pending, C-ECHO answered a failure); 2 a usage, configuration or start-up error: nothing done;
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.add_commands(sub)
+    reprocess.add_commands(sub)
     _add_model_commands(sub)
     return parser
 

@@ -2,6 +2,8 @@
 
 Deliveries to one destination share an association. A destination that is down costs an
 attempt to each due delivery; after `max_attempts` a delivery is a dead letter and stays on disk.
+Forwards (kind "forward") are source instances read from the spool and proposed in their own
+transfer syntax, so they go out as received (a compressed instance stays compressed).
 """
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from dicomnode.config import Settings
 from dicomnode.deliver.outbox import Target
@@ -25,8 +29,8 @@ from dicomnode.core.durable import OutsideRoot, confined
 from storage.audit import record_event
 from storage.db import Database, rows_changed
 from storage.events import EventCode
-from storage.models import Delivery, utcnow
-from storage.states import DeliveryState
+from storage.models import Delivery, Series, utcnow
+from storage.states import DeliveryKind, DeliveryState
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,28 @@ class ResultSender:
         self.db = db
         self.outbox_root = outbox_root
         self.settings = settings
+        self.spool_root = settings.spool_dir  # forwards send the spooled source files
+
+    def file_of(self, d: Delivery) -> Path:
+        """The file a delivery sends: a result in the outbox, a forward in the spool; never outside them."""
+        return confined(self.spool_root if d.kind == DeliveryKind.FORWARD else self.outbox_root, d.path)
+
+    def _contexts(self, items: list[Delivery]) -> list[tuple[str, list[str]]]:
+        """(SOP class, transfer syntaxes) to propose: results in Explicit/Implicit VR Little Endian,
+        forwards also in the syntax of their file alone, so they are sent as received."""
+        plain: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        wanted: dict[tuple[str, str], None] = {}
+        for d in items:
+            wanted[(d.sop_class_uid, "")] = None
+            if d.kind == DeliveryKind.FORWARD:
+                try:
+                    syntax = str(read_file_meta_info(self.file_of(d)).TransferSyntaxUID)
+                except (OSError, ValueError, AttributeError, OutsideRoot):
+                    continue  # the send fails with the reason below
+                # a context of its own: an accepted exact match wins over a conversion (pynetdicom)
+                wanted[(d.sop_class_uid, syntax)] = None
+        contexts = [(sop, [syntax] if syntax else plain) for sop, syntax in wanted]
+        return sorted(contexts)[:128]  # PS3.8: at most 128 presentation contexts
 
     def recover(self) -> int:
         """Deliveries caught mid-send by a crash go back to pending (the peer de-duplicates by UID)."""
@@ -80,10 +106,7 @@ class ResultSender:
         ae = AE(ae_title=self.settings.node.ae_title)
         ae.acse_timeout = ae.dimse_timeout = self.settings.sender.connect_timeout_s
         ae.network_timeout = self.settings.node.network_timeout_s
-        for sop_class in sorted({d.sop_class_uid for d in items})[:128]:
-            ae.requested_contexts = ae.requested_contexts + [
-                build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-            ]
+        ae.requested_contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in self._contexts(items)]
         tls_args = (client_ssl_context(self.settings), None) if target.tls else None
         try:
             assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
@@ -97,7 +120,7 @@ class ResultSender:
         try:
             for d in items:
                 try:
-                    status = assoc.send_c_store(dcmread(confined(self.outbox_root, d.path)))
+                    status = assoc.send_c_store(dcmread(self.file_of(d)))
                     code = getattr(status, "Status", None)
                     if code in STORED_STATUSES:
                         self._mark_delivered(d, target)
@@ -126,8 +149,8 @@ class ResultSender:
         with self.db.session() as s:
             s.execute(update(Delivery).where(Delivery.id == d.id)
                       .values(state=DeliveryState.DELIVERED, delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None))
-            record_event(s, EventCode.DELIVERY_SENT, f"{d.sop_instance_uid} delivered to {target}",
-                         job_id=d.job_id, delivery_id=d.id)
+            record_event(s, EventCode.DELIVERY_SENT, f"{_what(d)}{d.sop_instance_uid} delivered to {target}",
+                         series_instance_uid=_forwarded_series(s, d), job_id=d.job_id, delivery_id=d.id)
 
     def _mark_failed(self, d: Delivery, target: Target, why: str) -> None:
         cfg = self.settings.sender
@@ -139,15 +162,26 @@ class ResultSender:
             if row.attempts >= cfg.max_attempts:
                 row.state = DeliveryState.DEAD
                 record_event(s, EventCode.DELIVERY_DEAD_LETTER,
-                             f"gave up on {target} after {row.attempts} attempts: {why}; `dicomnode retry --delivery {row.id}` sends it again",
-                             job_id=row.job_id, delivery_id=row.id)
+                             f"{_what(d)}gave up on {target} after {row.attempts} attempts: {why}; `dicomnode retry --delivery {row.id}` sends it again",
+                             series_instance_uid=_forwarded_series(s, d), job_id=row.job_id, delivery_id=row.id)
             else:
                 delay = backoff_seconds(row.attempts, cfg.backoff_initial_s, cfg.backoff_max_s)
                 row.state = DeliveryState.PENDING
                 row.next_attempt_at = utcnow() + timedelta(seconds=delay)
                 record_event(s, EventCode.DELIVERY_ATTEMPT_FAILED,
-                             f"attempt {row.attempts} to {target} failed: {why}; next in {delay:.0f} s",
-                             job_id=row.job_id, delivery_id=row.id)
+                             f"{_what(d)}attempt {row.attempts} to {target} failed: {why}; next in {delay:.0f} s",
+                             series_instance_uid=_forwarded_series(s, d), job_id=row.job_id, delivery_id=row.id)
+
+
+def _what(d: Delivery) -> str:
+    return "forward of source instance " if d.kind == DeliveryKind.FORWARD else ""
+
+
+def _forwarded_series(s: Session, d: Delivery) -> str | None:
+    """A forward has no job to tie its events to its series: name the series on the event."""
+    if d.kind != DeliveryKind.FORWARD or d.series_id is None:
+        return None
+    return s.execute(select(Series.series_instance_uid).where(Series.id == d.series_id)).scalar_one_or_none()
 
 
 class DeliveryLoop(threading.Thread):

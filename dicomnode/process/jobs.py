@@ -24,25 +24,32 @@ from dicomnode.receive.spool import Spool
 from storage.audit import record_event
 from storage.db import Database, rows_changed
 from storage.events import EventCode
-from storage.models import FindingRow, Instance, Job, Series, utcnow
+from storage.models import Delivery, FindingRow, Instance, Job, Series, utcnow
 from inference.findings import ExamSummary, Finding
-from storage.states import JobState
+from storage.states import DeliveryKind, DeliveryState, JobState
 
 log = logging.getLogger(__name__)
 
 
 def enqueue_job(s: Session, series: Series, route: Route) -> int:
+    return queue_job(s, series, route.pipeline, route.name, list(route.destinations))
+
+
+def queue_job(s: Session, series: Series, pipeline: str, route_name: str, destinations: list[str],
+              supersedes_job_id: int | None = None) -> int:
+    """A queued job row (and its JOB_QUEUED event) in the caller's transaction; the workers claim it."""
     job = Job(
         series_id=series.id,
         series_generation=series.generation,
-        pipeline=route.pipeline,
-        route_name=route.name,
-        destinations=list(route.destinations),
+        pipeline=pipeline,
+        route_name=route_name,
+        destinations=destinations,
         state=JobState.QUEUED,
+        supersedes_job_id=supersedes_job_id,
     )
     s.add(job)
     s.flush()
-    record_event(s, EventCode.JOB_QUEUED, f"pipeline {route.pipeline!r} for {series.instance_count} instances",
+    record_event(s, EventCode.JOB_QUEUED, f"pipeline {pipeline!r} for {series.instance_count} instances",
                  series_instance_uid=series.series_instance_uid, job_id=job.id)
     return job.id
 
@@ -155,6 +162,7 @@ class JobRunner:
             series = job.series
             # files first (fsynced), then the rows that point at them, in one transaction
             deliveries = self.outbox.enqueue(s, job, series, output.datasets)
+            superseded = None if job.supersedes_job_id is None else supersede_job_deliveries(s, job.supersedes_job_id, job.id)
             for i, f in enumerate(output.findings, start=1):
                 s.add(finding_row(job.id, series.id, i, f))
                 record_event(s, EventCode.FINDING_RECORDED, finding_message(i, f),
@@ -165,12 +173,17 @@ class JobRunner:
             exam = exam_json(output)
             if exam is not None:  # JSON, not the dataclass: the column is JSON
                 summary["exam"] = exam
+            if superseded is not None:
+                summary["supersedes_job"] = job.supersedes_job_id
+                summary["superseded_deliveries"] = superseded
             job.summary = summary
             if output.verdict == "not_analysed":
                 record_event(s, EventCode.SERIES_NOT_ANALYSED, str(output.summary.get("reason", "not analysed")),
                              series_instance_uid=series.series_instance_uid, job_id=job.id)
+            replaces = "" if superseded is None else (
+                f"; supersedes job {job.supersedes_job_id} ({superseded} of its objects not yet sent will not be)")
             record_event(s, EventCode.JOB_DONE,
-                         f"{len(output.findings)} finding(s), verdict {output.verdict}, {len(output.datasets)} object(s) in {seconds:.1f} s",
+                         f"{len(output.findings)} finding(s), verdict {output.verdict}, {len(output.datasets)} object(s) in {seconds:.1f} s{replaces}",
                          series_instance_uid=series.series_instance_uid, job_id=job.id)
 
     def _fail(self, job_id: int, series_uid: str, exc: Exception) -> None:
@@ -188,6 +201,17 @@ class JobRunner:
                 job.state, job.finished_at = JobState.FAILED, utcnow()
                 record_event(s, EventCode.JOB_FAILED, f"failed after {job.attempts} attempt(s): {message}",
                              series_instance_uid=series_uid, job_id=job_id)
+
+
+def supersede_job_deliveries(s: Session, old_job_id: int, new_job_id: int) -> int:
+    """A re-run's result is in the outbox: what the old job still had to send never goes out (with
+    other UIDs, after a model or settings change, the outbox's per-UID supersede would miss it)."""
+    return rows_changed(s,
+        update(Delivery)
+        .where(Delivery.job_id == old_job_id, Delivery.kind == DeliveryKind.RESULT,
+               Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEAD)))
+        .values(state=DeliveryState.SUPERSEDED, last_error=f"superseded by job {new_job_id}")
+    )
 
 
 def finding_row(job_id: int, series_id: int, index: int, f: Finding) -> FindingRow:

@@ -2,6 +2,10 @@
 
 Every complete series ends up routed, ignored (with the reason) or, for routes that want one
 series per study, not selected (with the series that was chosen instead).
+
+A route's `forward_to` forwards the source instances of every series it matches as soon as the
+series is complete, in the routing transaction: before and whatever the analysis (a failed job, a
+sibling chosen for analysis), like a DICOM router would.
 """
 from __future__ import annotations
 
@@ -96,13 +100,16 @@ def preference_key(facts: SeriesFacts) -> tuple[int, float, int]:
 
 
 EnqueueJob = Callable[[Session, Series, Route], int]
+# (session, series, route name, destination names) -> deliveries queued; deliver.outbox.Outbox.forward
+Forward = Callable[[Session, Series, str, list[str]], int]
 
 
 class Router:
-    def __init__(self, db: Database, routes: list[Route], enqueue: EnqueueJob) -> None:
+    def __init__(self, db: Database, routes: list[Route], enqueue: EnqueueJob, forward: Forward | None = None) -> None:
         self.db = db
         self.routes = routes
         self.enqueue = enqueue
+        self.forward = forward
 
     def on_series_complete(self, series_id: int) -> None:
         with self.db.session() as s:
@@ -114,6 +121,8 @@ class Router:
                 SeriesLifecycle.ignore(s, series, reason)
                 return
             series.route_name = route.name
+            if route.forward_to and self.forward is not None:
+                self.forward(s, series, route.name, list(route.forward_to))
             if not route.one_series_per_study:
                 self._route(s, series, route)
                 return

@@ -4,6 +4,7 @@ generation and completed_at (docs/architecture.md, "Series lifecycle").
     receiving --(clock ran out, no intake session open)--> complete --(routing)--> routed
                                                                   \\-> ignored | not_selected
     complete | routed | ignored | not_selected --(a late instance)--> receiving (reopened)
+    routed | ignored | not_selected --(an admin asks for a re-run)--> routed (a new job queued)
 
 A series is complete `stable_seconds` after the last intake session (an association, an upload)
 that carried it ended, and while no session carrying it is still open. Which sessions carry which
@@ -28,6 +29,13 @@ from storage.states import SeriesState
 
 # what identifies an open intake session: the association row id, or any other hashable key
 SessionKey = Hashable
+
+# a finished series may be re-run: not while the completion clock or the routing decision is pending
+REPROCESSABLE = frozenset({SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_SELECTED})
+
+
+class NotReprocessable(Exception):
+    """The series is not in a state that can be analysed again now; the message says why."""
 
 
 class SeriesLifecycle:
@@ -161,3 +169,16 @@ class SeriesLifecycle:
     def not_selected(s: Session, series: Series, reason: str) -> None:
         series.status, series.status_reason = SeriesState.NOT_SELECTED, reason
         record_event(s, EventCode.SERIES_NOT_SELECTED, reason, series_instance_uid=series.series_instance_uid)
+
+    # -- re-runs (requested by dicomnode.process.reprocess, written here) ---------------------
+    @staticmethod
+    def reprocess(series: Series, route_name: str | None, reason: str) -> None:
+        """An admin asked for the series to be analysed again: it is routed (the caller queues the
+        job in the same transaction) whatever routing decided before."""
+        if series.status not in REPROCESSABLE:
+            why = ("it is still receiving instances" if series.status == SeriesState.RECEIVING
+                   else "it is complete and waiting for routing, which will analyse it")
+            raise NotReprocessable(f"series {series.series_instance_uid} cannot be re-run now: {why}")
+        series.status, series.status_reason = SeriesState.ROUTED, reason
+        if route_name is not None:
+            series.route_name = route_name
