@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.add_commands(sub)
-    reprocess.add_commands(sub)
     _add_model_commands(sub)
     return parser
 
