@@ -239,8 +239,10 @@ def series_events(s: Session, series_uid: str, limit: int = MAX_SERIES_EVENTS) -
     Events about the series' jobs and their deliveries count too: the sender records DELIVERY_SENT
     and the retries with a job and delivery id only, not the series UID.
     """
-    job_ids = select(Job.id).join(Series, Job.series_id == Series.id).where(Series.series_instance_uid == series_uid)
-    delivery_ids = select(Delivery.id).where(Delivery.job_id.in_(job_ids))
+    series_ids = select(Series.id).where(Series.series_instance_uid == series_uid)
+    job_ids = select(Job.id).where(Job.series_id.in_(series_ids))
+    # results belong to the series through their job, forwards of its instances through series_id
+    delivery_ids = select(Delivery.id).where(Delivery.job_id.in_(job_ids) | Delivery.series_id.in_(series_ids))
     q = (select(Event.id, Event.at, Event.code, Event.name, Event.level, Event.message, Event.association_id,
                 Event.series_instance_uid, Event.job_id, Event.delivery_id, Association.calling_ae)
          .outerjoin(Association, Event.association_id == Association.id)

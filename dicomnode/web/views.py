@@ -15,10 +15,11 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from sqlalchemy import func, select, text
 
 from dicomnode.process.pipelines import MODEL_PIPELINES, model_identity, model_manifest
+from dicomnode.web.story import is_job_or_delivery
 
 from storage.models import Association, Delivery, FindingRow, Instance, Job, Series, Study
 from storage.states import DeliveryState, JobState
-from storage.queries import AuditFilter, counts_by, destination_health, run_query
+from storage.queries import AuditFilter, counts_by, destination_health, run_query, series_events
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
@@ -202,7 +203,7 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
                                if r["job_id"] == done["id"] and r["series_instance_uid"] == series_uid),
                               key=lambda r: r["index"])
         deliveries = [d for d in run_query(s, "deliveries", f) if d["series_instance_uid"] == series_uid]
-        events = run_query(s, "events", AuditFilter(series=series_uid, limit=100))
+        events = api_series_events(series_events(s, series_uid))
         info = {
             "series_instance_uid": series.series_instance_uid, "study_instance_uid": study.study_instance_uid,
             "patient_id": study.patient_id, "patient_name": study.patient_name,
@@ -223,6 +224,18 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
             "model_score_label": model_score_label(exam), "model_score_validated": (exam or {}).get("headline") == "model",
             "brock_method": BROCK_METHOD, "zone_note": ZONE_NOTE,
             "deliveries": deliveries, "events": events}
+
+
+# events of a series in /api/series/{uid} besides its job and delivery events (those are all there)
+API_OTHER_EVENTS = 100
+
+
+def api_series_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Newest first: every job and delivery event of the series, and its newest other events (a
+    resent study's hundreds of duplicate-instance events must not push the job's story out)."""
+    story = [e for e in events if is_job_or_delivery(e)]
+    other = [e for e in events if not is_job_or_delivery(e)][-API_OTHER_EVENTS:]
+    return sorted(story + other, key=lambda e: int(e["id"]), reverse=True)
 
 
 def finding_json(row: dict[str, Any]) -> dict[str, Any]:

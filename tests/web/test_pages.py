@@ -225,3 +225,6 @@ def test_series_story_collapses_duplicates_and_keeps_the_job(client: httpx.Clien
         assert f'data-event="{name}"' in jobs, f"{name} missing from the job and deliveries section"
     assert "INSTANCE_DUPLICATE" not in jobs
     assert client.get(f"/series/{uid}", params={"page": 99}).status_code == 200  # past the end: the last page
+    # the REST API's series detail keeps the job's story too (it used to return the newest 100 events)
+    api_events = {e["name"] for e in client.get(f"/api/series/{uid}").json()["events"]}
+    assert {"JOB_DONE", "DELIVERY_DEAD_LETTER", "INSTANCE_DUPLICATE"} <= api_events
