@@ -64,10 +64,20 @@ def requeue_interrupted(db: Database) -> int:
     return len(interrupted)
 
 
+class SourceFilesRemoved(Exception):
+    """Some instances of the series were removed by retention: analysing the rest would report on a
+    partial series as if it were whole."""
+
+
 def load_series_datasets(db: Database, spool: Spool, series_id: int) -> list[Dataset]:
     with db.session() as s:
-        paths = s.execute(select(Instance.path).where(Instance.series_id == series_id)).scalars().all()
-    return [dcmread(spool.path(p)) for p in paths]
+        rows = s.execute(select(Instance.path, Instance.deleted_at).where(Instance.series_id == series_id)).all()
+    removed = [at for _, at in rows if at is not None]
+    if removed:
+        raise SourceFilesRemoved(
+            f"{len(removed)} of {len(rows)} instances of this series were removed by retention "
+            f"(last on {max(removed):%Y-%m-%d}); send the whole series again to analyse it")
+    return [dcmread(spool.path(p)) for p, _ in rows]
 
 
 class JobRunner:

@@ -404,3 +404,18 @@ def test_a_pending_delivery_linked_only_by_instance_or_folder_keeps_the_series(w
                        state=DeliveryState.DEAD))
     assert run_pass(world.db, world.settings).plan.kept == {"delivery not sent (pending, failed or dead letter)": 1}
     assert _all_there(series)
+
+
+def test_a_job_on_a_series_whose_files_retention_removed_says_so(tmp_path: Path) -> None:
+    """A series reopened by a partial resend after retention must not be analysed as if whole: the
+    job fails naming retention, not with a bare 'No such file'."""
+    from dicomnode.process.jobs import SourceFilesRemoved, load_series_datasets
+    from dicomnode.receive.spool import Spool
+
+    world = World(tmp_path, source_days=30, results_days=30)
+    old = world.series(SeriesState.ROUTED, 45)
+    assert world.cli("--json").returncode == 0
+    with world.db.session() as s:
+        series_id = s.execute(select(Series.id).where(Series.series_instance_uid == old.uid)).scalar_one()
+    with pytest.raises(SourceFilesRemoved, match=r"3 of 3 instances of this series were removed by retention"):
+        load_series_datasets(world.db, Spool(world.settings.spool_dir, 0), series_id)
