@@ -355,10 +355,16 @@ def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> byte
         raise NotFound(f"no finding {index_text}")
     f = match[0]
     with node.db.session() as s:
-        path = s.execute(select(Instance.path).where(Instance.sop_instance_uid == f["sop_instance_uid"])).scalar()
-    if path is None:
+        row = s.execute(select(Instance.path, Instance.deleted_at)
+                        .where(Instance.sop_instance_uid == f["sop_instance_uid"])).first()
+    if row is None:
         raise NotFound("the key slice of this finding is no longer in the spool")
-    ct = dcmread(node.spool.path(path))
+    if row.deleted_at is not None:
+        raise NotFound(f"the key slice of this finding was removed by retention on {row.deleted_at:%Y-%m-%d}")
+    try:
+        ct = dcmread(node.spool.path(row.path))
+    except FileNotFoundError:
+        raise NotFound("the key slice of this finding is no longer in the spool") from None
     location = NoduleLocation(lung=f["location"]["lung"], zone=f["location"]["zone"],
                               juxtapleural=bool(f["location"]["juxtapleural"]))
     finding = Finding(center_mm=(f["center_x_mm"], f["center_y_mm"], f["center_z_mm"]),

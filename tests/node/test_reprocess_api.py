@@ -104,6 +104,8 @@ def test_api_rerun_supersedes_the_old_result_with_the_same_uids(web: WebNode, an
         assert body["supersedes_job"] == first and body["state"] == "queued" and body["destinations"] == ["PACS"]
         wait_for(lambda: _job_settled(web, body["job"]), 60, "the re-run to finish")
         detail = client.get(f"/api/series/{uid}").json()
+        page = client.get(f"/series/{uid}").text
+    assert f'data-supersedes="{first}">(re-run of {first})' in page  # the series page's jobs table says so
     # the old result's dead letters will never go out; the replacement has the same SOP Instance UIDs
     assert [(u, s, e) for u, s, e in _deliveries(web, first)] == [(u, "superseded", f"superseded by job {body['job']}")
                                                                   for u, _, _ in old]
