@@ -59,13 +59,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from dicomnode.deliver.retry import requeue_deliveries, wait_for_outcome
+    from dicomnode.deliver.retry import RetryRefused, requeue_deliveries, wait_for_outcome
     from dicomnode.deliver.sender import ResultSender
 
     if args.delivery is None and not args.all_dead:
         raise UserError("say which: --delivery ID or --all-dead")
     settings, db = open_db(args)
-    ids = requeue_deliveries(db, args.delivery, args.all_dead)
+    try:
+        ids = requeue_deliveries(db, args.delivery, args.all_dead)
+    except RetryRefused as exc:
+        raise UserError(str(exc)) from None
     if not ids:
         raise UserError("nothing to retry" + (f": no delivery {args.delivery}" if args.delivery else ": no dead letters"))
     out.print(f"queued {len(ids)} delivery(ies) again: {', '.join(map(str, ids))}")

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import time
 
+from datetime import datetime
+
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
-from storage.models import Delivery, utcnow
-from storage.states import DeliveryState
+from storage.models import Delivery, Instance, Job, Series, utcnow
+from storage.states import DeliveryKind, DeliveryState
+
+
+class RetryRefused(Exception):
+    """The delivery cannot be sent again: its file is gone (removed by retention)."""
+
+
+def removed_by_retention(s: Session, delivery: Delivery) -> datetime | None:
+    """When retention removed the file this delivery would send (None: it is still there)."""
+    if delivery.kind == DeliveryKind.FORWARD:  # a source instance in the spool
+        return s.execute(select(Instance.deleted_at)
+                         .where(Instance.sop_instance_uid == delivery.sop_instance_uid)).scalar()
+    removed: datetime | None = s.execute(select(Series.results_deleted_at).join(Job, Job.series_id == Series.id)
+                                         .where(Job.id == delivery.job_id)).scalar()
+    # a result made after the removal (a re-run) has its files
+    return removed if removed is not None and removed >= delivery.created_at else None
 
 
 def requeue_deliveries(db: Database, delivery_id: int | None = None, all_dead: bool = False,
@@ -25,6 +43,12 @@ def requeue_deliveries(db: Database, delivery_id: int | None = None, all_dead: b
         else:
             raise ValueError("name a delivery or ask for all dead letters")
         ids = list(s.execute(query).scalars())
+        if delivery_id is not None and ids:
+            delivery = s.get(Delivery, delivery_id)
+            removed = None if delivery is None else removed_by_retention(s, delivery)
+            if removed is not None:
+                raise RetryRefused(f"delivery {delivery_id} cannot be sent again: its file was removed by retention "
+                                   f"on {removed:%Y-%m-%d}; `dicomnode reprocess` makes the result again")
         if ids:
             s.execute(update(Delivery).where(Delivery.id.in_(ids))
                       .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=utcnow(), last_error=None))

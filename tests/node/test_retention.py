@@ -419,3 +419,22 @@ def test_a_job_on_a_series_whose_files_retention_removed_says_so(tmp_path: Path)
         series_id = s.execute(select(Series.id).where(Series.series_instance_uid == old.uid)).scalar_one()
     with pytest.raises(SourceFilesRemoved, match=r"3 of 3 instances of this series were removed by retention"):
         load_series_datasets(world.db, Spool(world.settings.spool_dir, 0), series_id)
+
+
+def test_retry_of_a_delivery_whose_file_retention_removed_is_refused_naming_retention(tmp_path: Path) -> None:
+    """`dicomnode retry --delivery N` of a delivered result after retention removed its outbox file
+    used to queue it again, to dead-letter after every retry; now it is refused with the reason."""
+    world = World(tmp_path, source_days=30, results_days=30)
+    old = world.series(SeriesState.ROUTED, 45)
+    assert world.cli("--json").returncode == 0
+    with world.db.session() as s:
+        delivery_id = s.execute(select(Delivery.id).join(Job, Delivery.job_id == Job.id).join(Series)
+                                .where(Series.series_instance_uid == old.uid)).scalars().first()
+    assert delivery_id is not None
+    retry = subprocess.run([PYTHON, "-m", "dicomnode.cli", "retry", "--delivery", str(delivery_id), "--queue-only",
+                            "--config", str(world.config), "--data-dir", str(world.data_dir)],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert retry.returncode == 2 and "removed by retention" in retry.stdout + retry.stderr, retry
+    with world.db.session() as s:
+        assert s.get(Delivery, delivery_id).state == DeliveryState.DELIVERED  # not queued again
