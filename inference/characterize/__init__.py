@@ -42,7 +42,8 @@ def characterize_nodule(
         return _failed(seg.reason or "segmentation failed", make_location(lung, zone, False), centre_zyx)
 
     near_wall = dilate_mm(seg.wall, 2.0 * float(spacing[1:].mean()), spacing)
-    share = attenuation.solid_share(seg.smooth, seg.mask, spacing, near_wall)
+    vessels = attenuation.vessel_voxels(seg.smooth, seg.mask, spacing)
+    share = attenuation.solid_share(seg.smooth, seg.mask, spacing, near_wall, vessels)
     ratio = attenuation.volume_ratio(seg.smooth, seg.mask)
     solid_guess = share >= attenuation.SOLID_SHARE and ratio <= attenuation.SOLID_MAX_RATIO
     level = _level(seg.hu, seg.mask, spacing, solid_guess)

@@ -29,6 +29,9 @@ SOLID_MAX_RATIO = 3.0  # ...unless its volume above -750 HU is over 3x that abov
 GGO_SHARE = 0.03  # below this (and no measurable solid part) it is ground-glass
 MIN_SOLID_COMPONENT_MM = 1.5  # a solid part smaller than this cannot be measured (under a pixel or two)
 _RIM_PX = 1.0
+VESSEL_CLEARANCE_PX = 1  # a dense structure must reach this many voxels beyond the nodule to be a vessel...
+VESSEL_MIN_OUTSIDE_VOXELS = 3  # ...with at least this many voxels there (not one noisy voxel)
+VESSEL_MAX_RADIUS = 0.5  # a "vessel" thicker than this times the nodule's inscribed radius is left in
 _CENTRAL_AREA = 0.6
 
 
@@ -45,11 +48,47 @@ def core(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return out
 
 
-def solid_share(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray, near_wall: np.ndarray | None = None) -> float:
-    """Share of the core above -300 HU; voxels next to the chest wall (its partial volume) are left out."""
+def vessel_voxels(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Dense voxels of the nodule that belong to a vessel running through or along it.
+
+    A dense (> -300 HU) structure that continues outside the nodule is a vessel (or the wall); its
+    radius is the largest depth of its part outside. Inside the nodule, what an opening by a ball
+    a little larger than that radius removes is the vessel's course; what survives is thicker than
+    the vessel: a solid core (or all of a solid nodule), which stays.
+    """
+    dense = smooth > SOLID_THRESHOLD_HU
+    labels, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
+    out = np.zeros_like(mask)
+    if n == 0:
+        return out
+    around = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool), iterations=VESSEL_CLEARANCE_PX)
+    px = float(spacing[1:].mean())
+    inscribed = float(ndimage.distance_transform_edt(mask, sampling=spacing).max())
+    for label in np.unique(labels[mask & dense]):
+        comp = labels == label
+        outside = comp & ~around
+        if outside.sum() < VESSEL_MIN_OUTSIDE_VOXELS:
+            continue
+        depth = ndimage.distance_transform_edt(comp, sampling=spacing)
+        # its radius where it leaves the nodule (farther on it may join a larger trunk)
+        exit_ring = outside & ndimage.binary_dilation(around, structure=np.ones((3, 3, 3), bool), iterations=2)
+        rho = float(depth[exit_ring if exit_ring.any() else outside].max()) + 0.5 * px
+        if rho > VESSEL_MAX_RADIUS * inscribed:  # as thick as the nodule: not told apart by shape
+            continue
+        eroded = depth > rho
+        body = ndimage.distance_transform_edt(~eroded, sampling=spacing) <= rho if eroded.any() else eroded
+        out |= comp & mask & ~body
+    return out
+
+
+def solid_share(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray, near_wall: np.ndarray | None = None,
+                vessels: np.ndarray | None = None) -> float:
+    """Share of the core above -300 HU; voxels next to the chest wall (its partial volume) and the
+    course of vessels through the nodule are left out (as long as some core remains)."""
     c = core(mask, spacing)
-    if near_wall is not None and (c & ~near_wall).any():
-        c &= ~near_wall
+    for exclude in (near_wall, vessels):
+        if exclude is not None and (c & ~exclude).any():
+            c &= ~exclude
     return float((smooth[c] > SOLID_THRESHOLD_HU).mean()) if c.any() else 0.0
 
 
