@@ -32,6 +32,9 @@ SEED_THRESHOLD_HU = -750.0
 # the nodule reaches at most this times its median ray radius (+ half a pixel); lobes stay inside
 # (phantom lobes add 8-18 %), tuned on phantom seeds 7000..7019 (1.1 best of 0.9 ... 1.4)
 ENVELOPE_FACTOR = 1.1
+# soft tissue (attenuation.SOLID_THRESHOLD_HU): only dense structures beyond the envelope are cut as
+# vessels; a ground-glass lobe of an irregular real lesion (lidc-idri-0002) is the lesion, not a vessel
+DENSE_HU = -300.0
 DEFAULT_PARENCHYMA_HU = -850.0
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
 
@@ -102,7 +105,7 @@ def segment_nodule(
     seed = smooth > SEED_THRESHOLD_HU
 
     wall = opening_mm(seed, 0.6 * 2 * radius + 1.5, spacing)
-    r_small, body = _split(seed, wall, local, spacing, radius)
+    r_small, body = _split(smooth, seed, wall, local, spacing, radius)
     if not body.any():
         empty = np.zeros_like(seed)
         return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False,
@@ -112,7 +115,7 @@ def segment_nodule(
 
 
 def _split(
-    seed: np.ndarray, wall: np.ndarray, local: np.ndarray, spacing: np.ndarray, radius: float,
+    smooth: np.ndarray, seed: np.ndarray, wall: np.ndarray, local: np.ndarray, spacing: np.ndarray, radius: float,
 ) -> tuple[float, np.ndarray]:
     """Separate the nodule from vessels and the wall: a marker watershed on the distance map.
 
@@ -134,24 +137,24 @@ def _split(
     nodule_marker = component_at(thick, deepest, spacing, np.inf)
     markers = np.zeros(seed.shape, np.int32)
     markers[seed & (dist2 > (2 * radius + 4.0) ** 2)] = 2
-    markers[wall] = 2
+    markers[wall] = 3  # its own label: the envelope pass below cuts vessels, not the wall contact
     markers[nodule_marker] = 1
     labels = watershed(-depth, markers, mask=seed, connectivity=1)
     r_small = float(np.clip(0.5 * inscribed, 0.7, 0.5 * radius + 1.0))
     # Second pass with a shape prior. On a vessel's plateau of equal depth the two floods above meet
-    # half-way between the nodule and the far marker, so the nodule takes a length of vessel (and
-    # of wall contact) with it. Everything beyond the envelope (ENVELOPE_FACTOR x the nodule's own
-    # radius) that continues into a vessel or the wall becomes a marker of the other basin, so the
-    # basins meet near the nodule's surface; beyond-envelope parts that end freely (spicules) stay.
+    # half-way between the nodule and the far marker, so the nodule takes a length of vessel with
+    # it. Dense voxels beyond the envelope (ENVELOPE_FACTOR x the nodule's own radius) become
+    # markers of the other basin, so the basins meet near the nodule's surface; beyond-envelope
+    # parts of the first nodule that end freely (spicules) are not marked and stay.
     nodule = labels == 1
     centre = np.argwhere(nodule_marker).mean(axis=0)
     envelope = ENVELOPE_FACTOR * _radius(nodule, centre, spacing) + float(spacing[1:].mean()) / 2
     beyond = _distance2(seed.shape, centre, spacing) > envelope ** 2
-    free_ending = (nodule & beyond) & ~_touching(nodule & beyond, labels == 2)
-    markers[seed & beyond & ~free_ending] = 2
+    to_vessel = _touching(nodule & beyond, labels == 2)
+    markers[seed & (smooth > DENSE_HU) & beyond & ~(nodule & ~to_vessel) & (markers == 0)] = 2
     markers[nodule_marker] = 1
     labels = watershed(-depth, markers, mask=seed, connectivity=1)
-    return r_small, _drop_stubs(labels == 1, labels == 2, r_small, spacing)
+    return r_small, _drop_stubs(labels == 1, labels >= 2, r_small, spacing)
 
 
 def _touching(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
