@@ -26,6 +26,8 @@ from inference.characterize.model import AttenuationType
 SOLID_THRESHOLD_HU = -300.0
 SOLID_SHARE = 0.74  # core share above -300 HU at or above which the nodule is solid...
 SOLID_MAX_RATIO = 3.0  # ...unless its volume above -750 HU is over 3x that above -300 HU (a ground-glass rim)
+SOLID_MAX_RIM = 0.9  # ...or it has more ground-glass-band voxels than 0.9x its tissue voxels (a rim)
+GGO_BAND_HU = (-700.0, -450.0)  # ground glass (phantoms -650 ... -500 HU), away from lung and tissue
 GGO_SHARE = 0.03  # below this (and no measurable solid part) it is ground-glass
 MIN_SOLID_COMPONENT_MM = 1.5  # a solid part smaller than this cannot be measured (under a pixel or two)
 _RIM_PX = 1.0
@@ -98,8 +100,24 @@ def volume_ratio(smooth: np.ndarray, mask: np.ndarray) -> float:
     return float(mask.sum()) / solid if solid else float("inf")
 
 
-def classify(share: float, ratio: float, solid_component_mm: float) -> AttenuationType:
-    if share >= SOLID_SHARE and ratio <= SOLID_MAX_RATIO:
+def ground_glass_rim(smooth: np.ndarray, mask: np.ndarray) -> float:
+    """Voxels in the ground-glass band over voxels of soft tissue (> -200 HU), inside the nodule.
+
+    The partial-volume edge of a solid nodule spreads its voxels evenly over every HU between lung
+    and tissue, so a 250 HU band holds few of them; a real ground-glass rim piles up in the band.
+    """
+    values = smooth[mask]
+    rim = int(((values > GGO_BAND_HU[0]) & (values <= GGO_BAND_HU[1])).sum())
+    tissue = int((values > -200.0).sum())
+    return rim / tissue if tissue else float("inf")
+
+
+def is_solid(share: float, ratio: float, rim: float = 0.0) -> bool:
+    return share >= SOLID_SHARE and ratio <= SOLID_MAX_RATIO and rim <= SOLID_MAX_RIM
+
+
+def classify(share: float, ratio: float, solid_component_mm: float, rim: float = 0.0) -> AttenuationType:
+    if is_solid(share, ratio, rim):
         return "solid"
     if share < GGO_SHARE or solid_component_mm < MIN_SOLID_COMPONENT_MM:
         return "ground_glass"
