@@ -32,6 +32,8 @@ SEED_THRESHOLD_HU = -750.0
 # the nodule reaches at most this times its median ray radius (+ half a pixel); lobes stay inside
 # (phantom lobes add 8-18 %), tuned on phantom seeds 7000..7019 (1.1 best of 0.9 ... 1.4)
 ENVELOPE_FACTOR = 1.1
+INSCRIBED_FACTOR = 1.0
+CUT_FACTOR = 1.0
 # soft tissue (attenuation.SOLID_THRESHOLD_HU): only dense structures beyond the envelope are cut as
 # vessels; a ground-glass lobe of an irregular real lesion (lidc-idri-0002) is the lesion, not a vessel
 DENSE_HU = -300.0
@@ -148,13 +150,23 @@ def _split(
     # parts of the first nodule that end freely (spicules) are not marked and stay.
     nodule = labels == 1
     centre = np.argwhere(nodule_marker).mean(axis=0)
-    envelope = ENVELOPE_FACTOR * _radius(nodule, centre, spacing) + float(spacing[1:].mean()) / 2
+    on_wall = bool(_touching(nodule, labels == 3).any())
+    own_radius = _radius(nodule, centre, spacing)
+    if not on_wall:
+        own_radius = min(own_radius, INSCRIBED_FACTOR * inscribed)
+    envelope = ENVELOPE_FACTOR * own_radius + float(spacing[1:].mean()) / 2
     beyond = _distance2(seed.shape, centre, spacing) > envelope ** 2
     to_vessel = _touching(nodule & beyond, labels == 2)
     markers[seed & (smooth > DENSE_HU) & beyond & ~(nodule & ~to_vessel) & (markers == 0)] = 2
     markers[nodule_marker] = 1
     labels = watershed(-depth, markers, mask=seed, connectivity=1)
-    return r_small, _drop_stubs(labels == 1, labels >= 2, r_small, spacing)
+    nodule = labels == 1
+    if CUT_FACTOR > 0 and not on_wall:
+        cut = CUT_FACTOR * own_radius + float(spacing[1:].mean()) / 2
+        out = nodule & (_distance2(seed.shape, centre, spacing) > cut ** 2) & (smooth > DENSE_HU)
+        nodule &= ~_touching(out, labels == 2)
+        nodule = component_at(nodule, centre, spacing, np.inf)
+    return r_small, _drop_stubs(nodule, labels >= 2, r_small, spacing)
 
 
 def _touching(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
