@@ -14,7 +14,9 @@ Method (all distances in mm, so anisotropic voxels are handled by `sampling`):
    mask closed over the nodule's bite was tried and lost more of juxtapleural nodules on phantoms.)
 4. Vessels: a marker-controlled watershed on the distance map (`_split`) cuts the nodule from the
    vessels and the wall at the narrowest neck between them; spicules, which end near the nodule and
-   taper outwards, stay with it.
+   taper outwards, stay with it. Where there is no neck (a vessel as thick as the nodule, or running
+   through it), a second pass with a shape prior (`_envelope_pass`) cuts dense structures that run
+   on into a vessel at the nodule's own radius, measured by rays from its centre.
 5. Partial volume: the final boundary is re-thresholded half-way between the local parenchyma HU and
    the nodule's own level (its solid HU for solid nodules, its ground-glass HU otherwise), the
    half-maximum rule that makes a voxel count when at least half of it is nodule.
@@ -29,11 +31,9 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 SEED_THRESHOLD_HU = -750.0
-# the nodule reaches at most this times its median ray radius (+ half a pixel); lobes stay inside
-# (phantom lobes add 8-18 %), tuned on phantom seeds 7000..7019 (1.1 best of 0.9 ... 1.4)
+# dense structures beyond this times the nodule's own radius (+ half a pixel) are vessels; lobes
+# stay inside (phantom lobes add 8-18 %); tuned on phantom seeds 7000..7049 (1.1 best of 0.9 ... 1.4)
 ENVELOPE_FACTOR = 1.1
-INSCRIBED_FACTOR = 1.0
-CUT_FACTOR = 1.0
 # soft tissue (attenuation.SOLID_THRESHOLD_HU): only dense structures beyond the envelope are cut as
 # vessels; a ground-glass lobe of an irregular real lesion (lidc-idri-0002) is the lesion, not a vessel
 DENSE_HU = -300.0
@@ -143,30 +143,46 @@ def _split(
     markers[nodule_marker] = 1
     labels = watershed(-depth, markers, mask=seed, connectivity=1)
     r_small = float(np.clip(0.5 * inscribed, 0.7, 0.5 * radius + 1.0))
-    # Second pass with a shape prior. On a vessel's plateau of equal depth the two floods above meet
-    # half-way between the nodule and the far marker, so the nodule takes a length of vessel with
-    # it. Dense voxels beyond the envelope (ENVELOPE_FACTOR x the nodule's own radius) become
-    # markers of the other basin, so the basins meet near the nodule's surface; beyond-envelope
-    # parts of the first nodule that end freely (spicules) are not marked and stay.
+    nodule, other = _envelope_pass(labels, markers, nodule_marker, depth, smooth, seed, spacing, inscribed)
+    return r_small, _drop_stubs(nodule, other, r_small, spacing)
+
+
+def _envelope_pass(
+    labels: np.ndarray, markers: np.ndarray, nodule_marker: np.ndarray, depth: np.ndarray, smooth: np.ndarray,
+    seed: np.ndarray, spacing: np.ndarray, inscribed: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Second watershed with a shape prior: cut attached vessels near the nodule's own surface.
+
+    On a vessel's plateau of equal depth the first pass's floods meet half-way between the nodule
+    and the far marker, so the nodule takes a length of vessel with it. The nodule's own radius is
+    the median ray radius of that first nodule (a vessel lengthens only the rays that run into it),
+    bounded off the wall by its inscribed radius (which a vessel hardly changes; against the wall
+    the inscribed radius is that of the visible cap only). Dense voxels beyond the envelope
+    (ENVELOPE_FACTOR x that radius) become markers of the other basin, so the basins meet near the
+    nodule's surface; parts of the first nodule beyond it that end freely (spicules) are not marked.
+    Off the wall, dense parts beyond the radius itself that still run into a vessel are then cut.
+    Returns (the nodule, everything else: vessels and wall).
+    """
     nodule = labels == 1
     centre = np.argwhere(nodule_marker).mean(axis=0)
+    half_px = float(spacing[1:].mean()) / 2
     on_wall = bool(_touching(nodule, labels == 3).any())
     own_radius = _radius(nodule, centre, spacing)
     if not on_wall:
-        own_radius = min(own_radius, INSCRIBED_FACTOR * inscribed)
-    envelope = ENVELOPE_FACTOR * own_radius + float(spacing[1:].mean()) / 2
-    beyond = _distance2(seed.shape, centre, spacing) > envelope ** 2
+        own_radius = min(own_radius, inscribed)
+    dist2 = _distance2(seed.shape, centre, spacing)
+    dense = smooth > DENSE_HU
+    beyond = dist2 > (ENVELOPE_FACTOR * own_radius + half_px) ** 2
     to_vessel = _touching(nodule & beyond, labels == 2)
-    markers[seed & (smooth > DENSE_HU) & beyond & ~(nodule & ~to_vessel) & (markers == 0)] = 2
+    markers[seed & dense & beyond & ~(nodule & ~to_vessel) & (markers == 0)] = 2
     markers[nodule_marker] = 1
     labels = watershed(-depth, markers, mask=seed, connectivity=1)
     nodule = labels == 1
-    if CUT_FACTOR > 0 and not on_wall:
-        cut = CUT_FACTOR * own_radius + float(spacing[1:].mean()) / 2
-        out = nodule & (_distance2(seed.shape, centre, spacing) > cut ** 2) & (smooth > DENSE_HU)
+    if not on_wall:
+        out = nodule & dense & (dist2 > (own_radius + half_px) ** 2)
         nodule &= ~_touching(out, labels == 2)
         nodule = component_at(nodule, centre, spacing, np.inf)
-    return r_small, _drop_stubs(nodule, labels >= 2, r_small, spacing)
+    return nodule, labels >= 2
 
 
 def _touching(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
