@@ -26,7 +26,7 @@ from inference.characterize.model import AttenuationType
 SOLID_THRESHOLD_HU = -300.0
 SOLID_SHARE = 0.74  # core share above -300 HU at or above which the nodule is solid...
 SOLID_MAX_RATIO = 3.0  # ...unless its volume above -750 HU is over 3x that above -300 HU (a ground-glass rim)
-SOLID_MAX_RIM = 0.9  # ...or it has more ground-glass-band voxels than 0.9x its tissue voxels (a rim)
+SOLID_MAX_RIM = 0.93  # ...or a ground-glass layer thicker than 0.93 mm lies around its tissue (a rim)
 GGO_BAND_HU = (-700.0, -450.0)  # ground glass (phantoms -650 ... -500 HU), away from lung and tissue
 GGO_SHARE = 0.03  # below this (and no measurable solid part) it is ground-glass
 MIN_SOLID_COMPONENT_MM = 1.5  # a solid part smaller than this cannot be measured (under a pixel or two)
@@ -100,16 +100,22 @@ def volume_ratio(smooth: np.ndarray, mask: np.ndarray) -> float:
     return float(mask.sum()) / solid if solid else float("inf")
 
 
-def ground_glass_rim(smooth: np.ndarray, mask: np.ndarray) -> float:
-    """Voxels in the ground-glass band over voxels of soft tissue (> -200 HU), inside the nodule.
+def ground_glass_rim(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+    """Thickness (mm) of the ground-glass layer around the nodule's soft tissue: the volume of its
+    voxels in the ground-glass band over the surface of its tissue (> -200 HU, taken as a sphere).
 
     The partial-volume edge of a solid nodule spreads its voxels evenly over every HU between lung
-    and tissue, so a 250 HU band holds few of them; a real ground-glass rim piles up in the band.
+    and tissue, so a 250 HU band holds a thin layer of them (about a voxel's share, whatever the
+    nodule's size: 0.9 mm or less on 1.5 x 1.5 x 3 mm phantoms of 6 mm or more); a real
+    ground-glass rim piles up in the band and is thicker (1 mm or more on the same phantoms).
     """
     values = smooth[mask]
-    rim = int(((values > GGO_BAND_HU[0]) & (values <= GGO_BAND_HU[1])).sum())
-    tissue = int((values > -200.0).sum())
-    return rim / tissue if tissue else float("inf")
+    voxel = float(np.prod(spacing))
+    band = float(((values > GGO_BAND_HU[0]) & (values <= GGO_BAND_HU[1])).sum()) * voxel
+    tissue = float((values > -200.0).sum()) * voxel
+    if tissue == 0:
+        return float("inf")
+    return band / ((36 * np.pi) ** (1 / 3) * tissue ** (2 / 3))
 
 
 def is_solid(share: float, ratio: float, rim: float = 0.0) -> bool:
