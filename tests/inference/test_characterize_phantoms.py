@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.training.characterize_eval import TYPES, evaluate
+from inference.training.characterize_eval import TYPES, evaluate, evaluate_seed
 
 SEEDS = range(700, 706)
 
@@ -27,3 +27,15 @@ def test_type_and_volume_on_held_out_phantoms() -> None:
     assert within >= 0.85, [(r.seed, round(r.diameter_mm, 1), f"{r.volume_error:+.0%}") for r in free]
     # every segmentation of a nodule inside the scan succeeds
     assert all(r.segmentation_ok for r in counted)
+
+
+def test_small_part_solid_nodules_keep_their_ground_glass_rim() -> None:
+    # free part-solid nodules of about 9 mm whose core share and volume ratio look solid at
+    # 1.5 x 1.5 x 3 mm (phantom seeds 7026 and 7034, tuning seeds): typed solid, they lost their
+    # ground-glass rim to the solid boundary (-54 %, -47 % volume); the rim thickness keeps them
+    cases = {7026: 3, 7034: 1}
+    for seed, index in cases.items():
+        r = evaluate_seed(seed)[index]
+        assert (r.truth_type, r.attached_to) == ("part_solid", None)
+        assert r.predicted_type == "part_solid", (seed, index, r.predicted_type)
+        assert abs(r.volume_error) <= 0.15, (seed, index, f"{r.volume_error:+.0%}")
