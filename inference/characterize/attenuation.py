@@ -15,6 +15,16 @@ nodule (only its partial-volume edge, about 0.8 mm, lies between the two: ratio 
 phantoms of 6 mm and more) from a part-solid one with a large core but a real ground-glass rim.
 Cut-offs `SOLID_SHARE`, `SOLID_MAX_RATIO` and `GGO_SHARE` were tuned on phantom seeds 1..40 (small phantoms) and
 checked on seeds 500..519 (type 90.7 %); see evaluate.py.
+
+Two later rules, tuned on phantom seeds 7000..7049 (held out: 8000..8019 and 9000..9019):
+- Vessels (`vessel_voxels`): a vessel running through or along a ground-glass nodule puts its
+  dense voxels in the core and made it part-solid. Dense structures that continue outside the
+  nodule lose, inside it, what an opening by their exit radius removes (their course); a solid core
+  (or a solid nodule) thicker than the vessel survives the opening and is still counted.
+- Ground-glass rim (`ground_glass_rim`): a part-solid nodule of about 9 mm with a large core has a
+  core share and a volume ratio like a solid one at 1.5 x 1.5 x 3 mm. The thickness of its layer in
+  the ground-glass band (-700 ... -450 HU) around its tissue tells them apart: at most 0.88 mm for
+  solid phantoms of 6 mm or more (their partial-volume edge), 0.98 mm or more for part-solid ones.
 """
 from __future__ import annotations
 
