@@ -42,15 +42,17 @@ def characterize_nodule(
         return _failed(seg.reason or "segmentation failed", make_location(lung, zone, False), centre_zyx)
 
     near_wall = dilate_mm(seg.wall, 2.0 * float(spacing[1:].mean()), spacing)
-    share = attenuation.solid_share(seg.smooth, seg.mask, spacing, near_wall)
+    vessels = attenuation.vessel_voxels(seg.smooth, seg.mask, spacing)
+    share = attenuation.solid_share(seg.smooth, seg.mask, spacing, near_wall, vessels)
     ratio = attenuation.volume_ratio(seg.smooth, seg.mask)
-    solid_guess = share >= attenuation.SOLID_SHARE and ratio <= attenuation.SOLID_MAX_RATIO
+    rim = attenuation.ground_glass_rim(seg.smooth, seg.mask, spacing)
+    solid_guess = attenuation.is_solid(share, ratio, rim)
     level = _level(seg.hu, seg.mask, spacing, solid_guess)
     threshold = refine_boundary(seg, level)
     mask = seg.mask
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))
-    kind = attenuation.classify(share, ratio, solid_axes.mean_mm if solid_axes else 0.0)
+    kind = attenuation.classify(share, ratio, solid_axes.mean_mm if solid_axes else 0.0, rim)
     if kind == "solid":
         solid, solid_axes = mask, measure.axes(mask, spacing, int(offset[0]))
     elif kind == "ground_glass":
@@ -73,7 +75,7 @@ def characterize_nodule(
         mean_hu=round(float(seg.hu[mask].mean()), 1),
         centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
         features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,
-                  "radial_cv": round(cv, 4), "volume_ratio": round(ratio, 3), "spicules": float(seg.spicules),
+                  "radial_cv": round(cv, 4), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
                   "calcified_share": round(calc_share, 4)},
     )
 

@@ -78,6 +78,14 @@ class Evaluation:
     def volume_errors(self) -> np.ndarray:
         return np.array([r.volume_error for r in self.counted])
 
+    def within_by_attachment(self, tolerance: float = 0.15) -> dict[str, tuple[int, int]]:
+        """(within tolerance, counted) per attachment: free in the lung, on a vessel, on the pleura."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, attached in (("free", None), ("vessel", "vessel"), ("pleura", "pleura")):
+            group = [r for r in self.counted if r.attached_to == attached]
+            out[name] = (sum(abs(r.volume_error) <= tolerance for r in group), len(group))
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """Confusion matrices (rows truth, columns predicted), accuracies and volume errors, for `--json`."""
         out: dict[str, Any] = {"min_diameter_mm": self.min_diameter_mm, "nodules_counted": len(self.counted),
@@ -89,6 +97,7 @@ class Evaluation:
         out["volume_error"] = None if not err.size else {
             "mean": round(float(err.mean()), 4), "median_abs": round(float(np.median(np.abs(err))), 4),
             "max_abs": round(float(np.abs(err).max()), 4), "share_within_15pct": round(float((np.abs(err) <= 0.15).mean()), 4),
+            "within_15pct_by_attachment": {k: list(v) for k, v in self.within_by_attachment().items()},
         }
         return out
 
@@ -148,6 +157,8 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
         q = np.percentile(np.abs(err), [50, 90, 100])
         lines.append(f"volume error: mean {err.mean():+.1%}, |error| median {q[0]:.1%}, 90th pct {q[1]:.1%}, "
                      f"max {q[2]:.1%}; within 15%: {(np.abs(err) <= 0.15).mean():.1%}")
+        lines.append("within 15% by attachment: " + ", ".join(
+            f"{name} {k}/{n}" for name, (k, n) in ev.within_by_attachment().items()))
     for r in ev.counted if details else []:
         flag = "" if (r.truth_type == r.predicted_type and abs(r.volume_error) <= 0.15) else "  <--"
         lines.append(f"  seed {r.seed} {r.diameter_mm:5.1f} mm {r.truth_type:>12} -> {r.predicted_type:<12} "

@@ -1,4 +1,5 @@
-"""Characterisation on held-out phantoms (seeds never used for tuning: those were 1..40 and 500..519).
+"""Characterisation on held-out phantoms (seeds never used for tuning: those were 1..40, 500..519 and
+7000..7049).
 
 Truth: the phantom's own nodules (kind) and the painter's partial-volume fraction (volume; see
 inference.training.characterize_eval.truth_volume). Small phantoms keep this to a few seconds per seed.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.training.characterize_eval import TYPES, evaluate
+from inference.training.characterize_eval import TYPES, evaluate, evaluate_seed
 
 SEEDS = range(700, 706)
 
@@ -18,12 +19,28 @@ def test_type_and_volume_on_held_out_phantoms() -> None:
     assert len(counted) >= 15, f"too few nodules of 6 mm or more to judge: {len(counted)}"
     confusion = ev.confusion("type")
     assert ev.accuracy("type") >= 0.9, f"type confusion (rows truth, columns predicted, {TYPES}):\n{confusion}"
-    # volume: nodules free in the lung; attached ones are reported by evaluate, not held to it here.
-    # The issue's target (every nodule >= 6 mm within 15 %) is NOT met: a small part-solid nodule
-    # typed solid loses its ground-glass rim (-52 % on seed 701), and vessel/pleura contacts err more.
+    # volume. The issue's target (every nodule >= 6 mm within 15 %) is NOT met: here a 6.5 mm
+    # part-solid nodule typed solid loses its ground-glass rim (-52 %, seed 701), a 6.4 mm one on
+    # the pleura loses its cap to the wall (-34 %, seed 700) and one on a vessel keeps a stub (+19 %,
+    # seed 704). Before the shape prior and the rim: free 13/15, attached 2/5.
     free = [r for r in counted if r.attached_to is None]
-    within = np.mean([abs(r.volume_error) <= 0.15 for r in free])
+    attached = [r for r in counted if r.attached_to is not None]
     assert np.median([abs(r.volume_error) for r in free]) <= 0.1
-    assert within >= 0.85, [(r.seed, round(r.diameter_mm, 1), f"{r.volume_error:+.0%}") for r in free]
+    misses = [(r.seed, round(r.diameter_mm, 1), r.attached_to, f"{r.volume_error:+.0%}") for r in counted
+              if abs(r.volume_error) > 0.15]
+    assert np.mean([abs(r.volume_error) <= 0.15 for r in free]) >= 0.9, misses
+    assert np.mean([abs(r.volume_error) <= 0.15 for r in attached]) >= 0.6, misses
     # every segmentation of a nodule inside the scan succeeds
     assert all(r.segmentation_ok for r in counted)
+
+
+def test_small_part_solid_nodules_keep_their_ground_glass_rim() -> None:
+    # free part-solid nodules of about 9 mm whose core share and volume ratio look solid at
+    # 1.5 x 1.5 x 3 mm (phantom seeds 7026 and 7034, tuning seeds): typed solid, they lost their
+    # ground-glass rim to the solid boundary (-54 %, -47 % volume); the rim thickness keeps them
+    cases = {7026: 3, 7034: 1}
+    for seed, index in cases.items():
+        r = evaluate_seed(seed)[index]
+        assert (r.truth_type, r.attached_to) == ("part_solid", None)
+        assert r.predicted_type == "part_solid", (seed, index, r.predicted_type)
+        assert abs(r.volume_error) <= 0.15, (seed, index, f"{r.volume_error:+.0%}")
