@@ -5,7 +5,7 @@ import argparse
 from enum import StrEnum
 from typing import Any
 
-from dicomnode.cli.common import UserError, add_settings_args, open_db, out, print_rows
+from dicomnode.cli.common import NOTHING_TO_DO, UserError, add_settings_args, open_db, out, print_rows
 from storage.events import EventCode
 from storage.states import AssociationState, DeliveryState, JobState, SeriesState
 
@@ -69,8 +69,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
         ids = requeue_deliveries(db, args.delivery, args.all_dead)
     except RetryRefused as exc:
         raise UserError(str(exc)) from None
+    if not ids and args.delivery is not None:
+        raise UserError(f"no delivery {args.delivery} that can be sent again (see `dicomnode audit deliveries`)")
     if not ids:
-        raise UserError("nothing to retry" + (f": no delivery {args.delivery}" if args.delivery else ": no dead letters"))
+        out.print("nothing to retry: no dead letters", highlight=False)
+        return NOTHING_TO_DO
     out.print(f"queued {len(ids)} delivery(ies) again: {', '.join(map(str, ids))}")
     if args.queue_only:
         return 0

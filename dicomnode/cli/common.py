@@ -24,6 +24,10 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 250)
 
 
+# exit codes every command keeps (README, `dicomnode --help`): 0 done, 1 done in part, 2 error
+NOTHING_TO_DO = 3  # the command found nothing to act on (no DICOM file to send, no delivery to retry)
+
+
 class UserError(Exception):
     """A mistake the user can fix; printed without a traceback."""
 

@@ -5,12 +5,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dicomnode.cli.common import UserError, ae_title_arg, console, out, parse_address, progress_bar, terminal_safe
+from dicomnode.cli.common import (
+    NOTHING_TO_DO, UserError, ae_title_arg, console, out, parse_address, progress_bar, terminal_safe,
+)
 
 # the calling AE title of `echo` and `send`: their own, so that the node's console and audit say who
 # called ("From DICOMNODE_SCU"), never the node's own title (PS3.5 AE: 16 characters at most)
 SCU_AE_TITLE = "DICOMNODE_SCU"
-NOTHING_SENT = 3  # `send` found no DICOM file to send
+NOTHING_SENT = NOTHING_TO_DO  # `send` found no DICOM file to send
 
 ECHO_EPILOG = f"""The calling AE title is {SCU_AE_TITLE} unless --calling-ae says otherwise.
 Exit codes: 0 the peer answered success; 1 it answered another status; 2 no association (refused,

@@ -50,6 +50,19 @@ def test_send_with_nothing_to_send_exits_3_and_names_each_file_in_our_words(tmp_
     assert "3 nothing to send" in help_text and "DICOMNODE_SCU" in help_text
 
 
+def test_retry_says_whether_anything_was_done(tmp_path: Path) -> None:
+    """No dead letters: nothing to do (3); a delivery that does not exist: an error (2)."""
+    from storage.db import Database
+
+    (tmp_path / "data").mkdir()
+    Database(f"sqlite:///{tmp_path / 'data' / 'audit.sqlite'}").migrate()  # a node's database, nothing in it
+    data = ("--data-dir", str(tmp_path / "data"))
+    nothing = dicomnode("retry", "--all-dead", *data)
+    assert nothing.returncode == 3 and "nothing to retry: no dead letters" in nothing.stdout, nothing
+    unknown = dicomnode("retry", "--delivery", "42", *data)
+    assert unknown.returncode == 2 and "no delivery 42 that can be sent again" in unknown.stdout + unknown.stderr, unknown
+
+
 def test_unknown_environment_variable_is_named_with_the_nearest_setting(tmp_path: Path) -> None:
     result = dicomnode("config", "check", "--data-dir", str(tmp_path),
                        env={"DICOMNODE_NODE_PORT": "11113", "DICOMNODE_SECURTY__ALLOWED_HOSTS": '["10.0.0.1"]'})
