@@ -19,7 +19,7 @@ COMMAND_GROUPS = [serve, network, audit, config, reprocess, retention]
 
 EXIT_CODES = """exit codes: 0 done; 1 done in part (a peer refused some instances, a delivery is still
 pending, C-ECHO answered a failure); 2 a usage, configuration or start-up error: nothing done;
-3 nothing to do (`send` found no DICOM file). `dicomnode COMMAND --help` says more."""
+3 nothing to do (`send` found no DICOM file, `retry --all-dead` no dead letter). `dicomnode COMMAND --help` says more."""
 
 
 def build_parser() -> argparse.ArgumentParser:
