@@ -235,8 +235,9 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text)
     association_id: Mapped[int | None] = mapped_column(Integer)
     series_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
-    job_id: Mapped[int | None] = mapped_column(Integer)
-    delivery_id: Mapped[int | None] = mapped_column(Integer)
+    # indexed: a series' page reads its jobs' and deliveries' events by these ids
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    delivery_id: Mapped[int | None] = mapped_column(Integer, index=True)
     details: Mapped[dict[str, Any] | None]
 
 
