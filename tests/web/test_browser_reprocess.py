@@ -55,7 +55,7 @@ def test_reprocess_button_on_the_series_page(page: Any, analysed_node: tuple[Web
     wait_for(finished, 60, "the re-run from the console to finish")
     page.reload()
     rows = page.locator("#jobs tbody tr")
-    assert rows.count() == 2 and rows.first.locator("td").first.inner_text() == str(job_id)
+    assert rows.count() == 2 and rows.first.locator("td").first.inner_text() == f"{job_id} (re-run of {first})"
     with web.node.db.session() as s:
         job = s.get(Job, job_id)
         assert job is not None and job.supersedes_job_id == first
