@@ -14,37 +14,12 @@ from pydicom import dcmread
 from inference.phantom import write_phantom_series
 from tests.conftest import LIDC_SERIES
 from tests.node.helpers import NodeProcess, free_port, wait_for
+from tests.e2e.helpers import orthanc_node_config as _node_config
 from tests.peers.orthanc import OrthancProcess, orthanc_binary
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Debian package orthanc is not installed (.ci/run installs it)")
 
 
-def _node_config(orthanc: OrthancProcess) -> str:
-    return f"""
-[series]
-stable_seconds = 2
-poll_seconds = 0.3
-[security]
-allowed_calling_aes = ["{orthanc.aet}"]
-[[routes]]
-name = "chest-ct"
-pipeline = "lung-nodule"
-destinations = ["sender"]
-one_series_per_study = true
-[routes.match]
-modality = ["CT"]
-[destinations.PACS]
-ae_title = "{orthanc.aet}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-[sender]
-poll_seconds = 0.3
-backoff_initial_s = 1
-[jobs]
-poll_seconds = 0.3
-[web]
-enabled = false
-"""
 
 
 def _sr_groups(sr_bytes: bytes) -> list[dict]:

@@ -21,13 +21,6 @@ from tests.node.helpers import StoreSCP, free_port, storescu, wait_for
 
 
 @pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
-    scp = StoreSCP(tmp_path / "pacs").start()
-    yield scp
-    scp.stop()
-
-
-@pytest.fixture
 def node(tmp_path: Path, pacs: StoreSCP) -> Iterator[ServedNode]:
     config = tmp_path / "node.toml"
     config.write_text(f"""
