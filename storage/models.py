@@ -83,6 +83,9 @@ class Series(Base):
     # completion clock: starts when the last association that carried an instance ends
     last_released_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+    # set at release when the geometry evidence held (dicomnode.receive.geometry): the series completes
+    # at this time, before the idle timer (last_released_at + stable_seconds); None: the timer decides
+    evidence_due_at: Mapped[datetime | None]
     # retention (dicomnode.retention): when the policy last removed the series' source instances /
     # its outbox files (results, forwarded copies); the rows stay, they are the record
     files_deleted_at: Mapped[datetime | None]
@@ -106,6 +109,12 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     duplicates: Mapped[int] = mapped_column(default=0)
+    # geometry facts captured at ingest for completion on evidence; None where the header lacks them
+    # (and on rows from before migration 0008, which leaves such series to the idle timer)
+    slice_position_mm: Mapped[float | None] = mapped_column(Float)  # ImagePositionPatient . slice normal
+    orientation: Mapped[str | None] = mapped_column(String(96))  # ImageOrientationPatient, normalised
+    images_in_acquisition: Mapped[int | None]
+    number_of_frames: Mapped[int | None]
     # set when retention removed the file (the row stays: it is the record of what was received)
     deleted_at: Mapped[datetime | None]
 

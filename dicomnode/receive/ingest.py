@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 from dicomnode.core.uids import InvalidUID, check_uid, printable
+from dicomnode.receive.geometry import orientation_text, slice_position
 from dicomnode.receive.lifecycle import SeriesLifecycle, SessionKey
 from dicomnode.receive.spool import DiskFull, Spool, SpoolError
 from storage.audit import record_event
@@ -87,6 +88,28 @@ def _float_or_none(ds: Dataset, keyword: str) -> float | None:
     except Exception:
         return None
     return value if math.isfinite(value) else None
+
+
+def _floats_or_none(ds: Dataset, keyword: str, count: int) -> list[float] | None:
+    """A multi-valued DS attribute as `count` floats, or None (never raises)."""
+    try:
+        values = [float(v) for v in ds.get(keyword)]
+    except Exception:
+        return None
+    return values if len(values) == count else None
+
+
+def geometry_facts(ds: Dataset) -> dict[str, object]:
+    """The instance columns completion on evidence reads (dicomnode.receive.geometry), from the header
+    already parsed: no second read of the file. None for whatever the header does not say."""
+    cosines = _floats_or_none(ds, "ImageOrientationPatient", 6)
+    position = _floats_or_none(ds, "ImagePositionPatient", 3)
+    return {
+        "slice_position_mm": slice_position(position, cosines) if position and cosines else None,
+        "orientation": orientation_text(cosines) if cosines else None,
+        "images_in_acquisition": _int_or_none(ds, "ImagesInAcquisition"),
+        "number_of_frames": _int_or_none(ds, "NumberOfFrames"),
+    }
 
 
 def check_uids(ds: Dataset) -> tuple[str, str, str, str]:
@@ -257,6 +280,7 @@ class Ingestor:
                     "size_bytes": size,
                     "received_at": utcnow(),
                     "duplicates": 0,
+                    **geometry_facts(ds),
                 })
 
     def _find_or_create_series(self, s: Session, ds: Dataset, origin: Origin) -> tuple[int, bool]:
