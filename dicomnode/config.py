@@ -199,8 +199,19 @@ class TlsSettings(Strict):
 class SeriesSettings(Strict):
     # a series is complete this long after the association that carried its last instance ended
     stable_seconds: float = Field(30.0, ge=0)
+    # ... or this long after that association's A-RELEASE when its instances show a whole series
+    # (contiguous evenly spaced slices, or one multi-frame instance; dicomnode.receive.geometry)
+    evidence_grace_seconds: float = Field(1.5, ge=0)
     # how often the completion checker looks
     poll_seconds: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _grace_within_timer(self) -> SeriesSettings:
+        # the default may exceed a short stable_seconds (tests, demos): then the timer comes first anyway
+        if "evidence_grace_seconds" in self.model_fields_set and self.evidence_grace_seconds > self.stable_seconds:
+            raise ValueError(f"evidence_grace_seconds ({self.evidence_grace_seconds:g}) must not be longer than "
+                             f"stable_seconds ({self.stable_seconds:g}): the evidence path is the short one")
+        return self
 
 
 class RouteMatch(Strict):

@@ -77,7 +77,7 @@ class Node:
         except (SpoolError, OSError) as exc:
             raise StartupError(str(exc)) from None
         self.db = open_database(settings)
-        self.lifecycle = SeriesLifecycle(self.db)
+        self.lifecycle = SeriesLifecycle(self.db, settings.series.evidence_grace_seconds)
         # the size cap holds for every way in (C-STORE and uploads share the ingestor)
         self.ingestor = Ingestor(self.db, self.spool, self.lifecycle, settings.node.max_instance_mb * 2**20)
         self.intake = Intake(self.ingestor, self.lifecycle)

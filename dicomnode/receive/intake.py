@@ -39,18 +39,19 @@ class IntakeSession:
         """0xC000 for a C-STORE request that carried no data set."""
         return self._ingestor.refuse_no_dataset(sop_uid, self.origin)
 
-    def end(self) -> list[str]:
-        """Nothing more comes in this session: start the completion clock of its series (once)."""
+    def end(self, orderly: bool = True) -> list[str]:
+        """Nothing more comes in this session: start the completion clock of its series (once).
+        `orderly`: the sender said it was done (A-RELEASE); an abort is no evidence of a whole series."""
         if self._ended:
             return []
         self._ended = True
-        return self._lifecycle.session_ended(self.key)
+        return self._lifecycle.session_ended(self.key, orderly)
 
     def __enter__(self) -> IntakeSession:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.end()
+        self.end(orderly=kind is None)
 
 
 class Intake:

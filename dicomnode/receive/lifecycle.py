@@ -1,22 +1,25 @@
 """The series lifecycle, in one place: the only code that writes Series.status, status_reason,
 generation and completed_at (docs/architecture.md, "Series lifecycle").
 
-    receiving --(clock ran out, no intake session open)--> complete --(routing)--> routed
+    receiving --(evidence grace or idle clock ran out, no intake session open)--> complete --(routing)--> routed
                                                                   \\-> ignored | not_selected
     complete | routed | ignored | not_selected --(a late instance)--> receiving (reopened)
     routed | ignored | not_selected --(an admin asks for a re-run)--> routed (a new job queued)
 
 A series is complete `stable_seconds` after the last intake session (an association, an upload)
-that carried it ended, and while no session carrying it is still open. Which sessions carry which
-series lives in memory (sessions do not survive a restart); the release time lives in the
-database, so a restarted node still completes what it had.
+that carried it ended, and while no session carrying it is still open. When that last session ends
+and the instances are evidence of a whole series (dicomnode.receive.geometry: contiguous evenly
+spaced slices, or one multi-frame instance), it is complete after `evidence_grace_seconds` instead.
+Which sessions carry which series lives in memory (sessions do not survive a restart); the release
+and evidence times live in the database, so a restarted node still completes what it had.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Hashable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -24,8 +27,11 @@ from sqlalchemy.orm import Session
 from storage.audit import record_event
 from storage.db import Database, rows_changed
 from storage.events import EventCode
+from dicomnode.receive.geometry import InstanceGeometry, Verdict, judge
 from storage.models import Instance, Series, utcnow
 from storage.states import SeriesState
+
+log = logging.getLogger(__name__)
 
 # what identifies an open intake session: the association row id, or any other hashable key
 SessionKey = Hashable
@@ -39,14 +45,20 @@ class NotReprocessable(Exception):
 
 
 class SeriesLifecycle:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, evidence_grace_seconds: float | None = None) -> None:
+        """`evidence_grace_seconds`: how long after its release a series the evidence shows whole
+        completes (series.evidence_grace_seconds); None: only the idle timer completes series."""
         self.db = db
+        self.evidence_grace = None if evidence_grace_seconds is None else timedelta(seconds=evidence_grace_seconds)
         self._lock = threading.Lock()
         self._series_by_session: dict[SessionKey, set[str]] = defaultdict(set)
         self._open_by_series: dict[str, set[SessionKey]] = defaultdict(set)
         # series known to be receiving in the database: lets the ingest hot path skip the re-open
         # update for every instance but the first
         self._receiving: set[str] = set()
+        # the earliest evidence due time set since the checker last looked: lets it wake for it
+        # instead of up to poll_seconds later
+        self._next_evidence_due: datetime | None = None
 
     # -- receiving ---------------------------------------------------------------------------
     def instance_arriving(self, series_uid: str, session: SessionKey) -> None:
@@ -72,7 +84,8 @@ class SeriesLifecycle:
             reopened = rows_changed(s,
                 update(Series)
                 .where(Series.id == series_id, Series.status != SeriesState.RECEIVING)
-                .values(status=SeriesState.RECEIVING, status_reason=None, last_released_at=None, completed_at=None)
+                .values(status=SeriesState.RECEIVING, status_reason=None, last_released_at=None, completed_at=None,
+                        evidence_due_at=None)
             )
             if reopened:
                 record_event(
@@ -80,10 +93,14 @@ class SeriesLifecycle:
                     association_id=association_id, series_instance_uid=series_uid,
                 )
 
-    def session_ended(self, session: SessionKey) -> list[str]:
+    def session_ended(self, session: SessionKey, orderly: bool = True) -> list[str]:
         """Start the completion clock of every series this session carried and no other open
-        session still carries. Returns those series."""
+        session still carries, and set its evidence due time where the evidence holds. An aborted
+        session (`orderly` False: the sender may have been cut off mid-series) is no evidence.
+        Returns those series."""
         with self._lock:
+            # taken under the lock: releases are ordered, so a stale one never overwrites a newer one
+            now = utcnow()
             carried = self._series_by_session.pop(session, set())
             released: list[str] = []
             for uid in carried:
@@ -93,32 +110,76 @@ class SeriesLifecycle:
                     self._open_by_series.pop(uid, None)
                     released.append(uid)
         if released:
-            now = utcnow()
             with self.db.session() as s:
                 for uid in released:
-                    count = select(func.count(Instance.id)).where(Instance.series_id == Series.id).scalar_subquery()
-                    s.execute(
-                        update(Series)
-                        .where(Series.series_instance_uid == uid)
-                        .values(last_released_at=now, last_received_at=now, instance_count=count)
-                    )
+                    self._release(s, uid, now, orderly)
         return released
+
+    def _release(self, s: Session, uid: str, now: datetime, orderly: bool) -> None:
+        verdict: Verdict | None = None
+        if self.evidence_grace is not None:
+            verdict = self._evidence(s, uid) if orderly else Verdict(False, "the association was aborted")
+        due = now + self.evidence_grace if verdict is not None and verdict.complete and self.evidence_grace is not None else None
+        reason = None if verdict is None or verdict.complete else (
+            f"no evidence the series is whole ({verdict.reason}): it completes when series.stable_seconds pass "
+            "with no new instance")
+        count = select(func.count(Instance.id)).where(Instance.series_id == Series.id).scalar_subquery()
+        # a release computed before a later one (another session's) must not overwrite it
+        newest = Series.last_released_at.is_(None) | (Series.last_released_at <= now)
+        s.execute(update(Series).where(Series.series_instance_uid == uid, newest)
+                  .values(last_released_at=now, last_received_at=now, instance_count=count))
+        if verdict is None:
+            return
+        # only a receiving series waits for completion; a finished one keeps its reason (ignored: why)
+        s.execute(update(Series).where(Series.series_instance_uid == uid, Series.status == SeriesState.RECEIVING, newest)
+                  .values(evidence_due_at=due, status_reason=reason))
+        if due is not None:
+            with self._lock:
+                if self._next_evidence_due is None or due < self._next_evidence_due:
+                    self._next_evidence_due = due
+        log.info("series %s released: %s", uid, verdict.reason)
+
+    @staticmethod
+    def _evidence(s: Session, uid: str) -> Verdict:
+        """Whether the series' recorded instances show a whole series (dicomnode.receive.geometry)."""
+        thickness = s.execute(select(Series.slice_thickness).where(Series.series_instance_uid == uid)).scalar()
+        rows = s.execute(
+            select(Instance.slice_position_mm, Instance.orientation, Instance.images_in_acquisition,
+                   Instance.number_of_frames)
+            .join(Series, Series.id == Instance.series_id).where(Series.series_instance_uid == uid)
+        ).all()
+        return judge([InstanceGeometry(*row) for row in rows], thickness)
+
+    def seconds_to_next_evidence(self, now: datetime | None = None) -> float | None:
+        """How long until the earliest evidence due time a release set, or None when none is pending."""
+        with self._lock:
+            due = self._next_evidence_due
+        if due is None:
+            return None
+        return max(0.0, (due - (now or utcnow())).total_seconds())
 
     def is_open(self, series_uid: str) -> bool:
         return bool(self._open_by_series.get(series_uid))
 
     # -- complete ----------------------------------------------------------------------------
     def complete_due(self, stable_seconds: float, on_complete: Callable[[int], None]) -> int:
-        """Mark every series whose clock ran out complete and hand its id to `on_complete`."""
-        cutoff = utcnow() - timedelta(seconds=stable_seconds)
+        """Mark every series whose evidence grace or idle clock ran out complete and hand its id to
+        `on_complete`."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=stable_seconds)
+        with self._lock:
+            if self._next_evidence_due is not None and self._next_evidence_due <= now:
+                self._next_evidence_due = None  # this pass completes it (or finds it re-opened)
         with self.db.session() as s:
             due = s.execute(
-                select(Series.id, Series.series_instance_uid)
-                .where(Series.status == SeriesState.RECEIVING, Series.last_released_at.is_not(None),
-                       Series.last_released_at <= cutoff)
+                select(Series.id, Series.series_instance_uid, Series.evidence_due_at)
+                .where(Series.status == SeriesState.RECEIVING,
+                       (Series.last_released_at.is_not(None) & (Series.last_released_at <= cutoff))
+                       | (Series.evidence_due_at.is_not(None) & (Series.evidence_due_at <= now)))
             ).all()
         completed = 0
-        for series_id, uid in due:
+        for series_id, uid, evidence_due in due:
+            how = "on evidence" if evidence_due is not None and _aware(evidence_due) <= now else "after the idle timer"
             # the lock makes "not open" and "mark complete" one step against instance_arriving
             with self._lock:
                 if self.is_open(uid):
@@ -128,12 +189,13 @@ class SeriesLifecycle:
                     changed = rows_changed(s,
                         update(Series)
                         .where(Series.id == series_id, Series.status == SeriesState.RECEIVING)
-                        .values(status=SeriesState.COMPLETE, completed_at=utcnow(), generation=Series.generation + 1,
-                                instance_count=count)
+                        .values(status=SeriesState.COMPLETE, status_reason=None, completed_at=utcnow(),
+                                generation=Series.generation + 1, instance_count=count)
                     )
                     self._receiving.discard(uid)
                     if changed:
-                        record_event(s, EventCode.SERIES_COMPLETE, f"series complete with {count} instances", series_instance_uid=uid)
+                        record_event(s, EventCode.SERIES_COMPLETE, f"series complete with {count} instances {how}",
+                                     series_instance_uid=uid)
             if changed:
                 completed += 1
                 on_complete(series_id)
@@ -141,13 +203,17 @@ class SeriesLifecycle:
 
     def adopt_orphans(self, started_at: datetime) -> int:
         """After a restart, series still receiving lost their sessions with the old process: start
-        their clocks now so they complete instead of waiting forever."""
+        their clocks now so they complete instead of waiting forever. Their evidence is dropped: a
+        session the crash cut off may have been adding to a released series, so the timer decides."""
         with self.db.session() as s:
-            return rows_changed(s,
+            adopted = rows_changed(s,
                 update(Series)
                 .where(Series.status == SeriesState.RECEIVING, Series.last_released_at.is_(None))
                 .values(last_released_at=started_at)
             )
+            s.execute(update(Series).where(Series.status == SeriesState.RECEIVING, Series.evidence_due_at.is_not(None))
+                      .values(evidence_due_at=None))
+            return adopted
 
     # -- routing decisions (made by dicomnode.process.routing, written here) -----------------
     @staticmethod
@@ -182,3 +248,8 @@ class SeriesLifecycle:
         series.status, series.status_reason = SeriesState.ROUTED, reason
         if route_name is not None:
             series.route_name = route_name
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

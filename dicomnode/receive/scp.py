@@ -569,7 +569,7 @@ class StorageSCP:
                 row.instances_received, row.bytes_received = state.instances, state.bytes
                 code = EventCode.ASSOCIATION_RELEASED if state.end_state == AssociationState.RELEASED else EventCode.ASSOCIATION_ABORTED
                 record_event(s, code, f"{state.instances} instance(s), {state.bytes} bytes", association_id=state.db_id)
-        state.intake.end()
+        state.intake.end(orderly=state.end_state == AssociationState.RELEASED)
 
     def _audit_idle(self, connection: Connection) -> None:
         """A connection closed before its A-ASSOCIATE-RQ: audited when we closed it for idling
