@@ -244,3 +244,18 @@ def test_the_grace_is_checked_against_the_timer(tmp_path):
         config.write_text(f"[series]\nstable_seconds = 30\n{bad}\n")
         with pytest.raises(ConfigError, match=r"(?s)" + words.replace("(", r"\(").replace(")", r"\)")):
             load_settings(config)
+
+
+def test_a_restart_drops_pending_evidence_and_the_timer_completes(make_node, tmp_path, lidc_slices):
+    """kill -9 inside the grace: a session cut off with the old process may have been adding to the
+    series, so after the restart only the timer completes it (and nothing acknowledged is lost)."""
+    node = make_node(_series_config(stable=8.0, grace=6.0)).start()
+    files = make_series(tmp_path / "restart", lidc_slices[50:70])
+    uid = series_uid_of(files)
+    storescu(node.port, files)
+    wait_for(lambda: series_row(node, uid)["evidence_due_at"] is not None, WAIT, "the evidence to be recorded")
+    node.kill9()
+    node.start()
+    complete = wait_complete(node, uid)
+    assert len(complete) == 1 and "20 instances after the idle timer" in complete[0]["message"]
+    assert len(query(node, "SELECT id FROM instances")) == 20
