@@ -219,6 +219,7 @@ def ingest_uploads(node: Node, files: list[tuple[str, Path]], client: str, user:
         except UploadRejected as exc:  # a zip held more than its directory said: keep what was stored
             stopped = str(exc)
             result.failed.append(("(rest of the upload)", f"not read: {stopped}"))
+            session.end(orderly=False)  # a cut-off upload is no evidence of a whole series: the idle timer decides
     if stopped is not None:
         record_rejection(node, user, client, f"stopped while reading: {stopped}", 413)
     with node.db.session() as s:
