@@ -4,11 +4,21 @@ storescp and to Orthanc (both with TCP_NODELAY=1), interleaved, each peer fresh 
 Prints the median seconds per peer and the ratios node/storescp and node/Orthanc.
 Target (issue 2): node within 1.5x of storescp, with fsync and audit.
 
+Concurrent mode (issue 16): three series of --slices slices, each split over two associations (its
+first and second half), sent by six storescu processes at once, to the node and to dcmtk
+`storescp --fork` (TCP_NODELAY=1), interleaved, each peer fresh for every run; the time is from the
+first sender's start to the last sender's end. After every node run the node's audit database is
+checked: every instance a sender saw acknowledged (storescu -v "Received Store Response (Success)")
+must have its row in `instances`. Target: node <= 1.3x storescp --fork.
+
     python benchmarks/ingest.py [--runs 5] [--slices 300]
+    python benchmarks/ingest.py --concurrent 6 [--runs 3] [--slices 300]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -21,7 +31,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.peers import NodePeer, OrthancPeer, StoreScpPeer  # noqa: E402
+from benchmarks.peers import NodePeer, OrthancPeer, Peer, StoreScpForkPeer, StoreScpPeer  # noqa: E402
+
+ACK = b"Received Store Response (Success)"
 
 
 def write_series(folder: Path, slices: int, seed: int = 0) -> int:
@@ -63,12 +75,87 @@ def send(port: int, called: str, folder: Path) -> float:
     return time.perf_counter() - start
 
 
+def split_series(folders: list[Path], parts: int, out: Path) -> list[Path]:
+    """Each series' files cut into `parts` consecutive runs of slices, one folder (hard links) per sender."""
+    senders: list[Path] = []
+    for folder in folders:
+        files = sorted(folder.glob("*.dcm"))
+        size = -(-len(files) // parts)
+        for part in range(parts):
+            target = out / f"{folder.name}-{part}"
+            target.mkdir(parents=True)
+            for f in files[part * size:(part + 1) * size]:
+                os.link(f, target / f.name)
+            senders.append(target)
+    return senders
+
+
+def send_concurrently(port: int, called: str, folders: list[Path], logs: Path) -> tuple[float, int]:
+    """One storescu per folder, all started at once; (seconds until the last ends, acknowledged instances)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    paths = [logs / f"storescu-{i}.log" for i in range(len(folders))]
+    start = time.perf_counter()
+    procs = []
+    for folder, path in zip(folders, paths):
+        with path.open("wb") as log:
+            procs.append(subprocess.Popen(["storescu", "-v", "-aet", "BENCH", "-aec", called, "+sd", "127.0.0.1",
+                                           str(port), str(folder)], stdout=log, stderr=subprocess.STDOUT))
+    codes = [p.wait(600) for p in procs]
+    elapsed = time.perf_counter() - start
+    if any(codes):
+        raise RuntimeError(f"storescu exit codes {codes} (logs in {logs})")
+    return elapsed, sum(path.read_bytes().count(ACK) for path in paths)
+
+
+def audited_instances(peer: NodePeer) -> int:
+    """Rows in the node's `instances` table: what its audit database holds as received."""
+    with sqlite3.connect(f"file:{peer.audit_db}?mode=ro", uri=True) as con:
+        return int(con.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+
+def concurrent_mode(args: argparse.Namespace, tmp: Path) -> int:
+    """Three series over `args.concurrent` associations at once: node vs storescp --fork."""
+    series = [tmp / f"series-{i}" for i in range(3)]
+    size = sum(write_series(folder, args.slices, seed=i) for i, folder in enumerate(series))
+    senders = split_series(series, args.concurrent // len(series), tmp / "senders")
+    print(f"concurrent: 3 series x {args.slices} slices ({size / 1e6:.0f} MB) over {len(senders)} associations "
+          f"at once; {args.runs} interleaved runs per peer")
+    peers: list[type[Peer]] = [StoreScpForkPeer, NodePeer]
+    times: dict[str, list[float]] = {p.name: [] for p in peers}
+    for run in range(args.runs):
+        for cls in peers:
+            peer = cls(tmp / f"{cls.__name__}-{run}")
+            peer.start()
+            try:
+                seconds, acked = send_concurrently(peer.port, peer.ae_title, senders, tmp / f"logs-{cls.__name__}-{run}")
+                times[cls.name].append(seconds)
+                if isinstance(peer, NodePeer):
+                    rows = audited_instances(peer)
+                    verdict = "ok" if rows >= acked else f"MISSING {acked - rows}"
+                    print(f"run {run + 1}: node acknowledged {acked}, audit DB instances {rows}: {verdict}")
+            finally:
+                peer.stop()
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"{name:22s} median {medians[name]:.2f} s  runs {' '.join(f'{x:.2f}' for x in t)}")
+    ratio = medians[NodePeer.name] / medians[StoreScpForkPeer.name]
+    print(f"ratio dicomnode / dcmtk storescp --fork: {ratio:.2f}x (target <= 1.3x)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--concurrent", type=int, default=0, metavar="N",
+                        help="N associations at once (a multiple of 3: three series, each split N/3 ways)")
     args = parser.parse_args()
+    if args.concurrent:
+        if args.concurrent % 3:
+            parser.error("--concurrent must be a multiple of 3 (three series, each split the same number of ways)")
+        with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+            return concurrent_mode(args, Path(tmp))
     peers = [StoreScpPeer, NodePeer] + ([] if args.no_orthanc else [OrthancPeer])
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         series = Path(tmp) / "series"

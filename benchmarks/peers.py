@@ -41,6 +41,10 @@ class Peer:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
+    def start(self) -> None:
+        """Launch the peer and return once it listens on self.port."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -54,14 +58,23 @@ class Peer:
 class StoreScpPeer(Peer):
     name = "dcmtk storescp"
     ae_title = "STORESCP"
+    extra_args: list[str] = []
 
     def start(self) -> None:
         out = self.workdir / "out"
         out.mkdir(parents=True)
-        self.proc = subprocess.Popen(["storescp", "-aet", self.ae_title, "-od", str(out), "--accept-all", str(self.port)],
+        self.proc = subprocess.Popen(["storescp", *self.extra_args, "-aet", self.ae_title, "-od", str(out), "--accept-all",
+                                      str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      env={**os.environ, "TCP_NODELAY": "1"})
         wait_port(self.port, self.proc, self.name)
+
+
+class StoreScpForkPeer(StoreScpPeer):
+    """storescp with a child process per association: dcmtk's answer to several senders at once."""
+
+    name = "dcmtk storescp --fork"
+    extra_args = ["--fork"]
 
 
 class OrthancPeer(Peer):
@@ -86,6 +99,11 @@ class OrthancPeer(Peer):
 class NodePeer(Peer):
     name = "dicomnode"
     ae_title = "DICOMNODE"
+
+    @property
+    def audit_db(self) -> Path:
+        """The node's SQLite audit database (the default under --data-dir)."""
+        return self.workdir / "data" / "audit.sqlite"
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True)
