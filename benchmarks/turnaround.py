@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -208,8 +209,22 @@ def one_run(folder: Path, workdir: Path) -> dict[str, float | None]:
         orthanc.stop()
 
 
+def measure(folder: Path, workdir: Path) -> dict[str, float | None]:
+    """One run; its folder (two copies of the study) is removed after it; a failure prints the logs' tails."""
+    try:
+        times = one_run(folder, workdir)
+    except Exception:
+        for log in (workdir / "node" / "node.log", workdir / "orthanc" / "orthanc.log"):
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-30:]
+                print(f"--- {log.name}, last lines:\n" + "\n".join(tail), file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return times
+
+
 def write_phantom(out: Path) -> Path:
-    """`dicomnode phantom OUT` (seed 0, full size): the synthetic chest CT the model card uses."""
+    """`dicomnode phantom OUT`: the synthetic chest CT of seed 0, full size (225 slices)."""
     subprocess.run([sys.executable, "-m", "dicomnode.cli", "phantom", str(out)], cwd=REPO, check=True,
                    env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
     return out
@@ -237,10 +252,10 @@ def main() -> int:
     parser.add_argument("--case", choices=["lidc", "phantom", "both"], default="both")
     args = parser.parse_args()
     cases = ["lidc", "phantom"] if args.case == "both" else [args.case]
-    with tempfile.TemporaryDirectory(prefix="turnaround-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="turnaround-bench-") as tmp:  # removed at the end, logs too
         for case in cases:
             folder = LIDC if case == "lidc" else write_phantom(Path(tmp) / "phantom")
-            runs = [one_run(folder, Path(tmp) / f"{case}-{i}") for i in range(args.runs)]
+            runs = [measure(folder, Path(tmp) / f"{case}-{i}") for i in range(args.runs)]
             report(case, folder, runs)
     return 0
 
