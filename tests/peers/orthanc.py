@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -378,7 +379,7 @@ class OrthancProcess:
 
     def qido_studies(self, **query: str) -> list[dict[str, Any]]:
         """QIDO-RS GET /dicom-web/studies (DICOM JSON)."""
-        qs = "&".join(f"{k}={urllib.request.quote(str(v))}" for k, v in query.items())
+        qs = "&".join(f"{k}={urllib.parse.quote(str(v))}" for k, v in query.items())
         path = "/dicom-web/studies" + (f"?{qs}" if qs else "")
         return list(json.loads(self.request("GET", path, accept="application/dicom+json") or b"[]"))
 
