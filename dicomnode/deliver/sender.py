@@ -7,9 +7,7 @@ transfer syntax, so they go out as received (a compressed instance stays compres
 """
 from __future__ import annotations
 
-import logging
 import ssl
-import threading
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +23,7 @@ from sqlalchemy.orm import Session
 from dicomnode.config import Settings
 from dicomnode.deliver.outbox import Target
 from dicomnode.core.dimse import STORED_STATUSES
+from dicomnode.core.loops import PeriodicWorker
 from dicomnode.core.durable import OutsideRoot, confined
 from storage.audit import record_event
 from storage.db import Database, rows_changed
@@ -32,7 +31,6 @@ from storage.events import EventCode
 from storage.models import Delivery, Series, utcnow
 from storage.states import DeliveryKind, DeliveryState
 
-log = logging.getLogger(__name__)
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
@@ -184,27 +182,13 @@ def _forwarded_series(s: Session, d: Delivery) -> str | None:
     return s.execute(select(Series.series_instance_uid).where(Series.id == d.series_id)).scalar_one_or_none()
 
 
-class DeliveryLoop(threading.Thread):
+class DeliveryLoop(PeriodicWorker):
+    """Sends due deliveries every poll_seconds; `wake_up` (after a retry request) sends at once."""
+
     def __init__(self, sender: ResultSender, poll_seconds: float) -> None:
-        super().__init__(name="sender", daemon=True)
+        super().__init__("sender", poll_seconds)
         self.sender = sender
-        self.poll_seconds = poll_seconds
-        self.stopping = threading.Event()
-        self.wake = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.sender.send_due()
-            except Exception:
-                log.exception("sender loop error")
-            self.wake.wait(self.poll_seconds)
-            self.wake.clear()
-
-    def wake_up(self) -> None:
-        """Look for due deliveries now instead of at the next poll (after a retry request)."""
-        self.wake.set()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.wake.set()
+    def step(self) -> bool:
+        self.sender.send_due()
+        return False

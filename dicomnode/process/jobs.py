@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import Route, Settings
+from dicomnode.core.loops import PeriodicWorker
 from dicomnode.deliver.outbox import Outbox
 from dicomnode.process.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
 from dicomnode.receive.spool import Spool
@@ -255,21 +256,10 @@ def exam_json(output: PipelineOutput) -> dict[str, Any] | None:
     return exam if isinstance(exam, dict) else None
 
 
-class JobWorker(threading.Thread):
+class JobWorker(PeriodicWorker):
     def __init__(self, runner: JobRunner, poll_seconds: float, index: int = 0) -> None:
-        super().__init__(name=f"job-worker-{index}", daemon=True)
+        super().__init__(f"job-worker-{index}", poll_seconds)
         self.runner = runner
-        self.poll_seconds = poll_seconds
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                if self.runner.run_one():
-                    continue
-            except Exception:
-                log.exception("job worker loop error")
-            self.stopping.wait(self.poll_seconds)
-
-    def stop(self) -> None:
-        self.stopping.set()
+    def step(self) -> bool:
+        return self.runner.run_one()  # a job ran: look for the next one at once

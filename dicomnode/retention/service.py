@@ -1,14 +1,13 @@
 """One retention pass (survey, plan, remove, audit), and the node's background loop."""
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from dicomnode.config import Settings
+from dicomnode.core.loops import PeriodicWorker
 from dicomnode.retention.executor import Executor, Finished
 from dicomnode.core.sizes import human_bytes
 from dicomnode.retention.policy import Plan, Removal, plan
@@ -18,7 +17,6 @@ from storage.db import Database
 from storage.events import EventCode
 from storage.models import utcnow
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,25 +81,20 @@ def _record(db: Database, code: EventCode, message: str, details: dict[str, Any]
         record_event(s, code, message, details=details)
 
 
-class RetentionLoop(threading.Thread):
+class RetentionLoop(PeriodicWorker):
     """A pass at start (finishing what a crash left) and every retention.interval_seconds."""
 
     def __init__(self, db: Database, settings: Settings, busy: Callable[[str], bool] | None = None) -> None:
-        super().__init__(name="retention", daemon=True)
+        super().__init__("retention", settings.retention.interval_seconds)
         self.db = db
         self.settings = settings
         self.busy = busy
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                run_pass(self.db, self.settings, busy=self.busy)
-            except Exception:
-                log.exception("retention pass failed; trying again in %.0f s", self.settings.retention.interval_seconds)
-            self.stopping.wait(self.settings.retention.interval_seconds)
+    def step(self) -> bool:
+        run_pass(self.db, self.settings, busy=self.busy)
+        return False
 
     def stop(self) -> None:
-        self.stopping.set()
+        super().stop()
         if self.is_alive():
             self.join(10)  # mid-removal at exit is safe: the journal finishes it at the next start
