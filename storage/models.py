@@ -275,5 +275,17 @@ class WebSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AtnaCursor(Base):
+    """The ATNA exporter's place in the events table (dicomnode.atna): one row. Events with a
+    larger id are the persistent queue; the cursor moves only after the repository took them."""
+
+    __tablename__ = "atna_export"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    messages_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 Index("ix_jobs_state_queued", Job.state, Job.queued_at)
 Index("ix_deliveries_due", Delivery.state, Delivery.next_attempt_at)

@@ -1,0 +1,190 @@
+"""DICOM audit messages (dicomnode.atna.messages) checked element by element against the DICOM audit
+message schema (PS3.15 A.5.1: element order, cardinalities, required attributes, enumerated values),
+and the RFC 5424 frame around them. tests/e2e/test_atna.py checks what rsyslog receives with the
+same validator."""
+from __future__ import annotations
+
+import base64
+import re
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+
+import pytest
+
+from dicomnode.atna import messages as m
+from dicomnode.atna.syslog import frame
+from dicomnode.config import ConfigError, load_settings
+
+WHEN = datetime(2026, 11, 30, 15, 4, 5, 123456, tzinfo=timezone.utc)
+SRC = m.Source("NODE-SRC", "DICOMNODE", "node.example", 4242, "HOSPITAL")
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+CODED = {"csd-code", "codeSystemName", "originalText", "displayName"}
+DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+# (tag, min, max) in schema order; max None = unbounded
+ORDER = {
+    "AuditMessage": [("EventIdentification", 1, 1), ("ActiveParticipant", 1, None),
+                     ("AuditSourceIdentification", 1, 1), ("ParticipantObjectIdentification", 0, None)],
+    "EventIdentification": [("EventID", 1, 1), ("EventTypeCode", 0, None), ("EventOutcomeDescription", 0, 1),
+                            ("PurposeOfUse", 0, None)],
+    "ActiveParticipant": [("RoleIDCode", 0, None), ("MediaIdentifier", 0, 1)],
+    "AuditSourceIdentification": [("AuditSourceTypeCode", 0, None)],
+    "ParticipantObjectIdentification": [
+        ("ParticipantObjectIDTypeCode", 1, 1), ("ParticipantObjectName|ParticipantObjectQuery", 0, 1),
+        ("ParticipantObjectDetail", 0, None), ("ParticipantObjectDescription", 0, 1), ("MPPS", 0, None),
+        ("Accession", 0, None), ("SOPClass", 0, None), ("ParticipantObjectContainsStudy", 0, 1),
+        ("Encrypted", 0, 1), ("Anonymized", 0, 1)],
+}
+CODED_ELEMENTS = {"EventID", "EventTypeCode", "RoleIDCode", "AuditSourceTypeCode", "ParticipantObjectIDTypeCode",
+                  "PurposeOfUse"}
+
+
+def _check_order(el: ET.Element) -> None:
+    slots, i, counts = ORDER[el.tag], 0, 0
+    for child in el:
+        while i < len(slots) and child.tag not in slots[i][0].split("|"):
+            assert counts >= slots[i][1], f"{el.tag}: {slots[i][0]} missing before {child.tag}"
+            i, counts = i + 1, 0
+        assert i < len(slots), f"{el.tag}: {child.tag} is not allowed here (or out of order)"
+        counts += 1
+        assert slots[i][2] is None or counts <= slots[i][2], f"{el.tag}: too many {child.tag}"
+    for tag, low, _ in slots[i + (1 if counts else 0) if i < len(slots) else i:]:
+        assert low == 0, f"{el.tag}: required {tag} missing"
+    if not list(el):
+        assert all(low == 0 for _, low, _ in slots), f"{el.tag}: empty"
+
+
+def _check_coded(el: ET.Element) -> None:
+    assert set(el.attrib) <= CODED, f"{el.tag}: unexpected attributes {set(el.attrib) - CODED}"
+    for required in ("csd-code", "codeSystemName", "originalText"):
+        assert el.get(required), f"{el.tag}: {required} missing"
+
+
+def assert_audit_message(xml: bytes) -> ET.Element:
+    """The PS3.15 A.5.1 structure of one audit message; returns the parsed root."""
+    assert xml.startswith(b'<?xml version="1.0" encoding="UTF-8"?>'), xml[:60]
+    assert b"\n" not in xml, "one line: a repository that splits at line ends must get it whole"
+    root = ET.fromstring(xml)
+    assert root.tag == "AuditMessage"
+    for el in root.iter():
+        if el.tag in ORDER:
+            _check_order(el)
+        if el.tag in CODED_ELEMENTS:
+            _check_coded(el)
+    ident = root.find("EventIdentification")
+    assert ident is not None
+    assert ident.get("EventActionCode") in (None, "C", "R", "U", "D", "E")
+    assert DATETIME_RE.match(ident.get("EventDateTime", "")), ident.get("EventDateTime")
+    assert ident.get("EventOutcomeIndicator") in ("0", "4", "8", "12")
+    for p in root.findall("ActiveParticipant"):
+        assert p.get("UserID"), "ActiveParticipant without UserID"
+        assert p.get("UserIsRequestor") in ("true", "false")
+        if p.get("NetworkAccessPointTypeCode") is not None:
+            assert p.get("NetworkAccessPointTypeCode") in ("1", "2", "3", "4", "5") and p.get("NetworkAccessPointID")
+    source = root.find("AuditSourceIdentification")
+    assert source is not None and source.get("AuditSourceID")
+    for o in root.findall("ParticipantObjectIdentification"):
+        assert o.get("ParticipantObjectID")
+        assert o.get("ParticipantObjectTypeCode", "1") in ("1", "2", "3", "4")
+        assert 1 <= int(o.get("ParticipantObjectTypeCodeRole", "1")) <= 24
+        for sop in o.findall("SOPClass"):
+            assert sop.get("UID") and int(sop.get("NumberOfInstances", "x")) >= 0
+    return root
+
+
+def code_of(el: ET.Element | None) -> tuple[str | None, str | None]:
+    assert el is not None
+    return el.get("csd-code"), el.get("codeSystemName")
+
+
+def test_application_start_names_the_node_and_the_audit_source() -> None:
+    root = assert_audit_message(m.application_activity(SRC, WHEN, True, "AE DICOMNODE listening on 0.0.0.0:11112"))
+    ident = root.find("EventIdentification")
+    assert code_of(ident.find("EventID")) == ("110100", "DCM")
+    assert code_of(ident.find("EventTypeCode")) == ("110120", "DCM")
+    assert ident.get("EventDateTime") == "2026-11-30T15:04:05.123456Z"
+    app = root.find("ActiveParticipant")
+    assert app.get("AlternativeUserID") == "AETITLES=DICOMNODE" and app.get("UserIsRequestor") == "false"
+    assert code_of(app.find("RoleIDCode")) == ("110150", "DCM")
+    assert root.find("AuditSourceIdentification").attrib == {"AuditSourceID": "NODE-SRC",
+                                                             "AuditEnterpriseSiteID": "HOSPITAL"}
+    stop = assert_audit_message(m.application_activity(SRC, WHEN, False))
+    assert code_of(stop.find("EventIdentification/EventTypeCode")) == ("110121", "DCM")
+
+
+def test_instances_received_lists_the_study_patient_and_sop_class_counts() -> None:
+    study = m.Study("1.2.3.4", "LIDC-0002", "Doe^Jane", "ACC1", {CT: 3})
+    sender = m.Participant("SCANNER", m.ROLE_SOURCE, True, "10.1.2.3", "AETITLES=SCANNER")
+    root = assert_audit_message(m.instances_transferred(SRC, WHEN, sender, SRC.participant(m.ROLE_DESTINATION),
+                                                        [study], created=True))
+    ident = root.find("EventIdentification")
+    assert code_of(ident.find("EventID")) == ("110104", "DCM") and ident.get("EventActionCode") == "C"
+    scanner, node = root.findall("ActiveParticipant")
+    assert (scanner.get("UserID"), scanner.get("NetworkAccessPointTypeCode")) == ("SCANNER", "2")
+    assert code_of(scanner.find("RoleIDCode")) == ("110153", "DCM")
+    assert code_of(node.find("RoleIDCode")) == ("110152", "DCM")
+    st, patient = root.findall("ParticipantObjectIdentification")
+    assert st.get("ParticipantObjectID") == "1.2.3.4" and code_of(st.find("ParticipantObjectIDTypeCode")) == ("110180", "DCM")
+    assert st.find("Accession").get("Number") == "ACC1"
+    assert st.find("SOPClass").attrib == {"UID": CT, "NumberOfInstances": "3"}
+    assert patient.get("ParticipantObjectID") == "LIDC-0002"
+    assert code_of(patient.find("ParticipantObjectIDTypeCode")) == ("2", "RFC-3881")
+    assert patient.findtext("ParticipantObjectName") == "Doe^Jane"
+
+
+def test_failures_and_alerts_carry_outcome_and_free_text_on_one_line() -> None:
+    user = m.Participant("mallory", None, True, "192.0.2.7")
+    root = assert_audit_message(m.user_authentication(SRC, WHEN, user, ok=False,
+                                                      description="failed login for 'mallory'\nfrom 192.0.2.7 <&>"))
+    ident = root.find("EventIdentification")
+    assert code_of(ident.find("EventID")) == ("110114", "DCM") and ident.get("EventOutcomeIndicator") == "4"
+    assert ident.findtext("EventOutcomeDescription") == "failed login for 'mallory'\nfrom 192.0.2.7 <&>"
+    alert = assert_audit_message(m.security_alert(SRC, WHEN, m.NODE_AUTHENTICATION, user, "EVIL@192.0.2.7",
+                                                  m.ID_NODE, ok=False, description="calling AE not allowed"))
+    assert code_of(alert.find("EventIdentification/EventID")) == ("110113", "DCM")
+    assert code_of(alert.find("EventIdentification/EventTypeCode")) == ("110126", "DCM")
+    subject = alert.find("ParticipantObjectIdentification")
+    assert subject.get("ParticipantObjectTypeCodeRole") == "13" and subject.get("ParticipantObjectID") == "EVIL@192.0.2.7"
+
+
+def test_query_message_is_ready_for_priors() -> None:
+    requestor = m.Participant("DICOMNODE", m.ROLE_SOURCE, True, "10.0.0.5")
+    pacs = m.Participant("PACS", m.ROLE_DESTINATION, False, "10.0.0.9")
+    root = assert_audit_message(m.query(SRC, WHEN, requestor, pacs, "1.2.840.10008.5.1.4.1.2.2.1", b"\x08\x00\x52\x00",
+                                        "1.2.840.10008.1.2"))
+    obj = root.find("ParticipantObjectIdentification")
+    assert code_of(obj.find("ParticipantObjectIDTypeCode")) == ("110181", "DCM")
+    assert base64.b64decode(obj.findtext("ParticipantObjectQuery")) == b"\x08\x00\x52\x00"
+
+
+def test_validator_refuses_what_the_schema_refuses() -> None:
+    """The checker itself must catch a wrong order, a missing required element or attribute."""
+    good = m.application_activity(SRC, WHEN, True)
+    swapped = good.replace(b"<ActiveParticipant", b"<X").replace(b"</ActiveParticipant>", b"</X>")
+    with pytest.raises(AssertionError):
+        assert_audit_message(swapped)
+    with pytest.raises(AssertionError):
+        assert_audit_message(good.replace(b' originalText="Application Activity"', b""))
+    with pytest.raises(AssertionError):
+        assert_audit_message(good.replace(b'EventOutcomeIndicator="0"', b'EventOutcomeIndicator="1"'))
+
+
+def test_rfc5424_frame_has_the_ihe_header() -> None:
+    xml = m.application_activity(SRC, WHEN, True)
+    framed = frame(xml, WHEN, "node.example", 4242)
+    header, _, body = framed.partition(b" - ")
+    assert header == b"<85>1 2026-11-30T15:04:05.123456Z node.example dicomnode 4242 IHE+RFC-3881"
+    assert body == xml
+    assert frame(xml, WHEN, "bad host\x00name", 1, severity=4).startswith(b"<84>1 2026-11-30T15:04:05.123456Z badhostname ")
+
+
+def test_atna_settings_refuse_an_incomplete_repository(tmp_path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[atna]\nenabled = true\n")
+    with pytest.raises(ConfigError, match="atna.host"):
+        load_settings(config)
+    config.write_text('[atna]\nenabled = true\nhost = "127.0.0.1"\ntransport = "tls"\n')
+    with pytest.raises(ConfigError, match="atna.ca_file"):
+        load_settings(config)
+    config.write_text('[atna]\nenabled = true\nhost = "127.0.0.1"\ntransport = "udp"\nport = 514\n')
+    assert load_settings(config).atna.transport == "udp"
