@@ -61,6 +61,28 @@ def _study(study: Study, sop_classes: dict[str, int]) -> m.Study:
                    sop_classes)
 
 
+# What the repository receives, for the conformance statement (dicomnode.conformance); a test
+# checks that it names exactly the events the Mapper turns into messages.
+CATALOGUE: list[tuple[tuple[EventCode, ...], m.Code, str, str]] = [
+    ((EventCode.NODE_STARTED, EventCode.NODE_STOPPED), m.APPLICATION_ACTIVITY, "E",
+     "Application Start / Application Stop; the node (AE title, host) as Application"),
+    ((EventCode.ASSOCIATION_ACCEPTED,), m.USER_AUTHENTICATION, "E",
+     "Login, success: the calling AE and its address"),
+    ((EventCode.ASSOCIATION_REJECTED_CALLED_AE, EventCode.ASSOCIATION_REJECTED_CALLING_AE,
+      EventCode.ASSOCIATION_REJECTED_HOST, EventCode.ASSOCIATION_REFUSED_LIMIT, EventCode.TLS_HANDSHAKE_FAILED),
+     m.SECURITY_ALERT, "E", "Node Authentication, minor failure: the refused peer and the reason"),
+    ((EventCode.ASSOCIATION_RELEASED, EventCode.ASSOCIATION_ABORTED), m.INSTANCES_TRANSFERRED, "C",
+     "instances received: one message per association and study, SOP classes with counts, patient"),
+    ((EventCode.DELIVERY_SENT,), m.INSTANCES_TRANSFERRED, "R",
+     "a result (or forwarded instance) stored at a destination: node as source, destination AE, study, patient"),
+    ((EventCode.ADMIN_LOGIN, EventCode.ADMIN_LOGIN_FAILED, EventCode.ADMIN_LOGIN_THROTTLED, EventCode.ADMIN_LOGOUT),
+     m.USER_AUTHENTICATION, "E", "console Login / Logout; failed or throttled logins as minor failures"),
+    ((EventCode.ADMIN_ACTION, EventCode.SERIES_REPROCESS_REQUESTED), m.SECURITY_ALERT, "E",
+     "Use of Restricted Function: the console user or API caller, what was changed"),
+    ((EventCode.RETENTION_DELETED,), m.STUDY_DELETED, "D", "received instances removed by the retention policy"),
+]
+
+
 class Mapper:
     """Audit event -> the audit messages it becomes (none for events a repository need not see)."""
 
@@ -246,7 +268,7 @@ class AtnaExporter(PeriodicWorker):
     def _unreachable(self, exc: SyslogError, pending: int) -> None:
         self._failures += 1
         self._backoff = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (self._failures - 1))
-        log.warning("%s; %d audit message(s) wait, next try in %.0f s", exc, pending, self._backoff)
+        log.warning("%s; %d audit message(s) wait, next try in %.1f s", exc, pending, self._backoff)
         if self._failures == 1:  # once per outage: an outage must not flood the audit trail
             with self.db.session() as s:
                 record_event(s, EventCode.ATNA_REPOSITORY_UNREACHABLE,

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import base64
 import re
+import select
+import socket
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
 import pytest
 
 from dicomnode.atna import messages as m
-from dicomnode.atna.syslog import frame
+from dicomnode.atna.syslog import SyslogError, SyslogSender, frame
 from dicomnode.config import ConfigError, load_settings
 
 WHEN = datetime(2026, 11, 30, 15, 4, 5, 123456, tzinfo=timezone.utc)
@@ -188,3 +190,77 @@ def test_atna_settings_refuse_an_incomplete_repository(tmp_path) -> None:
         load_settings(config)
     config.write_text('[atna]\nenabled = true\nhost = "127.0.0.1"\ntransport = "udp"\nport = 514\n')
     assert load_settings(config).atna.transport == "udp"
+
+
+def test_conformance_catalogue_names_exactly_the_mapped_events() -> None:
+    from dicomnode.atna.exporter import CATALOGUE, Mapper
+
+    catalogued = {int(c) for codes, _, _, _ in CATALOGUE for c in codes}
+    assert catalogued == set(Mapper(SRC)._by_code)
+
+
+def _listener(kind: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, kind)
+    sock.bind(("127.0.0.1", 0))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(2)
+    sock.settimeout(10)
+    return sock
+
+
+def _read_frames(conn: socket.socket, count: int) -> list[bytes]:
+    """Octet-counted frames (RFC 6587 3.4.1 / RFC 5425 4.3): 'LENGTH SP MESSAGE'."""
+    data, frames = b"", []
+    while len(frames) < count:
+        chunk = conn.recv(65536)
+        assert chunk, f"connection closed after {len(frames)} of {count} frames"
+        data += chunk
+        while b" " in data:
+            length, _, rest = data.partition(b" ")
+            if len(rest) < int(length):
+                break
+            frames.append(rest[:int(length)])
+            data = rest[int(length):]
+    return frames
+
+
+def test_tcp_frames_are_octet_counted_and_a_closed_repository_connection_is_reopened() -> None:
+    """A repository that closed the connection (restart, idle timeout) must not swallow the next
+    message into a dead socket: the sender sees the close and sends on a new connection."""
+    server = _listener(socket.SOCK_STREAM)
+    sender = SyslogSender("127.0.0.1", server.getsockname()[1], "tcp", 5)
+    first = frame(m.application_activity(SRC, WHEN, True), WHEN, "h", 1)
+    try:
+        sender.send([first, first + b" second"])
+        conn, _ = server.accept()
+        assert _read_frames(conn, 2) == [first, first + b" second"]
+        conn.close()  # the repository goes away between two messages
+        select.select([sender._sock], [], [], 5)  # the FIN has arrived: what the sender must notice
+        sender.send([b"after the close"])
+        conn2, _ = server.accept()
+        assert _read_frames(conn2, 1) == [b"after the close"]
+        conn2.close()
+    finally:
+        sender.close()
+        server.close()
+
+
+def test_udp_sends_one_message_per_datagram_and_a_closed_port_raises() -> None:
+    server = _listener(socket.SOCK_DGRAM)
+    sender = SyslogSender("127.0.0.1", server.getsockname()[1], "udp", 5)
+    message = frame(m.application_activity(SRC, WHEN, True), WHEN, "h", 1)
+    try:
+        sender.send([message, b"two"])
+        assert server.recv(65536) == message and server.recv(65536) == b"two"
+    finally:
+        sender.close()
+        server.close()
+    closed = SyslogSender("127.0.0.1", _free_tcp_port(), "tcp", 2)
+    with pytest.raises(SyslogError, match="audit repository tcp://127.0.0.1:"):
+        closed.send([message])
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
