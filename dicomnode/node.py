@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from dicomnode.atna.exporter import AtnaExporter
+from dicomnode.atna.settings_audit import record_settings_changes
 from dicomnode.config import Settings, redact_url
 from dicomnode.core.durable import make_dirs_durably
 from dicomnode.deliver.outbox import Outbox
@@ -125,6 +126,7 @@ class Node:
         if self.atna is not None:
             self.atna.start()
         self.recover()
+        record_settings_changes(self.db, self.settings)  # a changed config or console user, audited
         self.scp.start()
         self.checker.start()
         for worker in self.workers:

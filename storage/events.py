@@ -76,6 +76,8 @@ class EventCode(IntEnum):
     # 9xx: IHE ATNA export to the hospital's audit repository (dicomnode.atna)
     ATNA_REPOSITORY_UNREACHABLE = 900  # the audit repository refused or dropped us; messages wait in the queue
     ATNA_REPOSITORY_RESTORED = 901  # the audit repository takes messages again; the queue was sent
+    SETTINGS_CHANGED = 902  # at start: settings differ from the last start (key names only, never values)
+    USERS_CHANGED = 903  # at start: console users added, removed or given a new password since the last start
 
     @property
     def level(self) -> str:

@@ -287,5 +287,16 @@ class AtnaCursor(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SettingsSnapshot(Base):
+    """What the settings were at the last start (dicomnode.atna.settings_audit): one row, a digest
+    per setting key (never a value), so a changed configuration or user is audited at the next start."""
+
+    __tablename__ = "settings_snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digests: Mapped[dict[str, Any]]
+    taken_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 Index("ix_jobs_state_queued", Job.state, Job.queued_at)
 Index("ix_deliveries_due", Delivery.state, Delivery.next_attempt_at)

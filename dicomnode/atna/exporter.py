@@ -80,6 +80,11 @@ CATALOGUE: list[tuple[tuple[EventCode, ...], m.Code, str, str]] = [
     ((EventCode.ADMIN_ACTION, EventCode.SERIES_REPROCESS_REQUESTED), m.SECURITY_ALERT, "E",
      "Use of Restricted Function: the console user or API caller, what was changed"),
     ((EventCode.RETENTION_DELETED,), m.STUDY_DELETED, "D", "received instances removed by the retention policy"),
+    ((EventCode.SETTINGS_CHANGED,), m.SECURITY_ALERT, "E",
+     "Security Configuration (security, TLS, console access, ATNA keys) or Software Configuration: the changed "
+     "setting keys, never their values, found at start"),
+    ((EventCode.USERS_CHANGED,), m.SECURITY_ALERT, "E",
+     "User security Attributes Changed: console users added, removed or given a new password, found at start"),
 ]
 
 
@@ -107,6 +112,8 @@ class Mapper:
             EventCode.ADMIN_ACTION: self._admin_action,
             EventCode.SERIES_REPROCESS_REQUESTED: self._admin_action,
             EventCode.RETENTION_DELETED: self._deleted,
+            EventCode.SETTINGS_CHANGED: self._settings_changed,
+            EventCode.USERS_CHANGED: self._settings_changed,
             # Query (110112, messages.query): no event yet; the node does not query for priors
         }
 
@@ -179,6 +186,16 @@ class Mapper:
         xml = m.security_alert(self.src, e.at, m.RESTRICTED_FUNCTION, _user(e.details), subject, m.ID_URI, ok=True,
                                description=e.message)
         return [Outgoing(xml, True)]
+
+    def _settings_changed(self, s: Session, e: Event) -> list[Outgoing]:
+        if e.code == EventCode.USERS_CHANGED:
+            kind, subject = m.USER_SECURITY_ATTRIBUTES_CHANGED, "dicomnode:settings/web.users"
+        else:
+            security = bool((e.details or {}).get("security"))
+            kind, subject = (m.SECURITY_CONFIGURATION if security else m.SOFTWARE_CONFIGURATION), "dicomnode:settings"
+        # who edited the file is not known to the node: the node reports, no performer
+        return [Outgoing(m.security_alert(self.src, e.at, kind, None, subject, m.ID_URI, ok=True,
+                                          description=e.message), True)]
 
     def _deleted(self, s: Session, e: Event) -> list[Outgoing]:
         if not e.series_instance_uid or (e.details or {}).get("what") != "source":

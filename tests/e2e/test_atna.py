@@ -165,6 +165,10 @@ def test_audit_messages_survive_a_down_repository_and_a_restart(tmp_path: Path, 
         wait_for(lambda: _events(node, "DELIVERY_SENT"), 120, "the result to reach the PACS")
         wait_for(lambda: _events(node, "ATNA_REPOSITORY_UNREACHABLE"), 30, "the exporter to find the repository down")
         node.stop()
+        # an admin edits the configuration: a new console user and another completion delay
+        config = node.config.read_text().replace("stable_seconds = 1.0", "stable_seconds = 2.0")
+        config = config.replace(f'users = {{ {USER} = "', f'users = {{ auditor = "{hash_password("other secret words", iterations=1000)}", {USER} = "')
+        node.config.write_text(config)
         node.start()  # a restart while the repository is still down: the queue is in the database
         rsyslog.start()
         wait_for(lambda: _events(node, "ATNA_REPOSITORY_RESTORED"), 60, "the exporter to reach the repository")
@@ -223,6 +227,12 @@ def test_audit_messages_survive_a_down_repository_and_a_restart(tmp_path: Path, 
     assert exported.find("ParticipantObjectIdentification/SOPClass").get("UID") == result_class
     destination = [p for p in exported.findall("ActiveParticipant") if p.find("RoleIDCode").get("csd-code") == "110152"]
     assert destination[0].get("UserID") == "PACS"
+    # the configuration change, found at the restart: Security Alerts naming the keys and the user
+    alerts = {r.find("EventIdentification/EventTypeCode").get("csd-code"): r for r in kinds["110113/E"]}
+    assert "added auditor" in alerts["110137"].findtext("EventIdentification/EventOutcomeDescription")
+    software = alerts["110131"].findtext("EventIdentification/EventOutcomeDescription")
+    assert "series.stable_seconds" in software and "2.0" not in software  # key names, never values
+    assert [e["message"] for e in _events(node, "USERS_CHANGED")] == ["console users changed since the last start: added auditor"]
     # the outage itself is in the node's own audit trail, once per process that met it
     assert 1 <= len(_events(node, "ATNA_REPOSITORY_UNREACHABLE")) <= 2
     with sqlite3.connect(node.data_dir / "audit.sqlite") as db:

@@ -264,3 +264,39 @@ def _free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_settings_changes_are_audited_by_key_and_user_never_by_value(tmp_path) -> None:
+    from sqlalchemy import select
+
+    from dicomnode.atna.settings_audit import record_settings_changes
+    from dicomnode.core.passwords import hash_password
+    from storage.db import Database
+    from storage.models import Event, SettingsSnapshot
+
+    db = Database(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    db.migrate()
+    first, second = hash_password("first long password", iterations=1000), hash_password("second long pass", iterations=1000)
+
+    def settings(users: dict[str, str], port: int) -> object:
+        config = tmp_path / "node.toml"
+        entries = ", ".join(f'{name} = "{h}"' for name, h in users.items())
+        config.write_text(f"[web]\nport = {port}\nusers = {{ {entries} }}\n")
+        return load_settings(config)
+
+    try:
+        assert record_settings_changes(db, settings({"admin": first}, 8080)) == []  # first start: the baseline
+        assert record_settings_changes(db, settings({"admin": first}, 8080)) == []  # nothing changed, nothing said
+        changed = record_settings_changes(db, settings({"admin": second, "alice": first}, 8081))
+        assert changed == ["web.port", "web.users.admin", "web.users.alice"]
+        with db.session() as s:
+            events = {e.name: e for e in s.execute(select(Event)).scalars()}
+            snapshot = s.get(SettingsSnapshot, 1).digests
+        assert events["USERS_CHANGED"].message == ("console users changed since the last start: added alice; "
+                                                   "new password for admin")
+        assert events["SETTINGS_CHANGED"].details == {"keys": ["web.port"], "security": False}
+        said = repr({k: (v.message, v.details) for k, v in events.items()})
+        assert "8081" not in said and first not in said and second not in said
+        assert first not in repr(snapshot) and second not in repr(snapshot)  # digests only
+    finally:
+        db.close()

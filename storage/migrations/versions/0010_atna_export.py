@@ -1,5 +1,6 @@
 """ATNA export cursor: the last audit event the exporter handed to the hospital's audit repository
-(dicomnode.atna). The events after it are the persistent queue.
+(dicomnode.atna). The events after it are the persistent queue. And the settings snapshot (a digest
+per key) against which a start audits changed settings and console users.
 
 Revision ID: 0010
 Revises: 0008
@@ -28,7 +29,15 @@ def upgrade() -> None:
         sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('id'),
     )
+    op.create_table(
+        'settings_snapshots',
+        sa.Column('id', sa.Integer(), nullable=False),
+        sa.Column('digests', sa.JSON(), nullable=False),
+        sa.Column('taken_at', sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('id'),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('settings_snapshots')
     op.drop_table('atna_export')
