@@ -73,6 +73,8 @@ CATALOGUE: list[tuple[tuple[EventCode, ...], m.Code, str, str]] = [
      m.SECURITY_ALERT, "E", "Node Authentication, minor failure: the refused peer and the reason"),
     ((EventCode.ASSOCIATION_RELEASED, EventCode.ASSOCIATION_ABORTED), m.INSTANCES_TRANSFERRED, "C",
      "instances received: one message per association and study, SOP classes with counts, patient"),
+    ((EventCode.UPLOAD_RECEIVED,), m.INSTANCES_TRANSFERRED, "C",
+     "instances uploaded through the console or API: one message per study, the user and their address as source"),
     ((EventCode.DELIVERY_SENT,), m.INSTANCES_TRANSFERRED, "R",
      "a result (or forwarded instance) stored at a destination: node as source, destination AE, study, patient"),
     ((EventCode.ADMIN_LOGIN, EventCode.ADMIN_LOGIN_FAILED, EventCode.ADMIN_LOGIN_THROTTLED, EventCode.ADMIN_LOGOUT),
@@ -105,6 +107,7 @@ class Mapper:
             EventCode.ASSOCIATION_RELEASED: self._instances_received,
             EventCode.ASSOCIATION_ABORTED: self._instances_received,
             EventCode.DELIVERY_SENT: self._exported,
+            EventCode.UPLOAD_RECEIVED: self._uploaded,
             EventCode.ADMIN_LOGIN: lambda s, e: self._login(e, ok=True),
             EventCode.ADMIN_LOGIN_FAILED: lambda s, e: self._login(e, ok=False),
             EventCode.ADMIN_LOGIN_THROTTLED: lambda s, e: self._login(e, ok=False),
@@ -163,6 +166,28 @@ class Mapper:
             [_study(study, classes)], created=True, ok=ok,
             description="" if ok else "association aborted; the instances listed were stored"), ok)
             for study, classes in per_study.values()]
+
+    def _uploaded(self, s: Session, e: Event) -> list[Outgoing]:
+        """A console or API upload: one message per study, the user at their address as the source."""
+        accepted: dict[str, int] = (e.details or {}).get("series") or {}
+        per_study: dict[int, tuple[Study, Counter[str]]] = {}
+        for series_uid, count in accepted.items():
+            series = s.execute(select(Series).where(Series.series_instance_uid == series_uid)).scalar_one_or_none()
+            if series is None or not count:
+                continue
+            classes = list(s.execute(select(Instance.sop_class_uid).where(Instance.series_id == series.id)
+                                     .distinct()).scalars())
+            # a series is almost always one SOP class; otherwise count its uploaded (association-less) rows
+            found = Counter({classes[0]: count}) if len(classes) == 1 else Counter(s.execute(
+                select(Instance.sop_class_uid).where(Instance.series_id == series.id,
+                                                     Instance.association_id.is_(None))).scalars())
+            per_study.setdefault(series.study_id, (series.study, Counter()))[1].update(found)
+        user = _user(e.details)
+        sender = m.Participant(user.user_id, m.ROLE_SOURCE, True, user.network_access_point)
+        return [Outgoing(m.instances_transferred(self.src, e.at, sender, self.src.participant(m.ROLE_DESTINATION),
+                                                 [_study(study, dict(classes))], created=True,
+                                                 description="uploaded through the web console or API"), True)
+                for study, classes in per_study.values()]
 
     def _exported(self, s: Session, e: Event) -> list[Outgoing]:
         d = s.get(Delivery, e.delivery_id) if e.delivery_id is not None else None
@@ -297,6 +322,10 @@ class AtnaExporter(PeriodicWorker):
         repository answers, within timeout_s; the rest waits for the next start."""
         self.stop()
         self.join(timeout_s)
+        if self.is_alive():  # still inside a send (a repository that does not answer): it owns the sender
+            log.warning("audit repository %s did not answer in %.0f s; the rest is sent at the next start",
+                        self.sender.target, timeout_s)
+            return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.export_batch(flush=True):
             pass

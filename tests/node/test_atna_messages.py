@@ -300,3 +300,71 @@ def test_settings_changes_are_audited_by_key_and_user_never_by_value(tmp_path) -
         assert first not in repr(snapshot) and second not in repr(snapshot)  # digests only
     finally:
         db.close()
+
+
+def test_mapper_reports_per_association_and_study_uploads_deletions_and_alerts(tmp_path) -> None:
+    """The exporter's mapping from audit rows, on a real audit database: an association that carried
+    two studies gives two messages (not one per instance), an upload one per study, and so on."""
+    from dicomnode.atna.exporter import Mapper
+    from storage.audit import record_event
+    from storage.db import Database
+    from storage.events import EventCode
+    from storage.models import Association, Instance, Series, Study
+
+    db = Database(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    db.migrate()
+    try:
+        with db.session() as s:
+            assoc = Association(calling_ae="SCANNER", called_ae="DICOMNODE", peer_host="10.1.2.3", peer_port=4000,
+                                state="released")
+            s.add(assoc)
+            s.flush()
+            for n, (study_uid, via) in enumerate([("1.2.1", assoc.id), ("1.2.2", assoc.id), ("1.2.3", None)]):
+                study = Study(study_instance_uid=study_uid, patient_id=f"P{n}", patient_name=f"Doe^{n}")
+                s.add(study)
+                s.flush()
+                series = Series(series_instance_uid=study_uid + ".1", study_id=study.id)
+                s.add(series)
+                s.flush()
+                for i in range(n + 2):  # 2, 3 and 4 instances
+                    s.add(Instance(sop_instance_uid=f"{study_uid}.1.{i}", sop_class_uid=CT, transfer_syntax_uid="1.2.840.10008.1.2",
+                                   series_id=series.id, association_id=via, path=f"x/{study_uid}/{i}", size_bytes=1))
+            events = {
+                "received": record_event(s, EventCode.ASSOCIATION_RELEASED, "9 instance(s)", association_id=assoc.id),
+                "upload": record_event(s, EventCode.UPLOAD_RECEIVED, "admin uploaded 4 instance(s) from 10.9.9.9",
+                                       details={"user": "admin", "client": "10.9.9.9", "series": {"1.2.3.1": 4}}),
+                "deleted": record_event(s, EventCode.RETENTION_DELETED, "files removed", series_instance_uid="1.2.2.1",
+                                        details={"what": "source"}),
+                "results deleted": record_event(s, EventCode.RETENTION_DELETED, "results removed",
+                                                series_instance_uid="1.2.2.1", details={"what": "outbox"}),
+                "action": record_event(s, EventCode.ADMIN_ACTION, "admin re-queued dead letters from 10.9.9.9",
+                                       details={"user": "admin", "client": "10.9.9.9"}),
+                "tls": record_event(s, EventCode.TLS_HANDSHAKE_FAILED, "TLS handshake with 192.0.2.5:999 failed",
+                                    details={"peer_host": "192.0.2.5", "peer_port": 999}),
+                "job": record_event(s, EventCode.JOB_DONE, "1 finding(s)"),
+            }
+            s.flush()
+            mapper = Mapper(SRC)
+            out = {label: [assert_audit_message(o.xml) for o in mapper.messages(s, e)] for label, e in events.items()}
+
+        received = out["received"]
+        assert [(r.find("ParticipantObjectIdentification").get("ParticipantObjectID"),
+                 r.find("ParticipantObjectIdentification/SOPClass").get("NumberOfInstances")) for r in received] \
+            == [("1.2.1", "2"), ("1.2.2", "3")]
+        assert {r.find("ActiveParticipant").get("UserID") for r in received} == {"SCANNER"}
+        (upload,) = out["upload"]
+        assert upload.find("ActiveParticipant").attrib["UserID"] == "admin"
+        assert upload.find("ActiveParticipant").attrib["NetworkAccessPointID"] == "10.9.9.9"
+        assert upload.find("ParticipantObjectIdentification/SOPClass").get("NumberOfInstances") == "4"
+        (deleted,) = out["deleted"]
+        assert code_of(deleted.find("EventIdentification/EventID")) == ("110105", "DCM")
+        assert out["results deleted"] == []  # the node's own objects, not the study
+        (action,) = out["action"]
+        assert code_of(action.find("EventIdentification/EventTypeCode")) == ("110132", "DCM")
+        assert [p.get("UserID") for p in action.findall("ActiveParticipant")][1] == "admin"
+        (tls,) = out["tls"]
+        assert tls.find("ParticipantObjectIdentification").get("ParticipantObjectID") == "192.0.2.5"
+        assert tls.find("EventIdentification").get("EventOutcomeIndicator") == "4"
+        assert out["job"] == []  # not security-relevant: not sent
+    finally:
+        db.close()
