@@ -245,6 +245,9 @@ class AtnaExporter(PeriodicWorker):
         self.mapper = Mapper(self.source)
         self.sender = SyslogSender(cfg.host, cfg.port, cfg.transport, cfg.connect_timeout_s, cfg.ca_file,
                                    cfg.cert_file, cfg.key_file)
+        if cfg.transport != "tls":  # audit messages carry patient IDs and names
+            log.warning("atna.transport is %s: audit messages (patient IDs and names among them) go to %s "
+                        "unencrypted; use tls outside a trusted network", cfg.transport, self.sender.target)
         self._backoff = 0.0  # > 0 while the repository is down
         self._failures = 0
         self._ensure_cursor()
