@@ -289,7 +289,7 @@ class AtnaExporter(PeriodicWorker):
                 return False
             frames = [frame(o.xml, _aware(e.at), self.source.host_name, self.source.process_id,
                             NOTICE if o.ok else WARNING)
-                      for e in events for o in self.mapper.messages(s, e)]
+                      for e in events for o in self._messages(s, e)]
             last = events[-1].id
         try:
             if frames:
@@ -309,6 +309,15 @@ class AtnaExporter(PeriodicWorker):
         if frames:
             self._failures, self._backoff = 0, 0.0
         return len(events) == self.cfg.batch_size
+
+    def _messages(self, s: Session, e: Event) -> list[Outgoing]:
+        """One event's messages; an event that cannot be mapped (a bug, odd data) is logged and
+        passed over: it must not hold up every audit message after it."""
+        try:
+            return self.mapper.messages(s, e)
+        except Exception:
+            log.exception("audit event %d (%s) could not be made into an audit message; not sent", e.id, e.name)
+            return []
 
     def _unreachable(self, exc: SyslogError, pending: int) -> None:
         self._failures += 1

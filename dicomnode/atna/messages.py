@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -179,10 +180,17 @@ def _studies(root: ET.Element, studies: list[Study]) -> None:
             ET.SubElement(el, "ParticipantObjectName").text = name
 
 
+# characters XML 1.0 forbids (ElementTree writes them as they are): C0 controls such as the ESC of an
+# ISO 2022 patient name, lone surrogates, U+FFFE/U+FFFF
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _done(root: ET.Element) -> bytes:
     """One line of UTF-8: a line break in a text (a free-text reason) goes as a character reference,
-    so a repository that splits or escapes at line ends keeps the message whole and readable."""
-    body = ET.tostring(root, encoding="unicode").replace("\r", "&#13;").replace("\n", "&#10;")
+    so a repository that splits or escapes at line ends keeps the message whole and readable; a
+    character XML cannot carry becomes U+FFFD rather than making the whole message unreadable."""
+    body = _NOT_XML.sub("\ufffd", ET.tostring(root, encoding="unicode"))
+    body = body.replace("\r", "&#13;").replace("\n", "&#10;")
     return ('<?xml version="1.0" encoding="UTF-8"?>' + body).encode("utf-8")
 
 

@@ -149,6 +149,16 @@ def test_failures_and_alerts_carry_outcome_and_free_text_on_one_line() -> None:
     assert subject.get("ParticipantObjectTypeCodeRole") == "13" and subject.get("ParticipantObjectID") == "EVIL@192.0.2.7"
 
 
+def test_characters_xml_cannot_carry_do_not_break_the_message() -> None:
+    """An ISO 2022 patient name carries ESC; XML 1.0 forbids it, and one such name must not make the
+    repository refuse the whole message."""
+    study = m.Study("1.2.3", "P1", "Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B", sop_classes={CT: 1})
+    root = assert_audit_message(m.instances_transferred(SRC, WHEN, SRC.participant(m.ROLE_SOURCE, True),
+                                                        SRC.participant(m.ROLE_DESTINATION), [study], created=False))
+    name = root.findall("ParticipantObjectIdentification")[1].findtext("ParticipantObjectName")
+    assert name == "Yamada^Tarou=\ufffd$B;3ED\ufffd(B^\ufffd$BB@O:\ufffd(B"
+
+
 def test_query_message_is_ready_for_priors() -> None:
     requestor = m.Participant("DICOMNODE", m.ROLE_SOURCE, True, "10.0.0.5")
     pacs = m.Participant("PACS", m.ROLE_DESTINATION, False, "10.0.0.9")
