@@ -43,6 +43,8 @@ def pki(tmp_path_factory) -> Path:
         (d / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
         _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
                  "-CAcreateserial", "-days", "2", "-out", str(d / f"{name}.crt"), "-extfile", str(d / f"{name}.ext"))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Other CA",
+             "-keyout", str(d / "other-ca.key"), "-out", str(d / "other-ca.crt"))
     return d
 
 
@@ -262,3 +264,24 @@ def test_audit_messages_survive_a_down_repository_and_a_restart(tmp_path: Path, 
     assert 1 <= len(_events(node, "ATNA_REPOSITORY_UNREACHABLE")) <= 2
     with sqlite3.connect(node.data_dir / "audit.sqlite") as db:
         assert db.execute("SELECT messages_sent FROM atna_export").fetchone()[0] == len(received)
+
+
+def test_a_repository_whose_certificate_the_ca_did_not_sign_gets_nothing(pki: Path, rsyslog: Rsyslog) -> None:
+    """The node checks the repository's certificate against atna.ca_file: audit messages carry patient
+    names and must not go to whoever answers on the port."""
+    from datetime import datetime, timezone
+
+    from dicomnode.atna import messages as m
+    from dicomnode.atna.syslog import SyslogError, SyslogSender, frame
+
+    rsyslog.start()
+    now = datetime.now(timezone.utc)
+    message = frame(m.application_activity(m.Source("N", "N", "h", 1), now, True), now, "h", 1)
+    wrong = SyslogSender("127.0.0.1", rsyslog.port, "tls", 5, pki / "other-ca.crt", pki / "node.crt", pki / "node.key")
+    with pytest.raises(SyslogError, match="certificate verify failed"):
+        wrong.send([message])
+    right = SyslogSender("127.0.0.1", rsyslog.port, "tls", 5, pki / "ca.crt", pki / "node.crt", pki / "node.key")
+    right.send([message])
+    right.close()
+    wait_for(lambda: rsyslog.received(), 20, "the message from the correctly configured sender")
+    assert [r["msg"].encode() for r in rsyslog.received()] == [message.partition(b" - ")[2]]
