@@ -405,6 +405,56 @@ class WebSettings(Strict):
         return secret
 
 
+
+class AtnaSettings(Strict):
+    """IHE ATNA Record Audit Event (dicomnode.atna): the audit trail as DICOM PS3.15 A.5 audit
+    messages over syslog to the hospital's audit repository. The events table is the queue."""
+
+    # off by default: a hospital names its repository first
+    enabled: bool = False
+    # the audit repository (Audit Record Repository, ARR)
+    host: str | None = None
+    # 6514 is syslog over TLS (RFC 5425); plain syslog listens on 514 (TCP or UDP)
+    port: int = Field(6514, ge=1, le=65535)
+    # tls: RFC 5425 (the IHE ATNA default); tcp: the same octet-counted frames without TLS; udp: RFC 5426
+    # (lossy: no acknowledgement, a datagram may vanish; for repositories that take nothing else)
+    transport: Literal["tls", "tcp", "udp"] = "tls"
+    # tls: the CA that signed the repository's certificate; cert_file/key_file: the node's client
+    # certificate where the repository asks for one (IHE ATNA: mutual authentication)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # AuditSourceID of every message; empty: the node's AE title
+    audit_source_id: str = ""
+    # AuditEnterpriseSiteID (the hospital or site); empty: left out
+    enterprise_site_id: str = ""
+    # how often the exporter looks for new audit events
+    poll_seconds: float = Field(1.0, gt=0)
+    # while the repository is down: first wait, doubled on each failure up to backoff_max_s
+    backoff_initial_s: float = Field(2.0, gt=0)
+    backoff_max_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    # events handled per pass (one connection, one commit of the cursor)
+    batch_size: int = Field(200, ge=1, le=10000)
+    _paths = field_validator("ca_file", "cert_file", "key_file")(lambda cls, v: check_path(v))
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> "AtnaSettings":
+        if not self.enabled:
+            return self
+        if not self.host:
+            raise ValueError("atna.enabled is true but atna.host (the audit repository) is not set")
+        check_host(self.host)
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("atna.cert_file and atna.key_file go together: set both or neither")
+        if self.transport == "tls" and self.ca_file is None:
+            raise ValueError("atna.transport is tls but atna.ca_file (the CA of the repository's certificate) is not set")
+        absent = [f"{k} ({path})" for k in ("ca_file", "cert_file", "key_file")
+                  if (path := getattr(self, k)) is not None and not Path(path).is_file()]
+        if absent:
+            raise ValueError(f"atna.enabled is true but these files do not exist: {', '.join(absent)}")
+        return self
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DICOMNODE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
@@ -428,6 +478,7 @@ class Settings(BaseSettings):
     results: ResultOptions = ResultOptions()
     retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
+    atna: AtnaSettings = AtnaSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -20,7 +20,9 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
-from dicomnode.config import NodeSettings, SenderSettings
+from dicomnode.atna.exporter import CATALOGUE
+from dicomnode.atna.syslog import APP_NAME, MSGID
+from dicomnode.config import AtnaSettings, NodeSettings, SenderSettings
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, STORED_STATUSES, SUCCESS
 from dicomnode.receive.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
@@ -165,7 +167,48 @@ def generate() -> str:
         f"and issued as SCU by `dicomnode echo` (`{VERIFICATION}`).",
         "",
     ]
+    out += _atna_section()
     return "\n".join(out)
+
+
+def _atna_section() -> list[str]:
+    """IHE ATNA Secure Application actor, Record Audit Event (ITI-20), from the exporter's catalogue."""
+    atna = AtnaSettings()
+    out = [
+        "## 6. Audit trail: IHE ATNA (Record Audit Event, ITI-20)",
+        "",
+        "With `[atna] enabled = true` the node sends its audit trail to the hospital's audit repository as DICOM",
+        "audit messages (PS3.15 A.5, the DICOM audit message schema, one XML document per message, UTF-8).",
+        "",
+        f"- Transport: syslog, RFC 5424 messages (PRI facility 10, APP-NAME `{APP_NAME}`, MSGID `{MSGID}`, no",
+        "  structured data), over TLS per RFC 5425 with octet-counting framing (default; the repository's CA in",
+        "  `atna.ca_file`, the node's client certificate in `atna.cert_file`/`key_file`), the same frames over plain",
+        "  TCP, or UDP per RFC 5426 (no acknowledgement: a lost datagram is not sent again).",
+        "- Queue: the audit database's events table; the last event handed to the repository is kept there",
+        "  (`atna_export`). While the repository is down the node keeps working and retries with backoff",
+        f"  ({atna.backoff_initial_s:g} s doubling to {atna.backoff_max_s:g} s by default), records `ATNA_REPOSITORY_UNREACHABLE`",
+        "  (900) once per outage and `ATNA_REPOSITORY_RESTORED` (901), then sends everything queued, in order,",
+        "  across node restarts. Delivery is at-least-once: a message counts as sent",
+        "  once written to the TCP/TLS connection; a crash or a connection that breaks between that write and the",
+        "  queue position's commit sends the batch again (a repository may see a message twice, never lose one).",
+        "- AuditSourceID: `atna.audit_source_id` (default the AE title); AuditEnterpriseSiteID:",
+        "  `atna.enterprise_site_id`; AuditSourceTypeCode 4 (application server process).",
+        "- Events audited before ATNA was first enabled are not sent; after it was turned off and on again, what",
+        "  was recorded meanwhile is. The repository's certificate must name `atna.host` (checked, as is its CA).",
+        "",
+        "| Node events | DICOM EventID | Action | Content |",
+        "|---|---|---|---|",
+    ]
+    for codes, event_id, action, note in CATALOGUE:
+        names = ", ".join(f"`{c.name}` ({int(c)})" for c in codes)
+        out.append(f"| {names} | ({event_id.value}, {event_id.scheme}, \"{event_id.meaning}\") | {action} | {note} |")
+    out += [
+        "",
+        "Query (110112) for prior studies is built (`dicomnode.atna.messages.query`) but not emitted: the node does",
+        "not query other AEs yet.",
+        "",
+    ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from dicomnode.atna.exporter import AtnaExporter
+from dicomnode.atna.settings_audit import record_settings_changes
 from dicomnode.config import Settings, redact_url
 from dicomnode.core.durable import make_dirs_durably
 from dicomnode.deliver.outbox import Outbox
@@ -92,6 +94,8 @@ class Node:
         self.sender_loop = DeliveryLoop(self.sender, settings.sender.poll_seconds)
         # deletes only files of finished series; busy: a series an open intake session still carries
         self.retention = RetentionLoop(self.db, settings, self.lifecycle.is_open) if settings.retention.enabled else None
+        # tails the events table: started first so the recovery and start events go out too
+        self.atna = AtnaExporter(self.db, settings) if settings.atna.enabled else None
 
     def recover(self) -> None:
         """Pick up what a crash or restart left behind, then say so in the audit trail."""
@@ -119,7 +123,10 @@ class Node:
         return ids
 
     def start(self) -> None:
+        if self.atna is not None:
+            self.atna.start()
         self.recover()
+        record_settings_changes(self.db, self.settings)  # a changed config or console user, audited
         self.scp.start()
         self.checker.start()
         for worker in self.workers:
@@ -152,4 +159,6 @@ class Node:
         self.stop_services()
         with self.db.session() as s:
             record_event(s, EventCode.NODE_STOPPED, "node stopped")
+        if self.atna is not None:  # the stop event too, while the repository answers; else at next start
+            self.atna.flush_and_stop(timeout_s=5.0)
         self.db.close()

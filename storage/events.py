@@ -73,10 +73,16 @@ class EventCode(IntEnum):
     RETENTION_HIGH_WATER = 801  # disk use above the high-water mark: oldest deletable data removed first
     RETENTION_SKIPPED = 802  # disk above the mark but nothing deletable (all undelivered or unanalysed)
 
+    # 9xx: IHE ATNA export to the hospital's audit repository (dicomnode.atna)
+    ATNA_REPOSITORY_UNREACHABLE = 900  # the audit repository refused or dropped us; messages wait in the queue
+    ATNA_REPOSITORY_RESTORED = 901  # the audit repository takes messages again; the queue was sent
+    SETTINGS_CHANGED = 902  # at start: settings differ from the last start (key names only, never values)
+    USERS_CHANGED = 903  # at start: console users added, removed or given a new password since the last start
+
     @property
     def level(self) -> str:
         warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 602,
-                701, 704, 706, 707, 801, 802}
+                701, 704, 706, 707, 801, 802, 900}
         error = {603}
         if self.value in error:
             return "error"

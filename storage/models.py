@@ -275,5 +275,28 @@ class WebSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AtnaCursor(Base):
+    """The ATNA exporter's place in the events table (dicomnode.atna): one row. Events with a
+    larger id are the persistent queue; the cursor moves only after the repository took them."""
+
+    __tablename__ = "atna_export"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    messages_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SettingsSnapshot(Base):
+    """What the settings were at the last start (dicomnode.atna.settings_audit): one row, a digest
+    per setting key (never a value), so a changed configuration or user is audited at the next start."""
+
+    __tablename__ = "settings_snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digests: Mapped[dict[str, Any]]
+    taken_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 Index("ix_jobs_state_queued", Job.state, Job.queued_at)
 Index("ix_deliveries_due", Delivery.state, Delivery.next_attempt_at)
