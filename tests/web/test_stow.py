@@ -202,3 +202,27 @@ def test_truncated_body_is_400_and_stores_nothing(stow_node: WebNode, client: ht
     assert response.status_code == 400, response.text
     assert "closing boundary" in response.json()["detail"]
     assert not stored_uids(stow_node, [uid])
+
+
+def test_dicomweb_sender_sends_the_auth_header_and_reads_each_outcome(stow_node: WebNode, phantom_files: list[Path],
+                                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dicomnode.deliver.dicomweb against this node's STOW-RS, which requires the token: with the
+    Authorization value from a file each instance's outcome comes from the answer; without it, 401."""
+    from dicomnode.config import Destination
+    from dicomnode.deliver.dicomweb import Item, send
+
+    good_uid, good = variant(phantom_files[0], generate_uid())
+    (tmp_path / "good.dcm").write_bytes(good)
+    (tmp_path / "bad.dcm").write_bytes(b"not DICOM" * 50)
+    (tmp_path / "auth").write_text(f"Bearer {TOKEN}\n")
+    items = [Item(1, good_uid, tmp_path / "good.dcm"), Item(2, "1.2.3.4", tmp_path / "bad.dcm")]
+    url = f"{stow_node.base}/dicom-web"
+    outcome = send(Destination(type="dicomweb", url=url, auth_header_file=tmp_path / "auth"), items, 5)
+    assert outcome[1] is None  # stored: named in the Referenced SOP Sequence
+    assert outcome[2] is not None and "HTTP 202" in outcome[2]  # not named as stored: failed, retried
+    assert stored_uids(stow_node, [good_uid]) == {good_uid}
+    unauthenticated = send(Destination(type="dicomweb", url=url), items[:1], 5)
+    assert "HTTP 401" in (unauthenticated[1] or "")
+    monkeypatch.delenv("DICOMNODE_TEST_UNSET_AUTH", raising=False)
+    unset = send(Destination(type="dicomweb", url=url, auth_header_env="DICOMNODE_TEST_UNSET_AUTH"), items[:1], 5)
+    assert "DICOMNODE_TEST_UNSET_AUTH" in (unset[1] or "") and TOKEN not in (unset[1] or "")
