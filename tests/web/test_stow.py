@@ -226,3 +226,21 @@ def test_dicomweb_sender_sends_the_auth_header_and_reads_each_outcome(stow_node:
     monkeypatch.delenv("DICOMNODE_TEST_UNSET_AUTH", raising=False)
     unset = send(Destination(type="dicomweb", url=url, auth_header_env="DICOMNODE_TEST_UNSET_AUTH"), items[:1], 5)
     assert "DICOMNODE_TEST_UNSET_AUTH" in (unset[1] or "") and TOKEN not in (unset[1] or "")
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ('type = "dicomweb"\nurl = "ftp://pacs.example.org/dicom-web"', "must start with http:// or https://"),
+    ('type = "dicomweb"\nurl = "https://node:s3cret-pw@pacs.example.org/dicom-web"', "must not carry credentials"),
+    ('type = "dicomweb"', "needs url"),
+    ('ae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\nurl = "http://127.0.0.1/dicom-web"', 'only for a destination with type = "dicomweb"'),
+    ('type = "dicomweb"\nurl = "http://127.0.0.1/dicom-web"\nauth_header_env = "A"\nauth_header_file = "/x"', "not both"),
+])
+def test_a_dicomweb_destination_is_validated(tmp_path: Path, lines: str, message: str) -> None:
+    from dicomnode.config import ConfigError, load_settings
+
+    config = tmp_path / "node.toml"
+    config.write_text(f"[destinations.WEB]\n{lines}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert message in str(refused.value) and "destinations.WEB" in str(refused.value)
+    assert "s3cret-pw" not in str(refused.value)  # a password in a refused URL is not echoed
