@@ -122,7 +122,7 @@ def _outcomes(status: int, text: str, uids: list[str]) -> dict[str, str | None]:
     return result
 
 
-def _client(dest: Destination, timeout: float, ca_file: Path | None) -> httpx.Client:
+def _client(timeout: float, ca_file: Path | None) -> httpx.Client:
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
     # connecting is bounded by sender.connect_timeout_s; storing a batch may take the server longer
     return httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT_S, connect=timeout), verify=verify,
@@ -161,7 +161,12 @@ def send(dest: Destination, items: list[Item], timeout: float, ca_file: Path | N
         else:
             outcome[item.delivery_id] = f"cannot send: {item.path.name} is not in the outbox or spool"
     url = stow_url(dest)
-    with _client(dest, timeout, ca_file) as client:
+    try:
+        client = _client(timeout, ca_file)
+    except (OSError, ValueError) as exc:  # an unreadable tls.ca_file (ssl.SSLError is an OSError)
+        outcome.update({i.delivery_id: f"cannot set up HTTPS with tls.ca_file: {exc}" for i in readable})
+        return outcome
+    with client:
         for start in range(0, len(readable), MAX_INSTANCES_PER_REQUEST):
             outcome.update(_post(client, url, readable[start:start + MAX_INSTANCES_PER_REQUEST], auth))
     return outcome

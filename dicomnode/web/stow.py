@@ -34,6 +34,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from dicomnode.core.dimse import SUCCESS
 from dicomnode.receive.intake import IntakeSession, Origin, StoreOutcome
@@ -191,6 +192,8 @@ async def spool_parts(request: Request, node: Node, folder: Path) -> list[Part]:
         await run_in_threadpool(spooler.flush)
     except MultipartParseError as exc:
         raise StowRejected(f"malformed multipart body: {exc}", 400) from None
+    except ClientDisconnect:
+        raise StowRejected("the client disconnected before the body ended", 400) from None
     finally:
         spooler.close()
     if not spooler.ended:
