@@ -244,3 +244,17 @@ def test_a_dicomweb_destination_is_validated(tmp_path: Path, lines: str, message
         load_settings(config)
     assert message in str(refused.value) and "destinations.WEB" in str(refused.value)
     assert "s3cret-pw" not in str(refused.value)  # a password in a refused URL is not echoed
+
+
+def test_a_console_session_may_stow(stow_node: WebNode, phantom_files: list[Path]) -> None:
+    """The same authentication as the API: a logged-in session works too (multipart/related cannot be sent
+    cross-site without a CORS preflight, so no CSRF token is asked for)."""
+    from tests.web.test_auth import log_in
+
+    uid, data = variant(phantom_files[0], generate_uid())
+    with stow_node.client() as browser:
+        assert log_in(browser).status_code == 303
+        response = stow(browser, [data])
+    assert response.status_code == 200, response.text
+    assert stored_uids(stow_node, [uid]) == {uid}
+    assert events(stow_node, "STOW_RECEIVED")[-1].details["user"] == "admin"
