@@ -256,13 +256,82 @@ class Route(Strict):
         return value
 
 
+DICOMWEB_AE = "DICOMWEB"  # the ae_title a dicomweb destination's delivery rows carry (no AE is called)
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def check_dicomweb_url(value: str) -> str:
+    """A DICOMweb base URL: http or https, a host, no credentials, query or fragment; no trailing slash."""
+    from urllib.parse import urlsplit
+
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  # raises on a port out of range
+    except ValueError as exc:
+        raise ValueError(f"{printable(value, 80)} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{printable(value, 80)}: a DICOMweb url must start with http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        # a secret in the URL ends up in logs and audit rows: it belongs in auth_header_env/auth_header_file
+        raise ValueError("a DICOMweb url must not carry credentials (user:password@); "
+                         "use auth_header_env or auth_header_file")
+    if not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{printable(value, 80)}: a DICOMweb url needs a host and no ?query or #fragment")
+    check_host(parts.hostname)
+    return text.rstrip("/")
+
+
 class Destination(Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     tls: bool = False
+    # "dimse": C-STORE to ae_title@host:port; "dicomweb": STOW-RS to url (ae_title, host, port then
+    # come from the url and need not be given)
+    type: Literal["dimse", "dicomweb"] = "dimse"
+    # dicomweb: the server's DICOMweb base URL, http or https, without credentials; results are POSTed
+    # to <url>/studies (e.g. "https://pacs.example.org/dicom-web")
+    url: str | None = None
+    # dicomweb: the name of an environment variable holding the whole Authorization header value
+    # (e.g. "Bearer eyJ..."); the value is read at each send and never logged
+    auth_header_env: str | None = None
+    # dicomweb: or a file holding that value (first line); read at each send
+    auth_header_file: Path | None = None
     _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
     _host = field_validator("host")(lambda cls, v: check_host(v))
+    _url = field_validator("url")(lambda cls, v: check_dicomweb_url(v) if v is not None else None)
+    _auth_file = field_validator("auth_header_file")(lambda cls, v: check_path(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_from_url(cls, data: Any) -> Any:
+        """A dicomweb destination's host and port are its URL's (the delivery rows record them)."""
+        if not isinstance(data, dict) or data.get("type") != "dicomweb":
+            return data
+        url = data.get("url")
+        if not isinstance(url, str):
+            raise ValueError("a destination with type = \"dicomweb\" needs url (its DICOMweb base URL)")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url.strip())
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            port = 80  # the url validator names what is wrong
+        return {"ae_title": DICOMWEB_AE, "host": parts.hostname or "localhost", "port": port,
+                "tls": parts.scheme == "https", **data}
+
+    @model_validator(mode="after")
+    def _dicomweb_keys(self) -> "Destination":
+        web_keys = [k for k in ("url", "auth_header_env", "auth_header_file") if getattr(self, k) is not None]
+        if self.type == "dimse" and web_keys:
+            raise ValueError(f"{', '.join(web_keys)}: only for a destination with type = \"dicomweb\"")
+        if self.auth_header_env is not None and self.auth_header_file is not None:
+            raise ValueError("give auth_header_env or auth_header_file, not both")
+        if self.auth_header_env is not None and not _ENV_NAME_RE.match(self.auth_header_env):
+            raise ValueError(f"auth_header_env {printable(self.auth_header_env, 40)} is not an environment variable name")
+        return self
 
 
 class SenderSettings(Strict):

@@ -167,6 +167,7 @@ def generate() -> str:
         f"and issued as SCU by `dicomnode echo` (`{VERIFICATION}`).",
         "",
     ]
+    out += dicomweb_sections()
     out += _atna_section()
     return "\n".join(out)
 
@@ -175,7 +176,7 @@ def _atna_section() -> list[str]:
     """IHE ATNA Secure Application actor, Record Audit Event (ITI-20), from the exporter's catalogue."""
     atna = AtnaSettings()
     out = [
-        "## 6. Audit trail: IHE ATNA (Record Audit Event, ITI-20)",
+        "## 8. Audit trail: IHE ATNA (Record Audit Event, ITI-20)",
         "",
         "With `[atna] enabled = true` the node sends its audit trail to the hospital's audit repository as DICOM",
         "audit messages (PS3.15 A.5, the DICOM audit message schema, one XML document per message, UTF-8).",
@@ -206,6 +207,67 @@ def _atna_section() -> list[str]:
         "",
         "Query (110112) for prior studies is built (`dicomnode.atna.messages.query`) but not emitted: the node does",
         "not query other AEs yet.",
+        "",
+    ]
+    return out
+
+
+def dicomweb_sections() -> list[str]:
+    """STOW-RS as origin server (dicomnode.web.stow) and as user agent (dicomnode.deliver.dicomweb)."""
+    from dicomnode.config import WebSettings
+    from dicomnode.deliver import dicomweb
+    from dicomnode.web import stow
+
+    web = WebSettings()
+    out = [
+        "## 6. DICOMweb STOW-RS origin server",
+        "",
+        "The node's HTTP server (`[web]`) implements the Studies Store transaction (PS3.18 10.5):",
+        "`POST /dicom-web/studies` and `POST /dicom-web/studies/{StudyInstanceUID}`.",
+        "",
+        f"- Request: `multipart/related; type=\"{stow.DICOM_TYPE}\"`, one DICOM PS3.10 instance per part. Any other",
+        "  content type, including the metadata-and-bulk-data forms (`application/dicom+json`, `+xml`), is refused",
+        "  with 415 before the body is read.",
+        "- Authentication as the REST API: an API token (`Authorization: Bearer`, `web.api_tokens`) or a console",
+        "  session; 401 otherwise (nothing read, nothing stored). A console bound to loopback without",
+        "  `web.require_login` is open.",
+        "- Instances go through the same intake as C-STORE: each is fsynced to the spool and recorded in the audit",
+        "  database before the answer, duplicates (same SOP Instance UID) are acknowledged and not stored again,",
+        "  and the end of the request starts the completion clock of the series it carried (section 3.2; a whole",
+        "  request counts as an A-RELEASE), after which they are routed like any other. The calling AE recorded is",
+        f"  `{stow.STOW_AE}`.",
+        f"- Limits: the body `web.max_upload_mb` (default {web.max_upload_mb}) -> 413; a part over",
+        "  `node.max_instance_mb` fails alone with `0xA700`; at most `web.max_zip_members` parts",
+        f"  (default {web.max_zip_members}) -> 413. A body that is malformed or ends before its closing boundary is",
+        "  refused with 400. Any whole-request refusal stores nothing and is audited (STOW_REJECTED).",
+        "- Response: the Store Instances Response Module (PS3.18 Annex I) as `application/dicom+json`, or",
+        "  `application/dicom+xml` (Native DICOM Model) when the Accept header prefers it. Referenced SOP",
+        "  Sequence lists the stored instances (Retrieve URL empty: the node offers no WADO-RS); Failed SOP",
+        "  Sequence the others with their Failure Reason. HTTP 200: all stored; 202: some failed; 409: none stored.",
+        "",
+        "| Failure Reason | When |",
+        "|---|---|",
+        f"| `0x{stow.OUT_OF_RESOURCES:04X}` | the part is over `node.max_instance_mb`, or the spool is full |",
+        f"| `0x{stow.DOES_NOT_MATCH_SOP_CLASS:04X}` | the file meta's Media Storage SOP Class UID differs from the data set's SOP Class UID |",
+        f"| `0x{stow.CANNOT_UNDERSTAND:04X}` | not a parseable DICOM PS3.10 instance, a required UID missing or invalid, a part"
+        " whose Content-Type is not application/dicom, a series already known under another study, or (with a"
+        " study in the URL) an instance of another study |",
+        f"| `0x{stow.PROCESSING_FAILURE:04X}` | the instance could not be written or recorded |",
+        "",
+        "## 7. DICOMweb STOW-RS user agent (result delivery)",
+        "",
+        "A destination with `type = \"dicomweb\"` and `url` (http or https; credentials in the URL are refused)",
+        "receives results (and a route's forwarded instances) by `POST <url>/studies`, through the same outbox,",
+        "retries, backoff and dead letters as section 4.",
+        "",
+        f"- One `multipart/related; type=\"application/dicom\"` request per up to {dicomweb.MAX_INSTANCES_PER_REQUEST} due",
+        "  deliveries, each part the PS3.10 file as in the outbox (or as received, for forwards); `Accept:",
+        "  application/dicom+json`. The optional `Authorization` header value is read from `auth_header_env` or",
+        "  `auth_header_file` at each send and never logged.",
+        "- A delivery is delivered when the answer (200, 202 or 409) lists its SOP Instance UID in the Referenced",
+        "  SOP Sequence (or on a 200 without a body). Listed in the Failed SOP Sequence, not listed, any other HTTP",
+        "  status, or no connection: a failed attempt, retried; HTTPS certificates are verified (against",
+        "  `tls.ca_file` when set, else the system's CAs).",
         "",
     ]
     return out

@@ -67,6 +67,9 @@ class EventCode(IntEnum):
     UPLOAD_REJECTED = 706  # over a size, member-count or compression-ratio limit
     WEB_REQUEST_REFUSED = 707  # a foreign Host header, or a body over the size limit
     DESTINATION_ECHO = 708  # an admin C-ECHOed a destination from the console
+    STOW_RECEIVED = 710  # a STOW-RS request (POST /dicom-web/studies) ingested: stored, duplicate and failed counts
+    STOW_REJECTED = 711  # a whole STOW-RS request refused (bad content type or body, over a size limit): nothing stored
+    STOW_INSTANCE_REFUSED = 712  # one part of a STOW-RS request refused before ingest (wrong study, not DICOM)
 
     # 8xx: retention (what was deleted, and why; audit rows themselves are never deleted)
     RETENTION_DELETED = 800  # files of a series (source instances, results or outbox) removed by policy
@@ -82,7 +85,7 @@ class EventCode(IntEnum):
     @property
     def level(self) -> str:
         warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 602,
-                701, 704, 706, 707, 801, 802, 900}
+                701, 704, 706, 707, 711, 712, 801, 802, 900}
         error = {603}
         if self.value in error:
             return "error"

@@ -73,8 +73,9 @@ CATALOGUE: list[tuple[tuple[EventCode, ...], m.Code, str, str]] = [
      m.SECURITY_ALERT, "E", "Node Authentication, minor failure: the refused peer and the reason"),
     ((EventCode.ASSOCIATION_RELEASED, EventCode.ASSOCIATION_ABORTED), m.INSTANCES_TRANSFERRED, "C",
      "instances received: one message per association and study, SOP classes with counts, patient"),
-    ((EventCode.UPLOAD_RECEIVED,), m.INSTANCES_TRANSFERRED, "C",
-     "instances uploaded through the console or API: one message per study, the user and their address as source"),
+    ((EventCode.UPLOAD_RECEIVED, EventCode.STOW_RECEIVED), m.INSTANCES_TRANSFERRED, "C",
+     "instances uploaded through the console, the API or STOW-RS: one message per study, the user and their "
+     "address as source"),
     ((EventCode.DELIVERY_SENT,), m.INSTANCES_TRANSFERRED, "R",
      "a result (or forwarded instance) stored at a destination: node as source, destination AE, study, patient"),
     ((EventCode.ADMIN_LOGIN, EventCode.ADMIN_LOGIN_FAILED, EventCode.ADMIN_LOGIN_THROTTLED, EventCode.ADMIN_LOGOUT),
@@ -108,6 +109,7 @@ class Mapper:
             EventCode.ASSOCIATION_ABORTED: self._instances_received,
             EventCode.DELIVERY_SENT: self._exported,
             EventCode.UPLOAD_RECEIVED: self._uploaded,
+            EventCode.STOW_RECEIVED: self._uploaded,
             EventCode.ADMIN_LOGIN: lambda s, e: self._login(e, ok=True),
             EventCode.ADMIN_LOGIN_FAILED: lambda s, e: self._login(e, ok=False),
             EventCode.ADMIN_LOGIN_THROTTLED: lambda s, e: self._login(e, ok=False),
@@ -186,7 +188,7 @@ class Mapper:
         sender = m.Participant(user.user_id, m.ROLE_SOURCE, True, user.network_access_point)
         return [Outgoing(m.instances_transferred(self.src, e.at, sender, self.src.participant(m.ROLE_DESTINATION),
                                                  [_study(study, dict(classes))], created=True,
-                                                 description="uploaded through the web console or API"), True)
+                                                 description=_upload_description(e)), True)
                 for study, classes in per_study.values()]
 
     def _exported(self, s: Session, e: Event) -> list[Outgoing]:
@@ -342,3 +344,7 @@ class AtnaExporter(PeriodicWorker):
         while time.monotonic() < deadline and self.export_batch(flush=True):
             pass
         self.sender.close()
+
+
+def _upload_description(e: Event) -> str:
+    return "received by STOW-RS" if e.code == EventCode.STOW_RECEIVED else "uploaded through the web console or API"

@@ -20,7 +20,8 @@ from pynetdicom.presentation import build_context
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dicomnode.config import Settings
+from dicomnode.config import DICOMWEB_AE, Destination, Settings
+from dicomnode.deliver import dicomweb
 from dicomnode.deliver.outbox import Target
 from dicomnode.core.dimse import STORED_STATUSES
 from dicomnode.core.loops import PeriodicWorker
@@ -101,6 +102,11 @@ class ResultSender:
         return sum(self._send_group(target, items) for target, items in groups.items())
 
     def _send_group(self, target: Target, items: list[Delivery]) -> int:
+        dest = self.settings.destinations.get(target.name)
+        if dest is not None and dest.type == "dicomweb":
+            return self._send_web(dest, items)
+        if target.ae_title == DICOMWEB_AE and dest is None:
+            return self._fail_all(items, target, f"destination {target.name!r} is no longer in [destinations]")
         ae = AE(ae_title=self.settings.node.ae_title)
         ae.acse_timeout = ae.dimse_timeout = self.settings.sender.connect_timeout_s
         ae.network_timeout = self.settings.node.network_timeout_s
@@ -138,19 +144,41 @@ class ResultSender:
                 assoc.release()
         return delivered
 
+    def _send_web(self, dest: Destination, items: list[Delivery]) -> int:
+        """STOW-RS (dicomnode.deliver.dicomweb); each delivery's outcome from the server's answer."""
+        where = dicomweb.stow_url(dest)
+        sendable: list[dicomweb.Item] = []
+        for d in items:
+            try:
+                sendable.append(dicomweb.Item(d.id, d.sop_instance_uid, self.file_of(d)))
+            except OutsideRoot as exc:
+                self._mark_failed(d, where, f"cannot send {d.path!r}: {exc}")
+        outcome = dicomweb.send(dest, sendable, self.settings.sender.connect_timeout_s, self.settings.tls.ca_file)
+        delivered = 0
+        for d in items:
+            if d.id not in outcome:
+                continue
+            why = outcome[d.id]
+            if why is None:
+                self._mark_delivered(d, where)
+                delivered += 1
+            else:
+                self._mark_failed(d, where, why)
+        return delivered
+
     def _fail_all(self, items: list[Delivery], target: Target, why: str) -> int:
         for d in items:
             self._mark_failed(d, target, why)
         return 0
 
-    def _mark_delivered(self, d: Delivery, target: Target) -> None:
+    def _mark_delivered(self, d: Delivery, target: Target | str) -> None:
         with self.db.session() as s:
             s.execute(update(Delivery).where(Delivery.id == d.id)
                       .values(state=DeliveryState.DELIVERED, delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None))
             record_event(s, EventCode.DELIVERY_SENT, f"{_what(d)}{d.sop_instance_uid} delivered to {target}",
                          series_instance_uid=_forwarded_series(s, d), job_id=d.job_id, delivery_id=d.id)
 
-    def _mark_failed(self, d: Delivery, target: Target, why: str) -> None:
+    def _mark_failed(self, d: Delivery, target: Target | str, why: str) -> None:
         cfg = self.settings.sender
         with self.db.session() as s:
             row = s.get(Delivery, d.id)

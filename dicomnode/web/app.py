@@ -17,6 +17,7 @@ import dicomnode
 from dicomnode.node import Node
 from dicomnode.web import api, pages
 from dicomnode.web import reprocess as reprocess_routes
+from dicomnode.web import stow
 from dicomnode.web.auth import Auth, LoginRequired
 from dicomnode.web.deps import api_user, page_user
 from dicomnode.web.guard import Guard
@@ -53,6 +54,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(reprocess_routes.router)
+    app.include_router(stow.router)  # DICOMweb STOW-RS
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(api_user)])
     def metrics(request: Request) -> Response:

@@ -29,6 +29,8 @@ class EchoResult:
 
 def _echo(settings: Settings, name: str) -> EchoResult:
     dest = settings.destinations[name]
+    if dest.type == "dicomweb":  # no AE to C-ECHO: say so rather than fail against the web port
+        return EchoResult(name, str(dest.url), False, "a DICOMweb (STOW-RS) destination: C-ECHO does not apply")
     address = f"{dest.ae_title}@{dest.host}:{dest.port}"
     # the node's own title and TLS settings: the same association the sender opens, so the answer means
     # the results would go through

@@ -20,6 +20,11 @@ from storage.events import EventCode
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # routes whose body may be as large as web.max_upload_mb; everything else gets web.max_request_kb
 UPLOAD_PATHS = frozenset({"/upload", "/api/upload"})
+STOW_PREFIX = "/dicom-web/studies"  # STOW-RS (dicomnode.web.stow): an upload too
+
+
+def is_upload(path: str) -> bool:
+    return path in UPLOAD_PATHS or path == STOW_PREFIX or path.startswith(STOW_PREFIX + "/")
 # no inline script anywhere (the templates load theirs from /static); Swagger UI sets inline styles
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
@@ -77,7 +82,7 @@ class Guard:
         self.audit = audit
 
     def limit_for(self, path: str) -> int:
-        return self.max_upload if path in UPLOAD_PATHS else self.max_request
+        return self.max_upload if is_upload(path) else self.max_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,7 +100,7 @@ class Guard:
             return
         limit = self.limit_for(path)
         declared = _content_length(headers)
-        if declared is not None and declared > limit and path not in UPLOAD_PATHS:
+        if declared is not None and declared > limit and not is_upload(path):
             # uploads check the declared length themselves, after authentication, and audit it as an upload
             await self._refused("body", client, f"{declared} byte request to {path[:100]} refused from {client}"
                           f" (limit {_size(limit)})", {"path": path[:100], "declared": declared})
@@ -114,7 +119,7 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    if path not in UPLOAD_PATHS:  # uploads are audited as UPLOAD_REJECTED by their route
+                    if not is_upload(path):  # uploads are audited as UPLOAD_REJECTED by their route
                         await self._refused("body", client, f"request to {path[:100]} from {client} stopped at"
                                             f" {_size(limit)} (the body limit)", {"path": path[:100]})
                     raise BodyTooLarge(limit)

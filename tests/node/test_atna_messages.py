@@ -343,6 +343,8 @@ def test_mapper_reports_per_association_and_study_uploads_deletions_and_alerts(t
                 "received": record_event(s, EventCode.ASSOCIATION_RELEASED, "9 instance(s)", association_id=assoc.id),
                 "upload": record_event(s, EventCode.UPLOAD_RECEIVED, "admin uploaded 4 instance(s) from 10.9.9.9",
                                        details={"user": "admin", "client": "10.9.9.9", "series": {"1.2.3.1": 4}}),
+                "stow": record_event(s, EventCode.STOW_RECEIVED, "STOW-RS by api from 10.9.9.8: 4 instance(s) stored",
+                                     details={"user": "api", "client": "10.9.9.8", "series": {"1.2.3.1": 4}}),
                 "deleted": record_event(s, EventCode.RETENTION_DELETED, "files removed", series_instance_uid="1.2.2.1",
                                         details={"what": "source"}),
                 "results deleted": record_event(s, EventCode.RETENTION_DELETED, "results removed",
@@ -366,6 +368,10 @@ def test_mapper_reports_per_association_and_study_uploads_deletions_and_alerts(t
         assert upload.find("ActiveParticipant").attrib["UserID"] == "admin"
         assert upload.find("ActiveParticipant").attrib["NetworkAccessPointID"] == "10.9.9.9"
         assert upload.find("ParticipantObjectIdentification/SOPClass").get("NumberOfInstances") == "4"
+        (stow,) = out["stow"]  # what web/stow.py records: stored instances per series, like an upload
+        assert stow.find("ActiveParticipant").attrib["NetworkAccessPointID"] == "10.9.9.8"
+        assert stow.find("ParticipantObjectIdentification").get("ParticipantObjectID") == "1.2.3"
+        assert stow.find("ParticipantObjectIdentification/SOPClass").get("NumberOfInstances") == "4"
         (deleted,) = out["deleted"]
         assert code_of(deleted.find("EventIdentification/EventID")) == ("110105", "DCM")
         assert out["results deleted"] == []  # the node's own objects, not the study
