@@ -261,6 +261,9 @@ class Destination(Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: bool = False
+    # ask for storage commitment after each delivery (N-ACTION, Storage Commitment Push Model): a
+    # delivery is "committed" only once the destination's N-EVENT-REPORT confirms it; else retried
+    storage_commitment: bool = False
     _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
     _host = field_validator("host")(lambda cls, v: check_host(v))
 
@@ -273,6 +276,12 @@ class SenderSettings(Strict):
     backoff_max_s: float = Field(900.0, gt=0)
     poll_seconds: float = Field(1.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+    # storage commitment: a transaction whose N-EVENT-REPORT has not come this long after the
+    # N-ACTION is failed, and its deliveries retried with the backoff above
+    commitment_timeout_s: float = Field(600.0, gt=0)
+    # how long the association stays open after the N-ACTION response for a report on it (0: release
+    # at once); a PACS that reports later opens a new association to the node instead
+    commitment_linger_s: float = Field(1.0, ge=0)
 
 
 class JobSettings(Strict):
