@@ -21,6 +21,7 @@ from pydicom.uid import (
 )
 
 from dicomnode.config import NodeSettings, SenderSettings
+from dicomnode.core.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, STORED_STATUSES, SUCCESS
 from dicomnode.receive.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
@@ -78,6 +79,7 @@ def generate() -> str:
         "| Verification | SCP and SCU (`dicomnode echo`) |",
         f"| {len(STORAGE_SOP_CLASSES)} storage SOP classes (section 3) | SCP |",
         f"| {len(RESULT_SOP_CLASSES)} result storage SOP classes (section 4) | SCU |",
+        "| Storage Commitment Push Model (section 6) | SCU, per destination (`storage_commitment`) |",
         "",
         "## 2. Application entity and association policy",
         "",
@@ -165,7 +167,43 @@ def generate() -> str:
         f"and issued as SCU by `dicomnode echo` (`{VERIFICATION}`).",
         "",
     ]
+    out += _storage_commitment(sender)
     return "\n".join(out)
+
+
+def _storage_commitment(sender: SenderSettings) -> list[str]:
+    """Section 6: the Storage Commitment Push Model as SCU (dicomnode.deliver.commitment)."""
+    syntaxes = ", ".join(UID(u).name for u in UNCOMPRESSED)
+    return [
+        "## 6. Storage Commitment Push Model (SCU)",
+        "",
+        f"SOP class Storage Commitment Push Model `{STORAGE_COMMITMENT_PUSH_MODEL}`, well-known SOP instance",
+        f"`{STORAGE_COMMITMENT_INSTANCE}`; the node is the SCU, for destinations with `storage_commitment = true`",
+        "(default false). Such a delivery is *committed* only when the destination's N-EVENT-REPORT confirms it;",
+        "until then its state is `awaiting_commitment` and its file stays in the outbox.",
+        "",
+        "- Request: after the C-STOREs of one association, on that association (the Push Model proposed next to",
+        "  the storage contexts, default roles), N-ACTION action type 1 with a new Transaction UID (0008,1195)",
+        "  and a Referenced SOP Sequence (0008,1199) naming each instance stored on it. A status other than",
+        "  `0x0000`, no response, or the context not accepted fails the attempt.",
+        "- Reports are accepted on the same association, kept open `sender.commitment_linger_s` (default",
+        f"  {sender.commitment_linger_s:g} s) after the N-ACTION response, or on a new association to the node's AE:",
+        "  when a destination has `storage_commitment`, the SCP accepts the Push Model with SCP/SCU role",
+        f"  selection, the requestor (the PACS) as SCP, in {syntaxes}. The association policy",
+        "  of section 2 applies to it; the PACS must know the node's AE title, host and port.",
+        "- Event type 1 (all committed) and 2 (some failed: Failed SOP Sequence (0008,1198) with Failure",
+        "  Reason (0008,1197)) are read. An instance in the Referenced SOP Sequence is committed; one listed as",
+        "  failed, or not named, is not: the delivery is retried with the backoff of section 4 (C-STORE and",
+        "  N-ACTION again, under a new Transaction UID) and is a dead letter after `sender.max_attempts`.",
+        f"- No report within `sender.commitment_timeout_s` (default {sender.commitment_timeout_s:g} s) of the N-ACTION",
+        "  counts as a failure. Pending transactions are rows of the audit database: a restart keeps them.",
+        "- A report is refused (N-EVENT-REPORT-RSP `0x0110`, audited as DELIVERY_COMMIT_REPORT_REFUSED, no",
+        "  delivery changed) when its Transaction UID is unknown or already settled, its calling AE title is",
+        "  not the destination's (on a new association also: the peer address is not the destination's host),",
+        "  it names an instance (SOP class and instance) that is not in the transaction, it is event type 1",
+        "  with failures, or it cannot be read. An event type other than 1 or 2 gets `0x0113`.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
