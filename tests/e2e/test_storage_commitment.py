@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
@@ -70,8 +71,9 @@ storage_commitment = true
 """
 
 
-def _config(destinations: dict[str, tuple[str, int]], timeout_s: float) -> str:
+def _config(destinations: dict[str, tuple[str, int]], timeout_s: float, web_port: int | None = None) -> str:
     names = ", ".join(f'"{n}"' for n in destinations)
+    web = f'host = "127.0.0.1"\nport = {web_port}\nmin_free_disk_mb = 1' if web_port else "enabled = false"
     return f"""
 [series]
 stable_seconds = 1
@@ -86,7 +88,7 @@ commitment_linger_s = 0
 [jobs]
 poll_seconds = 0.2
 [web]
-enabled = false
+{web}
 [[routes]]
 name = "all-ct"
 pipeline = "tests.node.pipelines:summary_pipeline"
@@ -181,6 +183,16 @@ def _report(port: int, calling_ae: str, transaction_uid: str, event_type: int,
     return int(status.Status)
 
 
+def _page(url: str) -> str | None:
+    """The console page's HTML, None until the web server answers."""
+    try:
+        response = httpx.get(url, timeout=10)
+    except httpx.TransportError:
+        return None
+    assert response.status_code == 200, response.text[:500]
+    return response.text
+
+
 def _item(sop_class: str, sop_instance: str, why: int | None = None) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = sop_class
@@ -192,13 +204,16 @@ def _item(sop_class: str, sop_instance: str, why: int | None = None) -> Dataset:
 
 def test_reports_are_checked_and_a_pending_transaction_survives_a_restart(peers: Peers, tmp_path: Path) -> None:
     # QUIET never reports (it does not know the node): the test plays the PACS's report itself
-    node = NodeProcess(tmp_path / "node", _config({"QUIET": ("QUIET", peers.quiet.dicom_port)}, timeout_s=600))
+    web_port = free_port()
+    node = NodeProcess(tmp_path / "node", _config({"QUIET": ("QUIET", peers.quiet.dicom_port)}, timeout_s=600, web_port=web_port))
     node.start()
     try:
         storescu(node.port, _ct(3))
         wait_for(lambda: _states(node).get("QUIET", ("", None))[1], 60, "a delivery awaiting commitment")
         waiting = _by_destination(node)["QUIET"]
         assert waiting["state"] == "awaiting_commitment"
+        series_page = f"http://127.0.0.1:{web_port}/series/{waiting['series_instance_uid']}"
+        assert "awaiting commitment" in wait_for(lambda: _page(series_page), 30, "the console's series page")
         uid, ours = waiting["commit_transaction_uid"], (waiting["sop_class_uid"], waiting["sop_instance_uid"])
         stranger = (waiting["sop_class_uid"], "1.2.826.0.1.3680043.8.498.1")
         assert _report(node.port, "QUIET", "1.2.826.0.1.3680043.8.498.2", 1, [ours]) == REFUSED  # unknown transaction
@@ -218,6 +233,7 @@ def test_reports_are_checked_and_a_pending_transaction_survives_a_restart(peers:
         row = _by_destination(node)["QUIET"]
         assert row["state"] == "committed" and row["committed_at"]
         assert _events(node.audit("events", "--limit", "1000"), "DELIVERY_COMMITTED", row["id"])
+        assert "badge d-committed" in wait_for(lambda: _page(series_page), 30, "the console's series page")
         assert _report(node.port, "QUIET", uid, 1, [ours]) == REFUSED, "a transaction is settled once"
     finally:
         node.stop()
