@@ -298,6 +298,9 @@ class Destination(Strict):
     auth_header_env: str | None = None
     # dicomweb: or a file holding that value (first line); read at each send
     auth_header_file: Path | None = None
+    # ask for storage commitment after each delivery (N-ACTION, Storage Commitment Push Model): a
+    # delivery is "committed" only once the destination's N-EVENT-REPORT confirms it; else retried
+    storage_commitment: bool = False
     _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
     _host = field_validator("host")(lambda cls, v: check_host(v))
     _url = field_validator("url")(lambda cls, v: check_dicomweb_url(v) if v is not None else None)
@@ -327,6 +330,9 @@ class Destination(Strict):
         web_keys = [k for k in ("url", "auth_header_env", "auth_header_file") if getattr(self, k) is not None]
         if self.type == "dimse" and web_keys:
             raise ValueError(f"{', '.join(web_keys)}: only for a destination with type = \"dicomweb\"")
+        if self.type == "dicomweb" and self.storage_commitment:
+            # storage commitment is a DIMSE service; a STOW-RS answer already says what was stored
+            raise ValueError("storage_commitment: only for a DIMSE destination (type = \"dimse\")")
         if self.auth_header_env is not None and self.auth_header_file is not None:
             raise ValueError("give auth_header_env or auth_header_file, not both")
         if self.auth_header_env is not None and not _ENV_NAME_RE.match(self.auth_header_env):
@@ -342,6 +348,12 @@ class SenderSettings(Strict):
     backoff_max_s: float = Field(900.0, gt=0)
     poll_seconds: float = Field(1.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+    # storage commitment: a transaction whose N-EVENT-REPORT has not come this long after the
+    # N-ACTION is failed, and its deliveries retried with the backoff above
+    commitment_timeout_s: float = Field(600.0, gt=0)
+    # how long the association stays open after the N-ACTION response for a report on it (0: release
+    # at once); a PACS that reports later opens a new association to the node instead
+    commitment_linger_s: float = Field(1.0, ge=0)
 
 
 class JobSettings(Strict):

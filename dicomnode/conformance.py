@@ -23,6 +23,7 @@ from pydicom.uid import (
 from dicomnode.atna.exporter import CATALOGUE
 from dicomnode.atna.syslog import APP_NAME, MSGID
 from dicomnode.config import AtnaSettings, NodeSettings, SenderSettings
+from dicomnode.core.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, STORED_STATUSES, SUCCESS
 from dicomnode.receive.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
@@ -80,6 +81,9 @@ def generate() -> str:
         "| Verification | SCP and SCU (`dicomnode echo`) |",
         f"| {len(STORAGE_SOP_CLASSES)} storage SOP classes (section 3) | SCP |",
         f"| {len(RESULT_SOP_CLASSES)} result storage SOP classes (section 4) | SCU |",
+        "| Storage Commitment Push Model (section 6) | SCU, per destination (`storage_commitment`) |",
+        "| DICOMweb STOW-RS (sections 7 and 8) | origin server (`POST /dicom-web/studies`); user agent, per destination (`type = \"dicomweb\"`) |",
+        "| IHE ATNA Record Audit Event (section 9) | Secure Application: audit messages over syslog (`[atna]`) |",
         "",
         "## 2. Application entity and association policy",
         "",
@@ -167,6 +171,7 @@ def generate() -> str:
         f"and issued as SCU by `dicomnode echo` (`{VERIFICATION}`).",
         "",
     ]
+    out += _storage_commitment(sender)
     out += dicomweb_sections()
     out += _atna_section()
     return "\n".join(out)
@@ -176,7 +181,7 @@ def _atna_section() -> list[str]:
     """IHE ATNA Secure Application actor, Record Audit Event (ITI-20), from the exporter's catalogue."""
     atna = AtnaSettings()
     out = [
-        "## 8. Audit trail: IHE ATNA (Record Audit Event, ITI-20)",
+        "## 9. Audit trail: IHE ATNA (Record Audit Event, ITI-20)",
         "",
         "With `[atna] enabled = true` the node sends its audit trail to the hospital's audit repository as DICOM",
         "audit messages (PS3.15 A.5, the DICOM audit message schema, one XML document per message, UTF-8).",
@@ -220,7 +225,7 @@ def dicomweb_sections() -> list[str]:
 
     web = WebSettings()
     out = [
-        "## 6. DICOMweb STOW-RS origin server",
+        "## 7. DICOMweb STOW-RS origin server",
         "",
         "The node's HTTP server (`[web]`) implements the Studies Store transaction (PS3.18 10.5):",
         "`POST /dicom-web/studies` and `POST /dicom-web/studies/{StudyInstanceUID}`.",
@@ -254,7 +259,7 @@ def dicomweb_sections() -> list[str]:
         " study in the URL) an instance of another study |",
         f"| `0x{stow.PROCESSING_FAILURE:04X}` | the instance could not be written or recorded |",
         "",
-        "## 7. DICOMweb STOW-RS user agent (result delivery)",
+        "## 8. DICOMweb STOW-RS user agent (result delivery)",
         "",
         "A destination with `type = \"dicomweb\"` and `url` (http or https; credentials in the URL are refused)",
         "receives results (and a route's forwarded instances) by `POST <url>/studies`, through the same outbox,",
@@ -271,6 +276,41 @@ def dicomweb_sections() -> list[str]:
         "",
     ]
     return out
+
+
+def _storage_commitment(sender: SenderSettings) -> list[str]:
+    """Section 6: the Storage Commitment Push Model as SCU (dicomnode.deliver.commitment)."""
+    syntaxes = ", ".join(UID(u).name for u in UNCOMPRESSED)
+    return [
+        "## 6. Storage Commitment Push Model (SCU)",
+        "",
+        f"SOP class Storage Commitment Push Model `{STORAGE_COMMITMENT_PUSH_MODEL}`, well-known SOP instance",
+        f"`{STORAGE_COMMITMENT_INSTANCE}`; the node is the SCU, for destinations with `storage_commitment = true`",
+        "(default false). Such a delivery is *committed* only when the destination's N-EVENT-REPORT confirms it;",
+        "until then its state is `awaiting_commitment` and its file stays in the outbox.",
+        "",
+        "- Request: after the C-STOREs of one association, on that association (the Push Model proposed next to",
+        "  the storage contexts, default roles), N-ACTION action type 1 with a new Transaction UID (0008,1195)",
+        "  and a Referenced SOP Sequence (0008,1199) naming each instance stored on it. A status other than",
+        "  `0x0000`, no response, or the context not accepted fails the attempt.",
+        "- Reports are accepted on the same association, kept open `sender.commitment_linger_s` (default",
+        f"  {sender.commitment_linger_s:g} s) after the N-ACTION response, or on a new association to the node's AE:",
+        "  when a destination has `storage_commitment`, the SCP accepts the Push Model with SCP/SCU role",
+        f"  selection, the requestor (the PACS) as SCP, in {syntaxes}. The association policy",
+        "  of section 2 applies to it; the PACS must know the node's AE title, host and port.",
+        "- Event type 1 (all committed) and 2 (some failed: Failed SOP Sequence (0008,1198) with Failure",
+        "  Reason (0008,1197)) are read. An instance in the Referenced SOP Sequence is committed; one listed as",
+        "  failed, or not named, is not: the delivery is retried with the backoff of section 4 (C-STORE and",
+        "  N-ACTION again, under a new Transaction UID) and is a dead letter after `sender.max_attempts`.",
+        f"- No report within `sender.commitment_timeout_s` (default {sender.commitment_timeout_s:g} s) of the N-ACTION",
+        "  counts as a failure. Pending transactions are rows of the audit database: a restart keeps them.",
+        "- A report is refused (N-EVENT-REPORT-RSP `0x0110`, audited as DELIVERY_COMMIT_REPORT_REFUSED, no",
+        "  delivery changed) when its Transaction UID is unknown or already settled, its calling AE title is",
+        "  not the destination's (on a new association also: the peer address is not the destination's host),",
+        "  it names an instance (SOP class and instance) that is not in the transaction, it is event type 1",
+        "  with failures, or it cannot be read. An event type other than 1 or 2 gets `0x0113`.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,10 @@ class EventCode(IntEnum):
     DELIVERY_DEAD_LETTER = 603
     DELIVERY_RETRY_REQUESTED = 604
     FORWARD_QUEUED = 605  # a route forwards the source instances themselves to a destination
+    DELIVERY_COMMIT_REQUESTED = 606  # storage commitment asked of the destination (N-ACTION, a Transaction UID)
+    DELIVERY_COMMITTED = 607  # the destination's N-EVENT-REPORT confirmed the instance
+    DELIVERY_COMMIT_FAILED = 608  # not committed (report: failed, no report in time, N-ACTION refused): retried
+    DELIVERY_COMMIT_REPORT_REFUSED = 609  # an N-EVENT-REPORT refused: unknown transaction, wrong AE or instances
     # 7xx: administration and web console
     ADMIN_LOGIN = 700
     ADMIN_LOGIN_FAILED = 701
@@ -84,7 +88,7 @@ class EventCode(IntEnum):
 
     @property
     def level(self) -> str:
-        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 602,
+        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 602, 608, 609,
                 701, 704, 706, 707, 711, 712, 801, 802, 900}
         error = {603}
         if self.value in error:

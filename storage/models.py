@@ -212,6 +212,11 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     delivered_at: Mapped[datetime | None]
+    # storage commitment (migration 0009): the transaction the delivery's instance was last asked in,
+    # when (the report timeout counts from it), and when the destination confirmed it
+    commit_transaction_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    commit_requested_at: Mapped[datetime | None]
+    committed_at: Mapped[datetime | None]
 
 
 class RetentionPurge(Base):

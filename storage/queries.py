@@ -169,7 +169,7 @@ def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     q = (select(Delivery.id, Delivery.job_id, Delivery.kind, Series.series_instance_uid, Delivery.destination,
                 Delivery.ae_title, Delivery.host, Delivery.port, Delivery.sop_instance_uid, Delivery.sop_class_uid,
                 Delivery.state, Delivery.attempts, Delivery.last_error, Delivery.created_at, Delivery.next_attempt_at,
-                Delivery.delivered_at)
+                Delivery.delivered_at, Delivery.committed_at, Delivery.commit_transaction_uid)
          .outerjoin(Job, Delivery.job_id == Job.id)
          .outerjoin(Series, Series.id == func.coalesce(Delivery.series_id, Job.series_id)))
     q = _row_id(_series_uid(_since(q, Delivery.created_at, f), f), Delivery.id, f)
@@ -253,7 +253,8 @@ def series_events(s: Session, series_uid: str, limit: int = MAX_SERIES_EVENTS) -
 
 # delivery states that still wait to go out
 WAITING_STATES = (DeliveryState.PENDING, DeliveryState.SENDING)
-_FAILURE_CODES = (int(EventCode.DELIVERY_ATTEMPT_FAILED), int(EventCode.DELIVERY_DEAD_LETTER))
+_FAILURE_CODES = (int(EventCode.DELIVERY_ATTEMPT_FAILED), int(EventCode.DELIVERY_DEAD_LETTER),
+                  int(EventCode.DELIVERY_COMMIT_FAILED))
 # DESTINATION_ECHO rows read for the last echo of each destination
 _ECHO_ROWS = 500
 
@@ -327,7 +328,8 @@ def destination_health(s: Session, names: list[str], warn_pending_s: float,
 
 # -- retention (dicomnode.retention): facts the policy decides on, and what reprocess checks ------------
 # a delivery in any other state (pending, sending, dead, or a state added later) is not yet sent
-SENT_DELIVERY_STATES = (DeliveryState.DELIVERED, DeliveryState.SUPERSEDED)
+# (awaiting_commitment is not: a failed commitment sends the outbox file again)
+SENT_DELIVERY_STATES = (DeliveryState.DELIVERED, DeliveryState.SUPERSEDED, DeliveryState.COMMITTED)
 
 
 def retention_series(s: Session) -> list[dict[str, Any]]:

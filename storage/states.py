@@ -35,6 +35,10 @@ class DeliveryState(StrEnum):
     PENDING = "pending"  # waiting for its next attempt
     SENDING = "sending"  # claimed by the delivery loop
     DELIVERED = "delivered"
+    # storage commitment (destinations with storage_commitment = true; dicomnode.deliver.commitment):
+    # stored by the PACS, its N-EVENT-REPORT not in yet; the outbox file stays (a failure re-sends it)
+    AWAITING_COMMITMENT = "awaiting_commitment"
+    COMMITTED = "committed"  # the PACS confirmed it took responsibility for the instance
     DEAD = "dead"  # out of attempts: a dead letter until someone retries it
     SUPERSEDED = "superseded"  # a newer job for the same series replaced this result
 

@@ -80,8 +80,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     ResultSender(db, settings.outbox_dir, settings).send_due(only_ids=ids)
     # a running node may have picked some up first: report what happened, whoever sent them
     outcome = wait_for_outcome(db, ids)
-    delivered = outcome.get(DeliveryState.DELIVERED, 0)
-    out.print(f"delivered {delivered} of {len(ids)} now; the rest stay queued with backoff")
+    # a destination with storage commitment: stored, its report may come later (to the node's SCP)
+    awaiting = outcome.get(DeliveryState.AWAITING_COMMITMENT, 0)
+    delivered = outcome.get(DeliveryState.DELIVERED, 0) + outcome.get(DeliveryState.COMMITTED, 0) + awaiting
+    waiting = f" ({awaiting} awaiting storage commitment)" if awaiting else ""
+    out.print(f"delivered {delivered} of {len(ids)} now{waiting}; the rest stay queued with backoff")
     return 0 if delivered == len(ids) else 1
 
 

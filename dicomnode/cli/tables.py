@@ -63,7 +63,8 @@ _DELIVERY = (_c("id", 0, "int"), _c("job_id", 5, "int"), _c("series_instance_uid
              _c("destination", 0, max_width=16), _c("ae_title", 6, max_width=16), _c("host", 6, max_width=20),
              _c("port", 7, "int"), _c("sop_instance_uid", 3, "uid"), _c("state", 0), _c("attempts", 1, "int"),
              _c("last_error", 1, max_width=60, flex=True), _c("created_at", 2, "time"),
-             _c("next_attempt_at", 5, "time"), _c("delivered_at", 4, "time"))
+             _c("next_attempt_at", 5, "time"), _c("delivered_at", 4, "time"),
+             _c("committed_at", 5, "time"), _c("commit_transaction_uid", 8, "uid"))
 SUBJECT_COLUMNS: dict[str, tuple[Column, ...]] = {
     "associations": (
         _c("id", 0, "int"), _c("started_at", 1, "time"), _c("calling_ae", 0, max_width=16),

@@ -8,6 +8,7 @@ transfer syntax, so they go out as received (a compressed instance stays compres
 from __future__ import annotations
 
 import ssl
+import threading
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.config import DICOMWEB_AE, Destination, Settings
 from dicomnode.deliver import dicomweb
+from dicomnode.deliver.commitment import StorageCommitment
 from dicomnode.deliver.outbox import Target
 from dicomnode.core.dimse import STORED_STATUSES
 from dicomnode.core.loops import PeriodicWorker
@@ -55,6 +57,7 @@ class ResultSender:
         self.outbox_root = outbox_root
         self.settings = settings
         self.spool_root = settings.spool_dir  # forwards send the spooled source files
+        self.commitment = StorageCommitment(db, settings)
 
     def file_of(self, d: Delivery) -> Path:
         """The file a delivery sends: a result in the outbox, a forward in the spool; never outside them."""
@@ -111,16 +114,21 @@ class ResultSender:
         ae.acse_timeout = ae.dimse_timeout = self.settings.sender.connect_timeout_s
         ae.network_timeout = self.settings.node.network_timeout_s
         ae.requested_contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in self._contexts(items)]
+        commit = self.commitment.wanted(target.name)  # storage commitment: one more context, and its report
+        reported = threading.Event()
+        if commit:
+            ae.requested_contexts = ae.requested_contexts[:127] + [self.commitment.context()]
         tls_args = (client_ssl_context(self.settings), None) if target.tls else None
         try:
-            assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
-                                 tls_args=tls_args)  # type: ignore[arg-type]  # pynetdicom types server_hostname as str; ssl takes None (no SNI)
+            assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args,  # type: ignore[arg-type]  # pynetdicom types server_hostname as str; ssl takes None (no SNI)
+                                 evt_handlers=self.commitment.handlers(target, reported) if commit else None)
         except Exception as exc:  # DNS failures, refused TLS handshakes
             return self._fail_all(items, target, f"cannot connect: {exc}")
         if not assoc.is_established:
             why = "association rejected" if assoc.is_rejected else "no association (peer down or unreachable)"
             return self._fail_all(items, target, why)
         delivered = 0
+        stored: list[Delivery] = []
         try:
             for d in items:
                 try:
@@ -129,6 +137,7 @@ class ResultSender:
                     if code in STORED_STATUSES:
                         self._mark_delivered(d, target)
                         delivered += 1
+                        stored.append(d)
                     else:
                         comment = getattr(status, "ErrorComment", "") if status else ""
                         why = f"status 0x{code:04X} {comment}".strip() if code is not None else "no response (timeout or abort)"
@@ -140,6 +149,8 @@ class ResultSender:
                     self._fail_all(rest, target, "association lost")
                     break
         finally:
+            if commit:  # also after a lost association: what was stored is then failed, not left waiting
+                self.commitment.request(assoc, target, stored, reported)
             if assoc.is_established:
                 assoc.release()
         return delivered
@@ -172,9 +183,11 @@ class ResultSender:
         return 0
 
     def _mark_delivered(self, d: Delivery, target: Target | str) -> None:
+        # with storage commitment, stored is not yet delivered: the PACS's report decides
+        state = DeliveryState.AWAITING_COMMITMENT if self.commitment.wanted(d.destination) else DeliveryState.DELIVERED
         with self.db.session() as s:
             s.execute(update(Delivery).where(Delivery.id == d.id)
-                      .values(state=DeliveryState.DELIVERED, delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None))
+                      .values(state=state, delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None))
             record_event(s, EventCode.DELIVERY_SENT, f"{_what(d)}{d.sop_instance_uid} delivered to {target}",
                          series_instance_uid=_forwarded_series(s, d), job_id=d.job_id, delivery_id=d.id)
 
@@ -219,4 +232,5 @@ class DeliveryLoop(PeriodicWorker):
 
     def step(self) -> bool:
         self.sender.send_due()
+        self.sender.commitment.expire_overdue()  # storage commitment reports that did not come in time
         return False

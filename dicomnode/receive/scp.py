@@ -25,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.core.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, REJECT_NO_REASON, SUCCESS
+from dicomnode.receive.commitment_reports import CommitmentReports
 from dicomnode.receive.intake import Intake, IntakeSession, Origin, StoreOutcome
 from storage.audit import record_event
 from storage.db import Database
@@ -302,6 +303,9 @@ class StorageSCP:
         # connections that have not sent an A-ASSOCIATE-RQ yet (audited if closed for idling)
         self._connections: dict[int, Connection] = {}
         self.server: ThreadedAssociationServer | None = None
+        # storage commitment reports on new associations, when a destination asks for commitment
+        self.commitment = CommitmentReports(settings, db) if any(
+            d.storage_commitment for d in settings.destinations.values()) else None
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -317,6 +321,8 @@ class StorageSCP:
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
         ae.add_supported_context(Verification, UNCOMPRESSED)
+        if self.commitment is not None:
+            self.commitment.accept_context(ae, UNCOMPRESSED)
         return ae
 
     def handlers(self) -> list[tuple]:
@@ -330,6 +336,7 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
+            *([self.commitment.handler()] if self.commitment is not None else []),
         ]
 
     def start(self) -> None:

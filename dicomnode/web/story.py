@@ -28,6 +28,10 @@ PLURALS = {
     "DELIVERY_DEAD_LETTER": "deliveries given up (dead letters)",
     "DELIVERY_RETRY_REQUESTED": "re-sends requested",
     "FORWARD_QUEUED": "source instances queued for forwarding",
+    "DELIVERY_COMMIT_REQUESTED": "storage commitments requested",
+    "DELIVERY_COMMITTED": "deliveries committed by the PACS",
+    "DELIVERY_COMMIT_FAILED": "storage commitments failed (sent again)",
+    "DELIVERY_COMMIT_REPORT_REFUSED": "storage commitment reports refused",
 }
 LEVEL_RANK = {"info": 0, "warning": 1, "error": 2}
 # 5xx jobs, 6xx deliveries: the section of the page that is never paged away

@@ -234,6 +234,7 @@ def test_dicomweb_sender_sends_the_auth_header_and_reads_each_outcome(stow_node:
     ('type = "dicomweb"', "needs url"),
     ('ae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\nurl = "http://127.0.0.1/dicom-web"', 'only for a destination with type = "dicomweb"'),
     ('type = "dicomweb"\nurl = "http://127.0.0.1/dicom-web"\nauth_header_env = "A"\nauth_header_file = "/x"', "not both"),
+    ('type = "dicomweb"\nurl = "http://127.0.0.1/dicom-web"\nstorage_commitment = true', "only for a DIMSE destination"),
 ])
 def test_a_dicomweb_destination_is_validated(tmp_path: Path, lines: str, message: str) -> None:
     from dicomnode.config import ConfigError, load_settings
