@@ -67,10 +67,11 @@ AIR_REQUIREMENTS: list[tuple[str, str, str]] = [
     ("The algorithm as Contributing Equipment (0018,A001)", "yes",
      f"Purpose of Reference {_code(PROCESSING_ALGORITHM)}, Manufacturer (`results.manufacturer`), "
      "Manufacturer's Model Name (model name), Software Versions (model version), in the SR and the SEG"),
-    ("A Device UID (0018,1002) that changes whenever the algorithm changes", "yes",
-     "derived from `results.device_name`, the model name and the SHA-256 of the weights (the model manifest): "
-     "new weights under the same name and version give a new UID; the same UID is the SR's Device Observer "
-     "UID (TID 1004) and the SEG's Device Serial Number"),
+    ("A Device UID (0018,1002) that changes whenever the algorithm changes", "partly",
+     "derived from `results.device_name`, the model name and the weights SHA-256 the pipeline reports (the "
+     "manifest's detector hash): new detector weights under the same name and version give a new UID; the "
+     "same UID is the SR's Device Observer UID (TID 1004) and the SEG's Device Serial Number. Weights of the "
+     "malignancy classifier alone changing do not change it yet: the pipeline reports only the detector hash"),
     ("Algorithm Identification (TID 4019) with the results", "yes",
      "name, version and parameters (weights SHA-256, engine) in every SR measurement group; Segment "
      "Algorithm Type AUTOMATIC with the same identification in each SEG segment"),
