@@ -26,7 +26,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomnode.results import ResultOptions, build_overlays, build_sr
+from dicomnode.results import ResultOptions, build_results
 from inference.clinical import Nodule, NoduleType, brock_risk, classify_nodule
 from inference.findings import Finding, NoduleLocation, SeriesResult, Verdict
 from tests.conftest import REPO_ROOT
@@ -310,13 +310,15 @@ def upload_study(pacs: OrthancProcess, ct_files: list[Path], results: list[Path]
     assert len(found) == 1, f"DICOMweb QIDO does not find study {study_uid}"
 
 
-def write_results(series: list[Dataset], result: SeriesResult, out: Path) -> tuple[Dataset, list[Path]]:
-    options = ResultOptions()
+def write_results(series: list[Dataset], result: SeriesResult, out: Path, seg: bool = False) -> tuple[Dataset, list[Path]]:
+    """SR and overlays as the node sends them by default; with `seg`, the SEG too and the SR's TID 1411 groups
+    referencing it (same Tracking UIDs as the planar groups: OHIF merges them and must still draw each nodule)."""
+    options = ResultOptions(send_seg=seg)
     out.mkdir(parents=True, exist_ok=True)
-    sr = build_sr(series, result, options)
-    overlays = build_overlays(series, result, options)
-    paths = [save(sr, out / "sr.dcm")] + [save(o, out / f"overlay-{i}.dcm") for i, o in enumerate(overlays)]
-    return sr, paths
+    objects = build_results(series, result, options)
+    sr = objects[0]
+    assert sr.Modality == "SR"
+    return sr, [save(ds, out / f"{i:02d}-{ds.Modality}.dcm") for i, ds in enumerate(objects)]
 
 
 # ---------------------------------------------------------------- tests
@@ -386,7 +388,7 @@ def test_phantom_sr_every_nodule_on_its_key_slice(browser, pacs, web, tmp_path: 
     for finding in result.findings:  # header math agrees with the phantom's own voxel mapping
         zyx = case.phantom.world_to_voxel(np.asarray(finding.center_mm))[0]
         assert 0 <= zyx[1] < case.phantom.hu.shape[1] and abs(finding.key_slice.row - zyx[1]) < 1e-3
-    sr, results = write_results(series, result, tmp_path / "results")
+    sr, results = write_results(series, result, tmp_path / "results", seg=True)
     upload_study(pacs, case.files, results, case.study_instance_uid)
     expected = expected_views(sr, result, series)
 
