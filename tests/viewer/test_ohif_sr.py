@@ -185,6 +185,16 @@ div.fixed:has([data-cy="confirm-and-hide-button"]) { visibility: hidden !importa
 """
 
 
+def new_page(context):
+    """A page; DICOMNODE_OHIF_CPU_THROTTLE=<n> slows its CPU n-fold (Chromium DevTools), which makes OHIF's
+    first-finding render race (see first_finding_without_navigation) frequent enough to watch."""
+    page = context.new_page()
+    rate = float(os.environ.get("DICOMNODE_OHIF_CPU_THROTTLE") or 1)
+    if rate > 1:
+        context.new_cdp_session(page).send("Emulation.setCPUThrottlingRate", {"rate": rate})
+    return page
+
+
 def open_sr(page, web: OhifServer, study_uid: str, sr_series_number: int) -> None:
     """A fresh page (new browser context): load the viewer, skip the first-run tour, open the SR."""
     page.goto(web.viewer_url(study_uid), timeout=UI_TIMEOUT_MS)
@@ -211,6 +221,15 @@ def show_series(page, series_number: int) -> None:
         "() => !document.querySelector('[data-cy=\"viewport-action-arrows-right\"]')", timeout=UI_TIMEOUT_MS)
 
 
+def wait_for_slice(page, instance_number: int, timeout_ms: int, name: str) -> None:
+    """Until the viewport overlay shows this instance (the SR opened on it, nothing navigated)."""
+    deadline = time.monotonic() + timeout_ms / 1000.0
+    while not page.evaluate(_STATE_JS)["slice"].startswith(f"I:{instance_number} "):
+        assert time.monotonic() < deadline, (
+            f"{name}: the SR did not open on instance {instance_number}: {page.evaluate(_STATE_JS)}")
+        page.wait_for_timeout(250)
+
+
 @dataclass
 class FirstView:
     """How the first finding appeared on one opening of the report."""
@@ -232,6 +251,7 @@ def first_finding_without_navigation(page, first: Expected, shots: Path, name: s
     another slice, no drawing, wrong labels.
     """
     slices = {first.tracking_uid: first.instance_number}
+    wait_for_slice(page, first.instance_number, UI_TIMEOUT_MS, name)  # loading time is not the question here
     state = wait_for_next(page, [], slices, FIRST_DRAW_TIMEOUT_MS)
     rerendered = False
     if state is None or first.tracking_uid not in [uid for uid, _ in state["drawn"]]:
@@ -288,7 +308,7 @@ def open_many_times(browser, web, study_uid: str, sr: Dataset, ct_series_number:
     for cold in range(COLD_OPENINGS):
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         try:
-            page = context.new_page()
+            page = new_page(context)
             open_sr(page, web, study_uid, int(sr.SeriesNumber))
             views.append(first_finding_without_navigation(page, first, shots, f"{name}-cold{cold}"))
             for again in range(REOPENINGS if cold == COLD_OPENINGS - 1 else 0):
@@ -334,7 +354,7 @@ def test_lidc_sr_every_nodule_on_its_key_slice(browser, pacs, web, tmp_path: Pat
 
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     try:
-        page = context.new_page()
+        page = new_page(context)
         seen = assert_every_nodule_shown(page, web, study_uid, sr, expected, tmp_path, "lidc")
         # the overlays series is listed beside the CT
         overlay_thumb = page.locator(f'[data-cy="study-browser-thumbnail"][data-series="{ResultOptions().overlay_series_number}"]')
@@ -394,7 +414,7 @@ def test_phantom_sr_every_nodule_on_its_key_slice(browser, pacs, web, tmp_path: 
 
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     try:
-        assert_every_nodule_shown(context.new_page(), web, case.study_instance_uid, sr, expected, tmp_path, "phantom")
+        assert_every_nodule_shown(new_page(context), web, case.study_instance_uid, sr, expected, tmp_path, "phantom")
     finally:
         context.close()
     open_many_times(browser, web, case.study_instance_uid, sr, int(series[0].SeriesNumber), expected[0], tmp_path,
