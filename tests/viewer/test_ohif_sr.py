@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -41,6 +42,9 @@ from tests.results.dicom_validators import (
     synthetic_result,
 )
 from tests.viewer.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, OhifUnavailable, ohif_dist
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "ohif-sr-lidc.png"
 PHANTOM_SEED = 20240607
@@ -185,7 +189,7 @@ div.fixed:has([data-cy="confirm-and-hide-button"]) { visibility: hidden !importa
 """
 
 
-def new_page(context):
+def new_page(context: BrowserContext) -> Page:
     """A page; DICOMNODE_OHIF_CPU_THROTTLE=<n> slows its CPU n-fold (Chromium DevTools), which makes OHIF's
     first-finding render race (see first_finding_without_navigation) frequent enough to watch."""
     page = context.new_page()
@@ -209,19 +213,19 @@ def open_sr(page, web: OhifServer, study_uid: str, sr_series_number: int) -> Non
     reopen_sr(page, sr_series_number)
 
 
-def reopen_sr(page, sr_series_number: int) -> None:
+def reopen_sr(page: Page, sr_series_number: int) -> None:
     page.locator(f'[data-cy="study-browser-thumbnail-no-image"][data-series="{sr_series_number}"]').dblclick(
         timeout=UI_TIMEOUT_MS)
 
 
-def show_series(page, series_number: int) -> None:
+def show_series(page: Page, series_number: int) -> None:
     """Put an image series in the viewport (so that the SR is opened again, not just still shown)."""
     page.locator(f'[data-cy="study-browser-thumbnail"][data-series="{series_number}"]').dblclick(timeout=UI_TIMEOUT_MS)
     page.wait_for_function(
         "() => !document.querySelector('[data-cy=\"viewport-action-arrows-right\"]')", timeout=UI_TIMEOUT_MS)
 
 
-def wait_for_slice(page, instance_number: int, timeout_ms: int, name: str) -> None:
+def wait_for_slice(page: Page, instance_number: int, timeout_ms: int, name: str) -> None:
     """Until the viewport overlay shows this instance (the SR opened on it, nothing navigated)."""
     deadline = time.monotonic() + timeout_ms / 1000.0
     while not page.evaluate(_STATE_JS)["slice"].startswith(f"I:{instance_number} "):
@@ -238,7 +242,7 @@ class FirstView:
     rerendered: bool  # drawn only after a re-render of the same slice (OHIF 3.13 SR viewport race, see below)
 
 
-def first_finding_without_navigation(page, first: Expected, shots: Path, name: str) -> FirstView:
+def first_finding_without_navigation(page: Page, first: Expected, shots: Path, name: str) -> FirstView:
     """The first finding drawn on its key slice, reached without any navigation (no arrow, no scroll).
 
     OHIF 3.13.2 sometimes shows the first finding's key slice bare on a cold opening: its SR viewport
@@ -301,7 +305,7 @@ def assert_every_nodule_shown(page, web, study_uid, sr: Dataset, expected: list[
     return seen
 
 
-def open_many_times(browser, web, study_uid: str, sr: Dataset, ct_series_number: int, first: Expected,
+def open_many_times(browser: Browser, web: OhifServer, study_uid: str, sr: Dataset, ct_series_number: int, first: Expected,
                     shots: Path, name: str) -> list[FirstView]:
     """COLD_OPENINGS + REOPENINGS openings of the report, each showing the first finding without navigation."""
     views: list[FirstView] = []
