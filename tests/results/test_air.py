@@ -9,6 +9,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomnode.results import ResultOptions, build_results, build_sr
+from inference.findings import SeriesResult
 from tests.results.dicom_validators import MODEL, not_analysed_result
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -30,12 +31,14 @@ def _device_observer_uid(sr: Dataset) -> str:
 
 
 @pytest.fixture(scope="module")
-def objects(series, result) -> dict[str, Dataset]:
+def objects(series: tuple[Dataset, ...], result: SeriesResult) -> dict[str, Dataset]:
     built = build_results(list(series), result, ResultOptions(send_seg=True, send_overlays=False))
     return {ds.Modality: ds for ds in built}
 
 
-def test_algorithm_is_contributing_equipment_with_a_device_uid_that_follows_the_weights(objects, series, result):
+def test_algorithm_is_contributing_equipment_with_a_device_uid_that_follows_the_weights(
+    objects: dict[str, Dataset], series: tuple[Dataset, ...], result: SeriesResult
+) -> None:
     sr, seg = objects["SR"], objects["SEG"]
     for ds in (sr, seg):
         item = _algorithm(ds)
@@ -56,7 +59,9 @@ def test_algorithm_is_contributing_equipment_with_a_device_uid_that_follows_the_
     assert _device_observer_uid(other) == _algorithm(other).DeviceUID
 
 
-def test_procedure_reported_is_the_chest_ct_not_the_algorithm(objects, series):
+def test_procedure_reported_is_the_chest_ct_not_the_algorithm(
+    objects: dict[str, Dataset], series: tuple[Dataset, ...]
+) -> None:
     for sr in (objects["SR"], build_sr(list(series), not_analysed_result(series, "too few slices"), ResultOptions())):
         reported = [i for i in sr.ContentSequence if _code(i) == ("121058", "DCM")]
         assert len(reported) == 1
@@ -76,7 +81,9 @@ def _tracking(group: Dataset) -> tuple[str, str]:
     return str(text), str(uid)
 
 
-def test_sr_groups_reference_each_nodule_segment_with_the_seg_tracking_identifiers(objects, result):
+def test_sr_groups_reference_each_nodule_segment_with_the_seg_tracking_identifiers(
+    objects: dict[str, Dataset], result: SeriesResult
+) -> None:
     sr, seg = objects["SR"], objects["SEG"]
     groups = _groups(sr)
     planar = [g for g in groups if any(i.ValueType == "SCOORD" for i in g.ContentSequence)]
@@ -103,7 +110,7 @@ def test_sr_groups_reference_each_nodule_segment_with_the_seg_tracking_identifie
     assert seg.SOPInstanceUID in evidence
 
 
-def test_without_seg_the_sr_has_only_planar_groups(series, result):
+def test_without_seg_the_sr_has_only_planar_groups(series: tuple[Dataset, ...], result: SeriesResult) -> None:
     sr = build_results(list(series), result, ResultOptions(send_overlays=False))[0]
     groups = _groups(sr)
     assert len(groups) == len(result.findings)
