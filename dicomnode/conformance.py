@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from highdicom.sr import CodedConcept
 from pydicom.uid import (
     UID,
     Comprehensive3DSRStorage,
@@ -24,6 +25,7 @@ from dicomnode.atna.exporter import CATALOGUE
 from dicomnode.atna.syslog import APP_NAME, MSGID
 from dicomnode.config import AtnaSettings, NodeSettings, SenderSettings
 from dicomnode.core.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from dicomnode.results.sr import PROCEDURE_REPORTED, PROCESSING_ALGORITHM
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, STORED_STATUSES, SUCCESS
 from dicomnode.receive.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
@@ -55,6 +57,94 @@ STORE_STATUSES = [
 ]
 
 
+def _code(concept: CodedConcept) -> str:
+    """(value, scheme, "meaning") as PS3.16 writes a code."""
+    return f'({concept.value}, {concept.scheme_designator}, "{concept.meaning}")'
+
+
+# IHE RAD TF Supplement "AI Results" (AIR) Rev 1.1, Evidence Creator: what a result object must carry, and
+# whether ours do. (requirement, met?, how / why not)
+AIR_REQUIREMENTS: list[tuple[str, str, str]] = [
+    ("Results are standard DICOM objects in the source study, with its patient and study attributes", "yes",
+     "SR, SEG and overlays copy Patient/Study from the CT (dcentvfy-clean against the CT)"),
+    ("The algorithm as Contributing Equipment (0018,A001)", "yes",
+     f"Purpose of Reference {_code(PROCESSING_ALGORITHM)}, Manufacturer (`results.manufacturer`), "
+     "Manufacturer's Model Name (model name), Software Versions (model version), in the SR and the SEG"),
+    ("A Device UID (0018,1002) that changes whenever the algorithm changes", "partly",
+     "derived from `results.device_name`, the model name and the weights SHA-256 the pipeline reports (the "
+     "manifest's detector hash): new detector weights under the same name and version give a new UID; the "
+     "same UID is the SR's Device Observer UID (TID 1004) and the SEG's Device Serial Number. Weights of the "
+     "malignancy classifier alone changing do not change it yet: the pipeline reports only the detector hash"),
+    ("Algorithm Identification (TID 4019) with the results", "yes",
+     "name, version and parameters (weights SHA-256, engine) in every SR measurement group; Segment "
+     "Algorithm Type AUTOMATIC with the same identification in each SEG segment"),
+    ("Measurement Report (TID 1500) with Procedure Reported describing the imaging procedure", "yes",
+     f"Procedure Reported {_code(PROCEDURE_REPORTED)}: the chest CT, not the algorithm"),
+    ("Each finding a measurement group with Tracking Identifier and Tracking UID, finding type and site", "yes",
+     "TID 1410 planar ROI on the key slice (SCOORD referencing the image), Nodule (SCT 27925004), finding "
+     "category, Finding Site Lung with laterality, NUMs in UCUM, coded qualitative evaluations"),
+    ("Segmentations as DICOM SEG, one segment per finding, with tracking identifiers", "yes, `results.send_seg`",
+     "BINARY SEG, \"Lung nodule <n>\" segments with TrackingID \"Nodule <n>\" and the SR's Tracking UID"),
+    ("SR measurements reference the segment they were made on (TID 1411)", "yes, `results.send_seg`",
+     "a TID 1411 group per nodule: Referenced Segment (SEG instance, segment number) and Source series for "
+     "segmentation, with the same Tracking Identifier and UID as the planar group and the SEG segment; "
+     "the SEG is listed in the SR's evidence"),
+    ("3D coordinates (Comprehensive 3D SR, SCOORD3D) for viewers that use them", "yes, `results.sop_class`",
+     "`comprehensive3d`: the nodule's world centre as SCOORD3D POINT (INFERRED FROM the mean diameter), the "
+     "planar SCOORD kept; `comprehensive` stays the default because OHIF 3.13 and Orthanc Stone draw SCOORD"),
+    ("Image Library (TID 1600) of the images the findings are on", "yes", "the key slices"),
+    ("Standard codes, a private scheme only where none exists, declared", "partly",
+     "Lung-RADS categories and six concepts have no DICOM/SNOMED code: 99DCMNODE_LRADS and 99DCMNODE, "
+     "declared in the Coding Scheme Identification Sequence"),
+    ("Key Object Selection of the key images", "no", "not produced; the SR's Image Library lists the key slices"),
+    ("Presentation states for image overlays (AIR does not define burned-in images)", "no",
+     "the overlays are Secondary Capture images marked NOT FOR DIAGNOSTIC USE (`results.send_overlays`), "
+     "outside the profile; no GSPS is produced"),
+    ("Parametric maps", "n/a", "the model gives no per-voxel map"),
+]
+
+
+def _air_section() -> list[str]:
+    out = [
+        "## 10. IHE AI Results (AIR Rev 1.1): result content",
+        "",
+        "The node is an AIR Evidence Creator; results reach the archive by C-STORE (section 4).",
+        "",
+        "| Requirement | Met | How, or why not |",
+        "|---|---|---|",
+    ]
+    out += [f"| {req} | {met} | {how} |" for req, met, how in AIR_REQUIREMENTS]
+    out += [
+        "",
+        "Validation: every result kind passes dciodvfy, dsrdump and dcentvfy (tests/results/test_validation.py);",
+        "dicom3tools 2022-06 does not yet list Device UID in the Contributing Equipment item and says so (tolerated).",
+        "",
+        "### 10.1 Seen in OHIF v3.13.2 (an AIR Image Display)",
+        "",
+        "- The SR opens on the first finding's key slice with the finding drawn (tests/viewer, LIDC and a phantom,",
+        "  each opened in fresh browsers and re-opened in the same page). Sometimes OHIF shows that slice bare: its SR",
+        "  viewport stores the tracking UIDs to draw in a React effect after the element is enabled",
+        "  (`OHIFCornerstoneSRMeasurementViewport.tsx`, `setTrackingIdentifiers`) and",
+        "  `tools/modules/dicomSRModule.js` `setTrackingUniqueIdentifiersForElement` requests no annotation render,",
+        "  while `DICOMSRDisplayTool.renderAnnotation` draws only those UIDs; when the image renders first, nothing",
+        "  draws the finding until the next render. A resize of the same slice draws it, so the annotation is in",
+        "  OHIF's state on the right image: no content of the SR decides when OHIF renders, and none avoids it.",
+        "  Measured with that bundle instrumented and the browser's CPU throttled 4x (phantom, fresh browsers): in",
+        "  4 of 6 openings the first slice was rendered twice before the tracking UIDs were stored, and stayed",
+        "  bare; with one `viewport.render()` added after they are stored, 6 of 6 showed the finding. The viewer test",
+        "  tells this race apart with one same-slice re-render (`DICOMNODE_OHIF_CPU_THROTTLE=4` makes it frequent).",
+        "- The finding site is labelled \"363698007: Lung\": OHIF's `_processTID1410Measurement`",
+        "  (`getSopClassHandlerModule.ts`) labels any SCT Finding Site with the constant code value 363698007 and",
+        "  the site's Code Meaning, and `DICOMSRDisplayTool` shortens only a few labels; the meaning (\"Lung\") is ours,",
+        "  the prefix is not. The text box shows the first 5 labels, NUMs first, so with our 7 NUMs the site is not",
+        "  drawn on the image. Only a group without a top-level SCOORD (NUMs INFERRED FROM the outline) would get",
+        "  free text (a Comment) as its first label, and still as \"<text>: \"; that gives up the TID 1410 planar",
+        "  ROI group TID 1500 and AIR define for an image region, so it is not done.",
+        "",
+    ]
+    return out
+
+
 def _uid_table(rows: list[tuple[str, str]], headers: tuple[str, str, str]) -> list[str]:
     lines = [f"| {headers[0]} | {headers[1]} | {headers[2]} |", "|---|---|---|"]
     lines += [f"| {UID(uid).name} | `{uid}` | {note} |" for uid, note in rows]
@@ -84,6 +174,7 @@ def generate() -> str:
         "| Storage Commitment Push Model (section 6) | SCU, per destination (`storage_commitment`) |",
         "| DICOMweb STOW-RS (sections 7 and 8) | origin server (`POST /dicom-web/studies`); user agent, per destination (`type = \"dicomweb\"`) |",
         "| IHE ATNA Record Audit Event (section 9) | Secure Application: audit messages over syslog (`[atna]`) |",
+        "| IHE AI Results, result content (section 10) | Evidence Creator: TID 1500 SR (TID 1411 references to the SEG), SEG |",
         "",
         "## 2. Application entity and association policy",
         "",
@@ -174,6 +265,7 @@ def generate() -> str:
     out += _storage_commitment(sender)
     out += dicomweb_sections()
     out += _atna_section()
+    out += _air_section()
     return "\n".join(out)
 
 

@@ -27,12 +27,12 @@ def build_results(
         reason = result.not_analysed_reason or "the series does not suit the model"
         return [build_not_analysed_sr(source, reason, result.model, options, result.series_instance_uid)]
     objects: list[Dataset] = []
+    # the SEG first: the SR references its segments (IHE AIR, TID 1411)
+    seg = build_seg(source, result, options) if options.send_seg else None
     if options.send_sr:
-        objects.append(build_sr(source, result, options))
+        objects.append(build_sr(source, result, options, segmentation=seg))
     if options.send_overlays:
         objects.extend(build_overlays(source, result, options))
-    if options.send_seg:
-        seg = build_seg(source, result, options)
-        if seg is not None:
-            objects.append(seg)
+    if seg is not None:
+        objects.append(seg)
     return objects

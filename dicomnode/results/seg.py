@@ -15,8 +15,16 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode.results.options import ResultOptions
-from dicomnode.results.sr import LUNG, MORPHOLOGICALLY_ABNORMAL_STRUCTURE, NODULE, prepare_sources
-from dicomnode.results.uids import device_uid, result_uid, settings_digest
+from dicomnode.results.sr import (
+    LUNG,
+    MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+    NODULE,
+    algorithm_device_uid,
+    contributing_equipment,
+    nodule_tracking,
+    prepare_sources,
+)
+from dicomnode.results.uids import result_uid, settings_digest
 from inference.findings import Finding, SeriesResult
 
 
@@ -72,6 +80,12 @@ def nodule_masks(sources: Sequence[Dataset], findings: Sequence[Finding]) -> np.
     return masks
 
 
+def _tracking(index: int, result: SeriesResult, options: ResultOptions, digest: str) -> tuple[str, str]:
+    """(Tracking UID, Tracking ID) of a nodule, taken from its SR tracking identifier items."""
+    text, uidref = nodule_tracking(index, result, options, digest)
+    return str(uidref.UID), str(text.TextValue)
+
+
 def build_seg(
     source: Sequence[Dataset], result: SeriesResult, options: ResultOptions | None = None
 ) -> Dataset | None:
@@ -102,11 +116,14 @@ def build_seg(
             segmented_property_type=NODULE,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            tracking_uid=result_uid("tracking", result.series_instance_uid, model.version, digest, i, root),
-            tracking_id=f"Nodule {i + 1}",
+            # the same Tracking ID/UID as the nodule's SR groups (IHE AIR, TID 1411)
+            tracking_uid=tracking_uid,
+            tracking_id=tracking_id,
             anatomic_regions=[LUNG],
         )
-        for i in range(len(result.findings))
+        for i, (tracking_uid, tracking_id) in enumerate(
+            _tracking(i, result, options, digest) for i in range(len(result.findings))
+        )
     ]
     seg = hd.seg.Segmentation(
         source_images=used,
@@ -120,7 +137,8 @@ def build_seg(
         manufacturer=options.manufacturer,
         manufacturer_model_name=model.name,
         software_versions=model.version,
-        device_serial_number=str(device_uid(options.device_name, model.name, root)),
+        device_serial_number=algorithm_device_uid(model, options),
+        contributing_equipment=[contributing_equipment(model, options)],
         series_description=options.seg_series_description,
         content_label="NODULES",
         content_description="Lung nodules as spheres of the reported diameter",

@@ -109,7 +109,12 @@ COMMENT = CodedConcept("121106", "DCM", "Comment")
 RECOMMENDATION = codes.DCM.Recommendation  # 121075
 # TID 1500 row "Qualitative Evaluations" container (CODE and TEXT items about the whole report)
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-PROCEDURE_REPORTED = codes.SCT.ComputedTomography  # 77477000
+# TID 1500 "Procedure Reported" is the imaging procedure the report is about (IHE AIR), not the algorithm:
+# LOINC 24627-2 "CT Chest" (the LOINC/RSNA Radiology Playbook term for a chest CT of any contrast phase;
+# low-dose screening CT is a chest CT).
+PROCEDURE_REPORTED = CodedConcept("24627-2", "LN", "CT Chest")
+# IHE AIR: the algorithm is Contributing Equipment with this Purpose of Reference (IHE RAD TF-3, AI Results)
+PROCESSING_ALGORITHM = CodedConcept("1630", "99IHE", "Processing Algorithm")
 
 # Required (Type 2) patient/study attributes highdicom reads from the first source dataset.
 _TYPE2_FROM_SOURCE = (
@@ -200,20 +205,31 @@ def algorithm_identification(model: ModelIdentity) -> hd.sr.AlgorithmIdentificat
     )
 
 
+def algorithm_device_uid(model: ModelIdentity, options: ResultOptions) -> str:
+    """The algorithm's Device UID: changes with the weights (uids.device_uid)."""
+    return str(device_uid(options.device_name, model.name, model.weights_sha256, options.uid_root))
+
+
 def contributing_equipment(model: ModelIdentity, options: ResultOptions) -> hd.ContributingEquipment:
-    return hd.ContributingEquipment(
+    """IHE AIR algorithm identification: Purpose of Reference (99IHE 1630), Manufacturer, Model Name,
+    Software Versions and the Device UID that changes with the weights. Shared by the SR and the SEG."""
+    equipment = hd.ContributingEquipment(
         manufacturer=options.manufacturer,
+        # highdicom accepts only CID 7005 codes here: the AIR code replaces this one below
         purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=model.name,
         software_versions=model.version,
         institution_name=options.institution_name,
         contribution_description=f"Lung nodule detection, characterisation, Lung-RADS and Brock risk ({model.engine})",
     )
+    equipment.PurposeOfReferenceCodeSequence = [PROCESSING_ALGORITHM]  # CID 7005 is extensible
+    equipment.DeviceUID = algorithm_device_uid(model, options)
+    return equipment
 
 
 def _observation_context(model: ModelIdentity, options: ResultOptions) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device_uid(options.device_name, model.name, options.uid_root),
+        uid=algorithm_device_uid(model, options),
         name=options.device_name,
         manufacturer_name=options.manufacturer,
         model_name=model.name,
@@ -350,6 +366,38 @@ def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
     return evaluations
 
 
+def nodule_tracking(index: int, result: SeriesResult, options: ResultOptions, digest: str) -> hd.sr.TrackingIdentifier:
+    """Tracking Identifier "Nodule <n>" and UID of one nodule: the same in its SR groups and its SEG segment."""
+    return hd.sr.TrackingIdentifier(
+        uid=result_uid("tracking", result.series_instance_uid, result.model.version, digest, index, options.uid_root),
+        identifier=f"Nodule {index + 1}",
+    )
+
+
+def _segment_group(
+    index: int, finding: Finding, result: SeriesResult, options: ResultOptions, digest: str, segmentation: Dataset
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group of one nodule: Referenced Segment (its SEG segment) and Source series for segmentation.
+
+    Same tracking identifier and UID as the nodule's planar group and SEG segment, so a viewer (OHIF merges
+    groups by Tracking UID) and a reader link the three; no NUM here, the measurements stay in the planar group.
+    """
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=nodule_tracking(index, result, options, digest),
+        # built from UIDs: highdicom's from_segmentation fails on a one-segment SEG (shared functional groups)
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            segment_number=index + 1,
+            source_series=hd.sr.SourceSeriesForSegmentation(result.series_instance_uid),
+        ),
+        finding_type=NODULE,
+        finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_sites=[_finding_site(finding)],
+        algorithm_id=algorithm_identification(result.model),
+    )
+
+
 def _nodule_group(
     index: int,
     finding: Finding,
@@ -358,11 +406,7 @@ def _nodule_group(
     options: ResultOptions,
     digest: str,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    number = index + 1
-    tracking = hd.sr.TrackingIdentifier(
-        uid=result_uid("tracking", result.series_instance_uid, result.model.version, digest, index, options.uid_root),
-        identifier=f"Nodule {number}",
-    )
+    tracking = nodule_tracking(index, result, options, digest)
     graphic = hd.sr.GraphicTypeValues.ELLIPSE if options.roi_graphic == "ellipse" else hd.sr.GraphicTypeValues.POLYLINE
     region = hd.sr.ImageRegion(
         graphic_type=graphic,
@@ -498,6 +542,7 @@ def _document(
     digest: str,
     description: str,
     exam: ExamSummary | None = None,
+    segmentation: Dataset | None = None,
 ) -> Dataset:
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(model, options),
@@ -512,7 +557,8 @@ def _document(
     sr_class = hd.sr.Comprehensive3DSR if options.sop_class == "comprehensive3d" else hd.sr.ComprehensiveSR
     root = options.uid_root
     sr = sr_class(
-        evidence=sources,
+        # every referenced instance is evidence (PS3.3 C.17.2.3): the CT, and the SEG when its segments are referenced
+        evidence=sources if segmentation is None else [*sources, segmentation],
         content=report[0],
         series_instance_uid=result_uid("sr-series", source_series_uid, model.version, digest, 0, root),
         series_number=options.sr_series_number,
@@ -530,9 +576,15 @@ def _document(
     return sr
 
 
-def build_sr(source: Sequence[Dataset], result: SeriesResult, options: ResultOptions | None = None) -> Dataset:
+def build_sr(
+    source: Sequence[Dataset],
+    result: SeriesResult,
+    options: ResultOptions | None = None,
+    segmentation: Dataset | None = None,
+) -> Dataset:
     """TID 1500 report of an analysed series: one ROI group per nodule (or a "no nodules" group), the exam
-    statements at report level."""
+    statements at report level. With `segmentation` (the SEG built for the same result), each nodule also
+    gets a TID 1411 group referencing its segment (IHE AIR)."""
     options = options or ResultOptions()
     if not result.analysed:
         return build_not_analysed_sr(source, result.not_analysed_reason or "not analysed", result.model, options,
@@ -545,6 +597,8 @@ def build_sr(source: Sequence[Dataset], result: SeriesResult, options: ResultOpt
         image = find_instance(sources, finding.key_slice.sop_instance_uid)
         key_images[image.SOPInstanceUID] = image
         groups.append(_nodule_group(index, finding, image, result, options, digest))
+    if segmentation is not None:
+        groups.extend(_segment_groups(result, options, digest, segmentation))
     if not groups:
         groups.append(
             _summary_group(result.series_instance_uid, result.model, options, digest, WITHOUT_FINDINGS,
@@ -552,7 +606,17 @@ def build_sr(source: Sequence[Dataset], result: SeriesResult, options: ResultOpt
         )
     library = sort_by_position(list(key_images.values())) or [_middle(sources)]
     return _document(sources, groups, library, result.series_instance_uid, result.model, options, digest,
-                     options.sr_series_description, result.exam)
+                     options.sr_series_description, result.exam, segmentation)
+
+
+def _segment_groups(
+    result: SeriesResult, options: ResultOptions, digest: str, segmentation: Dataset
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """After the planar groups (OHIF reads the first SCOORD of each Tracking UID), one per segment."""
+    segments = len(segmentation.SegmentSequence)
+    if segments != len(result.findings):
+        raise ValueError(f"the segmentation has {segments} segments for {len(result.findings)} findings")
+    return [_segment_group(i, f, result, options, digest, segmentation) for i, f in enumerate(result.findings)]
 
 
 def _middle(sources: list[Dataset]) -> Dataset:

@@ -52,6 +52,13 @@ def result_uid(
     return _uid_from_parts(parts, root)
 
 
-def device_uid(device_name: str, model_name: str, root: str | None = None) -> UID:
-    """Stable Device Observer UID for this node running this model (independent of the series)."""
-    return _uid_from_parts(["dicomnode-device", device_name, model_name], root)
+def device_uid(device_name: str, model_name: str, weights_sha256: str, root: str | None = None) -> UID:
+    """Device UID of the algorithm as it ran: this node, this model, these exact weights.
+
+    IHE AIR identifies the algorithm by a Device UID (0018,1002) that must change whenever the
+    algorithm changes; the name and version can be reused by a retraining, the weights hash cannot.
+    The same UID is the SR's Device Observer UID. Independent of the series.
+    """
+    if not weights_sha256:
+        raise ValueError("weights_sha256 is empty: the device UID must change with the weights")
+    return _uid_from_parts(["dicomnode-device", device_name, model_name, weights_sha256.lower()], root)

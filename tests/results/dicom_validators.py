@@ -36,6 +36,9 @@ KNOWN_DCIODVFY_WARNINGS = (
     # C.12.1.1.4 allows "99"-prefixed local schemes), but dciodvfy only knows standard designators.
     # The same for 99DCMNODE, the declared scheme of the few concepts with no standard code.
     re.compile(r"CodingSchemeDesignator\(0008,0102\)\[1\]> - Unrecognized defined term = <99DCMNODE(_LRADS)?>$"),
+    # IHE AIR requires the algorithm's Device UID in its Contributing Equipment item; the dicom3tools of
+    # Debian (2022-06) do not list it in that sequence: at worst a Standard Extended attribute (PS3.2 A.1).
+    re.compile(r"^Warning - </ContributingEquipmentSequence\(0018,a001\)\[\d\]/DeviceUID\(0018,1002\)> - Attribute is not present in standard DICOM IOD$"),
 )
 
 # dcentvfy: dicom3tools files AccessionNumber under the Series IE for CT/SC/SEG but the Study IE

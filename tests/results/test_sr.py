@@ -48,12 +48,14 @@ def test_study_series_and_sop_class(sr, series):
     # the Lung-RADS scheme is declared
     schemes = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
     assert LUNG_RADS_SCHEME in schemes
-    # contributing equipment: the algorithm as processing equipment
+    # contributing equipment: the algorithm, as IHE AIR identifies it (99IHE 1630 "Processing Algorithm")
     ours = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == "dicomnode"]
     assert len(ours) == 1
     equipment = ours[0]
-    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
-    assert equipment.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "DCM"
+    purpose = equipment.PurposeOfReferenceCodeSequence
+    assert len(purpose) == 1
+    assert (purpose[0].CodeValue, purpose[0].CodingSchemeDesignator) == ("1630", "99IHE")
+    assert purpose[0].CodeMeaning == "Processing Algorithm"
     assert equipment.ManufacturerModelName == MODEL.name
     assert equipment.SoftwareVersions == MODEL.version
 

@@ -33,7 +33,9 @@ def written(series, tmp_path_factory) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     scenarios = {
         "findings": (synthetic_result(series), ALL_KINDS),
-        "findings3d": (synthetic_result(series), ResultOptions(sop_class="comprehensive3d", roi_graphic="ellipse")),
+        # the 3D SR with the SEG: its TID 1411 groups reference the segments (IHE AIR)
+        "findings3d": (synthetic_result(series),
+                       ResultOptions(sop_class="comprehensive3d", roi_graphic="ellipse", send_seg=True)),
         "none": (empty_result(series), ALL_KINDS),
         "not_analysed": (not_analysed_result(series, "only 40 slices, 80 needed"), ALL_KINDS),
     }
@@ -47,7 +49,7 @@ def written(series, tmp_path_factory) -> dict[str, list[Path]]:
 def test_build_results_kinds(written):
     kinds = {name: [p.name.split("_")[1] for p in paths] for name, paths in written.items()}
     assert kinds["findings"] == ["SR.dcm", "OT.dcm", "OT.dcm", "OT.dcm", "OT.dcm", "SEG.dcm"]
-    assert kinds["findings3d"] == ["SR.dcm", "OT.dcm", "OT.dcm", "OT.dcm", "OT.dcm"]
+    assert kinds["findings3d"] == ["SR.dcm", "OT.dcm", "OT.dcm", "OT.dcm", "OT.dcm", "SEG.dcm"]
     assert kinds["none"] == ["SR.dcm", "OT.dcm"]  # no SEG without nodules
     assert kinds["not_analysed"] == ["SR.dcm"]
 
