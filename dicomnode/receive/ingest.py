@@ -143,7 +143,8 @@ class Ingestor:
         self._series_ids: dict[str, int] = {}
         # study of each known series: a series never moves to another study
         self._series_study: dict[str, str] = {}
-        # SQLite serialises writers anyway; one lock keeps study/series creation race-free
+        # SQLite serialises writers anyway; one lock keeps study/series creation race-free within
+        # this process (across receiver processes the unique keys decide, see _series_row)
         self._write_lock = threading.Lock()
 
     def store(self, data: bytes, origin: Origin, session: SessionKey = None) -> StoreOutcome:
@@ -182,7 +183,7 @@ class Ingestor:
             return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot write spool file: {exc}", origin, status, series_uid)
 
         try:
-            self._record(ds, relative, len(data), origin)
+            self._record(ds, relative, len(data), origin, session)
         except SeriesStudyConflict as exc:
             # lost a race with the first instance of the series under another study: drop our copy
             self._remove_unrecorded(relative)
@@ -190,7 +191,9 @@ class Ingestor:
         except IntegrityError:
             if self._restore_removed(sop_uid, relative, len(data), origin):
                 return StoreOutcome(SUCCESS, None, sop_uid, series_instance_uid=series_uid)
-            # the same instance raced in on another association: the first row wins
+            # the same instance raced in on another association (or receiver process): the first
+            # row wins, and this copy is counted and audited as any duplicate is
+            self._is_duplicate(sop_uid, series_uid, origin)
             return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True, series_instance_uid=series_uid)
         except Exception as exc:  # the database is the second half of the promise
             log.exception("recording instance %s failed", sop_uid)
@@ -255,19 +258,18 @@ class Ingestor:
                         .values(deleted_at=None, path=relative, size_bytes=size, received_at=utcnow(),
                                 association_id=origin.association_id)))
 
-    def _record(self, ds: Dataset, relative: str, size: int, origin: Origin) -> None:
+    def _record(self, ds: Dataset, relative: str, size: int, origin: Origin, session: SessionKey) -> None:
         series_uid = str(ds.SeriesInstanceUID)
         with self._write_lock:
             series_id = self._series_ids.get(series_uid)
             created = False
             if series_id is None:
-                with self.db.session() as s:
-                    series_id, created = self._find_or_create_series(s, ds, origin)
+                series_id, created = self._series_row(ds, origin)
             elif self._series_study.get(series_uid) != str(ds.StudyInstanceUID):
                 raise SeriesStudyConflict(
                     f"series {series_uid} belongs to study {self._series_study.get(series_uid)}, "
                     f"not to study {ds.StudyInstanceUID}")
-            self.lifecycle.instance_recorded(series_id, series_uid, created, origin.association_id)
+            self.lifecycle.instance_recorded(series_id, series_uid, created, origin.association_id, session)
             with self.db.engine.begin() as conn:
                 conn.execute(_INSERT_INSTANCE, {
                     "sop_instance_uid": str(ds.SOPInstanceUID),
@@ -282,6 +284,17 @@ class Ingestor:
                     "duplicates": 0,
                     **geometry_facts(ds),
                 })
+
+    def _series_row(self, ds: Dataset, origin: Origin) -> tuple[int, bool]:
+        """_find_or_create_series, once more when another receiver process created the study or
+        series row at the same moment (its unique key refused ours): then the row is there to find."""
+        try:
+            with self.db.session() as s:
+                return self._find_or_create_series(s, ds, origin)
+        except IntegrityError:
+            self._study_ids.pop(str(ds.StudyInstanceUID), None)
+            with self.db.session() as s:
+                return self._find_or_create_series(s, ds, origin)
 
     def _find_or_create_series(self, s: Session, ds: Dataset, origin: Origin) -> tuple[int, bool]:
         """The series row's id, and whether this call created it."""
