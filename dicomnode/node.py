@@ -25,6 +25,7 @@ from dicomnode.receive.completion import CompletionChecker
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.receive.intake import Intake
 from dicomnode.receive.lifecycle import SeriesLifecycle
+from dicomnode.receive.receivers import ReceiverFailed, ReceiverPool, default_processes
 from dicomnode.receive.scp import StorageSCP
 from dicomnode.receive.spool import Spool, SpoolError
 from dicomnode.retention.executor import Executor as RetentionExecutor
@@ -85,7 +86,14 @@ class Node:
         self.router = Router(self.db, settings.routes, enqueue_job, self.outbox.forward)
         self.runner = JobRunner(self.db, self.spool, self.outbox, settings)
         self.sender = ResultSender(self.db, settings.outbox_dir, settings)
-        self.scp = StorageSCP(settings, self.db, self.intake)
+        # the DICOM receiver: in this process, or node.receive_processes processes behind the port
+        self.receive_processes = settings.node.receive_processes or default_processes()
+        self.scp: StorageSCP | None = None
+        self.receivers: ReceiverPool | None = None
+        if self.receive_processes == 1:
+            self.scp = StorageSCP(settings, self.db, self.intake)
+        else:
+            self.receivers = ReceiverPool(settings, self.db, self.lifecycle, self.receive_processes)
         self.checker = CompletionChecker(self.lifecycle, settings.series.stable_seconds,
                                          settings.series.poll_seconds, self.router.on_series_complete)
         self.workers = [JobWorker(self.runner, settings.jobs.poll_seconds, i) for i in range(settings.jobs.workers)]
@@ -120,7 +128,13 @@ class Node:
 
     def start(self) -> None:
         self.recover()
-        self.scp.start()
+        if self.scp is not None:
+            self.scp.start()
+        if self.receivers is not None:
+            try:
+                self.receivers.start()
+            except ReceiverFailed as exc:
+                raise StartupError(str(exc)) from None
         self.checker.start()
         for worker in self.workers:
             worker.start()
@@ -131,8 +145,8 @@ class Node:
         cfg = self.settings.node
         with self.db.session() as s:
             record_event(s, EventCode.NODE_STARTED,
-                         f"AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''}; "
-                         f"data in {Path(cfg.data_dir).resolve()}")
+                         f"AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''} "
+                         f"with {self.receive_processes} receiver process(es); data in {Path(cfg.data_dir).resolve()}")
 
     def start_services(self) -> None:
         """Hook for what runs on top of the node (the web console, see dicomnode.cli.serve):
@@ -142,7 +156,10 @@ class Node:
         """Hook: stopped after the stages, before the audit database closes."""
 
     def stop(self) -> None:
-        self.scp.stop()
+        if self.scp is not None:
+            self.scp.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
         self.checker.stop()
         for worker in self.workers:
             worker.stop()
