@@ -279,12 +279,19 @@ def _read_settings() -> Settings:
     return settings
 
 
-def _watch_stdin(stop: threading.Event) -> None:
-    """The node closed our stdin (to stop us) or died (the kernel closed it): stop."""
+def _watch_stdin(stop: threading.Event, scp: StorageSCP) -> None:
+    """The node closed our stdin (to stop us) or died (the kernel closed it): close the listening
+    socket at once (a node restarted on the port must find it free), then stop."""
     try:
         while os.read(0, 4096):
             pass
     finally:
+        server = scp.server
+        if server is not None and server.socket is not None:
+            try:
+                server.socket.close()
+            except OSError:
+                pass
         stop.set()
 
 
@@ -305,7 +312,7 @@ def main(argv: list[str]) -> int:
         return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=_watch_stdin, args=(stop,), name="stdin-watch", daemon=True).start()
+    threading.Thread(target=_watch_stdin, args=(stop, scp), name="stdin-watch", daemon=True).start()
     ready.write(READY)
     ready.close()
     while not stop.wait(0.2):

@@ -79,7 +79,8 @@ STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePr
 
 # pynetdicom counts every connection, even one that has not sent its A-ASSOCIATE-RQ yet, against
 # AE.maximum_associations. We enforce node.max_associations ourselves on associations only (in
-# _on_requested), so idle connections cannot lock peers out; pynetdicom's limit stays as a backstop.
+# _on_requested), so idle connections cannot lock peers out; pynetdicom's limit stays as a backstop
+# (per receiver process: with node.receive_processes > 1 the node-wide backstop is that many times it).
 CONNECTION_HEADROOM = 64
 MAX_COMMAND_BYTES = 64 * 1024
 PDU_ALLOWANCE = 2**20  # a PDU may carry a whole data set (max_pdu_size 0) plus headers
