@@ -100,6 +100,8 @@ class Node:
         self.sender_loop = DeliveryLoop(self.sender, settings.sender.poll_seconds)
         # deletes only files of finished series; busy: a series an open intake session still carries
         self.retention = RetentionLoop(self.db, settings, self.lifecycle.is_open) if settings.retention.enabled else None
+        if self.receivers is not None:
+            self.receivers.launch()  # last: nothing above may fail after it; they listen at start()
 
     def recover(self) -> None:
         """Pick up what a crash or restart left behind, then say so in the audit trail."""

@@ -50,6 +50,7 @@ from storage.states import AssociationState
 log = logging.getLogger(__name__)
 
 READY = b"ready\n"
+GO = b"g"
 START_TIMEOUT_S = 120.0  # imports and the first bind; generous for a busy 2-core machine
 STOP_TIMEOUT_S = 10.0
 RESTART_DELAY_S = (0.5, 30.0)  # the first restart at once-ish, then doubling while it keeps dying
@@ -72,6 +73,7 @@ class Receiver:
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
         self.failures = 0  # deaths in a row, for the restart delay
+        self.listened = False  # RECEIVER_STARTED recorded for this process
 
     @property
     def pid(self) -> int:
@@ -91,6 +93,16 @@ class Receiver:
         blob = pickle.dumps(settings)
         self.proc.stdin.write(len(blob).to_bytes(8, "little") + blob)
         self.proc.stdin.flush()  # stdin stays open: its end is the receiver's signal to stop
+
+    def go(self) -> None:
+        """Let it listen (it imported and built everything meanwhile, but accepts nothing before the
+        node has recovered what the last run left)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(GO)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it failed already: wait_ready() reports its own words
 
     def wait_ready(self) -> None:
         """Until it listens, or ReceiverFailed with its own words when it has any."""
@@ -145,28 +157,41 @@ class ReceiverPool(threading.Thread):
         self.slots_file = Path(settings.node.data_dir) / "receivers.slots"
         self.receivers = [Receiver(i) for i in range(processes)]
         self._stopping = threading.Event()
+        self._launched = False
         self._lock = threading.Lock()  # one start or stop of a receiver at a time
+
+    def launch(self) -> None:
+        """Start the processes, all at once, early: their start-up (imports) overlaps with each
+        other's and with the node's; they listen only once start() lets them."""
+        if self._launched:
+            return
+        self._launched = True
+        SharedSlots.create(self.slots_file, len(self.receivers))
+        for receiver in self.receivers:
+            receiver.launch(self.settings, self.slots_file)
 
     def start(self) -> None:
         """All receivers listening (or ReceiverFailed), then the supervising thread."""
-        SharedSlots.create(self.slots_file, len(self.receivers))
+        self.launch()
         try:
-            for receiver in self.receivers:  # all at once: their start-up (imports) overlaps
-                receiver.launch(self.settings, self.slots_file)
+            for receiver in self.receivers:
+                receiver.go()
             for receiver in self.receivers:
                 receiver.wait_ready()
                 self._announce(receiver)
-        except ReceiverFailed:
+        except (ReceiverFailed, OSError) as exc:
             self.stop_receivers()
-            raise
+            raise ReceiverFailed(str(exc)) from None
         super().start()
 
     def _start_one(self, receiver: Receiver) -> None:
         receiver.launch(self.settings, self.slots_file)
+        receiver.go()
         receiver.wait_ready()
         self._announce(receiver)
 
     def _announce(self, receiver: Receiver) -> None:
+        receiver.listened = True
         with self.db.session() as s:
             record_event(s, EventCode.RECEIVER_STARTED,
                          f"DICOM receiver {receiver.index} (pid {receiver.pid}) listening on "
@@ -188,7 +213,7 @@ class ReceiverPool(threading.Thread):
         proc = receiver.proc
         if proc is not None:
             self._cleanup(receiver, f"died ({_exit_text(proc.returncode)}); restarting it", logging.WARNING)
-            receiver.proc = None
+            receiver.proc, receiver.listened = None, False
             receiver.failures += 1
         delay = min(RESTART_DELAY_S[0] * 2 ** max(receiver.failures - 1, 0), RESTART_DELAY_S[1])
         if self._stopping.wait(delay):
@@ -227,8 +252,9 @@ class ReceiverPool(threading.Thread):
                 if receiver.proc is None:
                     continue
                 status = receiver.stop()
-                self._cleanup(receiver, f"stopped with the node ({_exit_text(status)})")
-                receiver.proc = None
+                if receiver.listened:  # one that never listened held nothing and was never announced
+                    self._cleanup(receiver, f"stopped with the node ({_exit_text(status)})")
+                receiver.proc, receiver.listened = None, False
 
     def stop(self) -> None:
         self.stop_receivers()
@@ -248,15 +274,13 @@ def _exit_text(status: int | None) -> str:
 
 
 # -- the receiver process ------------------------------------------------------------------------
-def serve(settings: Settings, index: int, slots_file: Path) -> StorageSCP:
-    """The SCP of receiver `index`, listening; the schema is the node's (it migrated before)."""
+def build(settings: Settings, index: int, slots_file: Path) -> StorageSCP:
+    """The SCP of receiver `index`, not listening yet; the schema is the node's (it migrated it)."""
     db = Database(settings.database_url)
     spool = Spool(settings.spool_dir, settings.node.min_free_disk_mb * 2**20)
     lifecycle = SeriesLifecycle(db, settings.series.evidence_grace_seconds)
     ingestor = Ingestor(db, spool, lifecycle, settings.node.max_instance_mb * 2**20)
-    scp = StorageSCP(settings, db, Intake(ingestor, lifecycle), SharedSlots(slots_file, index), shared_port=True)
-    scp.start()
-    return scp
+    return StorageSCP(settings, db, Intake(ingestor, lifecycle), SharedSlots(slots_file, index), shared_port=True)
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -305,7 +329,10 @@ def main(argv: list[str]) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything printed goes to the log, not the pipe
     try:
         settings = _read_settings()
-        scp = serve(settings, index, slots_file)
+        scp = build(settings, index, slots_file)
+        if os.read(0, 1) != GO:
+            return 0  # the node went away (or stopped) before it let us listen
+        scp.start()
     except Exception as exc:
         ready.write(f"receiver {index}: {exc}\n".encode(errors="replace"))
         ready.close()
@@ -319,7 +346,9 @@ def main(argv: list[str]) -> int:
         pass
     scp.stop()
     scp.db.close()
-    return 0
+    # everything acknowledged is fsynced and committed: skip the interpreter's slow teardown
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":
