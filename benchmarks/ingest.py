@@ -13,6 +13,10 @@ must have its row in `instances`. Target: node <= 1.3x storescp --fork.
 
     python benchmarks/ingest.py [--runs 5] [--slices 300]
     python benchmarks/ingest.py --concurrent 6 [--runs 3] [--slices 300]
+
+--receive-processes N sets the node's node.receive_processes (default: the node's own default, one
+receiver process per core, at most 4); the node is sent nothing before every receiver listens
+(its NODE_STARTED event).
 """
 from __future__ import annotations
 
@@ -107,6 +111,24 @@ def send_concurrently(port: int, called: str, folders: list[Path], logs: Path) -
     return elapsed, sum(path.read_bytes().count(ACK) for path in paths)
 
 
+def start_peer(peer: Peer) -> None:
+    """Start a peer; a node only counts as started once all its receiver processes listen (the
+    port opens with the first one)."""
+    peer.start()
+    if not isinstance(peer, NodePeer):
+        return
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(f"file:{peer.audit_db}?mode=ro", uri=True) as con:
+                if con.execute("SELECT 1 FROM events WHERE code = 100").fetchone():
+                    return
+        except sqlite3.Error:
+            pass  # not created or not migrated yet
+        time.sleep(0.1)
+    raise RuntimeError("the node did not record NODE_STARTED within 120 s")
+
+
 def audited_instances(peer: NodePeer) -> int:
     """Rows in the node's `instances` table: what its audit database holds as received."""
     with sqlite3.connect(f"file:{peer.audit_db}?mode=ro", uri=True) as con:
@@ -125,7 +147,7 @@ def concurrent_mode(args: argparse.Namespace, tmp: Path) -> int:
     for run in range(args.runs):
         for cls in peers:
             peer = cls(tmp / f"{cls.__name__}-{run}")
-            peer.start()
+            start_peer(peer)
             try:
                 seconds, acked = send_concurrently(peer.port, peer.ae_title, senders, tmp / f"logs-{cls.__name__}-{run}")
                 times[cls.name].append(seconds)
@@ -150,7 +172,11 @@ def main() -> int:
     parser.add_argument("--no-orthanc", action="store_true")
     parser.add_argument("--concurrent", type=int, default=0, metavar="N",
                         help="N associations at once (a multiple of 3: three series, each split N/3 ways)")
+    parser.add_argument("--receive-processes", type=int, default=None, metavar="N",
+                        help="the node's node.receive_processes (default: the node's default for this machine)")
     args = parser.parse_args()
+    if args.receive_processes is not None:
+        os.environ["DICOMNODE_NODE__RECEIVE_PROCESSES"] = str(args.receive_processes)  # NodePeer passes its env on
     if args.concurrent:
         if args.concurrent % 3:
             parser.error("--concurrent must be a multiple of 3 (three series, each split the same number of ways)")
@@ -165,7 +191,7 @@ def main() -> int:
         for run in range(args.runs):
             for cls in peers:
                 peer = cls(Path(tmp) / f"{cls.__name__}-{run}")
-                peer.start()
+                start_peer(peer)
                 try:
                     times[cls.name].append(send(peer.port, peer.ae_title, series))
                 finally:

@@ -146,6 +146,9 @@ class NodeSettings(Strict):
     idle_connection_timeout_s: float = Field(5.0, gt=0)
     # a C-STORE request that announces a data set but sends none within this many seconds gets 0xC000
     dataset_timeout_s: float = Field(10.0, gt=0)
+    # DICOM receiver processes behind the one port (SO_REUSEPORT); None: one per core, at most 4;
+    # 1: the SCP runs in the node's own process, as before (dicomnode.receive.receivers)
+    receive_processes: int | None = Field(None, ge=1, le=64)
 
     _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
     _host = field_validator("host")(lambda cls, v: check_host(v))

@@ -27,6 +27,7 @@ from dicomnode.receive.completion import CompletionChecker
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.receive.intake import Intake
 from dicomnode.receive.lifecycle import SeriesLifecycle
+from dicomnode.receive.receivers import ReceiverFailed, ReceiverPool, default_processes
 from dicomnode.receive.scp import StorageSCP
 from dicomnode.receive.spool import Spool, SpoolError
 from dicomnode.retention.executor import Executor as RetentionExecutor
@@ -87,7 +88,14 @@ class Node:
         self.router = Router(self.db, settings.routes, enqueue_job, self.outbox.forward)
         self.runner = JobRunner(self.db, self.spool, self.outbox, settings)
         self.sender = ResultSender(self.db, settings.outbox_dir, settings)
-        self.scp = StorageSCP(settings, self.db, self.intake)
+        # the DICOM receiver: in this process, or node.receive_processes processes behind the port
+        self.receive_processes = settings.node.receive_processes or default_processes()
+        self.scp: StorageSCP | None = None
+        self.receivers: ReceiverPool | None = None
+        if self.receive_processes == 1:
+            self.scp = StorageSCP(settings, self.db, self.intake)
+        else:
+            self.receivers = ReceiverPool(settings, self.db, self.lifecycle, self.receive_processes)
         self.checker = CompletionChecker(self.lifecycle, settings.series.stable_seconds,
                                          settings.series.poll_seconds, self.router.on_series_complete)
         self.workers = [JobWorker(self.runner, settings.jobs.poll_seconds, i) for i in range(settings.jobs.workers)]
@@ -96,6 +104,8 @@ class Node:
         self.retention = RetentionLoop(self.db, settings, self.lifecycle.is_open) if settings.retention.enabled else None
         # tails the events table: started first so the recovery and start events go out too
         self.atna = AtnaExporter(self.db, settings) if settings.atna.enabled else None
+        if self.receivers is not None:
+            self.receivers.launch()  # last: nothing above may fail after it; they listen at start()
 
     def recover(self) -> None:
         """Pick up what a crash or restart left behind, then say so in the audit trail."""
@@ -127,7 +137,13 @@ class Node:
             self.atna.start()
         self.recover()
         record_settings_changes(self.db, self.settings)  # a changed config or console user, audited
-        self.scp.start()
+        if self.scp is not None:
+            self.scp.start()
+        if self.receivers is not None:
+            try:
+                self.receivers.start()
+            except ReceiverFailed as exc:
+                raise StartupError(str(exc)) from None
         self.checker.start()
         for worker in self.workers:
             worker.start()
@@ -138,8 +154,8 @@ class Node:
         cfg = self.settings.node
         with self.db.session() as s:
             record_event(s, EventCode.NODE_STARTED,
-                         f"AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''}; "
-                         f"data in {Path(cfg.data_dir).resolve()}")
+                         f"AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''} "
+                         f"with {self.receive_processes} receiver process(es); data in {Path(cfg.data_dir).resolve()}")
 
     def start_services(self) -> None:
         """Hook for what runs on top of the node (the web console, see dicomnode.cli.serve):
@@ -149,7 +165,10 @@ class Node:
         """Hook: stopped after the stages, before the audit database closes."""
 
     def stop(self) -> None:
-        self.scp.stop()
+        if self.scp is not None:
+            self.scp.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
         self.checker.stop()
         for worker in self.workers:
             worker.stop()

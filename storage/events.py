@@ -13,6 +13,8 @@ class EventCode(IntEnum):
     NODE_STARTED = 100
     NODE_STOPPED = 101
     NODE_RECOVERED = 102  # interrupted jobs/deliveries picked up again after a restart
+    RECEIVER_STARTED = 103  # a DICOM receiver process is listening (node.receive_processes)
+    RECEIVER_EXITED = 104  # a receiver process died (and is restarted) or was stopped with the node
     # 2xx: associations
     ASSOCIATION_ACCEPTED = 200
     ASSOCIATION_REJECTED_CALLED_AE = 201

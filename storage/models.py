@@ -38,6 +38,22 @@ class Association(Base):
     ended_at: Mapped[datetime | None]
     instances_received: Mapped[int] = mapped_column(default=0)
     bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    # the receiver process that serves it (dicomnode.receive.receivers): its rows are closed when it dies
+    receiver_pid: Mapped[int | None] = mapped_column(Integer, index=True)
+
+
+class OpenIntake(Base):
+    """One series an open intake session carries (dicomnode.receive.lifecycle): shared by the
+    receiver processes, so a series never completes while any of them is still receiving it."""
+    __tablename__ = "open_intake"
+    __table_args__ = (Index("ix_open_intake_session_series", "session_key", "series_instance_uid", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_key: Mapped[str] = mapped_column(String(96))
+    series_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    # the process holding the session: a dead one's rows are ended by the node (not orderly)
+    pid: Mapped[int] = mapped_column(Integer, index=True)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Study(Base):

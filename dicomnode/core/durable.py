@@ -40,7 +40,8 @@ def _fsync_dir(path: Path) -> None:
 
 def write_durably(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically and durably (file and directory entry on disk)."""
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    # pid and thread: two receiver processes may write the same instance at once
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         view = memoryview(data)

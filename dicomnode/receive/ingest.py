@@ -14,12 +14,13 @@ from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 from dicomnode.core.uids import InvalidUID, check_uid, printable
+from dicomnode.receive.commits import AlreadyRecorded, InstanceCommitter
 from dicomnode.receive.geometry import orientation_text, slice_position
 from dicomnode.receive.lifecycle import SeriesLifecycle, SessionKey
 from dicomnode.receive.spool import DiskFull, Spool, SpoolError
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 # a row whose file retention removed is no stored copy: the instance is stored again (_restore_removed)
 _SELECT_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"), Instance.deleted_at.is_(None))
-# the Core insert on the Table (Instance.__table__ is typed as a plain FromClause)
-_INSERT_INSTANCE = insert(Instance.metadata.tables[Instance.__tablename__])
 
 
 @dataclass(frozen=True)
@@ -143,8 +142,10 @@ class Ingestor:
         self._series_ids: dict[str, int] = {}
         # study of each known series: a series never moves to another study
         self._series_study: dict[str, str] = {}
-        # SQLite serialises writers anyway; one lock keeps study/series creation race-free
+        # SQLite serialises writers anyway; one lock keeps study/series creation race-free within
+        # this process (across receiver processes the unique keys decide, see _series_row)
         self._write_lock = threading.Lock()
+        self._committer = InstanceCommitter(db)
 
     def store(self, data: bytes, origin: Origin, session: SessionKey = None) -> StoreOutcome:
         """Store one instance sent by `origin` within the intake session `session`."""
@@ -182,15 +183,17 @@ class Ingestor:
             return self._refuse(EventCode.INSTANCE_STORE_FAILED, f"cannot write spool file: {exc}", origin, status, series_uid)
 
         try:
-            self._record(ds, relative, len(data), origin)
+            self._record(ds, relative, len(data), origin, session)
         except SeriesStudyConflict as exc:
             # lost a race with the first instance of the series under another study: drop our copy
             self._remove_unrecorded(relative)
             return self._refuse(EventCode.SERIES_STUDY_CONFLICT, str(exc), origin, CANNOT_UNDERSTAND, series_uid)
-        except IntegrityError:
+        except (IntegrityError, AlreadyRecorded):
             if self._restore_removed(sop_uid, relative, len(data), origin):
                 return StoreOutcome(SUCCESS, None, sop_uid, series_instance_uid=series_uid)
-            # the same instance raced in on another association: the first row wins
+            # the same instance raced in on another association (or receiver process): the first
+            # row wins, and this copy is counted and audited as any duplicate is
+            self._is_duplicate(sop_uid, series_uid, origin)
             return StoreOutcome(SUCCESS, "duplicate ignored", sop_uid, duplicate=True, series_instance_uid=series_uid)
         except Exception as exc:  # the database is the second half of the promise
             log.exception("recording instance %s failed", sop_uid)
@@ -255,33 +258,44 @@ class Ingestor:
                         .values(deleted_at=None, path=relative, size_bytes=size, received_at=utcnow(),
                                 association_id=origin.association_id)))
 
-    def _record(self, ds: Dataset, relative: str, size: int, origin: Origin) -> None:
+    def _record(self, ds: Dataset, relative: str, size: int, origin: Origin, session: SessionKey) -> None:
         series_uid = str(ds.SeriesInstanceUID)
         with self._write_lock:
             series_id = self._series_ids.get(series_uid)
             created = False
             if series_id is None:
-                with self.db.session() as s:
-                    series_id, created = self._find_or_create_series(s, ds, origin)
+                series_id, created = self._series_row(ds, origin)
             elif self._series_study.get(series_uid) != str(ds.StudyInstanceUID):
                 raise SeriesStudyConflict(
                     f"series {series_uid} belongs to study {self._series_study.get(series_uid)}, "
                     f"not to study {ds.StudyInstanceUID}")
-            self.lifecycle.instance_recorded(series_id, series_uid, created, origin.association_id)
-            with self.db.engine.begin() as conn:
-                conn.execute(_INSERT_INSTANCE, {
-                    "sop_instance_uid": str(ds.SOPInstanceUID),
-                    "sop_class_uid": str(ds.SOPClassUID),
-                    "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "")),
-                    "series_id": series_id,
-                    "association_id": origin.association_id,
-                    "instance_number": _int_or_none(ds, "InstanceNumber"),
-                    "path": relative,
-                    "size_bytes": size,
-                    "received_at": utcnow(),
-                    "duplicates": 0,
-                    **geometry_facts(ds),
-                })
+            self.lifecycle.instance_recorded(series_id, series_uid, created, origin.association_id, session)
+        # outside the lock: rows of concurrent associations share one commit (receive/commits.py),
+        # and this returns only once the commit holding ours is done
+        self._committer.insert({
+            "sop_instance_uid": str(ds.SOPInstanceUID),
+            "sop_class_uid": str(ds.SOPClassUID),
+            "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "")),
+            "series_id": series_id,
+            "association_id": origin.association_id,
+            "instance_number": _int_or_none(ds, "InstanceNumber"),
+            "path": relative,
+            "size_bytes": size,
+            "received_at": utcnow(),
+            "duplicates": 0,
+            **geometry_facts(ds),
+        })
+
+    def _series_row(self, ds: Dataset, origin: Origin) -> tuple[int, bool]:
+        """_find_or_create_series, once more when another receiver process created the study or
+        series row at the same moment (its unique key refused ours): then the row is there to find."""
+        try:
+            with self.db.session() as s:
+                return self._find_or_create_series(s, ds, origin)
+        except IntegrityError:
+            self._study_ids.pop(str(ds.StudyInstanceUID), None)
+            with self.db.session() as s:
+                return self._find_or_create_series(s, ds, origin)
 
     def _find_or_create_series(self, s: Session, ds: Dataset, origin: Origin) -> tuple[int, bool]:
         """The series row's id, and whether this call created it."""

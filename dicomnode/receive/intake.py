@@ -8,6 +8,7 @@ not an association: an upload has no association row, and its series complete on
 from __future__ import annotations
 
 import itertools
+import os
 from types import TracebackType
 
 from dicomnode.receive.ingest import Ingestor, Origin, StoreOutcome
@@ -63,5 +64,7 @@ class Intake:
 
     def open(self, origin: Origin) -> IntakeSession:
         """A session for an association (keyed by its row id) or for anything else (a fresh key)."""
-        key: SessionKey = origin.association_id if origin.association_id is not None else ("session", next(_unique))
+        # the pid keeps keys unique across the node's processes (they meet in the open_intake table)
+        key: SessionKey = (origin.association_id if origin.association_id is not None
+                           else ("session", os.getpid(), next(_unique)))
         return IntakeSession(self._ingestor, self._lifecycle, origin, key)

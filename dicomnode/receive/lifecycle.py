@@ -10,30 +10,37 @@ A series is complete `stable_seconds` after the last intake session (an associat
 that carried it ended, and while no session carrying it is still open. When that last session ends
 and the instances are evidence of a whole series (dicomnode.receive.geometry: contiguous evenly
 spaced slices, or one multi-frame instance), it is complete after `evidence_grace_seconds` instead.
-Which sessions carry which series lives in memory (sessions do not survive a restart); the release
-and evidence times live in the database, so a restarted node still completes what it had.
+Which open sessions carry which series lives in the database (`open_intake`, one row per session
+and series), so every receiver process (dicomnode.receive.receivers) and the completion checker in
+the node's main process see the same thing: a series never completes while a session in any process
+still carries it. The rows of a process that died are ended by the node (sessions_died: no
+evidence, the timer decides); the release and evidence times live in the database too, so a
+restarted node still completes what it had.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.audit import record_event
 from storage.db import Database, rows_changed
 from storage.events import EventCode
 from dicomnode.receive.geometry import InstanceGeometry, Verdict, judge
-from storage.models import Instance, Series, utcnow
+from storage.models import Instance, OpenIntake, Series, utcnow
 from storage.states import SeriesState
 
 log = logging.getLogger(__name__)
 
-# what identifies an open intake session: the association row id, or any other hashable key
+# what identifies an open intake session: the association row id, or any other hashable key whose
+# str() is unique across the node's processes (dicomnode.receive.intake puts the pid in it)
 SessionKey = Hashable
 
 # a finished series may be re-run: not while the completion clock or the routing decision is pending
@@ -51,32 +58,43 @@ class SeriesLifecycle:
         self.db = db
         self.evidence_grace = None if evidence_grace_seconds is None else timedelta(seconds=evidence_grace_seconds)
         self._lock = threading.Lock()
-        self._series_by_session: dict[SessionKey, set[str]] = defaultdict(set)
-        self._open_by_series: dict[str, set[SessionKey]] = defaultdict(set)
-        # series known to be receiving in the database: lets the ingest hot path skip the re-open
-        # update for every instance but the first
-        self._receiving: set[str] = set()
-        # the earliest evidence due time set since the checker last looked: lets it wake for it
-        # instead of up to poll_seconds later
+        # this process's share of `open_intake`: lets the ingest hot path skip the insert (and the
+        # re-open check) for every instance of a session's series but the first
+        self._carried: dict[SessionKey, set[str]] = defaultdict(set)
+        self._checked: set[tuple[SessionKey, str]] = set()
+        # the earliest evidence due time a release in this process set since the checker last
+        # looked: lets it wake for it instead of up to poll_seconds later
         self._next_evidence_due: datetime | None = None
 
     # -- receiving ---------------------------------------------------------------------------
     def instance_arriving(self, series_uid: str, session: SessionKey) -> None:
-        """Before an instance is written: its session now carries the series, so the series cannot
-        complete under it."""
+        """Before an instance is written: its session now carries the series (committed to
+        `open_intake`), so the series cannot complete under it, whichever process completes it."""
         with self._lock:
-            self._series_by_session[session].add(series_uid)
-            self._open_by_series[series_uid].add(session)
+            if series_uid in self._carried.get(session, ()):
+                return
+        try:
+            with self.db.session() as s:
+                s.execute(insert(OpenIntake).values(session_key=_key(session), series_instance_uid=series_uid,
+                                                    pid=os.getpid(), opened_at=utcnow()))
+        except IntegrityError:
+            pass  # another thread of this session wrote the row first: it is there, which is all we need
+        with self._lock:
+            self._carried[session].add(series_uid)
 
-    def instance_recorded(self, series_id: int, series_uid: str, created: bool, association_id: int | None) -> None:
+    def instance_recorded(self, series_id: int, series_uid: str, created: bool, association_id: int | None,
+                          session: SessionKey = None) -> None:
         """An instance row is about to be written for the series: a series that had finished
-        (complete, routed, ignored, not selected) is receiving again and will be analysed again."""
+        (complete, routed, ignored, not selected) is receiving again and will be analysed again.
+        Checked once per session and series: from then on the session's open_intake row keeps
+        the series receiving."""
         with self._lock:
-            known = created or series_uid in self._receiving
+            known = created or (session, series_uid) in self._checked
         if not known:
             self._reopen(series_id, series_uid, association_id)
         with self._lock:
-            self._receiving.add(series_uid)
+            if series_uid in self._carried.get(session, ()):
+                self._checked.add((session, series_uid))
 
     def _reopen(self, series_id: int, series_uid: str, association_id: int | None) -> None:
         # also after a restart, when the cache is cold but the series exists and may be finished
@@ -95,24 +113,47 @@ class SeriesLifecycle:
 
     def session_ended(self, session: SessionKey, orderly: bool = True) -> list[str]:
         """Start the completion clock of every series this session carried and no other open
-        session still carries, and set its evidence due time where the evidence holds. An aborted
-        session (`orderly` False: the sender may have been cut off mid-series) is no evidence.
-        Returns those series."""
+        session (in any process) still carries, and set its evidence due time where the evidence
+        holds. An aborted session (`orderly` False: the sender may have been cut off mid-series)
+        is no evidence. Returns those series."""
         with self._lock:
-            # taken under the lock: releases are ordered, so a stale one never overwrites a newer one
+            carried = self._carried.pop(session, set())
+            self._checked -= {(session, uid) for uid in carried}
+        if not carried:
+            return []
+        return self._end(_key(session), carried, orderly)
+
+    def sessions_died(self, pid: int) -> list[str]:
+        """The process `pid` died (or stopped) with sessions open: end each, not orderly (it may
+        have been cut off mid-series), so their series complete on the idle timer."""
+        with self.db.session() as s:
+            rows = s.execute(select(OpenIntake.session_key, OpenIntake.series_instance_uid)
+                             .where(OpenIntake.pid == pid)).all()
+        by_session: dict[str, set[str]] = defaultdict(set)
+        for key, uid in rows:
+            by_session[key].add(uid)
+        released: list[str] = []
+        for key, uids in by_session.items():
+            released += self._end(key, uids, orderly=False)
+        return released
+
+    def _end(self, key: str, carried: Iterable[str], orderly: bool) -> list[str]:
+        uids = sorted(carried)
+        with self.db.session() as s:
+            # the DELETE first: on SQLite it takes the write lock, so "no other session carries it"
+            # below is read and acted on in one serialised step; on PostgreSQL the series rows are
+            # locked for the same reason (two sessions of one series ending at once on two processes)
+            s.execute(delete(OpenIntake).where(OpenIntake.session_key == key, OpenIntake.series_instance_uid.in_(uids)))
+            s.execute(select(Series.id).where(Series.series_instance_uid.in_(uids))
+                      .order_by(Series.id).with_for_update())
+            still = set(s.execute(select(OpenIntake.series_instance_uid)
+                                  .where(OpenIntake.series_instance_uid.in_(uids))).scalars())
+            released = [uid for uid in uids if uid not in still]
+            # taken inside the write transaction: releases are ordered, so a stale one never
+            # overwrites a newer one
             now = utcnow()
-            carried = self._series_by_session.pop(session, set())
-            released: list[str] = []
-            for uid in carried:
-                still = self._open_by_series.get(uid, set())
-                still.discard(session)
-                if not still:
-                    self._open_by_series.pop(uid, None)
-                    released.append(uid)
-        if released:
-            with self.db.session() as s:
-                for uid in released:
-                    self._release(s, uid, now, orderly)
+            for uid in released:
+                self._release(s, uid, now, orderly)
         return released
 
     def _release(self, s: Session, uid: str, now: datetime, orderly: bool) -> None:
@@ -151,15 +192,26 @@ class SeriesLifecycle:
         return judge([InstanceGeometry(*row) for row in rows], thickness)
 
     def seconds_to_next_evidence(self, now: datetime | None = None) -> float | None:
-        """How long until the earliest evidence due time a release set, or None when none is pending."""
+        """How long until the earliest evidence due time of a receiving series (set by a release in
+        any process), or None when none is pending."""
+        now = now or utcnow()
         with self._lock:
             due = self._next_evidence_due
+        with self.db.engine.connect() as conn:
+            # only future ones: one already due but held open by another session is not waited for
+            # in a busy loop (the next poll looks again)
+            stored = conn.execute(select(func.min(Series.evidence_due_at))
+                                  .where(Series.status == SeriesState.RECEIVING, Series.evidence_due_at > now)).scalar()
+        if stored is not None:
+            due = _aware(stored) if due is None else min(due, _aware(stored))
         if due is None:
             return None
-        return max(0.0, (due - (now or utcnow())).total_seconds())
+        return max(0.0, (due - now).total_seconds())
 
     def is_open(self, series_uid: str) -> bool:
-        return bool(self._open_by_series.get(series_uid))
+        """Whether an intake session in any of the node's processes still carries the series."""
+        with self.db.engine.connect() as conn:
+            return conn.execute(select(exists().where(OpenIntake.series_instance_uid == series_uid))).scalar() is True
 
     # -- complete ----------------------------------------------------------------------------
     def complete_due(self, stable_seconds: float, on_complete: Callable[[int], None]) -> int:
@@ -180,22 +232,21 @@ class SeriesLifecycle:
         completed = 0
         for series_id, uid, evidence_due in due:
             how = "on evidence" if evidence_due is not None and _aware(evidence_due) <= now else "after the idle timer"
-            # the lock makes "not open" and "mark complete" one step against instance_arriving
-            with self._lock:
-                if self.is_open(uid):
-                    continue
-                with self.db.session() as s:
-                    count = s.execute(select(func.count(Instance.id)).where(Instance.series_id == series_id)).scalar_one()
-                    changed = rows_changed(s,
-                        update(Series)
-                        .where(Series.id == series_id, Series.status == SeriesState.RECEIVING)
-                        .values(status=SeriesState.COMPLETE, status_reason=None, completed_at=utcnow(),
-                                generation=Series.generation + 1, instance_count=count)
-                    )
-                    self._receiving.discard(uid)
-                    if changed:
-                        record_event(s, EventCode.SERIES_COMPLETE, f"series complete with {count} instances {how}",
-                                     series_instance_uid=uid)
+            # one statement decides "no session open" and "complete" together: a receiver process
+            # that registers the series (open_intake) either does so first, and the series stays
+            # receiving, or after, and its first instance re-opens the series
+            open_session = exists().where(OpenIntake.series_instance_uid == uid)
+            with self.db.session() as s:
+                count = s.execute(select(func.count(Instance.id)).where(Instance.series_id == series_id)).scalar_one()
+                changed = rows_changed(s,
+                    update(Series)
+                    .where(Series.id == series_id, Series.status == SeriesState.RECEIVING, ~open_session)
+                    .values(status=SeriesState.COMPLETE, status_reason=None, completed_at=utcnow(),
+                            generation=Series.generation + 1, instance_count=count)
+                )
+                if changed:
+                    record_event(s, EventCode.SERIES_COMPLETE, f"series complete with {count} instances {how}",
+                                 series_instance_uid=uid)
             if changed:
                 completed += 1
                 on_complete(series_id)
@@ -206,6 +257,8 @@ class SeriesLifecycle:
         their clocks now so they complete instead of waiting forever. Their evidence is dropped: a
         session the crash cut off may have been adding to a released series, so the timer decides."""
         with self.db.session() as s:
+            # every session of the previous run ended with it (the receivers start after this)
+            s.execute(delete(OpenIntake))
             adopted = rows_changed(s,
                 update(Series)
                 .where(Series.status == SeriesState.RECEIVING, Series.last_released_at.is_(None))
@@ -248,6 +301,11 @@ class SeriesLifecycle:
         series.status, series.status_reason = SeriesState.ROUTED, reason
         if route_name is not None:
             series.route_name = route_name
+
+
+def _key(session: SessionKey) -> str:
+    """The session as stored in open_intake."""
+    return str(session)[:96]
 
 
 def _aware(moment: datetime) -> datetime:

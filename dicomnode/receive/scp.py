@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import ipaddress
 import logging
+import mmap
+import os
 import socket
 import ssl
 import threading
@@ -11,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -76,7 +80,8 @@ STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePr
 
 # pynetdicom counts every connection, even one that has not sent its A-ASSOCIATE-RQ yet, against
 # AE.maximum_associations. We enforce node.max_associations ourselves on associations only (in
-# _on_requested), so idle connections cannot lock peers out; pynetdicom's limit stays as a backstop.
+# _on_requested), so idle connections cannot lock peers out; pynetdicom's limit stays as a backstop
+# (per receiver process: with node.receive_processes > 1 the node-wide backstop is that many times it).
 CONNECTION_HEADROOM = 64
 MAX_COMMAND_BYTES = 64 * 1024
 PDU_ALLOWANCE = 2**20  # a PDU may carry a whole data set (max_pdu_size 0) plus headers
@@ -114,6 +119,99 @@ class GuardedServer(ThreadedAssociationServer):
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
+
+
+class SharedPortServer(GuardedServer):
+    """GuardedServer on a port that several receiver processes listen on (SO_REUSEPORT): the
+    kernel spreads new connections over their listening sockets, and stops sending any to a
+    process whose socket closed (it died or stopped)."""
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class SlotLedger:
+    """How many associations the node serves: node.max_associations holds for the whole node. A
+    single process counts only its own (others() is 0)."""
+
+    def others(self) -> int:
+        """Associations held by the node's other receiver processes."""
+        return 0
+
+    def publish(self, mine: int) -> None:
+        """Tell the other processes how many associations this one holds now."""
+
+    @property
+    def lock(self) -> "threading.Lock | _FileLock":
+        return _NO_LOCK
+
+
+class SharedSlots(SlotLedger):
+    """Receiver process `index`'s view of the node-wide association count: one 32-bit count per
+    process in a small shared file (mmap), read and written under flock on that file, so "count
+    and take a slot" is one step across processes. The kernel drops a dead process's flock, and
+    the node zeroes its count (clear), so a kill -9 never leaves a slot or the lock held."""
+
+    def __init__(self, path: Path, index: int) -> None:
+        self.index = index
+        self._fd = os.open(path, os.O_RDWR)
+        self._map = mmap.mmap(self._fd, os.fstat(self._fd).st_size)
+        self._lock = _FileLock(self._fd)
+
+    @staticmethod
+    def create(path: Path, processes: int) -> None:
+        """The shared file, all counts zero (by the node, before any receiver starts)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(4 * processes))
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def clear(path: Path, index: int) -> None:
+        """Receiver `index` died: its associations went with it (by the node)."""
+        with SharedSlots(path, index) as slots, slots.lock:
+            slots.publish(0)
+
+    def counts(self) -> list[int]:
+        return [int.from_bytes(self._map[i:i + 4], "little") for i in range(0, len(self._map), 4)]
+
+    def others(self) -> int:
+        counts = self.counts()
+        return sum(counts) - counts[self.index]
+
+    def publish(self, mine: int) -> None:
+        self._map[4 * self.index:4 * self.index + 4] = mine.to_bytes(4, "little")
+
+    @property
+    def lock(self) -> "_FileLock":
+        return self._lock
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+    def __enter__(self) -> "SharedSlots":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _FileLock:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_NO_LOCK = threading.Lock()  # SlotLedger: nothing to share, the SCP's own lock already serialises
 
 
 class ContextList(list[PresentationContext]):
@@ -290,10 +388,16 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 class StorageSCP:
-    def __init__(self, settings: Settings, db: Database, intake: Intake) -> None:
+    def __init__(self, settings: Settings, db: Database, intake: Intake, slots: SlotLedger | None = None,
+                 shared_port: bool = False) -> None:
+        """`slots`: the node-wide association count (SharedSlots in a receiver process);
+        `shared_port`: listen with SO_REUSEPORT beside the node's other receiver processes."""
         self.settings = settings
         self.db = db
         self.intake = intake
+        self.slots = slots or SlotLedger()
+        self.shared_port = shared_port
+        self.pid = os.getpid()
         self.policy = AssociationPolicy(settings)
         self._states: dict[int, OpenAssociation] = {}
         self._lock = threading.Lock()
@@ -344,7 +448,7 @@ class StorageSCP:
         ssl_context = server_ssl_context(self.settings) if self.settings.tls.enabled else None
         # AE.start_server(block=False), with our server class
         server = self.ae.make_server((cfg.host, cfg.port), evt_handlers=self.handlers(), ssl_context=ssl_context,
-                                     server_class=GuardedServer)
+                                     server_class=SharedPortServer if self.shared_port else GuardedServer)
         thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
         thread.start()
         self.ae._servers.append(server)
@@ -446,14 +550,17 @@ class StorageSCP:
     def _limit_refusal(self, assoc: PynetAssociation) -> tuple[EventCode, tuple[int, int, int], str] | None:
         """Take one of node.max_associations slots for this association, or say why not."""
         limit = self.settings.node.max_associations
-        with self._lock:
+        with self._lock, self.slots.lock:
             # a thread that ended without EVT_CONN_CLOSE must not hold its slot forever
             for key in [k for k, a in self._slots.items() if not a.is_alive()]:
                 del self._slots[key]
-            if len(self._slots) >= limit:
+            in_use = len(self._slots) + self.slots.others()  # the node's, over all receiver processes
+            if in_use >= limit:
+                self.slots.publish(len(self._slots))
                 return (EventCode.ASSOCIATION_REFUSED_LIMIT, REJECT_LIMIT,
-                        f"local limit exceeded: {len(self._slots)} of {limit} associations in use (node.max_associations)")
+                        f"local limit exceeded: {in_use} of {limit} associations in use (node.max_associations)")
             self._slots[id(assoc)] = assoc
+            self.slots.publish(len(self._slots))
         return None
 
     def _guard(self, assoc: PynetAssociation) -> None:
@@ -510,7 +617,7 @@ class StorageSCP:
         calling, called, host, port = self._peer(event)
         with self.db.session() as s:
             row = Association(calling_ae=calling[:16], called_ae=called[:16], peer_host=host, peer_port=port,
-                              tls=self.settings.tls.enabled, state=AssociationState.ACCEPTED)
+                              tls=self.settings.tls.enabled, state=AssociationState.ACCEPTED, receiver_pid=self.pid)
             s.add(row)
             s.flush()
             record_event(s, EventCode.ASSOCIATION_ACCEPTED, f"{calling}@{host}:{port} -> {called}", association_id=row.id)
@@ -562,7 +669,9 @@ class StorageSCP:
             state = self._states.pop(key, None)
             connection = self._connections.pop(key, None)
             guard = self._guards.pop(key, None)
-            self._slots.pop(key, None)
+            if self._slots.pop(key, None) is not None:
+                with self.slots.lock:
+                    self.slots.publish(len(self._slots))
         if guard is not None:
             guard.close()
         if connection is not None:

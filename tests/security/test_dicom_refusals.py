@@ -84,8 +84,9 @@ def test_policy_refusal_is_audited_once(make_node) -> None:
 
 def test_refusal_by_the_dicom_stack_itself_is_audited(make_node) -> None:
     """pynetdicom's own limit (EVT_REJECTED) counts connections too; with max_associations = 1 it
-    is 65 connections: past that, its refusal is audited like ours."""
-    node = make_node(quiet_config("max_associations = 1\nidle_connection_timeout_s = 30"))
+    is 65 connections: past that, its refusal is audited like ours. That backstop is per receiver
+    process (the kernel spreads connections over them), so one process here."""
+    node = make_node(quiet_config("max_associations = 1\nidle_connection_timeout_s = 30\nreceive_processes = 1"))
     audit = Audit(node)
     with idle_connections(node.port, 65):
         refused = associate(node.port, calling="LATE")
