@@ -9,16 +9,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import CursorResult, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig  # here: a receiver process never migrates
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
@@ -126,6 +129,8 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade_to_head(engine: Engine) -> None:
     """Create or upgrade the schema with Alembic, so an older database keeps its rows."""
+    from alembic import command
+
     cfg = alembic_config(engine)
     tables = set(inspect(engine).get_table_names())
     if tables and "alembic_version" not in tables:
