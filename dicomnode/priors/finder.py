@@ -128,7 +128,7 @@ class PeerQuery:
                 if identifier is not None:
                     yield identifier
             elif code != 0x0000:
-                comment = printable(str(status.get("ErrorComment", "")), 200)
+                comment = error_comment(status)
                 raise PeerError(f"{self.peer.ae_title}: C-FIND refused with status 0x{code:04X}{': ' + comment if comment else ''}")
 
     def close(self) -> None:
@@ -255,3 +255,9 @@ def find_on_peer(peer: PriorPeer, calling_ae: str, identity: PatientIdentity, cu
         return search
     finally:
         q.close()
+
+
+def error_comment(status: Dataset) -> str:
+    """A failure response's Error Comment, bounded and printable; "" when it has none."""
+    raw = str(status.get("ErrorComment", "") or "").strip()
+    return printable(raw, 200) if raw else ""

@@ -101,7 +101,7 @@ def _judge(responses: Any, operation: str, peer: PriorPeer, watchdog: _Watchdog,
     counts = {k: int(final.get(f"NumberOf{k.title()}Suboperations", 0) or 0) for k in ("completed", "failed", "warning")}
     completed = stored_here() if stored_here else counts["completed"]
     if code not in DONE_STATUSES:
-        comment = printable(str(final.get("ErrorComment", "")), 200)
+        comment = error_comment(final)
         meaning = STATUS_MEANINGS.get(code, "failed")
         return Retrieval(False, f"{peer.ae_title}: {operation} refused with status 0x{code:04X} ({meaning})"
                                 f"{': ' + comment if comment else ''}", completed, counts["failed"], counts["warning"])
@@ -167,3 +167,9 @@ def c_get(peer: PriorPeer, calling_ae: str, study_uid: str, series_uid: str, tim
         watchdog.cancel()
         if assoc.is_established:
             assoc.release()
+
+
+def error_comment(status: Dataset) -> str:
+    """A failure response's Error Comment, bounded and printable; "" when it has none."""
+    raw = str(status.get("ErrorComment", "") or "").strip()
+    return printable(raw, 200) if raw else ""
