@@ -46,6 +46,11 @@ class PriorCandidate:
     series_description: str = ""
     modality: str = "CT"
     series_number: int | None = None
+    # the routing facts the C-FIND gave (the prior's series row gets them: the instances that arrive
+    # into a row made beforehand do not set them)
+    body_part: str = ""
+    image_type: str = ""  # backslash-separated, as Series.image_type
+    slice_thickness: float | None = None
     series_id: int | None = None  # own database: the series row
     job_id: int | None = None  # own database: the job whose findings rows are cached
 
@@ -227,7 +232,8 @@ def best_series(q: PeerQuery, study: PriorCandidate, route: Route) -> PriorCandi
     return PriorCandidate(source=study.source, study_uid=study.study_uid, study_date=study.study_date,
                           identity=study.identity, series_uid=_text(answer, "SeriesInstanceUID"),
                           series_description=facts.description, modality=facts.modality,
-                          series_number=int(number) if number is not None else None)
+                          series_number=int(number) if number is not None else None, body_part=facts.body_part,
+                          image_type="\\".join(facts.image_type), slice_thickness=facts.slice_thickness)
 
 
 def find_on_peer(peer: PriorPeer, calling_ae: str, identity: PatientIdentity, current_study_uid: str,

@@ -218,6 +218,8 @@ class PriorService:
             if series is None:
                 series = Series(series_instance_uid=prior.series_uid, study_id=study.id, modality=prior.modality[:16],
                                 series_description=prior.series_description[:64], series_number=prior.series_number,
+                                body_part=prior.body_part[:16], image_type=prior.image_type[:128],
+                                slice_thickness=prior.slice_thickness,
                                 calling_ae=peer.ae_title, peer_host=peer.host[:64], role=SeriesRole.PRIOR)
                 s.add(series)
             else:  # known but its files removed (retention): the retrieval restores them, as a prior

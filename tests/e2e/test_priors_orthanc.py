@@ -181,6 +181,8 @@ def assert_held_prior(setup: Setup, patient: str, series_id: int, method: str) -
         series = s.get(Series, series_id)
         assert series is not None and series.series_instance_uid == exam.series_uid
         assert series.role == SeriesRole.PRIOR
+        # the routing facts the C-FIND gave (study, series and instance level)
+        assert (series.modality, series.body_part, series.slice_thickness) == ("CT", "CHEST", 2.0)
         paths = list(s.execute(select(Instance.path).where(Instance.series_id == series_id)).scalars())
         assert s.execute(select(func.count(Job.id)).where(Job.series_id == series_id)).scalar_one() == 0
         assert s.execute(select(func.count(Delivery.id)).where(Delivery.series_id == series_id)).scalar_one() == 0
