@@ -58,6 +58,7 @@ class EventCode(IntEnum):
     PRIOR_RETRIEVE_FAILED = 524  # the query or retrieval failed (peer down, refused, timed out): no comparison
     PRIOR_PATIENT_MISMATCH = 525  # the prior is not provably the same patient: refused, no comparison
     PRIOR_SERIES_HELD = 526  # a complete prior series: held for comparison, starts no job, never delivered
+    PRIOR_QUERY = 527  # a C-FIND for priors sent to a peer (the query in details; IHE ATNA Query)
     # 6xx: deliveries
     DELIVERY_QUEUED = 600
     DELIVERY_SENT = 601

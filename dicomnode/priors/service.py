@@ -9,6 +9,7 @@ prior series whose findings the comparison reads (rows of `findings` with that j
 """
 from __future__ import annotations
 
+import base64
 import logging
 import ssl
 import time
@@ -18,6 +19,10 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]  # made at import time
 from sqlalchemy import delete, func, select
 
 from dicomnode.config import PriorPeer, Route, Settings
@@ -148,12 +153,12 @@ class PriorService:
             try:
                 found = finder.find_on_peer(peer, self.settings.node.ae_title, current.identity, current.study_uid,
                                             window, finder.rules_for_priors(current.route), timeout, self._tls(peer))
-            except PeerError as exc:
-                errors.append(str(exc))
+            except Exception as exc:  # PeerError; a socket error, a malformed answer: the peer could not be asked
+                errors.append(str(exc) if isinstance(exc, PeerError) else
+                              f"{peer.ae_title}: C-FIND failed: {printable_error(exc)}")
+                self._query_event(current, peer, window, errors[-1])
                 continue
-            except Exception as exc:  # a socket error, a malformed answer: the peer could not be asked
-                errors.append(f"{peer.ae_title}: C-FIND failed: {printable_error(exc)}")
-                continue
+            self._query_event(current, peer, window, "")
             others.extend(found.others)
             if found.chosen is not None:
                 return Search(found.chosen, others, errors)
@@ -168,7 +173,7 @@ class PriorService:
                                                 f"retrieval", search)
         held = self._already_held(prior.series_uid)
         if held is not None:
-            return self._verified(current, prior, held, None, search, "already in the spool")
+            return self._verified(current, prior, held, None, False, search, "already in the spool")
         retrieval_id, series_id, created_study = self._prepare(current, prior, peer)
         message_id = retrieval_id % 0xFFFF + 1
         refused: list[str] = []
@@ -181,11 +186,11 @@ class PriorService:
         except Exception as exc:  # a socket error mid-way: the retrieval failed, the node goes on
             result = Retrieval(False, f"{peer.ae_title}: {self.cfg.method.upper()} failed: {printable_error(exc)}")
         if refused:
-            return self._refused(current, prior, retrieval_id, series_id, refused, search)
+            return self._refused(current, prior, retrieval_id, series_id, created_study, refused, search)
         if not result.ok:
-            self._finish_failed(retrieval_id, series_id, created_study, result.reason)
+            self._close(retrieval_id, series_id, created_study, PriorRetrievalState.FAILED, result.reason)
             return self._not_available(current, result.reason, search, retrieval_id)
-        return self._verified(current, prior, series_id, retrieval_id, search, result.reason)
+        return self._verified(current, prior, series_id, retrieval_id, created_study, search, result.reason)
 
     def _c_get(self, current: CurrentExam, prior: PriorCandidate, peer: PriorPeer, timeout: float,
                message_id: int, refused: list[str]) -> Retrieval:
@@ -234,14 +239,17 @@ class PriorService:
             return row.id, series.id, created_study
 
     def _verified(self, current: CurrentExam, prior: PriorCandidate, series_id: int, retrieval_id: int | None,
-                  search: Search, how: str) -> PriorOutcome:
+                  created_study: bool, search: Search, how: str) -> PriorOutcome:
         """The instances in the spool are checked too: the peer could have sent another patient's."""
         identities = self._stored_identities(series_id)
-        refused = sorted({why for ident in identities for why in mismatches(current.identity, ident)})
         if not identities:
-            refused = ["no instance of the prior series is in the spool"]
+            reason = f"{how}, yet no instance of series {prior.series_uid} arrived in the spool"
+            if retrieval_id is not None:
+                self._close(retrieval_id, series_id, created_study, PriorRetrievalState.FAILED, reason)
+            return self._not_available(current, reason, search, retrieval_id)
+        refused = sorted({why for ident in identities for why in mismatches(current.identity, ident)})
         if refused:
-            return self._refused(current, prior, retrieval_id, series_id, refused, search)
+            return self._refused(current, prior, retrieval_id, series_id, created_study, refused, search)
         with self.db.session() as s:
             if retrieval_id is not None:
                 row = s.get(PriorRetrieval, retrieval_id)
@@ -264,25 +272,26 @@ class PriorService:
         return PriorOutcome("not_available", reason, others=[c.label() for c in search.others])
 
     def _refused(self, current: CurrentExam, prior: PriorCandidate, retrieval_id: int | None, series_id: int,
-                 why: list[str], search: Search) -> PriorOutcome:
+                 created_study: bool, why: list[str], search: Search) -> PriorOutcome:
+        """Not the patient's: never compared. What was stored of it stays (held as a prior, never
+        analysed for this exam); nothing accepted is lost."""
         reason = f"the retrieved instances of {prior.label()} are not the patient's: {', '.join(sorted(set(why)))}"
-        with self.db.session() as s:
-            if retrieval_id is not None:
-                row = s.get(PriorRetrieval, retrieval_id)
-                assert row is not None
-                row.state, row.reason, row.finished_at = PriorRetrievalState.REFUSED, reason, utcnow()
+        if retrieval_id is not None:
+            self._close(retrieval_id, series_id, created_study, PriorRetrievalState.REFUSED, reason)
         self._event(EventCode.PRIOR_PATIENT_MISMATCH, current, f"{reason}; no comparison",
                     {"prior_series_instance_uid": prior.series_uid, "prior_series_id": series_id,
                      "retrieval_id": retrieval_id, "mismatches": sorted(set(why))})
         return PriorOutcome("not_available", reason, others=[c.label() for c in search.others])
 
-    def _finish_failed(self, retrieval_id: int, series_id: int, created_study: bool, reason: str) -> None:
-        """The row says why; a prior series row nothing arrived for goes (it held nothing)."""
+    def _close(self, retrieval_id: int, series_id: int, created_study: bool, state: PriorRetrievalState,
+               reason: str) -> None:
+        """The retrieval row says how it ended and why; a prior series row nothing arrived for goes (it
+        held nothing, and would otherwise wait as "receiving" for instances that never come)."""
         with self.db.session() as s:
             row = s.get(PriorRetrieval, retrieval_id)
             assert row is not None
             arrived = s.execute(select(func.count(Instance.id)).where(Instance.series_id == series_id)).scalar_one()
-            row.state, row.reason, row.finished_at, row.instances = PriorRetrievalState.FAILED, reason, utcnow(), arrived
+            row.state, row.reason, row.finished_at, row.instances = state, reason, utcnow(), arrived
             if arrived == 0:
                 study_id = s.execute(select(Series.study_id).where(Series.id == series_id)).scalar_one()
                 s.execute(delete(Series).where(Series.id == series_id))
@@ -356,6 +365,15 @@ class PriorService:
     def _tls(self, peer: PriorPeer) -> ssl.SSLContext | None:
         return client_ssl_context(self.settings) if peer.tls else None
 
+    def _query_event(self, current: CurrentExam, peer: PriorPeer, window: tuple[str, str], error: str) -> None:
+        """The C-FIND sent to a peer, with its study-level identifier (PS3.15 A.5.3.10 Query)."""
+        query = encoded_identifier(finder.study_query(current.identity, window))
+        self._event(EventCode.PRIOR_QUERY, current,
+                    f"C-FIND (Study Root, STUDY) to {peer.ae_title}@{peer.host}:{peer.port}: " + (error or "answered"),
+                    {"peer": peer.ae_title, "host": peer.host, "port": peer.port, "ok": not error,
+                     "sop_class_uid": str(StudyRootQueryRetrieveInformationModelFind),
+                     "query": base64.b64encode(query).decode("ascii"), "transfer_syntax_uid": str(ImplicitVRLittleEndian)})
+
     def _event(self, code: EventCode, current: CurrentExam, message: str, details: dict[str, object]) -> None:
         with self.db.session() as s:
             record_event(s, code, message, series_instance_uid=current.series_uid, details=details)
@@ -367,6 +385,14 @@ def instance_mismatch(ds: Dataset, series_uid: str, identity: PatientIdentity) -
     if got != series_uid:
         return f"an instance of another series ({got or 'none'}) was sent"
     return ", ".join(mismatches(identity, PatientIdentity.of(ds)))
+
+
+def encoded_identifier(ds: Dataset) -> bytes:
+    """A C-FIND identifier as sent (Implicit VR Little Endian, the DIMSE default)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
 
 
 def printable_error(exc: BaseException) -> str:

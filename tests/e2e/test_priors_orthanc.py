@@ -56,6 +56,16 @@ def write_exam(source: list[Path], out: Path, patient_id: str, study_date: str, 
     return Exam(files, study_uid, series_uid)
 
 
+MIXED = 2  # instances of another patient (birth date) in a prior series
+
+
+def mix_in_another_birth_date(files: list[Path]) -> None:
+    for path in files:
+        ds = dcmread(path)
+        ds.PatientBirthDate = "19610101"
+        ds.save_as(path, enforce_file_format=True)
+
+
 @dataclass
 class Setup:
     node: Node
@@ -135,11 +145,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         source = write_phantom_series(root / "phantom", 31, matrix=64, n_slices=20, n_nodules=1,
                                       slice_thickness_mm=2.0, slice_spacing_mm=2.0).files
         # per patient: the prior (a year earlier) in Orthanc, the current exam at the node
-        births = {"PAT-MOVE": "19550312", "PAT-GET": "19550312", "PAT-MISMATCH": "19600101", "PAT-REFUSED": "19550312"}
+        births = {"PAT-MOVE": "19550312", "PAT-GET": "19550312", "PAT-MISMATCH": "19600101", "PAT-REFUSED": "19550312",
+                  "PAT-MIXED-MOVE": "19550312", "PAT-MIXED-GET": "19550312"}
         priors, currents = {}, {}
         for patient, prior_birth in births.items():
             priors[patient] = write_exam(source, root / f"{patient}-prior", patient, "20250105", birth=prior_birth)
-            orthanc.upload_many(priors[patient].files)
+            if patient.startswith("PAT-MIXED"):  # the PACS holds two instances of another birth date in the series
+                mix_in_another_birth_date(priors[patient].files[-MIXED:])
+                orthanc.upload_many(priors[patient].files[:-MIXED])  # Orthanc's study answer: the first ones'
+                orthanc.upload_many(priors[patient].files[-MIXED:])
+            else:
+                orthanc.upload_many(priors[patient].files)
             currents[patient] = write_exam(source, root / f"{patient}-current", patient, "20260110")
             store_current(node, currents[patient])
         current = {patient: routed_id(node, exam) for patient, exam in currents.items()}
@@ -205,9 +221,9 @@ def test_prior_found_by_c_find_and_retrieved(setup: Setup, patient: str, method:
     assert (outcome.prior.source, outcome.prior.study_uid, outcome.prior.series_uid, outcome.prior.study_date) == (
         setup.orthanc.aet, setup.priors[patient].study_uid, setup.priors[patient].series_uid, "20250105")
     assert_held_prior(setup, patient, outcome.series_id, method)
-    names = [e.name for e in events_of(node, current_uid(node, current), EventCode.PRIOR_SEARCH, EventCode.PRIOR_FOUND,
-                                       EventCode.PRIOR_RETRIEVED, EventCode.PRIOR_RETRIEVE_FAILED)]
-    assert names == ["PRIOR_SEARCH", "PRIOR_FOUND", "PRIOR_RETRIEVED"]
+    names = [e.name for e in events_of(node, current_uid(node, current), EventCode.PRIOR_SEARCH, EventCode.PRIOR_QUERY,
+                                       EventCode.PRIOR_FOUND, EventCode.PRIOR_RETRIEVED, EventCode.PRIOR_RETRIEVE_FAILED)]
+    assert names == ["PRIOR_SEARCH", "PRIOR_QUERY", "PRIOR_FOUND", "PRIOR_RETRIEVED"]
 
 
 def test_prior_of_another_birth_date_is_refused(setup: Setup) -> None:
@@ -235,6 +251,27 @@ def test_c_move_refused_leaves_nothing_behind(setup: Setup) -> None:
         assert s.execute(select(func.count(Series.id)).where(Series.series_instance_uid == exam.series_uid)).scalar_one() == 0
     failed = events_of(node, current_uid(node, current), EventCode.PRIOR_RETRIEVE_FAILED)
     assert len(failed) == 1 and "0xC000" in failed[0].message
+
+
+@pytest.mark.parametrize("patient, method, stored", [("PAT-MIXED-MOVE", "c-move", 20), ("PAT-MIXED-GET", "c-get", 20 - MIXED)])
+def test_retrieved_instances_of_another_patient_are_refused(setup: Setup, patient: str, method: str, stored: int) -> None:
+    """The C-FIND answer matches, but the PACS sends instances of another birth date: no comparison.
+    C-GET refuses them unstored (0xC000 to the PACS); after a C-MOVE the stored instances are checked."""
+    node, current, exam = setup.node, setup.current[patient], setup.priors[patient]
+    outcome = service(node, method=method).obtain(current)
+    assert outcome.status == "not_available"
+    assert outcome.reason.endswith("are not the patient's: PatientBirthDate differs")
+    with node.db.session() as s:
+        row = s.execute(select(PriorRetrieval).where(PriorRetrieval.series_instance_uid == exam.series_uid)).scalar_one()
+        assert (row.state, row.instances, row.reason) == (PriorRetrievalState.REFUSED, stored, outcome.reason)
+        series = s.execute(select(Series).where(Series.series_instance_uid == exam.series_uid)).scalar_one()
+        assert series.role == SeriesRole.PRIOR  # what was stored stays, held: never routed, never delivered
+        paths = list(s.execute(select(Instance.path).where(Instance.series_id == series.id)).scalars())
+    births = sorted(str(dcmread(node.spool.path(p), stop_before_pixels=True).PatientBirthDate) for p in paths)
+    assert births == sorted(["19550312"] * (20 - MIXED) + ["19610101"] * (stored - 20 + MIXED))
+    [warning] = events_of(node, current_uid(node, current), EventCode.PRIOR_PATIENT_MISMATCH)
+    assert warning.level == "warning" and warning.details is not None
+    assert warning.details["mismatches"] == ["PatientBirthDate differs"]
 
 
 def silent_listener() -> tuple[socket.socket, threading.Event]:

@@ -3,6 +3,7 @@ prior found in the node's own audit database (its findings cached), the one anal
 routing holding a prior series. The C-FIND/C-MOVE/C-GET paths are in tests/e2e/test_priors_orthanc.py."""
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,26 @@ def test_routing_holds_a_complete_prior_series(store: Store) -> None:
         assert prior.status_reason is not None and "prior" in prior.status_reason
         assert [j for (j,) in s.execute(select(Job.series_id))] == [exam.id]
     assert [e.series_instance_uid for e in store.events(EventCode.PRIOR_SERIES_HELD)] == [prior.series_instance_uid]
+
+
+def test_a_peer_that_is_down_gives_prior_not_available_and_an_audited_query(store: Store) -> None:
+    """Nothing in the own database: the peer is asked, cannot be reached; the C-FIND attempt goes to
+    the ATNA repository as a Query message (PS3.15 A.5.3.10), failed."""
+    from dicomnode.atna.exporter import Mapper
+    from tests.node.test_atna_messages import SRC, assert_audit_message
+
+    current_id, _ = store.exam("20260110", analysed=False)
+    outcome = store.service().obtain(current_id)
+    assert outcome.status == "not_available"
+    assert outcome.summary() == ("prior not available: no association with PACS@127.0.0.1:9: "
+                                 "peer unreachable or not answering")
+    [query] = store.events(EventCode.PRIOR_QUERY)
+    [failed] = store.events(EventCode.PRIOR_RETRIEVE_FAILED)
+    assert query.details is not None and (query.details["peer"], query.details["ok"]) == ("PACS", False)
+    assert failed.level == "warning" and failed.details == {"reason": outcome.reason, "retrieval_id": None}
+    with store.db.session() as s:
+        [message] = Mapper(SRC).messages(s, query)
+    root = assert_audit_message(message.xml)
+    assert not message.ok and root.find("EventIdentification").get("EventOutcomeIndicator") == "4"
+    identifier = base64.b64decode(root.find("ParticipantObjectIdentification").findtext("ParticipantObjectQuery"))
+    assert b"STUDY" in identifier and b"P1" in identifier and b"CT" in identifier
