@@ -27,6 +27,8 @@ from dicomnode.process.routing import SeriesFacts, mismatch, preference_key
 from storage.queries import analysed_priors
 
 PENDING = (0xFF00, 0xFF01)
+# the DIMSE default transfer syntaxes: Implicit, then Explicit VR Little Endian
+QR_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
 DATABASE = "database"  # PriorCandidate.source of a prior the node already holds and analysed
 
 
@@ -106,7 +108,7 @@ class PeerQuery:
         self.peer = peer
         ae = AE(ae_title=calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, QR_TRANSFER_SYNTAXES)
         self._assoc: Association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
                                                 tls_args=(tls, None) if tls is not None else None)  # type: ignore[arg-type]  # ssl takes None (no SNI)
         if not self._assoc.is_established:

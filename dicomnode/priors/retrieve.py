@@ -21,14 +21,21 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
     CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage,
-    StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove)
+    StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove)
 
 from dicomnode.config import PriorPeer
 from dicomnode.core.uids import printable
+from dicomnode.priors.finder import QR_TRANSFER_SYNTAXES
+from dicomnode.receive.scp import negotiation_order
+
+__all__ = ["CT_STORAGE", "Retrieval", "StudyRootQueryRetrieveInformationModelFind",
+           "StudyRootQueryRetrieveInformationModelGet", "StudyRootQueryRetrieveInformationModelMove", "c_get", "c_move"]
 
 PENDING = (0xFF00, 0xFF01)
 DONE_STATUSES = (0x0000, 0xB000)  # success; warning: some sub-operations failed or had warnings
-# the storage SOP classes a C-GET of a chest CT series accepts (the SCU is their SCP on its association)
+# the storage SOP classes a C-GET of a chest CT series accepts (the SCU is their SCP on its association),
+# each offered with the transfer syntaxes the node's Storage SCP accepts, in its order: stored as sent
 CT_STORAGE = (CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
 STATUS_MEANINGS = {0xA701: "out of resources (number of matches)", 0xA702: "out of resources (sub-operations)",
                    0xA801: "move destination unknown (the peer does not know this node's AE title)",
@@ -117,7 +124,7 @@ def c_move(peer: PriorPeer, calling_ae: str, study_uid: str, series_uid: str, ti
            message_id: int, tls: ssl.SSLContext | None) -> Retrieval:
     """C-MOVE the series to `calling_ae` (the node's own AE title: the instances arrive on its SCP)."""
     ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove, QR_TRANSFER_SYNTAXES)
     assoc = _associate(ae, peer, timeout_s, tls)
     if not assoc.is_established:
         return _no_association(peer, assoc)
@@ -140,9 +147,9 @@ def c_get(peer: PriorPeer, calling_ae: str, study_uid: str, series_uid: str, tim
           message_id: int, tls: ssl.SSLContext | None, store: StoreInstance) -> Retrieval:
     """C-GET the series; each instance the peer sends on the association goes to `store`."""
     ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet, QR_TRANSFER_SYNTAXES)
     for sop_class in CT_STORAGE:
-        ae.add_requested_context(sop_class)
+        ae.add_requested_context(sop_class, negotiation_order())
     roles = [build_role(sop_class, scp_role=True) for sop_class in CT_STORAGE]
     stored = [0]
 
