@@ -75,6 +75,12 @@ def lookback_window(current_date: date, lookback_years: float) -> tuple[str, str
     return first.strftime("%Y%m%d"), current_date.strftime("%Y%m%d")
 
 
+def day_before(yyyymmdd: str) -> str:
+    """The last day a prior may be dated (the range of a C-FIND is inclusive)."""
+    day = parse_da(yyyymmdd)
+    return (day - timedelta(days=1)).strftime("%Y%m%d") if day is not None and day > date.min else yyyymmdd
+
+
 def parse_da(value: str) -> date | None:
     text = value.strip().replace(".", "")
     try:
@@ -152,7 +158,7 @@ def study_query(identity: PatientIdentity, window: tuple[str, str]) -> Dataset:
     ds.PatientName = ""
     ds.PatientBirthDate = ""
     ds.StudyInstanceUID = ""
-    ds.StudyDate = f"{window[0]}-{(parse_da(window[1]) or date.min + timedelta(days=1)) - timedelta(days=1):%Y%m%d}"
+    ds.StudyDate = f"{window[0]}-{day_before(window[1])}"
     ds.ModalitiesInStudy = "CT"
     ds.StudyDescription = ""
     return ds
@@ -208,10 +214,11 @@ def series_facts(q: PeerQuery, study_uid: str, answer: Dataset) -> SeriesFacts:
     """The routing facts of a series from its C-FIND answer, completed from one instance when needed."""
     thickness, image_type = _number(answer, "SliceThickness"), _image_type(answer)
     if thickness is None or not image_type:
-        for instance in q.find(image_query(study_uid, _text(answer, "SeriesInstanceUID"))):
-            thickness = thickness if thickness is not None else _number(instance, "SliceThickness")
-            image_type = image_type or _image_type(instance)
-            break
+        # read to the end: a C-FIND left half-read would answer the next one on this association
+        instances = list(q.find(image_query(study_uid, _text(answer, "SeriesInstanceUID"))))
+        if instances:
+            thickness = thickness if thickness is not None else _number(instances[0], "SliceThickness")
+            image_type = image_type or _image_type(instances[0])
     count = _number(answer, "NumberOfSeriesRelatedInstances")
     return SeriesFacts(modality=_text(answer, "Modality"), body_part=_text(answer, "BodyPartExamined"),
                        image_type=image_type, description=_text(answer, "SeriesDescription"),

@@ -22,7 +22,7 @@ from dicomnode.node import Node
 from dicomnode.priors.service import PriorService
 from dicomnode.receive.intake import Origin
 from storage.events import EventCode
-from storage.models import Delivery, Event, Instance, Job, PriorRetrieval, Series
+from storage.models import Delivery, Event, Instance, Job, PriorRetrieval, Series, Study
 from storage.states import PriorRetrievalState, SeriesRole, SeriesState
 from tests.node.helpers import free_port, wait_for
 from tests.peers.orthanc import OrthancProcess, orthanc_binary
@@ -72,6 +72,7 @@ class Setup:
     orthanc: OrthancProcess
     current: dict[str, int]  # patient id -> the current series' row id
     priors: dict[str, Exam]  # patient id -> the prior exam in Orthanc
+    older: Exam  # PAT-GET's exam before its prior
 
 
 def node_settings(root: Path, node_port: int, orthanc: OrthancProcess) -> Settings:
@@ -158,8 +159,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 orthanc.upload_many(priors[patient].files)
             currents[patient] = write_exam(source, root / f"{patient}-current", patient, "20260110")
             store_current(node, currents[patient])
+        # PAT-GET has two more earlier exams in Orthanc: an older one within the lookback, one before it
+        older = {day: write_exam(source, root / f"PAT-GET-{day}", "PAT-GET", day) for day in ("20240105", "20220105")}
+        for exam in older.values():
+            orthanc.upload_many(exam.files)
         current = {patient: routed_id(node, exam) for patient, exam in currents.items()}
-        yield Setup(node, orthanc, current, priors)
+        yield Setup(node, orthanc, current, priors, older["20240105"])
     finally:
         node.stop()
         orthanc.stop()
@@ -220,10 +225,15 @@ def test_prior_found_by_c_find_and_retrieved(setup: Setup, patient: str, method:
     assert outcome.prior is not None and outcome.series_id is not None
     assert (outcome.prior.source, outcome.prior.study_uid, outcome.prior.series_uid, outcome.prior.study_date) == (
         setup.orthanc.aet, setup.priors[patient].study_uid, setup.priors[patient].series_uid, "20250105")
+    # the most recent; PAT-GET's older exam listed, the one outside the 3-year lookback not
+    assert outcome.others == ([f"study {setup.older.study_uid} of 20240105 (ORTHANC)"] if patient == "PAT-GET" else [])
     assert_held_prior(setup, patient, outcome.series_id, method)
     names = [e.name for e in events_of(node, current_uid(node, current), EventCode.PRIOR_SEARCH, EventCode.PRIOR_QUERY,
                                        EventCode.PRIOR_FOUND, EventCode.PRIOR_RETRIEVED, EventCode.PRIOR_RETRIEVE_FAILED)]
     assert names == ["PRIOR_SEARCH", "PRIOR_QUERY", "PRIOR_FOUND", "PRIOR_RETRIEVED"]
+    with node.db.session() as s:  # ingest keeps the identity a later exam's prior check reads
+        study = s.execute(select(Study).join(Series).where(Series.id == current)).scalar_one()
+        assert (study.patient_birth_date, study.issuer_of_patient_id) == ("19550312", "")
 
 
 def test_prior_of_another_birth_date_is_refused(setup: Setup) -> None:
@@ -272,6 +282,23 @@ def test_retrieved_instances_of_another_patient_are_refused(setup: Setup, patien
     [warning] = events_of(node, current_uid(node, current), EventCode.PRIOR_PATIENT_MISMATCH)
     assert warning.level == "warning" and warning.details is not None
     assert warning.details["mismatches"] == ["PatientBirthDate differs"]
+
+
+def test_orthanc_stopped_gives_prior_not_available_with_the_reason(setup: Setup) -> None:
+    node, current = setup.node, setup.current["PAT-REFUSED"]
+    setup.orthanc.stop()
+    try:
+        outcome = service(node).obtain(current)
+    finally:
+        setup.orthanc.start()  # same ports and storage: the other tests need not run first
+    assert outcome.status == "not_available"
+    assert outcome.reason == (f"no association with ORTHANC@127.0.0.1:{setup.orthanc.dicom_port}: "
+                              "peer unreachable or not answering")
+    failed = events_of(node, current_uid(node, current), EventCode.PRIOR_RETRIEVE_FAILED)
+    assert failed[-1].message == f"prior not available: {outcome.reason}; the exam is analysed without comparison"
+    with node.db.session() as s:  # nothing was asked for, so nothing waits
+        assert s.execute(select(func.count(PriorRetrieval.id)).where(
+            PriorRetrieval.current_series_id == current, PriorRetrieval.state == PriorRetrievalState.PENDING)).scalar_one() == 0
 
 
 def silent_listener() -> tuple[socket.socket, threading.Event]:
