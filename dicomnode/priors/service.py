@@ -24,6 +24,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]  # made at import time
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from dicomnode.config import PriorPeer, Route, Settings
 from dicomnode.core.dimse import CANNOT_UNDERSTAND
@@ -97,7 +98,14 @@ class PriorService:
     def obtain(self, current_series_id: int) -> PriorOutcome:
         """The prior of the current series, or why there is none; bounded by priors.max_wait_s."""
         started = time.monotonic()
-        outcome = self._obtain(current_series_id, started + self.cfg.max_wait_s)
+        try:
+            outcome = self._obtain(current_series_id, started + self.cfg.max_wait_s)
+        except Exception as exc:  # whatever went wrong here, the current exam goes on without comparison
+            log.exception("looking for the prior of series %s failed", current_series_id)
+            outcome = PriorOutcome("not_available", f"the search failed: {printable_error(exc)}")
+            with self.db.session() as s:
+                record_event(s, EventCode.PRIOR_RETRIEVE_FAILED, f"prior not available: {outcome.reason}",
+                             details={"reason": outcome.reason, "series_id": current_series_id})
         outcome.seconds = round(time.monotonic() - started, 3)
         return outcome
 
@@ -174,7 +182,11 @@ class PriorService:
         held = self._already_held(prior.series_uid)
         if held is not None:
             return self._verified(current, prior, held, None, False, search, "already in the spool")
-        retrieval_id, series_id, created_study = self._prepare(current, prior, peer)
+        try:
+            retrieval_id, series_id, created_study = self._prepare(current, prior, peer)
+        except IntegrityError:  # the same prior's rows, made at this moment for another exam of the patient
+            return self._not_available(current, f"series {prior.series_uid} is being retrieved for another exam "
+                                                "at this moment", search)
         message_id = retrieval_id % 0xFFFF + 1
         refused: list[str] = []
         try:

@@ -175,6 +175,8 @@ def test_no_prior_anywhere_is_not_found_and_disabled_priors_search_nothing(tmp_p
     assert outcome.status == "not_found"
     assert outcome.summary() == "prior not available: no earlier chest CT of the patient found"
     assert [e.name for e in store.events(EventCode.PRIOR_SEARCH, EventCode.PRIOR_NOT_FOUND)] == ["PRIOR_SEARCH", "PRIOR_NOT_FOUND"]
+    unknown = store.service().obtain(424242)
+    assert (unknown.status, unknown.reason) == ("not_available", "series 424242 is not known")
     store.settings = Settings(priors={"enabled": False})
     assert store.service().obtain(current_id).status == "disabled"
     assert len(store.events(EventCode.PRIOR_SEARCH)) == 1
