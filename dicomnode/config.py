@@ -539,6 +539,53 @@ class AtnaSettings(Strict):
             raise ValueError(f"atna.enabled is true but these files do not exist: {', '.join(absent)}")
         return self
 
+class PriorPeer(Strict):
+    """A query/retrieve SCP (a PACS) the node may ask for a patient's prior exams."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    # TLS with the node's [tls] client settings (as for destinations)
+    tls: bool = False
+    _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
+    _host = field_validator("host")(lambda cls, v: check_host(v))
+
+
+class PriorsSettings(Strict):
+    """Priors for follow-up comparison (dicomnode.priors, issue 12): the patient's most recent earlier
+    chest CT, from the node's own audit database first, then by C-FIND/C-MOVE or C-GET from a peer."""
+
+    # off by default: every exam is analysed alone
+    enabled: bool = False
+    # how far back a prior may be, in years before the current StudyDate
+    lookback_years: float = Field(3.0, gt=0, le=50)
+    # the query/retrieve SCPs asked by C-FIND, in this order; empty: only the node's own database
+    peers: list[PriorPeer] = []
+    # the AE title (from peers) the prior is retrieved from; empty: the peer whose C-FIND found it
+    retrieve_from: str = ""
+    # c-move: the peer sends the prior to the node's own AE title on the node's port (the PACS must
+    # know the node as a destination); c-get: the instances come back on the node's own association
+    method: Literal["c-move", "c-get"] = "c-move"
+    # seconds for one C-FIND (association, each response) and for a whole retrieval
+    query_timeout_s: float = Field(20.0, gt=0, le=3600)
+    retrieve_timeout_s: float = Field(300.0, gt=0, le=86400)
+    # the most a follow-up waits for its prior (search and retrieval together) before it is analysed
+    # and delivered without comparison ("prior not available: ...")
+    max_wait_s: float = Field(600.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _retrieve_from_is_a_peer(self) -> "PriorsSettings":
+        names = [p.ae_title for p in self.peers]
+        if self.retrieve_from:
+            self.__dict__["retrieve_from"] = check_ae_title(self.retrieve_from)
+            if self.retrieve_from not in names:
+                raise ValueError(f"priors.retrieve_from {self.retrieve_from!r} is not the ae_title of one of "
+                                 f"priors.peers (known: {', '.join(names) or 'none'})")
+        if len(set(names)) != len(names):
+            raise ValueError("priors.peers: each peer needs its own ae_title")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DICOMNODE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
@@ -563,6 +610,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
     atna: AtnaSettings = AtnaSettings()
+    priors: PriorsSettings = PriorsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -23,10 +23,17 @@ from pydicom.uid import (
 
 from dicomnode.atna.exporter import CATALOGUE
 from dicomnode.atna.syslog import APP_NAME, MSGID
-from dicomnode.config import AtnaSettings, NodeSettings, SenderSettings
+from dicomnode.config import AtnaSettings, NodeSettings, PriorsSettings, SenderSettings
 from dicomnode.core.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from dicomnode.results.sr import PROCEDURE_REPORTED, PROCESSING_ALGORITHM
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, STORED_STATUSES, SUCCESS
+from dicomnode.priors.finder import QR_TRANSFER_SYNTAXES
+from dicomnode.priors.retrieve import (
+    CT_STORAGE,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from dicomnode.receive.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
     LOSSY_TRANSFER_SYNTAXES,
@@ -175,6 +182,7 @@ def generate() -> str:
         "| DICOMweb STOW-RS (sections 7 and 8) | origin server (`POST /dicom-web/studies`); user agent, per destination (`type = \"dicomweb\"`) |",
         "| IHE ATNA Record Audit Event (section 9) | Secure Application: audit messages over syslog (`[atna]`) |",
         "| IHE AI Results, result content (section 10) | Evidence Creator: TID 1500 SR (TID 1411 references to the SEG), SEG |",
+        "| Study Root Query/Retrieve FIND, MOVE, GET (section 11) | SCU, for priors (`[priors]`) |",
         "",
         "## 2. Application entity and association policy",
         "",
@@ -190,7 +198,8 @@ def generate() -> str:
         f"  {node.network_timeout_s:g} s. A connection that sends no A-ASSOCIATE-RQ within",
         f"  `node.idle_connection_timeout_s` (default {node.idle_connection_timeout_s:g} s) is closed and audited.",
         "- Optional TLS 1.2+ (`[tls]`), with client certificates required by default.",
-        "- The node initiates associations only to deliver results (section 4).",
+        "- The node initiates associations only to deliver results (section 4) and, with `[priors]`, to query",
+        "  and retrieve a patient's prior exam (section 11).",
         "",
         "## 3. Storage SCP",
         "",
@@ -267,6 +276,7 @@ def generate() -> str:
     out += dicomweb_sections()
     out += _atna_section()
     out += _air_section()
+    out += _priors_section()
     return "\n".join(out)
 
 
@@ -303,8 +313,64 @@ def _atna_section() -> list[str]:
         out.append(f"| {names} | ({event_id.value}, {event_id.scheme}, \"{event_id.meaning}\") | {action} | {note} |")
     out += [
         "",
-        "Query (110112) for prior studies is built (`dicomnode.atna.messages.query`) but not emitted: the node does",
-        "not query other AEs yet.",
+        "Query (110112): one message per C-FIND for priors (section 11), the Study Root FIND SOP class, the",
+        "query data set (Implicit VR Little Endian, base64) and whether the peer answered.",
+        "",
+    ]
+    return out
+
+
+def _priors_section() -> list[str]:
+    """Query/Retrieve SCU for priors (dicomnode.priors), from the contexts it requests."""
+    priors = PriorsSettings()
+    qr = [(StudyRootQueryRetrieveInformationModelFind, "study, then series (and image) level"),
+          (StudyRootQueryRetrieveInformationModelMove, "`priors.method = \"c-move\"` (default)"),
+          (StudyRootQueryRetrieveInformationModelGet, "`priors.method = \"c-get\"`")]
+    out = [
+        "## 11. Query/Retrieve SCU (priors for follow-up comparison)",
+        "",
+        "With `[priors] enabled = true` the node looks for a follow-up's prior: the patient's most recent earlier",
+        "chest CT. First among the studies it already analysed (its own audit database, no network), then on the",
+        "peers in `priors.peers`, in order. The prior is stored through the same durable intake as any received",
+        "instance, marked as a prior: it starts no job of its own and is never delivered.",
+        "",
+        "| SOP class | UID | Use |",
+        "|---|---|---|",
+    ]
+    out += [f"| {UID(str(uid)).name} | `{uid}` | {note} |" for uid, note in qr]
+    out += [
+        "",
+        "Transfer syntaxes offered for these: " + ", ".join(f"`{t}`" for t in QR_TRANSFER_SYNTAXES) + ".",
+        "",
+        "- C-FIND, STUDY level: PatientID, IssuerOfPatientID (the current exam's, or a return key),",
+        "  ModalitiesInStudy `CT`, StudyDate range from `priors.lookback_years` before the current StudyDate to the",
+        "  day before it; return keys PatientName, PatientBirthDate, StudyInstanceUID, StudyDescription. The",
+        "  answers are checked again by the node (date range, not the current study). SERIES level for the most",
+        "  recent studies: SeriesInstanceUID, Modality, SeriesDescription, BodyPartExamined, SeriesNumber,",
+        "  NumberOfSeriesRelatedInstances, SliceThickness, ImageType; where a peer gives no slice thickness or",
+        "  image type at series level, IMAGE level for them. A series is suitable when the current series' route",
+        "  (its rules without `calling_ae`) would match it; the preferred one is axial, thinnest, most slices.",
+        "- Retrieval at SERIES level (StudyInstanceUID, SeriesInstanceUID) from `priors.retrieve_from` (default:",
+        "  the peer that answered). C-MOVE: Move Destination is the node's own AE title; the peer sends the",
+        "  instances to the node's Storage SCP (section 3) on its own association, so it must know the node's AE",
+        "  title, host and port, and `security.allowed_calling_aes`/`allowed_hosts`, where set, must admit it.",
+        "  C-GET: the node takes the SCP role (SCP/SCU role selection) for the CT storage SOP classes, each",
+        "  offered with the transfer syntaxes of section 3.1; nothing is set up on the peer:",
+        "  " + ", ".join(f"{UID(str(c)).name} (`{c}`)" for c in CT_STORAGE) + ".",
+        "- A retrieval counts only when its final response is Success (`0x0000`) or Warning (`0xB000`) with no",
+        "  failed sub-operation and at least one instance arrived; any other status (e.g. `0xA801` move",
+        "  destination unknown, `0xA701`/`0xA702` out of resources, `0xC000`), an abort or no answer is a failure:",
+        "  audited with the status and Error Comment, and the exam is analysed without comparison.",
+        "- Patient safety: the prior must have the same PatientID, the same IssuerOfPatientID when either exam has",
+        "  one, and the same PatientName (compared case-blind, per ^ component, trailing empty components",
+        "  dropped) and PatientBirthDate when both exams carry them. Checked on the C-FIND answer and on every",
+        f"  retrieved instance: on C-GET an instance of another series or patient is answered `0x{CANNOT_UNDERSTAND:04X}` and",
+        "  not stored; after a C-MOVE the stored instances are read back. Any mismatch: no comparison, audited",
+        "  (PRIOR_PATIENT_MISMATCH).",
+        f"- Time: `priors.query_timeout_s` (default {priors.query_timeout_s:g} s) per peer for the C-FINDs,",
+        f"  `priors.retrieve_timeout_s` (default {priors.retrieve_timeout_s:g} s) for the retrieval (each is a bound on",
+        "  the association, the responses and the whole operation: the association is aborted when it runs out),",
+        f"  both within `priors.max_wait_s` (default {priors.max_wait_s:g} s) for the whole search and retrieval.",
         "",
     ]
     return out

@@ -52,6 +52,15 @@ class EventCode(IntEnum):
     SERIES_NOT_ANALYSED = 505
     FINDING_RECORDED = 506
     SERIES_REPROCESS_REQUESTED = 507  # an admin asked to analyse a series again (CLI, API or console)
+    # 52x: priors for follow-up comparison (dicomnode.priors)
+    PRIOR_SEARCH = 520  # looking for the patient's most recent earlier chest CT (own database, then C-FIND)
+    PRIOR_FOUND = 521  # a prior chosen (where from, which study and series; the others listed)
+    PRIOR_NOT_FOUND = 522  # no earlier suitable chest CT of the patient within the lookback
+    PRIOR_RETRIEVED = 523  # the prior series is in the spool (C-MOVE or C-GET), marked as a prior
+    PRIOR_RETRIEVE_FAILED = 524  # the query or retrieval failed (peer down, refused, timed out): no comparison
+    PRIOR_PATIENT_MISMATCH = 525  # the prior is not provably the same patient: refused, no comparison
+    PRIOR_SERIES_HELD = 526  # a complete prior series: held for comparison, starts no job, never delivered
+    PRIOR_QUERY = 527  # a C-FIND for priors sent to a peer (the query in details; IHE ATNA Query)
     # 6xx: deliveries
     DELIVERY_QUEUED = 600
     DELIVERY_SENT = 601
@@ -90,7 +99,7 @@ class EventCode(IntEnum):
 
     @property
     def level(self) -> str:
-        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 602, 608, 609,
+        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 524, 525, 602, 608, 609,
                 701, 704, 706, 707, 711, 712, 801, 802, 900}
         error = {603}
         if self.value in error:

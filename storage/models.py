@@ -66,6 +66,9 @@ class Study(Base):
     accession_number: Mapped[str] = mapped_column(String(16), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
+    # patient identity a prior must match (dicomnode.priors.safety); NULL on rows from before 0012
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -106,6 +109,9 @@ class Series(Base):
     # its outbox files (results, forwarded copies); the rows stay, they are the record
     files_deleted_at: Mapped[datetime | None]
     results_deleted_at: Mapped[datetime | None]
+    # None: an exam as received; "prior" (SeriesRole.PRIOR): retrieved to compare a follow-up with
+    # (dicomnode.priors): routing holds it, it starts no job of its own and is never delivered
+    role: Mapped[str | None] = mapped_column(String(16))
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -269,6 +275,27 @@ class Event(Base):
     job_id: Mapped[int | None] = mapped_column(Integer, index=True)
     delivery_id: Mapped[int | None] = mapped_column(Integer, index=True)
     details: Mapped[dict[str, Any] | None]
+
+
+class PriorRetrieval(Base):
+    """One retrieval of a prior series for a follow-up (dicomnode.priors.retrieve): written before the
+    C-MOVE/C-GET goes out, so the instances that arrive are known as the prior, and finished with
+    how it ended (a PriorRetrievalState) and why."""
+
+    __tablename__ = "prior_retrievals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    current_series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    peer: Mapped[str] = mapped_column(String(16))  # AE title of the peer asked
+    method: Mapped[str] = mapped_column(String(8))  # c-move | c-get
+    message_id: Mapped[int | None]  # of the C-MOVE/C-GET request (the Move Originator Message ID)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    instances: Mapped[int] = mapped_column(default=0)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class User(Base):

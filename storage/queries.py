@@ -396,3 +396,55 @@ def series_files_removed_at(s: Session, series_uid: str) -> datetime | None:
     removed = s.execute(select(func.max(Instance.deleted_at)).join(Series, Instance.series_id == Series.id)
                         .where(Series.series_instance_uid == series_uid)).scalar()
     return removed if removed is None or removed.tzinfo else removed.replace(tzinfo=timezone.utc)
+
+
+# -- priors for follow-up comparison (dicomnode.priors) ----------------------------------------------
+@dataclass(frozen=True)
+class AnalysedPrior:
+    """An earlier CT series of the patient the node already analysed: its findings are the `findings`
+    rows of `job_id` (FindingRow.job_id == job_id), cached; no network, no new analysis needed."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    series_id: int
+    job_id: int
+    study_date: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    series_description: str
+
+
+def analysed_priors(s: Session, patient_id: str, issuer: str, date_from: str, date_before: str,
+                    exclude_study_uid: str) -> list[AnalysedPrior]:
+    """The patient's CT series with a finished analysis (job done, not "not_analysed") in studies dated
+    from `date_from` up to, not including, `date_before` (YYYYMMDD), most recent study first and, within
+    a study, the latest finished job first. The issuer must be the same ("" for none; NULL rows from
+    before migration 0012 count as none)."""
+    rows = s.execute(
+        select(Study.study_instance_uid, Series.series_instance_uid, Series.id, Job.id, Study.study_date,
+               Study.patient_id, func.coalesce(Study.issuer_of_patient_id, ""), Study.patient_name,
+               func.coalesce(Study.patient_birth_date, ""), Series.series_description)
+        .join(Series, Series.study_id == Study.id).join(Job, Job.series_id == Series.id)
+        .where(Study.patient_id == patient_id, func.coalesce(Study.issuer_of_patient_id, "") == issuer,
+               Study.study_date >= date_from, Study.study_date < date_before, Study.study_date != "",
+               Study.study_instance_uid != exclude_study_uid, Series.modality == "CT",
+               Job.state == JobState.DONE, func.coalesce(Job.verdict, "") != "not_analysed")
+        .order_by(Study.study_date.desc(), Job.finished_at.desc(), Job.id.desc())
+    ).all()
+    seen: set[str] = set()
+    priors: list[AnalysedPrior] = []
+    for row in rows:
+        if row[0] in seen:
+            continue  # one series per study: the latest analysis
+        seen.add(row[0])
+        priors.append(AnalysedPrior(*row))  # type: ignore[call-arg]  # the select's columns, in field order
+    return priors
+
+
+def prior_job(s: Session, series_id: int) -> int | None:
+    """The job that analyses (or analysed) a prior series, so it is analysed at most once: a queued,
+    running or done one, the latest first; None when there is none (or only failed ones)."""
+    return s.execute(select(Job.id).where(Job.series_id == series_id, Job.state != JobState.FAILED)
+                     .order_by(Job.id.desc()).limit(1)).scalar()

@@ -57,3 +57,18 @@ class DeliveryKind(StrEnum):
 
     RESULT = "result"  # an object a job produced, written to the outbox
     FORWARD = "forward"  # a source instance as received, sent from the spool (route.forward_to)
+
+
+class SeriesRole(StrEnum):
+    """Series.role (migration 0012); NULL: an exam as received."""
+
+    PRIOR = "prior"  # retrieved to compare a follow-up with: no job of its own, never delivered
+
+
+class PriorRetrievalState(StrEnum):
+    """PriorRetrieval.state (dicomnode.priors.retrieve)."""
+
+    PENDING = "pending"  # the C-MOVE/C-GET is out; instances of the series arriving are the prior
+    RETRIEVED = "retrieved"  # the instances are in the spool and are the patient's
+    FAILED = "failed"  # refused, timed out, peer down, nothing arrived (reason says)
+    REFUSED = "refused"  # arrived, but not provably the same patient: never compared

@@ -8,6 +8,7 @@ batch again (at-least-once, docs/conformance.md).
 """
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
@@ -88,6 +89,8 @@ CATALOGUE: list[tuple[tuple[EventCode, ...], m.Code, str, str]] = [
      "setting keys, never their values, found at start"),
     ((EventCode.USERS_CHANGED,), m.SECURITY_ALERT, "E",
      "User security Attributes Changed: console users added, removed or given a new password, found at start"),
+    ((EventCode.PRIOR_QUERY,), m.QUERY, "E",
+     "a C-FIND for a patient's priors (dicomnode.priors): node as requestor, the peer, the query data set"),
 ]
 
 
@@ -119,7 +122,7 @@ class Mapper:
             EventCode.RETENTION_DELETED: self._deleted,
             EventCode.SETTINGS_CHANGED: self._settings_changed,
             EventCode.USERS_CHANGED: self._settings_changed,
-            # Query (110112, messages.query): no event yet; the node does not query for priors
+            EventCode.PRIOR_QUERY: self._prior_query,
         }
 
     def messages(self, s: Session, event: Event) -> list[Outgoing]:
@@ -168,6 +171,15 @@ class Mapper:
             [_study(study, classes)], created=True, ok=ok,
             description="" if ok else "association aborted; the instances listed were stored"), ok)
             for study, classes in per_study.values()]
+
+    def _prior_query(self, s: Session, e: Event) -> list[Outgoing]:
+        """A C-FIND for priors (PS3.15 A.5.3.10): the node asked, the peer answered (or not)."""
+        d = e.details or {}
+        ok = bool(d.get("ok"))
+        return [Outgoing(m.query(self.src, e.at, self.src.participant(m.ROLE_SOURCE, requestor=True),
+                                 _peer(str(d.get("peer", "")), str(d.get("host", "")), False, m.ROLE_DESTINATION),
+                                 str(d.get("sop_class_uid", "")), base64.b64decode(str(d.get("query", ""))),
+                                 str(d.get("transfer_syntax_uid", "")), ok=ok), ok)]
 
     def _uploaded(self, s: Session, e: Event) -> list[Outgoing]:
         """A console or API upload: one message per study, the user at their address as the source."""

@@ -255,8 +255,8 @@ def study_deleted(src: Source, when: datetime, studies: list[Study], description
 
 def query(src: Source, when: datetime, requestor: Participant, responder: Participant, sop_class_uid: str,
           query_dataset: bytes, transfer_syntax_uid: str, ok: bool = True) -> bytes:
-    """PS3.15 A.5.3.10: a C-FIND for priors. No node event issues one yet (the node does not query);
-    ready for when priors are fetched: the query data set goes base64-encoded, as the schema says."""
+    """PS3.15 A.5.3.10: a C-FIND for priors (event PRIOR_QUERY, dicomnode.priors): the query data set
+    goes base64-encoded, as the schema says."""
     root, _ = _message(QUERY, "E", when, SUCCESS if ok else MINOR_FAILURE, [])
     _participant(root, requestor)
     _participant(root, responder)

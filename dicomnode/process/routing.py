@@ -24,7 +24,7 @@ from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
 from storage.models import Series
-from storage.states import SeriesState
+from storage.states import SeriesRole, SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,9 @@ class Router:
         with self.db.session() as s:
             series = s.get(Series, series_id)
             if series is None or series.status != SeriesState.COMPLETE:
+                return
+            if series.role == SeriesRole.PRIOR:  # retrieved to compare with (dicomnode.priors): no job, no delivery
+                SeriesLifecycle.hold_prior(s, series)
                 return
             route, reason = first_matching_route(self.routes, SeriesFacts.of(series))
             if route is None:

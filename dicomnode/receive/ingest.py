@@ -312,6 +312,9 @@ class Ingestor:
                     accession_number=_text(ds, "AccessionNumber", 16),
                     study_date=_text(ds, "StudyDate", 8),
                     study_description=_text(ds, "StudyDescription", 64),
+                    # the identity a prior must match (dicomnode.priors.safety)
+                    issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
+                    patient_birth_date=_text(ds, "PatientBirthDate", 8),
                 )
                 s.add(study)
                 s.flush()

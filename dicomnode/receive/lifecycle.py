@@ -276,6 +276,15 @@ class SeriesLifecycle:
                      series_instance_uid=series.series_instance_uid)
 
     @staticmethod
+    def hold_prior(s: Session, series: Series) -> None:
+        """A complete prior series (series.role "prior", dicomnode.priors): held for comparison, never
+        routed: it starts no job of its own and is never delivered."""
+        series.status = SeriesState.IGNORED
+        series.status_reason = "a prior retrieved for comparison with a follow-up: no job of its own, never delivered"
+        record_event(s, EventCode.PRIOR_SERIES_HELD, f"prior series complete with {series.instance_count} instances: "
+                     "held for comparison", series_instance_uid=series.series_instance_uid)
+
+    @staticmethod
     def wait_for_study(series: Series, route_name: str) -> None:
         """Complete, but a one-series-per-study route chooses only when the whole study is in."""
         series.status_reason = f"waiting for the rest of the study to choose one series for route {route_name!r}"
