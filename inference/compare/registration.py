@@ -91,8 +91,9 @@ def _resample_isotropic(img, spacing_mm: float):  # type: ignore[no-untyped-def]
     old_spacing = np.array(img.GetSpacing())
     size = np.array(img.GetSize())
     new_size = [max(4, int(round(n * s / spacing_mm))) for n, s in zip(size, old_spacing)]
-    sigma = [max(0.0, (spacing_mm - s) / 2.0) for s in old_spacing]
-    smoothed = sitk.SmoothingRecursiveGaussian(img, sigma) if max(sigma) > 0 else img
+    # recursive Gaussian (fast); at least half a voxel per axis, which it needs to be stable
+    sigma = [max((spacing_mm - s) / 2.0, 0.5 * s) for s in old_spacing]
+    smoothed = sitk.SmoothingRecursiveGaussian(img, sigma)
     return sitk.Resample(smoothed, new_size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(),
                          [spacing_mm] * 3, img.GetDirection(), HU_CLIP[0], sitk.sitkFloat32)
 
