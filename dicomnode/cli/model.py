@@ -108,8 +108,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     with _bar() as bar:
         task = bar.add_task("analysing", total=None)
         result = pipeline.analyze(datasets, progress=lambda msg: bar.update(task, description=msg))
-        comparison = None
-        if prior_datasets is not None:
+        comparison = _prior_refusal(datasets, prior_datasets) if prior_datasets is not None else None
+        if prior_datasets is not None and comparison is None:
             bar.update(task, description="analysing the prior")
             prior = pipeline.analyze(prior_datasets, progress=lambda msg: bar.update(task, description=f"prior: {msg}"))
             bar.update(task, description="comparing with the prior (registration, matching, growth)")
@@ -134,20 +134,37 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0 if result.analysed else 3
 
 
+def _header(datasets: list[Dataset]) -> Dataset:
+    return next((ds for ds in datasets if "SOPInstanceUID" in ds), datasets[0])
+
+
+def _prior_refusal(datasets: list[Dataset], prior_datasets: list[Dataset]) -> Comparison | None:
+    """No comparison when the prior is another patient's exam (or several patients' files are mixed in
+    either folder): decided from the headers, before the prior is analysed or its volume loaded."""
+    from inference.compare import Comparison, patient_mismatch
+
+    for name, group in (("current", datasets), ("prior", prior_datasets)):
+        ids = {str(ds.get("PatientID", "") or "").strip() for ds in group}
+        if len(ids) > 1:
+            return Comparison(performed=False, reason=f"no comparison: the {name} files belong to several "
+                              f"patients ({', '.join(sorted(repr(i) for i in ids))})")
+    prior_header = _header(prior_datasets)
+    why = patient_mismatch(_header(datasets), prior_header)
+    if why is None:
+        return None
+    return Comparison(performed=False, reason=f"no comparison: the prior is not this patient's exam ({why})",
+                      prior_study_instance_uid=str(prior_header.get("StudyInstanceUID", "")) or None,
+                      prior_series_instance_uid=str(prior_header.get("SeriesInstanceUID", "")) or None)
+
+
 def _compare(datasets: list[Dataset], result: SeriesResult, prior_datasets: list[Dataset],
              prior: SeriesResult) -> Comparison:
     """The offline comparison with a prior series (inference.compare); the patient check comes first."""
-    from inference.compare import Comparison, ExamInput, compare_exams, lung_masks, patient_mismatch
+    from inference.compare import Comparison, ExamInput, compare_exams, lung_masks
     from inference.findings import NotAnalysable
     from inference.volume import load_volume
 
-    header = next(ds for ds in datasets if "SOPInstanceUID" in ds) if datasets else datasets[0]
-    prior_header = next((ds for ds in prior_datasets if "SOPInstanceUID" in ds), prior_datasets[0])
-    why = patient_mismatch(header, prior_header)
-    if why is not None:  # decided before any image of the other patient is loaded
-        return Comparison(performed=False, reason=f"no comparison: the prior is not this patient's exam ({why})",
-                          prior_study_instance_uid=str(prior_header.get("StudyInstanceUID", "")) or None,
-                          prior_series_instance_uid=prior.series_instance_uid or None)
+    header, prior_header = _header(datasets), _header(prior_datasets)
     if not (result.analysed and prior.analysed):
         which = "prior" if not prior.analysed else "current"
         return Comparison(performed=False, reason=f"no comparison: the {which} exam could not be analysed",

@@ -19,7 +19,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.clinical import Exam, Lung, Margin, Nodule, NoduleType, Zone, classify_exam
-from inference.clinical.types import Change, LungRadsCategory
+from inference.clinical.lungrads import GROWTH_THRESHOLD_MM_PER_12_MONTHS
+from inference.clinical.types import Change, LungRadsCategory, round_half_up
 from inference.compare.growth import Growth, Status, growth
 from inference.compare.matching import Point, match
 from inference.compare.registration import ImageLike, Registration, register
@@ -174,9 +175,16 @@ def _clinical(f: Finding, change: Change | None, months: float | None, prior_cat
     )
 
 
-def _change(status: Status, g: Growth | None) -> Change:
-    if status == "new":
+def _change(status: Status, g: Growth | None, current: Finding, prior: Finding | None) -> Change:
+    if status == "new" or prior is None:
         return Change.NEW
+    if current.nodule_type == "part_solid" and current.solid_component_mm:
+        # v2022 grades a part-solid nodule's growth on its solid component: a new one (the prior had none)
+        # or one whose mean diameter rose by > 1.5 mm
+        if not prior.solid_component_mm or prior.nodule_type != "part_solid":
+            return Change.GROWING if prior.nodule_type == "ground_glass" else Change.STABLE
+        delta = round_half_up(round_half_up(current.solid_component_mm, 1) - round_half_up(prior.solid_component_mm, 1), 1)
+        return Change.GROWING if delta > GROWTH_THRESHOLD_MM_PER_12_MONTHS else Change.STABLE
     if g is not None and g.lung_rads_growth:
         return Change.GROWING
     return Change.STABLE  # Lung-RADS: "stable" is unchanged or decreased in size
@@ -222,7 +230,8 @@ def compare_exams(current: ExamInput, prior: ExamInput) -> Comparison:
         p = pri_f[j]
         g = growth(p.volume_mm3, f.volume_mm3, p.diameter_mm, f.diameter_mm, interval)
         rows.append((g.status, j, g, dist))
-    nodules = tuple(_clinical(f, _change(st, g), months, None if j is None else pri_f[j].lung_rads)
+    nodules = tuple(_clinical(f, _change(st, g, f, None if j is None else pri_f[j]), months,
+                              None if j is None else pri_f[j].lung_rads)
                     for f, (st, j, g, _d) in zip(cur_f, rows))
     exam_chars = current.result.exam
     covered = exam_chars.lungs_fully_covered if exam_chars is not None else True

@@ -69,6 +69,8 @@ def test_phantom_follow_up_growth_new_resolved_and_categories(phantom_pair):
         assert math.dist(c["prior"]["center_mm"], n["prior_center_mm"]) < 5
         assert c["status"] == n["status"], (n, c)
         if n["status"] == "growing":
+            print(f"\nVDT {c['doubling_time_days']} days, truth {n['doubling_time_days']} ({n['kind']}, "
+                  f"{n['prior_diameter_mm']:.1f} -> {n['diameter_mm']:.1f} mm)")
             assert c["doubling_time_days"] == pytest.approx(n["doubling_time_days"], rel=0.15), (n, c)
             assert c["lung_rads_growth"] is True
         else:
@@ -119,3 +121,14 @@ def test_lidc_series_against_itself_shifted_and_cropped_is_all_stable(tmp_path):
     assert doc["resolved"] == []
     moved = np.array(doc["comparison"]["registration"]["translation_mm"])
     assert np.allclose(moved, [-14.0, 9.0, -35.0], atol=2.0)
+    changes = [f["comparison"]["volume_change_pct"] for f in doc["findings"]]
+    print(f"\nlidc-idri-0002 as its own prior: {len(changes)} finding(s) stable, volume changes {changes} %, "
+          f"registration {moved.tolist()} mm (truth [-14, 9, -35])")
+
+
+def test_follow_up_phantom_options_are_checked(tmp_path):
+    proc = _cli("phantom", str(tmp_path / "a"), "--months", "12")
+    assert proc.returncode == 2 and "--months needs --follow-up-of" in proc.stderr
+    proc = _cli("phantom", str(tmp_path / "b"), "--seed", "5", "--follow-up-of", "5", "--months", "12")
+    assert proc.returncode == 2 and "--seed must differ" in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -138,3 +138,40 @@ def test_no_comparison_across_patients():
     doc = c.apply_to_json(current.result.to_json())
     assert doc["findings"][0]["comparison"] is None and doc["resolved"] == []
     assert doc["comparison"]["performed"] is False and "PatientID" in doc["comparison"]["reason"]
+
+
+def test_analyze_refuses_another_patients_prior_before_analysing_it():
+    from dicomnode.cli.model import _prior_refusal
+
+    current = [_header(), _header()]
+    assert _prior_refusal(current, [_header(study="1.2.4", date="20240101")]) is None
+    refused = _prior_refusal(current, [_header(pid="P9", study="1.2.4")])
+    assert refused is not None and refused.performed is False and "PatientID differs" in refused.reason
+    mixed = _prior_refusal(current, [_header(study="1.2.4"), _header(pid="P9", study="1.2.4")])
+    assert mixed is not None and "several patients" in mixed.reason
+    doc = refused.apply_to_json({"findings": [{"center_mm": [0, 0, 0]}]})
+    assert doc["findings"][0]["comparison"] is None and doc["resolved"] == []
+
+
+def _finding(kind: str, mean: float, solid: float | None) -> Finding:
+    return Finding(center_mm=(0.0, 0.0, 0.0), diameter_mm=mean, volume_mm3=math.pi / 6 * mean**3, probability=0.9,
+                   model_score=0.1, lung_rads="3", key_slice=KeySlice("1", "1", 0.0, 0.0), nodule_type=kind,
+                   solid_component_mm=solid)
+
+
+def test_part_solid_growth_is_graded_on_the_solid_component():
+    from inference.clinical.types import Change
+    from inference.compare.compare import _change
+
+    def change(cur: Finding, pri: Finding) -> Change:
+        return _change("stable", growth(pri.volume_mm3, cur.volume_mm3, pri.diameter_mm, cur.diameter_mm, 365),
+                       cur, pri)
+
+    # total unchanged, solid component 3.0 -> 4.6 mm (+1.6): growing; 3.0 -> 4.5 (+1.5): not
+    assert change(_finding("part_solid", 12.0, 4.6), _finding("part_solid", 12.0, 3.0)) is Change.GROWING
+    assert change(_finding("part_solid", 12.0, 4.5), _finding("part_solid", 12.0, 3.0)) is Change.STABLE
+    # a solid component appearing in a ground-glass nodule is growth
+    assert change(_finding("part_solid", 12.0, 3.0), _finding("ground_glass", 12.0, None)) is Change.GROWING
+    # a solid nodule: the mean diameter decides
+    assert change(_finding("solid", 7.6, None), _finding("solid", 6.0, None)) is Change.GROWING
+    assert change(_finding("solid", 7.5, None), _finding("solid", 6.0, None)) is Change.STABLE
