@@ -125,10 +125,3 @@ def test_lidc_series_against_itself_shifted_and_cropped_is_all_stable(tmp_path):
     print(f"\nlidc-idri-0002 as its own prior: {len(changes)} finding(s) stable, volume changes {changes} %, "
           f"registration {moved.tolist()} mm (truth [-14, 9, -35])")
 
-
-def test_follow_up_phantom_options_are_checked(tmp_path):
-    proc = _cli("phantom", str(tmp_path / "a"), "--months", "12")
-    assert proc.returncode == 2 and "--months needs --follow-up-of" in proc.stderr
-    proc = _cli("phantom", str(tmp_path / "b"), "--seed", "5", "--follow-up-of", "5", "--months", "12")
-    assert proc.returncode == 2 and "--seed must differ" in proc.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -175,3 +175,17 @@ def test_part_solid_growth_is_graded_on_the_solid_component():
     # a solid nodule: the mean diameter decides
     assert change(_finding("solid", 7.6, None), _finding("solid", 6.0, None)) is Change.GROWING
     assert change(_finding("solid", 7.5, None), _finding("solid", 6.0, None)) is Change.STABLE
+
+
+def test_follow_up_phantom_options_are_checked(tmp_path):
+    from dicomnode.cli import build_parser
+    from dicomnode.cli.common import UserError
+
+    for argv, message in ((["phantom", str(tmp_path / "a"), "--months", "12"], "--months needs --follow-up-of"),
+                          (["phantom", str(tmp_path / "b"), "--seed", "5", "--follow-up-of", "5", "--months", "12"],
+                           "--seed must differ"),
+                          (["phantom", str(tmp_path / "c"), "--seed", "6", "--follow-up-of", "5"], "needs --months")):
+        args = build_parser().parse_args(argv)
+        with pytest.raises(UserError, match=message):
+            args.func(args)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
