@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the inference stack loads only when a command needs it
     from pydicom.dataset import Dataset
 
     from inference.pipeline import LungNodulePipeline
+    from inference.compare import Comparison
     from inference.findings import SeriesResult
     from inference.training.evaluation import PhantomEvaluation
 
@@ -102,14 +103,24 @@ def _pipeline(args: argparse.Namespace, clinical: dict[str, Any] | None = None) 
 def cmd_analyze(args: argparse.Namespace) -> int:
     clinical = _clinical(args)
     datasets = _read_datasets(_dicom_files(args.path))
+    prior_datasets = _read_datasets(_dicom_files(args.prior)) if args.prior is not None else None
     pipeline = _pipeline(args, clinical)
     with _bar() as bar:
         task = bar.add_task("analysing", total=None)
         result = pipeline.analyze(datasets, progress=lambda msg: bar.update(task, description=msg))
+        comparison = _prior_refusal(datasets, prior_datasets) if prior_datasets is not None else None
+        if prior_datasets is not None and comparison is None:
+            bar.update(task, description="analysing the prior")
+            prior = pipeline.analyze(prior_datasets, progress=lambda msg: bar.update(task, description=f"prior: {msg}"))
+            bar.update(task, description="comparing with the prior (registration, matching, growth)")
+            comparison = _compare(datasets, result, prior_datasets, prior)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        document = result.to_json()
+        print(json.dumps(comparison.apply_to_json(document) if comparison is not None else document, indent=2))
     else:
         _print_summary(result)
+        if comparison is not None:
+            _print_comparison(comparison)
     if args.out:
         from dicomnode.results import build_results
         from dicomnode.results.options import ResultOptions
@@ -121,6 +132,69 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             ds.save_as(path, enforce_file_format=True)
         console.print(f"wrote {len(objects)} result object(s) to {args.out}")
     return 0 if result.analysed else 3
+
+
+def _header(datasets: list[Dataset]) -> Dataset:
+    return next((ds for ds in datasets if "SOPInstanceUID" in ds), datasets[0])
+
+
+def _prior_refusal(datasets: list[Dataset], prior_datasets: list[Dataset]) -> Comparison | None:
+    """No comparison when the prior is another patient's exam (or several patients' files are mixed in
+    either folder): decided from the headers, before the prior is analysed or its volume loaded."""
+    from inference.compare import Comparison, patient_mismatch
+
+    for name, group in (("current", datasets), ("prior", prior_datasets)):
+        ids = {str(ds.get("PatientID", "") or "").strip() for ds in group}
+        if len(ids) > 1:
+            return Comparison(performed=False, reason=f"no comparison: the {name} files belong to several "
+                              f"patients ({', '.join(sorted(repr(i) for i in ids))})")
+    prior_header = _header(prior_datasets)
+    why = patient_mismatch(_header(datasets), prior_header)
+    if why is None:
+        return None
+    return Comparison(performed=False, reason=f"no comparison: the prior is not this patient's exam ({why})",
+                      prior_study_instance_uid=str(prior_header.get("StudyInstanceUID", "")) or None,
+                      prior_series_instance_uid=str(prior_header.get("SeriesInstanceUID", "")) or None)
+
+
+def _compare(datasets: list[Dataset], result: SeriesResult, prior_datasets: list[Dataset],
+             prior: SeriesResult) -> Comparison:
+    """The offline comparison with a prior series (inference.compare); the patient check comes first."""
+    from inference.compare import Comparison, ExamInput, compare_exams, lung_masks
+    from inference.findings import NotAnalysable
+    from inference.volume import load_volume
+
+    header, prior_header = _header(datasets), _header(prior_datasets)
+    if not (result.analysed and prior.analysed):
+        which = "prior" if not prior.analysed else "current"
+        return Comparison(performed=False, reason=f"no comparison: the {which} exam could not be analysed",
+                          prior_series_instance_uid=prior.series_instance_uid or None)
+    try:
+        volume, prior_volume = load_volume(datasets), load_volume(prior_datasets)
+    except NotAnalysable as exc:
+        return Comparison(performed=False, reason=f"no comparison: {exc}")
+    return compare_exams(ExamInput(result, header, volume, lung_masks(volume)),
+                         ExamInput(prior, prior_header, prior_volume, lung_masks(prior_volume)))
+
+
+def _print_comparison(c: Comparison) -> None:
+    if not c.performed:
+        print(f"comparison: {c.reason}")
+        return
+    reg = c.registration
+    moved = "" if reg is None else (f"; registration: shift {', '.join(f'{v:.1f}' for v in reg.transform.translation)} mm, "
+                                    f"rotation {reg.transform.rotation_deg:.1f} deg")
+    print(f"comparison with the prior of {c.prior_study_date or '?'} ({c.interval_days} days){moved}")
+    print(f"follow-up exam: Lung-RADS {c.lung_rads}: {c.recommendation}")
+    for i, fc in enumerate(c.findings, 1):
+        if fc is None:
+            continue
+        g = fc.growth
+        extra = "" if g is None else (f", volume {g.volume_change_pct:+.0f} %, diameter {g.diameter_change_mm:+.1f} mm, "
+                                      f"VDT {'not growing' if g.doubling_time_days is None else f'{g.doubling_time_days:.0f} days'}")
+        print(f"#{i}: {fc.status}{extra}; follow-up Lung-RADS {fc.lung_rads}")
+    for j, f in c.resolved:
+        print(f"resolved: prior #{j + 1} at {', '.join(f'{v:.1f}' for v in f.center_mm)} ({f.diameter_mm:.1f} mm)")
 
 
 def _print_summary(result: SeriesResult) -> None:
@@ -168,6 +242,10 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise UserError("--count must be 1 or more")
+    if args.follow_up_of is not None:
+        return _phantom_follow_up(args)
+    if args.months is not None:
+        raise UserError("--months needs --follow-up-of PRIOR_SEED")
     with _bar() as bar:
         task = bar.add_task("writing phantoms", total=args.count)
         for i in range(args.count):
@@ -177,6 +255,26 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             bar.advance(task)
             sizes = ", ".join(f"{n.diameter_mm:.1f} mm" for n in case.phantom.nodules)
             console.print(f"{out}: {len(case.files)} slices, nodules {sizes or 'none'}; truth in {case.truth_path.name}")
+    return 0
+
+
+def _phantom_follow_up(args: argparse.Namespace) -> int:
+    from inference.phantom.follow_up import write_follow_up_series
+
+    if args.count != 1:
+        raise UserError("--follow-up-of writes one series: --count must be 1")
+    if args.months is None or not 0 < args.months <= 60:
+        raise UserError("--follow-up-of needs --months M (0 < M <= 60)")
+    if args.seed == args.follow_up_of:
+        raise UserError("--seed must differ from --follow-up-of (the follow-up's own seed draws its motion and noise)")
+    with _bar() as bar:
+        bar.add_task(f"writing the follow-up of phantom {args.follow_up_of}", total=None)
+        case = write_follow_up_series(args.out, args.seed, args.follow_up_of, args.months, small=args.small)
+    truth = json.loads(case.truth_path.read_text())
+    counts = {s: sum(n["status"] == s for n in truth["nodules"]) for s in ("growing", "stable", "resolved", "new")}
+    console.print(f"{args.out}: {len(case.files)} slices, follow-up of phantom {args.follow_up_of} after "
+                  f"{truth['interval_days']} days: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+                  + f"; truth in {case.truth_path.name}")
     return 0
 
 
@@ -435,6 +533,9 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--config", type=Path, help="TOML config file: its [clinical] section feeds the Brock model")
     p.add_argument("--family-history", choices=("unknown", "yes", "no"),
                    help="lung cancer in a first-degree relative (default: [clinical] family_history, else unknown)")
+    p.add_argument("--prior", type=Path, metavar="PRIOR_DIR",
+                   help="the patient's earlier CT series (folder or file): compare with it, offline (new, growing, "
+                   "stable, shrinking, resolved; doubling times; Lung-RADS follow-up categories)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -443,6 +544,10 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=int, default=1, help="several phantoms go to OUT/phantom-SEED")
     p.add_argument("--small", action="store_true", help="256x256, thick slices: quick to write and analyse")
+    p.add_argument("--follow-up-of", type=int, metavar="PRIOR_SEED",
+                   help="write the follow-up of phantom PRIOR_SEED (same patient, moved on the table, another field of "
+                   "view; nodules grown, stable, resolved and one new; truth.json); pass the prior's --small too")
+    p.add_argument("--months", type=float, help="with --follow-up-of: months after the prior")
     p.set_defaults(func=cmd_phantom)
 
     model = sub.add_parser("model", help="train, evaluate, export or describe the model")

@@ -19,6 +19,8 @@ Modules, in the order a phantom is made:
 - `nodules`: nodules sampled, placed in the lung and painted
 - `build`: `make_phantom` and `insert_nodules`
 - `series`: `write_phantom_series`, the DICOM writer
+- `follow_up`: `write_follow_up_series`, the same patient months later (known motion, growth, a new and
+  a resolved nodule) for testing the comparison with a prior
 """
 from inference.phantom.build import insert_nodules, make_phantom
 from inference.phantom.model import (

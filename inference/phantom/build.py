@@ -8,6 +8,7 @@ drawn at full resolution; noise comes from a small pool of noise planes shifted 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Sequence, TypedDict
 
 import numpy as np
@@ -51,6 +52,45 @@ def make_phantom(
     n_nodules: int | None = None,
 ) -> Phantom:
     """A synthetic chest CT. Unset options are drawn from the seed; `small` gives 256x256x~100 at coarse spacing."""
+    scene = _scene(seed, small=small, matrix=matrix, n_slices=n_slices, pixel_spacing_mm=pixel_spacing_mm,
+                   slice_spacing_mm=slice_spacing_mm, slice_thickness_mm=slice_thickness_mm,
+                   patient_position=patient_position, origin_offset_mm=origin_offset_mm, n_nodules=n_nodules)
+    hu = _upsample(scene.coarse_hu, scene.fine.shape)
+    for nodule in scene.nodules:
+        paint_nodule(hu, scene.fine.origin, scene.fine.spacing, np.eye(3), nodule)
+    _add_noise(hu, scene.rng)
+    np.rint(hu, out=hu)
+    np.clip(hu, -1024, 3071, out=hu)
+    return Phantom(
+        hu=hu.astype(np.int16), origin=scene.fine.origin, spacing=scene.fine.spacing,
+        slice_thickness_mm=scene.thickness, patient_position=scene.position, nodules=scene.nodules, seed=seed,
+    )
+
+
+@dataclass
+class _Scene:
+    """A phantom before its fine volume is drawn: the anatomy on the coarse grid, the nodules placed,
+    the fine grid, and the seed's generator where make_phantom continues (noise). Follow-up phantoms
+    (inference.phantom.follow_up) resample this anatomy into another scanner frame."""
+
+    rng: np.random.Generator
+    fine: _Grid
+    coarse: _Grid
+    coarse_hu: np.ndarray  # float32, anatomy without nodules
+    label: np.ndarray  # 0 none, 1 right lung, 2 left lung
+    vessels: list[tuple[np.ndarray, float]]
+    nodules: list[PhantomNodule]
+    thickness: float
+    position: Literal["HFS", "FFS"]
+
+
+def _scene(
+    seed: int, *, small: bool, matrix: int | None, n_slices: int | None, pixel_spacing_mm: float | None,
+    slice_spacing_mm: float | None, slice_thickness_mm: float | None,
+    patient_position: Literal["HFS", "FFS"] | None, origin_offset_mm: Sequence[float] | None,
+    n_nodules: int | None,
+) -> _Scene:
+    # the draw order of `rng` is what makes a seed's phantom: keep it when changing anything here
     rng = np.random.default_rng(seed)
     matrix = matrix or (256 if small else 512)
     if matrix < 64:
@@ -87,17 +127,8 @@ def make_phantom(
     specs = [_sample_nodule_spec(rng) for _ in range(int(rng.integers(1, 7)) if n_nodules is None else n_nodules)]
     nodules = _place_nodules(specs, inside, coarse, vessels, rng, lung=label > 0)
 
-    hu = _upsample(vol, shape)
-    del vol
-    for nodule in nodules:
-        paint_nodule(hu, origin, spacing, np.eye(3), nodule)
-    _add_noise(hu, rng)
-    np.rint(hu, out=hu)
-    np.clip(hu, -1024, 3071, out=hu)
-    return Phantom(
-        hu=hu.astype(np.int16), origin=origin, spacing=spacing, slice_thickness_mm=thickness,
-        patient_position=position, nodules=nodules, seed=seed,
-    )
+    return _Scene(rng=rng, fine=fine, coarse=coarse, coarse_hu=vol, label=label, vessels=vessels, nodules=nodules,
+                  thickness=thickness, position=position)
 
 
 def _patient_position(value: str) -> Literal["HFS", "FFS"]:

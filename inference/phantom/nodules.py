@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 
@@ -123,9 +123,23 @@ def _place_nodules(
     return result
 
 
-def paint_nodule(hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray, nodule: PhantomNodule) -> None:
-    """Draw one nodule into an HU array (float or int, (z, y, x), in place) with the given geometry."""
-    rng = np.random.default_rng(nodule.shape_seed)
+class _Shape(NamedTuple):
+    lo: np.ndarray
+    hi: np.ndarray
+    outer: np.ndarray
+    core: np.ndarray
+    dist: np.ndarray
+    edge: float
+    surface: np.ndarray
+
+
+def _nodule_shape(
+    rng: np.random.Generator, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray,
+    shape: tuple[int, ...], nodule: PhantomNodule,
+) -> _Shape | None:
+    """Partial-volume fractions of one nodule on a grid: (lo, hi) index box, `outer` (whole nodule),
+    `core` (solid part), `dist`/`surface` (mm) for the calcification; None when outside the grid.
+    Draws the lobes and spicules from `rng` (the nodule's own generator)."""
     radius = nodule.diameter_mm / 2
     n_lobes = int(rng.integers(3, 7))
     lobe_dirs = rng.normal(size=(n_lobes, 3))
@@ -143,9 +157,9 @@ def paint_nodule(hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direct
     corners = center + np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)]) * reach
     ijk = ((corners - origin) @ direction) / spacing[::-1]
     lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)[::-1]
-    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, np.array(hu.shape)[::-1])[::-1]
+    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, np.array(shape)[::-1])[::-1]
     if np.any(hi <= lo):
-        return
+        return None
     zz, yy, xx = np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij")
     ijk_mm = np.stack([xx, yy, zz], axis=-1) * spacing[::-1]
     offset = (origin + ijk_mm @ direction.T - center).astype(np.float32)
@@ -164,6 +178,31 @@ def paint_nodule(hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direct
         spike = _soft(base * (1 - t) + 0.3 - d_axis, edge)
         core = np.maximum(core, spike)
         outer = np.maximum(outer, spike)
+    return _Shape(lo, hi, outer, core, dist, edge, surface)
+
+
+def nodule_volume_mm3(nodule: PhantomNodule, voxel_mm: float = 0.25) -> float:
+    """The true volume of a painted nodule (lobes and spicules included), from its shape on a fine grid:
+    the truth a follow-up's growth is measured against (independent of any scan's voxels)."""
+    radius = nodule.diameter_mm / 2
+    half = radius * 1.6 + (radius * 1.3 + 2.0 if nodule.margin == "spiculated" else 0.0) + 2.0
+    n = int(np.ceil(2 * half / voxel_mm)) + 1
+    centre = np.asarray(nodule.center_mm, float)
+    origin = centre - half
+    spacing = np.full(3, voxel_mm)
+    found = _nodule_shape(np.random.default_rng(nodule.shape_seed), origin, spacing, np.eye(3), (n, n, n), nodule)
+    if found is None:
+        return 0.0
+    return float(found.outer.sum()) * voxel_mm**3
+
+
+def paint_nodule(hu: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray, nodule: PhantomNodule) -> None:
+    """Draw one nodule into an HU array (float or int, (z, y, x), in place) with the given geometry."""
+    rng = np.random.default_rng(nodule.shape_seed)
+    found = _nodule_shape(rng, origin, spacing, direction, hu.shape, nodule)
+    if found is None:
+        return
+    lo, hi, outer, core, dist, edge, surface = found
     texture = rng.normal(0, 1, outer.shape).astype(np.float32)
     region = tuple(slice(a, b) for a, b in zip(lo, hi))
     block = hu[region].astype(np.float32)
