@@ -162,8 +162,10 @@ class ExamSummary:
 class ModelIdentity:
     name: str
     version: str
-    weights_sha256: str
+    weights_sha256: str  # the detector's weights file
     engine: str  # "torch-cpu", "torch-cuda-fp16", "onnxruntime-cpu", "tensorrt-fp16"
+    # every weights file of the bundle (WeightsBundle.combined_sha256); empty: only the detector is known
+    bundle_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -155,7 +155,7 @@ class LungNodulePipeline:
             )
         self.identity = ModelIdentity(
             name=str(self.bundle.manifest.get("name", MODEL_NAME)), version=self.bundle.version,
-            weights_sha256=det_sha, engine=self.detector.name,
+            weights_sha256=det_sha, engine=self.detector.name, bundle_sha256=self.bundle.combined_sha256(),
         )
 
     # -----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ manifest (training's packaging and `dicomnode model calibrate` both go through i
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,13 @@ class WeightsBundle:
 
     def sha256(self, role: str) -> str:
         return str(self.manifest["files"][role]["sha256"])
+
+    def combined_sha256(self) -> str:
+        """One digest over every weights file of the bundle (role and SHA-256, in role order): it
+        changes when any of them changes - the detector, the classifier network or the GBM."""
+        files = self.manifest["files"]
+        lines = "".join(f"{role}:{str(files[role]['sha256']).lower()}\n" for role in sorted(files))
+        return hashlib.sha256(lines.encode("ascii")).hexdigest()
 
 
 def load_weights_bundle(directory: str | Path | None = None, verify: bool = True) -> WeightsBundle:

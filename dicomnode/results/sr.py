@@ -201,13 +201,16 @@ def algorithm_identification(model: ModelIdentity) -> hd.sr.AlgorithmIdentificat
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
-        parameters=[f"weights_sha256={model.weights_sha256}", f"engine={model.engine}"],
+        parameters=[f"weights_sha256={model.weights_sha256}", f"engine={model.engine}",
+                    *([f"bundle_sha256={model.bundle_sha256}"] if model.bundle_sha256 else [])],
     )
 
 
 def algorithm_device_uid(model: ModelIdentity, options: ResultOptions) -> str:
-    """The algorithm's Device UID: changes with the weights (uids.device_uid)."""
-    return str(device_uid(options.device_name, model.name, model.weights_sha256, options.uid_root))
+    """The algorithm's Device UID: changes with any of the weights (uids.device_uid) - the whole bundle's
+    digest when the pipeline knows it, else the detector's."""
+    weights = model.bundle_sha256 or model.weights_sha256
+    return str(device_uid(options.device_name, model.name, weights, options.uid_root))
 
 
 def contributing_equipment(model: ModelIdentity, options: ResultOptions) -> hd.ContributingEquipment:

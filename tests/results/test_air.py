@@ -57,6 +57,25 @@ def test_algorithm_is_contributing_equipment_with_a_device_uid_that_follows_the_
     other = build_sr(list(series), retrained, ResultOptions())
     assert _algorithm(other).DeviceUID != uid
     assert _device_observer_uid(other) == _algorithm(other).DeviceUID
+    # only the malignancy classifier retrained: same detector file, another bundle digest
+    bundle_a = replace(result, model=replace(MODEL, bundle_sha256="01" * 32))
+    bundle_b = replace(result, model=replace(MODEL, bundle_sha256="02" * 32))
+    uid_a = _algorithm(build_sr(list(series), bundle_a, ResultOptions())).DeviceUID
+    uid_b = _algorithm(build_sr(list(series), bundle_b, ResultOptions())).DeviceUID
+    assert len({uid, uid_a, uid_b}) == 3
+
+
+def test_the_bundle_digest_changes_with_any_weights_file() -> None:
+    from inference.weights_bundle import load_weights_bundle
+
+    bundle = load_weights_bundle()
+    digest = bundle.combined_sha256()
+    assert len(digest) == 64 and digest != bundle.sha256("detector")
+    for role in bundle.manifest["files"]:
+        files = {r: dict(v) for r, v in bundle.manifest["files"].items()}
+        files[role]["sha256"] = "0" * 64
+        changed = replace(bundle, manifest={**bundle.manifest, "files": files})
+        assert changed.combined_sha256() != digest, role
 
 
 def test_procedure_reported_is_the_chest_ct_not_the_algorithm(
