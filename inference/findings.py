@@ -44,7 +44,7 @@ class NoduleLocation:
     lung: str | None = None  # "right" | "left"; None when the side could not be told
     zone: str | None = None  # "upper" | "middle" | "lower": thirds of that lung's height, approximating the lobe
     juxtapleural: bool = False  # touches the pleura (chest wall, mediastinum, diaphragm)
-    perifissural: bool = False  # fissures are not detected: always False today
+    perifissural: bool = False  # touches a thin flat sheet in the lung, a fissure (characterize/location.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,7 @@ import numpy as np
 
 from inference.characterize import attenuation, calcification, margin, measure
 from inference.characterize.emphysema import characterize_exam
-from inference.characterize.location import juxtapleural, make_location, side_and_zone
+from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
 from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
@@ -71,7 +71,8 @@ def characterize_nodule(
         type=kind, solid_share=round(share, 3),
         calcified=calcification.is_benign(pattern), calcification_pattern=pattern,
         margin=margin.classify_margin(seg.spicules, cv),
-        location=make_location(lung, zone, juxtapleural(mask, seg.wall)),
+        location=make_location(lung, zone, juxtapleural(mask, seg.wall),
+                               perifissural(mask, seg.smooth, seg.wall, spacing)),
         mean_hu=round(float(seg.hu[mask].mean()), 1),
         centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
         features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,

@@ -26,7 +26,7 @@ class Location:
     lung: Lung | None  # None when no lung mask was given and the side cannot be told
     zone: Zone | None  # thirds of that lung's craniocaudal extent: approximates the lobe, it is not one
     juxtapleural: bool  # the segmentation touches the chest wall / mediastinum (the pleura)
-    perifissural: bool  # always False: fissures are not detected (not measurable here)
+    perifissural: bool  # touches a thin flat sheet inside the lung: a fissure (location.perifissural)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ ENVELOPE_FACTOR = 1.1
 # vessels; a ground-glass lobe of an irregular real lesion (lidc-idri-0002) is the lesion, not a vessel
 DENSE_HU = -300.0
 DEFAULT_PARENCHYMA_HU = -850.0
+# a juxtapleural nodule's base lost to the wall's opening (_restore_cap): wall voxels this many pixels
+# on the lung side of the pleura's plane, within CAP_REACH x the nodule's radius of its centre
+CAP_MARGIN_PX = 0.25
+CAP_REACH = 1.2
+CAP_MAX_ROUGHNESS_MM = 1.5  # the ring's spread off its plane (sd) above which the wall is not flat
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
 
 
@@ -112,8 +117,46 @@ def segment_nodule(
         empty = np.zeros_like(seed)
         return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False,
                             "no nodule above -750 HU at the given centre", 0)
+    body = _restore_cap(body, wall, seed, spacing)
     parenchyma = _parenchyma(hu, dilate_mm(seed, 2.0, spacing))
     return Segmentation(box, hu, smooth, body, wall, parenchyma, True, None, count_spicules(body, r_small, spacing))
+
+
+def _restore_cap(body: np.ndarray, wall: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Give a juxtapleural nodule back the base that the wall's opening took.
+
+    The large ball of the opening rises a little into the nodule where it sits on the wall, so the
+    nodule's base went to the wall. The pleura around the nodule is nearly flat at the nodule's scale
+    (a chest of 100 mm radius bends 0.5 mm over 20 mm): a plane fitted to the wall's surface voxels on a
+    ring around the nodule (1 R + 1.5 mm ... 2 R + 4 mm from its centre) is the pleura under it; wall
+    voxels on the lung side of that plane (by more than CAP_MARGIN_PX pixels) within
+    CAP_REACH x R of the centre are the nodule's.
+    """
+    if not body.any() or not _touching(wall, body).any():
+        return body
+    centre = np.argwhere(body).mean(axis=0) * spacing
+    radius = float((3 * body.sum() * np.prod(spacing) / (4 * np.pi)) ** (1 / 3))
+    surface = wall & ndimage.binary_dilation(~seed, structure=np.ones((3, 3, 3), bool))
+    pts = np.argwhere(surface) * spacing
+    d = np.sqrt(((pts - centre) ** 2).sum(axis=1))
+    ring = pts[(d >= radius + 1.5) & (d <= 2 * radius + 4.0)]
+    if len(ring) < 20:
+        return body
+    c0 = ring.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(ring.T))
+    if values[0] > CAP_MAX_ROUGHNESS_MM ** 2:
+        return body  # the wall is not flat here (a corner, the diaphragm's dome): leave it
+    normal = vectors[:, 0] * (1.0 if float((centre - c0) @ vectors[:, 0]) > 0 else -1.0)
+    cand = np.argwhere(wall & seed) * spacing
+    side = (cand - c0) @ normal
+    near = np.sqrt(((cand - centre) ** 2).sum(axis=1)) <= CAP_REACH * radius
+    hit = (np.argwhere(wall & seed))[(side > CAP_MARGIN_PX * float(spacing[1:].mean())) & near]
+    if not len(hit):
+        return body
+    cap = np.zeros_like(body)
+    cap[tuple(hit.T)] = True
+    grown = body | cap
+    return component_at(grown, np.argwhere(body)[0].astype(float), spacing, np.inf)
 
 
 def _split(

@@ -46,6 +46,7 @@ class NoduleResult:
     attached_to: str | None
     juxtapleural: bool
     segmentation_ok: bool
+    perifissural: bool = False  # the phantoms paint no fissures: every True is a false positive
 
     @property
     def volume_error(self) -> float:
@@ -89,7 +90,8 @@ class Evaluation:
     def to_json(self) -> dict[str, Any]:
         """Confusion matrices (rows truth, columns predicted), accuracies and volume errors, for `--json`."""
         out: dict[str, Any] = {"min_diameter_mm": self.min_diameter_mm, "nodules_counted": len(self.counted),
-                               "nodules_total": len(self.results)}
+                               "nodules_total": len(self.results),
+                               "perifissural_false_positives": sum(r.perifissural for r in self.counted)}
         for what, labels in (("type", TYPES), ("margin", MARGINS), ("calcified", (False, True))):
             out[what] = {"labels": list(labels), "confusion": self.confusion(what).tolist(),
                          "accuracy": round(self.accuracy(what), 4)}
@@ -132,6 +134,7 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True) -
             truth_volume_mm3=truth_volume(phantom, inside, nodule), volume_mm3=c.volume_mm3,
             truth_margin=nodule.margin, margin=c.margin, truth_calcified=nodule.calcified, calcified=c.calcified,
             attached_to=nodule.attached_to, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
+            perifissural=c.location.perifissural,
         ))
     return out
 
@@ -159,6 +162,7 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
                      f"max {q[2]:.1%}; within 15%: {(np.abs(err) <= 0.15).mean():.1%}")
         lines.append("within 15% by attachment: " + ", ".join(
             f"{name} {k}/{n}" for name, (k, n) in ev.within_by_attachment().items()))
+    lines.append(f"perifissural (the phantoms paint no fissures: false positives): {sum(r.perifissural for r in ev.counted)}")
     for r in ev.counted if details else []:
         flag = "" if (r.truth_type == r.predicted_type and abs(r.volume_error) <= 0.15) else "  <--"
         lines.append(f"  seed {r.seed} {r.diameter_mm:5.1f} mm {r.truth_type:>12} -> {r.predicted_type:<12} "

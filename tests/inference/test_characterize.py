@@ -174,6 +174,66 @@ def test_part_solid_nodule_on_a_vessel_keeps_its_solid_core() -> None:
     assert c.solid_axes is not None and abs(c.solid_axes.mean_mm - 6.0) <= 1.0
 
 
+@pytest.mark.parametrize(("radius", "vessel_radius"), [(4.0, 3.0), (5.0, 3.5)])
+def test_ground_glass_nodule_on_a_thick_vessel_stays_ground_glass(radius: float, vessel_radius: float) -> None:
+    # a vessel thicker than half the nodule: the opening cannot tell its course from a core, but its
+    # voxels lie off the nodule's centre (they were a "solid component": part-solid, share 0.22-0.34)
+    hu, _ = nodule_on_vessel(15, radius, vessel_radius, -600.0)
+    c = characterize_nodule(hu, SPACING, CENTRE, 2 * radius)
+    assert c.type == "ground_glass" and c.solid_axes is None, (c.type, c.solid_share)
+    # the guard: a central core (half the nodule's diameter) on the same vessel is still a solid component
+    paint(hu, ellipsoid_fraction((radius / 2, radius / 2, radius / 2)), 30.0)
+    assert characterize_nodule(hu, SPACING, CENTRE, 2 * radius).type == "part_solid"
+
+
+def test_juxtapleural_nodule_keeps_its_base_on_the_wall() -> None:
+    # a sphere whose centre lies 0.6 R inside the lung: the wall's opening took its base (-35 %
+    # volume, and the bitten contour read as lobulated); the pleura's plane gives it back
+    hu = lung(16)
+    hu[:, :, :30] = 40.0
+    centre = np.array([30.0, 48.0, 29.5 + 3.0 / 0.7])
+    frac = ellipsoid_fraction((5.0, 5.0, 5.0), centre)
+    frac[:, :, :30] = 0.0  # the part in the wall is invisible and not the nodule's (as in the phantoms)
+    truth = float(frac.sum() * SPACING.prod())
+    paint(hu, frac, 40.0)
+    c = characterize_nodule(hu, SPACING, centre, 10.0)
+    assert c.location.juxtapleural and c.margin == "smooth" and c.type == "solid"
+    assert 0.8 * truth <= c.volume_mm3 <= 1.1 * truth, (c.volume_mm3, truth)
+
+
+def plane_fraction(point: np.ndarray, normal: tuple[float, float, float], thickness: float) -> np.ndarray:
+    """Partial-volume fraction of an infinite slab (a fissure crossing the whole volume)."""
+    off = _offsets(SHAPE, point)
+    n = np.asarray(normal, float) / np.linalg.norm(normal)
+    return (np.abs(off @ n) <= thickness / 2).mean(axis=0)
+
+
+@pytest.mark.parametrize(("fissure_hu", "gap_mm", "perifissural"), [(0.0, 0.0, True), (-500.0, 0.0, True), (0.0, 3.0, False)])
+def test_nodule_touching_a_fissure_is_perifissural(fissure_hu: float, gap_mm: float, perifissural: bool) -> None:
+    # an oblique 1 mm sheet of soft tissue (0 HU) or of a faint fissure's partial volume (-500 HU);
+    # a nodule on it is perifissural, one 3 mm away is not (before: always False)
+    hu = lung(17)
+    normal = np.array([0.3, 1.0, 0.2]) / np.linalg.norm([0.3, 1.0, 0.2])
+    paint(hu, plane_fraction(CENTRE + (4.5 + gap_mm) * normal / SPACING, tuple(normal), 1.0), fissure_hu)
+    paint(hu, ellipsoid_fraction((4.0, 4.0, 4.0)), 40.0)
+    c = characterize_nodule(hu, SPACING, CENTRE, 8.0)
+    assert c.segmentation_ok and c.type == "solid"
+    assert c.location.perifissural is perifissural and not c.location.juxtapleural
+
+
+def test_vessels_and_the_chest_wall_are_not_fissures() -> None:
+    # tubes (vessels of 1 and 2.5 mm) and the wall's flat surface are not thin sheets
+    for vessel_radius in (1.0, 2.5):
+        hu, _ = nodule_on_vessel(18, 5.0, vessel_radius, 40.0)
+        assert not characterize_nodule(hu, SPACING, CENTRE, 10.0).location.perifissural
+    hu = lung(19)
+    hu[:, :, :30] = 40.0
+    centre = np.array([30.0, 48.0, 30.0 + 4.0 / 0.7])
+    paint(hu, ellipsoid_fraction((5.0, 5.0, 5.0), centre), 40.0)
+    c = characterize_nodule(hu, SPACING, centre, 10.0)
+    assert c.location.juxtapleural and not c.location.perifissural
+
+
 def lungs_mask(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
     """Two box lungs: voxel x < 44 and x > 52, rows 10..86, slices 5..54."""
     m = np.zeros(shape, bool)

@@ -20,16 +20,19 @@ def test_type_and_volume_on_held_out_phantoms() -> None:
     confusion = ev.confusion("type")
     assert ev.accuracy("type") >= 0.9, f"type confusion (rows truth, columns predicted, {TYPES}):\n{confusion}"
     # volume. The target (every nodule >= 6 mm within 15 %) is NOT met: here a 6.5 mm
-    # part-solid nodule typed solid loses its ground-glass rim (-52 %, seed 701), a 6.4 mm one on
-    # the pleura loses its cap to the wall (-34 %, seed 700) and one on a vessel keeps a stub (+19 %,
-    # seed 704). Before the shape prior and the rim: free 13/15, attached 2/5.
+    # part-solid nodule typed solid loses its ground-glass rim (-52 %, seed 701) and one on a vessel
+    # keeps a stub (+19 %, seed 704). The 6.4 mm one on the pleura (seed 700) lost its base to the
+    # wall (-34 %) until the pleura's plane gave it back (-1 %). Before the shape prior and the rim:
+    # free 13/15, attached 2/5; before the base: attached 3/5; now 4/5.
     free = [r for r in counted if r.attached_to is None]
     attached = [r for r in counted if r.attached_to is not None]
     assert np.median([abs(r.volume_error) for r in free]) <= 0.1
     misses = [(r.seed, round(r.diameter_mm, 1), r.attached_to, f"{r.volume_error:+.0%}") for r in counted
               if abs(r.volume_error) > 0.15]
     assert np.mean([abs(r.volume_error) <= 0.15 for r in free]) >= 0.9, misses
-    assert np.mean([abs(r.volume_error) <= 0.15 for r in attached]) >= 0.6, misses
+    assert np.mean([abs(r.volume_error) <= 0.15 for r in attached]) >= 0.8, misses
+    # the phantoms paint no fissures: a perifissural call would be a false positive
+    assert not [r for r in counted if r.perifissural]
     # every segmentation of a nodule inside the scan succeeds
     assert all(r.segmentation_ok for r in counted)
 
