@@ -255,7 +255,8 @@ def _where(finding: Finding) -> str:
     location = finding.location
     side = location.lung or "side unknown"
     zone = f" {location.zone} zone" if location.zone else " lung"
-    return side + zone + (", juxtapleural" if location.juxtapleural else "")
+    return (side + zone + (", juxtapleural" if location.juxtapleural else "")
+            + (", perifissural" if location.perifissural else ""))
 
 
 def _exam_lines(result: SeriesResult) -> list[str]:

@@ -91,6 +91,8 @@ ZONE = {
 }
 # CID 6124 has no "juxtapleural"; Subpleural (SCT 68599007) is its nearest member: the nodule abuts the pleura
 SUBPLEURAL = CodedConcept("68599007", "SCT", "Subpleural")
+# Neither CID 6124 nor SNOMED CT nor the RadElement nodule set has "perifissural": a declared private code
+PERIFISSURAL = CodedConcept("PERIFISSURAL", PRIVATE_SCHEME, "Perifissural")
 CALCIFICATION = CodedConcept("CALC", PRIVATE_SCHEME, "Nodule calcification")
 PRESENT = codes.SCT.Present  # 52101004 (CID 240)
 ABSENT = codes.SCT.Absent  # 272519000 (CID 240)
@@ -361,6 +363,8 @@ def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
         evaluations.append(qe(name=LOCATION_IN_CHEST, value=_coded(ZONE, finding.location.zone, "zone")))
     if finding.location.juxtapleural:
         evaluations.append(qe(name=LOCATION_IN_CHEST, value=SUBPLEURAL))
+    if finding.location.perifissural:
+        evaluations.append(qe(name=LOCATION_IN_CHEST, value=PERIFISSURAL))
     evaluations.append(qe(name=CALCIFICATION, value=PRESENT if finding.calcified else ABSENT))
     if finding.calcification_pattern is not None:
         pattern = _coded(CALCIFICATION_PATTERN, finding.calcification_pattern, "calcification pattern")

@@ -143,7 +143,7 @@ NODULE_SPECS = (
     Finding(
         center_mm=(-80.0, 0.0, -60.0), diameter_mm=9.2, volume_mm3=410.0, probability=0.55, model_score=0.34,
         lung_rads="1", key_slice=KeySlice("", "", 0.0, 0.0), nodule_type="solid", margin="lobulated",
-        calcified=True, calcification_pattern="central", location=NoduleLocation(lung="right", zone="middle"),
+        calcified=True, calcification_pattern="central", location=NoduleLocation(lung="right", zone="middle", perifissural=True),
         long_axis_mm=10.3, short_axis_mm=8.1, brock_risk=0.0412, lung_rads_reasons=("benign calcification: 1",),
     ),
 )

@@ -129,6 +129,7 @@ def test_labels_show_type_mean_diameter_lung_rads_and_brock(overlays, result):
     assert set(expected) <= set(lines)
     text = "\n".join(lines)
     assert "left upper zone; 4100 mm3" in text and "right lower zone, juxtapleural" in text
+    assert "right middle zone, perifissural" in text
     # the phantom-trained score is labelled as such, never as p(cancer)
     assert "model score 0.81*" in text
     assert "* model score: weights trained on phantoms; not a probability of cancer" in lines

@@ -149,6 +149,8 @@ def _assert_evaluations(group, finding) -> None:
     expected_location = [ZONE_CODES[finding.location.zone]]
     if finding.location.juxtapleural:
         expected_location.append(("68599007", "SCT"))  # Subpleural
+    if finding.location.perifissural:
+        expected_location.append(("PERIFISSURAL", "99DCMNODE"))
     assert evaluations["112013"] == expected_location  # Location in Chest
     assert evaluations["CALC"] == [("52101004", "SCT") if finding.calcified else ("272519000", "SCT")]
     if finding.calcification_pattern is None:
