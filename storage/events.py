@@ -50,6 +50,9 @@ class EventCode(IntEnum):
     SERIES_NOT_ANALYSED = 505
     FINDING_RECORDED = 506
     SERIES_REPROCESS_REQUESTED = 507  # an admin asked to analyse a series again (CLI, API or console)
+    # 510-519: the inference engine (a Triton server)
+    ENGINE_UNAVAILABLE = 510  # the inference server was unreachable: the job waits and is retried, not failed
+    ENGINE_RESTORED = 511  # a job ran on the inference server again after it was unreachable
     # 6xx: deliveries
     DELIVERY_QUEUED = 600
     DELIVERY_SENT = 601

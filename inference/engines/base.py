@@ -12,11 +12,14 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from inference.remote_engine import EngineModelMismatch, EngineUnreachable  # noqa: F401 (re-exported)
+
 NetworkKind = Literal["detector", "classifier"]
 
 
 class EngineUnavailable(RuntimeError):
     """The requested engine cannot run here (package missing, no GPU); the message says which."""
+
 
 
 @dataclass(frozen=True)
