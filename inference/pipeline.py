@@ -169,6 +169,7 @@ class LungNodulePipeline:
         say = progress or (lambda _msg: None)
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
+        self.detector.ensure_ready()  # a remote engine that is down: fail fast, before the preprocessing
         series_uid = next((str(ds.get("SeriesInstanceUID", "")) for ds in datasets if "SeriesInstanceUID" in ds), "")
         try:
             say("loading images")

@@ -92,7 +92,7 @@ class LocalTriton:
                 "--http-address=127.0.0.1", f"--http-port={self.http_port}",
                 "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
                 "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-                "--allow-cpu-metrics=false", "--allow-gpu-metrics=false", "--exit-timeout-secs=5"]
+                "--allow-cpu-metrics=false", "--allow-gpu-metrics=false", "--exit-timeout-secs=2"]
 
     def start(self, timeout: float = 120.0) -> "LocalTriton":
         env = server_env()

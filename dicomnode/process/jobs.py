@@ -207,14 +207,14 @@ class JobRunner:
     def _engine_unreachable(self, job_id: int, series_uid: str, exc: EngineUnreachable) -> None:
         """Queue the job again without counting the attempt; no job is claimed until the backoff ends."""
         delay = self.engine_wait.failed()
-        log.warning("job %s: %s; retry in %.0f s", job_id, exc, delay)
+        log.warning("job %s: %s; retry in %.1f s", job_id, exc, delay)
         with self.db.session() as s:
             job = s.get(Job, job_id)
             assert job is not None
             job.state, job.progress, job.error = JobState.QUEUED, None, f"{type(exc).__name__}: {exc}"
             job.attempts = max(0, job.attempts - 1)  # waiting for the server is not an attempt
             record_event(s, EventCode.ENGINE_UNAVAILABLE,
-                         f"{exc}; job queued again, retry in {delay:.0f} s (not counted as an attempt)",
+                         f"{exc}; job queued again, retry in {delay:.1f} s (not counted as an attempt)",
                          series_instance_uid=series_uid, job_id=job_id)
 
     def _engine_back(self, job_id: int, series_uid: str) -> None:

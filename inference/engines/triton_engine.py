@@ -158,6 +158,10 @@ class TritonEngine(Engine):
         self._verified = True
 
     # -- inference ----------------------------------------------------------------------------
+    def ensure_ready(self) -> None:
+        if not self._verified:  # after an unreachable server: one readiness + identity check
+            self.verify()
+
     def _forward(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         if not self._verified:
             self.verify()
