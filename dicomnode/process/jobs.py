@@ -160,12 +160,13 @@ class JobRunner:
             datasets = load_series_datasets(self.db, self.spool, series_id)
             output = self.pipeline(pipeline_name)(datasets, context)
             self._finish(job_id, output, time.perf_counter() - started)
-            self._engine_back(job_id, series_uid)
         except EngineUnreachable as exc:  # not the job's fault: it waits for the server, not failed
             self._engine_unreachable(job_id, series_uid, exc)
         except Exception as exc:
             log.error("job %s failed: %s", job_id, exc, extra={"context": {"job": job_id, "series": series_uid}})
             self._fail(job_id, series_uid, exc)
+        else:
+            self._engine_back(job_id, series_uid)
 
     def _progress_writer(self, job_id: int) -> Callable[[str], None]:
         def write(message: str) -> None:

@@ -4,6 +4,7 @@ backend runs ONNX Runtime), on loopback ports; the node calls it with tritonclie
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,35 @@ def test_outputs_equal_the_local_onnxruntime_engine(triton: Any, repository: Pat
     remote_c = _triton_engine(triton, bundle, "classifier")
     assert float(np.abs(remote_c.run(crops) - local_c.run(crops)).max()) < 1e-4
     assert remote.name == "triton-http"
+
+
+def test_grpc_gives_the_same_features(triton: Any, repository: Path, bundle: Any) -> None:
+    from inference.engines.base import network_io
+    from inference.engines.onnx_engine import OnnxRuntimeEngine
+    from inference.engines.triton_engine import TritonEngine, TritonOptions
+
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+    crops = _lidc_crop()[:, :, :32, :32, :32]
+    remote = TritonEngine(TritonOptions(triton.grpc_url, timeout_s=120), network_io("classifier"),
+                          "dicomnode-classifier", bundle.sha256("classifier_net"), bundle.version, max_batch=4)
+    local = OnnxRuntimeEngine(repository / "dicomnode-classifier" / "1" / "model.onnx", network_io("classifier"),
+                              threads=1)
+    assert remote.name == "triton-grpc"
+    assert float(np.abs(remote.run(crops) - local.run(crops)).max()) < 1e-4
+
+
+def test_config_needs_a_valid_triton_url() -> None:
+    from pydantic import ValidationError
+
+    from dicomnode.config import InferenceSettings
+
+    with pytest.raises(ValidationError, match=r'engine = "triton" needs triton_url'):
+        InferenceSettings(engine="triton")
+    for url, why in (("tcp://h:8000", "the scheme must be http:// or grpc://"), ("http://h", "give the port"),
+                     ("http://h:8000/v2", "no path")):
+        with pytest.raises(ValidationError, match=re.escape(why)):
+            InferenceSettings(engine="triton", triton_url=url)
+    assert InferenceSettings(engine="triton", triton_url="grpc://triton:8001/").triton_url == "grpc://triton:8001"
 
 
 def test_other_weights_are_refused_naming_both_hashes(triton: Any, bundle: Any) -> None:
