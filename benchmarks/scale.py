@@ -10,7 +10,7 @@ Each set-up: a fresh node data dir, the model loaded (/health 200), then N serie
 storescu one after the other; throughput = N / (first JOB_STARTED -> last JOB_DONE) from the audit
 DB. "Where the time goes": the median per-job stage seconds of jobs.summary["timings_s"].
 
-    python benchmarks/scale.py [--series 6] [--size tiny|small] [--threads 2] [--setups local,triton]
+    python benchmarks/scale.py [--series 6] [--size tiny|small] [--threads 2] [--setups local,triton] [--rounds 2]
 
 On the 2-core development machine Triton and the node share the same two cores: this shows what
 the remote protocol costs, not a GPU's gain (see docs/architecture.md, "Engines").
@@ -216,15 +216,15 @@ def write_series(root: Path, n: int, size: str) -> list[list[Path]]:
 
 def report(results: list[Result]) -> None:
     base = results[0]
-    print(f"\n{'set-up':55s} {'engine':14s} {'series':>6s} {'seconds':>8s} {'jobs/min':>9s} {'ratio':>6s}")
+    print(f"\n{'set-up':72s} {'engine':14s} {'series':>6s} {'seconds':>8s} {'jobs/min':>9s} {'ratio':>6s}")
     for r in results:
-        print(f"{r.setup:55s} {r.engine:14s} {r.series:6d} {r.seconds:8.1f} {r.jobs_per_minute:9.2f} "
+        print(f"{r.setup:72s} {r.engine:14s} {r.series:6d} {r.seconds:8.1f} {r.jobs_per_minute:9.2f} "
               f"{r.jobs_per_minute / base.jobs_per_minute:6.2f}")
     print("\nwhere the time goes (median seconds per job, jobs.summary timings_s):")
     keys = [k for k in (*STAGES, "job") if any(k in r.stages for r in results)]
-    print(f"{'set-up':55s} " + " ".join(f"{k:>12s}" for k in keys))
+    print(f"{'set-up':72s} " + " ".join(f"{k:>12s}" for k in keys))
     for r in results:
-        print(f"{r.setup:55s} " + " ".join(f"{r.stages.get(k, float('nan')):12.2f}" for k in keys))
+        print(f"{r.setup:72s} " + " ".join(f"{r.stages.get(k, float('nan')):12.2f}" for k in keys))
 
 
 def main() -> int:
@@ -234,6 +234,7 @@ def main() -> int:
                         help="tiny: 128x128x28; small: 256x256 thick slices (default)")
     parser.add_argument("--threads", type=int, default=2, help="engine threads (the node's, or Triton's model)")
     parser.add_argument("--setups", default="local,triton", help=f"comma-separated, of {', '.join(SETUPS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median run is reported")
     args = parser.parse_args()
     keys = [k.strip() for k in args.setups.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SETUPS]
@@ -242,12 +243,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dicomnode-scale-") as tmp:
         root = Path(tmp)
         folders = write_series(root / "series", args.series, args.size)
-        results = []
-        for key in keys:
-            print(f"{key}: {args.series} series ...", flush=True)
-            results.append(run_setup(key, folders, root / key, args))
-        report(results)
+        runs: dict[str, list[Result]] = {k: [] for k in keys}
+        # interleaved rounds (local, triton, local, triton, ...): a shared machine's load drifts, and
+        # it then drifts over every set-up alike
+        for round_ in range(args.rounds):
+            for key in keys:
+                print(f"round {round_ + 1}: {key}, {args.series} series ...", flush=True)
+                runs[key].append(run_setup(key, folders, root / f"{key}-{round_}", args))
+        report([median_result(runs[k]) for k in keys])
     return 0
+
+
+def median_result(results: list[Result]) -> Result:
+    """The run with the (upper) median seconds, its stages with it, and every run's seconds in its name."""
+    ordered = sorted(results, key=lambda r: r.seconds)
+    mid = ordered[len(ordered) // 2]
+    if len(results) > 1:
+        mid.setup = f"{mid.setup} [{', '.join(f'{r.seconds:.0f}' for r in results)} s]"
+    return mid
 
 
 if __name__ == "__main__":
