@@ -367,12 +367,40 @@ class JobSettings(Strict):
 
 
 class InferenceSettings(Strict):
-    engine: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    engine: Literal["auto", "torch", "onnxruntime", "tensorrt", "triton"] = "auto"
     mode: Literal["whole", "tiled"] = "whole"
     threads: int = Field(0, ge=0)  # 0: all cores
     weights: Path | None = None  # default: the packaged demo weights
     engine_cache_dir: Path | None = None  # default <data_dir>/engines
+    # engine "triton": the Triton Inference Server, http://host:port or grpc://host:port
+    triton_url: str | None = None
+    # one request to Triton (a whole-volume detector pass on a busy CPU server takes a while)
+    triton_timeout_s: float = Field(300.0, gt=0)
+    # opening the connection; refused or timed out: the job waits and retries (not failed)
+    triton_connect_timeout_s: float = Field(5.0, gt=0)
+    # the server's models are <prefix>-detector and <prefix>-classifier (dicomnode model export-triton)
+    triton_model_prefix: str = Field("dicomnode", min_length=1)
+    # a job whose inference server is unreachable is retried after this many seconds, doubled each
+    # time up to retry_max_s; these waits are not attempts (jobs.max_attempts)
+    unreachable_retry_s: float = Field(2.0, gt=0)
+    unreachable_retry_max_s: float = Field(60.0, gt=0)
     _paths = field_validator("weights", "engine_cache_dir")(lambda cls, v: check_path(v))
+
+    @field_validator("triton_url")
+    @classmethod
+    def _triton_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from inference.remote_engine import parse_triton_url  # no torch: config stays light
+
+        parse_triton_url(v)  # ValueError naming what is wrong
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _triton_needs_url(self) -> "InferenceSettings":
+        if self.engine == "triton" and not self.triton_url:
+            raise ValueError('engine = "triton" needs triton_url (http://host:port or grpc://host:port)')
+        return self
 
 
 class ClinicalSettings(Strict):

@@ -53,6 +53,7 @@ from inference.weights_bundle import load_weights_bundle
 
 if TYPE_CHECKING:
     from inference.preprocess import Preprocessed
+    from inference.engines.triton_engine import TritonOptions
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,12 @@ class LungNodulePipeline:
         limits: VolumeLimits | None = None,
         family_history: str = "unknown",
         emphysema_laa950_pct: float = EMPHYSEMA_LAA950_PCT,
+        triton: TritonOptions | None = None,
     ) -> None:
         """`report_threshold` is a detection probability; None takes the manifest's calibrated one,
         else DeepLung's report logit -2. `threads` 0 leaves the engine's default. `family_history`
-        ("yes" | "no" | "unknown") and `emphysema_laa950_pct` feed the Brock model (settings [clinical])."""
+        ("yes" | "no" | "unknown") and `emphysema_laa950_pct` feed the Brock model (settings [clinical]).
+        `triton`: the server for engine "triton"."""
         import torch
 
         from inference.classify import MalignancyClassifier
@@ -136,7 +139,8 @@ class LungNodulePipeline:
         detector.eval()
         det_sha = self.bundle.sha256("detector")
         self.detector = make_engine(engine, network="detector", model=detector, weights_sha256=det_sha,
-                                    threads=n_threads, cache_dir=cache_dir)
+                                    threads=n_threads, cache_dir=cache_dir, triton=triton,
+                                    weights_version=self.bundle.version)
         self.classifier: MalignancyClassifier | None = None
         if self.bundle.malignancy_gbm is not None:
             features_fn = None
@@ -146,7 +150,7 @@ class LungNodulePipeline:
                 net.eval()
                 self.classifier_engine = make_engine(
                     engine, network="classifier", model=net, weights_sha256=self.bundle.sha256("classifier_net"),
-                    threads=n_threads, cache_dir=cache_dir,
+                    threads=n_threads, cache_dir=cache_dir, triton=triton, weights_version=self.bundle.version,
                 )
                 features_fn = self.classifier_engine.run
             self.classifier = MalignancyClassifier.load(
@@ -165,6 +169,7 @@ class LungNodulePipeline:
         say = progress or (lambda _msg: None)
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
+        self.detector.ensure_ready()  # a remote engine that is down: fail fast, before the preprocessing
         series_uid = next((str(ds.get("SeriesInstanceUID", "")) for ds in datasets if "SeriesInstanceUID" in ds), "")
         try:
             say("loading images")

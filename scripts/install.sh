@@ -31,3 +31,8 @@ fi
 extras=test,postgres
 [ "${DICOMNODE_NODE_ONLY:-0}" != 1 ] || extras=postgres
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
+if [ "${DICOMNODE_NODE_ONLY:-0}" != 1 ]; then
+  # a real Triton Inference Server for tests/inference/test_triton.py: only the wheel's tritonserver
+  # binary is used, so no dependencies (it declares numpy<2, which would downgrade the node's stack)
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps "nvidia-pytriton==0.7.0"
+fi

@@ -52,6 +52,9 @@ class EventCode(IntEnum):
     SERIES_NOT_ANALYSED = 505
     FINDING_RECORDED = 506
     SERIES_REPROCESS_REQUESTED = 507  # an admin asked to analyse a series again (CLI, API or console)
+    # 510-519: the inference engine (a Triton server)
+    ENGINE_UNAVAILABLE = 510  # the inference server was unreachable: the job waits and is retried, not failed
+    ENGINE_RESTORED = 511  # a job ran on the inference server again after it was unreachable
     # 52x: priors for follow-up comparison (dicomnode.priors)
     PRIOR_SEARCH = 520  # looking for the patient's most recent earlier chest CT (own database, then C-FIND)
     PRIOR_FOUND = 521  # a prior chosen (where from, which study and series; the others listed)
@@ -99,7 +102,7 @@ class EventCode(IntEnum):
 
     @property
     def level(self) -> str:
-        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 524, 525, 602, 608, 609,
+        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 510, 524, 525, 602, 608, 609,
                 701, 704, 706, 707, 711, 712, 801, 802, 900}
         error = {603}
         if self.value in error:

@@ -1,4 +1,4 @@
-"""`dicomnode analyze`, `dicomnode model train|froc|evaluate|calibrate|export|info` and `dicomnode phantom`.
+"""`dicomnode analyze`, `dicomnode model train|froc|evaluate|calibrate|export|export-triton|info` and `dicomnode phantom`.
 
 Kept apart from the other command groups because these import the inference stack (torch and friends).
 """
@@ -467,6 +467,44 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_export_triton(args: argparse.Namespace) -> int:
+    """A Triton model repository: per network config.pbtxt + 1/model.onnx (+ model.py for the Python
+    backend), and a TensorRT plan model where TensorRT and a GPU are here."""
+    import tempfile
+
+    from inference.export import export_onnx
+    from inference.export_triton import write_model, write_tensorrt_model
+    from inference.nets.checkpoint import load_into
+    from inference.nets.classifier import DPNClassifierNet
+    from inference.nets.dpn3d import DPN26Detector
+    from inference.weights_bundle import WeightsError, load_weights_bundle
+
+    try:
+        bundle = load_weights_bundle(args.weights)
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
+    args.dir.mkdir(parents=True, exist_ok=True)
+    reason = _tensorrt_skip_reason()
+    with tempfile.TemporaryDirectory(prefix="dicomnode-export-") as tmp:
+        nets: list[tuple[Literal["detector", "classifier"], Path]] = []
+        detector = DPN26Detector()
+        load_into(detector, bundle.detector)
+        nets.append(("detector", export_onnx(detector.eval(), Path(tmp) / "detector.onnx", kind="detector")))
+        if bundle.classifier_net is not None:
+            net = DPNClassifierNet()
+            load_into(net, bundle.classifier_net)
+            nets.append(("classifier", export_onnx(net.eval(), Path(tmp) / "classifier.onnx", kind="classifier")))
+        for kind, onnx_path in nets:
+            model = write_model(args.dir, kind, onnx_path, bundle, backend=args.backend)
+            print(f"{model.name}: {model.directory} (backend {model.backend}, weights sha256 {model.weights_sha256})")
+            if reason is None:
+                trt_model = write_tensorrt_model(args.dir, kind, onnx_path, bundle, cache_dir=Path(tmp) / "trt")
+                print(f"{trt_model.name}: {trt_model.directory} (TensorRT plan for this GPU)")
+    if reason:
+        print(f"TensorRT plan: skipped ({reason})")
+    return 0
+
+
 def _tensorrt_skip_reason() -> str | None:
     import importlib.util
 
@@ -603,6 +641,13 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("export"))
     p.add_argument("--weights", type=Path)
     p.set_defaults(func=cmd_model_export)
+
+    p = msub.add_parser("export-triton", help="a Triton Inference Server model repository for the weights")
+    p.add_argument("dir", type=Path, help="the model repository folder (tritonserver --model-repository DIR)")
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--backend", choices=("onnxruntime", "python"), default="onnxruntime",
+                   help="Triton's onnxruntime backend, or its Python backend running ONNX Runtime (default: onnxruntime)")
+    p.set_defaults(func=cmd_model_export_triton)
 
     p = msub.add_parser("info", help="model card, weights hashes, engine choice")
     p.add_argument("--weights", type=Path)

@@ -27,6 +27,7 @@ from storage.db import Database, rows_changed
 from storage.events import EventCode
 from storage.models import Delivery, FindingRow, Instance, Job, Series, utcnow
 from inference.findings import ExamSummary, Finding
+from inference.remote_engine import EngineUnreachable
 from storage.states import DeliveryKind, DeliveryState, JobState
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class JobRunner:
         self._pipelines: dict[str, Pipeline] = {}
         self._pipeline_lock = threading.Lock()
         self.warmup_error: str | None = None  # why a warm-up load failed (reported by /health)
+        self.engine_wait = EngineWait(settings.inference.unreachable_retry_s, settings.inference.unreachable_retry_max_s)
 
     def pipeline(self, name: str) -> Pipeline:
         with self._pipeline_lock:
@@ -125,6 +127,8 @@ class JobRunner:
         return thread
 
     def claim(self) -> int | None:
+        if self.engine_wait.waiting():  # the inference server is unreachable: no job could run now
+            return None
         with self.db.session() as s:
             for job_id in s.execute(select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id).limit(4)).scalars():
                 claimed = rows_changed(s,
@@ -156,9 +160,13 @@ class JobRunner:
             datasets = load_series_datasets(self.db, self.spool, series_id)
             output = self.pipeline(pipeline_name)(datasets, context)
             self._finish(job_id, output, time.perf_counter() - started)
+        except EngineUnreachable as exc:  # not the job's fault: it waits for the server, not failed
+            self._engine_unreachable(job_id, series_uid, exc)
         except Exception as exc:
             log.error("job %s failed: %s", job_id, exc, extra={"context": {"job": job_id, "series": series_uid}})
             self._fail(job_id, series_uid, exc)
+        else:
+            self._engine_back(job_id, series_uid)
 
     def _progress_writer(self, job_id: int) -> Callable[[str], None]:
         def write(message: str) -> None:
@@ -196,6 +204,27 @@ class JobRunner:
             record_event(s, EventCode.JOB_DONE,
                          f"{len(output.findings)} finding(s), verdict {output.verdict}, {len(output.datasets)} object(s) in {seconds:.1f} s{replaces}",
                          series_instance_uid=series.series_instance_uid, job_id=job.id)
+
+    def _engine_unreachable(self, job_id: int, series_uid: str, exc: EngineUnreachable) -> None:
+        """Queue the job again without counting the attempt; no job is claimed until the backoff ends."""
+        delay = self.engine_wait.failed()
+        log.warning("job %s: %s; retry in %.1f s", job_id, exc, delay)
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.state, job.progress, job.error = JobState.QUEUED, None, f"{type(exc).__name__}: {exc}"
+            job.attempts = max(0, job.attempts - 1)  # waiting for the server is not an attempt
+            record_event(s, EventCode.ENGINE_UNAVAILABLE,
+                         f"{exc}; job queued again, retry in {delay:.1f} s (not counted as an attempt)",
+                         series_instance_uid=series_uid, job_id=job_id)
+
+    def _engine_back(self, job_id: int, series_uid: str) -> None:
+        down = self.engine_wait.succeeded()
+        if down is not None:
+            with self.db.session() as s:
+                record_event(s, EventCode.ENGINE_RESTORED,
+                             f"inference server reachable again after {down:.0f} s; job {job_id} done",
+                             series_instance_uid=series_uid, job_id=job_id)
 
     def _fail(self, job_id: int, series_uid: str, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -254,6 +283,36 @@ def exam_json(output: PipelineOutput) -> dict[str, Any] | None:
     if isinstance(exam, ExamSummary):
         return exam.to_json()
     return exam if isinstance(exam, dict) else None
+
+
+class EngineWait:
+    """Backoff while the inference server is unreachable: `retry_s`, doubled per failure up to `max_s`."""
+
+    def __init__(self, retry_s: float, max_s: float) -> None:
+        self.retry_s, self.max_s = retry_s, max(max_s, retry_s)
+        self._lock = threading.Lock()
+        self._delay = 0.0
+        self._until = 0.0
+        self._down_since: float | None = None
+
+    def waiting(self) -> bool:
+        return time.monotonic() < self._until
+
+    def failed(self) -> float:
+        """One more unreachable try: the seconds to wait before the next."""
+        with self._lock:
+            now = time.monotonic()
+            self._delay = self.retry_s if self._delay == 0.0 else min(self._delay * 2, self.max_s)
+            self._until = now + self._delay
+            if self._down_since is None:
+                self._down_since = now
+            return self._delay
+
+    def succeeded(self) -> float | None:
+        """A job ran: the seconds the server had been unreachable, or None if it had not been."""
+        with self._lock:
+            down, self._down_since, self._delay, self._until = self._down_since, None, 0.0, 0.0
+            return None if down is None else time.monotonic() - down
 
 
 class JobWorker(PeriodicWorker):

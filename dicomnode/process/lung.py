@@ -6,7 +6,7 @@ per node (the job runner keeps one pipeline object per name).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
@@ -14,6 +14,20 @@ from dicomnode.config import Settings
 from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 from dicomnode.results import build_results
 from inference.findings import ModelIdentity
+
+if TYPE_CHECKING:
+    from inference.engines.triton_engine import TritonOptions
+
+
+def triton_options(settings: Settings) -> TritonOptions | None:
+    """The Triton server of [inference] when the engine is "triton"."""
+    from inference.engines.triton_engine import TritonOptions
+
+    cfg = settings.inference
+    if cfg.engine != "triton" or not cfg.triton_url:
+        return None
+    return TritonOptions(cfg.triton_url, timeout_s=cfg.triton_timeout_s,
+                         connect_timeout_s=cfg.triton_connect_timeout_s, model_prefix=cfg.triton_model_prefix)
 
 
 class LungNoduleStage:
@@ -27,7 +41,8 @@ class LungNoduleStage:
         self.model = Model(engine=cfg.engine, mode=cfg.mode, threads=cfg.threads, weights=cfg.weights,
                            cache_dir=settings.engine_cache_dir,
                            family_history=settings.clinical.family_history,
-                           emphysema_laa950_pct=settings.clinical.emphysema_laa950_pct)
+                           emphysema_laa950_pct=settings.clinical.emphysema_laa950_pct,
+                           triton=triton_options(settings))
 
     @property
     def identity(self) -> ModelIdentity:

@@ -12,11 +12,14 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from inference.remote_engine import EngineModelMismatch, EngineUnreachable  # noqa: F401 (re-exported)
+
 NetworkKind = Literal["detector", "classifier"]
 
 
 class EngineUnavailable(RuntimeError):
     """The requested engine cannot run here (package missing, no GPU); the message says which."""
+
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class Engine(ABC):
         ]
         return np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
 
+    def ensure_ready(self) -> None:
+        """Raise EngineUnreachable now if a remote engine cannot run (cheap: before a job's
+        preprocessing, not after it); a local engine is always ready."""
+
     def close(self) -> None:
         """Release sessions and device memory; the engine is unusable afterwards."""
 
@@ -87,6 +94,9 @@ class _NetworkEngine:
     @property
     def max_batch(self) -> int:
         return self.engine.max_batch
+
+    def ensure_ready(self) -> None:
+        self.engine.ensure_ready()
 
     def close(self) -> None:
         self.engine.close()

@@ -19,9 +19,10 @@ from inference.engines.base import (
 
 if TYPE_CHECKING:
     from inference.engines.tensorrt_engine import InputProfile
+    from inference.engines.triton_engine import TritonOptions
 
-EngineKind = Literal["auto", "torch", "onnxruntime", "tensorrt"]
-KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
+EngineKind = Literal["auto", "torch", "onnxruntime", "tensorrt", "triton"]
+KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt", "triton")
 
 
 def default_cache_dir() -> Path:
@@ -51,6 +52,9 @@ def resolve_kind(kind: str) -> str:
             raise EngineUnavailable("engine 'tensorrt' asked for but the tensorrt package is not installed")
         if not _cuda():
             raise EngineUnavailable("engine 'tensorrt' asked for but there is no CUDA GPU")
+    if kind == "triton" and not _has("tritonclient"):
+        raise EngineUnavailable("engine 'triton' asked for but the tritonclient package is not installed "
+                                "(pip install 'dicomnode[triton]')")
     if kind == "onnxruntime" and not _has("onnxruntime"):
         raise EngineUnavailable("engine 'onnxruntime' asked for but the onnxruntime package is not installed")
     if kind == "torch":
@@ -87,6 +91,8 @@ def make_engine(
     fp16: bool = ...,
     cache_dir: str | Path | None = ...,
     trt_profile: Sequence[InputProfile] | None = ...,
+    triton: TritonOptions | None = ...,
+    weights_version: str | None = ...,
 ) -> DetectorEngine: ...
 
 
@@ -103,6 +109,8 @@ def make_engine(
     fp16: bool = ...,
     cache_dir: str | Path | None = ...,
     trt_profile: Sequence[InputProfile] | None = ...,
+    triton: TritonOptions | None = ...,
+    weights_version: str | None = ...,
 ) -> ClassifierEngine: ...
 
 
@@ -119,6 +127,8 @@ def make_engine(
     fp16: bool = ...,
     cache_dir: str | Path | None = ...,
     trt_profile: Sequence[InputProfile] | None = ...,
+    triton: TritonOptions | None = ...,
+    weights_version: str | None = ...,
 ) -> DetectorEngine | ClassifierEngine: ...
 
 
@@ -134,17 +144,22 @@ def make_engine(
     fp16: bool = True,
     cache_dir: str | Path | None = None,
     trt_profile: Sequence[InputProfile] | None = None,
+    triton: TritonOptions | None = None,
+    weights_version: str | None = None,
 ) -> DetectorEngine | ClassifierEngine:
     """Build the engine for `network` from a torch module and/or its ONNX export.
 
-    kind: "auto" | "torch" | "onnxruntime" | "tensorrt". The torch engine needs `model`; the others
-    take `onnx_path` or export `model` into `cache_dir` once (keyed by the weights' SHA-256).
+    kind: "auto" | "torch" | "onnxruntime" | "tensorrt" | "triton". The torch engine needs `model`;
+    the local others take `onnx_path` or export `model` into `cache_dir` once (keyed by the weights'
+    SHA-256); "triton" needs `triton` (the server) and the weights' SHA-256 and version to check.
     """
     io = network_io(network)
     concrete = resolve_kind(kind)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     engine: Engine
-    if concrete in ("torch", "torch-cuda"):
+    if concrete == "triton":
+        engine = _triton_engine(network, triton, weights_sha256, weights_version, max_batch)
+    elif concrete in ("torch", "torch-cuda"):
         if model is None:
             raise ValueError("the torch engine needs the torch model, not only an ONNX file")
         from inference.engines.torch_engine import TorchEngine
@@ -169,3 +184,16 @@ def make_engine(
                 trt_profile = classifier_profile(max_batch=max_batch or 64)
         engine = TensorRTEngine(path, io, trt_profile, cache, weights_sha256=weights_sha256, fp16=fp16)
     return DetectorEngine(engine) if network == "detector" else ClassifierEngine(engine)
+
+
+def _triton_engine(network: NetworkKind, triton: TritonOptions | None, sha: str | None, version: str | None,
+                   max_batch: int | None) -> Engine:
+    from inference.engines.triton_engine import TritonEngine
+
+    if triton is None:
+        raise ValueError("engine 'triton' needs the server: set [inference] triton_url")
+    if not sha or not version:
+        raise ValueError("engine 'triton' needs the weights' SHA-256 and version, to check the server's model")
+    # the batch limits of the exported model config (inference.export_triton.MAX_BATCH)
+    batch = max_batch or (64 if network == "classifier" else 1)
+    return TritonEngine(triton, network_io(network), f"{triton.model_prefix}-{network}", sha, version, batch)
