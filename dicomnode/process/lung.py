@@ -27,7 +27,8 @@ class LungNoduleStage:
         self.model = Model(engine=cfg.engine, mode=cfg.mode, threads=cfg.threads, weights=cfg.weights,
                            cache_dir=settings.engine_cache_dir,
                            family_history=settings.clinical.family_history,
-                           emphysema_laa950_pct=settings.clinical.emphysema_laa950_pct)
+                           emphysema_laa950_pct=settings.clinical.emphysema_laa950_pct,
+                           detector_memory_mb=cfg.detector_memory_mb)
 
     @property
     def identity(self) -> ModelIdentity:
