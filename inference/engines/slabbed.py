@@ -105,8 +105,8 @@ def slab_depth(height: int, width: int, memory_mb: int) -> int:
 def slabs(depth: int, slab: int, halo: int = STEM_HALO) -> list[tuple[int, int, int, int]]:
     """(read_from, read_to, keep_from, keep_to) input slice ranges covering [0, depth).
 
-    Every read range has the same length (`slab`, or `depth` when that is smaller) so ONNX Runtime
-    plans one memory pattern and reuses it; kept ranges tile [0, depth) exactly, each at least `halo`
+    Every read range has the same length (`slab`, or `depth` when that is smaller), so every run asks
+    ONNX Runtime's arena for the same blocks and it never grows past one slab; kept ranges tile [0, depth) exactly, each at least `halo`
     slices from a read edge that is not the volume's own.
     """
     if depth <= slab:
