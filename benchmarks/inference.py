@@ -7,16 +7,27 @@ Prints per-stage timings, wall time, peak memory, and ratios against torch-tiled
 same run (absolute seconds are noise on a shared 2-core machine). Target: whole pipeline < 60 s
 and < 6 GB.
 
-    python benchmarks/inference.py [--configs onnxruntime:whole,torch:tiled] [--series DIR] [--threads 2]
+Then the node itself (`--node`, on by default; `--no-node` skips it): `dicomnode serve` with its defaults
+(the built-in lung-nodule route, [inference] as configured by default), the series sent with dcmtk
+`storescu`, and the peak memory of the whole node process while it receives and analyses it: VmHWM of
+the node's process from /proc and the largest sum of resident memory over it and its child processes,
+sampled every 0.1 s. Issue 16's target: <= 3 GB for lidc-idri-0002.
+
+    python benchmarks/inference.py [--configs onnxruntime:whole,torch:tiled] [--series DIR] [--threads 2] [--no-node]
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
 import resource
+import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +61,82 @@ def _child(engine: str, mode: str, series: Path, threads: int, cache_dir: Path, 
     }
 
 
+def _status_kb(pid: int, field: str) -> int:
+    """A `VmRSS`/`VmHWM` line of /proc/PID/status in kB (0 once the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the node may run receiver processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        except OSError:
+            pass
+    return out
+
+
+def node_peak(series: Path, timeout: float = 600.0) -> dict:
+    """Peak memory of a real node (`dicomnode serve`, defaults) while it receives and analyses `series`."""
+    from benchmarks.peers import free_port, wait_port
+    from benchmarks.turnaround import stop, wait_ready
+
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise RuntimeError("dcmtk storescu is not installed")
+    with tempfile.TemporaryDirectory(prefix="inference-node-") as tmp:
+        config, data = Path(tmp) / "node.toml", Path(tmp) / "data"
+        config.write_text("")  # every default
+        port, web_port = free_port(), free_port()
+        log = (Path(tmp) / "node.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config), "--data-dir", str(data),
+             "--host", "127.0.0.1", "--port", str(port), "--web-port", str(web_port)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        peak_tree_kb, stop_sampling = 0, threading.Event()
+
+        def sample() -> None:
+            nonlocal peak_tree_kb
+            while not stop_sampling.wait(0.1):
+                peak_tree_kb = max(peak_tree_kb, sum(_status_kb(p, "VmRSS") for p in _tree(proc.pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            wait_port(port, proc, "dicomnode")
+            from benchmarks.turnaround import Node
+
+            wait_ready(Node(proc, port, web_port, data))
+            idle_kb = _status_kb(proc.pid, "VmRSS")
+            subprocess.run([storescu, "-aet", "BENCH", "-aec", "DICOMNODE", "+sd", "+r", "127.0.0.1", str(port),
+                            str(series)], check=True, capture_output=True, timeout=300)
+            deadline, done = time.monotonic() + timeout, None
+            while time.monotonic() < deadline and done is None:
+                time.sleep(0.5)
+                with sqlite3.connect(f"file:{data / 'audit.sqlite'}?mode=ro", uri=True) as con:
+                    done = con.execute("SELECT state, summary FROM jobs WHERE state IN ('done', 'failed')").fetchone()
+            if done is None:
+                raise RuntimeError(f"the node did not finish the job within {timeout:g} s")
+            hwm_kb = _status_kb(proc.pid, "VmHWM")
+        finally:
+            stop_sampling.set()
+            sampler.join()
+            stop(proc)
+    summary = json.loads(done[1] or "{}")
+    return {"job": done[0], "idle_mb": idle_kb / 1024, "vmhwm_mb": hwm_kb / 1024, "tree_peak_mb": peak_tree_kb / 1024,
+            "timings_s": summary.get("timings_s", {})}
+
+
 def _available_configs() -> list[str]:
     engines = ["torch"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
     return [f"{e}:{m}" for e in engines for m in ("tiled", "whole")]
@@ -63,6 +150,8 @@ def main() -> int:
     ap.add_argument("--weights", help="weights folder (default: the packaged demo weights)")
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/dicomnode-bench-cache"))
     ap.add_argument("--json", type=Path, help="also write all results here")
+    ap.add_argument("--node", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the peak memory of a real node analysing the series (default on)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -74,6 +163,14 @@ def main() -> int:
     if not args.series.is_dir():
         print(f"no series at {args.series}", file=sys.stderr)
         return 2
+    if args.node:
+        n = node_peak(args.series)
+        print(f"node process ({args.series.name}, default configuration): peak {n['vmhwm_mb'] / 1024:.2f} GB (VmHWM), "
+              f"process tree peak {n['tree_peak_mb'] / 1024:.2f} GB (sampled), idle {n['idle_mb'] / 1024:.2f} GB; "
+              f"job {n['job']}: " + "  ".join(f"{k} {v:.1f}" for k, v in n["timings_s"].items()), flush=True)
+        print(f"node peak memory: target <= 3 GB {'met' if max(n['vmhwm_mb'], n['tree_peak_mb']) <= 3 * 1024 else 'NOT met'}")
+        if args.configs == "none":
+            return 0
     configs = args.configs.split(",") if args.configs else _available_configs()
     results = []
     for config in configs:

@@ -11,10 +11,15 @@ Stages: transfer (first -> last instance received), wait (last instance -> SERIE
 preprocess, detect, classify, characterize, encode; "n/a" where absent), job other (the rest of the
 job: reading the spool, writing the outbox), job (JOB_STARTED -> JOB_DONE), deliver (JOB_DONE -> last delivery sent), total (last instance -> SR in Orthanc).
 
-    python benchmarks/turnaround.py [--runs 3] [--case lidc|phantom|both]
+The "thick" case is the issue's 133-slice 2.5 mm chest CT made from lidc-idri-0002: every second
+slice (131 of 261), a new SeriesInstanceUID and SOPInstanceUIDs, SliceThickness and
+SpacingBetweenSlices 2.5, written to a temporary folder. Each run also reports the node process's
+peak memory (VmHWM from /proc, read when the results are delivered).
+
+    python benchmarks/turnaround.py [--runs 3] [--case lidc|thick|phantom|all]
 
 Targets (issue 16, 2 cores, CPU engine): <= 25 s for lidc-idri-0002 (261 slices); <= 20 s for a
-133-slice 2.5 mm chest CT (the phantom is not that series: its figure has no target of its own).
+133-slice 2.5 mm chest CT (the thick case); the phantom has no target of its own.
 """
 from __future__ import annotations
 
@@ -41,9 +46,10 @@ from tests.peers.orthanc import OrthancProcess  # noqa: E402  (standard library 
 
 LIDC = REPO.parent / "shared" / "data" / "lidc-idri-0002" / "series"
 TARGETS = {"lidc": "<= 25 s (issue 16, lidc-idri-0002)",
+           "thick": "<= 20 s (issue 16, a 133-slice 2.5 mm chest CT)",
            "phantom": "none: the issue's <= 20 s is for a 133-slice 2.5 mm CT, which this phantom is not"}
 STAGES = ("transfer", "wait", "queue", "load", "preprocess", "detect", "classify", "characterize", "encode",
-          "job other", "job", "deliver", "total")
+          "job other", "job", "deliver", "total", "peak GB")
 JOB_TIMINGS = {"load": "load", "preprocess": "preprocess", "detect": "detect", "classify": "classify",
                "characterize": "characterize", "encode": "encoding"}
 SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88",)  # every Structured Report storage class starts so
@@ -202,7 +208,8 @@ def one_run(folder: Path, workdir: Path) -> dict[str, float | None]:
         orthanc.wait_job(job["ID"])
         db = node.data_dir / "audit.sqlite"
         wait_deliveries(db)
-        return stage_times(db, sr_seen)
+        peak_kb = vmhwm_kb(node.proc.pid)
+        return {**stage_times(db, sr_seen), "peak GB": peak_kb / 2**20 if peak_kb else None}
     finally:
         if node is not None:
             stop(node.proc)
@@ -221,6 +228,40 @@ def measure(folder: Path, workdir: Path) -> dict[str, float | None]:
         raise
     shutil.rmtree(workdir, ignore_errors=True)
     return times
+
+
+def vmhwm_kb(pid: int) -> int:
+    """The peak resident memory of a process so far (VmHWM in /proc/PID/status), kB; 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def write_thick(out: Path, source: Path = LIDC) -> Path:
+    """lidc-idri-0002 at 2.5 mm: every second slice along the normal, new series and instance UIDs."""
+    import numpy as np
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    datasets = [dcmread(p) for p in sorted(source.iterdir()) if p.suffix.lower() == ".dcm"]
+    iop = np.asarray(datasets[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    datasets.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    series_uid = generate_uid(entropy_srcs=["turnaround-thick", str(datasets[0].SeriesInstanceUID)])
+    out.mkdir(parents=True)
+    for number, ds in enumerate(datasets[::2], start=1):
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["turnaround-thick", str(ds.SOPInstanceUID)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SliceThickness = 2.5
+        ds.SpacingBetweenSlices = 2.5
+        ds.InstanceNumber = number
+        ds.save_as(out / f"{number:06d}.dcm", enforce_file_format=True)
+    return out
 
 
 def write_phantom(out: Path) -> Path:
@@ -249,12 +290,13 @@ def report(case: str, folder: Path, runs: list[dict[str, float | None]]) -> None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--case", choices=["lidc", "phantom", "both"], default="both")
+    parser.add_argument("--case", choices=["lidc", "thick", "phantom", "all"], default="all")
     args = parser.parse_args()
-    cases = ["lidc", "phantom"] if args.case == "both" else [args.case]
+    cases = ["thick", "lidc", "phantom"] if args.case == "all" else [args.case]
     with tempfile.TemporaryDirectory(prefix="turnaround-bench-") as tmp:  # removed at the end, logs too
         for case in cases:
-            folder = LIDC if case == "lidc" else write_phantom(Path(tmp) / "phantom")
+            folder = {"lidc": lambda: LIDC, "thick": lambda: write_thick(Path(tmp) / "thick"),
+                      "phantom": lambda: write_phantom(Path(tmp) / "phantom")}[case]()
             runs = [measure(folder, Path(tmp) / f"{case}-{i}") for i in range(args.runs)]
             report(case, folder, runs)
     return 0

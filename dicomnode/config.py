@@ -370,6 +370,9 @@ class InferenceSettings(Strict):
     engine: Literal["auto", "torch", "onnxruntime", "tensorrt", "triton"] = "auto"
     mode: Literal["whole", "tiled"] = "whole"
     threads: int = Field(0, ge=0)  # 0: all cores
+    # MB the onnxruntime detector's full-resolution layers may use: they run in z-slabs of that size (same
+    # output as one pass); 0 runs the whole graph in one pass (about 4.5 GB more for a chest CT)
+    detector_memory_mb: int = Field(512, ge=0)
     weights: Path | None = None  # default: the packaged demo weights
     engine_cache_dir: Path | None = None  # default <data_dir>/engines
     # engine "triton": the Triton Inference Server, http://host:port or grpc://host:port

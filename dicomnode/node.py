@@ -85,8 +85,12 @@ class Node:
         self.ingestor = Ingestor(self.db, self.spool, self.lifecycle, settings.node.max_instance_mb * 2**20)
         self.intake = Intake(self.ingestor, self.lifecycle)
         self.outbox = Outbox(settings.outbox_dir, settings)
-        self.router = Router(self.db, settings.routes, enqueue_job, self.outbox.forward)
-        self.runner = JobRunner(self.db, self.spool, self.outbox, settings)
+        # queued work starts at once: routing wakes the job workers, a routed forward or a finished job the sender
+        self.router = Router(self.db, settings.routes, enqueue_job, self.outbox.forward,
+                             on_job_queued=self._wake_job_workers,
+                             on_delivery_queued=lambda: self.sender_loop.wake_up())
+        self.runner = JobRunner(self.db, self.spool, self.outbox, settings,
+                                on_delivery_queued=lambda: self.sender_loop.wake_up())
         self.sender = ResultSender(self.db, settings.outbox_dir, settings)
         # the DICOM receiver: in this process, or node.receive_processes processes behind the port
         self.receive_processes = settings.node.receive_processes or default_processes()
@@ -124,6 +128,10 @@ class Node:
                 record_event(s, EventCode.NODE_RECOVERED,
                              f"resumed {orphans} receiving series, {jobs} job(s), {deliveries} delivery(ies), "
                              f"{len(waiting)} series awaiting routing; removed {temporaries} partial file(s)")
+
+    def _wake_job_workers(self) -> None:
+        for worker in self.workers:
+            worker.wake_up()
 
     def retry_deliveries(self, user: str, client: str, delivery_id: int | None) -> list[int]:
         """Re-queue one delivery (or every dead letter) for a console user, audited, and wake the

@@ -164,7 +164,10 @@ def run_detector(
     batch = max(1, engine.max_batch)
     for b in range(0, len(starts), batch):
         group = starts[b : b + batch]
-        xs = np.stack([image[z : z + crop[0], y : y + crop[1], x : x + crop[2]] for z, y, x in group])[:, None]
+        if len(starts) == 1 and image.shape == crop:  # the whole volume: a view, not a second 77 MB copy
+            xs = image[None, None]
+        else:
+            xs = np.stack([image[z : z + crop[0], y : y + crop[1], x : x + crop[2]] for z, y, x in group])[:, None]
         cs = np.stack(
             [
                 coord[:, z // 4 : (z + crop[0]) // 4, y // 4 : (y + crop[1]) // 4, x // 4 : (x + crop[2]) // 4]

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "dicomnode-dpn26"
+# working memory of the detector's full-resolution layers (inference.engines.slabbed; [inference] detector_memory_mb)
+DETECTOR_MEMORY_MB = 512
 MAX_FINDINGS = 5  # DeepLung's classification stage looks at the top 5 candidates
 # Brock's emphysema input is "yes" from this LAA-950 (% of lung volume below -950 HU): the COPDGene
 # definition of quantitative CT emphysema, LAA-950 >= 5 % (e.g. Amaza et al., Int J Chron Obstruct Pulmon
@@ -100,11 +102,14 @@ class LungNodulePipeline:
         family_history: str = "unknown",
         emphysema_laa950_pct: float = EMPHYSEMA_LAA950_PCT,
         triton: TritonOptions | None = None,
+        detector_memory_mb: int = DETECTOR_MEMORY_MB,
     ) -> None:
         """`report_threshold` is a detection probability; None takes the manifest's calibrated one,
         else DeepLung's report logit -2. `threads` 0 leaves the engine's default. `family_history`
         ("yes" | "no" | "unknown") and `emphysema_laa950_pct` feed the Brock model (settings [clinical]).
-        `triton`: the server for engine "triton"."""
+        `triton`: the server for engine "triton".
+        `detector_memory_mb`: the onnxruntime detector runs its full-resolution layers in z-slabs within
+        this budget (same output as one pass; 0: one pass of the whole graph, about 4.5 GB for a chest CT)."""
         import torch
 
         from inference.classify import MalignancyClassifier
@@ -140,7 +145,7 @@ class LungNodulePipeline:
         det_sha = self.bundle.sha256("detector")
         self.detector = make_engine(engine, network="detector", model=detector, weights_sha256=det_sha,
                                     threads=n_threads, cache_dir=cache_dir, triton=triton,
-                                    weights_version=self.bundle.version)
+                                    weights_version=self.bundle.version, slab_memory_mb=detector_memory_mb or None)
         self.classifier: MalignancyClassifier | None = None
         if self.bundle.malignancy_gbm is not None:
             features_fn = None

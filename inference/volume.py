@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence, SupportsFloat, SupportsInt
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array as decode_pixels
 
 from inference.findings import NotAnalysable
 
@@ -235,7 +236,9 @@ def _decoder(ds: Dataset) -> Callable[[], np.ndarray]:
     def decode() -> np.ndarray:
         if "all" not in cache:
             try:
-                cache["all"] = ds.pixel_array
+                # decoded without pydicom's per-dataset cache (ds.pixel_array keeps every slice's array alive
+                # with the datasets for the whole job: 137 MB for lidc-idri-0002); same decoder as ds.pixel_array
+                cache["all"] = decode_pixels(ds)
             except Exception as exc:  # any decoder error means the same thing to the user
                 ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
                 name = getattr(ts, "name", "unknown") if ts is not None else "unknown"

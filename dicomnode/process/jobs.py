@@ -86,8 +86,11 @@ class JobRunner:
     """Claims and runs jobs; one instance is shared by all worker threads."""
 
     def __init__(self, db: Database, spool: Spool, outbox: Outbox, settings: Settings,
-                 pipeline_resolver: Callable[[str, Settings], Pipeline] = resolve_pipeline) -> None:
+                 pipeline_resolver: Callable[[str, Settings], Pipeline] = resolve_pipeline,
+                 on_delivery_queued: Callable[[], None] = lambda: None) -> None:
         self.db = db
+        # called once a finished job's deliveries are committed (the node wakes its sender with it)
+        self.on_delivery_queued = on_delivery_queued
         self.spool = spool
         self.outbox = outbox
         self.settings = settings
@@ -159,14 +162,18 @@ class JobRunner:
         try:
             datasets = load_series_datasets(self.db, self.spool, series_id)
             output = self.pipeline(pipeline_name)(datasets, context)
-            self._finish(job_id, output, time.perf_counter() - started)
+            del datasets  # the source images are not needed to write the outbox: free them before it
+            queued = self._finish(job_id, output, time.perf_counter() - started)
         except EngineUnreachable as exc:  # not the job's fault: it waits for the server, not failed
             self._engine_unreachable(job_id, series_uid, exc)
+            return
         except Exception as exc:
             log.error("job %s failed: %s", job_id, exc, extra={"context": {"job": job_id, "series": series_uid}})
             self._fail(job_id, series_uid, exc)
-        else:
-            self._engine_back(job_id, series_uid)
+            return
+        self._engine_back(job_id, series_uid)
+        if queued:
+            self.on_delivery_queued()
 
     def _progress_writer(self, job_id: int) -> Callable[[str], None]:
         def write(message: str) -> None:
@@ -174,7 +181,8 @@ class JobRunner:
                 s.execute(update(Job).where(Job.id == job_id).values(progress=message[:128]))
         return write
 
-    def _finish(self, job_id: int, output: PipelineOutput, seconds: float) -> None:
+    def _finish(self, job_id: int, output: PipelineOutput, seconds: float) -> int:
+        """Outbox files, finding rows and the job's end in one transaction; the deliveries queued."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
             assert job is not None
@@ -204,6 +212,7 @@ class JobRunner:
             record_event(s, EventCode.JOB_DONE,
                          f"{len(output.findings)} finding(s), verdict {output.verdict}, {len(output.datasets)} object(s) in {seconds:.1f} s{replaces}",
                          series_instance_uid=series.series_instance_uid, job_id=job.id)
+        return deliveries
 
     def _engine_unreachable(self, job_id: int, series_uid: str, exc: EngineUnreachable) -> None:
         """Queue the job again without counting the attempt; no job is claimed until the backoff ends."""

@@ -42,7 +42,8 @@ class LungNoduleStage:
                            cache_dir=settings.engine_cache_dir,
                            family_history=settings.clinical.family_history,
                            emphysema_laa950_pct=settings.clinical.emphysema_laa950_pct,
-                           triton=triton_options(settings))
+                           triton=triton_options(settings),
+                           detector_memory_mb=cfg.detector_memory_mb)
 
     @property
     def identity(self) -> ModelIdentity:

@@ -104,14 +104,37 @@ EnqueueJob = Callable[[Session, Series, Route], int]
 Forward = Callable[[Session, Series, str, list[str]], int]
 
 
+Notify = Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
+
+
 class Router:
-    def __init__(self, db: Database, routes: list[Route], enqueue: EnqueueJob, forward: Forward | None = None) -> None:
+    """`on_job_queued` / `on_delivery_queued` are called once the routing transaction that queued a job
+    / a forward has committed (the node wakes its job workers / sender with them, so work starts now
+    rather than at the next poll)."""
+
+    def __init__(self, db: Database, routes: list[Route], enqueue: EnqueueJob, forward: Forward | None = None,
+                 on_job_queued: Notify = _nothing, on_delivery_queued: Notify = _nothing) -> None:
         self.db = db
         self.routes = routes
         self.enqueue = enqueue
         self.forward = forward
+        self.on_job_queued = on_job_queued
+        self.on_delivery_queued = on_delivery_queued
 
     def on_series_complete(self, series_id: int) -> None:
+        queued: set[str] = set()  # what this routing pass queued: "job", "delivery"
+        self._route_series(series_id, queued)
+        # after the commit: a woken worker must find the row
+        if "job" in queued:
+            self.on_job_queued()
+        if "delivery" in queued:
+            self.on_delivery_queued()
+
+    def _route_series(self, series_id: int, queued: set[str]) -> None:
         with self.db.session() as s:
             series = s.get(Series, series_id)
             if series is None or series.status != SeriesState.COMPLETE:
@@ -125,21 +148,23 @@ class Router:
                 return
             series.route_name = route.name
             if route.forward_to and self.forward is not None:
-                self.forward(s, series, route.name, list(route.forward_to))
+                if self.forward(s, series, route.name, list(route.forward_to)):
+                    queued.add("delivery")
             if not route.one_series_per_study:
-                self._route(s, series, route)
+                self._route(s, series, route, queued)
                 return
             SeriesLifecycle.wait_for_study(series, route.name)
             s.flush()
-            self._choose_for_study(s, series.study_id, route)
+            self._choose_for_study(s, series.study_id, route, queued)
 
-    def _route(self, s: Session, series: Series, route: Route) -> None:
+    def _route(self, s: Session, series: Series, route: Route, queued: set[str]) -> None:
         SeriesLifecycle.routed(series)
         job_id = self.enqueue(s, series, route)
+        queued.add("job")
         record_event(s, EventCode.SERIES_ROUTED, f"route {route.name!r} -> pipeline {route.pipeline!r}, job {job_id}",
                      series_instance_uid=series.series_instance_uid, job_id=job_id)
 
-    def _choose_for_study(self, s: Session, study_id: int, route: Route) -> None:
+    def _choose_for_study(self, s: Session, study_id: int, route: Route, queued: set[str]) -> None:
         siblings = s.execute(select(Series).where(Series.study_id == study_id)).scalars().all()
         if any(x.status == SeriesState.RECEIVING for x in siblings):
             return  # the last series of the study to complete makes the choice
@@ -154,5 +179,5 @@ class Router:
                     f"({best.slice_thickness} mm, {best.instance_count} slices)"
                 ))
         if best.status != SeriesState.ROUTED:
-            self._route(s, best, route)
+            self._route(s, best, route, queued)
 

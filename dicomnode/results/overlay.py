@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode.results.options import ResultOptions
-from dicomnode.results.sr import find_instance, contributing_equipment, prepare_sources, radius_px
+from dicomnode.results.sr import find_instance, contributing_equipment, prepare_sources, radius_px, sort_by_position
 from dicomnode.results.uids import result_uid, settings_digest
 from inference.findings import Finding, SeriesResult
 
@@ -299,6 +299,16 @@ def summary_lines(result: SeriesResult) -> list[str]:
             for wrapped in textwrap.wrap(line, BANNER_WIDTH_CHARS, subsequent_indent="   ") or [""]]
 
 
+def _slices_drawn(source: Sequence[Dataset], result: SeriesResult) -> list[Dataset]:
+    """Prepared copies of only the slices the overlays are drawn on (the key slices, or the middle slice
+    when there is no finding), sorted along the normal: copying all of a 261-slice series took ~0.7 s."""
+    keys = {f.key_slice.sop_instance_uid for f in result.findings}
+    if keys:
+        return prepare_sources([ds for ds in source if ds.get("SOPInstanceUID") in keys])
+    ordered = sort_by_position(list(source))
+    return prepare_sources([ordered[len(ordered) // 2]])
+
+
 def build_overlays(
     source: Sequence[Dataset], result: SeriesResult, options: ResultOptions | None = None
 ) -> list[Dataset]:
@@ -308,7 +318,7 @@ def build_overlays(
     with every nodule on that slice outlined and a table of all findings at the top.
     """
     options = options or ResultOptions()
-    sources = prepare_sources(source)
+    sources = _slices_drawn(source, result)
     digest = settings_digest(options)
     images: list[Dataset] = []
     window = (options.window_center, options.window_width)

@@ -18,6 +18,9 @@ from inference.engines.base import (
 )
 
 if TYPE_CHECKING:
+    from typing import TypeGuard
+
+    from inference.nets.dpn3d import DPN26Detector
     from inference.engines.tensorrt_engine import InputProfile
     from inference.engines.triton_engine import TritonOptions
 
@@ -77,6 +80,13 @@ def _onnx_for(model: nn.Module | None, onnx_path: str | Path | None, network: Ne
     return path
 
 
+def _splittable(model: nn.Module | None) -> "TypeGuard[DPN26Detector]":
+    """Only the DPN26 detector has the stem/trunk split the slabbed engine exports."""
+    from inference.nets.dpn3d import DPN26Detector
+
+    return isinstance(model, DPN26Detector)
+
+
 # The network picks the wrapper type: callers that name it get a DetectorEngine or ClassifierEngine.
 @overload
 def make_engine(
@@ -93,6 +103,7 @@ def make_engine(
     trt_profile: Sequence[InputProfile] | None = ...,
     triton: TritonOptions | None = ...,
     weights_version: str | None = ...,
+    slab_memory_mb: int | None = ...,
 ) -> DetectorEngine: ...
 
 
@@ -111,6 +122,7 @@ def make_engine(
     trt_profile: Sequence[InputProfile] | None = ...,
     triton: TritonOptions | None = ...,
     weights_version: str | None = ...,
+    slab_memory_mb: int | None = ...,
 ) -> ClassifierEngine: ...
 
 
@@ -129,6 +141,7 @@ def make_engine(
     trt_profile: Sequence[InputProfile] | None = ...,
     triton: TritonOptions | None = ...,
     weights_version: str | None = ...,
+    slab_memory_mb: int | None = ...,
 ) -> DetectorEngine | ClassifierEngine: ...
 
 
@@ -146,12 +159,15 @@ def make_engine(
     trt_profile: Sequence[InputProfile] | None = None,
     triton: TritonOptions | None = None,
     weights_version: str | None = None,
+    slab_memory_mb: int | None = None,
 ) -> DetectorEngine | ClassifierEngine:
     """Build the engine for `network` from a torch module and/or its ONNX export.
 
     kind: "auto" | "torch" | "onnxruntime" | "tensorrt" | "triton". The torch engine needs `model`;
     the local others take `onnx_path` or export `model` into `cache_dir` once (keyed by the weights'
     SHA-256); "triton" needs `triton` (the server) and the weights' SHA-256 and version to check.
+    `slab_memory_mb`: for the onnxruntime detector built from a DPN26Detector, run its full-resolution
+    layers in z-slabs sized to this budget (inference.engines.slabbed: same output, bounded memory).
     """
     io = network_io(network)
     concrete = resolve_kind(kind)
@@ -170,9 +186,16 @@ def make_engine(
     elif concrete == "onnxruntime":
         from inference.engines.onnx_engine import OnnxRuntimeEngine
 
-        path = _onnx_for(model, onnx_path, network, cache, weights_sha256)
-        batch = max_batch or (16 if network == "classifier" else 1)
-        engine = OnnxRuntimeEngine(path, io, threads=threads, max_batch=batch)
+        if network == "detector" and slab_memory_mb and onnx_path is None and _splittable(model):
+            from inference.engines.slabbed import SlabbedDetectorEngine, export_split
+            from inference.nets.checkpoint import state_dict_sha256
+
+            stem, trunk = export_split(model, cache, weights_sha256 or state_dict_sha256(model))
+            engine = SlabbedDetectorEngine(stem, trunk, threads=threads, memory_mb=slab_memory_mb)
+        else:
+            path = _onnx_for(model, onnx_path, network, cache, weights_sha256)
+            batch = max_batch or (16 if network == "classifier" else 1)
+            engine = OnnxRuntimeEngine(path, io, threads=threads, max_batch=batch)
     else:
         from inference.engines.tensorrt_engine import TensorRTEngine, classifier_profile, detector_profile
 

@@ -109,3 +109,22 @@ def test_unmatched_series_is_ignored_with_the_reason(db):
         assert row.status == "ignored"
         assert "modality SR not in ['CT']" in row.status_reason
         assert s.query(Job).count() == 0
+
+
+def test_routing_wakes_the_job_workers_after_the_job_is_committed(db):
+    """The node wakes its job workers from this callback: a woken worker must already see the queued job
+    (woken before the commit, it would find nothing and sleep until its next poll)."""
+    study_id = _add_study(db, "4.4")
+    seen: list[list[tuple[int, str]]] = []
+
+    def wake() -> None:  # a worker's first look, from another session
+        with db.session() as s:
+            seen.append([(j.series_id, j.state) for j in s.query(Job).all()])
+
+    router = Router(db, [Route(name="ct", match=RouteMatch(modality=["CT"]))], _enqueue, on_job_queued=wake)
+    ct = _add_series(db, study_id, 1, 1.0, 100, "complete")
+    router.on_series_complete(ct)
+    assert seen == [[(ct, "queued")]]
+    mr = _add_series(db, study_id, 2, 1.0, 100, "complete", modality="MR")
+    router.on_series_complete(mr)  # ignored: nothing queued, nobody woken
+    assert len(seen) == 1
