@@ -194,6 +194,7 @@ class FindingRow(Base):
     lung: Mapped[str | None] = mapped_column(String(8))  # right | left
     zone: Mapped[str | None] = mapped_column(String(8))  # upper | middle | lower (approximates the lobe)
     juxtapleural: Mapped[bool | None]
+    perifissural: Mapped[bool | None]  # touches a fissure (NULL: recorded before it was checked)
     mean_diameter_mm: Mapped[float | None] = mapped_column(Float)  # the Lung-RADS measurement, 0.1 mm
     long_axis_mm: Mapped[float | None] = mapped_column(Float)
     short_axis_mm: Mapped[float | None] = mapped_column(Float)

@@ -153,7 +153,7 @@ def findings(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
                 FindingRow.nodule_type.label("type"), FindingRow.mean_diameter_mm, FindingRow.solid_component_mm,
                 FindingRow.lung_rads, FindingRow.brock_risk, FindingRow.model_score, FindingRow.calcified,
                 FindingRow.calcification_pattern, FindingRow.margin, FindingRow.lung, FindingRow.zone,
-                FindingRow.juxtapleural, FindingRow.long_axis_mm, FindingRow.short_axis_mm, FindingRow.diameter_mm,
+                FindingRow.juxtapleural, FindingRow.perifissural, FindingRow.long_axis_mm, FindingRow.short_axis_mm, FindingRow.diameter_mm,
                 FindingRow.volume_mm3, FindingRow.probability, FindingRow.center_x_mm, FindingRow.center_y_mm,
                 FindingRow.center_z_mm, FindingRow.sop_instance_uid, FindingRow.row, FindingRow.column,
                 FindingRow.lung_rads_reasons, FindingRow.note, Job.finished_at)

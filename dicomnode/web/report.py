@@ -107,6 +107,8 @@ def finding_cells(f: dict[str, Any]) -> list[str]:
     where = f"{loc.get('lung') or ''} {loc.get('zone') or ''}".strip() or "-"
     if loc.get("juxtapleural"):
         where += ", juxtapl."
+    if loc.get("perifissural"):
+        where += ", perifiss."
     return [str(f["index"]), kind, f"{size:.1f}", _opt(f.get("solid_component_mm"), "{:.1f}"), f["lung_rads"],
             _opt(f.get("brock_risk"), "{:.0%}"), f"{f['model_score']:.2f}", f.get("margin") or "-", where,
             f"{f['volume_mm3']:.0f}", f"{f['probability'] * 100:.0f}"]

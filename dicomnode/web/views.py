@@ -240,8 +240,9 @@ def api_series_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def finding_json(row: dict[str, Any]) -> dict[str, Any]:
     """A findings query row in the shape of `analyze --json`: `type`, `location` {lung, zone, ...}, reasons as a list."""
-    out = {k: v for k, v in row.items() if k not in ("lung", "zone", "juxtapleural", "lung_rads_reasons")}
-    out["location"] = {"lung": row.get("lung"), "zone": row.get("zone"), "juxtapleural": row.get("juxtapleural")}
+    out = {k: v for k, v in row.items() if k not in ("lung", "zone", "juxtapleural", "perifissural", "lung_rads_reasons")}
+    out["location"] = {"lung": row.get("lung"), "zone": row.get("zone"), "juxtapleural": row.get("juxtapleural"),
+                       "perifissural": row.get("perifissural")}
     out["lung_rads_reasons"] = (row.get("lung_rads_reasons") or "").splitlines()
     out["center_mm"] = [row.get("center_x_mm"), row.get("center_y_mm"), row.get("center_z_mm")]
     return out
@@ -366,7 +367,8 @@ def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> byte
     except FileNotFoundError:
         raise NotFound("the key slice of this finding is no longer in the spool") from None
     location = NoduleLocation(lung=f["location"]["lung"], zone=f["location"]["zone"],
-                              juxtapleural=bool(f["location"]["juxtapleural"]))
+                              juxtapleural=bool(f["location"]["juxtapleural"]),
+                              perifissural=bool(f["location"].get("perifissural")))
     finding = Finding(center_mm=(f["center_x_mm"], f["center_y_mm"], f["center_z_mm"]),
                       diameter_mm=f["mean_diameter_mm"] if f["mean_diameter_mm"] is not None else f["diameter_mm"],
                       volume_mm3=f["volume_mm3"], probability=f["probability"], model_score=f["model_score"],

@@ -95,7 +95,7 @@ def test_lists(client: httpx.Client, open_series: dict[str, Any]) -> None:
 def _assert_issue11_finding(finding: dict[str, Any]) -> None:
     """The fields and shape `analyze --json` has (issue 11), rounded to their precision."""
     assert finding["type"] == "part_solid" and finding["calcified"] is False and finding["margin"] == "lobulated"
-    assert finding["location"] == {"lung": "right", "zone": "upper", "juxtapleural": False}
+    assert finding["location"] == {"lung": "right", "zone": "upper", "juxtapleural": False, "perifissural": True}
     assert finding["mean_diameter_mm"] == pytest.approx(pipelines.DIAMETER_MM)
     assert finding["solid_component_mm"] == pytest.approx(pipelines.SOLID_MM)
     assert (finding["long_axis_mm"], finding["short_axis_mm"]) == (10.6, 8.4)

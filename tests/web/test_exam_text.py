@@ -44,12 +44,12 @@ def test_finding_recorded_before_issue_11_shows_dashes_not_errors() -> None:
     """A row migrated from 0003 has a model score but no type, axes or Brock risk: shown as '-'."""
     old = {"id": 1, "job_id": 1, "series_instance_uid": "1.2", "index": 1, "type": None, "mean_diameter_mm": None,
            "solid_component_mm": None, "lung_rads": "3", "brock_risk": None, "model_score": 0.41, "calcified": None,
-           "calcification_pattern": None, "margin": None, "lung": None, "zone": None, "juxtapleural": None,
+           "calcification_pattern": None, "margin": None, "lung": None, "zone": None, "juxtapleural": None, "perifissural": None,
            "long_axis_mm": None, "short_axis_mm": None, "diameter_mm": 7.2, "volume_mm3": 190.0, "probability": 0.9,
            "center_x_mm": 1.0, "center_y_mm": 2.0, "center_z_mm": 3.0, "sop_instance_uid": "1.2.3", "row": 1.0,
            "column": 2.0, "lung_rads_reasons": None, "note": None, "finished_at": None}
     f = finding_json(old)
-    assert f["location"] == {"lung": None, "zone": None, "juxtapleural": None} and f["lung_rads_reasons"] == []
+    assert f["location"] == {"lung": None, "zone": None, "juxtapleural": None, "perifissural": None} and f["lung_rads_reasons"] == []
     assert finding_cells(f) == ["1", "-", "7.2", "-", "3", "-", "0.41", "-", "-", "190", "90"]
     html = TEMPLATES.get_template("_findings.html").render(findings=[f], latest_done_job={"id": 1},
                                                            model_score_label="model score (phantom-trained weights)")

@@ -81,6 +81,7 @@ def _assert_issue11_fields(findings: str, page: str) -> None:
     assert re.search(r'<th title="Brock University \(PanCan\)[^"]*McWilliams[^"]*">Brock risk', findings)
     assert "model score (phantom-trained weights)" in findings and "p(cancer)" not in findings
     assert "right upper" in findings and "lobulated" in findings
+    assert "right upper, perifissural" in findings
     assert "approximates the lobe" in page
     exam = page.split('id="exam"')[1].split("</table>")[0]
     assert re.search(r'id="exam-lung-rads"><b>4A</b>', exam)
