@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,3 +117,30 @@ class NodePeer(Peer):
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(self.port, self.proc, self.name)
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], web_port: int, timeout: float = 300.0) -> None:
+    """Until the node's /health answers 200 (the model is loaded), as a running node would be when a study comes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # 503 while loading, or not listening yet
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the node was not ready within {timeout:g} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the node stops its receivers and loops), SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

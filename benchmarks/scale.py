@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.peers import free_port, wait_port  # noqa: E402
+from benchmarks.peers import free_port, stop, wait_healthy, wait_port  # noqa: E402
 
 STAGES = ("load", "preprocess", "detect", "classify", "characterize", "encoding")
 SIZES: dict[str, dict[str, Any]] = {
@@ -120,31 +119,6 @@ def start_node(workdir: Path, inference: str) -> tuple[subprocess.Popen[bytes], 
     return proc, port, web_port, data
 
 
-def wait_ready(proc: subprocess.Popen[bytes], web_port: int, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the node exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the node was not ready within {timeout:g} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def utc(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
@@ -197,7 +171,7 @@ def run_setup(key: str, folders: list[list[Path]], workdir: Path, args: argparse
     with setup.context(workdir, args) as inference:
         proc, port, web_port, data = start_node(workdir, inference)
         try:
-            wait_ready(proc, web_port)
+            wait_healthy(proc, web_port)
             for files in folders:  # one association per series, one after the other
                 subprocess.run([storescu, "-aet", "SCANNER", "-aec", "DICOMNODE", "127.0.0.1", str(port),
                                 *map(str, files)], check=True, capture_output=True)

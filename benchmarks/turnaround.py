@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.peers import free_port, wait_port  # noqa: E402
+from benchmarks.peers import free_port, stop, wait_healthy, wait_port  # noqa: E402
 from tests.peers.orthanc import OrthancProcess  # noqa: E402  (standard library only)
 
 LIDC = REPO.parent / "shared" / "data" / "lidc-idri-0002" / "series"
@@ -84,29 +83,7 @@ def start_node(workdir: Path, orthanc: OrthancProcess, port: int) -> Node:
 
 
 def wait_ready(node: Node, timeout: float = 300.0) -> None:
-    """Until /health answers 200 (the model is loaded), as a running node would be when a study comes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node.proc.poll() is not None:
-            raise RuntimeError(f"the node exited with {node.proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{node.web_port}/health", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:  # 503 while loading, or not listening yet
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the node was not ready within {timeout:g} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    wait_healthy(node.proc, node.web_port, timeout)
 
 
 def load_study(orthanc: OrthancProcess, folder: Path) -> str:

@@ -29,7 +29,7 @@ from inference.phantom.build import PhantomOptions, _add_noise, _scene
 from inference.phantom.drawing import _Grid
 from inference.phantom.model import Phantom, PhantomCase, PhantomNodule
 from inference.phantom.nodules import _place_nodules, nodule_volume_mm3, paint_nodule
-from inference.phantom.series import _slice_dataset, _uid
+from inference.phantom.series import _slice_dataset, _uid, slice_geometry
 
 DAYS_PER_MONTH = 365.25 / 12
 GROWTH_FACTORS = (3.0, 1.6)  # volume factors of the nodules after the first three, in turn
@@ -184,19 +184,10 @@ def write_follow_up_series(out_dir: str | Path, seed: int, prior_seed: int, mont
 
     n, rows, cols = phantom.hu.shape
     ffs = phantom.patient_position == "FFS"
-    ps = float(phantom.spacing[1])
     stored = (phantom.hu.astype(np.int32) + 1024).astype(np.int16)
     files = []
     for instance, k in enumerate(np.arange(n) if ffs else np.arange(n)[::-1], start=1):
-        z = float(phantom.origin[2] + k * phantom.spacing[0])
-        if ffs:
-            iop = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ipp = [float(phantom.origin[0] + (cols - 1) * ps), float(phantom.origin[1]), z]
-            pixels = stored[k, :, ::-1]
-        else:
-            iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ipp = [float(phantom.origin[0]), float(phantom.origin[1]), z]
-            pixels = stored[k]
+        iop, ipp, pixels = slice_geometry(phantom, stored, int(k))
         ds = _slice_dataset(
             seed=prior_seed, key=key, instance=instance, pixels=np.ascontiguousarray(pixels), iop=iop, ipp=ipp,
             phantom=phantom, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, sex=sex, age=age,

@@ -19,6 +19,17 @@ def _uid(seed: int, *parts: object) -> UID:
     return generate_uid(entropy_srcs=["dicomnode-phantom", str(seed), *map(str, parts)])
 
 
+def slice_geometry(phantom: Phantom, stored: np.ndarray, k: int) -> tuple[list[float], list[float], np.ndarray]:
+    """Image Orientation, Image Position and the stored pixels of slice k: feet-first supine images are
+    mirrored left-right (the patient's right is then on the image's right), so the row direction flips."""
+    cols = phantom.hu.shape[2]
+    z = float(phantom.origin[2] + k * phantom.spacing[0])
+    if phantom.patient_position == "FFS":
+        ipp = [float(phantom.origin[0] + (cols - 1) * float(phantom.spacing[1])), float(phantom.origin[1]), z]
+        return [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0], ipp, stored[k, :, ::-1]
+    return [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [float(phantom.origin[0]), float(phantom.origin[1]), z], stored[k]
+
+
 def write_phantom_series(
     out_dir: str | Path, seed: int, *, fov_padding: bool = False, **options: Unpack[PhantomOptions]
 ) -> PhantomCase:
@@ -43,7 +54,6 @@ def write_phantom_series(
 
     n, rows, cols = phantom.hu.shape
     ffs = phantom.patient_position == "FFS"
-    ps = float(phantom.spacing[1])
     intercept = -1024.0
     stored = (phantom.hu.astype(np.int32) - int(intercept)).astype(np.int16)
     if fov_padding:
@@ -53,15 +63,7 @@ def write_phantom_series(
     z_order = np.arange(n) if ffs else np.arange(n)[::-1]  # instance 1 is the first slice scanned
     files = []
     for instance, k in enumerate(z_order, start=1):
-        z = float(phantom.origin[2] + k * phantom.spacing[0])
-        if ffs:
-            iop = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ipp = [float(phantom.origin[0] + (cols - 1) * ps), float(phantom.origin[1]), z]
-            pixels = stored[k, :, ::-1]
-        else:
-            iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ipp = [float(phantom.origin[0]), float(phantom.origin[1]), z]
-            pixels = stored[k]
+        iop, ipp, pixels = slice_geometry(phantom, stored, int(k))
         ds = _slice_dataset(
             seed=seed, key=key, instance=instance, pixels=np.ascontiguousarray(pixels), iop=iop, ipp=ipp,
             phantom=phantom, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, sex=sex, age=age,
