@@ -27,6 +27,7 @@ import os
 import pickle
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -155,6 +156,8 @@ class ReceiverPool(threading.Thread):
         self.db = db
         self.lifecycle = lifecycle
         self.slots_file = Path(settings.node.data_dir) / "receivers.slots"
+        # per host: pids mean nothing on another machine sharing the data directory
+        self.pid_file = Path(settings.node.data_dir) / f"receivers-{socket.gethostname()}.pids"
         self.receivers = [Receiver(i) for i in range(processes)]
         self._stopping = threading.Event()
         self._launched = False
@@ -166,9 +169,24 @@ class ReceiverPool(threading.Thread):
         if self._launched:
             return
         self._launched = True
+        stale = reap_stale_receivers(self.pid_file)
+        if stale:
+            with self.db.session() as s:
+                record_event(s, EventCode.RECEIVER_EXITED,
+                             f"DICOM receiver process(es) {', '.join(map(str, stale))} of a node that ended without "
+                             "stopping them were still listening on the port: killed before this node listens",
+                             details={"pids": stale})
         SharedSlots.create(self.slots_file, len(self.receivers))
         for receiver in self.receivers:
             receiver.launch(self.settings, self.slots_file)
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        """The receivers' pids, for the next start to find any this run leaves behind (kill -9 of the node)."""
+        pids = "".join(f"{r.pid}\n" for r in self.receivers if r.pid)
+        tmp = self.pid_file.with_name(self.pid_file.name + ".tmp")
+        tmp.write_text(pids)
+        os.replace(tmp, self.pid_file)
 
     def start(self) -> None:
         """All receivers listening (or ReceiverFailed), then the supervising thread."""
@@ -186,6 +204,7 @@ class ReceiverPool(threading.Thread):
 
     def _start_one(self, receiver: Receiver) -> None:
         receiver.launch(self.settings, self.slots_file)
+        self._write_pids()
         receiver.go()
         receiver.wait_ready()
         self._announce(receiver)
@@ -260,6 +279,51 @@ class ReceiverPool(threading.Thread):
         self.stop_receivers()
         if self.is_alive():
             self.join(STOP_TIMEOUT_S)
+
+
+def reap_stale_receivers(pid_file: Path, timeout: float = STOP_TIMEOUT_S) -> list[int]:
+    """Kill the receiver processes a previous run of this node (same data directory) left listening.
+
+    A receiver exits when the node's end of its stdin closes, also when the node is killed with -9,
+    but that takes a moment, and with SO_REUSEPORT a new node could share the port with it meanwhile:
+    a connection handed to the dying one would be cut. Only processes that are still our receivers
+    (their command line says so) are killed; what they acknowledged is already on disk."""
+    try:
+        recorded = [int(line) for line in pid_file.read_text().split() if line.isdigit()]
+    except OSError:
+        return []
+    killed = []
+    for pid in recorded:
+        if pid == os.getpid() or not _is_receiver(pid):
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.append(pid)
+    deadline = time.monotonic() + timeout
+    while any(_is_receiver(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return killed
+
+
+def _is_receiver(pid: int) -> bool:
+    """A live (not zombie) process running dicomnode.receive.receivers whose node is gone (its parent
+    is no longer a dicomnode process): a live node's receivers are never touched."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        state, parent = fields[0], int(fields[1])
+        parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes() if parent > 1 else b""
+    except (OSError, IndexError, ValueError):
+        return False
+    return b"dicomnode.receive.receivers" in cmdline and state != "Z" and not _is_node(parent_cmdline)
+
+
+def _is_node(cmdline: bytes) -> bool:
+    """`python -m dicomnode.cli serve ...` or `dicomnode serve ...`."""
+    args = cmdline.split(b"\0")
+    return b"serve" in args and any(a == b"dicomnode.cli" or a.rsplit(b"/", 1)[-1] == b"dicomnode" for a in args)
 
 
 def _exit_text(status: int | None) -> str:

@@ -70,6 +70,9 @@ class NodeProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        # its receiver processes exit when they see it gone; until then they hold the port, and a
+        # start() right after would take their listening socket for the new node's
+        wait_for(lambda: not port_open(self.port), 30, "the killed node's receivers to leave the port")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,24 @@ def test_kill9_of_a_receiver_mid_series_loses_nothing_acknowledged(node, tmp_pat
     assert rest_pid in receiver_pids(node)
     wait_for(lambda: len(series_events(node, uid, SERIES_COMPLETE)) == 2, WAIT, "the re-opened series to complete")
     assert series_row(node, uid)["instance_count"] == 16
+
+
+def test_a_receiver_left_by_a_dead_node_is_killed_before_a_new_node_listens(tmp_path: Path) -> None:
+    """After kill -9 of a node its receivers exit on their own, but until they do they share the port
+    (SO_REUSEPORT) with a new node: the next start kills those still there, only those."""
+    from dicomnode.receive.receivers import reap_stale_receivers
+
+    stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "dicomnode.receive.receivers"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "something.else"])
+    try:
+        pid_file = tmp_path / "receivers-host.pids"
+        pid_file.write_text(f"{stale.pid}\n{other.pid}\n999999999\n")
+        assert reap_stale_receivers(pid_file) == [stale.pid]
+        assert stale.wait(10) == -signal.SIGKILL
+        assert other.poll() is None  # not a receiver: left alone
+        assert reap_stale_receivers(tmp_path / "missing.pids") == []
+    finally:
+        for proc in (stale, other):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
