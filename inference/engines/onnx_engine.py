@@ -2,11 +2,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from inference.engines.base import Engine, EngineUnavailable, NetworkIO
+
+
+def cpu_session(onnx_path: str | Path, threads: int | None, arena: bool = True, mem_pattern: bool = True) -> Any:
+    """An ONNX Runtime CPU session as the engines use it: all graph optimisations, sequential execution,
+    `threads` intra-op threads (None: ONNX Runtime's default), one inter-op thread; `arena` and
+    `mem_pattern` are ONNX Runtime's CPU memory arena and memory-pattern planning."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+        raise EngineUnavailable("onnxruntime engine: the onnxruntime package is not installed") from exc
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_cpu_mem_arena = arena
+    opts.enable_mem_pattern = mem_pattern
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeEngine(Engine):
@@ -18,19 +37,8 @@ class OnnxRuntimeEngine(Engine):
         max_batch: int = 1,
         memory_arena: bool = True,
     ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
-            raise EngineUnavailable("onnxruntime engine: the onnxruntime package is not installed") from exc
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
         # The arena keeps peak memory allocated between runs; for one whole-volume pass, off is leaner.
-        opts.enable_cpu_mem_arena = memory_arena
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads, arena=memory_arena)
         names = tuple(i.name for i in self.session.get_inputs())
         if names != io.input_names:
             raise ValueError(f"{onnx_path}: inputs {names}, expected {io.input_names} for a {io.kind}")

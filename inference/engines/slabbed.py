@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.engines.base import DETECTOR_IO, Engine, EngineUnavailable
+from inference.engines.base import DETECTOR_IO, Engine
+from inference.engines.onnx_engine import cpu_session
 from inference.nets.dpn3d import DPN26Detector
 
 # The stem's receptive field reaches 4 input slices either side of a half-resolution output (conv1: 1;
@@ -126,27 +127,16 @@ class SlabbedDetectorEngine(Engine):
     """The detector as stem (slab by slab) + trunk (once) on ONNX Runtime's CPU provider."""
 
     def __init__(self, stem: Path, trunk: Path, threads: int | None = None, memory_mb: int = 512) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
-            raise EngineUnavailable("onnxruntime engine: the onnxruntime package is not installed") from exc
-
-        def session(path: Path, arena: bool) -> "ort.InferenceSession":
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            if threads:
-                opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            opts.enable_cpu_mem_arena = arena
+        def session(path: Path, arena: bool) -> Any:
             # a memory pattern is a second, planned block next to the arena's: double the memory, no speed gained
-            opts.enable_mem_pattern = False
-            return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            return cpu_session(path, threads, arena=arena, mem_pattern=False)
 
         # The stem sees same-shaped slabs: its arena is reused and stays at one slab's size. The trunk
         # runs once per series on large tensors: without an arena its memory goes back after the run
         # instead of staying with the process.
-        self.stem = session(stem, arena=True)
+        self.stem = session(stem, arena=True)  # EngineUnavailable, naming it, without onnxruntime
+        import onnxruntime as ort
+
         # ... and gives its arena back after the last slab, before the trunk needs the memory
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
