@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import Insert, insert
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.models import Instance
@@ -100,9 +99,7 @@ class InstanceCommitter:
             with self.db.engine.begin() as conn:
                 conn.execute(self._plain, row.values)
             row.inserted = True
-        except IntegrityError as exc:
-            row.error = exc  # the caller tells a duplicate from another constraint
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the caller, who tells a duplicate (IntegrityError) from the rest
             row.error = exc
         finally:
             row.done = True
