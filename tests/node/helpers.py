@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tests.conftest import REPO_ROOT, require_tool
 
 PYTHON = sys.executable
@@ -68,10 +70,15 @@ class NodeProcess:
 
     def kill9(self) -> None:
         assert self.proc is not None
+        receivers = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
         # its receiver processes exit when they see it gone; until then they hold the port, and a
-        # start() right after would take their listening socket for the new node's
+        # start() right after would take their listening socket for the new node's. Wait for the
+        # processes, not for a refused connect: with two receivers on the port (SO_REUSEPORT) one
+        # may refuse while the other still listens.
+        _, alive = psutil.wait_procs(receivers, timeout=30)
+        assert not alive, f"the killed node's receivers {[p.pid for p in alive]} did not exit"
         wait_for(lambda: not port_open(self.port), 30, "the killed node's receivers to leave the port")
 
     def stop(self) -> None:
