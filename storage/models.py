@@ -202,6 +202,18 @@ class FindingRow(Base):
     brock_risk: Mapped[float | None] = mapped_column(Float)  # 0..1, Brock (PanCan) full model
     lung_rads_reasons: Mapped[str | None] = mapped_column(Text)  # one reason per line
     note: Mapped[str | None] = mapped_column(Text)  # e.g. "cut by the field of view"
+    # issue 12: the SR's TID 1500 Tracking UID of this nodule (a matched prior nodule's, reused) and its
+    # comparison with the prior exam; NULL when no comparison was made (see job.summary["comparison"])
+    tracking_uid: Mapped[str | None] = mapped_column(String(64))
+    comparison_status: Mapped[str | None] = mapped_column(String(16))  # new | growing | stable | shrinking
+    prior_finding_id: Mapped[int | None] = mapped_column(Integer)  # findings.id of the prior exam's nodule
+    prior_mean_diameter_mm: Mapped[float | None] = mapped_column(Float)
+    prior_volume_mm3: Mapped[float | None] = mapped_column(Float)
+    interval_days: Mapped[int | None]
+    volume_change_pct: Mapped[float | None] = mapped_column(Float)
+    doubling_time_days: Mapped[float | None] = mapped_column(Float)  # NULL: not growing (or no prior)
+    diameter_change_mm: Mapped[float | None] = mapped_column(Float)
+    lung_rads_growth: Mapped[bool | None]  # mean diameter grew > 1.5 mm within 12 months
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     row: Mapped[float] = mapped_column(Float)
     column: Mapped[float] = mapped_column(Float)
