@@ -18,7 +18,16 @@ from dicomnode.node import Node
 from dicomnode.web.auth import SESSION_CSRF, Auth, Principal, client_host, csrf_token
 from dicomnode.web.deps import get_auth, get_node, page_post, page_user
 from dicomnode.web.echo import UnknownDestination, echo_destination
-from dicomnode.web.report import build_pdf, report_context
+from dicomnode.web.report import (
+    COMPARISON_COLUMNS,
+    RESOLVED_COLUMNS,
+    build_pdf,
+    comparison_cells,
+    comparison_rows,
+    dicom_date,
+    report_context,
+    resolved_cells,
+)
 from dicomnode.web.receive import receive_upload
 from dicomnode.web.story import series_story
 from dicomnode.web.tables import cell, short_uid, table_rows
@@ -29,6 +38,7 @@ from dicomnode.web.views import (
     overlay_images,
     overlay_png,
     series_detail,
+    series_timeline,
 )
 from storage.queries import (
     AUDIT_SUBJECTS,
@@ -54,6 +64,13 @@ def _bytes(value: float | None) -> str:
 TEMPLATES.env.filters["bytes"] = _bytes
 TEMPLATES.env.filters["urlquote"] = lambda v: quote(str(v), safe="")
 TEMPLATES.env.filters["short_uid"] = short_uid
+# the comparison with the prior exam: the same cells in the console, the HTML report and the PDF
+TEMPLATES.env.filters["dicom_date"] = dicom_date
+TEMPLATES.env.filters["comparison_rows"] = comparison_rows
+TEMPLATES.env.filters["comparison_cells"] = comparison_cells
+TEMPLATES.env.filters["resolved_cells"] = resolved_cells
+TEMPLATES.env.globals["comparison_columns"] = COMPARISON_COLUMNS
+TEMPLATES.env.globals["resolved_columns"] = RESOLVED_COLUMNS
 
 
 def _age(seconds: float | None) -> str:
@@ -182,7 +199,7 @@ def series_one(series_uid: str, request: Request, page: int = Query(1, ge=1, le=
     with node.db.session() as s:
         story = series_story(series_events(s, series_uid), page)
     return render(request, "series.html", user, **detail, images=overlay_images(node, series_uid, detail),
-                  story=story)
+                  story=story, timeline=series_timeline(node, series_uid))
 
 
 @router.get("/series/{series_uid}/overlay/{key}.png")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fpdf import FPDF
 
 from dicomnode.web.views import (
+    NotFound,
     OverlayImage,
     model_info,
     model_warning,
@@ -79,6 +80,8 @@ def build_pdf(node: Node, series_uid: str) -> bytes:
         pdf.multi_cell(0, 5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
     if ctx["exam"]:
         _exam(pdf, ctx["exam"])
+    if ctx["comparison"]:
+        _comparison(pdf, ctx)
     pdf.ln(3)
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, f"Findings ({len(ctx['findings'])})", new_x="LMARGIN", new_y="NEXT")
@@ -112,6 +115,71 @@ def finding_cells(f: dict[str, Any]) -> list[str]:
     return [str(f["index"]), kind, f"{size:.1f}", _opt(f.get("solid_component_mm"), "{:.1f}"), f["lung_rads"],
             _opt(f.get("brock_risk"), "{:.0%}"), f"{f['model_score']:.2f}", f.get("margin") or "-", where,
             f"{f['volume_mm3']:.0f}", f"{f['probability'] * 100:.0f}"]
+
+
+# the comparison with the prior exam (issue 12), in the same A4 width
+COMPARISON_COLUMNS = [("#", 7), ("Status", 17), ("Prior Ø mm", 17), ("Mean Ø mm", 17), ("Ø change", 14),
+                      ("Prior vol. mm³", 22), ("Vol. mm³", 16), ("Vol. change", 17), ("Doubling time", 23),
+                      ("Growth flag", 18), ("Lung-RADS", 22)]
+RESOLVED_COLUMNS = [("Prior #", 14), ("Type", 26), ("Prior Ø mm", 20), ("Prior vol. mm³", 24), ("Prior Lung-RADS", 26),
+                    ("Centre x, y, z mm (prior exam)", 80)]
+DAYS_PER_MONTH = 365.25 / 12
+
+
+def dicom_date(value: Any) -> str:
+    """YYYYMMDD as YYYY-MM-DD; anything else as it is ('' for none)."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}" if len(text) == 8 and text.isdigit() else text
+
+
+def interval_text(days: Any) -> str:
+    return "unknown" if days is None else f"{days} days ({days / DAYS_PER_MONTH:.1f} months)"
+
+
+def doubling_text(c: dict[str, Any]) -> str:
+    """Days, or "not growing" for a matched nodule without one (shrinking or within measurement error)."""
+    if c.get("status") == "new":
+        return "-"  # nothing to grow from
+    days = c.get("doubling_time_days")
+    return "not growing" if days is None else f"{days:.0f} days"
+
+
+def comparison_cells(f: dict[str, Any]) -> list[str]:
+    """One comparison-table row as text, in COMPARISON_COLUMNS order ('-' where there is nothing to compare)."""
+    c = f.get("comparison") or {}
+    prior = c.get("prior") or {}
+    size = f["mean_diameter_mm"] if f.get("mean_diameter_mm") is not None else f["diameter_mm"]
+    growth = c.get("lung_rads_growth")
+    return [str(f["index"]), c.get("status") or "not compared", _opt(prior.get("mean_diameter_mm"), "{:.1f}"),
+            f"{size:.1f}", _opt(c.get("diameter_change_mm"), "{:+.1f}"), _opt(prior.get("volume_mm3"), "{:.0f}"),
+            f"{f['volume_mm3']:.0f}", _opt(c.get("volume_change_pct"), "{:+.0f}%"),
+            doubling_text(c) if c else "-", "-" if growth is None else ("yes" if growth else "no"), f["lung_rads"]]
+
+
+def resolved_cells(r: dict[str, Any]) -> list[str]:
+    center = r.get("center_mm") or []
+    where = ", ".join(f"{v:.1f}" for v in center) if len(center) == 3 else "-"
+    return [str(r.get("prior_index", "-")), (r.get("type") or "-").replace("_", "-"),
+            _opt(r.get("mean_diameter_mm"), "{:.1f}"), _opt(r.get("volume_mm3"), "{:.0f}"), str(r.get("lung_rads") or "-"),
+            where]
+
+
+def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str]]:
+    """The exam-level comparison: the prior study, the interval, the follow-up category; or why none was made."""
+    if not comparison.get("performed"):
+        return [("Prior", str(comparison.get("reason") or "prior not available"))]
+    study = f"{dicom_date(comparison.get('prior_study_date')) or 'date unknown'}, study UID " \
+            f"{comparison.get('prior_study_instance_uid') or 'unknown'}"
+    category = str(comparison.get("lung_rads") or "-")
+    if comparison.get("lung_rads_reason"):
+        category += f" - {comparison['lung_rads_reason']}"
+    rows = [("Prior study", study), ("Interval", interval_text(comparison.get("interval_days"))),
+            ("Lung-RADS (follow-up)", category)]
+    if comparison.get("recommendation"):
+        rows.append(("Recommendation", str(comparison["recommendation"])))
+    if comparison.get("reason"):
+        rows.append(("Note", str(comparison["reason"])))
+    return rows
 
 
 def _fit_cell(pdf: FPDF, width: float, text: str, size: float = 8.0) -> None:
@@ -156,6 +224,37 @@ def _exam(pdf: FPDF, exam: dict[str, Any]) -> None:
         pdf.multi_cell(0, 5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
 
 
+def _table(pdf: FPDF, columns: list[tuple[str, int]], rows: list[list[str]]) -> None:
+    pdf.set_font("Helvetica", "B", 8)
+    for title, width in columns:
+        _fit_cell(pdf, width, _latin1(title))
+    pdf.ln()
+    pdf.set_font("Helvetica", "", 8)
+    for row in rows:
+        for (_, width), value in zip(columns, row):
+            _fit_cell(pdf, width, _latin1(value))
+        pdf.ln()
+
+
+def _comparison(pdf: FPDF, ctx: dict[str, Any]) -> None:
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 7, "Comparison with the prior exam", new_x="LMARGIN", new_y="NEXT")
+    for label, value in comparison_rows(ctx["comparison"]):
+        pdf.set_font("Helvetica", "B", 9)
+        pdf.cell(38, 5, _latin1(label))
+        pdf.set_font("Helvetica", "", 9)
+        pdf.multi_cell(0, 5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    if not ctx["comparison"].get("performed"):
+        return
+    if ctx["findings"]:
+        _table(pdf, COMPARISON_COLUMNS, [comparison_cells(f) for f in ctx["findings"]])
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.cell(0, 6, f"Resolved prior nodules ({len(ctx['resolved'])})", new_x="LMARGIN", new_y="NEXT")
+    if ctx["resolved"]:
+        _table(pdf, RESOLVED_COLUMNS, [resolved_cells(r) for r in ctx["resolved"]])
+
+
 def _footnotes(pdf: FPDF, ctx: dict[str, Any]) -> None:
     notes = [f"* Brock risk: {ctx['brock_method']}.",
              (f"Model score: {ctx['model_score_label']}; the DeepLung classifier trained on synthetic phantoms, "
@@ -180,10 +279,15 @@ def _key_images(pdf: FPDF, node: Node, series_uid: str, images: list[OverlayImag
             pdf.add_page()
         x = pdf.l_margin + (i % 2) * (size + 5)
         y = pdf.get_y()
-        pdf.image(io.BytesIO(overlay_png(node, series_uid, image.key)), x=x, y=y, w=size, h=size, keep_aspect_ratio=True)
+        caption = image.caption
+        try:
+            pdf.image(io.BytesIO(overlay_png(node, series_uid, image.key)), x=x, y=y, w=size, h=size,
+                      keep_aspect_ratio=True)
+        except NotFound as exc:  # e.g. retention removed the key slice: the report is still printed
+            caption += f" - image not available: {exc}"
         pdf.set_xy(x, y + size + 1)
         pdf.set_font("Helvetica", "", 7)
-        pdf.multi_cell(size, 3.5, _latin1(image.caption))
+        pdf.multi_cell(size, 3.5, _latin1(caption))
         if i % 2 == 0 and i + 1 < len(images):
             pdf.set_xy(x + size + 5, y)
         else:

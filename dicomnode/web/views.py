@@ -13,6 +13,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import SecondaryCaptureImageStorage
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, aliased
 
 from dicomnode.process.pipelines import MODEL_PIPELINES, model_identity, model_manifest
 from dicomnode.web.story import is_job_or_delivery
@@ -202,6 +203,12 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
             findings = sorted((finding_json(r) for r in rows
                                if r["job_id"] == done["id"] and r["series_instance_uid"] == series_uid),
                               key=lambda r: r["index"])
+            attach_comparisons(s, findings)
+        for j in jobs:
+            j["comparison"], j["resolved"] = job_comparison(j.get("summary"))
+        comparison, resolved = job_comparison((done or {}).get("summary"))
+        if comparison is not None:
+            comparison["prior_series_known"] = _series_known(s, comparison.get("prior_series_instance_uid"))
         deliveries = [d for d in run_query(s, "deliveries", f) if d["series_instance_uid"] == series_uid]
         events = api_series_events(series_events(s, series_uid))
         info = {
@@ -211,6 +218,7 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
             "study_description": study.study_description, "modality": series.modality,
             "series_number": series.series_number, "series_description": series.series_description,
             "slice_thickness": series.slice_thickness, "instance_count": series.instance_count,
+            "issuer_of_patient_id": study.issuer_of_patient_id or "", "role": series.role,
             "calling_ae": series.calling_ae, "peer_host": series.peer_host, "status": series.status,
             "status_reason": series.status_reason, "route_name": series.route_name, "generation": series.generation,
         }
@@ -219,11 +227,13 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
     exam = (done or {}).get("exam") if analysed else None
     # the exam's own category (0 when the lungs are not covered) wins over the highest nodule category
     lung_rads = (exam or {}).get("lung_rads") or lung_rads_overall([x["lung_rads"] for x in findings])
+    if comparison is not None and comparison.get("performed") and comparison.get("lung_rads"):
+        lung_rads = comparison["lung_rads"]  # with a prior, the v2022 follow-up category is the exam's category
     return {"series": info, "jobs": jobs, "latest_done_job": done, "findings": findings,
             "lung_rads": lung_rads if analysed else None, "exam": exam_view(exam),
             "model_score_label": model_score_label(exam), "model_score_validated": (exam or {}).get("headline") == "model",
             "brock_method": BROCK_METHOD, "zone_note": ZONE_NOTE,
-            "deliveries": deliveries, "events": events}
+            "comparison": comparison, "resolved": resolved, "deliveries": deliveries, "events": events}
 
 
 # events of a series in /api/series/{uid} besides its job and delivery events (those are all there)
@@ -246,6 +256,140 @@ def finding_json(row: dict[str, Any]) -> dict[str, Any]:
     out["lung_rads_reasons"] = (row.get("lung_rads_reasons") or "").splitlines()
     out["center_mm"] = [row.get("center_x_mm"), row.get("center_y_mm"), row.get("center_z_mm")]
     return out
+
+
+# -- comparison with the prior exam (issue 12) ---------------------------------------------------
+# FindingRow columns (migration 0014) that the job fills when it compared the exam with a prior
+_PRIOR = aliased(FindingRow)
+_COMPARISON_COLUMNS = (FindingRow.id, FindingRow.tracking_uid, FindingRow.comparison_status, FindingRow.prior_finding_id,
+                       FindingRow.prior_mean_diameter_mm, FindingRow.prior_volume_mm3, FindingRow.interval_days,
+                       FindingRow.volume_change_pct, FindingRow.doubling_time_days, FindingRow.diameter_change_mm,
+                       FindingRow.lung_rads_growth, _PRIOR.index.label("prior_index"),
+                       _PRIOR.center_x_mm.label("prior_x"), _PRIOR.center_y_mm.label("prior_y"),
+                       _PRIOR.center_z_mm.label("prior_z"), _PRIOR.nodule_type.label("prior_type"),
+                       _PRIOR.lung_rads.label("prior_lung_rads"))
+_ID_CHUNK = 500  # ids per IN (...): well under every driver's limit on bound parameters
+
+
+def _round(value: float | None, decimals: int) -> float | None:
+    return None if value is None else round(float(value), decimals)
+
+
+def comparison_json(row: Any) -> dict[str, Any] | None:
+    """One finding's `comparison` in the shape of `analyze --json` (FindingComparison.to_json), from its
+    0014 columns and its prior finding's row; None when the job made no comparison."""
+    if row.comparison_status is None:
+        return None
+    prior = None
+    if row.prior_finding_id is not None or row.prior_mean_diameter_mm is not None:
+        center = None if row.prior_x is None else [round(c, 1) for c in (row.prior_x, row.prior_y, row.prior_z)]
+        prior = {"finding_id": row.prior_finding_id, "index": row.prior_index,  # None: the prior's row is gone
+                 "center_mm": center, "mean_diameter_mm": _round(row.prior_mean_diameter_mm, 1),
+                 "volume_mm3": _round(row.prior_volume_mm3, 2), "type": row.prior_type,
+                 "lung_rads": row.prior_lung_rads}
+    return {"status": row.comparison_status, "prior": prior, "interval_days": row.interval_days,
+            "volume_change_pct": _round(row.volume_change_pct, 1),
+            "doubling_time_days": _round(row.doubling_time_days, 1),  # None: not growing (or new)
+            "diameter_change_mm": _round(row.diameter_change_mm, 1),
+            "lung_rads_growth": None if row.lung_rads_growth is None else bool(row.lung_rads_growth)}
+
+
+def attach_comparisons(s: Session, findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set `tracking_uid` and `comparison` on finding_json dicts (by their `id`), in place."""
+    ids = [f["id"] for f in findings]
+    found: dict[int, Any] = {}
+    for start in range(0, len(ids), _ID_CHUNK):
+        query = (select(*_COMPARISON_COLUMNS).outerjoin(_PRIOR, _PRIOR.id == FindingRow.prior_finding_id)
+                 .where(FindingRow.id.in_(ids[start:start + _ID_CHUNK])))
+        found.update({row[0]: row for row in s.execute(query)})
+    for f in findings:
+        row = found.get(f["id"])
+        f["tracking_uid"] = None if row is None else row.tracking_uid
+        f["comparison"] = None if row is None else comparison_json(row)
+    return findings
+
+
+def job_comparison(summary: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the exam-level comparison, the resolved prior nodules) of a job summary: summary["comparison"] is
+    Comparison.summary_json() plus "resolved", or {"performed": false, "reason": ...}; (None, []) for a
+    job that looked for no prior."""
+    comparison = summary.get("comparison") if isinstance(summary, dict) else None
+    if not isinstance(comparison, dict):
+        return None, []
+    resolved = comparison.get("resolved")
+    return ({k: v for k, v in comparison.items() if k != "resolved"},
+            [r for r in resolved if isinstance(r, dict)] if isinstance(resolved, list) else [])
+
+
+def _series_known(s: Session, series_uid: Any) -> bool:
+    if not isinstance(series_uid, str) or not series_uid:
+        return False
+    return s.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).first() is not None
+
+
+def patient_timeline(s: Session, patient_id: str, issuer: str, current_series_uid: str | None = None) -> list[dict[str, Any]]:
+    """Every analysed exam (series with a finished job) of one patient, the same PatientID and issuer
+    ("" for none), oldest first (undated last), each with its exam Lung-RADS and comparison counts.
+    Without a PatientID nothing identifies the patient: only the current series is listed."""
+    query = (select(Study.study_date, Study.study_instance_uid, Study.accession_number, Study.study_description,
+                    Series.series_instance_uid, Series.series_number, Series.series_description, Series.modality,
+                    Series.role, Job.id.label("job_id"), Job.verdict, Job.summary, Job.finished_at)
+             .join(Series, Series.study_id == Study.id).join(Job, Job.series_id == Series.id)
+             .where(Job.state == JobState.DONE))
+    if patient_id:
+        query = query.where(Study.patient_id == patient_id, func.coalesce(Study.issuer_of_patient_id, "") == issuer)
+    else:
+        query = query.where(Series.series_instance_uid == (current_series_uid or ""))
+    latest: dict[str, Any] = {}
+    for row in s.execute(query.order_by(Job.id)):
+        latest[row.series_instance_uid] = row  # the newest finished job of each series wins
+    categories: dict[int, list[tuple[str, str | None]]] = {row.job_id: [] for row in latest.values()}
+    job_ids = list(categories)
+    for start in range(0, len(job_ids), _ID_CHUNK):
+        for job_id, category, status in s.execute(
+                select(FindingRow.job_id, FindingRow.lung_rads, FindingRow.comparison_status)
+                .where(FindingRow.job_id.in_(job_ids[start:start + _ID_CHUNK]))):
+            categories[job_id].append((category, status))
+    exams = [_timeline_exam(row, categories[row.job_id], current_series_uid) for row in latest.values()]
+    return sorted(exams, key=lambda e: (e["study_date"] or "99999999", e["finished_at"] or "", e["job_id"]))
+
+
+def _timeline_exam(row: Any, findings: list[tuple[str, str | None]], current_series_uid: str | None) -> dict[str, Any]:
+    analysed = row.verdict != "not_analysed"
+    summary = row.summary if isinstance(row.summary, dict) else {}
+    comparison, resolved = job_comparison(summary)
+    exam: dict[str, Any] = summary["exam"] if isinstance(summary.get("exam"), dict) else {}
+    follow_up = (comparison or {}).get("lung_rads") if (comparison or {}).get("performed") else None
+    category = follow_up or exam.get("lung_rads") or lung_rads_overall([c for c, _ in findings])
+    statuses: dict[str, int] = {}
+    for _, status in findings:
+        if status:
+            statuses[status] = statuses.get(status, 0) + 1
+    if resolved:
+        statuses["resolved"] = len(resolved)
+    return {"study_date": row.study_date or None, "study_instance_uid": row.study_instance_uid,
+            "accession_number": row.accession_number, "study_description": row.study_description,
+            "series_instance_uid": row.series_instance_uid, "series_number": row.series_number,
+            "series_description": row.series_description, "modality": row.modality, "role": row.role,
+            "job_id": row.job_id, "verdict": row.verdict,
+            "finished_at": row.finished_at.replace(tzinfo=UTC).isoformat(timespec="seconds") if row.finished_at else None,
+            "lung_rads": category if analysed else None, "findings": len(findings),
+            "comparison": None if comparison is None else {"performed": bool(comparison.get("performed")),
+                                                           "reason": comparison.get("reason"),
+                                                           "prior_study_instance_uid": comparison.get("prior_study_instance_uid"),
+                                                           "statuses": statuses},
+            "current": row.series_instance_uid == current_series_uid}
+
+
+def series_timeline(node: Node, series_uid: str) -> dict[str, Any]:
+    """The timeline of the patient of one series (NotFound when the node has no such series)."""
+    with node.db.session() as s:
+        row = s.execute(select(Study.patient_id, Study.patient_name, func.coalesce(Study.issuer_of_patient_id, ""))
+                        .join(Series, Series.study_id == Study.id).where(Series.series_instance_uid == series_uid)).first()
+        if row is None:
+            raise NotFound(f"no series {series_uid}")
+        exams = patient_timeline(s, row[0], row[2], series_uid)
+    return {"patient_id": row[0], "patient_name": row[1], "issuer_of_patient_id": row[2], "exams": exams}
 
 
 # what the Brock model substitutes for a missing input (inference.clinical.brock.brock_risk)

@@ -1,0 +1,183 @@
+"""The comparison with the prior exam as the console, the printable report and the REST API show it
+(issue 12): a follow-up exam whose findings carry the 0014 comparison columns and whose job summary has
+the exam-level comparison, its prior exam, a later exam where the prior was not available, and exams of
+other patients that must never appear in this patient's timeline."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from storage.models import FindingRow, Job, Series, Study
+from storage.states import JobState, SeriesState
+from tests.web.conftest import WebNode, start_node
+from tests.web.test_pages import _pdf_text
+
+HTML = {"Accept": "text/html"}
+PATIENT = {"patient_id": "P-12", "issuer_of_patient_id": "HOSP", "patient_name": "DOE^JANE"}
+UNAVAILABLE = "prior not available: C-FIND to PACS@127.0.0.1:9 failed: connection refused"
+RESOLVED = [{"prior_index": 3, "center_mm": [-80.5, 10.25, -120.0], "mean_diameter_mm": 4.2, "volume_mm3": 38.8,
+             "type": "solid", "lung_rads": "2", "status": "resolved"}]
+
+
+class Exams:
+    """Rows of analysed exams in the node's audit database, as the job records them."""
+
+    def __init__(self, web: WebNode) -> None:
+        self.db = web.node.db
+        self._n = 0
+        self._at = datetime(2026, 1, 1, 12, 0)
+
+    def add(self, study_date: str, findings: list[dict[str, Any]], summary: dict[str, Any] | None = None,
+            patient: dict[str, Any] = PATIENT, role: str | None = None) -> tuple[str, str, list[int]]:
+        """A study with one CT series and a finished job; returns (study UID, series UID, finding ids)."""
+        self._n += 1
+        self._at += timedelta(minutes=1)
+        with self.db.session() as s:
+            study = Study(study_instance_uid=f"1.2.826.0.1.12.{self._n}", study_date=study_date,
+                          accession_number=f"ACC{self._n}", study_description="CT chest LDCT", **patient)
+            series = Series(series_instance_uid=f"1.2.826.0.1.12.{self._n}.1", study=study, modality="CT",
+                            series_number=self._n, series_description=f"exam {self._n}", role=role,
+                            status=SeriesState.ROUTED, route_name="all-ct", instance_count=120)
+            s.add_all([study, series])
+            s.flush()
+            job = Job(series_id=series.id, pipeline="lung-nodule", state=JobState.DONE, verdict="findings",
+                      summary=summary or {}, finished_at=self._at)
+            s.add(job)
+            s.flush()
+            rows = [FindingRow(job_id=job.id, series_id=series.id, index=i + 1, sop_instance_uid="1.2.9", row=10.0,
+                               column=10.0, probability=0.9, model_score=0.2, nodule_type="solid",
+                               **{"diameter_mm": f.get("mean_diameter_mm", 6.0), **f})
+                    for i, f in enumerate(findings)]
+            s.add_all(rows)
+            s.flush()
+            return study.study_instance_uid, series.series_instance_uid, [r.id for r in rows]
+
+
+def _finding(x: float, mean: float, volume: float, lung_rads: str, **more: Any) -> dict[str, Any]:
+    return {"center_x_mm": x, "center_y_mm": 20.0, "center_z_mm": -100.0, "mean_diameter_mm": mean,
+            "volume_mm3": volume, "lung_rads": lung_rads, **more}
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
+    node = start_node(tmp_path_factory.mktemp("comparison-node"), require_login=False)
+    yield node
+    node.node.stop()
+
+
+@pytest.fixture(scope="module")
+def exams(web: WebNode) -> dict[str, Any]:
+    """Inserted out of date order: the timeline must sort them."""
+    e = Exams(web)
+    later_study, later, _ = e.add("20250801", [_finding(30.0, 8.0, 270.0, "4A")],
+                                  {"comparison": {"performed": False, "reason": UNAVAILABLE}})
+    prior_study, prior, prior_ids = e.add("20240115", [_finding(50.0, 6.0, 113.1, "3"), _finding(-40.0, 5.0, 65.4, "2"),
+                                                       _finding(-80.5, 4.2, 38.8, "2")])
+    comparison = {"performed": True, "reason": None, "prior_study_instance_uid": prior_study,
+                  "prior_series_instance_uid": prior, "prior_study_date": "20240115", "interval_days": 371,
+                  "registration": {"kind": "rigid"}, "lung_rads": "4B",
+                  "recommendation": "Chest CT with or without contrast, PET/CT and/or tissue sampling",
+                  "lung_rads_reason": "nodule 1: solid, growing, 7.9 mm", "resolved": RESOLVED}
+    current_study, current, current_ids = e.add("20250121", [
+        _finding(51.0, 7.9, 195.8, "4B", tracking_uid="2.25.1001", comparison_status="growing",
+                 prior_finding_id=prior_ids[0], prior_mean_diameter_mm=6.0, prior_volume_mm3=113.1, interval_days=371,
+                 volume_change_pct=73.12, doubling_time_days=470.24, diameter_change_mm=1.9, lung_rads_growth=True),
+        _finding(-39.0, 5.1, 63.4, "2", tracking_uid="2.25.1002", comparison_status="stable",
+                 prior_finding_id=prior_ids[1], prior_mean_diameter_mm=5.0, prior_volume_mm3=65.4, interval_days=371,
+                 volume_change_pct=-3.06, doubling_time_days=None, diameter_change_mm=0.1, lung_rads_growth=False),
+        _finding(10.0, 4.0, 33.5, "3", tracking_uid="2.25.1003", comparison_status="new", interval_days=371),
+    ], {"comparison": comparison})
+    # the same PatientID from another issuer, and another patient: never in this patient's timeline
+    other_issuer = e.add("20230301", [], patient={**PATIENT, "issuer_of_patient_id": "OTHER"})[1]
+    other_patient = e.add("20230302", [], patient={**PATIENT, "patient_id": "P-99"})[1]
+    anonymous = [e.add(d, [], patient={"patient_id": "", "issuer_of_patient_id": None, "patient_name": ""})[1]
+                 for d in ("20220101", "20220202")]
+    return {"prior": prior, "prior_ids": prior_ids, "current": current, "current_ids": current_ids, "later": later,
+            "later_study": later_study, "prior_study": prior_study, "current_study": current_study,
+            "others": [other_issuer, other_patient], "anonymous": anonymous}
+
+
+@pytest.fixture
+def client(web: WebNode) -> Iterator[httpx.Client]:
+    with web.client(headers=HTML) as c:
+        yield c
+
+
+def _table(html: str, table_id: str) -> list[list[str]]:
+    """The text of each body row's cells of one table."""
+    body = html.split(f'id="{table_id}"')[1].split("</table>")[0]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body.split("<tbody>")[-1], re.S)
+    return [[unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+            for r in rows]
+
+
+EXPECTED_ROWS = [
+    ["1", "growing", "6.0", "7.9", "+1.9", "113", "196", "+73%", "470 days", "yes", "4B"],
+    ["2", "stable", "5.0", "5.1", "+0.1", "65", "63", "-3%", "not growing", "no", "2"],
+    ["3", "new", "-", "4.0", "-", "-", "34", "-", "-", "-", "3"],
+]
+
+
+def test_series_page_shows_the_comparison_with_the_prior(client: httpx.Client, exams: dict[str, Any]) -> None:
+    page = client.get(f"/series/{exams['current']}")
+    assert page.status_code == 200
+    html = page.text
+    assert 'id="lung-rads"><b>4B</b>' in html  # the follow-up category is the exam's category
+    exam = _table(html, "comparison-exam")
+    assert exam[0] == ["2024-01-15, study UID " + exams["prior_study"] + " · prior series"]
+    assert exam[1] == ["371 days (12.2 months)"] and exam[2] == ["4B - nodule 1: solid, growing, 7.9 mm"]
+    assert f'id="prior-series-link" href="/series/{exams["prior"]}"' in html
+    assert _table(html, "comparison-findings") == EXPECTED_ROWS
+    assert 'title="tracking UID 2.25.1001"' in html
+    assert _table(html, "resolved") == [["3", "solid", "4.2", "39", "2", "-80.5, 10.2, -120.0"]]
+
+
+def test_prior_not_available_is_said_with_its_reason(client: httpx.Client, exams: dict[str, Any]) -> None:
+    html = client.get(f"/series/{exams['later']}").text
+    assert re.search(r'id="comparison-unavailable">([^<]*)<', html).group(1) == UNAVAILABLE  # type: ignore[union-attr]
+    assert 'id="comparison-findings"' not in html and 'id="resolved"' not in html
+    assert 'id="lung-rads"><b>4A</b>' in html  # no follow-up category without a prior: the baseline one
+    # a series whose job looked for no prior has no comparison section, only the timeline
+    prior_page = client.get(f"/series/{exams['prior']}").text
+    assert 'id="comparison"' not in prior_page and 'id="timeline"' in prior_page
+
+
+def test_patient_timeline_lists_every_analysed_exam_of_the_patient_in_date_order(client: httpx.Client,
+                                                                                  exams: dict[str, Any]) -> None:
+    html = client.get(f"/series/{exams['current']}").text
+    rows = _table(html, "timeline")
+    assert [r[0] for r in rows] == ["2024-01-15", "2025-01-21", "2025-08-01"]
+    assert [r[3] for r in rows] == ["3", "4B", "4A"]  # exam Lung-RADS: baseline, follow-up, baseline
+    assert rows[1][2] == "this series" and rows[1][5] == "1 growing, 1 new, 1 resolved, 1 stable"
+    assert rows[2][5] == UNAVAILABLE and rows[0][5] == "-"
+    for uid in (exams["prior"], exams["later"]):
+        assert f'href="/series/{uid}"' in html  # each other exam links to its series page
+    for uid in exams["others"] + exams["anonymous"]:
+        assert uid not in html  # another issuer's or patient's exam is never shown
+    # without a PatientID nothing identifies the patient: only the series itself
+    lone = _table(client.get(f"/series/{exams['anonymous'][0]}").text, "timeline")
+    assert [r[0] for r in lone] == ["2022-01-01"] and lone[0][2] == "this series"
+
+
+def test_printable_report_has_the_comparison_table(client: httpx.Client, exams: dict[str, Any]) -> None:
+    html = client.get(f"/series/{exams['current']}/report").text
+    assert _table(html, "comparison-findings") == EXPECTED_ROWS
+    assert _table(html, "resolved")[0][0] == "3"
+    pdf = client.get(f"/series/{exams['current']}/report.pdf")
+    assert pdf.status_code == 200
+    text = _pdf_text(pdf.content)
+    for shown in ("Comparison with the prior exam", "2024-01-15", "371 days (12.2 months)", "growing", "470 days",
+                  "not growing", "+73%", "Resolved prior nodules (1)", "-80.5, 10.2, -120.0",
+                  "4B - nodule 1: solid, growing, 7.9 mm"):
+        assert shown in text, f"{shown!r} missing from the PDF report"
+    later = _pdf_text(client.get(f"/series/{exams['later']}/report.pdf").content)
+    assert UNAVAILABLE in later and "Resolved prior nodules" not in later
+    # the key slices are not in this node's spool (as after retention): the report says so, it does not fail
+    assert text.count("image not available") == 3
