@@ -16,10 +16,14 @@ from dicomnode.web.views import (
     NotFound,
     dashboard_stats,
     destinations,
+    attach_comparisons,
     finding_json,
     health,
+    job_json,
     list_series,
     series_detail,
+    series_timeline,
+    timeline,
 )
 from storage.queries import AuditFilter, parse_since, run_query
 
@@ -72,7 +76,27 @@ def series_list(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get
     return list_series(node, f)
 
 
-@router.get("/series/{series_uid}", summary="One series: jobs, findings of the latest finished job, deliveries, events")
+COMPARISON_DOC = """With a prior exam (issue 12) each finding has `tracking_uid` (its SR TID 1500 Tracking UID, the
+matched prior nodule's) and `comparison`, as in `dicomnode analyze CURRENT --prior PRIOR --json`: `status` (new,
+growing, stable or shrinking), `prior` ({finding_id, index, center_mm, mean_diameter_mm, volume_mm3, type, lung_rads}
+of the matched prior nodule, or null for a new one), `interval_days`, `volume_change_pct`, `doubling_time_days` (null:
+not growing), `diameter_change_mm`, `lung_rads_growth` (mean diameter up > 1.5 mm in 12 months), `lung_rads` and
+`lung_rads_reasons` (the follow-up category); `comparison` is null when the job made no comparison."""
+SERIES_DOC = COMPARISON_DOC + """
+
+The series (and each job) also has `comparison`: the exam-level comparison ({performed, reason,
+prior_study_instance_uid, prior_series_instance_uid, prior_study_date, interval_days, registration, lung_rads,
+recommendation, lung_rads_reason, prior_series_known}, or {performed: false, reason: "prior not available: ..."}),
+null for a job that looked for no prior; and `resolved`: the prior nodules not found again ({prior_index, center_mm,
+mean_diameter_mm, volume_mm3, type, lung_rads, status: "resolved"})."""
+TIMELINE_DOC = """Every analysed exam of the patient (series with a finished job; same PatientID and IssuerOfPatientID),
+oldest first, undated last: study date and UIDs, series, the job's verdict, the exam Lung-RADS (the follow-up
+category when a prior was compared), the number of nodules and the comparison ({performed, reason,
+prior_study_instance_uid, statuses: {new, growing, stable, shrinking, resolved: count}} or null)."""
+
+
+@router.get("/series/{series_uid}", summary="One series: jobs, findings of the latest finished job, the comparison "
+            "with the prior exam, deliveries, events", description=SERIES_DOC)
 def series_one(series_uid: str, node: Node = Depends(get_node)) -> dict[str, Any]:
     try:
         return series_detail(node, series_uid)
@@ -80,14 +104,35 @@ def series_one(series_uid: str, node: Node = Depends(get_node)) -> dict[str, Any
         raise HTTPException(404, str(exc)) from None
 
 
-@router.get("/jobs")
+@router.get("/series/{series_uid}/timeline", summary="The patient timeline of this series' patient",
+            description=TIMELINE_DOC + " Without a PatientID only this series is listed; `current` marks it.")
+def series_timeline_one(series_uid: str, node: Node = Depends(get_node)) -> dict[str, Any]:
+    try:
+        return series_timeline(node, series_uid)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/timeline", summary="The patient timeline: every analysed exam of one patient, oldest first",
+            description=TIMELINE_DOC)
+def patient_timeline(patient_id: str = Query(..., min_length=1, max_length=64, description="PatientID"),
+                     issuer: str = Query("", max_length=64, description="IssuerOfPatientID; empty for none"),
+                     node: Node = Depends(get_node)) -> dict[str, Any]:
+    try:
+        return timeline(node, patient_id, issuer)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/jobs", summary="Jobs, newest first, each with its summary, `comparison` and `resolved`")
 def jobs(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
-    return _query(node, "jobs", f)
+    return [job_json(j) for j in _query(node, "jobs", f)]
 
 
-@router.get("/findings", summary="Findings; status filters on the Lung-RADS category")
+@router.get("/findings", summary="Findings; status filters on the Lung-RADS category", description=COMPARISON_DOC)
 def findings(f: AuditFilter = Depends(audit_filter), node: Node = Depends(get_node)) -> list[dict[str, Any]]:
-    return [finding_json(r) for r in _query(node, "findings", f)]  # the fields and shape of analyze --json
+    with node.db.session() as s:  # the fields and shape of analyze --json
+        return attach_comparisons(s, [finding_json(r) for r in run_query(s, "findings", f)])
 
 
 @router.get("/deliveries")

@@ -204,10 +204,9 @@ def series_detail(node: Node, series_uid: str) -> dict[str, Any]:
                                if r["job_id"] == done["id"] and r["series_instance_uid"] == series_uid),
                               key=lambda r: r["index"])
             attach_comparisons(s, findings)
-        for j in jobs:
-            j["comparison"], j["resolved"] = job_comparison(j.get("summary"))
+        jobs = [job_json(j) for j in jobs]
         comparison, resolved = job_comparison((done or {}).get("summary"))
-        if comparison is not None:
+        if comparison is not None and comparison.get("performed"):
             comparison["prior_series_known"] = _series_known(s, comparison.get("prior_series_instance_uid"))
         deliveries = [d for d in run_query(s, "deliveries", f) if d["series_instance_uid"] == series_uid]
         events = api_series_events(series_events(s, series_uid))
@@ -306,7 +305,15 @@ def attach_comparisons(s: Session, findings: list[dict[str, Any]]) -> list[dict[
         row = found.get(f["id"])
         f["tracking_uid"] = None if row is None else row.tracking_uid
         f["comparison"] = None if row is None else comparison_json(row)
+        if f["comparison"] is not None:  # as in analyze --json: the category the comparison gave, and why
+            f["comparison"]["lung_rads"], f["comparison"]["lung_rads_reasons"] = f["lung_rads"], f["lung_rads_reasons"]
     return findings
+
+
+def job_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A jobs query row with its `comparison` and `resolved` (job_comparison) beside the summary."""
+    row["comparison"], row["resolved"] = job_comparison(row.get("summary"))
+    return row
 
 
 def job_comparison(summary: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -379,6 +386,18 @@ def _timeline_exam(row: Any, findings: list[tuple[str, str | None]], current_ser
                                                            "prior_study_instance_uid": comparison.get("prior_study_instance_uid"),
                                                            "statuses": statuses},
             "current": row.series_instance_uid == current_series_uid}
+
+
+def timeline(node: Node, patient_id: str, issuer: str) -> dict[str, Any]:
+    """The timeline of a patient named by PatientID and issuer ("" for none)."""
+    with node.db.session() as s:
+        name = s.execute(select(Study.patient_name).where(Study.patient_id == patient_id,
+                                                          func.coalesce(Study.issuer_of_patient_id, "") == issuer)
+                         .order_by(Study.id.desc()).limit(1)).scalar()
+        exams = patient_timeline(s, patient_id, issuer)
+    if name is None:
+        raise NotFound(f"no study of patient {patient_id!r}" + (f" (issuer {issuer!r})" if issuer else " without an issuer"))
+    return {"patient_id": patient_id, "patient_name": name, "issuer_of_patient_id": issuer, "exams": exams}
 
 
 def series_timeline(node: Node, series_uid: str) -> dict[str, Any]:

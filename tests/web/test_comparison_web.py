@@ -181,3 +181,67 @@ def test_printable_report_has_the_comparison_table(client: httpx.Client, exams: 
     assert UNAVAILABLE in later and "Resolved prior nodules" not in later
     # the key slices are not in this node's spool (as after retention): the report says so, it does not fail
     assert text.count("image not available") == 3
+
+
+# -- REST API -------------------------------------------------------------------------------------
+def test_api_findings_carry_their_comparison_like_analyze_json(web: WebNode, exams: dict[str, Any]) -> None:
+    with web.client() as api:
+        detail = api.get(f"/api/series/{exams['current']}").json()
+        listed = api.get("/api/findings", params={"series": exams["current"]}).json()
+    growing, stable, new = detail["findings"]
+    assert growing["tracking_uid"] == "2.25.1001"
+    assert growing["comparison"] == {
+        "status": "growing", "interval_days": 371, "volume_change_pct": 73.1, "doubling_time_days": 470.2,
+        "diameter_change_mm": 1.9, "lung_rads_growth": True, "lung_rads": "4B", "lung_rads_reasons": [],
+        "prior": {"finding_id": exams["prior_ids"][0], "index": 1, "center_mm": [50.0, 20.0, -100.0],
+                  "mean_diameter_mm": 6.0, "volume_mm3": 113.1, "type": "solid", "lung_rads": "3"}}
+    assert stable["comparison"]["status"] == "stable" and stable["comparison"]["doubling_time_days"] is None
+    assert stable["comparison"]["prior"]["index"] == 2
+    assert new["comparison"]["status"] == "new" and new["comparison"]["prior"] is None
+    assert {f["id"]: f["comparison"] for f in listed} == {f["id"]: f["comparison"] for f in detail["findings"]}
+    # the exam-level comparison and the resolved prior nodules, on the series and on its job
+    assert detail["resolved"] == RESOLVED and detail["jobs"][0]["resolved"] == RESOLVED
+    comparison = detail["comparison"]
+    assert (comparison["performed"], comparison["interval_days"], comparison["lung_rads"]) == (True, 371, "4B")
+    assert comparison["prior_series_instance_uid"] == exams["prior"] and comparison["prior_series_known"] is True
+    assert detail["jobs"][0]["comparison"]["prior_study_date"] == "20240115" and detail["lung_rads"] == "4B"
+
+
+def test_api_series_without_a_prior_says_why(web: WebNode, exams: dict[str, Any]) -> None:
+    with web.client() as api:
+        later = api.get(f"/api/series/{exams['later']}").json()
+        prior = api.get(f"/api/series/{exams['prior']}").json()
+        jobs = {j["series_instance_uid"]: j for j in api.get("/api/jobs").json()}
+    assert later["comparison"] == {"performed": False, "reason": UNAVAILABLE} and later["resolved"] == []
+    assert later["findings"][0]["comparison"] is None and later["findings"][0]["tracking_uid"] is None
+    assert prior["comparison"] is None and prior["resolved"] == []
+    assert jobs[exams["current"]]["resolved"] == RESOLVED and jobs[exams["later"]]["comparison"]["performed"] is False
+
+
+def test_api_patient_timeline(web: WebNode, exams: dict[str, Any]) -> None:
+    with web.client() as api:
+        by_series = api.get(f"/api/series/{exams['current']}/timeline").json()
+        by_patient = api.get("/api/timeline", params={"patient_id": "P-12", "issuer": "HOSP"}).json()
+        other_issuer = api.get("/api/timeline", params={"patient_id": "P-12", "issuer": "OTHER"}).json()
+        assert api.get("/api/timeline", params={"patient_id": "P-12"}).status_code == 404  # no exam without issuer
+        assert api.get("/api/timeline", params={"patient_id": ""}).status_code == 422
+        assert api.get("/api/series/1.2.3.404/timeline").status_code == 404
+    exams_seen = by_series["exams"]
+    assert [e["series_instance_uid"] for e in exams_seen] == [exams["prior"], exams["current"], exams["later"]]
+    assert [e["study_date"] for e in exams_seen] == ["20240115", "20250121", "20250801"]
+    assert [e["lung_rads"] for e in exams_seen] == ["3", "4B", "4A"]
+    assert [e["current"] for e in exams_seen] == [False, True, False]
+    assert exams_seen[1]["comparison"]["statuses"] == {"growing": 1, "stable": 1, "new": 1, "resolved": 1}
+    assert exams_seen[2]["comparison"] == {"performed": False, "reason": UNAVAILABLE, "prior_study_instance_uid": None,
+                                           "statuses": {}}
+    assert (by_series["patient_id"], by_series["issuer_of_patient_id"]) == ("P-12", "HOSP")
+    assert [e["series_instance_uid"] for e in by_patient["exams"]] == [e["series_instance_uid"] for e in exams_seen]
+    assert [e["series_instance_uid"] for e in other_issuer["exams"]] == [exams["others"][0]]
+
+
+def test_openapi_documents_the_comparison_and_the_timeline(web: WebNode) -> None:
+    with web.client() as api:
+        paths = api.get("/openapi.json").json()["paths"]
+    assert "`doubling_time_days` (null" in paths["/api/findings"]["get"]["description"]
+    assert "`resolved`" in paths["/api/series/{series_uid}"]["get"]["description"]
+    assert {"/api/timeline", "/api/series/{series_uid}/timeline"} <= set(paths)
