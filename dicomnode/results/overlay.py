@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Sequence
+from dataclasses import replace
 
 import highdicom as hd
 import numpy as np
@@ -18,6 +19,7 @@ from pydicom.sr.codedict import codes
 from dicomnode.results.options import ResultOptions
 from dicomnode.results.sr import find_instance, contributing_equipment, prepare_sources, radius_px, sort_by_position
 from dicomnode.results.uids import result_uid, settings_digest
+from inference.compare.compare import patient_mismatch
 from inference.findings import Finding, SeriesResult
 
 OUTLINE_COLOUR = (255, 255, 0)  # yellow reads well on the grey lung window
@@ -208,6 +210,8 @@ def _sc_image(
     digest: str,
     index: int,
     comment: str,
+    instance_kind: str = "overlay-instance",
+    instance_number: int | None = None,
 ) -> hd.sc.SCImage:
     root = options.uid_root
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -219,9 +223,9 @@ def _sc_image(
         series_instance_uid=result_uid("overlay-series", result.series_instance_uid, result.model.version, digest, 0,
                                        root),
         series_number=options.overlay_series_number,
-        sop_instance_uid=result_uid("overlay-instance", result.series_instance_uid, result.model.version, digest,
+        sop_instance_uid=result_uid(instance_kind, result.series_instance_uid, result.model.version, digest,
                                     index, root),
-        instance_number=index + 1,
+        instance_number=index + 1 if instance_number is None else instance_number,
         manufacturer=options.manufacturer,
         pixel_spacing=tuple(float(v) for v in ct_slice.PixelSpacing),  # type: ignore[arg-type]  # highdicom: ints here, floats in __init__ (which checks the length)
         patient_orientation=patient_orientation(ct_slice),
@@ -340,3 +344,114 @@ def build_overlays(
     rgb = draw_findings(lung_window_rgb(ct_slice, *window), ct_slice, on_slice, lines)
     images.append(_sc_image(rgb, ct_slice, result, options, digest, len(result.findings), "Summary: " + lines[1]))
     return images
+
+
+# -- prior and current side by side (issue 12) ---------------------------------------------------
+COMPARISON_GAP_PX = 6  # black band between the two halves
+COMPARISON_DERIVATION = ("Prior (left) and current (right) key slices of one nodule, lung window W1500 L-600, the prior "
+                         "resampled to the current pixel spacing and its nodule placed at the current nodule's position; "
+                         "algorithm findings burned in; not for diagnostic use")
+
+
+def _spacing(ct_slice: Dataset) -> tuple[float, float]:
+    row, col = (float(v) for v in ct_slice.PixelSpacing)
+    return row, col
+
+
+def _date(ct_slice: Dataset) -> str:
+    text = str(ct_slice.get("StudyDate", "") or ct_slice.get("SeriesDate", "") or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}" if len(text) == 8 and text.isdigit() else "date unknown"
+
+
+def align_prior(prior_rgb: np.ndarray, prior_slice: Dataset, prior: Finding, current_slice: Dataset,
+                current: Finding) -> tuple[np.ndarray, Finding]:
+    """The prior's windowed slice resampled to the current slice's pixel spacing and shifted so that its
+    nodule lands on the current nodule's pixel position (outside: black), in the current's Rows x Columns;
+    and the prior finding with its key-slice position and radius in those pixels. Same scale and place in
+    both halves: what a reader compares by eye."""
+    (pr, pc), (cr, cc) = _spacing(prior_slice), _spacing(current_slice)
+    scale_r, scale_c = pr / cr, pc / cc
+    height, width = max(1, round(prior_rgb.shape[0] * scale_r)), max(1, round(prior_rgb.shape[1] * scale_c))
+    scaled = Image.fromarray(prior_rgb, mode="RGB").resize((width, height), Image.Resampling.BILINEAR)
+    # pixel centres: index i covers [i, i+1) before scaling, so its centre i + 0.5 maps to (i + 0.5) * scale
+    row = (prior.key_slice.row + 0.5) * scale_r - 0.5
+    col = (prior.key_slice.column + 0.5) * scale_c - 0.5
+    top, left = round(current.key_slice.row - row), round(current.key_slice.column - col)
+    canvas = Image.new("RGB", (int(current_slice.Columns), int(current_slice.Rows)))
+    canvas.paste(scaled, (left, top))
+    r_row, r_col = radius_px(prior, prior_slice)
+    moved = replace(prior, key_slice=replace(prior.key_slice, row=row + top, column=col + left),
+                    radius_px=(r_row * scale_r, r_col * scale_c))
+    return np.asarray(canvas, dtype=np.uint8).copy(), moved
+
+
+def change_line(prior: Finding, current: Finding, doubling_time_days: float | None, status: str) -> str:
+    """`growing: 6.0 -> 7.9 mm, volume +73%, doubling time 470 days` (or `not growing`)."""
+    volume = (current.volume_mm3 / prior.volume_mm3 - 1.0) * 100.0 if prior.volume_mm3 > 0 else None
+    change = "" if volume is None else f", volume {volume:+.0f}%"
+    doubling = "not growing" if doubling_time_days is None else f"doubling time {doubling_time_days:.0f} days"
+    return f"{status}: {prior.mean_diameter_mm:.1f} -> {current.mean_diameter_mm:.1f} mm{change}, {doubling}"
+
+
+def _check_pair(current_slice: Dataset, prior_slice: Dataset, current: Finding, prior: Finding) -> None:
+    """The slices must be the findings' key slices, of one patient, in two different studies."""
+    for name, ct_slice, finding in (("current", current_slice, current), ("prior", prior_slice, prior)):
+        if str(ct_slice.get("SOPInstanceUID", "")) != finding.key_slice.sop_instance_uid:
+            raise ValueError(f"the {name} slice {ct_slice.get('SOPInstanceUID')} is not the {name} finding's key "
+                             f"slice {finding.key_slice.sop_instance_uid}")
+    why = patient_mismatch(current_slice, prior_slice)
+    if why is not None:
+        raise ValueError(f"no side-by-side image: the prior is not this patient's exam ({why})")
+    if current_slice.get("StudyInstanceUID") == prior_slice.get("StudyInstanceUID"):
+        raise ValueError("no side-by-side image: the prior slice is from the current study")
+
+
+def draw_comparison(current_slice: Dataset, prior_slice: Dataset, current: Finding, prior: Finding, number: int,
+                    change: str = "", options: ResultOptions | None = None) -> np.ndarray:
+    """Rows x (2 Columns + gap) x 3 uint8: the prior key slice (left) and the current one (right), each with
+    its nodule ringed and labelled and its study date; `change` is a line under the current date."""
+    options = options or ResultOptions()
+    window = (options.window_center, options.window_width)
+    _check_pair(current_slice, prior_slice, current, prior)
+    prior_rgb, moved = align_prior(lung_window_rgb(prior_slice, *window), prior_slice, prior, current_slice, current)
+    # the aligned prior has the current slice's geometry: draw it with that slice's size and spacing
+    left = draw_findings(prior_rgb, current_slice, [(number, moved)], [f"PRIOR {_date(prior_slice)}"])
+    chars = max(20, int(current_slice.Columns) * BANNER_WIDTH_CHARS // 512)  # what fits across one half
+    right = draw_findings(lung_window_rgb(current_slice, *window), current_slice, [(number, current)],
+                          [f"CURRENT {_date(current_slice)}"] + textwrap.wrap(change, chars))
+    gap = np.zeros((left.shape[0], COMPARISON_GAP_PX, 3), dtype=np.uint8)
+    return np.concatenate([left, gap, right], axis=1)
+
+
+def build_comparison_overlay(
+    current_slice: Dataset,
+    prior_slice: Dataset,
+    current: Finding,
+    prior: Finding,
+    result: SeriesResult,
+    number: int,
+    change: str = "",
+    options: ResultOptions | None = None,
+) -> Dataset:
+    """One secondary-capture image of a matched nodule: prior key slice left, current right (draw_comparison).
+
+    `result` is the current exam's; `number` the nodule's 1-based number in it; `change` e.g. change_line(...).
+    The image belongs to the current exam's patient and study and to the overlay series of build_overlays
+    (same series UID, number and description), after its images: instance number len(findings) + 1 +
+    number, its own SOP Instance UID (deterministic, like the other results). Burned-in annotation; the
+    source images are both key slices. Raises ValueError when the slices are not the findings' key slices,
+    belong to another patient or to the same study.
+    """
+    options = options or ResultOptions()
+    rgb = draw_comparison(current_slice, prior_slice, current, prior, number, change, options)
+    ref = prepare_sources([current_slice])[0]
+    comment = f"Prior {_date(prior_slice)} vs current {_date(current_slice)}: {finding_label(number, current)}"
+    sc = _sc_image(rgb, ref, result, options, settings_digest(options), number, comment[:10240],
+                   instance_kind="comparison-overlay-instance", instance_number=len(result.findings) + 1 + number)
+    source = Dataset()
+    source.ReferencedSOPClassUID = prior_slice.SOPClassUID
+    source.ReferencedSOPInstanceUID = prior_slice.SOPInstanceUID
+    source.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)]
+    sc.SourceImageSequence.append(source)
+    sc.DerivationDescription = COMPARISON_DERIVATION
+    return sc
