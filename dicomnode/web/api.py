@@ -91,8 +91,10 @@ null for a job that looked for no prior; and `resolved`: the prior nodules not f
 mean_diameter_mm, volume_mm3, type, lung_rads, status: "resolved"})."""
 TIMELINE_DOC = """Every analysed exam of the patient (series with a finished job; same PatientID and IssuerOfPatientID),
 oldest first, undated last: study date and UIDs, series, the job's verdict, the exam Lung-RADS (the follow-up
-category when a prior was compared), the number of nodules and the comparison ({performed, reason,
-prior_study_instance_uid, statuses: {new, growing, stable, shrinking, resolved: count}} or null)."""
+category when a prior was compared), the number of nodules, the comparison ({performed, reason,
+prior_study_instance_uid, statuses: {new, growing, stable, shrinking, resolved: count}} or null) and
+`identity_mismatch`: ["PatientName differs", "PatientBirthDate differs"] when that exam's name or birth date is not
+the reference exam's (the series asked about; for /api/timeline the newest study), [] when they agree."""
 
 
 @router.get("/series/{series_uid}", summary="One series: jobs, findings of the latest finished job, the comparison "

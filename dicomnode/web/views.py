@@ -15,6 +15,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, aliased
 
+from dicomnode.priors.safety import PatientIdentity, mismatches
 from dicomnode.process.pipelines import MODEL_PIPELINES, model_identity, model_manifest
 from dicomnode.web.story import is_job_or_delivery
 
@@ -334,11 +335,16 @@ def _series_known(s: Session, series_uid: Any) -> bool:
     return s.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).first() is not None
 
 
-def patient_timeline(s: Session, patient_id: str, issuer: str, current_series_uid: str | None = None) -> list[dict[str, Any]]:
+def patient_timeline(s: Session, reference: PatientIdentity, current_series_uid: str | None = None) -> list[dict[str, Any]]:
     """Every analysed exam (series with a finished job) of one patient, the same PatientID and issuer
-    ("" for none), oldest first (undated last), each with its exam Lung-RADS and comparison counts.
+    ("" for none) as `reference`, oldest first (undated last), each with its exam Lung-RADS, comparison
+    counts and `identity_mismatch`: why its PatientName or PatientBirthDate is not the reference's (the
+    safety rule of dicomnode.priors.safety: shown, for a reader to notice, never used for a comparison).
     Without a PatientID nothing identifies the patient: only the current series is listed."""
+    patient_id, issuer = reference.patient_id, reference.issuer
     query = (select(Study.study_date, Study.study_instance_uid, Study.accession_number, Study.study_description,
+                    Study.patient_id, func.coalesce(Study.issuer_of_patient_id, "").label("issuer"),
+                    Study.patient_name, func.coalesce(Study.patient_birth_date, "").label("birth_date"),
                     Series.series_instance_uid, Series.series_number, Series.series_description, Series.modality,
                     Series.role, Job.id.label("job_id"), Job.verdict, Job.summary, Job.finished_at)
              .join(Series, Series.study_id == Study.id).join(Job, Job.series_id == Series.id)
@@ -357,11 +363,13 @@ def patient_timeline(s: Session, patient_id: str, issuer: str, current_series_ui
                 select(FindingRow.job_id, FindingRow.lung_rads, FindingRow.comparison_status)
                 .where(FindingRow.job_id.in_(job_ids[start:start + _ID_CHUNK]))):
             categories[job_id].append((category, status))
-    exams = [_timeline_exam(row, categories[row.job_id], current_series_uid) for row in latest.values()]
+    exams = [_timeline_exam(row, categories[row.job_id], current_series_uid, reference) for row in latest.values()]
     return sorted(exams, key=lambda e: (e["study_date"] or "99999999", e["finished_at"] or "", e["job_id"]))
 
 
-def _timeline_exam(row: Any, findings: list[tuple[str, str | None]], current_series_uid: str | None) -> dict[str, Any]:
+def _timeline_exam(row: Any, findings: list[tuple[str, str | None]], current_series_uid: str | None,
+                   reference: PatientIdentity) -> dict[str, Any]:
+    identity = PatientIdentity(row.patient_id, row.issuer, row.patient_name or "", row.birth_date)
     analysed = row.verdict != "not_analysed"
     summary = row.summary if isinstance(row.summary, dict) else {}
     comparison, resolved = job_comparison(summary)
@@ -385,29 +393,32 @@ def _timeline_exam(row: Any, findings: list[tuple[str, str | None]], current_ser
                                                            "reason": comparison.get("reason"),
                                                            "prior_study_instance_uid": comparison.get("prior_study_instance_uid"),
                                                            "statuses": statuses},
-            "current": row.series_instance_uid == current_series_uid}
+            "current": row.series_instance_uid == current_series_uid,
+            "identity_mismatch": mismatches(reference, identity) if reference.patient_id else []}
 
 
 def timeline(node: Node, patient_id: str, issuer: str) -> dict[str, Any]:
     """The timeline of a patient named by PatientID and issuer ("" for none)."""
     with node.db.session() as s:
-        name = s.execute(select(Study.patient_name).where(Study.patient_id == patient_id,
-                                                          func.coalesce(Study.issuer_of_patient_id, "") == issuer)
-                         .order_by(Study.id.desc()).limit(1)).scalar()
-        exams = patient_timeline(s, patient_id, issuer)
-    if name is None:
-        raise NotFound(f"no study of patient {patient_id!r}" + (f" (issuer {issuer!r})" if issuer else " without an issuer"))
-    return {"patient_id": patient_id, "patient_name": name, "issuer_of_patient_id": issuer, "exams": exams}
+        # the newest study names the patient and is the reference the others' name and birth date are checked against
+        row = s.execute(select(Study.patient_name, func.coalesce(Study.patient_birth_date, ""))
+                        .where(Study.patient_id == patient_id, func.coalesce(Study.issuer_of_patient_id, "") == issuer)
+                        .order_by(Study.id.desc()).limit(1)).first()
+        if row is None:
+            raise NotFound(f"no study of patient {patient_id!r}" + (f" (issuer {issuer!r})" if issuer else " without an issuer"))
+        exams = patient_timeline(s, PatientIdentity(patient_id, issuer, row[0] or "", row[1]))
+    return {"patient_id": patient_id, "patient_name": row[0], "issuer_of_patient_id": issuer, "exams": exams}
 
 
 def series_timeline(node: Node, series_uid: str) -> dict[str, Any]:
     """The timeline of the patient of one series (NotFound when the node has no such series)."""
     with node.db.session() as s:
-        row = s.execute(select(Study.patient_id, Study.patient_name, func.coalesce(Study.issuer_of_patient_id, ""))
+        row = s.execute(select(Study.patient_id, Study.patient_name, func.coalesce(Study.issuer_of_patient_id, ""),
+                               func.coalesce(Study.patient_birth_date, ""))
                         .join(Series, Series.study_id == Study.id).where(Series.series_instance_uid == series_uid)).first()
         if row is None:
             raise NotFound(f"no series {series_uid}")
-        exams = patient_timeline(s, row[0], row[2], series_uid)
+        exams = patient_timeline(s, PatientIdentity(row[0], row[2], row[1] or "", row[3]), series_uid)
     return {"patient_id": row[0], "patient_name": row[1], "issuer_of_patient_id": row[2], "exams": exams}
 
 

@@ -20,7 +20,7 @@ from tests.web.conftest import WebNode, start_node
 from tests.web.test_pages import _pdf_text
 
 HTML = {"Accept": "text/html"}
-PATIENT = {"patient_id": "P-12", "issuer_of_patient_id": "HOSP", "patient_name": "DOE^JANE"}
+PATIENT = {"patient_id": "P-12", "issuer_of_patient_id": "HOSP", "patient_name": "DOE^JANE", "patient_birth_date": "19600101"}
 UNAVAILABLE = "prior not available: C-FIND to PACS@127.0.0.1:9 failed: connection refused"
 RESOLVED = [{"prior_index": 3, "center_mm": [-80.5, 10.25, -120.0], "mean_diameter_mm": 4.2, "volume_mm3": 38.8,
              "type": "solid", "lung_rads": "2", "status": "resolved"}]
@@ -99,9 +99,11 @@ def exams(web: WebNode) -> dict[str, Any]:
     other_patient = e.add("20230302", [], patient={**PATIENT, "patient_id": "P-99"})[1]
     anonymous = [e.add(d, [], patient={"patient_id": "", "issuer_of_patient_id": None, "patient_name": ""})[1]
                  for d in ("20220101", "20220202")]
+    # the same PatientID and issuer but another birth date: listed (the ID says it is the patient's), flagged
+    odd = e.add("20230601", [], patient={**PATIENT, "patient_birth_date": "19590101"})[1]
     return {"prior": prior, "prior_ids": prior_ids, "current": current, "current_ids": current_ids, "later": later,
             "later_study": later_study, "prior_study": prior_study, "current_study": current_study,
-            "others": [other_issuer, other_patient], "anonymous": anonymous}
+            "others": [other_issuer, other_patient], "anonymous": anonymous, "odd": odd}
 
 
 @pytest.fixture
@@ -153,10 +155,12 @@ def test_patient_timeline_lists_every_analysed_exam_of_the_patient_in_date_order
                                                                                   exams: dict[str, Any]) -> None:
     html = client.get(f"/series/{exams['current']}").text
     rows = _table(html, "timeline")
-    assert [r[0] for r in rows] == ["2024-01-15", "2025-01-21", "2025-08-01"]
-    assert [r[3] for r in rows] == ["3", "4B", "4A"]  # exam Lung-RADS: baseline, follow-up, baseline
-    assert rows[1][2] == "this series" and rows[1][5] == "1 growing, 1 new, 1 resolved, 1 stable"
-    assert rows[2][5] == UNAVAILABLE and rows[0][5] == "-"
+    assert [r[0] for r in rows] == ["2023-06-01", "2024-01-15", "2025-01-21", "2025-08-01"]
+    assert [r[3] for r in rows] == ["1", "3", "4B", "4A"]  # exam Lung-RADS: baseline, follow-up, baseline
+    assert rows[2][2] == "this series" and rows[2][5] == "1 growing, 1 new, 1 resolved, 1 stable"
+    assert rows[3][5] == UNAVAILABLE and rows[1][5] == "-"
+    assert rows[0][2].endswith("PatientBirthDate differs from this exam")
+    assert "differs" not in "".join(rows[1][2] + rows[3][2])
     for uid in (exams["prior"], exams["later"]):
         assert f'href="/series/{uid}"' in html  # each other exam links to its series page
     for uid in exams["others"] + exams["anonymous"]:
@@ -227,12 +231,13 @@ def test_api_patient_timeline(web: WebNode, exams: dict[str, Any]) -> None:
         assert api.get("/api/timeline", params={"patient_id": ""}).status_code == 422
         assert api.get("/api/series/1.2.3.404/timeline").status_code == 404
     exams_seen = by_series["exams"]
-    assert [e["series_instance_uid"] for e in exams_seen] == [exams["prior"], exams["current"], exams["later"]]
-    assert [e["study_date"] for e in exams_seen] == ["20240115", "20250121", "20250801"]
-    assert [e["lung_rads"] for e in exams_seen] == ["3", "4B", "4A"]
-    assert [e["current"] for e in exams_seen] == [False, True, False]
-    assert exams_seen[1]["comparison"]["statuses"] == {"growing": 1, "stable": 1, "new": 1, "resolved": 1}
-    assert exams_seen[2]["comparison"] == {"performed": False, "reason": UNAVAILABLE, "prior_study_instance_uid": None,
+    assert [e["series_instance_uid"] for e in exams_seen] == [exams["odd"], exams["prior"], exams["current"], exams["later"]]
+    assert [e["study_date"] for e in exams_seen] == ["20230601", "20240115", "20250121", "20250801"]
+    assert [e["lung_rads"] for e in exams_seen] == ["1", "3", "4B", "4A"]
+    assert [e["current"] for e in exams_seen] == [False, False, True, False]
+    assert [e["identity_mismatch"] for e in exams_seen] == [["PatientBirthDate differs"], [], [], []]
+    assert exams_seen[2]["comparison"]["statuses"] == {"growing": 1, "stable": 1, "new": 1, "resolved": 1}
+    assert exams_seen[3]["comparison"] == {"performed": False, "reason": UNAVAILABLE, "prior_study_instance_uid": None,
                                            "statuses": {}}
     assert (by_series["patient_id"], by_series["issuer_of_patient_id"]) == ("P-12", "HOSP")
     assert [e["series_instance_uid"] for e in by_patient["exams"]] == [e["series_instance_uid"] for e in exams_seen]
