@@ -14,9 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from storage.models import FindingRow, Job, Series, Study
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from storage.models import FindingRow, Instance, Job, Series, Study
 from storage.states import JobState, SeriesState
 from tests.web.conftest import WebNode, start_node
+from tests.results.test_comparison_overlay import CURRENT, PRIOR, _ring_fraction
 from tests.web.test_pages import _pdf_text
 
 HTML = {"Accept": "text/html"}
@@ -51,13 +55,29 @@ class Exams:
                       summary=summary or {}, finished_at=self._at)
             s.add(job)
             s.flush()
-            rows = [FindingRow(job_id=job.id, series_id=series.id, index=i + 1, sop_instance_uid="1.2.9", row=10.0,
-                               column=10.0, probability=0.9, model_score=0.2, nodule_type="solid",
-                               **{"diameter_mm": f.get("mean_diameter_mm", 6.0), **f})
+            rows = [FindingRow(job_id=job.id, series_id=series.id, index=i + 1,
+                               **{"sop_instance_uid": "1.2.9", "row": 10.0, "column": 10.0, "probability": 0.9,
+                                  "model_score": 0.2, "nodule_type": "solid",
+                                  "diameter_mm": f.get("mean_diameter_mm", 6.0), **f})
                     for i, f in enumerate(findings)]
             s.add_all(rows)
             s.flush()
             return study.study_instance_uid, series.series_instance_uid, [r.id for r in rows]
+
+    def key_slice(self, web: WebNode, series_uid: str, ds: Dataset, finding_id: int, row: float, column: float) -> None:
+        """Store a CT slice in the node's spool as an instance of the series, the key slice of a finding."""
+        relative = f"test-comparison/{ds.SOPInstanceUID}.dcm"
+        path = web.node.spool.path(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        with self.db.session() as s:
+            series_id = s.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).scalar_one()
+            s.add(Instance(sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID, series_id=series_id,
+                           transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=relative,
+                           size_bytes=path.stat().st_size))
+            finding = s.get(FindingRow, finding_id)
+            assert finding is not None
+            finding.sop_instance_uid, finding.row, finding.column = ds.SOPInstanceUID, row, column
 
 
 def _finding(x: float, mean: float, volume: float, lung_rads: str, **more: Any) -> dict[str, Any]:
@@ -94,6 +114,9 @@ def exams(web: WebNode) -> dict[str, Any]:
                  volume_change_pct=-3.06, doubling_time_days=None, diameter_change_mm=0.1, lung_rads_growth=False),
         _finding(10.0, 4.0, 33.5, "3", tracking_uid="2.25.1003", comparison_status="new", interval_days=371),
     ], {"comparison": comparison})
+    # the growing nodule's key slices (tests/results/test_comparison_overlay) in the spool: drawn side by side
+    e.key_slice(web, prior, PRIOR, prior_ids[0], 100.0, 60.0)
+    e.key_slice(web, current, CURRENT, current_ids[0], 150.0, 170.0)
     # the same PatientID from another issuer, and another patient: never in this patient's timeline
     other_issuer = e.add("20230301", [], patient={**PATIENT, "issuer_of_patient_id": "OTHER"})[1]
     other_patient = e.add("20230302", [], patient={**PATIENT, "patient_id": "P-99"})[1]
@@ -183,8 +206,10 @@ def test_printable_report_has_the_comparison_table(client: httpx.Client, exams: 
         assert shown in text, f"{shown!r} missing from the PDF report"
     later = _pdf_text(client.get(f"/series/{exams['later']}/report.pdf").content)
     assert UNAVAILABLE in later and "Resolved prior nodules" not in later
-    # the key slices are not in this node's spool (as after retention): the report says so, it does not fail
-    assert text.count("image not available") == 3
+    # key images: nodule 1 alone and side by side with its prior are drawn; the other key slices are not in
+    # this node's spool (as after retention): the report says so for each, it does not fail
+    assert pdf.content.count(b"/Subtype /Image") == 2
+    assert len(re.findall(r"image ?not ?available", text)) == 3
 
 
 # -- REST API -------------------------------------------------------------------------------------
@@ -250,3 +275,25 @@ def test_openapi_documents_the_comparison_and_the_timeline(web: WebNode) -> None
     assert "`doubling_time_days` (null" in paths["/api/findings"]["get"]["description"]
     assert "`resolved`" in paths["/api/series/{series_uid}"]["get"]["description"]
     assert {"/api/timeline", "/api/series/{series_uid}/timeline"} <= set(paths)
+
+
+def test_console_draws_a_matched_nodule_side_by_side_from_the_spool(client: httpx.Client, exams: dict[str, Any]) -> None:
+    """No SC overlays in the outbox: the page draws each matched nodule's prior and current key slices."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    html = client.get(f"/series/{exams['current']}").text
+    assert "/overlay/compare-1.png" in html and "nodule 1, growing: prior 20240115 (left) and current (right)" in html
+    assert "/overlay/compare-3.png" not in html  # a new nodule has nothing to be compared with
+    png = client.get(f"/series/{exams['current']}/overlay/compare-1.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    pixels = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"))
+    left, right = pixels[:, :256], pixels[:, -256:]
+    # the prior's 6 mm nodule at the current one's place on the left, the current 7.9 mm one on the right
+    assert _ring_fraction(left, 150, 170, 6.0 / 2 / 0.6 + 4) > 0.8
+    assert _ring_fraction(right, 150, 170, 7.9 / 2 / 0.6 + 4) > 0.8
+    # the stable nodule's key slices are not in the spool: said so, not a server error
+    missing = client.get(f"/series/{exams['current']}/overlay/compare-2.png")
+    assert missing.status_code == 404 and "no longer in the spool" in missing.text
