@@ -24,7 +24,6 @@ from dicomnode.web.report import (
     build_pdf,
     comparison_cells,
     comparison_rows,
-    dicom_date,
     report_context,
     resolved_cells,
 )
@@ -34,6 +33,7 @@ from dicomnode.web.tables import cell, short_uid, table_rows
 from dicomnode.web.views import (
     NotFound,
     dashboard_stats,
+    dicom_date,
     list_series,
     overlay_images,
     overlay_png,

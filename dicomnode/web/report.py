@@ -13,6 +13,7 @@ from fpdf import FPDF
 
 from dicomnode.web.views import (
     NotFound,
+    dicom_date,
     OverlayImage,
     model_info,
     model_warning,
@@ -124,12 +125,6 @@ COMPARISON_COLUMNS = [("#", 7), ("Status", 17), ("Prior Ø mm", 17), ("Mean Ø m
 RESOLVED_COLUMNS = [("Prior #", 14), ("Type", 26), ("Prior Ø mm", 20), ("Prior vol. mm³", 24), ("Prior Lung-RADS", 26),
                     ("Centre x, y, z mm (prior exam)", 80)]
 DAYS_PER_MONTH = 365.25 / 12
-
-
-def dicom_date(value: Any) -> str:
-    """YYYYMMDD as YYYY-MM-DD; anything else as it is ('' for none)."""
-    text = str(value or "")
-    return f"{text[:4]}-{text[4:6]}-{text[6:]}" if len(text) == 8 and text.isdigit() else text
 
 
 def interval_text(days: Any) -> str:

@@ -497,9 +497,15 @@ def overlay_images(node: Node, series_uid: str, detail: dict[str, Any] | None = 
                      for f in detail["findings"] if ((f.get("comparison") or {}).get("prior") or {}).get("finding_id")]
 
 
+def dicom_date(value: Any) -> str:
+    """YYYYMMDD as YYYY-MM-DD; anything else as it is ('' for none)."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}" if len(text) == 8 and text.isdigit() else text
+
+
 def comparison_caption(f: dict[str, Any], prior_date: Any) -> str:
-    """`nodule 1, growing: prior 20240115 (left) and current (right)`."""
-    when = f" {prior_date}" if prior_date else ""
+    """`nodule 1, growing: prior 2024-01-15 (left) and current (right)`."""
+    when = f" {dicom_date(prior_date)}" if prior_date else ""
     return f"nodule {f['index']}, {f['comparison']['status']}: prior{when} (left) and current (right)"
 
 

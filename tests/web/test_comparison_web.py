@@ -285,7 +285,7 @@ def test_console_draws_a_matched_nodule_side_by_side_from_the_spool(client: http
     from PIL import Image
 
     html = client.get(f"/series/{exams['current']}").text
-    assert "/overlay/compare-1.png" in html and "nodule 1, growing: prior 20240115 (left) and current (right)" in html
+    assert "/overlay/compare-1.png" in html and "nodule 1, growing: prior 2024-01-15 (left) and current (right)" in html
     assert "/overlay/compare-3.png" not in html  # a new nodule has nothing to be compared with
     png = client.get(f"/series/{exams['current']}/overlay/compare-1.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
