@@ -404,6 +404,9 @@ def _check_pair(current_slice: Dataset, prior_slice: Dataset, current: Finding, 
         raise ValueError(f"no side-by-side image: the prior is not this patient's exam ({why})")
     if current_slice.get("StudyInstanceUID") == prior_slice.get("StudyInstanceUID"):
         raise ValueError("no side-by-side image: the prior slice is from the current study")
+    prior_date, current_date = _date(prior_slice), _date(current_slice)
+    if "unknown" not in prior_date + current_date and prior_date > current_date:
+        raise ValueError(f"no side-by-side image: the prior ({prior_date}) is later than the current exam ({current_date})")
 
 
 def draw_comparison(current_slice: Dataset, prior_slice: Dataset, current: Finding, prior: Finding, number: int,

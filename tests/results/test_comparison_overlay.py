@@ -150,6 +150,13 @@ def test_another_patients_prior_or_a_wrong_slice_is_refused() -> None:
             PRIOR_F.key_slice, sop_instance_uid=same_study.SOPInstanceUID)), RESULT, 1)
 
 
+def test_a_prior_dated_after_the_current_exam_is_refused() -> None:
+    later = ct_slice("1.2.826.0.9.4", "20260101", 200, 0.8, PRIOR_HU, (100, 60), 7.5)
+    later_f = replace(PRIOR_F, key_slice=replace(PRIOR_F.key_slice, sop_instance_uid=later.SOPInstanceUID))
+    with pytest.raises(ValueError, match=r"the prior \(2026-01-01\) is later than the current exam \(2025-01-21\)"):
+        build_comparison_overlay(CURRENT, later, CURRENT_F, later_f, RESULT, 1)
+
+
 def test_change_line() -> None:
     assert change_line(PRIOR_F, CURRENT_F, 470.4, "growing") == "growing: 12.0 -> 15.8 mm, volume +128%, doubling time 470 days"
     assert change_line(PRIOR_F, PRIOR_F, None, "stable") == "stable: 12.0 -> 12.0 mm, volume +0%, not growing"
