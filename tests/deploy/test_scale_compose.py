@@ -23,7 +23,7 @@ import pytest
 
 from dicomnode.config import load_settings, unknown_env_vars
 from tests.conftest import LIDC_SERIES, REPO_ROOT
-from tests.node.helpers import NodeProcess, free_port, storescu, wait_for
+from tests.node.helpers import NodeProcess, free_port, port_open, storescu, wait_for
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is not installed")
 DEPLOY = REPO_ROOT / "deploy"
@@ -204,17 +204,26 @@ def test_docker_compose_config_and_haproxy_check_accept_the_files() -> None:
 
 
 # -- a real HAProxy with the deploy config in front of a real node -----------------------------------
+NODE_ENV = {"DICOMNODE_NODE__HOST": "127.0.0.1", "DICOMNODE_WEB__ENABLED": "false", "DICOMNODE_ROUTES": "[]",
+            "DICOMNODE_INFERENCE__ENGINE": "onnxruntime", "DICOMNODE_NODE__RECEIVE_PROCESSES": "1"}
+
+
 @pytest.fixture(scope="module")
-def deploy_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    """A node with deploy/node.toml (AE title, allowed callers), on loopback, no analysis, no console."""
+def deploy_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """Two nodes with deploy/node.toml (AE title, allowed callers), on loopback, no analysis, no console;
+    the second one misconfigured: HAPROXY is not among its allowed calling AEs, so it refuses the check."""
     root = tmp_path_factory.mktemp("deploy-node")
-    env = {"DICOMNODE_NODE__HOST": "127.0.0.1", "DICOMNODE_WEB__ENABLED": "false", "DICOMNODE_ROUTES": "[]",
-           "DICOMNODE_INFERENCE__ENGINE": "onnxruntime", "DICOMNODE_NODE__RECEIVE_PROCESSES": "1"}
-    node = NodeProcess(root / "data", NODE_TOML.read_text(), env=env).start()
+    good = NodeProcess(root / "good", NODE_TOML.read_text(), env=NODE_ENV)
+    refusing = NodeProcess(root / "refusing", NODE_TOML.read_text(),
+                           env={**NODE_ENV, "DICOMNODE_SECURITY__ALLOWED_CALLING_AES": '["SCANNER"]'})
     try:
-        yield node
+        good.start(wait=False)  # both start at once; then wait for each
+        refusing.start()
+        wait_for(lambda: port_open(good.port), 60, "the node to listen")
+        yield good, refusing
     finally:
-        node.stop()
+        good.stop()
+        refusing.stop()
 
 
 def local_haproxy_cfg(path: Path, port: int, stats_port: int, backends: dict[str, int]) -> None:
@@ -237,14 +246,16 @@ def server_states(stats_port: int) -> dict[str, dict[str, str]]:
         return {r["svname"]: r for r in rows if r["pxname"] == "dicomnodes" and r["svname"] not in ("BACKEND", "FRONTEND")}
 
 
-def test_real_haproxy_checks_a_real_node_and_forwards_storescu(deploy_node: NodeProcess, tmp_path: Path) -> None:
+def test_real_haproxy_checks_a_real_node_and_forwards_storescu(deploy_nodes: tuple[NodeProcess, NodeProcess],
+                                                               tmp_path: Path) -> None:
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
     if haproxy is None:
         pytest.skip("HAProxy is not installed (scripts/install.sh installs Debian's haproxy)")
+    good, refusing = deploy_nodes
     port, stats_port = free_port(), free_port()
     cfg = tmp_path / "haproxy.cfg"
-    # node2: a port nothing listens on (a node that is down)
-    local_haproxy_cfg(cfg, port, stats_port, {"node1": deploy_node.port, "node2": free_port()})
+    # node2 listens but refuses the association (A-ASSOCIATE-RJ); node3: nothing listens (a node that is down)
+    local_haproxy_cfg(cfg, port, stats_port, {"node1": good.port, "node2": refusing.port, "node3": free_port()})
     proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def settled() -> dict[str, dict[str, str]] | None:
@@ -252,19 +263,22 @@ def test_real_haproxy_checks_a_real_node_and_forwards_storescu(deploy_node: Node
                 states = server_states(stats_port)
             except OSError:
                 return None
-            done = states.get("node1", {}).get("check_status") == "L7OK" and states.get("node2", {}).get("status") == "DOWN"
+            done = (states.get("node1", {}).get("check_status") == "L7OK"
+                    and all(states.get(n, {}).get("status") == "DOWN" for n in ("node2", "node3")))
             return states if done else None
 
-        states = wait_for(settled, 60, "HAProxy to mark node1 up by its DICOM check and node2 down")
+        states = wait_for(settled, 60, "HAProxy to mark node1 up by its DICOM check, node2 and node3 down")
         assert states["node1"]["status"] == "UP"
+        # a TCP check would have taken node2 for healthy: its port is open, its DICOM layer refuses
+        assert states["node2"]["check_status"] == "L7RSP" and states["node3"]["check_status"] == "L4CON"
         files = sorted(LIDC_SERIES.iterdir())[:3]
         storescu(port, files)  # through the balancer: only node1 can take it
     finally:
         proc.terminate()
         proc.wait(20)
-    instances = deploy_node.audit("instances")
-    assert len(instances) == 3
-    associations = deploy_node.audit("associations")
+    assert len(good.audit("instances")) == 3
     # each check is an accepted association closed by a release (the last may still be open)
-    states = [a["state"] for a in associations if a["calling_ae"] == "HAPROXY"]
-    assert "released" in states and set(states) <= {"released", "accepted"}, states
+    states_seen = [a["state"] for a in good.audit("associations") if a["calling_ae"] == "HAPROXY"]
+    assert "released" in states_seen and set(states_seen) <= {"released", "accepted"}, states_seen
+    refused = [a["state"] for a in refusing.audit("associations") if a["calling_ae"] == "HAPROXY"]
+    assert refused and set(refused) == {"rejected"}, refused
