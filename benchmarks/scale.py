@@ -13,6 +13,10 @@ alternately to the nodes; every node's job workers claim from the one queue in t
 present compare-and-set claim, which PostgreSQL honours like SQLite). Reported beside the ratio: jobs
 done by each node, jobs per series (1 expected: more would be a series analysed twice), CPU seconds
 per job of the nodes and of PostgreSQL, the most connections PostgreSQL saw, and audit rows per study.
+What this assumes until the lease work (node ids, leases, SKIP LOCKED) lands: no node starts or
+restarts during a run (a starting node puts every `running` job back to `queued`, another node's too);
+each series arrives whole on one association to one node; jobs per node are counted from each node's
+log (the jobs table does not say which node ran a job yet).
 
 Each set-up: fresh data dirs, the model loaded (/health 200), then N series sent by dcmtk storescu
 one after the other; throughput = N / (first JOB_STARTED -> last JOB_DONE) from the audit DB. "Where

@@ -75,7 +75,8 @@ def haproxy_backend() -> tuple[list[tuple[str, str, int]], list[str]]:
 def test_services_volumes_and_dependencies_are_consistent() -> None:
     s = spec()
     services = s["services"]
-    assert {"postgres", "triton", "model-export", "haproxy", "orthanc", "ohif", "prometheus", "grafana"} <= set(services)
+    expected = {"postgres", "triton", "model-export", "haproxy", "orthanc", "ohif", "prometheus", "grafana"}
+    assert expected <= set(services)
     assert len(nodes(services)) >= 2
     declared = set(s["volumes"])
     for name, service in services.items():
@@ -114,7 +115,7 @@ def test_triton_serves_what_model_export_writes_on_a_gpu() -> None:
 def test_every_node_reads_one_database_one_spool_and_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     services = spec()["services"]
     triton_ports = {p.split(":")[1] for p in services["triton"]["ports"]}
-    seen: dict[str, set[Any]] = {"db": set(), "spool": set(), "outbox": set(), "data": set(), "host": set(), "web": set()}
+    seen: dict[str, set[Any]] = {k: set() for k in ("db", "spool", "outbox", "data", "host", "web")}
     for name, node in nodes(services).items():
         settings = node_settings(node, monkeypatch)
         node_mounts = mounts(node)
@@ -193,7 +194,8 @@ def _compose_command() -> list[str] | None:
 def test_docker_compose_config_and_haproxy_check_accept_the_files() -> None:
     compose_cmd = _compose_command()
     if compose_cmd is None:
-        pytest.skip("neither the docker compose plugin nor docker-compose is installed (.ci/run installs docker-compose)")
+        pytest.skip("neither the docker compose plugin nor docker-compose is installed "
+                    "(.ci/run installs docker-compose)")
     result = subprocess.run([*compose_cmd, "-f", str(COMPOSE), "config", "--quiet"],
                             capture_output=True, text=True, cwd=DEPLOY, check=False)
     assert result.returncode == 0, result.stderr
@@ -235,15 +237,16 @@ def local_haproxy_cfg(path: Path, port: int, stats_port: int, backends: dict[str
     text = re.sub(r" resolvers docker", "", text)
     text = re.sub(r"^resolvers docker\n(?:[ \t]+.*\n)*", "", text, flags=re.MULTILINE)
     text = re.sub(r"^[ \t]+server .*\n", "", text, flags=re.MULTILINE)
-    text = text.replace("\n# the state of each node", "".join(f"    server {name} 127.0.0.1:{p}\n"
-                                                            for name, p in backends.items()) + "\n# the state of each node")
+    servers = "".join(f"    server {name} 127.0.0.1:{p}\n" for name, p in backends.items())
+    text = text.replace("\n# the state of each node", servers + "\n# the state of each node")
     path.write_text(text)
 
 
 def server_states(stats_port: int) -> dict[str, dict[str, str]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5) as answer:
         rows = csv.DictReader(io.StringIO(answer.read().decode().lstrip("# ")))
-        return {r["svname"]: r for r in rows if r["pxname"] == "dicomnodes" and r["svname"] not in ("BACKEND", "FRONTEND")}
+        return {r["svname"]: r for r in rows
+                if r["pxname"] == "dicomnodes" and r["svname"] not in ("BACKEND", "FRONTEND")}
 
 
 def test_real_haproxy_checks_a_real_node_and_forwards_storescu(deploy_nodes: tuple[NodeProcess, NodeProcess],
