@@ -158,7 +158,11 @@ def test_haproxy_balances_over_every_node_and_prometheus_scrapes_each(monkeypatc
     assert re.search(r"^defaults\n(?:.*\n)*?\s+mode tcp$", text, re.MULTILINE)
     bind = re.search(r"^frontend dicom\n\s+bind :(\d+)", text, re.MULTILINE)
     assert bind and f"{bind.group(1)}:{bind.group(1)}" in services["haproxy"]["ports"]
-    assert re.search(r"^\s+default-server check ", text, re.MULTILINE), "servers without a health check"
+    default_server = re.search(r"^\s+default-server (.*)$", text, re.MULTILINE)
+    assert default_server and " check " in f" {default_server.group(1)} ", "servers without a health check"
+    # HAProxy queues what a node would refuse: its per-server limit leaves the node one slot for the check
+    maxconn = re.search(r"\bmaxconn (\d+)", default_server.group(1))
+    assert maxconn and int(maxconn.group(1)) < settings.node.max_associations
     assert checks[0] == "tcp-check connect" and "HAPROXY" in settings.security.allowed_calling_aes
     assert "haproxy/haproxy.cfg" in " ".join(services["haproxy"]["volumes"])
     prometheus = yaml.safe_load((DEPLOY / "prometheus.scale.yml").read_text())
