@@ -24,6 +24,7 @@ the time goes": the median per-job stage seconds of jobs.summary["timings_s"].
 
     python benchmarks/scale.py [--series 6] [--size tiny|small] [--threads 2] [--setups local,triton] [--rounds 2]
     python benchmarks/scale.py --setups pg1,pg2 --series 6 --size tiny --threads 1
+    python benchmarks/scale.py --setups pg1 --size lidc --series 1   # CPU seconds of one real chest CT
 
 On the 2-core development machine Triton and the node share the same two cores: this shows what
 the remote protocol costs, not a GPU's gain (see docs/architecture.md, "Engines").
@@ -396,8 +397,18 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+LIDC = REPO.parent / "shared" / "data" / "lidc-idri-0002" / "series"
+
+
 def write_series(root: Path, n: int, size: str) -> list[list[Path]]:
     from inference.phantom import write_phantom_series
+
+    if size == "lidc":  # the real chest CT, once: the CPU seconds of a real study for docs/sizing.md
+        if n != 1:
+            raise SystemExit("--size lidc sends the one real series: use --series 1")
+        if not LIDC.is_dir():
+            raise SystemExit(f"the LIDC series is not at {LIDC}")
+        return [sorted(LIDC.iterdir())]
 
     return [list(write_phantom_series(root / f"phantom-{seed}", seed, **SIZES[size]).files)
             for seed in range(7000, 7000 + n)]
@@ -431,8 +442,9 @@ def report(results: list[Result]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=6, help="phantom series per set-up")
-    parser.add_argument("--size", choices=tuple(SIZES), default="small",
-                        help="tiny: 128x128x28; small: 256x256 thick slices (default)")
+    parser.add_argument("--size", choices=(*SIZES, "lidc"), default="small",
+                        help="tiny: 128x128x28; small: 256x256 thick slices (default); "
+                             "lidc: the real lidc-idri-0002 series (261 slices; with --series 1)")
     parser.add_argument("--threads", type=int, default=2, help="engine threads (the node's, or Triton's model)")
     parser.add_argument("--setups", default="local,triton", help=f"comma-separated, of {', '.join(SETUPS)}")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median run is reported")
