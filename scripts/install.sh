@@ -15,6 +15,7 @@ if [ "${DICOMNODE_NODE_ONLY:-0}" != 1 ]; then  # peers only the tests use
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v docker-compose >/dev/null || need_apt+=(docker-compose)  # `config` checks deploy/
+  [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)  # runs deploy/haproxy/haproxy.cfg's DICOM health check (tests/deploy)
   [ -x /usr/sbin/rsyslogd ] || command -v rsyslogd >/dev/null || need_apt+=(rsyslog)  # the ATNA audit repository (tests/e2e/test_atna.py)
   ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need_apt+=(rsyslog-gnutls)  # its TLS (RFC 5425)
 fi
