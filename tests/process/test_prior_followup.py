@@ -27,6 +27,7 @@ from storage.events import EventCode
 from storage.models import Delivery, Event, FindingRow, Job, Series
 from storage.states import JobState
 from tests.node.helpers import free_port, wait_for
+from tests.process.prior_helpers import STATUS_MEANING, nearest, nodule_groups, report_texts
 
 PRIOR_SEED, CURRENT_SEED = 5, 105
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -116,39 +117,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         node.stop()
 
 
-def items(ds: Dataset) -> Iterator[Dataset]:
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from items(item)
-
-
-def meaning(item: Dataset) -> str:
-    return str(item.ConceptNameCodeSequence[0].CodeMeaning)
-
-
-def nodule_groups(sr: Dataset) -> dict[str, dict[str, Any]]:
-    """Per Tracking UID (planar groups only): its NUM values, CODE values and TEXT values by concept meaning."""
-    out: dict[str, dict[str, Any]] = {}
-    for group in items(sr):
-        children = list(group.get("ContentSequence", []))
-        if meaning(group) != "Measurement Group" or not any(c.ValueType == "SCOORD" for c in children):
-            continue
-        values: dict[str, Any] = {}
-        for c in children:
-            if c.ValueType == "NUM":
-                values[meaning(c)] = float(c.MeasuredValueSequence[0].NumericValue)
-            elif c.ValueType == "CODE":
-                values.setdefault(meaning(c), str(c.ConceptCodeSequence[0].CodeMeaning))
-            elif c.ValueType in ("TEXT", "UIDREF"):
-                values.setdefault(meaning(c), str(c.TextValue if c.ValueType == "TEXT" else c.UID))
-        out[values["Tracking Unique Identifier"]] = values
-    return out
-
-
-def report_texts(sr: Dataset, name: str) -> list[str]:
-    return [str(i.TextValue) for i in items(sr) if i.ValueType == "TEXT" and meaning(i) == name]
-
-
 def test_first_exam_has_no_prior_and_says_so(pair: Pair) -> None:
     job = pair.prior.job
     assert job.summary is not None
@@ -163,12 +131,6 @@ def test_first_exam_has_no_prior_and_says_so(pair: Pair) -> None:
         [event] = s.execute(select(Event).where(Event.job_id == job.id,
                                                 Event.code == int(EventCode.PRIOR_NOT_COMPARED))).scalars()
     assert "prior not available" in event.message
-
-
-def nearest(rows: list[FindingRow], centre: list[float]) -> tuple[FindingRow, float]:
-    d = [(math.dist((r.center_x_mm, r.center_y_mm, r.center_z_mm), centre), i) for i, r in enumerate(rows)]
-    best, i = min(d)
-    return rows[i], best
 
 
 def test_follow_up_is_compared_in_the_job_rows_summary_and_sr(pair: Pair) -> None:
@@ -190,8 +152,7 @@ def test_follow_up_is_compared_in_the_job_rows_summary_and_sr(pair: Pair) -> Non
         row, dist = nearest(rows, n["center_mm"])
         assert dist < 5, n
         group = groups[str(row.tracking_uid)]
-        assert group["Change since prior exam"] == {"new": "New", "growing": "Increase in size",
-                                                    "stable": "No change", "shrinking": "Decreased size"}[str(row.comparison_status)]
+        assert group["Change since prior exam"] == STATUS_MEANING[str(row.comparison_status)]
         assert group["Lung-RADS assessment category"].startswith(f"Lung-RADS {row.lung_rads}")
         if n["status"] == "new":
             assert row.comparison_status == "new" and row.prior_finding_id is None and row.lung_rads == "4A"
