@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from dicomnode.config import Settings
-from dicomnode.process.jobs import finding_message, finding_row, load_series_datasets
+from dicomnode.process.jobs import PRIOR_ROUTE, finding_message, finding_row, load_series_datasets
 from dicomnode.process.pipelines import LUNG_NODULE, AnalyseSeries, PriorExam
 from dicomnode.receive.intake import Intake
 from dicomnode.receive.spool import Spool
@@ -40,7 +40,6 @@ def derived_tracking_uid(index: int, series_uid: str, model_version: str, option
     return derived(index, series_uid, model_version, options)
 
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # the Structured Report storage SOP classes
-PRIOR_ROUTE = "prior"  # the route name of a prior's own analysis job (it has no destinations)
 
 
 class NodePriors:

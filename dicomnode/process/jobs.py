@@ -32,6 +32,8 @@ from storage.states import DeliveryKind, DeliveryState, JobState
 
 log = logging.getLogger(__name__)
 
+PRIOR_ROUTE = "prior"  # the route name of a prior series' own analysis: no destinations, no comparison of its own
+
 
 def enqueue_job(s: Session, series: Series, route: Route) -> int:
     return queue_job(s, series, route.pipeline, route.name, list(route.destinations))
@@ -157,10 +159,11 @@ class JobRunner:
             assert job is not None
             series = job.series
             series_uid, series_id, pipeline_name = series.series_instance_uid, series.id, job.pipeline
+            is_prior = job.route_name == PRIOR_ROUTE
             record_event(s, EventCode.JOB_STARTED, f"attempt {job.attempts} of pipeline {pipeline_name!r}",
                          series_instance_uid=series_uid, job_id=job_id)
         context = PipelineContext(job_id, series_uid, self.settings, progress=self._progress_writer(job_id),
-                                  series_id=series_id, prior=self.prior_provider)
+                                  series_id=series_id, prior=None if is_prior else self.prior_provider)
         started = time.perf_counter()
         try:
             datasets = load_series_datasets(self.db, self.spool, series_id)
