@@ -62,7 +62,7 @@ class NodePriors:
             raise
         except Exception as exc:  # files removed by retention, an unreadable prior: no comparison, said so
             log.exception("the prior of series %s could not be analysed", series_id)
-            reason = f"the prior {outcome.summary().removeprefix('prior: ')} could not be analysed: {printable_error(exc)}"
+            reason = f"the prior {outcome.summary().removeprefix('prior: ')} could not be read or analysed: {printable_error(exc)}"
             return PriorExam(False, f"prior not available: {reason}")
 
     def _analysed_job(self, prior_series_id: int) -> int | None:
