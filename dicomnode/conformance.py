@@ -373,7 +373,36 @@ def _priors_section() -> list[str]:
         f"  both within `priors.max_wait_s` (default {priors.max_wait_s:g} s) for the whole search and retrieval.",
         "",
     ]
-    return out
+    return out + _follow_up_sr_section()
+
+
+def _follow_up_sr_section() -> list[str]:
+    """What the TID 1500 SR of a follow-up says about the prior (dicomnode.results.sr, issue 12)."""
+    from dicomnode.results import sr
+
+    per_nodule = [(sr.CHANGE_SINCE_PRIOR, "CODE: " + ", ".join(_code(c) for c in sr.CHANGE_STATUS.values())),
+                  (sr.PRIOR_DIAMETER, "NUM mm (derivation Mean)"), (sr.PRIOR_VOLUME, "NUM mm3"),
+                  (sr.VOLUME_CHANGE, "NUM %"), (sr.DIAMETER_CHANGE, "NUM mm"), (sr.INTERVAL, "NUM d"),
+                  (sr.DOUBLING_TIME, "NUM d when growing; TEXT \"not growing\" otherwise"),
+                  (sr.GROWTH_FLAG, "CODE Present/Absent")]
+    report = [(sr.PRIOR_COMPARISON, "TEXT: what was compared, or \"prior not available: <reason>\""),
+              (sr.PRIOR_STUDY, "TEXT: the prior's Study Instance UID"),
+              (sr.PRIOR_REPORT, "TEXT: the SOP Instance UID of the prior's SR, when the node made one"),
+              (sr.RESOLVED, "TEXT, one per prior nodule not seen again (with its Tracking UID)")]
+    out = [
+        "### 11.1 The comparison in the results",
+        "",
+        "A follow-up's SR carries in each nodule's measurement group (TID 1410) the change since the prior; a",
+        "nodule matched with a prior nodule keeps the prior SR's Tracking Unique Identifier (and its SEG segment",
+        "the same), and its Lung-RADS category, like the exam's at report level, is the v2022 follow-up category.",
+        "",
+        "| Concept (per nodule) | Value |",
+        "|---|---|",
+    ]
+    out += [f"| {_code(c)} | {v} |" for c, v in per_nodule]
+    out += ["", "| Concept (report level, Qualitative Evaluations container) | Value |", "|---|---|"]
+    out += [f"| {_code(c)} | {v} |" for c, v in report]
+    return out + [""]
 
 
 def dicomweb_sections() -> list[str]:

@@ -20,6 +20,7 @@ from dicomnode.core.durable import make_dirs_durably
 from dicomnode.deliver.outbox import Outbox
 from dicomnode.deliver.retry import requeue_for_user
 from dicomnode.deliver.sender import DeliveryLoop, ResultSender
+from dicomnode.priors.provider import NodePriors
 from dicomnode.process.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
 from dicomnode.process.pipelines import known_pipeline
 from dicomnode.process.routing import Router
@@ -89,8 +90,11 @@ class Node:
         self.router = Router(self.db, settings.routes, enqueue_job, self.outbox.forward,
                              on_job_queued=self._wake_job_workers,
                              on_delivery_queued=lambda: self.sender_loop.wake_up())
+        # [priors]: the lung pipeline compares each series with the patient's prior exam (issue 12)
         self.runner = JobRunner(self.db, self.spool, self.outbox, settings,
-                                on_delivery_queued=lambda: self.sender_loop.wake_up())
+                                on_delivery_queued=lambda: self.sender_loop.wake_up(),
+                                prior_provider=NodePriors(self.db, self.spool, self.intake, settings)
+                                if settings.priors.enabled else None)
         self.sender = ResultSender(self.db, settings.outbox_dir, settings)
         # the DICOM receiver: in this process, or node.receive_processes processes behind the port
         self.receive_processes = settings.node.receive_processes or default_processes()

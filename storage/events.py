@@ -64,6 +64,9 @@ class EventCode(IntEnum):
     PRIOR_PATIENT_MISMATCH = 525  # the prior is not provably the same patient: refused, no comparison
     PRIOR_SERIES_HELD = 526  # a complete prior series: held for comparison, starts no job, never delivered
     PRIOR_QUERY = 527  # a C-FIND for priors sent to a peer (the query in details; IHE ATNA Query)
+    PRIOR_COMPARED = 528  # the current exam compared with its prior (matched, new, resolved; follow-up Lung-RADS)
+    PRIOR_NOT_COMPARED = 529  # the result goes without comparison: "prior not available: <reason>" (or why not)
+    PRIOR_ANALYSED = 530  # a retrieved prior analysed once, in the current exam's job: its own job, never delivered
     # 6xx: deliveries
     DELIVERY_QUEUED = 600
     DELIVERY_SENT = 601

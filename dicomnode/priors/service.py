@@ -33,7 +33,7 @@ from dicomnode.priors import finder
 from dicomnode.priors.finder import DATABASE, PeerError, PriorCandidate, Search
 from dicomnode.priors.retrieve import Retrieval, c_get, c_move
 from dicomnode.priors.safety import PatientIdentity, mismatches
-from dicomnode.process.jobs import queue_job
+from dicomnode.process.jobs import PRIOR_ROUTE, queue_job
 from dicomnode.receive.intake import Intake, Origin
 from dicomnode.receive.spool import Spool
 from storage.audit import record_event
@@ -422,7 +422,7 @@ def analyse_prior(db: Database, series_id: int, pipeline: str = "lung-nodule") -
         series = s.get(Series, series_id)
         if series is None or series.role != SeriesRole.PRIOR:
             raise ValueError(f"series {series_id} is not a prior series")
-        return queue_job(s, series, pipeline, "prior", [])
+        return queue_job(s, series, pipeline, PRIOR_ROUTE, [])
 
 
 def spool_files(db: Database, spool: Spool, series_id: int) -> list[Path]:

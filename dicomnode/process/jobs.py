@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from dicomnode.config import Route, Settings
 from dicomnode.core.loops import PeriodicWorker
 from dicomnode.deliver.outbox import Outbox
-from dicomnode.process.pipelines import Pipeline, PipelineContext, PipelineOutput, resolve_pipeline
+from dicomnode.process.pipelines import Pipeline, PipelineContext, PipelineOutput, PriorProvider, resolve_pipeline
 from dicomnode.receive.spool import Spool
 from storage.audit import record_event
 from storage.db import Database, rows_changed
@@ -31,6 +31,8 @@ from inference.remote_engine import EngineUnreachable
 from storage.states import DeliveryKind, DeliveryState, JobState
 
 log = logging.getLogger(__name__)
+
+PRIOR_ROUTE = "prior"  # the route name of a prior series' own analysis: no destinations, no comparison of its own
 
 
 def enqueue_job(s: Session, series: Series, route: Route) -> int:
@@ -87,8 +89,10 @@ class JobRunner:
 
     def __init__(self, db: Database, spool: Spool, outbox: Outbox, settings: Settings,
                  pipeline_resolver: Callable[[str, Settings], Pipeline] = resolve_pipeline,
-                 on_delivery_queued: Callable[[], None] = lambda: None) -> None:
+                 on_delivery_queued: Callable[[], None] = lambda: None,
+                 prior_provider: PriorProvider | None = None) -> None:
         self.db = db
+        self.prior_provider = prior_provider  # [priors] enabled: the pipeline compares with the prior exam
         # called once a finished job's deliveries are committed (the node wakes its sender with it)
         self.on_delivery_queued = on_delivery_queued
         self.spool = spool
@@ -155,9 +159,11 @@ class JobRunner:
             assert job is not None
             series = job.series
             series_uid, series_id, pipeline_name = series.series_instance_uid, series.id, job.pipeline
+            is_prior = job.route_name == PRIOR_ROUTE
             record_event(s, EventCode.JOB_STARTED, f"attempt {job.attempts} of pipeline {pipeline_name!r}",
                          series_instance_uid=series_uid, job_id=job_id)
-        context = PipelineContext(job_id, series_uid, self.settings, progress=self._progress_writer(job_id))
+        context = PipelineContext(job_id, series_uid, self.settings, progress=self._progress_writer(job_id),
+                                  series_id=series_id, prior=None if is_prior else self.prior_provider)
         started = time.perf_counter()
         try:
             datasets = load_series_datasets(self.db, self.spool, series_id)
@@ -191,7 +197,8 @@ class JobRunner:
             deliveries = self.outbox.enqueue(s, job, series, output.datasets)
             superseded = None if job.supersedes_job_id is None else supersede_job_deliveries(s, job.supersedes_job_id, job.id)
             for i, f in enumerate(output.findings, start=1):
-                s.add(finding_row(job.id, series.id, i, f))
+                columns = output.finding_columns[i - 1] if i <= len(output.finding_columns) else {}
+                s.add(finding_row(job.id, series.id, i, f, columns))
                 record_event(s, EventCode.FINDING_RECORDED, finding_message(i, f),
                              series_instance_uid=series.series_instance_uid, job_id=job.id)
             job.state, job.finished_at, job.verdict, job.progress = JobState.DONE, utcnow(), output.verdict, None
@@ -204,6 +211,8 @@ class JobRunner:
                 summary["supersedes_job"] = job.supersedes_job_id
                 summary["superseded_deliveries"] = superseded
             job.summary = summary
+            comparison_event(s, job, series.series_instance_uid, summary.get("comparison"),
+                             [str(c.get("comparison_status")) for c in output.finding_columns])
             if output.verdict == "not_analysed":
                 record_event(s, EventCode.SERIES_NOT_ANALYSED, str(output.summary.get("reason", "not analysed")),
                              series_instance_uid=series.series_instance_uid, job_id=job.id)
@@ -263,9 +272,32 @@ def supersede_job_deliveries(s: Session, old_job_id: int, new_job_id: int) -> in
     )
 
 
-def finding_row(job_id: int, series_id: int, index: int, f: Finding) -> FindingRow:
-    """The audit row of one finding: every field a reader sees in the console, report and API."""
+def comparison_event(s: Session, job: Job, series_uid: str, comparison: Any, statuses: list[str]) -> None:
+    """The audit of the comparison with the prior (when the pipeline looked for one): compared, or why not."""
+    if not isinstance(comparison, dict):
+        return
+    if comparison.get("performed"):
+        counts = "".join(f"{statuses.count(k)} {k}, " for k in ("growing", "stable", "shrinking", "new"))
+        resolved = comparison.get("resolved") or []
+        record_event(s, EventCode.PRIOR_COMPARED,
+                     f"compared with the prior of {comparison.get('prior_study_date') or '?'} "
+                     f"({comparison.get('interval_days')} days): {counts}"
+                     f"{len(resolved)} resolved; follow-up Lung-RADS {comparison.get('lung_rads')}",
+                     series_instance_uid=series_uid, job_id=job.id,
+                     details={"prior_study_instance_uid": comparison.get("prior_study_instance_uid"),
+                              "prior_series_instance_uid": comparison.get("prior_series_instance_uid"),
+                              "prior_job_id": comparison.get("prior_job_id"), "lung_rads": comparison.get("lung_rads")})
+    else:
+        record_event(s, EventCode.PRIOR_NOT_COMPARED, f"result without comparison: {comparison.get('reason')}",
+                     series_instance_uid=series_uid, job_id=job.id, details={"reason": comparison.get("reason")})
+
+
+def finding_row(job_id: int, series_id: int, index: int, f: Finding,
+                columns: dict[str, Any] | None = None) -> FindingRow:
+    """The audit row of one finding: every field a reader sees in the console, report and API; `columns`:
+    its tracking UID and the comparison with the prior (FindingRow column names)."""
     return FindingRow(
+        **(columns or {}),
         job_id=job_id, series_id=series_id, index=index,
         center_x_mm=f.center_mm[0], center_y_mm=f.center_mm[1], center_z_mm=f.center_mm[2],
         diameter_mm=f.diameter_mm, volume_mm3=f.volume_mm3, probability=f.probability,

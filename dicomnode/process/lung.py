@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 
 from dicomnode.config import Settings
-from dicomnode.process.pipelines import PipelineContext, PipelineOutput
+from dicomnode.process.follow_up import exam_summary_json, follow_up, own_tracking_columns
+from dicomnode.process.pipelines import AnalyseSeries, PipelineContext, PipelineOutput
 from dicomnode.results import build_results
-from inference.findings import ModelIdentity
+from dicomnode.results.sr import follow_up_context
+from inference.findings import ModelIdentity, SeriesResult
 
 if TYPE_CHECKING:
     from inference.engines.triton_engine import TritonOptions
@@ -55,20 +57,36 @@ class LungNoduleStage:
         """The weights' manifest.json (the model card)."""
         return self.model.bundle.manifest
 
+    def analyse_prior(self, context: PipelineContext) -> AnalyseSeries:
+        """The same model on a retrieved prior series (analysed once, in the current exam's job)."""
+        def analyse(datasets: list[Dataset]) -> SeriesResult:
+            return self.model.analyze(datasets, progress=lambda message: context.progress(f"prior: {message}"))
+        return analyse
+
     def __call__(self, datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:
         started = time.perf_counter()
-        result = self.model.analyze(datasets, progress=context.progress)
+        baseline = self.model.analyze(datasets, progress=context.progress)
         inferred = time.perf_counter()
+        # with [priors]: the prior found, retrieved and analysed, and compared, before the results are encoded
+        follow = follow_up(datasets, baseline, context, self.options, self.analyse_prior(context))
+        result = baseline if follow is None else follow.result
+        compared = time.perf_counter()
         context.progress("encoding results")
-        objects = build_results(datasets, result, self.options)
+        with follow_up_context(None if follow is None else follow.sr):
+            objects = build_results(datasets, result, self.options)
         encoded = time.perf_counter()
         summary: dict[str, Any] = {
             "verdict_probability": result.verdict_probability,
-            "exam": result.exam.to_json() if result.exam is not None else None,
+            "exam": exam_summary_json(result, baseline, follow),
             "model": result.model.to_json(),
             "timings_s": {**result.timings_s, "inference": round(inferred - started, 3),
-                          "encoding": round(encoded - inferred, 3)},
+                          "encoding": round(encoded - compared, 3)},
         }
+        if follow is not None:
+            summary["comparison"] = follow.summary
+            summary["timings_s"]["prior_and_comparison"] = round(compared - inferred, 3)
         if result.not_analysed_reason:
             summary["reason"] = result.not_analysed_reason
-        return PipelineOutput(objects, verdict=result.verdict.value, findings=list(result.findings), summary=summary)
+        return PipelineOutput(objects, verdict=result.verdict.value, findings=list(result.findings), summary=summary,
+                              finding_columns=own_tracking_columns(result, self.options) if follow is None
+                              else follow.columns)

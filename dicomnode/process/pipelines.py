@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 
 from dicomnode.config import Settings
-from inference.findings import Finding, ModelIdentity
+from inference.findings import Finding, ModelIdentity, SeriesResult
 
 LUNG_NODULE = "lung-nodule"
 # built-in pipeline name -> "module:callable" (a class or factory taking the settings)
@@ -25,11 +25,44 @@ MODEL_PIPELINES = frozenset({LUNG_NODULE})
 
 
 @dataclass
+class PriorExam:
+    """The prior exam a pipeline compares the current series with (issue 12), or why there is none.
+
+    `available`: `result` holds the prior's analysis (findings in index order), `datasets` its images
+    (header and volume for the registration), `tracking_uids` / `finding_ids` per prior finding (its
+    SR Tracking UID and its `findings` row). `summary`: "prior: ..." or "prior not available: <reason>"."""
+
+    available: bool
+    summary: str
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sr_sop_instance_uid: str | None = None  # the prior's SR when the node made (and sent) one
+    job_id: int | None = None  # the job whose findings are the prior's
+    result: SeriesResult | None = None
+    datasets: list[Dataset] = field(default_factory=list)
+    tracking_uids: list[str] = field(default_factory=list)
+    finding_ids: list[int] = field(default_factory=list)
+
+
+# the pipeline's own analysis, for a prior that was retrieved and is analysed once, in the current job
+AnalyseSeries = Callable[[list[Dataset]], SeriesResult]
+
+
+class PriorProvider(Protocol):
+    """Finds, retrieves and (once) analyses the prior of a current series; the node gives one to the job
+    runner when [priors] is enabled (dicomnode.priors.provider). Never raises for a peer's sake."""
+
+    def __call__(self, series_id: int, analyse: AnalyseSeries) -> PriorExam: ...
+
+
+@dataclass
 class PipelineContext:
     job_id: int
     series_instance_uid: str
     settings: Settings
     progress: Callable[[str], None] = lambda message: None
+    series_id: int | None = None
+    prior: PriorProvider | None = None  # None: no comparison with priors ([priors] disabled)
 
 
 @dataclass
@@ -38,6 +71,8 @@ class PipelineOutput:
     verdict: str | None = None
     findings: list[Finding] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    # per finding (same order), the comparison columns of its `findings` row (tracking_uid, comparison_status, ...)
+    finding_columns: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Pipeline(Protocol):

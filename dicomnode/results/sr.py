@@ -4,7 +4,9 @@ One planar ROI group per nodule on its key slice, three NUM items first (OHIF sh
 only those: mean diameter, volume, the headline probability of cancer), the other
 measurements and the coded evaluations after; a "no nodules" group when there is none.
 At report level, a Qualitative Evaluations container: exam Lung-RADS, recommendation,
-LAA-950 and lung volume, risk-model inputs.
+LAA-950 and lung volume, risk-model inputs. In a follow-up (follow_up_context): per nodule the change
+since the prior (status, prior values, volume change, doubling time, growth flag; the prior's Tracking
+UID for a matched nodule) and at report level the prior study and SR, or "prior not available: <reason>".
 
 Never the retired SRT scheme: SCT, DCM, UCUM, UMLS, and two declared private schemes
 (99DCMNODE_LRADS for the Lung-RADS categories, 99DCMNODE for the few concepts with no
@@ -13,8 +15,11 @@ standard code) only. Where each code comes from is said beside it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from copy import deepcopy
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -117,6 +122,126 @@ QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluati
 PROCEDURE_REPORTED = CodedConcept("24627-2", "LN", "CT Chest")
 # IHE AIR: the algorithm is Contributing Equipment with this Purpose of Reference (IHE RAD TF-3, AI Results)
 PROCESSING_ALGORITHM = CodedConcept("1630", "99IHE", "Processing Algorithm")
+
+# ---- follow-up: the comparison with the prior exam (issue 12). No PS3.16 or SNOMED CT code for the
+# volume doubling time, the change values or the Lung-RADS growth flag: declared private codes. The status
+# is coded with SNOMED CT where it has one (new, increased, decreased size, no change).
+CHANGE_SINCE_PRIOR = CodedConcept("PRIORCHANGE", PRIVATE_SCHEME, "Change since prior exam")
+CHANGE_STATUS = {
+    "new": CodedConcept("7147002", "SCT", "New"),
+    "growing": CodedConcept("15454001", "SCT", "Increase in size"),
+    "shrinking": CodedConcept("19776001", "SCT", "Decreased size"),
+    "stable": CodedConcept("260388006", "SCT", "No change"),
+}
+PRIOR_DIAMETER = CodedConcept("PRIORDIAM", PRIVATE_SCHEME, "Prior exam mean diameter")
+PRIOR_VOLUME = CodedConcept("PRIORVOL", PRIVATE_SCHEME, "Prior exam volume")
+VOLUME_CHANGE = CodedConcept("VOLCHANGE", PRIVATE_SCHEME, "Volume change since prior exam")
+DIAMETER_CHANGE = CodedConcept("DIAMCHANGE", PRIVATE_SCHEME, "Mean diameter change since prior exam")
+DOUBLING_TIME = CodedConcept("VDT", PRIVATE_SCHEME, "Volume doubling time")
+INTERVAL = CodedConcept("PRIORINTERVAL", PRIVATE_SCHEME, "Interval since prior exam")
+GROWTH_FLAG = CodedConcept("LRGROWTH", PRIVATE_SCHEME, "Lung-RADS growth (mean diameter > 1.5 mm in 12 months)")
+PRIOR_COMPARISON = CodedConcept("PRIORCOMP", PRIVATE_SCHEME, "Comparison with prior exam")
+PRIOR_STUDY = CodedConcept("PRIORSTUDY", PRIVATE_SCHEME, "Prior study instance UID")
+PRIOR_REPORT = CodedConcept("111549", "DCM", "Previous Reports")  # the prior's SR, by its SOP Instance UID
+RESOLVED = CodedConcept("PRIORRESOLVED", PRIVATE_SCHEME, "Prior exam nodule not seen (resolved)")
+DAY_UNIT = CodedConcept("d", "UCUM", "day")
+
+
+@dataclass(frozen=True)
+class NoduleFollowUp:
+    """One current nodule against the prior: its tracking UID (the prior's for a matched nodule) and the change."""
+
+    tracking_uid: str | None  # None: the UID derived for this result (no comparison)
+    status: str | None = None  # new | growing | stable | shrinking; None: no comparison
+    prior_mean_diameter_mm: float | None = None
+    prior_volume_mm3: float | None = None
+    interval_days: int | None = None
+    volume_change_pct: float | None = None
+    doubling_time_days: float | None = None  # None with a prior: not growing
+    diameter_change_mm: float | None = None
+    lung_rads_growth: bool | None = None
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What the SR says about the prior exam: per current nodule, and at report level."""
+
+    statement: str  # "prior: ..." or "prior not available: <reason>"
+    nodules: tuple[NoduleFollowUp, ...] = ()
+    prior_study_uid: str | None = None
+    prior_sr_uid: str | None = None
+    resolved: tuple[str, ...] = ()  # one line per prior nodule not seen again
+
+
+# the follow-up of the result being encoded: nodule_tracking (also used by the SEG) reads its tracking UIDs
+_FOLLOW_UP: ContextVar[FollowUp | None] = ContextVar("follow_up", default=None)
+
+
+@contextmanager
+def follow_up_context(follow_up: FollowUp | None) -> Iterator[None]:
+    """Encode the results inside this block with the comparison: tracking UIDs, change items, prior refs."""
+    token = _FOLLOW_UP.set(follow_up)
+    try:
+        yield
+    finally:
+        _FOLLOW_UP.reset(token)
+
+
+def derived_tracking_uid(index: int, series_uid: str, model_version: str, options: ResultOptions) -> str:
+    """The Tracking UID the SR gives nodule `index` of a series when no prior says otherwise."""
+    return result_uid("tracking", series_uid, model_version, settings_digest(options), index, options.uid_root)
+
+
+def _nodule_follow_up(index: int) -> NoduleFollowUp | None:
+    follow_up = _FOLLOW_UP.get()
+    if follow_up is None or index >= len(follow_up.nodules):
+        return None
+    return follow_up.nodules[index]
+
+
+def follow_up_items(nodule: NoduleFollowUp) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation],
+                                                     list[hd.sr.TextContentItem]]:
+    """NUM, CODE and TEXT items of a nodule's change since the prior (nothing without a comparison)."""
+    if nodule.status is None:
+        return [], [], []
+    qe = hd.sr.QualitativeEvaluation
+    evaluations = [qe(name=CHANGE_SINCE_PRIOR, value=_coded(CHANGE_STATUS, nodule.status, "change status"))]
+    texts: list[hd.sr.TextContentItem] = []
+    if nodule.status == "new" or nodule.prior_mean_diameter_mm is None:
+        return [], evaluations, texts
+    num = hd.sr.Measurement
+    measurements = [
+        _mm(PRIOR_DIAMETER, nodule.prior_mean_diameter_mm, derivation=MEAN),
+        num(name=PRIOR_VOLUME, value=round(float(nodule.prior_volume_mm3 or 0.0), 1), unit=codes.UCUM.CubicMillimeter),
+    ]
+    if nodule.volume_change_pct is not None:
+        measurements.append(num(name=VOLUME_CHANGE, value=round(nodule.volume_change_pct, 1), unit=codes.UCUM.Percent))
+    if nodule.diameter_change_mm is not None:
+        measurements.append(_mm(DIAMETER_CHANGE, nodule.diameter_change_mm))
+    if nodule.interval_days is not None:
+        measurements.append(num(name=INTERVAL, value=int(nodule.interval_days), unit=DAY_UNIT))
+    if nodule.doubling_time_days is not None:
+        measurements.append(num(name=DOUBLING_TIME, value=round(nodule.doubling_time_days, 1), unit=DAY_UNIT))
+    else:
+        texts.append(hd.sr.TextContentItem(name=DOUBLING_TIME, value="not growing",
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    if nodule.lung_rads_growth is not None:
+        evaluations.append(qe(name=GROWTH_FLAG, value=PRESENT if nodule.lung_rads_growth else ABSENT))
+    return measurements, evaluations, texts
+
+
+def follow_up_statements(follow_up: FollowUp) -> list[hd.sr.TextContentItem]:
+    """Report-level TEXT: the comparison (or "prior not available: <reason>"), the prior study and SR, resolved."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items = [hd.sr.TextContentItem(name=PRIOR_COMPARISON, value=follow_up.statement[:1024], relationship_type=contains)]
+    if follow_up.prior_study_uid:
+        items.append(hd.sr.TextContentItem(name=PRIOR_STUDY, value=follow_up.prior_study_uid, relationship_type=contains))
+    if follow_up.prior_sr_uid:
+        items.append(hd.sr.TextContentItem(name=PRIOR_REPORT, value=follow_up.prior_sr_uid, relationship_type=contains))
+    items.extend(hd.sr.TextContentItem(name=RESOLVED, value=line[:1024], relationship_type=contains)
+                 for line in follow_up.resolved)
+    return items
+
 
 # Required (Type 2) patient/study attributes highdicom reads from the first source dataset.
 _TYPE2_FROM_SOURCE = (
@@ -374,9 +499,12 @@ def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
 
 
 def nodule_tracking(index: int, result: SeriesResult, options: ResultOptions, digest: str) -> hd.sr.TrackingIdentifier:
-    """Tracking Identifier "Nodule <n>" and UID of one nodule: the same in its SR groups and its SEG segment."""
+    """Tracking Identifier "Nodule <n>" and UID of one nodule: the same in its SR groups and its SEG segment.
+    In a follow-up (follow_up_context), a matched nodule keeps the UID of the prior's SR, so it is followed."""
+    nodule = _nodule_follow_up(index)
     return hd.sr.TrackingIdentifier(
-        uid=result_uid("tracking", result.series_instance_uid, result.model.version, digest, index, options.uid_root),
+        uid=(nodule.tracking_uid if nodule is not None and nodule.tracking_uid else
+             result_uid("tracking", result.series_instance_uid, result.model.version, digest, index, options.uid_root)),
         identifier=f"Nodule {index + 1}",
     )
 
@@ -425,8 +553,10 @@ def _nodule_group(
         ),
         source_image=hd.sr.SourceImageForRegion.from_source_image(image),
     )
-    measurements = nodule_measurements(finding, result)
-    evaluations = nodule_evaluations(finding)
+    nodule = _nodule_follow_up(index)
+    changes, change_evaluations, change_texts = follow_up_items(nodule) if nodule is not None else ([], [], [])
+    measurements = nodule_measurements(finding, result) + changes
+    evaluations = nodule_evaluations(finding) + change_evaluations
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_region=region,
@@ -437,6 +567,7 @@ def _nodule_group(
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
+    group[0].ContentSequence.extend(change_texts)  # "not growing": a TEXT beside the NUM doubling times
     if options.sop_class == "comprehensive3d":
         _add_world_centre(group, finding, image)
     return group
@@ -561,6 +692,9 @@ def _document(
     )
     if exam is not None:
         report[0].ContentSequence.append(exam_statements(exam))
+        follow_up = _FOLLOW_UP.get()
+        if follow_up is not None:  # the comparison with the prior, or why there is none
+            report[0].ContentSequence[-1].ContentSequence.extend(follow_up_statements(follow_up))
     sr_class = hd.sr.Comprehensive3DSR if options.sop_class == "comprehensive3d" else hd.sr.ComprehensiveSR
     root = options.uid_root
     sr = sr_class(

@@ -1,4 +1,4 @@
-"""Priors from a real PACS (issue 12, part 2): Orthanc holds the patient's earlier chest CT; the node
+"""Priors from a real PACS (issue 12, parts 2 and 3): Orthanc holds the patient's earlier chest CT; the node
 finds it by C-FIND (study, then series level), retrieves it by C-MOVE (to its own AE title, so the
 instances arrive on its SCP) and by C-GET (on its own association), and the prior lands in the spool
 marked as a prior: rows, files, events; it starts no job and no delivery. A prior of the same PatientID
@@ -6,14 +6,19 @@ but another birth date is refused; a PACS that is down or never answers gives "p
 with the reason, audited."""
 from __future__ import annotations
 
+import json
+import math
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
@@ -22,14 +27,16 @@ from dicomnode.node import Node
 from dicomnode.priors.service import PriorService
 from dicomnode.receive.intake import Origin
 from storage.events import EventCode
-from storage.models import Delivery, Event, Instance, Job, PriorRetrieval, Series, Study
-from storage.states import PriorRetrievalState, SeriesRole, SeriesState
+from storage.models import Delivery, Event, FindingRow, Instance, Job, PriorRetrieval, Series, Study
+from storage.states import JobState, PriorRetrievalState, SeriesRole, SeriesState
 from tests.node.helpers import free_port, wait_for
+from tests.process.prior_helpers import STATUS_MEANING, items, meaning, nearest, nodule_groups, report_texts
 from tests.peers.orthanc import OrthancProcess, orthanc_binary
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Debian package orthanc is not installed (.ci/run installs it)")
 
 NODE_AE = "DICOMNODE"
+LUNG_AE = "LUNGNODE"
 
 
 @dataclass
@@ -73,6 +80,7 @@ class Setup:
     current: dict[str, int]  # patient id -> the current series' row id
     priors: dict[str, Exam]  # patient id -> the prior exam in Orthanc
     older: Exam  # PAT-GET's exam before its prior
+    lung_port: int  # Orthanc knows LUNGNODE there: the lung-nodule node of the comparison tests
 
 
 def node_settings(root: Path, node_port: int, orthanc: OrthancProcess) -> Settings:
@@ -132,8 +140,9 @@ def routed_id(node: Node, exam: Exam) -> int:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("priors")
-    node_port = free_port()
+    node_port, lung_port = free_port(), free_port()
     orthanc = OrthancProcess(root / "orthanc", dicomweb=False, modalities={"NODE": [NODE_AE, "127.0.0.1", node_port],
+                                                                   LUNG_AE: [LUNG_AE, "127.0.0.1", lung_port],
                                                                    # known, but nothing listens at its port
                                                                    "STRANGER": ["STRANGER", "127.0.0.1", free_port()]})
     orthanc.start()
@@ -164,7 +173,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         for exam in older.values():
             orthanc.upload_many(exam.files)
         current = {patient: routed_id(node, exam) for patient, exam in currents.items()}
-        yield Setup(node, orthanc, current, priors, older["20240105"])
+        yield Setup(node, orthanc, current, priors, older["20240105"], lung_port)
     finally:
         node.stop()
         orthanc.stop()
@@ -343,3 +352,226 @@ def test_pacs_down_or_hung_gives_prior_not_available(setup: Setup) -> None:
     failed = events_of(node, uid, EventCode.PRIOR_RETRIEVE_FAILED)
     assert len(failed) == before + 1 and "prior not available" in failed[-1].message and failed[-1].level == "warning"
     assert failed[-1].details is not None and "HUNG" in str(failed[-1].details["reason"])
+
+
+# -- the comparison in the node's job, end to end (the lung-nodule pipeline; Orthanc is the PACS) -----
+FOLLOW_UP_PATIENTS = {"c-move": "PAT-FU-MOVE", "c-get": "PAT-FU-GET"}
+DOWN_PATIENT = "PAT-FU-DOWN"
+
+
+@dataclass
+class Compared:
+    """One current exam's job at the lung node, its finding rows and the SR that came back into Orthanc."""
+
+    job: Job
+    rows: list[FindingRow]
+    sr: Dataset
+    prior_series_uid: str
+
+
+@dataclass
+class FollowUps:
+    runs: dict[str, Compared]  # by retrieval method
+    down: Compared  # Orthanc stopped for the query
+    prior_jobs: dict[str, tuple[Job, list[FindingRow]]]  # by method: the retrieved prior's own analysis
+    truth: dict[str, Any]
+    settings: Settings
+    down_reason: str
+    down_events: list[Event]
+
+
+def as_patient(files: list[Path], out: Path, patient_id: str) -> Exam:
+    """A phantom series as another patient's (same dates, name, birth date, geometry; its own UIDs)."""
+    out.mkdir(parents=True)
+    study_uid, series_uid = (generate_uid(entropy_srcs=[str(out), part]) for part in ("study", "series"))
+    written = []
+    for path in files:
+        ds = dcmread(path)
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient_id, study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(out), path.name])
+        ds.save_as(out / path.name, enforce_file_format=True)
+        written.append(out / path.name)
+    return Exam(written, study_uid, series_uid)
+
+
+def lung_settings(root: Path, setup: Setup, method: str) -> Settings:
+    (root / f"lung-{method}.toml").write_text(f"""
+[series]
+stable_seconds = 0.5
+poll_seconds = 0.2
+[jobs]
+poll_seconds = 0.2
+[web]
+enabled = false
+[sender]
+backoff_initial_s = 1
+backoff_max_s = 2
+poll_seconds = 0.2
+[[routes]]
+name = "chest-ct"
+pipeline = "lung-nodule"
+destinations = ["PACS"]
+[routes.match]
+modality = ["CT"]
+min_slices = 16
+[destinations.PACS]
+ae_title = "{setup.orthanc.aet}"
+host = "127.0.0.1"
+port = {setup.orthanc.dicom_port}
+[priors]
+enabled = true
+method = "{method}"
+query_timeout_s = 20
+retrieve_timeout_s = 60
+max_wait_s = 90
+[[priors.peers]]
+ae_title = "{setup.orthanc.aet}"
+host = "127.0.0.1"
+port = {setup.orthanc.dicom_port}
+""")
+    return load_settings(root / f"lung-{method}.toml", {"node.data_dir": root / "lung-data", "node.port": setup.lung_port,
+                                                        "node.host": "127.0.0.1", "node.ae_title": LUNG_AE,
+                                                        "node.min_free_disk_mb": 1})
+
+
+def done_job(node: Node, series_uid: str) -> tuple[Job, list[FindingRow]]:
+    def done() -> Job | None:
+        with node.db.session() as s:
+            job = s.execute(select(Job).join(Series).where(Series.series_instance_uid == series_uid)).scalar()
+            if job is not None and job.state == JobState.FAILED:
+                raise AssertionError(job.error)
+            return job if job is not None and job.state == JobState.DONE else None
+    job = wait_for(done, 300, f"the job of series {series_uid}")
+    with node.db.session() as s:
+        rows = list(s.execute(select(FindingRow).where(FindingRow.job_id == job.id).order_by(FindingRow.index)).scalars())
+    return job, rows
+
+
+def sr_in_orthanc(orthanc: OrthancProcess, study_uid: str) -> Dataset:
+    """The SR the node sent back into the current study."""
+    def arrived() -> Dataset | None:
+        study = orthanc.lookup_study(study_uid)
+        for series in orthanc.series(study) if study else []:
+            if orthanc.series_tags(series).get("Modality") == "SR":
+                return dcmread(BytesIO(orthanc.instance_file(orthanc.instances(series)[0])))
+        return None
+    return wait_for(arrived, 60, f"the SR of study {study_uid} in Orthanc")
+
+
+def compare_run(node: Node, orthanc: OrthancProcess, prior: Exam, current: Exam) -> tuple[Compared, tuple[Job, list[FindingRow]]]:
+    """Orthanc sends the current study to the lung node; the result comes back with the comparison."""
+    orthanc.wait_job(orthanc.store_to_modality(LUNG_AE, [str(orthanc.lookup_study(current.study_uid))])["ID"])
+    job, rows = done_job(node, current.series_uid)
+    return Compared(job, rows, sr_in_orthanc(orthanc, current.study_uid), prior.series_uid), done_job(node, prior.series_uid)
+
+
+@pytest.fixture(scope="module")
+def followups(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FollowUps]:
+    from inference.phantom import write_phantom_series
+    from inference.phantom.follow_up import write_follow_up_series
+
+    root = tmp_path_factory.mktemp("followups")
+    prior_case = write_phantom_series(root / "prior", 5, small=True)
+    current_case = write_follow_up_series(root / "current", 105, 5, 12, small=True)
+    exams: dict[str, tuple[Exam, Exam]] = {}
+    for patient in (*FOLLOW_UP_PATIENTS.values(), DOWN_PATIENT):
+        exams[patient] = (as_patient(prior_case.files, root / f"{patient}-prior", patient),
+                          as_patient(current_case.files, root / f"{patient}-current", patient))
+        setup.orthanc.upload_many(exams[patient][0].files)  # the priors are in the PACS
+        if patient != DOWN_PATIENT:
+            setup.orthanc.upload_many(exams[patient][1].files)
+    runs, prior_jobs = {}, {}
+    node = Node(lung_settings(root, setup, "c-move"))
+    node.start()
+    try:
+        runs["c-move"], prior_jobs["c-move"] = compare_run(node, setup.orthanc, *exams[FOLLOW_UP_PATIENTS["c-move"]])
+        setup.orthanc.stop()  # down for the query: the current exam comes from a scanner
+        try:
+            store_current(node, exams[DOWN_PATIENT][1])
+            down_job, down_rows = done_job(node, exams[DOWN_PATIENT][1].series_uid)
+            down_events = events_of(node, exams[DOWN_PATIENT][1].series_uid, EventCode.PRIOR_RETRIEVE_FAILED,
+                                    EventCode.PRIOR_NOT_COMPARED)
+        finally:
+            setup.orthanc.start()
+        down = Compared(down_job, down_rows, sr_in_orthanc(setup.orthanc, exams[DOWN_PATIENT][1].study_uid),
+                        exams[DOWN_PATIENT][0].series_uid)
+    finally:
+        node.stop()
+    settings = lung_settings(root, setup, "c-get")
+    node = Node(settings)  # the same data, restarted to retrieve by C-GET
+    node.start()
+    try:
+        runs["c-get"], prior_jobs["c-get"] = compare_run(node, setup.orthanc, *exams[FOLLOW_UP_PATIENTS["c-get"]])
+    finally:
+        node.stop()
+    reason = f"no association with ORTHANC@127.0.0.1:{setup.orthanc.dicom_port}: peer unreachable or not answering"
+    yield FollowUps(runs, down, prior_jobs, json.loads(current_case.truth_path.read_text()), settings,
+                    f"prior not available: {reason}", down_events)
+
+
+@pytest.mark.parametrize("method", ["c-move", "c-get"])
+def test_sr_back_in_orthanc_carries_the_comparison_with_the_retrieved_prior(followups: FollowUps, method: str) -> None:
+    from dicomnode.results.sr import derived_tracking_uid
+
+    run, truth = followups.runs[method], followups.truth
+    prior_job, prior_rows = followups.prior_jobs[method]
+    # the retrieved prior was analysed once, as its own job, never delivered; its nodules keep the UIDs
+    # its own SR gives them (derived from its series, the model and the result settings)
+    assert (prior_job.route_name, prior_job.destinations, prior_job.summary["deliveries"]) == ("prior", [], 0)
+    version = prior_job.summary["model"]["version"]
+    assert [r.tracking_uid for r in prior_rows] == [
+        derived_tracking_uid(i, run.prior_series_uid, version, followups.settings.results) for i in range(len(prior_rows))]
+    comparison = run.job.summary["comparison"]
+    assert comparison["performed"] is True and comparison["interval_days"] == truth["interval_days"] == 365
+    assert comparison["prior_series_instance_uid"] == run.prior_series_uid and comparison["prior_job_id"] == prior_job.id
+    groups = nodule_groups(run.sr)
+    prior_uids = {r.id: r.tracking_uid for r in prior_rows}
+    checked = 0
+    for n in truth["nodules"]:
+        if n["status"] == "resolved":
+            continue
+        row, dist = nearest(run.rows, n["center_mm"])
+        group = groups[str(row.tracking_uid)]
+        assert dist < 5 and group["Change since prior exam"] == STATUS_MEANING[str(row.comparison_status)], (n, group)
+        assert group["Lung-RADS assessment category"].startswith(f"Lung-RADS {row.lung_rads}")
+        if n["status"] == "new":
+            assert row.comparison_status == "new" and row.lung_rads == "4A" and row.tracking_uid not in prior_uids.values()
+            continue
+        if n["prior_diameter_mm"] < 6:
+            continue  # the demo detector may miss a < 6 mm prior
+        checked += 1
+        assert row.comparison_status == n["status"]
+        assert row.tracking_uid == prior_uids[row.prior_finding_id]  # the nodule keeps its identity
+        if n["status"] == "growing":
+            print(f"\n{method}: VDT {group['Volume doubling time']} days, truth {n['doubling_time_days']}")
+            assert group["Volume doubling time"] == pytest.approx(n["doubling_time_days"], rel=0.15), (n, group)
+        else:
+            assert group["Volume doubling time"] == "not growing" and row.lung_rads == "2"
+    assert checked >= 3
+    # resolved: the truth's listed at its prior position; any other only a < 6 mm prior the detector missed now
+    for entry in comparison["resolved"]:
+        truly = any(n["status"] == "resolved" and math.dist(entry["center_mm"], n["prior_center_mm"]) < 5
+                    for n in truth["nodules"])
+        assert truly or entry["mean_diameter_mm"] < 6, entry
+    assert sum(n["status"] == "resolved" for n in truth["nodules"]) >= 1
+    assert all(any(math.dist(e["center_mm"], n["prior_center_mm"]) < 5 for e in comparison["resolved"])
+               for n in truth["nodules"] if n["status"] == "resolved")
+    assert len(report_texts(run.sr, "Prior exam nodule not seen (resolved)")) == len(comparison["resolved"])
+    print(f"{method}: timings {run.job.summary['timings_s']}")
+    assert report_texts(run.sr, "Prior study instance UID") == [comparison["prior_study_instance_uid"]]
+    lung_rads = [i.ConceptCodeSequence[0].CodeValue for i in items(run.sr)
+                 if i.ValueType == "CODE" and meaning(i) == "Lung-RADS assessment category"]
+    assert lung_rads[-1] == comparison["lung_rads"] == "4B"  # the exam's follow-up category, at report level
+
+
+def test_orthanc_stopped_for_the_query_result_delivered_without_comparison(setup: Setup, followups: FollowUps) -> None:
+    down = followups.down
+    assert down.job.summary["comparison"]["performed"] is False
+    assert down.job.summary["comparison"]["reason"] == followups.down_reason
+    assert report_texts(down.sr, "Comparison with prior exam") == [followups.down_reason]
+    assert down.rows and all(r.comparison_status is None and r.tracking_uid for r in down.rows)
+    # audited: the failed query (warning) and the result that went without comparison, with the reason
+    failed = [e for e in followups.down_events if e.code == int(EventCode.PRIOR_RETRIEVE_FAILED)]
+    assert len(failed) == 1 and failed[0].level == "warning" and followups.down_reason in failed[0].message
+    [skipped] = [e for e in followups.down_events if e.code == int(EventCode.PRIOR_NOT_COMPARED)]
+    assert skipped.job_id == down.job.id and skipped.message == f"result without comparison: {followups.down_reason}"
