@@ -9,13 +9,14 @@ finding row's tracking UID and comparison columns, and job.summary["comparison"]
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from dicomnode.process.pipelines import AnalyseSeries, PipelineContext, PriorExam
 from dicomnode.results.options import ResultOptions
+from dicomnode.results.overlay import build_comparison_overlay, change_line
 from dicomnode.results.sr import FollowUp, NoduleFollowUp, derived_tracking_uid
 from inference.compare import Comparison, ExamInput, FindingComparison, compare_exams, lung_masks
 from inference.findings import Finding, SeriesResult
@@ -29,6 +30,8 @@ class FollowUpOutcome:
     sr: FollowUp
     summary: dict[str, Any]  # job.summary["comparison"]
     columns: list[dict[str, Any]]  # per finding: its findings row's tracking_uid and comparison columns
+    matched: list[tuple[int, Finding]] = field(default_factory=list)  # (current index, its prior finding)
+    prior_datasets: list[Dataset] = field(default_factory=list)  # the prior series, for side-by-side images
 
 
 def follow_up(datasets: list[Dataset], result: SeriesResult, context: PipelineContext, options: ResultOptions,
@@ -103,7 +106,34 @@ def compared(result: SeriesResult, derived: list[str], prior: PriorExam, compari
     summary = {**comparison.summary_json(), "resolved": resolved, **prior_refs(prior)}
     sr = FollowUp(statement(prior, comparison, columns), nodules, prior.study_instance_uid, prior.sr_sop_instance_uid,
                   tuple(resolved_line(entry) for entry in resolved))
-    return FollowUpOutcome(follow_up_result(result, comparison), sr, summary, columns)
+    matched = [(i, fc.prior) for i, fc in enumerate(comparison.findings) if fc is not None and fc.prior is not None]
+    return FollowUpOutcome(follow_up_result(result, comparison), sr, summary, columns, matched, list(prior.datasets))
+
+
+def comparison_overlays(datasets: list[Dataset], outcome: FollowUpOutcome, options: ResultOptions) -> list[Dataset]:
+    """Per matched nodule, its prior and current key slices side by side (one secondary-capture image,
+    in the overlay series after the per-nodule images). A pair whose key slice cannot be found is skipped
+    and logged: the SR already carries the comparison."""
+    by_uid = {str(ds.get("SOPInstanceUID", "")): ds for ds in datasets}
+    prior_by_uid = {str(ds.get("SOPInstanceUID", "")): ds for ds in outcome.prior_datasets}
+    images = []
+    for i, prior_finding in outcome.matched:
+        current = outcome.result.findings[i]
+        current_slice = by_uid.get(current.key_slice.sop_instance_uid)
+        prior_slice = prior_by_uid.get(prior_finding.key_slice.sop_instance_uid)
+        if current_slice is None or prior_slice is None:
+            log.warning("series %s nodule %d: no side-by-side image, a key slice is missing",
+                        outcome.result.series_instance_uid, i + 1)
+            continue
+        columns = outcome.columns[i]
+        change = change_line(prior_finding, current, columns.get("doubling_time_days"),
+                             str(columns.get("comparison_status") or ""))
+        try:
+            images.append(build_comparison_overlay(current_slice, prior_slice, current, prior_finding,
+                                                   outcome.result, i + 1, change, options))
+        except ValueError as exc:  # another patient, same study, a later prior: the checks of the overlay
+            log.warning("series %s nodule %d: no side-by-side image: %s", outcome.result.series_instance_uid, i + 1, exc)
+    return images
 
 
 def prior_uid(prior: PriorExam, index: int) -> str | None:

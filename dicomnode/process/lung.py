@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 
 from dicomnode.config import Settings
-from dicomnode.process.follow_up import exam_summary_json, follow_up, own_tracking_columns
+from dicomnode.process.follow_up import comparison_overlays, exam_summary_json, follow_up, own_tracking_columns
 from dicomnode.process.pipelines import AnalyseSeries, PipelineContext, PipelineOutput
 from dicomnode.results import build_results
 from dicomnode.results.sr import follow_up_context
@@ -74,6 +74,8 @@ class LungNoduleStage:
         context.progress("encoding results")
         with follow_up_context(None if follow is None else follow.sr):
             objects = build_results(datasets, result, self.options)
+            if follow is not None and self.options.send_overlays and result.analysed:
+                objects.extend(comparison_overlays(datasets, follow, self.options))
         encoded = time.perf_counter()
         summary: dict[str, Any] = {
             "verdict_probability": result.verdict_probability,

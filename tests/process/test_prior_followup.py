@@ -200,3 +200,27 @@ def test_follow_up_sr_is_valid_and_reads_back_with_highdicom(pair: Pair, tmp_pat
     assert {str(g.tracking_uid) for g in groups} == {r.tracking_uid for r in pair.current.rows}
     names = {m.name.meaning for g in groups for m in g.get_measurements()}
     assert {"Prior exam mean diameter", "Volume change since prior exam", "Volume doubling time"} <= names
+
+
+def test_follow_up_sends_each_matched_nodule_side_by_side_with_its_prior(pair: Pair) -> None:
+    """Per matched nodule one secondary capture: the prior's key slice and the current one, in the
+    overlay series of the current exam; none for a new nodule."""
+    job, rows = pair.current.job, pair.current.rows
+    with pair.node.db.session() as s:
+        paths = s.execute(select(Delivery.path).where(Delivery.job_id == job.id,
+                                                      Delivery.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7")).scalars().all()
+    images = [dcmread(pair.node.settings.outbox_dir / p) for p in paths]
+    side_by_side = [ds for ds in images if str(ds.get("ImageComments", "")).startswith("Prior ")]
+    matched = [r for r in rows if r.prior_finding_id is not None]
+    assert matched and len(side_by_side) == len(matched)
+    with pair.node.db.session() as s:
+        prior_rows = {r.id: r for r in s.execute(select(FindingRow).where(
+            FindingRow.id.in_([r.prior_finding_id for r in matched]))).scalars()}
+    per_nodule = [ds for ds in images if ds not in side_by_side]
+    for ds in side_by_side:
+        assert ds.StudyInstanceUID == pair.current.sr.StudyInstanceUID
+        assert ds.SeriesInstanceUID == per_nodule[0].SeriesInstanceUID and ds.BurnedInAnnotation == "YES"
+        sources = {item.ReferencedSOPInstanceUID for item in ds.SourceImageSequence}
+        # one current key slice and the key slice of the prior nodule it was matched with
+        assert any(sources == {r.sop_instance_uid, prior_rows[int(r.prior_finding_id)].sop_instance_uid}
+                   for r in matched), sources
