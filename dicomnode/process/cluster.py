@@ -78,22 +78,32 @@ def register_node(db: Database, settings: Settings) -> None:
     host, now = socket.gethostname(), utcnow()
     with db.session() as s:
         row = s.get(NodeRow, me.node_id, with_for_update=True)
-        if row is not None and row.state == RUNNING and row.pid != os.getpid():
-            age = (now - _aware(row.last_heartbeat)).total_seconds()
-            same_host_dead = row.host == host and not _pid_alive(row.pid)
-            if age < me.lease.total_seconds() and not same_host_dead:
-                why = (f"node id {me.node_id!r} is in use by a live node on {row.host} (pid {row.pid}, heartbeat "
-                       f"{age:.0f} s ago); give this node its own node.node_id")
-                record_event(s, EventCode.NODE_ID_IN_USE, why)
-                raise NodeIdInUse(why)
-        if row is None:
-            row = NodeRow(node_id=me.node_id)
-            s.add(row)
-        row.host, row.pid, row.version = host, os.getpid(), __version__[:64]
-        row.engine, row.ae_title, row.port = settings.inference.engine, settings.node.ae_title, settings.node.port
-        row.state, row.started_at, row.last_heartbeat, row.stopped_at = RUNNING, now, now, None
-        record_event(s, EventCode.NODE_JOINED, f"node {me.node_id} on {host} (pid {os.getpid()}), version {__version__}, "
-                     f"engine {settings.inference.engine}", details={"node_id": me.node_id, "host": host})
+        refused = _held_by_live_node(row, me, host, now)
+        if refused is not None:
+            record_event(s, EventCode.NODE_ID_IN_USE, refused)  # committed before the refusal below
+        else:
+            if row is None:
+                row = NodeRow(node_id=me.node_id)
+                s.add(row)
+            row.host, row.pid, row.version = host, os.getpid(), __version__[:64]
+            row.engine, row.ae_title, row.port = settings.inference.engine, settings.node.ae_title, settings.node.port
+            row.state, row.started_at, row.last_heartbeat, row.stopped_at = RUNNING, now, now, None
+            record_event(s, EventCode.NODE_JOINED, f"node {me.node_id} on {host} (pid {os.getpid()}), version "
+                         f"{__version__}, engine {settings.inference.engine}", details={"node_id": me.node_id, "host": host})
+    if refused is not None:
+        raise NodeIdInUse(refused)
+
+
+def _held_by_live_node(row: NodeRow | None, me: Identity, host: str, now: datetime) -> str | None:
+    """Why the id is another live node's (its heartbeat within a lease, and not a dead process of
+    this host: a node restarted after kill -9 takes its own id back), or None."""
+    if row is None or row.state != RUNNING or row.pid == os.getpid():
+        return None
+    age = (now - _aware(row.last_heartbeat)).total_seconds()
+    if age >= me.lease.total_seconds() or (row.host == host and not _pid_alive(row.pid)):
+        return None
+    return (f"node id {me.node_id!r} is in use by a live node on {row.host} (pid {row.pid}, heartbeat "
+            f"{age:.0f} s ago); give this node its own node.node_id")
 
 
 def _mine(column: InstrumentedAttribute[str | None], node_id: str) -> ColumnElement[bool]:
