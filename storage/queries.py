@@ -206,8 +206,8 @@ def nodes(s: Session, f: AuditFilter, lease_s: float = 30.0) -> list[dict[str, A
                .group_by(Job.claimed_by))
     sending = (select(Delivery.claimed_by, func.count(Delivery.id)).where(Delivery.state == DeliveryState.SENDING)
                .group_by(Delivery.claimed_by))
-    jobs_of = dict(s.execute(running).tuples().all())
-    sends_of = dict(s.execute(sending).tuples().all())
+    jobs_of: dict[str | None, int] = {k: n for k, n in s.execute(running).all()}
+    sends_of: dict[str | None, int] = {k: n for k, n in s.execute(sending).all()}
     now = datetime.now(timezone.utc)
     rows = _rows(s, select(NodeRow.node_id, NodeRow.state, NodeRow.host, NodeRow.pid, NodeRow.version, NodeRow.engine,
                            NodeRow.ae_title, NodeRow.port, NodeRow.started_at, NodeRow.last_heartbeat,
