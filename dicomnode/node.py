@@ -122,7 +122,9 @@ class Node:
     def recover(self) -> None:
         """Pick up what a crash or restart left behind, then say so in the audit trail."""
         started = utcnow()
-        temporaries = self.spool.remove_temporaries()
+        # a shared database means a shared spool: a fresh temporary may be another node's write
+        shared = self.db.engine.dialect.name != "sqlite"
+        temporaries = self.spool.remove_temporaries(older_than_s=self.settings.node.lease_s if shared else 0.0)
         orphans = self.lifecycle.adopt_orphans(started)
         jobs = requeue_interrupted(self.db, self.node_id)  # this node's own; other nodes' are theirs
         deliveries = self.sender.recover()

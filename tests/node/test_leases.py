@@ -117,3 +117,19 @@ def test_a_node_id_held_by_a_live_node_is_refused(world: World) -> None:
     with world.db.session() as s:
         row = s.get(NodeRow, ME)
         assert row is not None and row.host != "elsewhere" and row.state == "running"
+
+
+def test_a_shared_spool_keeps_other_nodes_fresh_temporaries(tmp_path: Path) -> None:
+    import os
+    import time
+
+    spool = Spool(tmp_path / "spool", 0)
+    spool.ensure_writable()
+    fresh, stale = tmp_path / "spool" / ".a.dcm.1.2.tmp", tmp_path / "spool" / ".b.dcm.3.4.tmp"
+    fresh.write_bytes(b"another node is writing this")
+    stale.write_bytes(b"left by a crash")
+    old = time.time() - 120
+    os.utime(stale, (old, old))
+    assert spool.remove_temporaries(older_than_s=30) == 1  # a node starting next to live nodes
+    assert fresh.exists() and not stale.exists()
+    assert spool.remove_temporaries() == 1 and not fresh.exists()  # one node (SQLite): every one is a crash's
