@@ -210,3 +210,45 @@ def test_two_nodes_one_killed_mid_job_and_mid_delivery(postgres_url: str, pacs_u
         for n in nodes:
             n.stop()
         proxy.close()
+
+
+def test_a_series_another_node_is_routing_is_not_routed_again(postgres_url: str) -> None:  # noqa: F811
+    """Node A's routing transaction holds the series (routed, not yet committed) when node B's
+    router looks at it (B recovering complete series at start-up): B waits for A's decision and
+    queues nothing (before: B read the committed "complete" and queued a second job)."""
+    from sqlalchemy import text, update
+
+    from dicomnode.config import Route
+    from dicomnode.process.jobs import enqueue_job
+    from dicomnode.process.routing import Router
+    from storage.models import Study
+
+    db = Database(postgres_url)
+    db.migrate()
+    with db.session() as s:
+        study = Study(study_instance_uid=generate_uid())
+        s.add(study)
+        s.flush()
+        row = Series(series_instance_uid=generate_uid(), study_id=study.id, modality="CT", status="complete",
+                     instance_count=2)
+        s.add(row)
+        s.flush()
+        series_id = row.id
+    router = Router(db, [Route(name="all-ct", pipeline="tests.node.pipelines:summary_pipeline")], enqueue_job)
+    with db.engine.connect() as other_node:
+        routing = other_node.begin()
+        other_node.execute(update(Series).where(Series.id == series_id).values(status="routed"))
+        b = threading.Thread(target=router.on_series_complete, args=(series_id,))
+        b.start()
+
+        def waiting_on_a_lock() -> bool:
+            with db.engine.connect() as c:
+                return bool(c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")).scalar())
+
+        wait_for(waiting_on_a_lock, 30, "node B's router to wait for node A's routing transaction")
+        routing.commit()
+        b.join(30)
+    assert not b.is_alive()
+    with db.session() as s:
+        assert s.execute(select(Job.id).where(Job.series_id == series_id)).all() == []
+    db.close()
