@@ -111,7 +111,8 @@ class Node:
         self.workers = [JobWorker(self.runner, settings.jobs.poll_seconds, i) for i in range(settings.jobs.workers)]
         self.sender_loop = DeliveryLoop(self.sender, settings.sender.poll_seconds)
         # renews this node's heartbeat and leases; takes over what dead nodes left (several nodes)
-        self.heartbeat = Heartbeat(self.db, settings, self.lifecycle, on_takeover=self._wake_after_takeover)
+        self.heartbeat = Heartbeat(self.db, settings, self.lifecycle, on_takeover=self._wake_after_takeover,
+                                   route_waiting=self.route_waiting)
         # deletes only files of finished series; busy: a series an open intake session still carries
         self.retention = RetentionLoop(self.db, settings, self.lifecycle.is_open) if settings.retention.enabled else None
         # tails the events table: started first so the recovery and start events go out too
@@ -130,16 +131,21 @@ class Node:
         deliveries = self.sender.recover()
         taken = take_over_expired(self.db, identity_of(self.settings), self.lifecycle)  # dead nodes' work
         RetentionExecutor(self.db, self.settings).finish_pending()  # removals a crash left half-done
-        with self.db.session() as s:
-            waiting = list(s.execute(select(Series.id).where(Series.status == SeriesState.COMPLETE)).scalars())
-        for series_id in waiting:
-            self.router.on_series_complete(series_id)
+        waiting = self.route_waiting()
         if temporaries or orphans or jobs or deliveries or waiting or taken.jobs or taken.deliveries:
             with self.db.session() as s:
                 record_event(s, EventCode.NODE_RECOVERED,
                              f"resumed {orphans} receiving series, {jobs} job(s), {deliveries} delivery(ies), "
                              f"took over {taken.jobs} job(s) and {taken.deliveries} delivery(ies) of dead nodes, "
-                             f"{len(waiting)} series awaiting routing; removed {temporaries} partial file(s)")
+                             f"{waiting} series awaiting routing; removed {temporaries} partial file(s)")
+
+    def route_waiting(self) -> int:
+        """Route every complete series not yet routed (after a restart, or a dead node's); how many."""
+        with self.db.session() as s:
+            waiting = list(s.execute(select(Series.id).where(Series.status == SeriesState.COMPLETE)).scalars())
+        for series_id in waiting:
+            self.router.on_series_complete(series_id)
+        return len(waiting)
 
     def _wake_job_workers(self) -> None:
         for worker in self.workers:

@@ -70,6 +70,7 @@ class EventCode(IntEnum):
     NODE_JOINED = 542  # a node registered in the nodes table (its id, host, version, engine)
     NODE_LEASE_LOST = 543  # this node's claim was taken over (it was presumed dead): its result is discarded
     NODE_ID_IN_USE = 544  # a node refused to start: its node id belongs to a live node (fresh heartbeat)
+    NODE_PRESUMED_DEAD = 545  # a node's heartbeat stopped for longer than a lease: marked lost, its sessions ended
     # 6xx: deliveries
     DELIVERY_QUEUED = 600
     DELIVERY_SENT = 601
@@ -108,7 +109,7 @@ class EventCode(IntEnum):
 
     @property
     def level(self) -> str:
-        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 510, 524, 525, 540, 541, 543, 544, 602, 608, 609,
+        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 510, 524, 525, 540, 541, 543, 544, 545, 602, 608, 609,
                 701, 704, 706, 707, 711, 712, 801, 802, 900}
         error = {603}
         if self.value in error:

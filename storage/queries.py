@@ -197,7 +197,8 @@ def events(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
 
 # a node that says it runs but has not beaten for longer than a lease (node.lease_s) is "silent":
 # presumed dead, its leases are taken over (dicomnode.process.cluster)
-NODE_STATES = ("running", "silent", "stopped")
+# "lost": presumed dead, and another node took over what it left
+NODE_STATES = ("running", "silent", "lost", "stopped")
 
 
 def nodes(s: Session, f: AuditFilter, lease_s: float = 30.0) -> list[dict[str, Any]]:

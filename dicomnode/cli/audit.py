@@ -101,7 +101,7 @@ AUDIT_EPILOG = """--status values per subject:
   jobs: {jobs}
   deliveries: {deliveries}
   findings (Lung-RADS): {findings}
-  nodes: {nodes} (silent: no heartbeat for longer than node.lease_s, presumed dead)
+  nodes: {nodes} (silent: no heartbeat for longer than node.lease_s; lost: presumed dead, work taken over)
   events: a level ({levels}) or an event name
 
 Tables fit the terminal (COLUMNS, else its width; 250 columns when piped): the least important

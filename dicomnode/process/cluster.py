@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
@@ -36,7 +36,9 @@ from storage.states import DeliveryState, JobState
 
 log = logging.getLogger(__name__)
 
-RUNNING, STOPPED = "running", "stopped"
+# a node's row: running; stopped (orderly); lost (its heartbeat stopped for longer than a lease and
+# another node took what it left over); "silent" is shown for a running row with a stale heartbeat
+RUNNING, STOPPED, LOST = "running", "stopped", "lost"
 
 
 class NodeIdInUse(Exception):
@@ -149,6 +151,7 @@ class Takeover:
     jobs: int = 0
     deliveries: int = 0
     sessions: int = 0
+    nodes: list[str] = field(default_factory=list)  # other nodes found dead (now lost)
 
 
 def take_over_expired(db: Database, me: Identity, lifecycle: SeriesLifecycle | None = None) -> Takeover:
@@ -186,17 +189,31 @@ def take_over_expired(db: Database, me: Identity, lifecycle: SeriesLifecycle | N
                              details={"from_node": owner, "by_node": me.node_id})
                 done.deliveries += 1
     if lifecycle is not None:
-        for dead in dead_nodes(db, me):
+        for dead in claim_lost_nodes(db, me):
             done.sessions += len(lifecycle.sessions_of_dead_node(dead))
+            done.nodes.append(dead)
     return done
 
 
-def dead_nodes(db: Database, me: Identity) -> list[str]:
-    """Other nodes that say they run but whose heartbeat is older than a lease."""
+def claim_lost_nodes(db: Database, me: Identity) -> list[str]:
+    """Other nodes that say they run but have not beaten for longer than a lease, now marked lost
+    by this node (compare-and-set: one live node handles each) and audited; the caller ends their
+    sessions and routes the series they completed but may not have routed."""
     cutoff = utcnow() - me.lease
     with db.session() as s:
-        return list(s.execute(select(NodeRow.node_id).where(NodeRow.node_id != me.node_id, NodeRow.state == RUNNING,
-                                                            NodeRow.last_heartbeat < cutoff)).scalars())
+        silent = list(s.execute(select(NodeRow.node_id, NodeRow.host).where(
+            NodeRow.node_id != me.node_id, NodeRow.state == RUNNING, NodeRow.last_heartbeat < cutoff)).all())
+    lost = []
+    for node_id, host in silent:
+        with db.session() as s:
+            if rows_changed(s, update(NodeRow).where(NodeRow.node_id == node_id, NodeRow.state == RUNNING,
+                                                     NodeRow.last_heartbeat < cutoff).values(state=LOST)):
+                record_event(s, EventCode.NODE_PRESUMED_DEAD,
+                             f"node {node_id} on {host} has not beaten for longer than {me.lease.total_seconds():g} s: "
+                             f"presumed dead; node {me.node_id} ends its intake sessions and routes waiting series",
+                             details={"node_id": node_id, "by_node": me.node_id})
+                lost.append(node_id)
+    return lost
 
 
 def leave(db: Database, node_id: str) -> tuple[int, int]:
@@ -214,13 +231,18 @@ class Heartbeat(PeriodicWorker):
     wakes the job workers and the sender when something was taken over."""
 
     def __init__(self, db: Database, settings: Settings, lifecycle: SeriesLifecycle,
-                 on_takeover: Callable[[], None]) -> None:
+                 on_takeover: Callable[[], None], route_waiting: Callable[[], int]) -> None:
         super().__init__("heartbeat", settings.node.heartbeat_s)
         self.db, self.me, self.lifecycle, self.on_takeover = db, identity_of(settings), lifecycle, on_takeover
+        # routes every complete series not yet routed (a dead node may have completed one and died
+        # before routing it; the routing row locks make a second routing a no-op)
+        self.route_waiting = route_waiting
 
     def step(self) -> bool:
         renew(self.db, self.me)
         taken = take_over_expired(self.db, self.me, self.lifecycle)
+        if taken.nodes:
+            self.route_waiting()
         if taken.jobs or taken.deliveries:
             log.warning("took over %d job(s) and %d delivery(ies) of dead nodes", taken.jobs, taken.deliveries)
             self.on_takeover()

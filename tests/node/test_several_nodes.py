@@ -136,7 +136,7 @@ def _make_series(folder: Path) -> list[list[Path]]:
     return made
 
 
-def _config(pacs_port: int, database_url: str, node_id: str, extra_sender: str = "") -> str:
+def _config(pacs_port: int, database_url: str, node_id: str, extra_sender: str = "", sender_poll: float = 0.2) -> str:
     config = node_config(pacs_port, pipeline="tests.node.pipelines:stall_after_first_pipeline", extra=f"""
 [node]
 database_url = "{database_url}"
@@ -145,7 +145,8 @@ heartbeat_s = 0.5
 lease_s = 2.0
 receive_processes = 1
 """)
-    return config.replace("[jobs]\n", "[jobs]\nworkers = 1\n").replace("[sender]\n", f"[sender]\n{extra_sender}")
+    config = config.replace("[jobs]\n", "[jobs]\nworkers = 1\n").replace("[sender]\n", f"[sender]\n{extra_sender}")
+    return config.replace("poll_seconds = 0.2\nmax_attempts", f"poll_seconds = {sender_poll}\nmax_attempts")
 
 
 def test_two_nodes_one_killed_mid_job_and_mid_delivery(postgres_url: str, pacs_unique, tmp_path: Path) -> None:  # noqa: F811
@@ -166,7 +167,9 @@ def test_two_nodes_one_killed_mid_job_and_mid_delivery(postgres_url: str, pacs_u
         # node A stalls in its second job and in every send (the proxy holds its associations)
         victim = node("a", VICTIM_AE, _config(proxy.port, postgres_url, "node-a", "connect_timeout_s = 120\n"),
                       env={"TEST_PIPELINE_STALL_DIR": str(tmp_path / "stall-a")}).start()
-        survivor = node("b", "NODEB", _config(proxy.port, postgres_url, "node-b")).start()
+        # B's sender goes when B's own job finishes or B takes work over, not on a short poll: it
+        # would race A's sender for A's first result, which the test needs A to be sending
+        survivor = node("b", "NODEB", _config(proxy.port, postgres_url, "node-b", sender_poll=30)).start()
         series = _make_series(tmp_path / "series")
         for k in range(0, SERIES, 2):  # two series per association, alternately to each node
             target = victim if (k // 2) % 2 == 0 else survivor
@@ -203,8 +206,11 @@ def test_two_nodes_one_killed_mid_job_and_mid_delivery(postgres_url: str, pacs_u
         assert set(received) == results and set(received.values()) == {1}  # each result once, none twice
         assert {code for code, _ in taken} == {EventCode.JOB_LEASE_TAKEN_OVER, EventCode.DELIVERY_LEASE_TAKEN_OVER}
         assert all(d == {"from_node": "node-a", "by_node": "node-b"} for _, d in taken)
+        with db.session() as s:  # B found A dead: it ended A's sessions and routed what A completed
+            lost = s.execute(select(Event.details).where(Event.code == EventCode.NODE_PRESUMED_DEAD)).scalars().all()
+        assert lost == [{"node_id": "node-a", "by_node": "node-b"}]
         states = {row["node_id"]: row["state"] for row in survivor.audit("nodes")}
-        assert states == {"node-a": "silent", "node-b": "running"}
+        assert states == {"node-a": "lost", "node-b": "running"}
         db.close()
     finally:
         for n in nodes:
