@@ -203,6 +203,8 @@ NODE_STATES = ("running", "silent", "lost", "stopped")
 
 def nodes(s: Session, f: AuditFilter, lease_s: float = 30.0) -> list[dict[str, Any]]:
     """One row per node sharing the database: identity, heartbeat age, and the work it holds now."""
+    if f.row_id is not None:
+        return []  # nodes are named by node_id, not numbered: no /audit/nodes/{id} row
     running = (select(Job.claimed_by, func.count(Job.id)).where(Job.state == JobState.RUNNING)
                .group_by(Job.claimed_by))
     sending = (select(Delivery.claimed_by, func.count(Delivery.id)).where(Delivery.state == DeliveryState.SENDING)

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from storage.db import Database
 from storage.events import EventCode
-from storage.models import Delivery, Event, Job, Series
+from storage.models import Delivery, Event, Instance, Job, Series
 from tests.conftest import LIDC_SERIES, require_tool
 from tests.node.conftest import node_config
 from tests.node.helpers import NodeProcess, free_port, storescu, wait_for, port_open
@@ -198,9 +198,11 @@ def test_two_nodes_one_killed_mid_job_and_mid_delivery(postgres_url: str, pacs_u
             per_series = Counter(s.execute(select(Series.series_instance_uid).join(Job, Job.series_id == Series.id)
                                            .where(Job.state == "done")).scalars())
             results = set(s.execute(select(Delivery.sop_instance_uid)).scalars())
+            stored = set(s.execute(select(Instance.sop_instance_uid)).scalars())
             taken = s.execute(select(Event.code, Event.details).where(
                 Event.code.in_((EventCode.JOB_LEASE_TAKEN_OVER, EventCode.DELIVERY_LEASE_TAKEN_OVER)))).all()
         sent = {str(dcmread(files[0]).SeriesInstanceUID) for files in series}
+        assert stored == {str(dcmread(f).SOPInstanceUID) for files in series for f in files}  # every instance acknowledged is kept
         assert set(per_series) == sent and set(per_series.values()) == {1}  # one done job each
         received = Counter(str(dcmread(p).SOPInstanceUID) for p in pacs_dir.rglob("*") if p.is_file())
         assert set(received) == results and set(received.values()) == {1}  # each result once, none twice
