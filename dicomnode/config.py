@@ -9,6 +9,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,6 +87,16 @@ def check_path(value: Path | None) -> Path | None:
     return value
 
 
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_node_id(value: str | None) -> str | None:
+    if value is not None and not _NODE_ID_RE.fullmatch(value):
+        raise ValueError(f"{printable(value, 40)} is not a node id (letters, digits, . _ -; starts with a letter "
+                         "or digit; 64 at most)")
+    return value
+
+
 def check_database_url(value: str | None) -> str | None:
     """A URL SQLAlchemy can parse, for a dialect it knows. Never echoes the URL (it may hold a password)."""
     if value is None:
@@ -149,11 +160,34 @@ class NodeSettings(Strict):
     # DICOM receiver processes behind the one port (SO_REUSEPORT); None: one per core, at most 4;
     # 1: the SCP runs in the node's own process, as before (dicomnode.receive.receivers)
     receive_processes: int | None = Field(None, ge=1, le=64)
+    # several nodes on one database (PostgreSQL): this node's id in the `nodes` table and on the jobs
+    # and deliveries it claims; None: "<host name>-<DICOM port>" (stable across restarts and
+    # independent of the data directory, which the nodes share); letters, digits, . _ - (64 at most)
+    node_id: str | None = None
+    # the heartbeat renews this node's row and leases every heartbeat_s seconds; a job or delivery
+    # whose lease is older than lease_s (its node stopped beating) is taken over by another node
+    heartbeat_s: float = Field(5.0, gt=0)
+    lease_s: float = Field(30.0, gt=0)
 
     _ae = field_validator("ae_title")(lambda cls, v: check_ae_title(v))
     _host = field_validator("host")(lambda cls, v: check_host(v))
     _paths = field_validator("data_dir", "spool_dir", "outbox_dir")(lambda cls, v: check_path(v))
     _db_url = field_validator("database_url")(lambda cls, v: check_database_url(v))
+    _node_id = field_validator("node_id")(lambda cls, v: check_node_id(v))
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "NodeSettings":
+        # a lease shorter than two heartbeats would expire under a live node between two renewals
+        if self.lease_s < 2 * self.heartbeat_s:
+            raise ValueError(f"node.lease_s ({self.lease_s:g}) must be at least twice node.heartbeat_s ({self.heartbeat_s:g})")
+        return self
+
+    def identity(self) -> str:
+        """The node id: configured, or "<host name>-<port>" (host name cut to fit, made valid)."""
+        if self.node_id is not None:
+            return self.node_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "node"
+        return f"{host[:56]}-{self.port}"
 
 
 class SecuritySettings(Strict):

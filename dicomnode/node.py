@@ -21,6 +21,7 @@ from dicomnode.deliver.outbox import Outbox
 from dicomnode.deliver.retry import requeue_for_user
 from dicomnode.deliver.sender import DeliveryLoop, ResultSender
 from dicomnode.priors.provider import NodePriors
+from dicomnode.process.cluster import Heartbeat, NodeIdInUse, identity_of, leave, register_node, take_over_expired
 from dicomnode.process.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
 from dicomnode.process.pipelines import known_pipeline
 from dicomnode.process.routing import Router
@@ -81,7 +82,12 @@ class Node:
         except (SpoolError, OSError) as exc:
             raise StartupError(str(exc)) from None
         self.db = open_database(settings)
-        self.lifecycle = SeriesLifecycle(self.db, settings.series.evidence_grace_seconds)
+        self.node_id = settings.node.identity()
+        try:  # before the receivers: their pid file is keyed by the node id, which must be ours alone
+            register_node(self.db, settings)
+        except NodeIdInUse as exc:
+            raise StartupError(str(exc)) from None
+        self.lifecycle = SeriesLifecycle(self.db, settings.series.evidence_grace_seconds, self.node_id)
         # the size cap holds for every way in (C-STORE and uploads share the ingestor)
         self.ingestor = Ingestor(self.db, self.spool, self.lifecycle, settings.node.max_instance_mb * 2**20)
         self.intake = Intake(self.ingestor, self.lifecycle)
@@ -108,6 +114,9 @@ class Node:
                                          settings.series.poll_seconds, self.router.on_series_complete)
         self.workers = [JobWorker(self.runner, settings.jobs.poll_seconds, i) for i in range(settings.jobs.workers)]
         self.sender_loop = DeliveryLoop(self.sender, settings.sender.poll_seconds)
+        # renews this node's heartbeat and leases; takes over what dead nodes left (several nodes)
+        self.heartbeat = Heartbeat(self.db, settings, self.lifecycle, on_takeover=self._wake_after_takeover,
+                                   route_waiting=self.route_waiting)
         # deletes only files of finished series; busy: a series an open intake session still carries
         self.retention = RetentionLoop(self.db, settings, self.lifecycle.is_open) if settings.retention.enabled else None
         # tails the events table: started first so the recovery and start events go out too
@@ -118,24 +127,37 @@ class Node:
     def recover(self) -> None:
         """Pick up what a crash or restart left behind, then say so in the audit trail."""
         started = utcnow()
-        temporaries = self.spool.remove_temporaries()
+        # a shared database means a shared spool: a fresh temporary may be another node's write
+        shared = self.db.engine.dialect.name != "sqlite"
+        temporaries = self.spool.remove_temporaries(older_than_s=self.settings.node.lease_s if shared else 0.0)
         orphans = self.lifecycle.adopt_orphans(started)
-        jobs = requeue_interrupted(self.db)
+        jobs = requeue_interrupted(self.db, self.node_id)  # this node's own; other nodes' are theirs
         deliveries = self.sender.recover()
+        taken = take_over_expired(self.db, identity_of(self.settings), self.lifecycle)  # dead nodes' work
         RetentionExecutor(self.db, self.settings).finish_pending()  # removals a crash left half-done
+        waiting = self.route_waiting()
+        if temporaries or orphans or jobs or deliveries or waiting or taken.jobs or taken.deliveries:
+            with self.db.session() as s:
+                record_event(s, EventCode.NODE_RECOVERED,
+                             f"resumed {orphans} receiving series, {jobs} job(s), {deliveries} delivery(ies), "
+                             f"took over {taken.jobs} job(s) and {taken.deliveries} delivery(ies) of dead nodes, "
+                             f"{waiting} series awaiting routing; removed {temporaries} partial file(s)")
+
+    def route_waiting(self) -> int:
+        """Route every complete series not yet routed (after a restart, or a dead node's); how many."""
         with self.db.session() as s:
             waiting = list(s.execute(select(Series.id).where(Series.status == SeriesState.COMPLETE)).scalars())
         for series_id in waiting:
             self.router.on_series_complete(series_id)
-        if temporaries or orphans or jobs or deliveries or waiting:
-            with self.db.session() as s:
-                record_event(s, EventCode.NODE_RECOVERED,
-                             f"resumed {orphans} receiving series, {jobs} job(s), {deliveries} delivery(ies), "
-                             f"{len(waiting)} series awaiting routing; removed {temporaries} partial file(s)")
+        return len(waiting)
 
     def _wake_job_workers(self) -> None:
         for worker in self.workers:
             worker.wake_up()
+
+    def _wake_after_takeover(self) -> None:
+        self._wake_job_workers()
+        self.sender_loop.wake_up()
 
     def retry_deliveries(self, user: str, client: str, delivery_id: int | None) -> list[int]:
         """Re-queue one delivery (or every dead letter) for a console user, audited, and wake the
@@ -148,6 +170,7 @@ class Node:
         if self.atna is not None:
             self.atna.start()
         self.recover()
+        self.heartbeat.start()
         record_settings_changes(self.db, self.settings)  # a changed config or console user, audited
         if self.scp is not None:
             self.scp.start()
@@ -166,7 +189,7 @@ class Node:
         cfg = self.settings.node
         with self.db.session() as s:
             record_event(s, EventCode.NODE_STARTED,
-                         f"AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''} "
+                         f"node {self.node_id}: AE {cfg.ae_title} listening on {cfg.host}:{cfg.port}{' (TLS)' if self.settings.tls.enabled else ''} "
                          f"with {self.receive_processes} receiver process(es); data in {Path(cfg.data_dir).resolve()}")
 
     def start_services(self) -> None:
@@ -188,8 +211,12 @@ class Node:
         if self.retention is not None:
             self.retention.stop()
         self.stop_services()
+        self.heartbeat.stop()
+        # what this node still holds goes to the other nodes now, not when its leases run out
+        jobs, deliveries = leave(self.db, self.node_id)
         with self.db.session() as s:
-            record_event(s, EventCode.NODE_STOPPED, "node stopped")
+            record_event(s, EventCode.NODE_STOPPED, f"node {self.node_id} stopped"
+                         + (f"; {jobs} job(s), {deliveries} delivery(ies) handed back to the queue" if jobs or deliveries else ""))
         if self.atna is not None:  # the stop event too, while the repository answers; else at next start
             self.atna.flush_and_stop(timeout_s=5.0)
         self.db.close()

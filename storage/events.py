@@ -67,6 +67,13 @@ class EventCode(IntEnum):
     PRIOR_COMPARED = 528  # the current exam compared with its prior (matched, new, resolved; follow-up Lung-RADS)
     PRIOR_NOT_COMPARED = 529  # the result goes without comparison: "prior not available: <reason>" (or why not)
     PRIOR_ANALYSED = 530  # a retrieved prior analysed once, in the current exam's job: its own job, never delivered
+    # 54x: several nodes on one database (leases; dicomnode.process.cluster)
+    JOB_LEASE_TAKEN_OVER = 540  # a running job whose node's lease expired (node dead) queued again by another node
+    DELIVERY_LEASE_TAKEN_OVER = 541  # a delivery mid-send whose node's lease expired, pending again (another node sends it)
+    NODE_JOINED = 542  # a node registered in the nodes table (its id, host, version, engine)
+    NODE_LEASE_LOST = 543  # this node's claim was taken over (it was presumed dead): its result is discarded
+    NODE_ID_IN_USE = 544  # a node refused to start: its node id belongs to a live node (fresh heartbeat)
+    NODE_PRESUMED_DEAD = 545  # a node's heartbeat stopped for longer than a lease: marked lost, its sessions ended
     # 6xx: deliveries
     DELIVERY_QUEUED = 600
     DELIVERY_SENT = 601
@@ -105,7 +112,7 @@ class EventCode(IntEnum):
 
     @property
     def level(self) -> str:
-        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 510, 524, 525, 602, 608, 609,
+        warn = {202, 201, 203, 205, 206, 208, 209, 302, 303, 304, 305, 306, 307, 308, 404, 406, 503, 505, 510, 524, 525, 540, 541, 543, 544, 545, 602, 608, 609,
                 701, 704, 706, 707, 711, 712, 801, 802, 900}
         error = {603}
         if self.value in error:

@@ -54,6 +54,9 @@ class OpenIntake(Base):
     # the process holding the session: a dead one's rows are ended by the node (not orderly)
     pid: Mapped[int] = mapped_column(Integer, index=True)
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the node (nodes.node_id) whose process holds it: a node's start-up ends only its own rows
+    # (NULL: written before migration 0015, by the one node there was)
+    node_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class Study(Base):
@@ -165,6 +168,10 @@ class Job(Base):
     # a re-run (`dicomnode reprocess`, the API, the console) names the job whose result it replaces;
     # no foreign key: adding one to a table others reference would make SQLite rebuild it (0005)
     supersedes_job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # leases (migration 0015, several nodes on one database): the node that claimed it and until when
+    # the claim holds; its heartbeat renews it, another node takes an expired one over
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[datetime | None]
 
     series: Mapped[Series] = relationship()
     findings: Mapped[list[FindingRow]] = relationship(back_populates="job", cascade="all, delete-orphan")
@@ -252,6 +259,29 @@ class Delivery(Base):
     commit_transaction_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     commit_requested_at: Mapped[datetime | None]
     committed_at: Mapped[datetime | None]
+    # leases (migration 0015, several nodes on one database): the node that claimed it and until when
+    # the claim holds; its heartbeat renews it, another node takes an expired one over
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[datetime | None]
+
+
+class NodeRow(Base):
+    """One node sharing the database (migration 0015): its identity, and a heartbeat that says it
+    is alive; a node whose heartbeat stopped loses its leases to the others."""
+
+    __tablename__ = "nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    engine: Mapped[str] = mapped_column(String(32))  # the inference engine setting
+    ae_title: Mapped[str] = mapped_column(String(16))
+    port: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16))  # running | stopped
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None]
 
 
 class RetentionPurge(Base):
@@ -361,3 +391,5 @@ class SettingsSnapshot(Base):
 
 Index("ix_jobs_state_queued", Job.state, Job.queued_at)
 Index("ix_deliveries_due", Delivery.state, Delivery.next_attempt_at)
+Index("ix_jobs_lease", Job.state, Job.lease_expires_at)
+Index("ix_deliveries_lease", Delivery.state, Delivery.lease_expires_at)

@@ -10,13 +10,14 @@ from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from storage.events import EventCode
-from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, Series, Study
+from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, NodeRow, Series, Study
 from storage.states import DeliveryState, JobState
 
 # the helpers below narrow a query (.where returns the same Select type), so keep its row type
 _Query = TypeVar("_Query", bound="Select[Unpack[tuple[Any, ...]]]")
 
-AUDIT_SUBJECTS = ("associations", "instances", "series", "jobs", "findings", "deliveries", "events", "dead-letters")
+AUDIT_SUBJECTS = ("associations", "instances", "series", "jobs", "findings", "deliveries", "events", "dead-letters",
+                  "nodes")
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -111,7 +112,7 @@ def series(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
 def jobs(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     q = (select(Job.id, Series.series_instance_uid, Job.pipeline, Job.route_name, Job.state, Job.attempts,
                 Job.verdict, Job.progress, Job.error, Job.queued_at, Job.started_at, Job.finished_at, Job.summary,
-                Job.supersedes_job_id)
+                Job.supersedes_job_id, Job.claimed_by.label("node_id"), Job.lease_expires_at)
          .join(Series, Job.series_id == Series.id))
     q = _row_id(_series_uid(_since(q, Job.queued_at, f), f), Job.id, f)
     if f.status:
@@ -169,7 +170,8 @@ def deliveries(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     q = (select(Delivery.id, Delivery.job_id, Delivery.kind, Series.series_instance_uid, Delivery.destination,
                 Delivery.ae_title, Delivery.host, Delivery.port, Delivery.sop_instance_uid, Delivery.sop_class_uid,
                 Delivery.state, Delivery.attempts, Delivery.last_error, Delivery.created_at, Delivery.next_attempt_at,
-                Delivery.delivered_at, Delivery.committed_at, Delivery.commit_transaction_uid)
+                Delivery.delivered_at, Delivery.committed_at, Delivery.commit_transaction_uid,
+                Delivery.claimed_by.label("node_id"), Delivery.lease_expires_at)
          .outerjoin(Job, Delivery.job_id == Job.id)
          .outerjoin(Series, Series.id == func.coalesce(Delivery.series_id, Job.series_id)))
     q = _row_id(_series_uid(_since(q, Delivery.created_at, f), f), Delivery.id, f)
@@ -193,7 +195,42 @@ def events(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     return _rows(s, q.order_by(Event.id.desc()).limit(f.limit))
 
 
+# a node that says it runs but has not beaten for longer than a lease (node.lease_s) is "silent":
+# presumed dead, its leases are taken over (dicomnode.process.cluster)
+# "lost": presumed dead, and another node took over what it left
+NODE_STATES = ("running", "silent", "lost", "stopped")
+
+
+def nodes(s: Session, f: AuditFilter, lease_s: float = 30.0) -> list[dict[str, Any]]:
+    """One row per node sharing the database: identity, heartbeat age, and the work it holds now."""
+    if f.row_id is not None:
+        return []  # nodes are named by node_id, not numbered: no /audit/nodes/{id} row
+    running = (select(Job.claimed_by, func.count(Job.id)).where(Job.state == JobState.RUNNING)
+               .group_by(Job.claimed_by))
+    sending = (select(Delivery.claimed_by, func.count(Delivery.id)).where(Delivery.state == DeliveryState.SENDING)
+               .group_by(Delivery.claimed_by))
+    jobs_of: dict[str | None, int] = {k: n for k, n in s.execute(running).all()}
+    sends_of: dict[str | None, int] = {k: n for k, n in s.execute(sending).all()}
+    now = datetime.now(timezone.utc)
+    rows = _rows(s, select(NodeRow.node_id, NodeRow.state, NodeRow.host, NodeRow.pid, NodeRow.version, NodeRow.engine,
+                           NodeRow.ae_title, NodeRow.port, NodeRow.started_at, NodeRow.last_heartbeat,
+                           NodeRow.stopped_at).order_by(NodeRow.node_id))
+    out = []
+    for row in rows:
+        beat = datetime.fromisoformat(row["last_heartbeat"])
+        age = (now - (beat if beat.tzinfo else beat.replace(tzinfo=timezone.utc))).total_seconds()
+        row["heartbeat_age_s"] = round(max(age, 0.0), 1)
+        if row["state"] == "running" and age > lease_s:
+            row["state"] = "silent"
+        row["jobs_running"] = jobs_of.get(row["node_id"], 0)
+        row["deliveries_sending"] = sends_of.get(row["node_id"], 0)
+        if f.status is None or row["state"] == f.status:
+            out.append(row)
+    return out[:f.limit]
+
+
 QUERIES = {
+    "nodes": nodes,
     "associations": associations, "instances": instances, "series": series, "jobs": jobs,
     "findings": findings, "deliveries": deliveries, "events": events, "dead-letters": dead_letters,
 }

@@ -21,6 +21,9 @@ def status_choices(subject: str) -> tuple[str, ...]:
         return tuple(state.value for state in states[subject])
     if subject == "findings":  # findings filter on their Lung-RADS category
         return ("0", "1", "2", "3", "4A", "4B", "4X")
+    if subject == "nodes":
+        from storage.queries import NODE_STATES
+        return NODE_STATES
     if subject == "events":
         return EVENT_LEVELS + tuple(code.name.lower() for code in EventCode)
     return ()  # instances and dead-letters have no status to filter on
@@ -51,9 +54,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     status = checked_status(args.what, args.status)
     if args.wide and args.format != "table":
         raise UserError("--wide is for tables; json and csv always carry every field")
-    _, db = open_db(args)
+    settings, db = open_db(args)
     with db.session() as s:
-        rows = run_query(s, args.what, AuditFilter(since, status, args.series, args.limit))
+        if args.what == "nodes":  # "silent": no heartbeat for longer than this setup's lease
+            from storage.queries import nodes
+            rows = nodes(s, AuditFilter(since, status, args.series, args.limit), settings.node.lease_s)
+        else:
+            rows = run_query(s, args.what, AuditFilter(since, status, args.series, args.limit))
     print_rows(rows, args.format, args.what, wide=args.wide)
     return 0
 
@@ -94,6 +101,7 @@ AUDIT_EPILOG = """--status values per subject:
   jobs: {jobs}
   deliveries: {deliveries}
   findings (Lung-RADS): {findings}
+  nodes: {nodes} (silent: no heartbeat for longer than node.lease_s; lost: presumed dead, work taken over)
   events: a level ({levels}) or an event name
 
 Tables fit the terminal (COLUMNS, else its width; 250 columns when piped): the least important
@@ -104,7 +112,7 @@ Exit codes: 0 rows printed (also none), 2 a usage or configuration error."""
 
 def _audit_epilog() -> str:
     return AUDIT_EPILOG.format(**{s: ", ".join(status_choices(s)) for s in
-                                  ("associations", "series", "jobs", "deliveries", "findings")},
+                                  ("associations", "series", "jobs", "deliveries", "findings", "nodes")},
                                levels=", ".join(EVENT_LEVELS))
 
 

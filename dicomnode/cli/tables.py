@@ -64,7 +64,7 @@ _DELIVERY = (_c("id", 0, "int"), _c("job_id", 5, "int"), _c("series_instance_uid
              _c("port", 7, "int"), _c("sop_instance_uid", 3, "uid"), _c("state", 0), _c("attempts", 1, "int"),
              _c("last_error", 1, max_width=60, flex=True), _c("created_at", 2, "time"),
              _c("next_attempt_at", 5, "time"), _c("delivered_at", 4, "time"),
-             _c("committed_at", 5, "time"), _c("commit_transaction_uid", 8, "uid"))
+             _c("committed_at", 5, "time"), _c("commit_transaction_uid", 8, "uid"), _c("node_id", 6, max_width=24))
 SUBJECT_COLUMNS: dict[str, tuple[Column, ...]] = {
     "associations": (
         _c("id", 0, "int"), _c("started_at", 1, "time"), _c("calling_ae", 0, max_width=16),
@@ -89,7 +89,13 @@ SUBJECT_COLUMNS: dict[str, tuple[Column, ...]] = {
         _c("lung_rads", 1), _c("risk", 1, "f4"), _c("findings", 2, "int"), _c("attempts", 4, "int"),
         _c("pipeline", 5, max_width=24), _c("route_name", 6, max_width=16), _c("seconds", 4, "f1"),
         _c("model", 7, max_width=28), _c("error", 1, max_width=60, flex=True), _c("progress", 3, max_width=30),
-        _c("queued_at", 8, "time"), _c("started_at", 9, "time"), _c("finished_at", 3, "time")),
+        _c("queued_at", 8, "time"), _c("started_at", 9, "time"), _c("finished_at", 3, "time"),
+        _c("node_id", 5, max_width=24)),
+    "nodes": (  # several nodes on one database (dicomnode.process.cluster)
+        _c("node_id", 0, max_width=40), _c("state", 0), _c("heartbeat_age_s", 0, "f1"), _c("jobs_running", 0, "int"),
+        _c("deliveries_sending", 1, "int"), _c("engine", 1), _c("host", 2, max_width=30), _c("version", 3, max_width=20),
+        _c("ae_title", 4, max_width=16), _c("port", 4, "int"), _c("pid", 5, "int"), _c("started_at", 2, "time"),
+        _c("last_heartbeat", 3, "time"), _c("stopped_at", 6, "time")),
     "findings": (
         _c("id", 0, "int"), _c("series_instance_uid", 3, "uid"), _c("index", 2, "int"), _c("type", 0),
         _c("mean_diameter_mm", 0, "f1"), _c("solid_component_mm", 1, "f1"), _c("lung_rads", 0),

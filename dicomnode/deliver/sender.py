@@ -58,6 +58,9 @@ class ResultSender:
         self.settings = settings
         self.spool_root = settings.spool_dir  # forwards send the spooled source files
         self.commitment = StorageCommitment(db, settings)
+        # the claim's owner and lease (several nodes on one database: dicomnode.process.cluster)
+        self.node_id = settings.node.identity()
+        self.lease = timedelta(seconds=settings.node.lease_s)
 
     def file_of(self, d: Delivery) -> Path:
         """The file a delivery sends: a result in the outbox, a forward in the spool; never outside them."""
@@ -81,9 +84,13 @@ class ResultSender:
         return sorted(contexts)[:128]  # PS3.8: at most 128 presentation contexts
 
     def recover(self) -> int:
-        """Deliveries caught mid-send by a crash go back to pending (the peer de-duplicates by UID)."""
+        """This node's deliveries caught mid-send by a crash go back to pending (the peer de-duplicates
+        by UID); another live node's are its own (rows claimed before node ids: this node's)."""
         with self.db.session() as s:
-            return rows_changed(s, update(Delivery).where(Delivery.state == DeliveryState.SENDING).values(state=DeliveryState.PENDING))
+            return rows_changed(s, update(Delivery)
+                                .where(Delivery.state == DeliveryState.SENDING,
+                                       (Delivery.claimed_by == self.node_id) | Delivery.claimed_by.is_(None))
+                                .values(state=DeliveryState.PENDING, claimed_by=None, lease_expires_at=None))
 
     def send_due(self, only_ids: list[int] | None = None) -> int:
         """Send every due pending delivery (or just `only_ids`); returns how many were delivered."""
@@ -93,11 +100,14 @@ class ResultSender:
                 query = query.where(Delivery.id.in_(only_ids))
             else:
                 query = query.where(Delivery.next_attempt_at <= utcnow())
-            due = s.execute(query.order_by(Delivery.id)).scalars().all()
+            # PostgreSQL: rows another node is claiming now are skipped, not waited for; SQLite ignores
+            # the lock and the compare-and-set on the state decides
+            due = s.execute(query.order_by(Delivery.id).with_for_update(skip_locked=True)).scalars().all()
             claimed: list[Delivery] = []
+            until = utcnow() + self.lease
             for d in due:
                 if rows_changed(s, update(Delivery).where(Delivery.id == d.id, Delivery.state == DeliveryState.PENDING)
-                                .values(state=DeliveryState.SENDING)):
+                                .values(state=DeliveryState.SENDING, claimed_by=self.node_id, lease_expires_at=until)):
                     claimed.append(d)
         groups: dict[Target, list[Delivery]] = defaultdict(list)
         for d in claimed:
@@ -187,7 +197,8 @@ class ResultSender:
         state = DeliveryState.AWAITING_COMMITMENT if self.commitment.wanted(d.destination) else DeliveryState.DELIVERED
         with self.db.session() as s:
             s.execute(update(Delivery).where(Delivery.id == d.id)
-                      .values(state=state, delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None))
+                      .values(state=state, delivered_at=utcnow(), attempts=Delivery.attempts + 1, last_error=None,
+                              lease_expires_at=None))
             record_event(s, EventCode.DELIVERY_SENT, f"{_what(d)}{d.sop_instance_uid} delivered to {target}",
                          series_instance_uid=_forwarded_series(s, d), job_id=d.job_id, delivery_id=d.id)
 
@@ -198,6 +209,7 @@ class ResultSender:
             assert row is not None
             row.attempts += 1
             row.last_error = why
+            row.lease_expires_at = None  # claimed_by stays: the node that tried last
             if row.attempts >= cfg.max_attempts:
                 row.state = DeliveryState.DEAD
                 record_event(s, EventCode.DELIVERY_DEAD_LETTER,

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import traceback
+from datetime import timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,12 @@ def queue_job(s: Session, series: Series, pipeline: str, route_name: str, destin
     return job.id
 
 
-def requeue_interrupted(db: Database) -> int:
+def requeue_interrupted(db: Database, node_id: str | None = None) -> int:
+    """Start-up: this node's jobs left running go back to the queue; never a live node's (several
+    nodes on one database: dicomnode.process.cluster). Without a node id: every running job."""
+    if node_id is not None:
+        from dicomnode.process.cluster import requeue_own_jobs
+        return requeue_own_jobs(db, node_id)
     with db.session() as s:
         interrupted = s.execute(select(Job.id, Series.series_instance_uid).join(Series).where(Job.state == JobState.RUNNING)).all()
         for job_id, series_uid in interrupted:
@@ -66,6 +72,10 @@ def requeue_interrupted(db: Database) -> int:
             record_event(s, EventCode.JOB_REQUEUED, "interrupted by a restart; queued again",
                          series_instance_uid=series_uid, job_id=job_id)
     return len(interrupted)
+
+
+class LeaseLost(Exception):
+    """Another node took this job over (this one was presumed dead): its result must not be kept."""
 
 
 class SourceFilesRemoved(Exception):
@@ -103,6 +113,9 @@ class JobRunner:
         self._pipeline_lock = threading.Lock()
         self.warmup_error: str | None = None  # why a warm-up load failed (reported by /health)
         self.engine_wait = EngineWait(settings.inference.unreachable_retry_s, settings.inference.unreachable_retry_max_s)
+        # the claim's owner and lease (several nodes on one database: dicomnode.process.cluster)
+        self.node_id = settings.node.identity()
+        self.lease = timedelta(seconds=settings.node.lease_s)
 
     def pipeline(self, name: str) -> Pipeline:
         with self._pipeline_lock:
@@ -134,17 +147,38 @@ class JobRunner:
         return thread
 
     def claim(self) -> int | None:
+        """The oldest queued job, now running under this node's lease. PostgreSQL: the row locked with
+        SKIP LOCKED, so nodes claiming at once take different jobs; SQLite (one node) ignores the lock
+        and the compare-and-set on the state decides."""
         if self.engine_wait.waiting():  # the inference server is unreachable: no job could run now
             return None
         with self.db.session() as s:
-            for job_id in s.execute(select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id).limit(4)).scalars():
+            candidates = s.execute(select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id)
+                                   .limit(4).with_for_update(skip_locked=True)).scalars().all()
+            for job_id in candidates:
                 claimed = rows_changed(s,
                     update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
-                    .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1, error=None)
+                    .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1, error=None,
+                            claimed_by=self.node_id, lease_expires_at=utcnow() + self.lease)
                 )
                 if claimed:
                     return job_id
         return None
+
+    def _still_mine(self, s: Session, job_id: int) -> bool:
+        """Compare-and-set on the claim, first in the transaction that ends the job: on PostgreSQL it
+        locks the row, so a takeover waits for this commit and then finds the job no longer running."""
+        return rows_changed(s, update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING,
+                                                 Job.claimed_by == self.node_id)
+                            .values(lease_expires_at=utcnow() + self.lease)) == 1
+
+    def _lease_lost(self, job_id: int, series_uid: str) -> None:
+        log.warning("job %s was taken over by another node while this one ran it: result discarded", job_id)
+        with self.db.session() as s:
+            record_event(s, EventCode.NODE_LEASE_LOST,
+                         f"node {self.node_id} lost its lease on the job (taken over, presumed dead): "
+                         "its result is discarded, the job is another node's now",
+                         series_instance_uid=series_uid, job_id=job_id, details={"node_id": self.node_id})
 
     def run_one(self) -> bool:
         job_id = self.claim()
@@ -170,6 +204,9 @@ class JobRunner:
             output = self.pipeline(pipeline_name)(datasets, context)
             del datasets  # the source images are not needed to write the outbox: free them before it
             queued = self._finish(job_id, output, time.perf_counter() - started)
+        except LeaseLost:
+            self._lease_lost(job_id, series_uid)
+            return
         except EngineUnreachable as exc:  # not the job's fault: it waits for the server, not failed
             self._engine_unreachable(job_id, series_uid, exc)
             return
@@ -184,12 +221,14 @@ class JobRunner:
     def _progress_writer(self, job_id: int) -> Callable[[str], None]:
         def write(message: str) -> None:
             with self.db.session() as s:
-                s.execute(update(Job).where(Job.id == job_id).values(progress=message[:128]))
+                s.execute(update(Job).where(Job.id == job_id, Job.claimed_by == self.node_id).values(progress=message[:128]))
         return write
 
     def _finish(self, job_id: int, output: PipelineOutput, seconds: float) -> int:
         """Outbox files, finding rows and the job's end in one transaction; the deliveries queued."""
         with self.db.session() as s:
+            if not self._still_mine(s, job_id):
+                raise LeaseLost(job_id)
             job = s.get(Job, job_id)
             assert job is not None
             series = job.series
@@ -202,6 +241,7 @@ class JobRunner:
                 record_event(s, EventCode.FINDING_RECORDED, finding_message(i, f),
                              series_instance_uid=series.series_instance_uid, job_id=job.id)
             job.state, job.finished_at, job.verdict, job.progress = JobState.DONE, utcnow(), output.verdict, None
+            job.lease_expires_at = None  # claimed_by stays: the node that ran it
             summary = {**output.summary, "seconds": round(seconds, 3), "objects": len(output.datasets),
                        "deliveries": deliveries, "findings": len(output.findings)}
             exam = exam_json(output)
@@ -228,8 +268,11 @@ class JobRunner:
         delay = self.engine_wait.failed()
         log.warning("job %s: %s; retry in %.1f s", job_id, exc, delay)
         with self.db.session() as s:
+            if not self._still_mine(s, job_id):
+                return  # taken over meanwhile: the other node decides
             job = s.get(Job, job_id)
             assert job is not None
+            job.claimed_by, job.lease_expires_at = None, None
             job.state, job.progress, job.error = JobState.QUEUED, None, f"{type(exc).__name__}: {exc}"
             job.attempts = max(0, job.attempts - 1)  # waiting for the server is not an attempt
             record_event(s, EventCode.ENGINE_UNAVAILABLE,
@@ -247,12 +290,15 @@ class JobRunner:
     def _fail(self, job_id: int, series_uid: str, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
         with self.db.session() as s:
+            if not self._still_mine(s, job_id):
+                return  # taken over meanwhile: the other node decides
             job = s.get(Job, job_id)
             assert job is not None
+            job.lease_expires_at = None
             job.error = message + "\n" + "".join(traceback.format_exception(exc))[-4000:]
             job.progress = None
             if job.attempts < self.settings.jobs.max_attempts:
-                job.state = JobState.QUEUED
+                job.state, job.claimed_by = JobState.QUEUED, None
                 record_event(s, EventCode.JOB_REQUEUED, f"attempt {job.attempts} failed ({message}); queued again",
                              series_instance_uid=series_uid, job_id=job_id)
             else:

@@ -23,7 +23,7 @@ from dicomnode.receive.lifecycle import SeriesLifecycle
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
-from storage.models import Series
+from storage.models import Series, Study
 from storage.states import SeriesRole, SeriesState
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class Router:
 
     def _route_series(self, series_id: int, queued: set[str]) -> None:
         with self.db.session() as s:
-            series = s.get(Series, series_id)
+            series = self._lock(s, series_id)
             if series is None or series.status != SeriesState.COMPLETE:
                 return
             if series.role == SeriesRole.PRIOR:  # retrieved to compare with (dicomnode.priors): no job, no delivery
@@ -156,6 +156,18 @@ class Router:
             SeriesLifecycle.wait_for_study(series, route.name)
             s.flush()
             self._choose_for_study(s, series.study_id, route, queued)
+
+    @staticmethod
+    def _lock(s: Session, series_id: int) -> Series | None:
+        """The series, read under its study's row lock then its own (PostgreSQL; several nodes): one
+        routing decision per series and per study at a time, whichever node completed or recovered
+        it; the second waits, then sees the first's outcome. SQLite: one node, no lock needed."""
+        study_id = s.execute(select(Series.study_id).where(Series.id == series_id)).scalar()
+        if study_id is None:
+            return None
+        s.execute(select(Study.id).where(Study.id == study_id).with_for_update())
+        return s.execute(select(Series).where(Series.id == series_id).with_for_update()
+                         .execution_options(populate_existing=True)).scalar_one_or_none()
 
     def _route(self, s: Session, series: Series, route: Route, queued: set[str]) -> None:
         SeriesLifecycle.routed(series)

@@ -52,10 +52,12 @@ class NotReprocessable(Exception):
 
 
 class SeriesLifecycle:
-    def __init__(self, db: Database, evidence_grace_seconds: float | None = None) -> None:
+    def __init__(self, db: Database, evidence_grace_seconds: float | None = None, node_id: str | None = None) -> None:
         """`evidence_grace_seconds`: how long after its release a series the evidence shows whole
-        completes (series.evidence_grace_seconds); None: only the idle timer completes series."""
+        completes (series.evidence_grace_seconds); None: only the idle timer completes series.
+        `node_id`: the node whose sessions these are (several nodes share `open_intake`)."""
         self.db = db
+        self.node_id = node_id
         self.evidence_grace = None if evidence_grace_seconds is None else timedelta(seconds=evidence_grace_seconds)
         self._lock = threading.Lock()
         # this process's share of `open_intake`: lets the ingest hot path skip the insert (and the
@@ -76,7 +78,7 @@ class SeriesLifecycle:
         try:
             with self.db.session() as s:
                 s.execute(insert(OpenIntake).values(session_key=_key(session), series_instance_uid=series_uid,
-                                                    pid=os.getpid(), opened_at=utcnow()))
+                                                    pid=os.getpid(), opened_at=utcnow(), node_id=self.node_id))
         except IntegrityError:
             pass  # another thread of this session wrote the row first: it is there, which is all we need
         with self._lock:
@@ -128,7 +130,18 @@ class SeriesLifecycle:
         have been cut off mid-series), so their series complete on the idle timer."""
         with self.db.session() as s:
             rows = s.execute(select(OpenIntake.session_key, OpenIntake.series_instance_uid)
-                             .where(OpenIntake.pid == pid)).all()
+                             .where(OpenIntake.pid == pid, OpenIntake.node_id.is_not_distinct_from(self.node_id))).all()
+        return self._end_all(rows)
+
+    def sessions_of_dead_node(self, node_id: str) -> list[str]:
+        """Another node died (its heartbeat stopped) with sessions open: end them, not orderly, so
+        their series complete on the idle timer instead of staying open for ever."""
+        with self.db.session() as s:
+            rows = s.execute(select(OpenIntake.session_key, OpenIntake.series_instance_uid)
+                             .where(OpenIntake.node_id == node_id)).all()
+        return self._end_all(rows)
+
+    def _end_all(self, rows: Iterable[tuple[str, str]]) -> list[str]:
         by_session: dict[str, set[str]] = defaultdict(set)
         for key, uid in rows:
             by_session[key].add(uid)
@@ -257,8 +270,9 @@ class SeriesLifecycle:
         their clocks now so they complete instead of waiting forever. Their evidence is dropped: a
         session the crash cut off may have been adding to a released series, so the timer decides."""
         with self.db.session() as s:
-            # every session of the previous run ended with it (the receivers start after this)
-            s.execute(delete(OpenIntake))
+            # every session of this node's previous run ended with it (the receivers start after
+            # this); other nodes' sessions are theirs (NULL: rows from before node ids, one node)
+            s.execute(delete(OpenIntake).where(OpenIntake.node_id.is_(None) | (OpenIntake.node_id == self.node_id)))
             adopted = rows_changed(s,
                 update(Series)
                 .where(Series.status == SeriesState.RECEIVING, Series.last_released_at.is_(None))

@@ -27,7 +27,6 @@ import os
 import pickle
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -155,9 +154,11 @@ class ReceiverPool(threading.Thread):
         self.settings = settings
         self.db = db
         self.lifecycle = lifecycle
-        self.slots_file = Path(settings.node.data_dir) / "receivers.slots"
-        # per host: pids mean nothing on another machine sharing the data directory
-        self.pid_file = Path(settings.node.data_dir) / f"receivers-{socket.gethostname()}.pids"
+        # per node id (several nodes, on one host or several, may share the data directory): pids
+        # mean nothing on another machine, and each node's receivers share only its own slots
+        node_id = settings.node.identity()
+        self.slots_file = Path(settings.node.data_dir) / f"receivers-{node_id}.slots"
+        self.pid_file = Path(settings.node.data_dir) / f"receivers-{node_id}.pids"
         self.receivers = [Receiver(i) for i in range(processes)]
         self._stopping = threading.Event()
         self._launched = False
@@ -342,7 +343,7 @@ def build(settings: Settings, index: int, slots_file: Path) -> StorageSCP:
     """The SCP of receiver `index`, not listening yet; the schema is the node's (it migrated it)."""
     db = Database(settings.database_url)
     spool = Spool(settings.spool_dir, settings.node.min_free_disk_mb * 2**20)
-    lifecycle = SeriesLifecycle(db, settings.series.evidence_grace_seconds)
+    lifecycle = SeriesLifecycle(db, settings.series.evidence_grace_seconds, settings.node.identity())
     ingestor = Ingestor(db, spool, lifecycle, settings.node.max_instance_mb * 2**20)
     return StorageSCP(settings, db, Intake(ingestor, lifecycle), SharedSlots(slots_file, index), shared_port=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from dicomnode.core import durable
@@ -99,10 +100,18 @@ class Spool:
         """The file of a relative path from the database, never outside the spool."""
         return confined(self.root, relative)
 
-    def remove_temporaries(self) -> int:
-        """Drop half-written temporaries left by a crash (never acknowledged to the sender)."""
+    def remove_temporaries(self, older_than_s: float = 0.0) -> int:
+        """Drop half-written temporaries left by a crash (never acknowledged to the sender); with a
+        spool shared by several nodes only those untouched for `older_than_s` seconds (the others may
+        be another node's writes in progress)."""
         count = 0
+        cutoff = time.time() - older_than_s
         for tmp in self.root.rglob(".*.tmp"):
+            try:
+                if older_than_s and tmp.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue  # renamed into place meanwhile
             tmp.unlink(missing_ok=True)
             count += 1
         return count

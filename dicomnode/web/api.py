@@ -25,7 +25,7 @@ from dicomnode.web.views import (
     series_timeline,
     timeline,
 )
-from storage.queries import AuditFilter, parse_since, run_query
+from storage.queries import AuditFilter, nodes, parse_since, run_query
 
 router = APIRouter(prefix="/api", tags=["api"], dependencies=[Depends(api_user)])
 health_router = APIRouter(tags=["health"])
@@ -44,6 +44,13 @@ def audit_filter(since: str | None = Query(None, description="age (30m, 2h, 7d) 
 def _query(node: Node, subject: str, f: AuditFilter) -> list[dict[str, Any]]:
     with node.db.session() as s:
         return run_query(s, subject, f)
+
+
+@router.get("/nodes", summary="Nodes sharing the audit database: state (running, silent, stopped), heartbeat age, "
+            "jobs running, deliveries sending, engine, host, version")
+def node_list(node: Node = Depends(get_node)) -> list[dict[str, Any]]:
+    with node.db.session() as s:
+        return nodes(s, AuditFilter(limit=1000), node.settings.node.lease_s)
 
 
 @router.get("/session", summary="Who is calling, and the CSRF token for POSTs from a browser session")

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from dicomnode.web.views import destinations, model_info, spool_free_bytes
 from storage.models import Association, Delivery, Instance, Job, Series
 from storage.states import AssociationState, DeliveryState, JobState, SeriesState
-from storage.queries import counts_by
+from storage.queries import AuditFilter, counts_by, nodes
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
@@ -138,6 +138,7 @@ class DatabaseCollector(Collector):
                                      "version": str(model.get("version", "")),
                                      "pipelines": ",".join(info["pipelines"])})
         yield model_family
+        yield from node_families(self.node)
         yield GaugeMetricFamily("dicomnode_model_loaded", "1 when every pipeline that needs the model has loaded it",
                                 value=0 if set(info["required"]) - set(info["loaded"]) else 1)
 
@@ -178,6 +179,26 @@ def destination_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
         if (at := _timestamp(row["last_failure_at"])) is not None:
             failure.add_metric(name, at)
     yield from (pending, oldest, dead, success, failure, warning)
+
+
+def node_families(node: Node) -> Iterator[Metric]:
+    """Every node sharing the database (several nodes: dicomnode.process.cluster), labelled by node id:
+    heartbeat age, whether it is up (running, heartbeat within a lease), and the work it holds."""
+    with node.db.session() as s:
+        rows = nodes(s, AuditFilter(), node.settings.node.lease_s)
+    label = ["node_id"]
+    age = GaugeMetricFamily("dicomnode_node_heartbeat_age_seconds", "Seconds since the node's last heartbeat", labels=label)
+    up = GaugeMetricFamily("dicomnode_node_up", "1 when the node runs and its heartbeat is within node.lease_s",
+                           labels=label)
+    running = GaugeMetricFamily("dicomnode_node_jobs_running", "Jobs the node runs now (holds a lease on)", labels=label)
+    sending = GaugeMetricFamily("dicomnode_node_deliveries_sending", "Deliveries the node is sending now", labels=label)
+    for row in rows:
+        name = [row["node_id"]]
+        age.add_metric(name, row["heartbeat_age_s"])
+        up.add_metric(name, 1 if row["state"] == "running" else 0)
+        running.add_metric(name, row["jobs_running"])
+        sending.add_metric(name, row["deliveries_sending"])
+    yield from (age, up, running, sending)
 
 
 def make_registry(node: Node) -> CollectorRegistry:

@@ -45,6 +45,7 @@ from storage.queries import (
     AuditFilter,
     audit_row,
     echo_event,
+    nodes,
     parse_since,
     run_query,
     series_events,
@@ -258,6 +259,15 @@ def audit_one(subject: str, request: Request, row_id: int = PathParam(ge=0, le=M
     fields = [(k, json.dumps(v, indent=2, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in row.items()]
     return render(request, "audit_row.html", user, subject=subject, row_id=row_id, fields=fields,
                   series_uid=row.get("series_instance_uid"))
+
+
+@router.get("/nodes")
+def nodes_page(request: Request, user: Principal = Depends(page_user), node: Node = Depends(get_node)) -> Response:
+    """Every node sharing the audit database: heartbeat, the work it holds, engine, version."""
+    lease_s = node.settings.node.lease_s
+    with node.db.session() as s:
+        rows = nodes(s, AuditFilter(limit=1000), lease_s)
+    return render(request, "nodes.html", user, rows=rows, this_node=node.node_id, lease_s=lease_s)
 
 
 @router.get("/dead-letters")

@@ -11,7 +11,7 @@ from typing import Any
 from storage.queries import FINDING_TABLE_COLUMNS
 
 DELIVERY_COLUMNS = ("id", "series_instance_uid", "destination", "state", "attempts", "last_error", "created_at",
-                    "delivered_at")
+                    "delivered_at", "node_id")
 AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
     "associations": ("id", "started_at", "calling_ae", "called_ae", "peer_host", "tls", "state", "reject_reason",
                      "instances_received", "bytes_received"),
@@ -19,12 +19,15 @@ AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
                   "series_instance_uid", "patient_id", "calling_ae"),
     "series": ("id", "first_received_at", "series_instance_uid", "patient_id", "modality", "series_number",
                "series_description", "instance_count", "calling_ae", "status", "route_name"),
-    "jobs": ("id", "series_instance_uid", "pipeline", "state", "attempts", "verdict", "queued_at", "finished_at", "error"),
+    "jobs": ("id", "series_instance_uid", "pipeline", "state", "attempts", "verdict", "queued_at", "finished_at", "error",
+             "node_id"),
     # the CLI's finding columns less calcified and margin (on the finding's page): 1280 px wide at most
     "findings": tuple(c for c in FINDING_TABLE_COLUMNS if c not in ("calcified", "margin")),
     "deliveries": DELIVERY_COLUMNS,
     "events": ("id", "at", "name", "level", "message", "series_instance_uid"),
     "dead-letters": DELIVERY_COLUMNS,
+    "nodes": ("node_id", "state", "heartbeat_age_s", "jobs_running", "deliveries_sending", "engine", "host", "version",
+              "last_heartbeat"),
 }
 UID_COLUMNS = frozenset({"series_instance_uid", "study_instance_uid", "sop_instance_uid", "sop_class_uid",
                          "transfer_syntax_uid"})

@@ -59,3 +59,25 @@ def gated_pipeline(datasets: list[Dataset], context: PipelineContext) -> Pipelin
         context.progress("waiting for the test's gate")
         time.sleep(0.2)
     return summary_pipeline(datasets, context)
+
+
+def stall_after_first_pipeline(datasets: list[Dataset], context: PipelineContext) -> PipelineOutput:
+    """Like summary_pipeline, but where TEST_PIPELINE_STALL_DIR is set, every job after the process's
+    first stalls (bounded): a test can kill the node while a job is certainly running, after a
+    first result of this node is certainly in the outbox."""
+    import time
+    from pathlib import Path
+
+    stall_dir = os.environ.get("TEST_PIPELINE_STALL_DIR")
+    if stall_dir:
+        marks = Path(stall_dir)
+        marks.mkdir(exist_ok=True)
+        earlier = list(marks.iterdir())
+        (marks / f"{context.job_id}").touch()
+        if earlier:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                context.progress("stalled by the test")
+                time.sleep(0.5)
+            raise TimeoutError("stalled job was never killed")
+    return summary_pipeline(datasets, context)

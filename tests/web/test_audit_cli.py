@@ -61,6 +61,7 @@ def key_fields(node: WebNode, series_uid: str) -> dict[str, list[str]]:
         "deliveries": ["destination", "state", "PACS", "dead"],
         "dead-letters": ["destination", "state", "PACS", "dead"],
         "events": ["name", "message", "DELIVERY_DEAD_LETTER", "FINDING_RECORDED"],
+        "nodes": ["node_id", "state", node.node.node_id[:12], "running"],
     }
 
 
