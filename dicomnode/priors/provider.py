@@ -52,7 +52,7 @@ class NodePriors:
     def __call__(self, series_id: int, analyse: AnalyseSeries) -> PriorExam:
         outcome = self.service.obtain(series_id)
         if not outcome.available or outcome.series_id is None:
-            return PriorExam(False, outcome.summary())
+            return PriorExam(False, outcome.summary(), others=list(outcome.others))
         try:
             job_id = outcome.job_id if outcome.status == "found" else self._analysed_job(outcome.series_id)
             if job_id is None:
@@ -63,7 +63,7 @@ class NodePriors:
         except Exception as exc:  # files removed by retention, an unreadable prior: no comparison, said so
             log.exception("the prior of series %s could not be analysed", series_id)
             reason = f"the prior {outcome.summary().removeprefix('prior: ')} could not be read or analysed: {printable_error(exc)}"
-            return PriorExam(False, f"prior not available: {reason}")
+            return PriorExam(False, f"prior not available: {reason}", others=list(outcome.others))
 
     def _analysed_job(self, prior_series_id: int) -> int | None:
         """A retrieved prior analysed before (for another exam): its done job; it is analysed once."""
@@ -127,7 +127,7 @@ class NodePriors:
         result = SeriesResult(series_uid, verdict, 0.0, model, findings, not_analysed_reason=reason)
         datasets = load_series_datasets(self.db, self.spool, outcome.series_id)
         return PriorExam(True, outcome.summary(), outcome.prior.study_uid, series_uid, sr_uid, job_id, result,
-                         datasets, uids, ids)
+                         datasets, uids, ids, list(outcome.others))
 
 
 def model_of(summary: dict[str, Any]) -> ModelIdentity:

@@ -84,13 +84,19 @@ def not_compared(result: SeriesResult, derived: list[str], statement: str, prior
                                else {"performed": False, "reason": statement})
     summary.update(prior_refs(prior))
     nodules = tuple(NoduleFollowUp(uid) for uid in derived)
-    sr = FollowUp(statement, nodules, prior.study_instance_uid if prior.available else None,
+    sr = FollowUp(with_others(statement, prior), nodules, prior.study_instance_uid if prior.available else None,
                   prior.sr_sop_instance_uid if prior.available else None)
     return FollowUpOutcome(result, sr, summary, [{"tracking_uid": uid} for uid in derived])
 
 
 def prior_refs(prior: PriorExam) -> dict[str, Any]:
-    return {"prior_job_id": prior.job_id, "prior_sr_sop_instance_uid": prior.sr_sop_instance_uid}
+    return {"prior_job_id": prior.job_id, "prior_sr_sop_instance_uid": prior.sr_sop_instance_uid,
+            "other_priors": list(prior.others)}
+
+
+def with_others(text: str, prior: PriorExam) -> str:
+    """The SR's comparison statement names the earlier studies that were not the one compared."""
+    return text if not prior.others else f"{text}; other earlier studies not compared: {', '.join(prior.others)}"
 
 
 def compared(result: SeriesResult, derived: list[str], prior: PriorExam, comparison: Comparison) -> FollowUpOutcome:
@@ -104,7 +110,7 @@ def compared(result: SeriesResult, derived: list[str], prior: PriorExam, compari
     for entry in resolved:  # the resolved nodule's identity, for whoever follows it
         entry["tracking_uid"] = prior_uid(prior, int(entry["prior_index"]))
     summary = {**comparison.summary_json(), "resolved": resolved, **prior_refs(prior)}
-    sr = FollowUp(statement(prior, comparison, columns), nodules, prior.study_instance_uid, prior.sr_sop_instance_uid,
+    sr = FollowUp(with_others(statement(prior, comparison, columns), prior), nodules, prior.study_instance_uid, prior.sr_sop_instance_uid,
                   tuple(resolved_line(entry) for entry in resolved))
     matched = [(i, fc.prior) for i, fc in enumerate(comparison.findings) if fc is not None and fc.prior is not None]
     return FollowUpOutcome(follow_up_result(result, comparison), sr, summary, columns, matched, list(prior.datasets))

@@ -42,6 +42,7 @@ class PriorExam:
     datasets: list[Dataset] = field(default_factory=list)
     tracking_uids: list[str] = field(default_factory=list)
     finding_ids: list[int] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)  # the other earlier studies found, not compared ("UID (date, where)")
 
 
 # the pipeline's own analysis, for a prior that was retrieved and is analysed once, in the current job

@@ -161,8 +161,10 @@ def resolved_cells(r: dict[str, Any]) -> list[str]:
 
 def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str]]:
     """The exam-level comparison: the prior study, the interval, the follow-up category; or why none was made."""
+    others = [("Other earlier studies (not compared)", ", ".join(map(str, comparison["other_priors"])))] \
+        if comparison.get("other_priors") else []
     if not comparison.get("performed"):
-        return [("Prior", str(comparison.get("reason") or "prior not available"))]
+        return [("Prior", str(comparison.get("reason") or "prior not available")), *others]
     study = f"{dicom_date(comparison.get('prior_study_date')) or 'date unknown'}, study UID " \
             f"{comparison.get('prior_study_instance_uid') or 'unknown'}"
     category = str(comparison.get("lung_rads") or "-")
@@ -174,7 +176,7 @@ def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("Recommendation", str(comparison["recommendation"])))
     if comparison.get("reason"):
         rows.append(("Note", str(comparison["reason"])))
-    return rows
+    return rows + others
 
 
 def _fit_cell(pdf: FPDF, width: float, text: str, size: float = 8.0) -> None:

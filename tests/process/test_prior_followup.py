@@ -121,6 +121,7 @@ def test_first_exam_has_no_prior_and_says_so(pair: Pair) -> None:
     job = pair.prior.job
     assert job.summary is not None
     assert job.summary["comparison"] == {"performed": False, "prior_job_id": None, "prior_sr_sop_instance_uid": None,
+                                         "other_priors": [],
                                          "reason": "prior not available: no earlier chest CT of the patient found"}
     assert report_texts(pair.prior.sr, "Comparison with prior exam") == [job.summary["comparison"]["reason"]]
     # every nodule keeps the Tracking UID its SR gave it: a later exam follows it
@@ -224,3 +225,17 @@ def test_follow_up_sends_each_matched_nodule_side_by_side_with_its_prior(pair: P
         # one current key slice and the key slice of the prior nodule it was matched with
         assert any(sources == {r.sop_instance_uid, prior_rows[int(r.prior_finding_id)].sop_instance_uid}
                    for r in matched), sources
+
+
+def test_the_other_earlier_studies_are_listed_beside_the_one_compared() -> None:
+    """Several priors: the most recent suitable one is used, the others named in the summary and the SR."""
+    from dicomnode.process.follow_up import not_compared
+    from dicomnode.process.pipelines import PriorExam
+    from inference.findings import ModelIdentity, SeriesResult, Verdict
+
+    result = SeriesResult("1.2.3", Verdict.NEGATIVE, 0.0, ModelIdentity("m", "1", "0" * 64, "onnxruntime-cpu"), [])
+    others = ["1.2.3.4 (20240105, PACS)", "1.2.3.5 (20230110, this node)"]
+    outcome = not_compared(result, [], "prior not available: no association", PriorExam(False, "x", others=others))
+    assert outcome.summary["other_priors"] == others
+    assert outcome.sr.statement == ("prior not available: no association; other earlier studies not compared: "
+                                    "1.2.3.4 (20240105, PACS), 1.2.3.5 (20230110, this node)")

@@ -97,7 +97,8 @@ def exams(web: WebNode) -> dict[str, Any]:
     """Inserted out of date order: the timeline must sort them."""
     e = Exams(web)
     later_study, later, _ = e.add("20250801", [_finding(30.0, 8.0, 270.0, "4A")],
-                                  {"comparison": {"performed": False, "reason": UNAVAILABLE}})
+                                  {"comparison": {"performed": False, "reason": UNAVAILABLE,
+                                                  "other_priors": ["1.2.3.9 (20230101, PACS)"]}})
     prior_study, prior, prior_ids = e.add("20240115", [_finding(50.0, 6.0, 113.1, "3"), _finding(-40.0, 5.0, 65.4, "2"),
                                                        _finding(-80.5, 4.2, 38.8, "2")])
     comparison = {"performed": True, "reason": None, "prior_study_instance_uid": prior_study,
@@ -169,6 +170,7 @@ def test_prior_not_available_is_said_with_its_reason(client: httpx.Client, exams
     assert re.search(r'id="comparison-unavailable">([^<]*)<', html).group(1) == UNAVAILABLE  # type: ignore[union-attr]
     assert 'id="comparison-findings"' not in html and 'id="resolved"' not in html
     assert 'id="lung-rads"><b>4A</b>' in html  # no follow-up category without a prior: the baseline one
+    assert "<th>Other earlier studies (not compared)</th><td>1.2.3.9 (20230101, PACS)</td>" in html
     # a series whose job looked for no prior has no comparison section, only the timeline
     prior_page = client.get(f"/series/{exams['prior']}").text
     assert 'id="comparison"' not in prior_page and 'id="timeline"' in prior_page
@@ -241,7 +243,8 @@ def test_api_series_without_a_prior_says_why(web: WebNode, exams: dict[str, Any]
         later = api.get(f"/api/series/{exams['later']}").json()
         prior = api.get(f"/api/series/{exams['prior']}").json()
         jobs = {j["series_instance_uid"]: j for j in api.get("/api/jobs").json()}
-    assert later["comparison"] == {"performed": False, "reason": UNAVAILABLE} and later["resolved"] == []
+    assert later["comparison"] == {"performed": False, "reason": UNAVAILABLE,
+                                   "other_priors": ["1.2.3.9 (20230101, PACS)"]} and later["resolved"] == []
     assert later["findings"][0]["comparison"] is None and later["findings"][0]["tracking_uid"] is None
     assert prior["comparison"] is None and prior["resolved"] == []
     assert jobs[exams["current"]]["resolved"] == RESOLVED and jobs[exams["later"]]["comparison"]["performed"] is False
