@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicomnode.atna import messages as m
@@ -268,10 +269,13 @@ class AtnaExporter(PeriodicWorker):
 
     def _ensure_cursor(self) -> None:
         """First start with ATNA on: the queue begins here, not with the node's whole history."""
-        with self.db.session() as s:
-            if s.get(AtnaCursor, 1) is None:
-                last = s.execute(select(func.max(Event.id))).scalar() or 0
-                s.add(AtnaCursor(id=1, last_event_id=last, messages_sent=0))
+        try:
+            with self.db.session() as s:
+                if s.get(AtnaCursor, 1) is None:
+                    last = s.execute(select(func.max(Event.id))).scalar() or 0
+                    s.add(AtnaCursor(id=1, last_event_id=last, messages_sent=0))
+        except IntegrityError:  # another node on the same database made it at the same moment
+            pass
 
     def next_wait(self) -> float:
         return self._backoff or self.interval_seconds
@@ -291,9 +295,13 @@ class AtnaExporter(PeriodicWorker):
         return events
 
     def export_batch(self, flush: bool) -> bool:
-        """Send the next batch; True when more events wait. The cursor moves only after the send."""
+        """Send the next batch; True when more events wait. The cursor moves only after the send.
+
+        The cursor row is locked (SELECT ... FOR UPDATE on PostgreSQL) from the read to its update, so
+        that several nodes on one database send each batch once: another node's exporter waits for the
+        lock and then reads the moved cursor."""
         with self.db.session() as s:
-            cursor = s.get(AtnaCursor, 1)
+            cursor = s.get(AtnaCursor, 1, with_for_update=True)
             assert cursor is not None
             start = cursor.last_event_id
             events = list(s.execute(select(Event).where(Event.id > start).order_by(Event.id)
@@ -304,17 +312,14 @@ class AtnaExporter(PeriodicWorker):
             frames = [frame(o.xml, _aware(e.at), self.source.host_name, self.source.process_id,
                             NOTICE if o.ok else WARNING)
                       for e in events for o in self._messages(s, e)]
-            last = events[-1].id
-        try:
-            if frames:
-                self.sender.send(frames)
-        except SyslogError as exc:
-            self._unreachable(exc, len(frames))
-            return False
-        with self.db.session() as s:
-            cursor = s.get(AtnaCursor, 1)
-            assert cursor is not None
-            cursor.last_event_id, cursor.updated_at = last, utcnow()
+            try:
+                if frames:
+                    self.sender.send(frames)
+            except SyslogError as exc:
+                s.rollback()  # the lock goes with it; the cursor stays where it was
+                self._unreachable(exc, len(frames))
+                return False
+            cursor.last_event_id, cursor.updated_at = events[-1].id, utcnow()
             cursor.messages_sent += len(frames)
             if self._failures and frames:  # only a batch that went out shows the repository is back
                 record_event(s, EventCode.ATNA_REPOSITORY_RESTORED,

@@ -92,3 +92,55 @@ def test_ingest_and_queries_on_postgresql(postgres_url, tmp_path: Path):
     assert len(series) == 1 and series[0]["instance_count"] == 5 and series[0]["id"] == completed[0]
     assert len(events) == 1
     db.close()
+
+
+def test_two_nodes_atna_exporters_send_each_audit_message_once(postgres_url, tmp_path: Path):
+    """Several nodes on one database each run the ATNA exporter: the locked cursor row lets each
+    batch of audit events go to the repository once, not once per node."""
+    import socket
+    import threading
+
+    from dicomnode.atna.exporter import AtnaExporter
+    from dicomnode.config import load_settings
+    from storage.audit import record_event
+    from storage.db import Database
+    from storage.events import EventCode
+
+    repository = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    repository.bind(("127.0.0.1", 0))
+    repository.settimeout(2)
+    config = tmp_path / "node.toml"
+    config.write_text(f'[atna]\nenabled = true\nhost = "127.0.0.1"\nport = {repository.getsockname()[1]}\n'
+                      'transport = "udp"\nbatch_size = 3\n')
+    settings = load_settings(config)
+    db = Database(postgres_url)
+    db.migrate()
+    exporters = [AtnaExporter(Database(postgres_url), settings) for _ in range(2)]  # two nodes' own engines
+    with db.session() as s:
+        for i in range(30):
+            record_event(s, EventCode.NODE_STARTED, f"node start {i}")
+    start = threading.Barrier(2)
+
+    def export(exporter: AtnaExporter) -> None:
+        start.wait()
+        for _ in range(40):  # 10 batches of 3 would do for one alone
+            exporter.export_batch(flush=True)
+
+    threads = [threading.Thread(target=export, args=(e,)) for e in exporters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    received: list[bytes] = []
+    try:
+        while True:
+            received.append(repository.recv(65536))
+    except socket.timeout:
+        pass
+    finally:
+        repository.close()
+        for e in exporters:
+            e.db.close()
+        db.close()
+    assert len(received) == 30, f"{len(received)} audit messages for 30 events"
+    assert len(set(received)) == 30  # each event's message once (each names its own event time)
