@@ -128,8 +128,15 @@ def overdue_transactions(s: Session, timeout_s: float, now: datetime | None = No
 def expire_overdue(s: Session, timeout_s: float, policy: RetryPolicy) -> list[int]:
     """Fail every awaiting delivery whose report is overdue; returns their ids."""
     failed: list[int] = []
-    cutoff = utcnow() - timedelta(seconds=timeout_s)
-    for uid in overdue_transactions(s, timeout_s):
+    now = utcnow()
+    cutoff = now - timedelta(seconds=timeout_s)
+    # several nodes on one PostgreSQL run this pass: lock the overdue rows first, so a second node
+    # waits here and then (its next statements see the first node's commit) finds them failed already
+    # instead of failing them twice; no-op on SQLite (one node)
+    asked_at = func.coalesce(Delivery.commit_requested_at, Delivery.delivered_at)
+    s.execute(select(Delivery.id).where(Delivery.state == DeliveryState.AWAITING_COMMITMENT, asked_at < cutoff)
+              .with_for_update()).all()
+    for uid in overdue_transactions(s, timeout_s, now):
         if uid is None:
             rows = s.execute(select(Delivery).where(Delivery.state == DeliveryState.AWAITING_COMMITMENT,
                                                     Delivery.commit_transaction_uid.is_(None),

@@ -79,3 +79,19 @@ def test_0004_renames_malignancy_to_model_score_keeping_rows_and_steps_back(tmp_
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT malignancy FROM findings")).scalars().all() == [0.62]
     db.close()
+
+
+def test_every_state_value_fits_its_column() -> None:
+    """SQLite ignores VARCHAR widths, PostgreSQL refuses a longer value: 'awaiting_commitment' (19)
+    in deliveries.state (16) broke storage commitment on PostgreSQL until revision 0016."""
+    from storage import states
+    from storage.models import Base
+
+    columns = {("deliveries", "state"): states.DeliveryState, ("deliveries", "kind"): states.DeliveryKind,
+               ("jobs", "state"): states.JobState, ("series", "status"): states.SeriesState,
+               ("series", "role"): states.SeriesRole, ("associations", "state"): states.AssociationState,
+               ("prior_retrievals", "state"): states.PriorRetrievalState}
+    for (table, column), enum in columns.items():
+        width = Base.metadata.tables[table].columns[column].type.length
+        too_long = [v.value for v in enum if len(str(v.value)) > width]
+        assert not too_long, f"{table}.{column} is VARCHAR({width}); too long: {too_long}"

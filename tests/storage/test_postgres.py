@@ -144,3 +144,57 @@ def test_two_nodes_atna_exporters_send_each_audit_message_once(postgres_url, tmp
         db.close()
     assert len(received) == 30, f"{len(received)} audit messages for 30 events"
     assert len(set(received)) == 30  # each event's message once (each names its own event time)
+
+
+def test_two_nodes_expire_an_overdue_storage_commitment_once(postgres_url):
+    """Each node's sender expires overdue storage-commitment transactions: on one database a
+    delivery must be failed (and retried) once, not once per node."""
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from storage.commitment import RetryPolicy, expire_overdue
+    from storage.db import Database
+    from storage.events import EventCode
+    from storage.models import Delivery, Event, utcnow
+    from storage.states import DeliveryState
+
+    db = Database(postgres_url)
+    db.migrate()
+    long_ago = utcnow() - timedelta(hours=1)
+    with db.session() as s:
+        rows = [Delivery(destination="PACS", ae_title="PACS", host="127.0.0.1", port=104, sop_instance_uid=f"1.2.3.{i}",
+                         sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33", path=f"x/{i}.dcm", attempts=1,
+                         state=DeliveryState.AWAITING_COMMITMENT, delivered_at=long_ago,
+                         commit_transaction_uid="1.2.826.0.1.3680043.8.498.77", commit_requested_at=long_ago)
+                for i in range(10)]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id for r in rows]
+    policy = RetryPolicy(max_attempts=5, backoff_initial_s=60, backoff_max_s=600)
+    nodes = [Database(postgres_url) for _ in range(2)]
+    start = threading.Barrier(2)
+    failed: list[list[int]] = []
+
+    def expire(node_db: Database) -> None:
+        start.wait()
+        with node_db.session() as s:
+            failed.append(expire_overdue(s, 60, policy))
+
+    threads = [threading.Thread(target=expire, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        with db.session() as s:
+            events = s.execute(select(func.count()).select_from(Event).where(
+                Event.code == int(EventCode.DELIVERY_COMMIT_FAILED), Event.delivery_id.in_(ids))).scalar_one()
+            states = set(s.execute(select(Delivery.state).where(Delivery.id.in_(ids))).scalars())
+    finally:
+        for n in nodes:
+            n.close()
+        db.close()
+    assert sorted(failed[0] + failed[1]) == sorted(ids)  # each delivery failed by exactly one node
+    assert events == 10 and states == {DeliveryState.PENDING}
