@@ -20,6 +20,9 @@ Method (all distances in mm, so anisotropic voxels are handled by `sampling`):
 5. Partial volume: the final boundary is re-thresholded half-way between the local parenchyma HU and
    the nodule's own level (its solid HU for solid nodules, its ground-glass HU otherwise), the
    half-maximum rule that makes a voxel count when at least half of it is nodule.
+6. Vessel stub (`trim_vessels`, after step 5): a vessel nearly as thick as the nodule still leaves a
+   layer of itself on the nodule; what lies beyond 1.1 x the nodule's base radius and touches tissue
+   outside it on the same slice is cut (not near the wall, and never more than 35 % of the nodule).
 A segmentation that touches the volume's edge is reported as cut by the field of view.
 """
 from __future__ import annotations
