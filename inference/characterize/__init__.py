@@ -13,7 +13,7 @@ from inference.characterize.location import juxtapleural, make_location, perifis
 from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
-from inference.characterize.segment import dilate_mm, refine_boundary, segment_nodule, touches_volume_edge
+from inference.characterize.segment import dilate_mm, refine_boundary, segment_nodule, touches_volume_edge, trim_vessels
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
 
@@ -49,6 +49,7 @@ def characterize_nodule(
     solid_guess = attenuation.is_solid(share, ratio, rim)
     level = _level(seg.hu, seg.mask, spacing, solid_guess)
     threshold = refine_boundary(seg, level)
+    trim_vessels(seg, threshold, spacing)
     mask = seg.mask
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))

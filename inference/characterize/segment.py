@@ -20,6 +20,9 @@ Method (all distances in mm, so anisotropic voxels are handled by `sampling`):
 5. Partial volume: the final boundary is re-thresholded half-way between the local parenchyma HU and
    the nodule's own level (its solid HU for solid nodules, its ground-glass HU otherwise), the
    half-maximum rule that makes a voxel count when at least half of it is nodule.
+6. Vessel stub (`trim_vessels`, after step 5): a vessel nearly as thick as the nodule still leaves a
+   layer of itself on the nodule; what lies beyond 1.1 x the nodule's base radius and touches tissue
+   outside it on the same slice is cut (not near the wall, and never more than 35 % of the nodule).
 A segmentation that touches the volume's edge is reported as cut by the field of view.
 """
 from __future__ import annotations
@@ -43,6 +46,12 @@ DEFAULT_PARENCHYMA_HU = -850.0
 CAP_MARGIN_PX = 0.25
 CAP_REACH = 1.2
 CAP_MAX_ROUGHNESS_MM = 1.5  # the ring's spread off its plane (sd) above which the wall is not flat
+# trim_vessels, tuned on phantom seeds 7000..7029 (quantile 10/25/50 x factor 1.0/1.1/1.2) and checked on
+# 12000..12039: vessel-attached nodules within 15 % 4/12 -> 7/12 and 8/16 -> 11/16, none of the others worse
+TRIM_FACTOR = 1.1  # a vessel beyond this times the nodule's base radius (+ half a pixel) is cut...
+TRIM_QUANTILE = 10.0  # ...the base radius being this percentile of the ray radii from its centre
+TRIM_MAX_SHARE = 0.35  # a cut of more of the nodule than this is not a stub: left alone
+TRIM_WALL_MM = 3.0  # nodules this close to the wall are left to _restore_cap
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
 
 
@@ -228,12 +237,15 @@ def _envelope_pass(
     return nodule, labels >= 2
 
 
-def _touching(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """The connected parts of `mask` (26-connectivity) that touch `other`."""
+def _touching(mask: np.ndarray, other: np.ndarray, in_plane: bool = False) -> np.ndarray:
+    """The connected parts of `mask` (26-connectivity) that touch `other` (`in_plane`: on the same slice)."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return np.zeros_like(mask)
-    grown = ndimage.binary_dilation(other, structure=np.ones((3, 3, 3), bool))
+    reach = np.ones((3, 3, 3), bool)
+    if in_plane:
+        reach[0] = reach[2] = False
+    grown = ndimage.binary_dilation(other, structure=reach)
     hit = np.zeros(n + 1, bool)
     hit[np.unique(labels[grown & (labels > 0)])] = True
     hit[0] = False
@@ -252,8 +264,8 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
 _RAYS = _fibonacci_sphere(256)
 
 
-def _radius(mask: np.ndarray, centre: np.ndarray, spacing: np.ndarray) -> float:
-    """The nodule's own radius (mm): the median over 256 rays from `centre` of where `mask` is first left.
+def _radius(mask: np.ndarray, centre: np.ndarray, spacing: np.ndarray, quantile: float = 50.0) -> float:
+    """The nodule's own radius (mm): the median (or `quantile`) over 256 rays from `centre` of where `mask` is first left.
 
     A vessel or the wall lengthens only the rays that run into it, so the median stays the nodule's.
     """
@@ -266,7 +278,7 @@ def _radius(mask: np.ndarray, centre: np.ndarray, spacing: np.ndarray) -> float:
     inside = mask[idx[..., 0], idx[..., 1], idx[..., 2]] & valid
     first_out = np.argmin(inside, axis=1)
     first_out[inside.all(axis=1)] = len(steps) - 1
-    return float(np.median(steps[first_out]))
+    return float(np.percentile(steps[first_out], quantile))
 
 
 def _drop_stubs(nodule: np.ndarray, other: np.ndarray, r_small: float, spacing: np.ndarray) -> np.ndarray:
@@ -325,6 +337,41 @@ def refine_boundary(seg: Segmentation, level_hu: float) -> float:
     if refined.any():
         seg.mask = refined
     return threshold
+
+
+def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) -> None:
+    """Cut the piece of vessel that the final boundary still holds beyond the nodule's own surface.
+
+    Where a vessel nearly as thick as the nodule runs along or through it there is no neck, and the
+    watershed leaves a length of the vessel on the nodule (+25 ... +70 % volume on phantoms). After
+    the half-maximum boundary the nodule's own radius is measured without the seed's partial-volume
+    halo: a low quantile (TRIM_QUANTILE) of the ray radii (a vessel lengthens the rays that run into
+    it, and a lobe only adds to the base sphere) from the centre of the nodule's thick part (an
+    opening by half its radius drops the stub, so the centre does not drift towards the vessel).
+    Parts beyond TRIM_FACTOR x that radius that touch tissue above the boundary threshold outside
+    the nodule (the vessel's continuation) are the vessel's; lobes and spicules end in the lung and
+    stay. Left alone: a nodule within TRIM_WALL_MM of the wall (its base and the pleura around it are
+    dense too; _restore_cap handles it), and a cut of more than TRIM_MAX_SHARE of the nodule (the
+    radius fell into a notch: on tuning phantoms a true stub was at most 31 %).
+    """
+    m = seg.mask
+    if m.sum() < 8 or (seg.wall.any() and (dilate_mm(seg.wall, TRIM_WALL_MM, spacing) & m).any()):
+        return
+    r_eq = float((3 * m.sum() * np.prod(spacing) / (4 * np.pi)) ** (1 / 3))
+    body = opening_mm(m, 0.5 * r_eq, spacing)
+    body = component_at(body, np.argwhere(m).mean(axis=0), spacing, r_eq) if body.any() else body
+    centre = np.argwhere(body if body.any() else m).mean(axis=0)
+    radius = _radius(m, centre, spacing, TRIM_QUANTILE)
+    half_px = float(spacing[1:].mean()) / 2
+    beyond = m & (_distance2(m.shape, centre, spacing) > (TRIM_FACTOR * radius + half_px) ** 2)
+    if not beyond.any():
+        return
+    stub = _touching(beyond, (seg.smooth > threshold_hu) & ~m, in_plane=True)
+    if not stub.any():
+        return
+    kept = component_at(m & ~stub, centre, spacing, np.inf)
+    if kept.sum() >= (1 - TRIM_MAX_SHARE) * m.sum():
+        seg.mask = kept
 
 
 def touches_volume_edge(seg: Segmentation, shape: tuple[int, ...]) -> bool:
