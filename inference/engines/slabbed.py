@@ -206,16 +206,18 @@ class SlabbedDetectorEngine(Engine):
         plan = slabs(depth, slab_depth(height, width, budget_mb, stage.bytes_per_voxel), stage.halo)
         read = plan[0][1] - plan[0][0]
         # Every slab writes into this one buffer, not into a new array from the arena: an output still held
-        # when the trunk's run shrinks the arena would pin its block (up to hundreds of MB).
-        part = np.empty((1, stage.channels, read // 2, height // 2, width // 2), np.float32)
+        # when the trunk's run shrinks the arena would pin its block (up to hundreds of MB). One slab writes
+        # straight into `out`: no second copy of it.
+        part = out if len(plan) == 1 else np.empty((1, stage.channels, read // 2, height // 2, width // 2), np.float32)
         binding = stage.session.io_binding()
         binding.bind_ortvalue_output(stage.output_name, self._ort.OrtValue.ortvalue_from_numpy(part))
         for read_from, read_to, keep_from, keep_to in plan:
             # a z-range of a (1, C, D, H, W) array: contiguous for C == 1, copied once otherwise
             binding.bind_cpu_input(stage.input_name, np.ascontiguousarray(x[:, :, read_from:read_to]))
             stage.session.run_with_iobinding(binding)
-            lo = (keep_from - read_from) // 2
-            out[:, :, keep_from // 2 : keep_to // 2] = part[:, :, lo : lo + (keep_to - keep_from) // 2]
+            if part is not out:
+                lo = (keep_from - read_from) // 2
+                out[:, :, keep_from // 2 : keep_to // 2] = part[:, :, lo : lo + (keep_to - keep_from) // 2]
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         return out
