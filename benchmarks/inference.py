@@ -14,6 +14,14 @@ the node's process from /proc and the largest sum of resident memory over it and
 sampled every 0.1 s. Issue 16's target: <= 3 GB for lidc-idri-0002.
 
     python benchmarks/inference.py [--configs onnxruntime:whole,torch:tiled] [--series DIR] [--threads 2] [--no-node]
+
+`--ab N` (issue 16, "no loss of speed"): the onnxruntime detector on the series' preprocessed lung box,
+the one-pass graph (A) and the slabbed engine at `[inference] detector_memory_mb` (B) built in one process
+and run interleaved A B A B ... N times each: the median of each, the ratio slabbed/whole of wall and of
+CPU seconds (on a shared machine the CPU ratio is the steadier), and the largest absolute difference of
+their outputs; then each alone in a fresh process for its peak memory (ru_maxrss), after the same preprocessing.
+
+    python benchmarks/inference.py --ab 3 [--series DIR] [--threads 2] [--memory-mb 512]
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,6 +68,104 @@ def _child(engine: str, mode: str, series: Path, threads: int, cache_dir: Path, 
         "exam": result.exam.to_json() if result.exam is not None else None,
         "findings": [f.to_json() for f in result.findings],
     }
+
+
+def _detector_engine(memory_mb: int | None, threads: int, cache_dir: Path, weights: str | None) -> Any:
+    """The pipeline's onnxruntime detector: the one-pass graph (`memory_mb` None) or the slabbed engine."""
+    from inference.engines import make_engine
+    from inference.nets.checkpoint import load_into
+    from inference.nets.dpn3d import DPN26Detector
+    from inference.pipeline import load_weights_bundle
+
+    bundle = load_weights_bundle(weights)
+    detector = DPN26Detector()
+    load_into(detector, bundle.detector)
+    detector.eval()
+    return make_engine("onnxruntime", network="detector", model=detector, weights_sha256=bundle.sha256("detector"),
+                       threads=threads, cache_dir=cache_dir, slab_memory_mb=memory_mb)
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _ab_child(image_npy: Path, runs: int, memory_mb: int, threads: int, cache_dir: Path, weights: str | None) -> dict:
+    """Whole (A) and slabbed (B) detector passes interleaved A B A B ... in this one process."""
+    import numpy as np
+
+    from inference.detect import run_detector
+
+    image = np.load(image_npy)
+    engines = {"whole": _detector_engine(None, threads, cache_dir, weights),
+               "slabbed": _detector_engine(memory_mb, threads, cache_dir, weights)}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in engines}
+    outputs: dict[str, Any] = {}
+    for engine in engines.values():  # a first, uncounted pass each: an engine's first run also sets up its memory
+        run_detector(engine, image, "whole")
+    for _ in range(runs):
+        for name, engine in engines.items():
+            wall, cpu = time.perf_counter(), _cpu_s()
+            outputs[name] = run_detector(engine, image, "whole")
+            times[name].append((time.perf_counter() - wall, _cpu_s() - cpu))
+    diff = float(np.abs(outputs["whole"] - outputs["slabbed"]).max())
+    return {"times": times, "max_abs_diff": diff, "engine": engines["slabbed"].engine.__class__.__name__}
+
+
+def _peak_child(image_npy: Path, memory_mb: int | None, threads: int, cache_dir: Path, weights: str | None) -> dict:
+    """One detector pass in this fresh process: its peak resident memory, and the process's before it."""
+    import numpy as np
+
+    from inference.detect import run_detector
+
+    image = np.load(image_npy)
+    engine = _detector_engine(memory_mb, threads, cache_dir, weights)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    run_detector(engine, image, "whole")
+    return {"before_mb": before, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1 : len(xs) // 2 + 1]) / 2
+
+
+def ab(series: Path, runs: int, memory_mb: int, threads: int, cache_dir: Path, weights: str | None) -> int:
+    """Issue 16's speed check: slabbed vs one-pass detector on the same volume; prints ratios and peaks."""
+    from inference.preprocess import preprocess
+    from inference.volume import load_volume, read_series
+
+    import numpy as np
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _detector_engine(memory_mb, threads, cache_dir, weights)  # export both graphs before any clock starts
+    _detector_engine(None, threads, cache_dir, weights)
+    with tempfile.TemporaryDirectory(prefix="inference-ab-") as tmp:
+        image_npy = Path(tmp) / "image.npy"
+        datasets = read_series(sorted(str(p) for p in series.iterdir() if p.is_file()))
+        np.save(image_npy, preprocess(load_volume(datasets)).image)
+        del datasets
+        base = [sys.executable, __file__, "--image", str(image_npy), "--threads", str(threads),
+                "--cache-dir", str(cache_dir), "--memory-mb", str(memory_mb)] + (["--weights", weights] if weights else [])
+
+        def child(*extra: str) -> dict:
+            proc = subprocess.run(base + list(extra), capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{' '.join(extra)} failed:\n{proc.stderr[-2000:]}")
+            return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+        r = child("--child", "ab", "--ab", str(runs))
+        peaks = {name: child("--child", f"peak:{name}") for name in ("whole", "slabbed")}
+    med = {k: (_median([w for w, _ in v]), _median([c for _, c in v])) for k, v in r["times"].items()}
+    for k, v in r["times"].items():
+        print(f"{k:8s} wall " + " ".join(f"{w:.2f}" for w, _ in v) + "  cpu " + " ".join(f"{c:.2f}" for _, c in v)
+              + f"  (median wall {med[k][0]:.2f} s, cpu {med[k][1]:.2f} s); peak {peaks[k]['peak_mb'] / 1024:.2f} GB"
+              + f" (process {peaks[k]['before_mb'] / 1024:.2f} GB before the pass)")
+    ratio_wall, ratio_cpu = med["slabbed"][0] / med["whole"][0], med["slabbed"][1] / med["whole"][1]
+    print(f"slabbed ({r['engine']}, detector_memory_mb {memory_mb}) / whole, {runs} interleaved runs each, medians: "
+          f"wall {ratio_wall:.2f}x, cpu {ratio_cpu:.2f}x; peak {peaks['slabbed']['peak_mb'] / peaks['whole']['peak_mb']:.2f}x;"
+          f" max abs diff of the outputs {r['max_abs_diff']:.3g}")
+    print(f"no loss of speed (cpu ratio <= 1.0): {'met' if ratio_cpu <= 1.0 else 'NOT met'}")
+    return 0
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -152,9 +259,20 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write all results here")
     ap.add_argument("--node", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the peak memory of a real node analysing the series (default on)")
+    ap.add_argument("--ab", type=int, metavar="N",
+                    help="only the slabbed vs one-pass detector check: N interleaved runs each (see above)")
+    ap.add_argument("--memory-mb", type=int, default=512, help="the slabbed engine's detector_memory_mb (default 512)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.child == "ab":
+        print(json.dumps(_ab_child(args.image, args.ab, args.memory_mb, args.threads, args.cache_dir, args.weights)))
+        return 0
+    if args.child and args.child.startswith("peak:"):
+        memory_mb = args.memory_mb if args.child == "peak:slabbed" else None
+        print(json.dumps(_peak_child(args.image, memory_mb, args.threads, args.cache_dir, args.weights)))
+        return 0
     if args.child:
         engine, mode = args.child.split(":")
         print(json.dumps(_child(engine, mode, args.series, args.threads, args.cache_dir, args.weights)))
@@ -163,6 +281,8 @@ def main() -> int:
     if not args.series.is_dir():
         print(f"no series at {args.series}", file=sys.stderr)
         return 2
+    if args.ab:
+        return ab(args.series, args.ab, args.memory_mb, args.threads, args.cache_dir, args.weights)
     if args.node:
         n = node_peak(args.series)
         print(f"node process ({args.series.name}, default configuration): peak {n['vmhwm_mb'] / 1024:.2f} GB (VmHWM), "

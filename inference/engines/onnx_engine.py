@@ -9,15 +9,37 @@ import numpy as np
 from inference.engines.base import Engine, EngineUnavailable, NetworkIO
 
 
-def cpu_session(onnx_path: str | Path, threads: int | None, arena: bool = True, mem_pattern: bool = True) -> Any:
+_shared_arena_registered = False
+
+
+def _register_shared_arena(ort: Any) -> None:
+    """Register, once per process, the CPU arena that sessions built with `shared_arena` allocate from.
+
+    It grows only by what is requested (kSameAsRequested; the default doubles, up to twice the need), and
+    being one arena for several sessions, what one graph freed serves the next without a page fault."""
+    global _shared_arena_registered
+    if _shared_arena_registered:
+        return
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    # max_mem 0: no limit; arena_extend_strategy 1: kSameAsRequested; -1: ONNX Runtime's defaults
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+    _shared_arena_registered = True
+
+
+def cpu_session(onnx_path: str | Path, threads: int | None, arena: bool = True, mem_pattern: bool = True,
+                shared_arena: bool = False) -> Any:
     """An ONNX Runtime CPU session as the engines use it: all graph optimisations, sequential execution,
     `threads` intra-op threads (None: ONNX Runtime's default), one inter-op thread; `arena` and
-    `mem_pattern` are ONNX Runtime's CPU memory arena and memory-pattern planning."""
+    `mem_pattern` are ONNX Runtime's CPU memory arena and memory-pattern planning; `shared_arena`: allocate
+    from the process's one shared CPU arena (_register_shared_arena) instead of a session's own."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
         raise EngineUnavailable("onnxruntime engine: the onnxruntime package is not installed") from exc
     opts = ort.SessionOptions()
+    if shared_arena:
+        _register_shared_arena(ort)
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:

@@ -81,7 +81,7 @@ def _onnx_for(model: nn.Module | None, onnx_path: str | Path | None, network: Ne
 
 
 def _splittable(model: nn.Module | None) -> "TypeGuard[DPN26Detector]":
-    """Only the DPN26 detector has the stem/trunk split the slabbed engine exports."""
+    """Only the DPN26 detector has the stem/layer2/trunk split the slabbed engine exports."""
     from inference.nets.dpn3d import DPN26Detector
 
     return isinstance(model, DPN26Detector)
@@ -190,8 +190,8 @@ def make_engine(
             from inference.engines.slabbed import SlabbedDetectorEngine, export_split
             from inference.nets.checkpoint import state_dict_sha256
 
-            stem, trunk = export_split(model, cache, weights_sha256 or state_dict_sha256(model))
-            engine = SlabbedDetectorEngine(stem, trunk, threads=threads, memory_mb=slab_memory_mb)
+            graphs = export_split(model, cache, weights_sha256 or state_dict_sha256(model))
+            engine = SlabbedDetectorEngine(*graphs, threads=threads, memory_mb=slab_memory_mb)
         else:
             path = _onnx_for(model, onnx_path, network, cache, weights_sha256)
             batch = max_batch or (16 if network == "classifier" else 1)
