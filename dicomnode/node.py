@@ -131,7 +131,7 @@ class Node:
         shared = self.db.engine.dialect.name != "sqlite"
         temporaries = self.spool.remove_temporaries(older_than_s=self.settings.node.lease_s if shared else 0.0)
         orphans = self.lifecycle.adopt_orphans(started)
-        jobs = requeue_interrupted(self.db, self.node_id)  # this node's own; other nodes' are theirs
+        jobs = requeue_interrupted(self.db, self.node_id, self.settings.jobs.max_attempts)  # own only; others' are theirs
         deliveries = self.sender.recover()
         taken = take_over_expired(self.db, identity_of(self.settings), self.lifecycle)  # dead nodes' work
         RetentionExecutor(self.db, self.settings).finish_pending()  # removals a crash left half-done

@@ -49,13 +49,14 @@ class NodeIdInUse(Exception):
 class Identity:
     node_id: str
     lease: timedelta
+    max_job_attempts: int = 2  # [jobs] max_attempts: a job whose nodes keep dying is failed, not taken over for ever
 
     def lease_end(self) -> datetime:
         return utcnow() + self.lease
 
 
 def identity_of(settings: Settings) -> Identity:
-    return Identity(settings.node.identity(), timedelta(seconds=settings.node.lease_s))
+    return Identity(settings.node.identity(), timedelta(seconds=settings.node.lease_s), settings.jobs.max_attempts)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -113,16 +114,29 @@ def _mine(column: InstrumentedAttribute[str | None], node_id: str) -> ColumnElem
     return or_(column == node_id, column.is_(None))
 
 
-def requeue_own_jobs(db: Database, node_id: str) -> int:
+def requeue_own_jobs(db: Database, node_id: str, max_attempts: int | None = None) -> int:
     """Start-up: this node's jobs left running by its previous run go back to the queue. Other
-    nodes' running jobs are theirs while their leases hold (expired ones: take_over_expired)."""
+    nodes' running jobs are theirs while their leases hold (expired ones: take_over_expired).
+    With `max_attempts`, a job already tried that often is failed instead: a series that kills the
+    node (out of memory, a native crash) must not take it down again at every restart. Without it (an
+    orderly stop hands its jobs back) the interrupted attempt is not counted."""
     with db.session() as s:
-        interrupted = s.execute(select(Job.id, Series.series_instance_uid).join(Series)
+        interrupted = s.execute(select(Job.id, Job.attempts, Series.series_instance_uid).join(Series)
                                 .where(Job.state == JobState.RUNNING, _mine(Job.claimed_by, node_id))).all()
-        for job_id, series_uid in interrupted:
-            s.execute(update(Job).where(Job.id == job_id)
-                      .values(state=JobState.QUEUED, progress=None, claimed_by=None, lease_expires_at=None))
-            record_event(s, EventCode.JOB_REQUEUED, "interrupted by a restart; queued again",
+        for job_id, attempts, series_uid in interrupted:
+            released = dict(progress=None, claimed_by=None, lease_expires_at=None)
+            if max_attempts is not None and attempts >= max_attempts:
+                s.execute(update(Job).where(Job.id == job_id).values(
+                    state=JobState.FAILED, finished_at=utcnow(), **released,
+                    error=f"the node stopped without finishing it {attempts} time(s) (killed or crashed): not run "
+                          "again; `dicomnode reprocess` runs it once more"))
+                record_event(s, EventCode.JOB_FAILED, f"failed after {attempts} attempt(s): the node was killed or "
+                             "crashed running it each time", series_instance_uid=series_uid, job_id=job_id)
+                continue
+            counted = attempts if max_attempts is not None else max(attempts - 1, 0)
+            s.execute(update(Job).where(Job.id == job_id).values(state=JobState.QUEUED, attempts=counted, **released))
+            record_event(s, EventCode.JOB_REQUEUED, "interrupted by a restart; queued again"
+                         if max_attempts is not None else "handed back by an orderly stop; queued again",
                          series_instance_uid=series_uid, job_id=job_id)
     return len(interrupted)
 
@@ -160,18 +174,30 @@ def take_over_expired(db: Database, me: Identity, lifecycle: SeriesLifecycle | N
     now, done = utcnow(), Takeover()
     expired = and_(or_(Job.claimed_by != me.node_id, Job.claimed_by.is_(None)), Job.lease_expires_at < now)
     with db.session() as s:
-        rows = s.execute(select(Job.id, Job.claimed_by, Series.series_instance_uid).join(Series)
+        rows = s.execute(select(Job.id, Job.claimed_by, Job.attempts, Series.series_instance_uid).join(Series)
                          .where(Job.state == JobState.RUNNING, expired)).all()
-    for job_id, owner, series_uid in rows:
+    for job_id, owner, attempts, series_uid in rows:
+        # a job its nodes died running max_attempts times (a series that kills the process: out of
+        # memory, a native crash) is failed, or it would take down every node in turn
+        given_up = attempts >= me.max_job_attempts
+        values = (dict(state=JobState.FAILED, finished_at=now, error=f"node {owner} died running it (attempt "
+                       f"{attempts} of {me.max_job_attempts}): not run again; `dicomnode reprocess` runs it once more")
+                  if given_up else dict(state=JobState.QUEUED))
         with db.session() as s:
             # compare-and-set on the expired lease: one node takes it over, a renewal in between wins
             if rows_changed(s, update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING,
                                                  Job.claimed_by == owner, Job.lease_expires_at < now)
-                            .values(state=JobState.QUEUED, progress=None, claimed_by=None, lease_expires_at=None)):
+                            .values(progress=None, claimed_by=None, lease_expires_at=None, **values)):
                 record_event(s, EventCode.JOB_LEASE_TAKEN_OVER,
                              f"node {owner}'s lease on the running job expired (node presumed dead); "
-                             f"queued again by node {me.node_id}", series_instance_uid=series_uid, job_id=job_id,
-                             details={"from_node": owner, "by_node": me.node_id})
+                             + (f"failed by node {me.node_id}: its nodes died running it {attempts} time(s)" if given_up
+                                else f"queued again by node {me.node_id}"),
+                             series_instance_uid=series_uid, job_id=job_id,
+                             details={"from_node": owner, "by_node": me.node_id, "attempts": attempts,
+                                      "failed": given_up})
+                if given_up:
+                    record_event(s, EventCode.JOB_FAILED, f"failed after {attempts} attempt(s): node {owner} died "
+                                 "running it each time", series_instance_uid=series_uid, job_id=job_id)
                 done.jobs += 1
     expired_d = and_(or_(Delivery.claimed_by != me.node_id, Delivery.claimed_by.is_(None)), Delivery.lease_expires_at < now)
     with db.session() as s:

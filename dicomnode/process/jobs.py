@@ -59,12 +59,13 @@ def queue_job(s: Session, series: Series, pipeline: str, route_name: str, destin
     return job.id
 
 
-def requeue_interrupted(db: Database, node_id: str | None = None) -> int:
-    """Start-up: this node's jobs left running go back to the queue; never a live node's (several
-    nodes on one database: dicomnode.process.cluster). Without a node id: every running job."""
+def requeue_interrupted(db: Database, node_id: str | None = None, max_attempts: int | None = None) -> int:
+    """Start-up: this node's jobs left running go back to the queue (failed once tried `max_attempts`
+    times); never a live node's (several nodes on one database: dicomnode.process.cluster). Without a
+    node id: every running job."""
     if node_id is not None:
         from dicomnode.process.cluster import requeue_own_jobs
-        return requeue_own_jobs(db, node_id)
+        return requeue_own_jobs(db, node_id, max_attempts)
     with db.session() as s:
         interrupted = s.execute(select(Job.id, Series.series_instance_uid).join(Series).where(Job.state == JobState.RUNNING)).all()
         for job_id, series_uid in interrupted:

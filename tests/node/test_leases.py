@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from dicomnode.deliver.outbox import Outbox
 from dicomnode.deliver.sender import ResultSender
-from dicomnode.process.cluster import Identity, NodeIdInUse, register_node, take_over_expired
+from dicomnode.process.cluster import Identity, NodeIdInUse, leave, register_node, take_over_expired
 from dicomnode.process.jobs import JobRunner, requeue_interrupted
 from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 from dicomnode.receive.spool import Spool
@@ -80,7 +80,9 @@ def test_expired_lease_is_taken_over_once_and_audited(world: World) -> None:
     job_events = world.events(EventCode.JOB_LEASE_TAKEN_OVER)
     delivery_events = world.events(EventCode.DELIVERY_LEASE_TAKEN_OVER)
     assert [e.job_id for e in job_events] == [dead[0]] and [e.delivery_id for e in delivery_events] == [dead[1]]
-    assert job_events[0].details == {"from_node": OTHER, "by_node": ME}
+    assert job_events[0].details is not None
+    assert {k: job_events[0].details[k] for k in ("from_node", "by_node", "failed")} == \
+        {"from_node": OTHER, "by_node": ME, "failed": False}
 
 
 def test_a_job_taken_over_while_it_ran_is_not_finished_by_its_old_node(world: World) -> None:
@@ -133,3 +135,46 @@ def test_a_shared_spool_keeps_other_nodes_fresh_temporaries(tmp_path: Path) -> N
     assert spool.remove_temporaries(older_than_s=30) == 1  # a node starting next to live nodes
     assert fresh.exists() and not stale.exists()
     assert spool.remove_temporaries() == 1 and not fresh.exists()  # one node (SQLite): every one is a crash's
+
+
+def _attempts(world: World, job_id: int, attempts: int | None = None) -> int:
+    with world.db.session() as s:
+        if attempts is not None:
+            s.execute(update(Job).where(Job.id == job_id).values(attempts=attempts))
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job.attempts
+
+
+def test_a_job_whose_nodes_keep_dying_is_failed_not_taken_over_for_ever(world: World) -> None:
+    """A series that kills the process (out of memory, a native crash) would take down every node in
+    turn: after [jobs] max_attempts tries the takeover fails the job, audited."""
+    me = Identity(ME, timedelta(seconds=30), max_job_attempts=2)
+    first, _ = _held(world, OTHER, -1, delivery=False)
+    second, _ = _held(world, OTHER, -1, delivery=False)
+    _attempts(world, first, 1)
+    _attempts(world, second, 2)
+    assert take_over_expired(world.db, me).jobs == 2
+    assert _state(world, first)[0] == JobState.QUEUED
+    assert _state(world, second)[0] == JobState.FAILED
+    with world.db.session() as s:
+        job = s.get(Job, second)
+        assert job is not None and job.finished_at is not None and f"node {OTHER} died running it" in str(job.error)
+    assert [e.job_id for e in world.events(EventCode.JOB_FAILED)] == [second]
+
+
+def test_startup_fails_a_job_the_node_died_running_max_attempts_times(world: World) -> None:
+    once, _ = _held(world, ME, 30, delivery=False)
+    twice, _ = _held(world, ME, 30, delivery=False)
+    _attempts(world, once, 1)
+    _attempts(world, twice, 2)
+    assert requeue_interrupted(world.db, ME, max_attempts=2) == 2
+    assert _state(world, once)[0] == JobState.QUEUED and _state(world, twice)[0] == JobState.FAILED
+    assert [e.job_id for e in world.events(EventCode.JOB_FAILED)] == [twice]
+
+
+def test_an_orderly_stop_hands_its_job_back_without_counting_the_attempt(world: World) -> None:
+    job_id, _ = _held(world, ME, 30, delivery=False)
+    _attempts(world, job_id, 2)
+    assert leave(world.db, ME) == (1, 0)
+    assert _state(world, job_id)[0] == JobState.QUEUED and _attempts(world, job_id) == 1
