@@ -395,7 +395,7 @@ class SenderSettings(Strict):
 
 class JobSettings(Strict):
     workers: int = Field(1, ge=1)
-    # a job that raised is retried this many times before it is failed
+    # tries of a job in all: attempts that raised and attempts its node died in (kill -9, OOM), then failed
     max_attempts: int = Field(2, ge=1)
     poll_seconds: float = Field(0.5, gt=0)
 
