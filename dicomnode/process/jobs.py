@@ -33,6 +33,7 @@ from storage.states import DeliveryKind, DeliveryState, JobState
 
 log = logging.getLogger(__name__)
 
+DEFER_PIXELS_BYTES = 64 * 1024  # elements larger than this (pixel data) are read from the spool file when used
 PRIOR_ROUTE = "prior"  # the route name of a prior series' own analysis: no destinations, no comparison of its own
 
 
@@ -92,7 +93,10 @@ def load_series_datasets(db: Database, spool: Spool, series_id: int) -> list[Dat
         raise SourceFilesRemoved(
             f"{len(removed)} of {len(rows)} instances of this series were removed by retention "
             f"(last on {max(removed):%Y-%m-%d}); send the whole series again to analyse it")
-    return [dcmread(spool.path(p)) for p, _ in rows]
+    # pixel data left on disk until used: the volume is decoded from the files, so the datasets the job
+    # keeps for its results do not hold every slice's pixel bytes through detection (the overlays read
+    # their few key slices when they draw them)
+    return [dcmread(spool.path(p), defer_size=DEFER_PIXELS_BYTES) for p, _ in rows]
 
 
 class JobRunner:

@@ -213,3 +213,23 @@ def test_real_lidc_series(lidc_volume):
     assert ends[0] == pytest.approx(min(zs)) and ends[1] == pytest.approx(max(zs))
     assert v.hu.min() == -1024.0  # the -2000 padding outside the field of view became air
     assert -1000 < float(np.median(v.hu[130, 200:300, 100:200])) < -600  # right lung
+
+
+def test_pixel_data_left_on_disk_is_decoded_from_the_file_and_stays_there(tmp_path):
+    """The node's job reads its series with the pixel data deferred (dicomnode.process.jobs): the
+    volume is decoded from the files, so the datasets do not hold every slice's pixel bytes through
+    detection, and the volume is the same as from fully read datasets."""
+    from pydicom.dataelem import RawDataElement
+
+    from dicomnode.process.jobs import DEFER_PIXELS_BYTES
+
+    paths = sorted(LIDC_SERIES.glob("*.dcm"))
+    deferred = [pydicom.dcmread(p, defer_size=DEFER_PIXELS_BYTES) for p in paths]
+    whole = [pydicom.dcmread(p) for p in paths]
+    volume = load_volume(deferred)
+    assert np.array_equal(volume.hu, load_volume(whole).hu)
+    for ds in deferred:
+        elem = ds.get_item("PixelData", keep_deferred=True)
+        assert isinstance(elem, RawDataElement) and elem.value is None, "pixel bytes read into the dataset"
+    # what the overlays do later: a key slice's pixels still come when asked for
+    assert np.array_equal(deferred[3].pixel_array, whole[3].pixel_array)
