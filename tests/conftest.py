@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,15 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run .ci/run (it apt-get installs dcmtk, orthanc, dicom3tools)")
     return path
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (the plugin) where it exists, else Debian's `docker-compose` (v1); None: neither."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from dicomnode.config import load_settings, unknown_env_vars
-from tests.conftest import LIDC_SERIES, REPO_ROOT
+from tests.conftest import LIDC_SERIES, REPO_ROOT, compose_command
 from tests.node.helpers import NodeProcess, free_port, port_open, storescu, wait_for
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is not installed")
@@ -187,16 +187,8 @@ def test_health_check_pdu_is_an_association_request_the_node_accepts(monkeypatch
     assert context.abstract_syntax == "1.2.840.10008.1.1" and context.transfer_syntax == ["1.2.840.10008.1.2"]
 
 
-def _compose_command() -> list[str] | None:
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
-        return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    return [legacy] if legacy else None
-
-
 def test_docker_compose_config_and_haproxy_check_accept_the_files() -> None:
-    compose_cmd = _compose_command()
+    compose_cmd = compose_command()
     if compose_cmd is None:
         pytest.skip("neither the docker compose plugin nor docker-compose is installed "
                     "(.ci/run installs docker-compose)")

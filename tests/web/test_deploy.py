@@ -4,14 +4,13 @@ from __future__ import annotations
 import configparser
 import json
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from dicomnode.config import load_settings
 from dicomnode.process.pipelines import known_pipeline
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, compose_command
 from tests.web.conftest import WebNode
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is not installed")
@@ -35,17 +34,8 @@ def test_compose_services_and_mounted_files_exist() -> None:
     assert orthanc["DicomWeb"]["Enable"] is True and orthanc["DicomWeb"]["Root"] == "/dicom-web/"
 
 
-def _compose_command() -> list[str] | None:
-    """`docker compose` (the plugin) where it exists, else Debian's `docker-compose` (v1)."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
-        return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    return [legacy] if legacy else None
-
-
 def test_docker_compose_config() -> None:
-    compose_cmd = _compose_command()
+    compose_cmd = compose_command()
     if compose_cmd is None:
         pytest.skip("neither the docker compose plugin nor docker-compose is installed (.ci/run installs docker-compose)")
     result = subprocess.run([*compose_cmd, "-f", str(DEPLOY / "docker-compose.yml"), "config", "--quiet"],
