@@ -21,8 +21,9 @@ from dicomnode.deliver.outbox import Outbox
 from dicomnode.deliver.retry import requeue_for_user
 from dicomnode.deliver.sender import DeliveryLoop, ResultSender
 from dicomnode.priors.provider import NodePriors
-from dicomnode.process.cluster import Heartbeat, NodeIdInUse, identity_of, leave, register_node, take_over_expired
-from dicomnode.process.jobs import JobRunner, JobWorker, enqueue_job, requeue_interrupted
+from dicomnode.process.cluster import (Heartbeat, NodeIdInUse, identity_of, leave, register_node, requeue_own_jobs,
+                                       take_over_expired)
+from dicomnode.process.jobs import JobRunner, JobWorker, enqueue_job
 from dicomnode.process.pipelines import known_pipeline
 from dicomnode.process.routing import Router
 from dicomnode.receive.completion import CompletionChecker
@@ -131,7 +132,7 @@ class Node:
         shared = self.db.engine.dialect.name != "sqlite"
         temporaries = self.spool.remove_temporaries(older_than_s=self.settings.node.lease_s if shared else 0.0)
         orphans = self.lifecycle.adopt_orphans(started)
-        jobs = requeue_interrupted(self.db, self.node_id, self.settings.jobs.max_attempts)  # own only; others' are theirs
+        jobs = requeue_own_jobs(self.db, self.node_id, self.settings.jobs.max_attempts)  # own only; others' are theirs
         deliveries = self.sender.recover()
         taken = take_over_expired(self.db, identity_of(self.settings), self.lifecycle)  # dead nodes' work
         RetentionExecutor(self.db, self.settings).finish_pending()  # removals a crash left half-done

@@ -60,22 +60,6 @@ def queue_job(s: Session, series: Series, pipeline: str, route_name: str, destin
     return job.id
 
 
-def requeue_interrupted(db: Database, node_id: str | None = None, max_attempts: int | None = None) -> int:
-    """Start-up: this node's jobs left running go back to the queue (failed once tried `max_attempts`
-    times); never a live node's (several nodes on one database: dicomnode.process.cluster). Without a
-    node id: every running job."""
-    if node_id is not None:
-        from dicomnode.process.cluster import requeue_own_jobs
-        return requeue_own_jobs(db, node_id, max_attempts)
-    with db.session() as s:
-        interrupted = s.execute(select(Job.id, Series.series_instance_uid).join(Series).where(Job.state == JobState.RUNNING)).all()
-        for job_id, series_uid in interrupted:
-            s.execute(update(Job).where(Job.id == job_id).values(state=JobState.QUEUED, progress=None))
-            record_event(s, EventCode.JOB_REQUEUED, "interrupted by a restart; queued again",
-                         series_instance_uid=series_uid, job_id=job_id)
-    return len(interrupted)
-
-
 class LeaseLost(Exception):
     """Another node took this job over (this one was presumed dead): its result must not be kept."""
 

@@ -12,8 +12,8 @@ from sqlalchemy import select, update
 
 from dicomnode.deliver.outbox import Outbox
 from dicomnode.deliver.sender import ResultSender
-from dicomnode.process.cluster import Identity, NodeIdInUse, leave, register_node, take_over_expired
-from dicomnode.process.jobs import JobRunner, requeue_interrupted
+from dicomnode.process.cluster import Identity, NodeIdInUse, leave, register_node, requeue_own_jobs, take_over_expired
+from dicomnode.process.jobs import JobRunner
 from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 from dicomnode.receive.spool import Spool
 from storage.events import EventCode
@@ -60,7 +60,7 @@ def _state(world: World, job_id: int, delivery_id: int | None = None) -> tuple[s
 def test_startup_requeues_only_this_nodes_running_work(world: World) -> None:
     mine = _held(world, ME, 30)
     live_other = _held(world, OTHER, 30)
-    assert requeue_interrupted(world.db, ME) == 1
+    assert requeue_own_jobs(world.db, ME) == 1
     assert ResultSender(world.db, world.settings.outbox_dir, world.settings).recover() == 1
     assert _state(world, *mine) == (JobState.QUEUED, DeliveryState.PENDING)
     # another live node's work is left alone (before: every running job went back to the queue)
@@ -168,7 +168,7 @@ def test_startup_fails_a_job_the_node_died_running_max_attempts_times(world: Wor
     twice, _ = _held(world, ME, 30, delivery=False)
     _attempts(world, once, 1)
     _attempts(world, twice, 2)
-    assert requeue_interrupted(world.db, ME, max_attempts=2) == 2
+    assert requeue_own_jobs(world.db, ME, max_attempts=2) == 2
     assert _state(world, once)[0] == JobState.QUEUED and _state(world, twice)[0] == JobState.FAILED
     assert [e.job_id for e in world.events(EventCode.JOB_FAILED)] == [twice]
 
