@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.audit import record_event
@@ -116,13 +116,17 @@ def fail_delivery(s: Session, row: Delivery, why: str, policy: RetryPolicy) -> N
                  job_id=row.job_id, delivery_id=row.id, details={"transaction_uid": row.commit_transaction_uid})
 
 
+def _overdue(cutoff: datetime) -> ColumnElement[bool]:
+    """Awaiting commitment since before `cutoff` (the request; the C-STORE when never asked)."""
+    asked_at = func.coalesce(Delivery.commit_requested_at, Delivery.delivered_at)
+    return and_(Delivery.state == DeliveryState.AWAITING_COMMITMENT, asked_at < cutoff)
+
+
 def overdue_transactions(s: Session, timeout_s: float, now: datetime | None = None) -> list[str | None]:
     """Transactions (None: a delivery stored but never asked, e.g. a crash before the N-ACTION) whose
     report has not come within timeout_s of the request (of the C-STORE when never asked)."""
     cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
-    asked_at = func.coalesce(Delivery.commit_requested_at, Delivery.delivered_at)
-    return list(s.execute(select(Delivery.commit_transaction_uid).distinct()
-                          .where(Delivery.state == DeliveryState.AWAITING_COMMITMENT, asked_at < cutoff)).scalars())
+    return list(s.execute(select(Delivery.commit_transaction_uid).distinct().where(_overdue(cutoff))).scalars())
 
 
 def expire_overdue(s: Session, timeout_s: float, policy: RetryPolicy) -> list[int]:
@@ -133,9 +137,7 @@ def expire_overdue(s: Session, timeout_s: float, policy: RetryPolicy) -> list[in
     # several nodes on one PostgreSQL run this pass: lock the overdue rows first, so a second node
     # waits here and then (its next statements see the first node's commit) finds them failed already
     # instead of failing them twice; no-op on SQLite (one node)
-    asked_at = func.coalesce(Delivery.commit_requested_at, Delivery.delivered_at)
-    s.execute(select(Delivery.id).where(Delivery.state == DeliveryState.AWAITING_COMMITMENT, asked_at < cutoff)
-              .with_for_update()).all()
+    s.execute(select(Delivery.id).where(_overdue(cutoff)).with_for_update()).all()
     for uid in overdue_transactions(s, timeout_s, now):
         if uid is None:
             rows = s.execute(select(Delivery).where(Delivery.state == DeliveryState.AWAITING_COMMITMENT,
