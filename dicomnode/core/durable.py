@@ -42,7 +42,8 @@ def write_durably(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically and durably (file and directory entry on disk)."""
     # pid and thread: two receiver processes may write the same instance at once
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    # O_NOFOLLOW: a link planted at the temporary name is refused, not written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
     try:
         view = memoryview(data)
         while view:

@@ -25,6 +25,7 @@ from dicomnode.config import DICOMWEB_AE, Destination, Settings
 from dicomnode.deliver import dicomweb
 from dicomnode.deliver.commitment import StorageCommitment
 from dicomnode.deliver.outbox import Target
+from dicomnode.core import reactor
 from dicomnode.core.dimse import STORED_STATUSES
 from dicomnode.core.loops import PeriodicWorker
 from dicomnode.core.durable import OutsideRoot, confined
@@ -53,6 +54,7 @@ class ResultSender:
     """Sends results from the outbox to their destinations by C-STORE, one association per target."""
 
     def __init__(self, db: Database, outbox_root: Path, settings: Settings) -> None:
+        reactor.install()  # result associations wake on the peer's responses instead of polling
         self.db = db
         self.outbox_root = outbox_root
         self.settings = settings

@@ -22,15 +22,17 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association as PynetAssociation
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_RELEASE, P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
+from dicomnode.core import reactor
 from dicomnode.core.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, REJECT_NO_REASON, SUCCESS
 from dicomnode.receive.commitment_reports import CommitmentReports
 from dicomnode.receive.intake import Intake, IntakeSession, Origin, StoreOutcome
+from dicomnode.receive.part10 import part10_file
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -387,6 +389,34 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+def _encoded_file(event: evt.Event, request: C_STORE) -> bytes:
+    """The received data set as a Part 10 file (dicomnode.receive.part10), or pynetdicom's own
+    encoding when a command value cannot be written that way (not ASCII, too long)."""
+    try:
+        return part10_file(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                           str(event.context.transfer_syntax), cast(BytesIO, request.DataSet).getbuffer())
+    except ValueError:
+        return event.encoded_dataset(include_meta=True)
+
+
+def read_exactly(sock: socket.socket | None, nr_bytes: int) -> bytearray:
+    """`nr_bytes` from the socket into one buffer; fewer when the peer closes first (what
+    pynetdicom's AssociationSocket.recv returns then, and the DUL takes as the connection closing)."""
+    if sock is None:
+        return bytearray()
+    buffer = bytearray(nr_bytes)
+    with memoryview(buffer) as view:
+        received = 0
+        while received < nr_bytes:
+            count = sock.recv_into(view[received:], nr_bytes - received)
+            if not count:
+                break
+            received += count
+    if received < nr_bytes:
+        del buffer[received:]
+    return buffer
+
+
 class StorageSCP:
     def __init__(self, settings: Settings, db: Database, intake: Intake, slots: SlotLedger | None = None,
                  shared_port: bool = False) -> None:
@@ -410,6 +440,7 @@ class StorageSCP:
         # storage commitment reports on new associations, when a destination asks for commitment
         self.commitment = CommitmentReports(settings, db) if any(
             d.storage_commitment for d in settings.destinations.values()) else None
+        reactor.install()  # associations wake on data instead of polling each millisecond
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -437,6 +468,7 @@ class StorageSCP:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACSE_RECV, self._on_acse_received),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
@@ -485,12 +517,12 @@ class StorageSCP:
     def _bound_pdu_reads(self, assoc: PynetAssociation, host: str, port: int) -> None:
         """pynetdicom reads a whole PDU, of the length its header claims, into memory before
         anything else sees it. A length over the instance cap ends the connection instead (the
-        DUL treats the error as the connection closing) and is audited."""
+        DUL treats the error as the connection closing) and is audited. Reads go straight into one
+        buffer of the PDU's size (pynetdicom's own reader appends 4 KiB pieces: 128 calls for a CT slice)."""
         transport = assoc.dul.socket
         if transport is None:
             return
         limit = self.settings.node.max_instance_mb * 2**20 + PDU_ALLOWANCE
-        read = transport.recv
 
         def bounded(nr_bytes: int) -> bytearray:
             if nr_bytes > limit:
@@ -500,7 +532,7 @@ class StorageSCP:
                                  association_id=self._states[id(assoc)].db_id if id(assoc) in self._states else None,
                                  details={"peer_host": host, "peer_port": port})
                 raise OSError(f"PDU of {nr_bytes} bytes refused")
-            return read(nr_bytes)
+            return read_exactly(transport.socket, nr_bytes)
 
         transport.recv = bounded  # type: ignore[method-assign]  # pynetdicom has no PDU-length hook: wrap its method
 
@@ -646,12 +678,20 @@ class StorageSCP:
         if request.DataSet is None or not request.DataSet.getbuffer().nbytes:
             # CommandDataSetType 0x0101 (or an empty data set): pynetdicom would hand us only file meta
             return response(session.refuse_no_dataset(request.AffectedSOPInstanceUID))
-        data = event.encoded_dataset(include_meta=True)
+        data = _encoded_file(event, request)
         outcome = session.store(data)
         if state is not None and outcome.status == SUCCESS:
             state.instances += 1
             state.bytes += len(data)
         return response(outcome)
+
+    def _on_acse_received(self, event: evt.Event) -> None:
+        """The peer's A-RELEASE-RQ, taken off the queue by the association thread before it queues
+        our A-RELEASE-RP: the sender said it was done. EVT_RELEASED comes only after the RP is queued,
+        and the DUL thread may send it, see the peer close and fire EVT_CONN_CLOSE before that."""
+        primitive = getattr(event, "primitive", None)
+        if isinstance(primitive, A_RELEASE) and primitive.result is None:
+            self._on_released(event)
 
     def _on_released(self, event: evt.Event) -> None:
         state = self._state(event)

@@ -43,7 +43,7 @@ class Spool:
     def __init__(self, root: Path, min_free_bytes: int) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
-        self._known_dirs: set[Path] = set()
+        self._known_dirs: dict[str, Path] = {}  # relative directory -> its resolved, confined path
         self._dirs_lock = threading.Lock()
 
     def ensure_writable(self) -> None:
@@ -73,28 +73,37 @@ class Spool:
                 check_uid(name, uid)
         except InvalidUID as exc:
             raise SpoolError(str(exc)) from None
-        relative = f"{study_uid}/{series_uid}/{sop_uid}.dcm"
-        confined(self.root, relative)
-        return relative
+        # UIDs are digits and dots with no empty component: the path cannot name "..", "/" or a
+        # root of its own; store() resolves its directory (symlinks) before anything is written
+        return f"{study_uid}/{series_uid}/{sop_uid}.dcm"
 
     def store(self, relative: str, data: bytes) -> Path:
-        path = confined(self.root, relative)
-        parent = path.parent
-        if parent not in self._known_dirs:
-            self._make_parent(parent)
+        directory, _, name = relative.rpartition("/")
+        if directory and name not in ("", ".", "..") and "\x00" not in name:
+            # a plain file name in a directory resolved and confined once (realpath per instance
+            # was a tenth of the receive handler's time); the file is written under a temporary
+            # name opened without following links, then renamed over whatever the name was
+            parent = self._known_dirs.get(directory) or self._make_parent(directory)
+            path = parent / name
+        else:
+            path = confined(self.root, relative)
+            parent = path.parent
+            make_dirs_durably(parent)
         try:
             write_durably(path, data)
         except FileNotFoundError:
             # someone removed the directory under us (cleanup script, admin): make it again once
-            self._known_dirs.discard(parent)
-            self._make_parent(parent)
+            self._known_dirs.pop(directory, None)
+            make_dirs_durably(confined(self.root, directory) if directory else self.root)
             write_durably(path, data)
         return path
 
-    def _make_parent(self, parent: Path) -> None:
+    def _make_parent(self, directory: str) -> Path:
+        parent = confined(self.root, directory)
         with self._dirs_lock:
             make_dirs_durably(parent)
-            self._known_dirs.add(parent)
+            self._known_dirs[directory] = parent
+        return parent
 
     def path(self, relative: str) -> Path:
         """The file of a relative path from the database, never outside the spool."""

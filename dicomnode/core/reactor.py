@@ -1,0 +1,140 @@
+"""pynetdicom's reactors wake on events instead of polling every millisecond.
+
+pynetdicom 3 runs two threads per association, and both poll: the DUL thread sleeps
+`_run_loop_delay` (1 ms) whenever a loop found nothing to do, the acceptor's association thread
+sleeps 1 ms before every look at its DIMSE queue. A C-STORE of a 512x512 CT slice arrives as several
+PDUs, and the sender waits for our response before it sends the next instance, so those sleeps add
+up to 2-3 ms per instance: more than dcmtk's storescp needs for the whole instance (measured with
+`benchmarks/ingest.py`: the gap between two instances' handlers went from 3.5 to about 1.6 ms).
+
+`install()` keeps pynetdicom's loops and their timeouts but lets each wait end early:
+- the DUL thread waits in select() on its socket and on a wake-up socket that every outgoing PDU
+  (our C-STORE response, an A-RELEASE-RP) signals, so it reads a PDU the moment it arrives and sends a
+  response the moment it is queued;
+- the association thread waits on its DIMSE queue's condition, so a complete message is served at
+  once.
+Idle associations still wake once per millisecond, as before; nothing busy-loops. Every wait still
+returns after at most its original timeout, so each loop re-checks everything it checked before.
+
+This replaces module-level names in pynetdicom (`time` in pynetdicom.dul and pynetdicom.association,
+`DULServiceProvider` in pynetdicom.association): `expected_loops_present()` checks that the sleeps
+this relies on are still where pynetdicom had them (tests/core/test_reactor.py), so an upgrade that
+changes them fails a test instead of silently polling again.
+"""
+from __future__ import annotations
+
+import inspect
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import pynetdicom.association as pyn_association
+import pynetdicom.dul as pyn_dul
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+_install_lock = threading.Lock()
+_REACTOR_PAUSE_S = 0.001  # Association._run_reactor's time.sleep(0.001)
+
+
+class WakeableDUL(DULServiceProvider):
+    """A DUL provider whose idle wait ends when its peer sends or when a PDU is queued to send."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        try:
+            self._wake_write.send(b"\0")
+        except OSError:  # buffer full (a wake-up is pending anyway) or closed at the end
+            pass
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self._wake_read.close()
+            self._wake_write.close()
+
+    def idle_wait(self, seconds: float) -> None:
+        """Up to `seconds`, ending as soon as the peer's data or a PDU to send is waiting."""
+        transport = self.socket
+        peer = transport.socket if transport is not None else None
+        if isinstance(peer, ssl.SSLSocket) and peer.pending():
+            return  # decrypted bytes already buffered: select() would not see them
+        watched: list[Any] = [self._wake_read]
+        if peer is not None:
+            watched.append(peer)
+        try:
+            ready, _, _ = select.select(watched, [], [], seconds)
+        except (OSError, ValueError):  # a socket closed under us: pynetdicom's loop notices it next
+            time.sleep(seconds)
+            return
+        if self._wake_read in ready:
+            try:
+                while self._wake_read.recv(4096):
+                    pass
+            except OSError:  # drained (BlockingIOError) or closed
+                pass
+
+
+def _association_wait(assoc: Association, seconds: float) -> None:
+    """The acceptor reactor's pause: up to `seconds`, ending when a DIMSE message is complete."""
+    pending = assoc.dimse.msg_queue
+    with pending.not_empty:
+        if not pending.queue:
+            pending.not_empty.wait(seconds)
+        if pending.queue:
+            # put() wakes one waiter: when it woke us, pass it on, or a user thread blocked in
+            # get_msg (a requestor's C-ECHO, C-STORE) would sleep until its DIMSE timeout
+            pending.not_empty.notify()
+
+
+class _WakingTime:
+    """Stands in for the `time` module inside pynetdicom.dul and pynetdicom.association: `sleep`
+    called by a reactor thread becomes an event wait with the same timeout; everything else, and
+    every other thread's sleep, is the real `time`."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        me = threading.current_thread()
+        if isinstance(me, WakeableDUL):
+            me.idle_wait(seconds)
+        elif isinstance(me, Association) and 0 < seconds <= _REACTOR_PAUSE_S:
+            _association_wait(me, seconds)  # only the reactor's pause: abort's 0.1 s settle stays a sleep
+        else:
+            time.sleep(seconds)
+
+
+def expected_loops_present() -> bool:
+    """pynetdicom's reactors still pause where this module expects them to."""
+    dul_loop = inspect.getsource(DULServiceProvider.run_reactor)
+    assoc_loop = inspect.getsource(Association._run_reactor)
+    assoc_init = inspect.getsource(Association.__init__)
+    return ("time.sleep(self._run_loop_delay)" in dul_loop and "time.sleep(0.001)" in assoc_loop
+            and "self.dimse.get_msg(block=False)" in assoc_loop and "DULServiceProvider(self)" in assoc_init)
+
+
+def install() -> None:
+    """Make every association created from now on in this process wake on events (idempotent)."""
+    with _install_lock:
+        if isinstance(pyn_dul.time, _WakingTime):
+            return
+        waking = _WakingTime()
+        pyn_dul.time = waking  # type: ignore[assignment]  # module stand-in, see the docstring
+        pyn_association.time = waking  # type: ignore[assignment]
+        pyn_association.DULServiceProvider = WakeableDUL  # type: ignore[misc]
+
+
+def installed() -> bool:
+    return isinstance(pyn_dul.time, _WakingTime) and pyn_association.DULServiceProvider is WakeableDUL
