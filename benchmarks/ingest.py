@@ -113,10 +113,16 @@ def send_concurrently(port: int, called: str, folders: list[Path], logs: Path) -
 
 def start_peer(peer: Peer) -> None:
     """Start a peer; a node only counts as started once all its receiver processes listen (the
-    port opens with the first one)."""
+    port opens with the first one). Then the disk is settled (sync, untimed): a peer that does not
+    fsync (storescp, Orthanc) leaves its run's data dirty in the page cache, and on ext4 the next
+    peer's first fsyncs would write it out for it."""
     peer.start()
-    if not isinstance(peer, NodePeer):
-        return
+    if isinstance(peer, NodePeer):
+        _wait_started(peer)
+    os.sync()
+
+
+def _wait_started(peer: NodePeer) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
