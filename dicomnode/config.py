@@ -157,7 +157,7 @@ class NodeSettings(Strict):
     idle_connection_timeout_s: float = Field(5.0, gt=0)
     # a C-STORE request that announces a data set but sends none within this many seconds gets 0xC000
     dataset_timeout_s: float = Field(10.0, gt=0)
-    # DICOM receiver processes behind the one port (SO_REUSEPORT); None: one per core, at most 4;
+    # DICOM receiver processes on the node's one listening socket (connections spread by load); None: one per core, at most 4;
     # 1: the SCP runs in the node's own process, as before (dicomnode.receive.receivers)
     receive_processes: int | None = Field(None, ge=1, le=64)
     # several nodes on one database (PostgreSQL): this node's id in the `nodes` table and on the jobs

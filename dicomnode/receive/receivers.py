@@ -1,14 +1,19 @@
 """Receiver processes: several Python processes behind the one DICOM port (node.receive_processes).
 
 One Python process cannot use more than about one core for pynetdicom's decoding and our ingest, so
-under concurrent associations the node starts N receiver processes, each with its own listening
-socket on the same address and port (SO_REUSEPORT: the kernel spreads new connections over them).
+under concurrent associations the node starts N receiver processes. The node itself binds and
+listens on the port and the receivers inherit that one socket: one accept queue, and a receiver
+that serves more connections than another lets that one accept first (dicomnode.receive.balance),
+so associations spread evenly (the kernel's SO_REUSEPORT hashing, used before, often put most of
+them on one process). A connection that comes while no receiver runs (all restarting) waits in the
+node's backlog instead of being refused.
 Each runs the SCP, the ingestor and its side of the series lifecycle, writing to the same spool and
 audit database; the completion checker, job workers, sender and web console stay in the node's main
 process. What they share lives where every process sees it:
 
 - which series open sessions carry: the `open_intake` table (dicomnode.receive.lifecycle);
 - node.max_associations, for the whole node: a small shared count file (scp.SharedSlots);
+- how many connections each serves, for the spread: another (balance.ConnectionLoads);
 - fsync before success and dedupe: per instance, as in one process (the unique SOP Instance UID
   decides between two processes receiving the same instance at once).
 
@@ -18,7 +23,7 @@ series complete on the idle timer: a cut-off sender is no evidence of a whole se
 one is started (RECEIVER_STARTED). A receiver exits when the node closes its stdin, which the
 kernel also does when the node itself dies, even by kill -9.
 
-    python -m dicomnode.receive.receivers INDEX SLOTS_FILE LOG_LEVEL LOG_FORMAT  (settings: a pickle on stdin)
+    python -m dicomnode.receive.receivers INDEX SLOTS_FILE LOG_LEVEL LOG_FORMAT LISTEN_FD  (settings: a pickle on stdin)
 """
 from __future__ import annotations
 
@@ -27,19 +32,22 @@ import os
 import pickle
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from pynetdicom.transport import AddressInformation
 from sqlalchemy import update
 
 from dicomnode.config import Settings
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.receive.intake import Intake
 from dicomnode.receive.lifecycle import SeriesLifecycle
-from dicomnode.receive.scp import SharedSlots, StorageSCP
+from dicomnode.receive.balance import ConnectionLoads, loads_path
+from dicomnode.receive.scp import LISTEN_BACKLOG, SharedSlots, StorageSCP
 from dicomnode.receive.spool import Spool
 from storage.audit import record_event
 from storage.db import Database, rows_changed
@@ -79,7 +87,7 @@ class Receiver:
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
 
-    def launch(self, settings: Settings, slots_file: Path) -> None:
+    def launch(self, settings: Settings, slots_file: Path, listener: socket.socket) -> None:
         """Start the process; wait_ready() says whether it came up."""
         root = logging.getLogger()
         level = logging.getLevelName(root.level).lower() if root.level else "info"
@@ -87,8 +95,9 @@ class Receiver:
         # the node's own sys.path (an editable checkout, a test's cwd) holds for the child too
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicomnode.receive.receivers", str(self.index), str(slots_file), level, fmt],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+            [sys.executable, "-m", "dicomnode.receive.receivers", str(self.index), str(slots_file), level, fmt,
+             str(listener.fileno())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, pass_fds=(listener.fileno(),))
         assert self.proc.stdin is not None and self.proc.stdout is not None
         blob = pickle.dumps(settings)
         self.proc.stdin.write(len(blob).to_bytes(8, "little") + blob)
@@ -159,7 +168,10 @@ class ReceiverPool(threading.Thread):
         node_id = settings.node.identity()
         self.slots_file = Path(settings.node.data_dir) / f"receivers-{node_id}.slots"
         self.pid_file = Path(settings.node.data_dir) / f"receivers-{node_id}.pids"
+        self.loads_file = loads_path(self.slots_file)
         self.receivers = [Receiver(i) for i in range(processes)]
+        self.listener: socket.socket | None = None
+        self._listen_error: str | None = None
         self._stopping = threading.Event()
         self._launched = False
         self._lock = threading.Lock()  # one start or stop of a receiver at a time
@@ -178,9 +190,30 @@ class ReceiverPool(threading.Thread):
                              "stopping them were still listening on the port: killed before this node listens",
                              details={"pids": stale})
         SharedSlots.create(self.slots_file, len(self.receivers))
+        ConnectionLoads.create(self.loads_file, len(self.receivers))
+        try:
+            self.listener = self._listen()
+        except OSError as exc:  # reported by start(), where the node's start-up failures are
+            cfg = self.settings.node
+            self._listen_error = f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+            return
         for receiver in self.receivers:
-            receiver.launch(self.settings, self.slots_file)
+            receiver.launch(self.settings, self.slots_file, self.listener)
         self._write_pids()
+
+    def _listen(self) -> socket.socket:
+        """The node's listening socket, which every receiver inherits: bound now (a port in use is
+        reported at start), listening from start() on (until then a connection is refused, not
+        left waiting while the node recovers)."""
+        cfg = self.settings.node
+        listener = socket.socket(AddressInformation.from_tuple((cfg.host, cfg.port)).address_family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart finds TIME_WAIT connections
+            listener.bind((cfg.host, cfg.port))
+        except OSError:
+            listener.close()
+            raise
+        return listener
 
     def _write_pids(self) -> None:
         """The receivers' pids, for the next start to find any this run leaves behind (kill -9 of the node)."""
@@ -192,7 +225,11 @@ class ReceiverPool(threading.Thread):
     def start(self) -> None:
         """All receivers listening (or ReceiverFailed), then the supervising thread."""
         self.launch()
+        if self._listen_error is not None:
+            raise ReceiverFailed(self._listen_error)
+        assert self.listener is not None
         try:
+            self.listener.listen(LISTEN_BACKLOG)  # the receivers' inherited copies listen with it
             for receiver in self.receivers:
                 receiver.go()
             for receiver in self.receivers:
@@ -200,11 +237,13 @@ class ReceiverPool(threading.Thread):
                 self._announce(receiver)
         except (ReceiverFailed, OSError) as exc:
             self.stop_receivers()
+            self._close_listener()
             raise ReceiverFailed(str(exc)) from None
         super().start()
 
     def _start_one(self, receiver: Receiver) -> None:
-        receiver.launch(self.settings, self.slots_file)
+        assert self.listener is not None  # start() succeeded
+        receiver.launch(self.settings, self.slots_file, self.listener)
         self._write_pids()
         receiver.go()
         receiver.wait_ready()
@@ -251,6 +290,7 @@ class ReceiverPool(threading.Thread):
         (not orderly: their series complete on the idle timer), its association slots."""
         pid = receiver.pid
         SharedSlots.clear(self.slots_file, receiver.index)
+        ConnectionLoads.mark_absent(self.loads_file, receiver.index)
         with self.db.session() as s:
             cut = rows_changed(s, update(Association)
                                .where(Association.receiver_pid == pid, Association.ended_at.is_(None))
@@ -276,8 +316,15 @@ class ReceiverPool(threading.Thread):
                     self._cleanup(receiver, f"stopped with the node ({_exit_text(status)})")
                 receiver.proc, receiver.listened = None, False
 
+    def _close_listener(self) -> None:
+        """The node's copy of the listening socket: the port is free once the receivers' copies closed too."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
     def stop(self) -> None:
         self.stop_receivers()
+        self._close_listener()
         if self.is_alive():
             self.join(STOP_TIMEOUT_S)
 
@@ -286,8 +333,8 @@ def reap_stale_receivers(pid_file: Path, timeout: float = STOP_TIMEOUT_S) -> lis
     """Kill the receiver processes a previous run of this node (same data directory) left listening.
 
     A receiver exits when the node's end of its stdin closes, also when the node is killed with -9,
-    but that takes a moment, and with SO_REUSEPORT a new node could share the port with it meanwhile:
-    a connection handed to the dying one would be cut. Only processes that are still our receivers
+    but that takes a moment, and meanwhile they hold the old node's listening socket (inherited), so
+    the new node could not bind the port. Only processes that are still our receivers
     (their command line says so) are killed; what they acknowledged is already on disk."""
     try:
         recorded = [int(line) for line in pid_file.read_text().split() if line.isdigit()]
@@ -339,13 +386,14 @@ def _exit_text(status: int | None) -> str:
 
 
 # -- the receiver process ------------------------------------------------------------------------
-def build(settings: Settings, index: int, slots_file: Path) -> StorageSCP:
+def build(settings: Settings, index: int, slots_file: Path, listen_fd: int) -> StorageSCP:
     """The SCP of receiver `index`, not listening yet; the schema is the node's (it migrated it)."""
     db = Database(settings.database_url)
     spool = Spool(settings.spool_dir, settings.node.min_free_disk_mb * 2**20)
     lifecycle = SeriesLifecycle(db, settings.series.evidence_grace_seconds, settings.node.identity())
     ingestor = Ingestor(db, spool, lifecycle, settings.node.max_instance_mb * 2**20)
-    return StorageSCP(settings, db, Intake(ingestor, lifecycle), SharedSlots(slots_file, index), shared_port=True)
+    return StorageSCP(settings, db, Intake(ingestor, lifecycle), SharedSlots(slots_file, index),
+                      shared=(listen_fd, ConnectionLoads(loads_path(slots_file), index)))
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -385,7 +433,7 @@ def _watch_stdin(stop: threading.Event, scp: StorageSCP) -> None:
 
 
 def main(argv: list[str]) -> int:
-    index, slots_file, level, fmt = int(argv[0]), Path(argv[1]), argv[2], argv[3]
+    index, slots_file, level, fmt, listen_fd = int(argv[0]), Path(argv[1]), argv[2], argv[3], int(argv[4])
     from dicomnode.core.logs import setup_logging
 
     setup_logging(level, fmt)
@@ -394,7 +442,7 @@ def main(argv: list[str]) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything printed goes to the log, not the pipe
     try:
         settings = _read_settings()
-        scp = build(settings, index, slots_file)
+        scp = build(settings, index, slots_file, listen_fd)
         if os.read(0, 1) != GO:
             return 0  # the node went away (or stopped) before it let us listen
         scp.start()

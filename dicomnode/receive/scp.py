@@ -30,6 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.config import Settings
 from dicomnode.core import reactor
 from dicomnode.core.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, REJECT_NO_REASON, SUCCESS
+from dicomnode.receive.balance import ConnectionLoads, wait_for_turn
 from dicomnode.receive.commitment_reports import CommitmentReports
 from dicomnode.receive.intake import Intake, IntakeSession, Origin, StoreOutcome
 from dicomnode.receive.part10 import part10_file
@@ -123,15 +124,63 @@ class GuardedServer(ThreadedAssociationServer):
         return client, address
 
 
-class SharedPortServer(GuardedServer):
-    """GuardedServer on a port that several receiver processes listen on (SO_REUSEPORT): the
-    kernel spreads new connections over their listening sockets, and stops sending any to a
-    process whose socket closed (it died or stopped)."""
+class SharedSocketServer(GuardedServer):
+    """GuardedServer on the node's listening socket, which all its receiver processes inherit: one
+    accept queue for all, and a receiver serving more connections than another lets that one
+    accept first (dicomnode.receive.balance), so associations spread evenly over the processes.
+
+    The shared socket is never shut down here (that would stop every receiver listening), only
+    this process's descriptor closed; it is non-blocking, so a receiver that loses the race for a
+    connection goes back to waiting (socketserver drops the OSError of get_request)."""
+
+    def __init__(self, *args: Any, listen_fd: int, loads: ConnectionLoads, **kwargs: Any) -> None:
+        self._listen_fd = listen_fd
+        self.loads = loads
+        self._in_flight = 0  # accepted, association thread not started yet
+        self._count_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         if self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+            self.socket.close()  # the one socketserver made: the node's is used instead
+        self.socket = socket.socket(fileno=self._listen_fd)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        self.loads.publish(0)  # the node already listens on it; this receiver now takes connections
+
+    def connections(self) -> int:
+        """Connections this process serves now (accepted ones whose association has not started count too)."""
+        return self._in_flight + len(self.active_associations)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        listening = self.socket
+        if listening is None:
+            raise OSError("the listening socket is closed")
+        if not wait_for_turn(listening, self.loads, self.connections()):
+            raise BlockingIOError("the connection went to a less loaded receiver")
+        client, address = super().get_request()  # BlockingIOError: another receiver took it first
+        client.setblocking(True)
+        with self._count_lock:
+            self._in_flight += 1
+        self.loads.publish(self.connections())
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:  # the association thread, when there is one, is running and counted by now
+            with self._count_lock:
+                self._in_flight -= 1
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.loads.publish(self.connections())  # ended associations, at every turn of the accept loop
+
+    def server_close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
 
 
 class SlotLedger:
@@ -419,14 +468,14 @@ def read_exactly(sock: socket.socket | None, nr_bytes: int) -> bytearray:
 
 class StorageSCP:
     def __init__(self, settings: Settings, db: Database, intake: Intake, slots: SlotLedger | None = None,
-                 shared_port: bool = False) -> None:
+                 shared: "tuple[int, ConnectionLoads] | None" = None) -> None:
         """`slots`: the node-wide association count (SharedSlots in a receiver process);
-        `shared_port`: listen with SO_REUSEPORT beside the node's other receiver processes."""
+        `shared`: (the node's listening socket, the receivers' connection loads) in a receiver process."""
         self.settings = settings
         self.db = db
         self.intake = intake
         self.slots = slots or SlotLedger()
-        self.shared_port = shared_port
+        self.shared = shared
         self.pid = os.getpid()
         self.policy = AssociationPolicy(settings)
         self._states: dict[int, OpenAssociation] = {}
@@ -479,9 +528,17 @@ class StorageSCP:
         cfg = self.settings.node
         ssl_context = server_ssl_context(self.settings) if self.settings.tls.enabled else None
         # AE.start_server(block=False), with our server class
-        server = self.ae.make_server((cfg.host, cfg.port), evt_handlers=self.handlers(), ssl_context=ssl_context,
-                                     server_class=SharedPortServer if self.shared_port else GuardedServer)
-        thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+        if self.shared is None:
+            server: ThreadedAssociationServer = self.ae.make_server(
+                (cfg.host, cfg.port), evt_handlers=self.handlers(), ssl_context=ssl_context, server_class=GuardedServer)
+            poll = 0.5
+        else:
+            listen_fd, loads = self.shared
+            server = self.ae.make_server((cfg.host, cfg.port), evt_handlers=self.handlers(), ssl_context=ssl_context,
+                                         server_class=SharedSocketServer, listen_fd=listen_fd, loads=loads)
+            poll = 0.1  # how soon the other receivers see this one's ended associations (service_actions)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": poll}, name="dicom-acceptor",
+                                  daemon=True)
         thread.start()
         self.ae._servers.append(server)
         self.server = server

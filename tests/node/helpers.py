@@ -73,10 +73,9 @@ class NodeProcess:
         receivers = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        # its receiver processes exit when they see it gone; until then they hold the port, and a
-        # start() right after would take their listening socket for the new node's. Wait for the
-        # processes, not for a refused connect: with two receivers on the port (SO_REUSEPORT) one
-        # may refuse while the other still listens.
+        # its receiver processes exit when they see it gone; until then they hold the port (the
+        # listening socket they inherited), and a start() right after could not bind it. Wait for
+        # the processes themselves, then for the port to refuse.
         _, alive = psutil.wait_procs(receivers, timeout=30)
         assert not alive, f"the killed node's receivers {[p.pid for p in alive]} did not exit"
         wait_for(lambda: not port_open(self.port), 30, "the killed node's receivers to leave the port")

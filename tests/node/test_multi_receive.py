@@ -66,8 +66,8 @@ def association(node: NodeProcess, calling: str):  # -> (pynetdicom Association,
 
 
 def associations_on_two_processes(node: NodeProcess, tag: str):
-    """Two open associations served by different receiver processes: the kernel chooses, so open
-    a second one until it lands on the other process (bounded)."""
+    """Two open associations served by different receiver processes (the second goes to the less
+    loaded one; tried again a few times should a busy machine delay the first one's count)."""
     first, first_pid = association(node, f"{tag}A")
     for attempt in range(40):
         second, second_pid = association(node, f"{tag}B{attempt}")
@@ -76,6 +76,15 @@ def associations_on_two_processes(node: NodeProcess, tag: str):
         second.release()
     first.release()
     raise AssertionError("40 associations all landed on one receiver process")
+
+
+def connection_loads(node: NodeProcess) -> list[int | None]:
+    """What each receiver publishes as its number of connections (dicomnode.receive.balance)."""
+    from dicomnode.receive.balance import ConnectionLoads
+
+    (path,) = node.data_dir.glob("receivers-*.loads")
+    with ConnectionLoads(path, 0) as loads:
+        return loads.loads()
 
 
 def stored(node: NodeProcess, files: list[Path]) -> dict[str, str]:
@@ -117,6 +126,23 @@ def test_parallel_associations_store_every_instance_once(node, tmp_path, slices)
     audited = query(node, "SELECT state, instances_received, receiver_pid FROM associations WHERE calling_ae LIKE 'PAR%'")
     assert len(audited) == 7 and {r["state"] for r in audited} == {"released"}
     assert {r["receiver_pid"] for r in audited} <= receiver_pids(node)
+
+
+def test_associations_spread_evenly_over_the_receivers(node):
+    """Six associations held open at once: three on each receiver process (the kernel's SO_REUSEPORT
+    hashing, used before, gave 4+2 or 5+1 in three runs of this test)."""
+    from collections import Counter
+
+    # a port probe's connection counts until pynetdicom ends it (the idle timeout): start from none
+    wait_for(lambda: connection_loads(node) == [0, 0], WAIT, "no connection on either receiver")
+    held = [association(node, f"SPREAD{i}") for i in range(6)]
+    try:
+        per_process = Counter(pid for _, pid in held)
+        assert sorted(per_process.values()) == [3, 3], per_process
+        assert set(per_process) == receiver_pids(node)
+    finally:
+        for assoc, _ in held:
+            assoc.release()
 
 
 def test_a_series_split_over_two_processes_completes_once_after_both(node, tmp_path, slices):
@@ -179,8 +205,9 @@ def test_kill9_of_a_receiver_mid_series_loses_nothing_acknowledged(node, tmp_pat
 
 
 def test_a_receiver_left_by_a_dead_node_is_killed_before_a_new_node_listens(tmp_path: Path) -> None:
-    """After kill -9 of a node its receivers exit on their own, but until they do they share the port
-    (SO_REUSEPORT) with a new node: the next start kills those still there, only those."""
+    """After kill -9 of a node its receivers exit on their own, but until they do they hold the port
+    (the old node's listening socket, inherited), so a new node could not bind it: the next start
+    kills those still there, only those."""
     from dicomnode.receive.receivers import reap_stale_receivers
 
     stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "dicomnode.receive.receivers"])

@@ -1,0 +1,87 @@
+"""Spreading new connections evenly over the node's receiver processes (node.receive_processes).
+
+The receivers share one listening socket (the node's, inherited) and so one accept queue. Each
+publishes how many connections it serves in a small shared file (one 32-bit count per receiver,
+mmap, no lock: each writes only its own count, and a stale read costs only a less even spread).
+A receiver that serves more connections than another live receiver lets that one take a new
+connection first; it takes it itself if the connection is still waiting after DEFER_MAX_S (the
+other may be busy, stuck or dying). Without this the kernel's choice (SO_REUSEPORT hashes each
+connection to one socket) put 4 or all 6 of six associations on one of two processes in most
+runs, where one core's worth of Python served them while the other core idled.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import socket
+import time
+from pathlib import Path
+
+ABSENT = 0xFFFFFFFF  # no receiver listening at this index (not started, died, stopped)
+DEFER_MAX_S = 0.05  # a connection waits at most this long for a less loaded receiver to take it
+_RECHECK_S = 0.002
+
+
+def loads_path(slots_file: Path) -> Path:
+    """The loads file beside a node's association-slots file (one per node id)."""
+    return slots_file.with_suffix(".loads")
+
+
+class ConnectionLoads:
+    """Receiver `index`'s view of every receiver's connection count."""
+
+    def __init__(self, path: Path, index: int) -> None:
+        self.index = index
+        self._fd = os.open(path, os.O_RDWR)
+        self._map = mmap.mmap(self._fd, os.fstat(self._fd).st_size)
+
+    @staticmethod
+    def create(path: Path, processes: int) -> None:
+        """The shared file with every receiver absent (by the node, before any receiver starts)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, ABSENT.to_bytes(4, "little") * processes)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def mark_absent(path: Path, index: int) -> None:
+        """Receiver `index` ended (by the node): nobody waits for it to take a connection."""
+        with ConnectionLoads(path, index) as loads:
+            loads.publish(ABSENT)
+
+    def publish(self, load: int) -> None:
+        self._map[4 * self.index:4 * self.index + 4] = min(load, ABSENT).to_bytes(4, "little")
+
+    def loads(self) -> list[int | None]:
+        """Every receiver's connection count, None for one that is not listening."""
+        counts = (int.from_bytes(self._map[i:i + 4], "little") for i in range(0, len(self._map), 4))
+        return [None if c == ABSENT else c for c in counts]
+
+    def lighter_elsewhere(self, mine: int) -> bool:
+        """Whether another listening receiver serves fewer connections than `mine`."""
+        return any(load is not None and load < mine
+                   for i, load in enumerate(self.loads()) if i != self.index)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+    def __enter__(self) -> "ConnectionLoads":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def wait_for_turn(listening: socket.socket, loads: ConnectionLoads, mine: int) -> bool:
+    """Before accepting: while a less loaded receiver may take the waiting connection, let it (up
+    to DEFER_MAX_S). False when it did (nothing is waiting any more), True when this one should accept."""
+    loads.publish(mine)
+    deadline = time.monotonic() + DEFER_MAX_S
+    while loads.lighter_elsewhere(mine) and time.monotonic() < deadline:
+        time.sleep(_RECHECK_S)
+        if not select.select([listening], [], [], 0)[0]:
+            return False
+    return True
