@@ -6,6 +6,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from pynetdicom import _config as pynetdicom_config
+
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -49,3 +51,6 @@ def setup_logging(level: str = "info", fmt: str = "kv") -> None:
     quiet = logging.NOTSET if level.lower() == "debug" else logging.WARNING
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(quiet)
+    # pynetdicom's own event handlers format a line for every PDU and DIMSE message, which the level
+    # above then drops (a few per cent of a receiver's CPU per C-STORE): bound only for debug
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if level.lower() == "debug" else "none"
