@@ -67,6 +67,20 @@ def make_phantom(
     )
 
 
+def lung_region(seed: int, *, small: bool = False, margin_mm: float = 0.0) -> np.ndarray:
+    """The lungs of phantom `seed` as the generator drew them, on the phantom's own grid (bool, (z, y, x)):
+    its lung label (parenchyma with the vessels and airways inside it; not the chest wall, mediastinum or
+    the hilar structures outside the lungs), upsampled as the anatomy's HU are; `margin_mm`: only what
+    lies deeper than that inside them (measured on the anatomy's coarse grid). The anatomy is drawn
+    before the nodules, so it is the same whatever the nodules."""
+    scene = _scene(seed, small=small, matrix=None, n_slices=None, pixel_spacing_mm=None, slice_spacing_mm=None,
+                   slice_thickness_mm=None, patient_position=None, origin_offset_mm=None, n_nodules=0)
+    lungs = scene.label > 0
+    if margin_mm > 0:
+        lungs = ndimage.distance_transform_edt(lungs, sampling=scene.coarse.spacing) > margin_mm
+    return _upsample(lungs.astype(np.float32), scene.fine.shape) >= 0.5
+
+
 @dataclass
 class _Scene:
     """A phantom before its fine volume is drawn: the anatomy on the coarse grid, the nodules placed,
