@@ -11,12 +11,12 @@ runs, where one core's worth of Python served them while the other core idled.
 """
 from __future__ import annotations
 
-import mmap
-import os
 import select
 import socket
 import time
 from pathlib import Path
+
+from dicomnode.receive.shared_counts import SharedCounts
 
 ABSENT = 0xFFFFFFFF  # no receiver listening at this index (not started, died, stopped)
 DEFER_MAX_S = 0.05  # a connection waits at most this long for a less loaded receiver to take it
@@ -28,22 +28,13 @@ def loads_path(slots_file: Path) -> Path:
     return slots_file.with_suffix(".loads")
 
 
-class ConnectionLoads:
-    """Receiver `index`'s view of every receiver's connection count."""
-
-    def __init__(self, path: Path, index: int) -> None:
-        self.index = index
-        self._fd = os.open(path, os.O_RDWR)
-        self._map = mmap.mmap(self._fd, os.fstat(self._fd).st_size)
+class ConnectionLoads(SharedCounts):
+    """Receiver `index`'s view of every receiver's connection count (ABSENT: not listening)."""
 
     @staticmethod
-    def create(path: Path, processes: int) -> None:
+    def create(path: Path, processes: int, initial: int = ABSENT) -> None:
         """The shared file with every receiver absent (by the node, before any receiver starts)."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, ABSENT.to_bytes(4, "little") * processes)
-        finally:
-            os.close(fd)
+        SharedCounts.create(path, processes, initial)
 
     @staticmethod
     def mark_absent(path: Path, index: int) -> None:
@@ -51,28 +42,17 @@ class ConnectionLoads:
         with ConnectionLoads(path, index) as loads:
             loads.publish(ABSENT)
 
-    def publish(self, load: int) -> None:
-        self._map[4 * self.index:4 * self.index + 4] = min(load, ABSENT).to_bytes(4, "little")
+    def publish(self, mine: int) -> None:
+        super().publish(min(mine, ABSENT))
 
     def loads(self) -> list[int | None]:
         """Every receiver's connection count, None for one that is not listening."""
-        counts = (int.from_bytes(self._map[i:i + 4], "little") for i in range(0, len(self._map), 4))
-        return [None if c == ABSENT else c for c in counts]
+        return [None if c == ABSENT else c for c in self.counts()]
 
     def lighter_elsewhere(self, mine: int) -> bool:
         """Whether another listening receiver serves fewer connections than `mine`."""
         return any(load is not None and load < mine
                    for i, load in enumerate(self.loads()) if i != self.index)
-
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
-
-    def __enter__(self) -> "ConnectionLoads":
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 def wait_for_turn(listening: socket.socket, loads: ConnectionLoads, mine: int) -> bool:

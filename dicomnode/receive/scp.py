@@ -6,7 +6,6 @@ import fcntl
 import gc
 import ipaddress
 import logging
-import mmap
 import os
 import socket
 import ssl
@@ -35,6 +34,7 @@ from dicomnode.receive.balance import ConnectionLoads, wait_for_turn
 from dicomnode.receive.commitment_reports import CommitmentReports
 from dicomnode.receive.intake import Intake, IntakeSession, Origin, StoreOutcome
 from dicomnode.receive.part10 import part10_file
+from dicomnode.receive.shared_counts import SharedCounts
 from dicomnode.receive.store_response import send_store_responses_directly
 from storage.audit import record_event
 from storage.db import Database
@@ -212,26 +212,15 @@ class SlotLedger:
         return _NO_LOCK
 
 
-class SharedSlots(SlotLedger):
-    """Receiver process `index`'s view of the node-wide association count: one 32-bit count per
-    process in a small shared file (mmap), read and written under flock on that file, so "count
-    and take a slot" is one step across processes. The kernel drops a dead process's flock, and
-    the node zeroes its count (clear), so a kill -9 never leaves a slot or the lock held."""
+class SharedSlots(SharedCounts, SlotLedger):
+    """Receiver process `index`'s view of the node-wide association count: one count per process in
+    a small shared file, read and written under flock on that file, so "count and take a slot" is
+    one step across processes. The kernel drops a dead process's flock, and the node zeroes its
+    count (clear), so a kill -9 never leaves a slot or the lock held."""
 
     def __init__(self, path: Path, index: int) -> None:
-        self.index = index
-        self._fd = os.open(path, os.O_RDWR)
-        self._map = mmap.mmap(self._fd, os.fstat(self._fd).st_size)
+        super().__init__(path, index)
         self._lock = _FileLock(self._fd)
-
-    @staticmethod
-    def create(path: Path, processes: int) -> None:
-        """The shared file, all counts zero (by the node, before any receiver starts)."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, bytes(4 * processes))
-        finally:
-            os.close(fd)
 
     @staticmethod
     def clear(path: Path, index: int) -> None:
@@ -239,29 +228,13 @@ class SharedSlots(SlotLedger):
         with SharedSlots(path, index) as slots, slots.lock:
             slots.publish(0)
 
-    def counts(self) -> list[int]:
-        return [int.from_bytes(self._map[i:i + 4], "little") for i in range(0, len(self._map), 4)]
-
     def others(self) -> int:
         counts = self.counts()
         return sum(counts) - counts[self.index]
 
-    def publish(self, mine: int) -> None:
-        self._map[4 * self.index:4 * self.index + 4] = mine.to_bytes(4, "little")
-
     @property
     def lock(self) -> "_FileLock":
         return self._lock
-
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
-
-    def __enter__(self) -> "SharedSlots":
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 class _FileLock:
