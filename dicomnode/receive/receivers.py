@@ -43,10 +43,10 @@ from pynetdicom.transport import AddressInformation
 from sqlalchemy import update
 
 from dicomnode.config import Settings
+from dicomnode.receive.balance import ConnectionLoads, loads_path
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.receive.intake import Intake
 from dicomnode.receive.lifecycle import SeriesLifecycle
-from dicomnode.receive.balance import ConnectionLoads, loads_path
 from dicomnode.receive.scp import LISTEN_BACKLOG, SharedSlots, StorageSCP
 from dicomnode.receive.spool import Spool
 from storage.audit import record_event
