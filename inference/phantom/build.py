@@ -55,6 +55,11 @@ def make_phantom(
     scene = _scene(seed, small=small, matrix=matrix, n_slices=n_slices, pixel_spacing_mm=pixel_spacing_mm,
                    slice_spacing_mm=slice_spacing_mm, slice_thickness_mm=slice_thickness_mm,
                    patient_position=patient_position, origin_offset_mm=origin_offset_mm, n_nodules=n_nodules)
+    return _render(scene, seed)
+
+
+def _render(scene: "_Scene", seed: int) -> Phantom:
+    """The fine volume of a scene: its anatomy upsampled, its nodules painted, noise (the scene's generator)."""
     hu = _upsample(scene.coarse_hu, scene.fine.shape)
     for nodule in scene.nodules:
         paint_nodule(hu, scene.fine.origin, scene.fine.spacing, np.eye(3), nodule)
@@ -67,18 +72,19 @@ def make_phantom(
     )
 
 
-def lung_region(seed: int, *, small: bool = False, margin_mm: float = 0.0) -> np.ndarray:
-    """The lungs of phantom `seed` as the generator drew them, on the phantom's own grid (bool, (z, y, x)):
-    its lung label (parenchyma with the vessels and airways inside it; not the chest wall, mediastinum or
-    the hilar structures outside the lungs), upsampled as the anatomy's HU are; `margin_mm`: only what
-    lies deeper than that inside them (measured on the anatomy's coarse grid). The anatomy is drawn
-    before the nodules, so it is the same whatever the nodules."""
+def anatomy_and_lungs(seed: int, *, small: bool = False, margin_mm: float = 0.0) -> tuple[Phantom, np.ndarray]:
+    """The nodule-free phantom of `seed` (`make_phantom(seed, small=small, n_nodules=0)`: the anatomy is
+    drawn before the nodules, so it is the same as with them) and its lungs as the generator drew them, on
+    its grid (bool, (z, y, x)): the lung label (parenchyma with the vessels and airways inside it; not the
+    chest wall, mediastinum or the hilar structures outside the lungs), upsampled as the anatomy's HU are;
+    `margin_mm`: only what lies deeper than that inside them (measured on the anatomy's coarse grid).
+    Both from one scene: drawing the anatomy is the slow part."""
     scene = _scene(seed, small=small, matrix=None, n_slices=None, pixel_spacing_mm=None, slice_spacing_mm=None,
                    slice_thickness_mm=None, patient_position=None, origin_offset_mm=None, n_nodules=0)
     lungs = scene.label > 0
     if margin_mm > 0:
         lungs = ndimage.distance_transform_edt(lungs, sampling=scene.coarse.spacing) > margin_mm
-    return _upsample(lungs.astype(np.float32), scene.fine.shape) >= 0.5
+    return _render(scene, seed), _upsample(lungs.astype(np.float32), scene.fine.shape) >= 0.5
 
 
 @dataclass
