@@ -5,13 +5,21 @@ checks against the delivery rows (storage.commitment). The sender's side is dico
 """
 from __future__ import annotations
 
+import time
+
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from dicomnode.config import Settings
 from dicomnode.core.commitment import STORAGE_COMMITMENT_PUSH_MODEL, answer_report
 from storage.commitment import RetryPolicy
 from storage.db import Database
+
+# how long a report waits for its association to be established (the acceptor's EVT_ACCEPTED
+# handlers write an audit row, which can queue behind other writers on the database)
+ESTABLISHED_WAIT_S = 30.0
+PROCESSING_FAILURE = 0x0110
 
 
 class CommitmentReports:
@@ -33,6 +41,8 @@ class CommitmentReports:
         return (evt.EVT_N_EVENT_REPORT, self.on_report)
 
     def on_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        if not wait_until_established(event.assoc, ESTABLISHED_WAIT_S):
+            return PROCESSING_FAILURE, None  # its response cannot go out: judge nothing, the PACS reports again
         rq = event.assoc.requestor
         calling = str(rq.ae_title).strip()[:16]
         try:
@@ -42,3 +52,20 @@ class CommitmentReports:
         status = answer_report(self.db, self.policy, event.event_type, info, calling, str(rq.address),
                                same_association=False)
         return status, None
+
+
+def wait_until_established(assoc: Association, timeout_s: float) -> bool:
+    """Whether the association is (or becomes, within timeout_s) established.
+
+    pynetdicom serves an N-EVENT-REPORT in a thread of its own as soon as its DUL has decoded it
+    (dimse.receive_primitive), which can be while the acceptor still runs its EVT_ACCEPTED handlers,
+    before it marks the association established; its service class then drops the response of a
+    handler that returned by then (service_class._n_event_report_scp: `not assoc.is_established`)
+    and the PACS waits for an answer that never comes. A report sent right after the A-ASSOCIATE-AC
+    met this on a freshly started receiver."""
+    deadline = time.monotonic() + timeout_s
+    while not assoc.is_established:
+        if assoc.is_aborted or assoc.is_released or assoc.is_rejected or time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True

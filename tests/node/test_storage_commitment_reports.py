@@ -2,15 +2,20 @@
 real migrated SQLite audit database: the cases the Orthanc tests cannot make Orthanc send."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
 from sqlalchemy import select
 
-from dicomnode.core.commitment import answer_report
+from dicomnode.config import Settings
+from dicomnode.core.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL, answer_report
+from dicomnode.receive.commitment_reports import CommitmentReports
 from storage.commitment import NO_SUCH_EVENT_TYPE, REPORT_ACCEPTED, REPORT_REFUSED, RetryPolicy, expire_overdue
 from storage.db import Database, sqlite_url
 from storage.models import Delivery, Event, utcnow
@@ -103,3 +108,46 @@ def test_a_stored_delivery_never_asked_times_out_too(db: Database) -> None:
     with db.session() as s:
         assert sorted(expire_overdue(s, 60, POLICY)) == [1, 2]
     assert _states(db) == ["pending", "dead"]
+
+
+def test_a_report_sent_as_soon_as_the_association_is_accepted_gets_its_response(db: Database) -> None:
+    """pynetdicom serves an N-EVENT-REPORT in its own thread the moment it is decoded, possibly before
+    the acceptor's EVT_ACCEPTED handlers (the node's audit row) return; a response ready by then was
+    dropped, and the PACS waited out its DIMSE timeout (seen after a restart, on a busy machine).
+    Here the acceptor's EVT_ACCEPTED handler is made slow on purpose; the report must still be answered,
+    and judged only once the association is established."""
+    reports = CommitmentReports(Settings(), db)
+    established_at: list[float] = []
+    judged_at: list[float] = []
+
+    def slow_accept(event: evt.Event) -> None:
+        time.sleep(1.0)
+        established_at.append(time.monotonic())
+
+    def on_report(event: evt.Event) -> tuple[int, Dataset | None]:
+        answer = reports.on_report(event)
+        judged_at.append(time.monotonic())
+        return answer
+
+    scp = AE(ae_title="DICOMNODE")
+    CommitmentReports.accept_context(scp, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = scp.start_server(("127.0.0.1", 0), block=False,
+                              evt_handlers=[(evt.EVT_ACCEPTED, slow_accept), (evt.EVT_N_EVENT_REPORT, on_report)])
+    assert server is not None
+    try:
+        peer = AE(ae_title="PACS")
+        peer.dimse_timeout = 10
+        peer.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
+        assoc = peer.associate("127.0.0.1", server.server_address[1], ae_title="DICOMNODE",
+                               ext_neg=[build_role(STORAGE_COMMITMENT_PUSH_MODEL, scp_role=True)])
+        assert assoc.is_established
+        try:
+            status, _ = assoc.send_n_event_report(_info(["1.2.3.1", "1.2.3.2"]), 1, STORAGE_COMMITMENT_PUSH_MODEL,
+                                                  STORAGE_COMMITMENT_INSTANCE)
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+    assert status and int(status.Status) == REPORT_ACCEPTED, "the PACS got its answer"
+    assert _states(db) == ["committed", "committed"]
+    assert judged_at[0] >= established_at[0], "judged only once the association was established"
