@@ -31,6 +31,10 @@ def test_type_and_volume_on_held_out_phantoms() -> None:
               if abs(r.volume_error) > 0.15]
     assert np.mean([abs(r.volume_error) <= 0.15 for r in free]) >= 0.9, misses
     assert np.mean([abs(r.volume_error) <= 0.15 for r in attached]) >= 0.8, misses
+    # a nodule whose painting crosses the lungs' outline abuts the wall: it must be called juxtapleural
+    # (the Lung-RADS juxtapleural rule depends on it); the generator's "pleura" label is not that truth
+    at_pleura = [r for r in counted if r.at_pleura]
+    assert at_pleura and all(r.juxtapleural for r in at_pleura), [(r.seed, r.diameter_mm) for r in at_pleura]
     # the phantoms paint no fissures: a perifissural call would be a false positive
     assert not [r for r in counted if r.perifissural]
     # every segmentation of a nodule inside the scan succeeds
