@@ -80,6 +80,11 @@ def _place_nodules(
 
     `inside` is aerated lung (free of vessels and airways); `lung` the whole lung, against which a
     vessel-attached nodule's clearance is measured (its own vessel is not an obstacle).
+    A "pleura" nodule's clearance is measured against `inside` too, so the structure it abuts is the
+    nearest non-aerated one: the chest wall or mediastinum, but as often a vessel or an airway deep in
+    the lung (14 of 24 on seeds 14000..14039). Kept as it is, since every phantom (and the figures
+    measured on them) depends on it; inference.training.characterize_eval judges the site from the
+    painting instead.
     """
     lung = inside if lung is None else lung
     placed: list[PhantomNodule] = []
