@@ -7,8 +7,12 @@
   the mask, in thirds: upper / middle / lower. This approximates the lobe; it is not a lobe
   segmentation (the right middle lobe and lingula are anterior, not a craniocaudal third). The
   Brock model's "upper lobe" input is taken as the upper zone, an approximation.
-- Juxtapleural: the segmentation (dilated by one voxel) touches the chest wall or mediastinum
-  found by the large-ball opening in segment.py.
+- Juxtapleural: the segmentation touches the chest wall or mediastinum found by the large-ball
+  opening in segment.py: a voxel of it is the wall's, or its neighbour on the same slice (8
+  neighbours) or straight above or below (a nodule resting on the diaphragm). Not a diagonal
+  neighbour across slices: on 2-3 mm slices that is 2-3 mm away, and counting it (the full
+  26-neighbourhood) called nodules 2-3 mm off the wall juxtapleural (phantom seeds 13003, 14014),
+  which the Lung-RADS juxtapleural rule could downgrade.
 - Perifissural: the nodule touches a fissure, a thin sheet of soft tissue inside the lung. A
   voxel is on a sheet when the Hessian of the HU (Gaussian derivatives, sigma `SHEET_SIGMA_MM`) has
   one strongly negative eigenvalue across it (a bright ridge: sigma^2 |l1| >= `SHEET_MIN_CONTRAST`
@@ -56,9 +60,15 @@ def side_and_zone(
     return lung, zone
 
 
+# the voxel itself, its 8 neighbours on its slice, and the voxels straight above and below it
+_CONTACT = np.zeros((3, 3, 3), bool)
+_CONTACT[1] = True
+_CONTACT[0, 1, 1] = _CONTACT[2, 1, 1] = True
+
+
 def juxtapleural(mask: np.ndarray, wall: np.ndarray) -> bool:
     """The nodule touches the chest wall / mediastinum (the large structures cut off in segment.py)."""
-    grown = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
+    grown = ndimage.binary_dilation(mask, structure=_CONTACT)
     return bool((grown & wall).any())
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from inference.characterize import characterize_exam, characterize_nodule
+from inference.characterize.location import juxtapleural
 
 SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
 SHAPE = (60, 96, 96)
@@ -18,19 +19,19 @@ def lung(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
     return np.random.default_rng(seed).normal(-860.0, 20.0, shape).astype(np.float32)
 
 
-def _offsets(shape: tuple[int, ...], centre: np.ndarray, sub: int = 3) -> np.ndarray:
+def _offsets(shape: tuple[int, ...], centre: np.ndarray, sub: int = 3, spacing: np.ndarray = SPACING) -> np.ndarray:
     """Sub-voxel sample offsets (mm) of every voxel from `centre`: (sub^3, z, y, x, 3)."""
     grids = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
     base = np.stack(grids, axis=-1)
     steps = (np.arange(sub) + 0.5) / sub - 0.5
-    out = [(base + np.array([a, b, c], np.float32) - centre) * SPACING for a in steps for b in steps for c in steps]
+    out = [(base + np.array([a, b, c], np.float32) - centre) * spacing for a in steps for b in steps for c in steps]
     return np.stack(out)
 
 
 def ellipsoid_fraction(semi_axes_zyx: tuple[float, float, float], centre: np.ndarray = CENTRE,
-                       shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+                       shape: tuple[int, int, int] = SHAPE, spacing: np.ndarray = SPACING) -> np.ndarray:
     """Partial-volume fraction of an ellipsoid (3^3 sub-samples per voxel)."""
-    off = _offsets(shape, centre)
+    off = _offsets(shape, centre, spacing=spacing)
     r2 = sum((off[..., k] / semi_axes_zyx[k]) ** 2 for k in range(3))
     return (r2 <= 1.0).mean(axis=0)
 
@@ -184,6 +185,34 @@ def test_ground_glass_nodule_on_a_thick_vessel_stays_ground_glass(radius: float,
     # the guard: a central core (half the nodule's diameter) on the same vessel is still a solid component
     paint(hu, ellipsoid_fraction((radius / 2, radius / 2, radius / 2)), 30.0)
     assert characterize_nodule(hu, SPACING, CENTRE, 2 * radius).type == "part_solid"
+
+
+def test_contact_with_the_wall_is_on_the_slice_or_straight_across_it() -> None:
+    mask = np.zeros((5, 5, 5), bool)
+    mask[2, 2, 2] = True
+    for wall_voxel, touching in [((2, 3, 3), True), ((3, 2, 2), True), ((1, 2, 2), True), ((2, 2, 2), True),
+                                 ((3, 3, 2), False), ((1, 2, 3), False), ((2, 4, 2), False)]:
+        wall = np.zeros_like(mask)
+        wall[wall_voxel] = True
+        assert juxtapleural(mask, wall) is touching, wall_voxel
+
+
+def test_nodule_on_the_diaphragm_is_juxtapleural_on_thick_slices_and_one_above_it_is_not() -> None:
+    # 2.5 mm slices: a 5 mm sphere resting on a horizontal soft-tissue slab (the diaphragm's dome)
+    # touches it only straight across a slice (no slice holds both), which must still count as
+    # contact; the same sphere 3 mm higher does not touch it
+    spacing = np.array([2.5, 0.7, 0.7])
+    shape = (24, 96, 96)
+    slab = 16  # slices from here on are the slab: its surface at 15.5 slices = 38.75 mm
+    for lift_mm, touching in [(-1.0, True), (3.0, False)]:
+        hu = lung(21, shape)
+        hu[slab:] = 40.0
+        centre = np.array([(38.75 - 5.0 - lift_mm) / 2.5, 48.0, 48.0])
+        frac = ellipsoid_fraction((5.0, 5.0, 5.0), centre, shape, spacing)
+        frac[slab:] = 0.0  # the part in the slab is invisible
+        paint(hu, frac, 40.0)
+        c = characterize_nodule(hu, spacing, centre, 10.0)
+        assert c.segmentation_ok and c.location.juxtapleural is touching, lift_mm
 
 
 def test_juxtapleural_nodule_keeps_its_base_on_the_wall() -> None:
