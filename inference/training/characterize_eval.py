@@ -79,7 +79,7 @@ class Evaluation:
         return [r for r in self.results if r.diameter_mm >= self.min_diameter_mm]
 
     def confusion(self, what: str = "type") -> np.ndarray:
-        """Rows: truth, columns: predicted, in TYPES (or MARGINS / (False, True) for calcified) order."""
+        """Rows: truth, columns: predicted, in TYPES (or MARGINS / (False, True) for calcified and juxtapleural) order."""
         labels: tuple = {"type": TYPES, "margin": MARGINS, "calcified": (False, True), "juxtapleural": (False, True)}[what]
         out = np.zeros((len(labels), len(labels)), int)
         for r in self.counted:
