@@ -13,13 +13,13 @@ from pynetdicom.association import Association
 
 from dicomnode.config import Settings
 from dicomnode.core.commitment import STORAGE_COMMITMENT_PUSH_MODEL, answer_report
+from dicomnode.core.dimse import PROCESSING_FAILURE
 from storage.commitment import RetryPolicy
 from storage.db import Database
 
 # how long a report waits for its association to be established (the acceptor's EVT_ACCEPTED
 # handlers write an audit row, which can queue behind other writers on the database)
 ESTABLISHED_WAIT_S = 30.0
-PROCESSING_FAILURE = 0x0110
 
 
 class CommitmentReports:

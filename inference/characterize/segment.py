@@ -162,11 +162,11 @@ def _restore_cap(body: np.ndarray, wall: np.ndarray, seed: np.ndarray, spacing: 
     if values[0] > CAP_MAX_ROUGHNESS_MM ** 2:
         return body  # the wall is not flat here (a corner, the diaphragm's dome): leave it
     normal = vectors[:, 0] * (1.0 if float((centre - c0) @ vectors[:, 0]) > 0 else -1.0)
-    pool = seed & ~body & dilate_mm(wall, CAP_FILLET_MM, spacing)
-    cand = np.argwhere(pool) * spacing
+    pool = np.argwhere(seed & ~body & dilate_mm(wall, CAP_FILLET_MM, spacing))
+    cand = pool * spacing
     side = (cand - c0) @ normal
     near = np.sqrt(((cand - centre) ** 2).sum(axis=1)) <= CAP_REACH * radius
-    hit = (np.argwhere(pool))[(side > CAP_MARGIN_PX * float(spacing[1:].mean())) & near]
+    hit = pool[(side > CAP_MARGIN_PX * float(spacing[1:].mean())) & near]
     if not len(hit):
         return body
     cap = np.zeros_like(body)

@@ -121,18 +121,14 @@ class Evaluation:
         return out
 
 
-def truth_volume(phantom: Phantom, inside: np.ndarray, nodule: PhantomNodule) -> float:
-    """Painted volume (mm3) of one nodule: its partial-volume fraction summed inside the lungs."""
-    return painted_volumes(phantom, inside, nodule)[0]
-
-
 # a nodule with more than this share of its painting outside the truth region crosses the lungs' outline
 # (a nodule inside the lung loses nothing: the region holds every voxel it can be painted on)
 PLEURA_SHARE_OUTSIDE = 0.02
 
 
 def painted_volumes(phantom: Phantom, inside: np.ndarray, nodule: PhantomNodule) -> tuple[float, float]:
-    """(painted volume inside the lungs, the whole painted volume), mm3."""
+    """(painted volume inside the lungs: the truth, the whole painted volume), mm3: each nodule's
+    partial-volume fraction, summed inside `inside` and everywhere."""
     spacing = phantom.spacing
     a = np.full(phantom.hu.shape, -2000.0, np.float32)
     b = np.full(phantom.hu.shape, -3000.0, np.float32)

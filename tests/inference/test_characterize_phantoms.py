@@ -2,7 +2,7 @@
 7000..7049).
 
 Truth: the phantom's own nodules (kind) and the painter's partial-volume fraction (volume; see
-inference.training.characterize_eval.truth_volume). Small phantoms keep this to a few seconds per seed.
+inference.training.characterize_eval.painted_volumes). Small phantoms keep this to a few seconds per seed.
 """
 from __future__ import annotations
 
