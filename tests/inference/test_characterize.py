@@ -87,9 +87,10 @@ def test_central_calcification_is_benign_and_plain_solid_is_not() -> None:
     assert calcified.calcified and calcified.calcification_pattern == "central"
 
 
-def spikes_fraction(radius: float, n: int, length: float, thickness: float) -> np.ndarray:
+def spikes_fraction(radius: float, n: int, length: float, thickness: float, centre: np.ndarray = CENTRE,
+                    shape: tuple[int, int, int] = SHAPE, spacing: np.ndarray = SPACING, sub: int = 2) -> np.ndarray:
     """Thin straight spicules leaving a sphere in evenly spread directions."""
-    off = _offsets(SHAPE, CENTRE, sub=2)
+    off = _offsets(shape, centre, sub=sub, spacing=spacing)
     golden = math.pi * (3 - math.sqrt(5))
     inside = np.zeros(off.shape[:-1], bool)
     for k in range(n):
@@ -108,6 +109,36 @@ def test_spiculated_sphere_versus_smooth_sphere() -> None:
     paint(spiculated, spikes_fraction(5.0, 10, 6.0, 0.6), 40.0)
     assert characterize_nodule(smooth, SPACING, CENTRE, 10.0).margin == "smooth"
     assert characterize_nodule(spiculated, SPACING, CENTRE, 10.0).margin == "spiculated"
+
+
+COARSE = np.array([3.0, 1.5, 1.5])  # a 2.5-3 mm slice screening reconstruction
+COARSE_SHAPE = (24, 48, 48)
+COARSE_CENTRE = np.array([12.0, 24.0, 24.0])
+
+
+def test_spicules_thinner_than_a_voxel_are_found_at_3_mm_slices() -> None:
+    """Eight spicules 1.6 mm across and 5 mm long on 1.5 x 1.5 x 3 mm voxels: each is a faint trail of
+    partial-volume voxels; how far the trail reaches beyond the nodule's own radius tells it (an
+    opening by a ball, the earlier test, found none of these)."""
+    hu = lung(11, COARSE_SHAPE)
+    paint(hu, ellipsoid_fraction((7.0, 7.0, 7.0), COARSE_CENTRE, COARSE_SHAPE, COARSE), 40.0)
+    smooth = hu.copy()
+    paint(hu, spikes_fraction(7.0, 8, 5.0, 0.8, COARSE_CENTRE, COARSE_SHAPE, COARSE, sub=4), 40.0)
+    assert characterize_nodule(smooth, COARSE, COARSE_CENTRE, 14.0).margin == "smooth"
+    spiculated = characterize_nodule(hu, COARSE, COARSE_CENTRE, 14.0)
+    assert spiculated.margin == "spiculated" and spiculated.features["spicules"] >= 3
+
+
+def test_a_vessel_running_on_from_a_nodule_is_not_a_spicule() -> None:
+    """A vessel leaves the nodule and runs on out of the region: it touches other tissue, so however far
+    it reaches it is not counted as a spicule."""
+    hu = lung(12, COARSE_SHAPE)
+    paint(hu, ellipsoid_fraction((7.0, 7.0, 7.0), COARSE_CENTRE, COARSE_SHAPE, COARSE), 40.0)
+    off = _offsets(COARSE_SHAPE, COARSE_CENTRE, sub=3, spacing=COARSE)
+    vessel = (np.hypot(off[..., 0], off[..., 1]) <= 1.5) & (off[..., 2] > 0)  # along +x to the edge
+    paint(hu, vessel.mean(axis=0), 40.0)
+    c = characterize_nodule(hu, COARSE, COARSE_CENTRE, 14.0)
+    assert c.segmentation_ok and c.margin == "smooth" and c.features["spicules"] == 0
 
 
 def test_juxtapleural_nodule_is_cut_at_the_chest_wall() -> None:
