@@ -354,16 +354,14 @@ def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> i
     shell = SPICULE_SHELL_FACTOR * scale * outline(units) + 0.5 * float(spacing[1:].mean())
     beyond = np.zeros_like(mask)
     beyond[tuple(pts[dist > shell].T)] = True
-    excess = np.zeros(mask.shape, float)
-    excess[tuple(pts.T)] = dist - shell
-    labels, n = ndimage.label(beyond, structure=np.ones((3, 3, 3), bool))
+    free = beyond & ~_touching(beyond, seed & ~mask)
+    labels, n = ndimage.label(free, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return 0
+    excess = np.zeros(mask.shape, float)
+    excess[tuple(pts.T)] = dist - shell
     reach = ndimage.maximum(excess, labels, index=np.arange(1, n + 1))
-    attached = np.zeros(n + 1, bool)
-    around = ndimage.binary_dilation(seed & ~mask, structure=np.ones((3, 3, 3), bool))
-    attached[np.unique(labels[around & (labels > 0)])] = True
-    return int(((reach >= SPICULE_MIN_LENGTH_MM) & ~attached[1:]).sum())
+    return int((np.asarray(reach) >= SPICULE_MIN_LENGTH_MM).sum())
 
 
 def _parenchyma(hu: np.ndarray, exclude: np.ndarray) -> float:
