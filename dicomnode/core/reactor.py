@@ -24,11 +24,15 @@ changes them fails a test instead of silently polling again.
 from __future__ import annotations
 
 import inspect
+import logging
+import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pynetdicom.association as pyn_association
@@ -36,8 +40,15 @@ import pynetdicom.dul as pyn_dul
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+log = logging.getLogger(__name__)
 _install_lock = threading.Lock()
+_PDU_TYPES = range(0x01, 0x08)
+P_DATA_TF = 0x04
 _REACTOR_PAUSE_S = 0.001  # Association._run_reactor's time.sleep(0.001)
+# An acceptor's association thread is woken for all it serves (a DIMSE message, the peer's release or
+# abort, the DUL's end): between those its loop only re-checks the network timeout, so it may pause longer.
+# A requestor's stays at 1 ms: a user thread's send_c_*() waits for its reactor to reach the pause.
+_ACCEPTOR_PAUSE_S = 0.02
 
 
 class WakeableDUL(DULServiceProvider):
@@ -48,6 +59,10 @@ class WakeableDUL(DULServiceProvider):
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
+        # takes the body of a P-DATA-TF PDU before pynetdicom decodes it; True: taken (receive.fast_store)
+        self.pdata_sink: Callable[[bytearray], bool] | None = None
+        # the peer's release and abort reach the association thread through this queue: wake it for them
+        self.to_user_queue = _WakingQueue(self.wake_association)
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -62,6 +77,52 @@ class WakeableDUL(DULServiceProvider):
         finally:
             self._wake_read.close()
             self._wake_write.close()
+            self.wake_association()  # it checks whether this thread is still alive
+
+    def wake_association(self) -> None:
+        """End the association thread's pause now (see _association_wait)."""
+        pending = self.assoc.dimse.msg_queue
+        with pending.not_empty:
+            pending.not_empty.notify_all()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's own PDU read (DULServiceProvider._read_pdu_data, the same events on the same
+        faults), except that a P-DATA-TF PDU arriving on an established association with nothing
+        else pending is first offered to `pdata_sink`."""
+        sink = self.pdata_sink
+        transport = self.socket
+        if sink is None or transport is None or self.state_machine.current_state != "Sta6" \
+                or not self.event_queue.empty():
+            super()._read_pdu_data()
+            return
+        try:
+            header = transport.recv(6)
+            pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        except (OSError, TimeoutError, struct.error):  # closed, or closed mid-header
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type not in _PDU_TYPES:
+            log.error("unknown PDU type received: 0x%02X", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = transport.recv(pdu_length)
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == P_DATA_TF and sink(body):
+            return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header) + body)
+        except Exception:
+            log.exception("cannot decode a received PDU")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def idle_wait(self, seconds: float) -> None:
         """Up to `seconds`, ending as soon as the peer's data or a PDU to send is waiting."""
@@ -83,6 +144,16 @@ class WakeableDUL(DULServiceProvider):
                     pass
             except OSError:  # drained (BlockingIOError) or closed
                 pass
+
+
+class _WakingQueue(queue.Queue[Any]):
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
 
 
 def _association_wait(assoc: Association, seconds: float) -> None:
@@ -111,7 +182,8 @@ class _WakingTime:
         if isinstance(me, WakeableDUL):
             me.idle_wait(seconds)
         elif isinstance(me, Association) and 0 < seconds <= _REACTOR_PAUSE_S:
-            _association_wait(me, seconds)  # only the reactor's pause: abort's 0.1 s settle stays a sleep
+            # only the reactor's pause: abort's 0.1 s settle stays a sleep
+            _association_wait(me, _ACCEPTOR_PAUSE_S if me.is_acceptor and isinstance(me.dul, WakeableDUL) else seconds)
         else:
             time.sleep(seconds)
 
@@ -121,8 +193,11 @@ def expected_loops_present() -> bool:
     dul_loop = inspect.getsource(DULServiceProvider.run_reactor)
     assoc_loop = inspect.getsource(Association._run_reactor)
     assoc_init = inspect.getsource(Association.__init__)
+    pdu_read = inspect.getsource(DULServiceProvider._read_pdu_data)
     return ("time.sleep(self._run_loop_delay)" in dul_loop and "time.sleep(0.001)" in assoc_loop
-            and "self.dimse.get_msg(block=False)" in assoc_loop and "DULServiceProvider(self)" in assoc_init)
+            and "self.dimse.get_msg(block=False)" in assoc_loop and "DULServiceProvider(self)" in assoc_init
+            and "self._decode_pdu(bytestream)" in pdu_read and "self._recv_pdu.put(pdu)" in pdu_read
+            and "self.socket.recv(6)" in pdu_read)
 
 
 def install() -> None:

@@ -30,12 +30,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.config import Settings
 from dicomnode.core import reactor
 from dicomnode.core.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, REJECT_NO_REASON, SUCCESS
+from dicomnode.core.loops import PeriodicWorker
 from dicomnode.receive.balance import ConnectionLoads, wait_for_turn
 from dicomnode.receive.commitment_reports import CommitmentReports
+from dicomnode.receive.fast_store import FastStore, StoreRequest, eligible
 from dicomnode.receive.intake import Intake, IntakeSession, Origin, StoreOutcome
-from dicomnode.receive.part10 import part10_file
+from dicomnode.receive.part10 import file_meta, part10_file
 from dicomnode.receive.shared_counts import SharedCounts
-from dicomnode.receive.store_response import send_store_responses_directly
+from dicomnode.receive.store_response import error_comment, send_store_responses_directly
 from storage.audit import record_event
 from storage.db import Database
 from storage.events import EventCode
@@ -469,6 +471,9 @@ class StorageSCP:
         # associations past their A-ASSOCIATE-RQ that hold one of node.max_associations slots
         self._slots: dict[int, PynetAssociation] = {}
         self._guards: dict[int, DimseGuard] = {}
+        self._fast: dict[int, FastStore] = {}  # associations whose C-STORE requests take the fast path
+        self._deadlines = _DatasetDeadlines(self)
+        self._storage_classes = frozenset(STORAGE_SOP_CLASSES)
         # connections that have not sent an A-ASSOCIATE-RQ yet (audited if closed for idling)
         self._connections: dict[int, Connection] = {}
         self.server: ThreadedAssociationServer | None = None
@@ -528,11 +533,21 @@ class StorageSCP:
         thread.start()
         self.ae._servers.append(server)
         self.server = server
+        self._deadlines.start()
 
     def stop(self) -> None:
+        self._deadlines.stop()
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+
+    def expire_waiting_requests(self) -> None:
+        """Answer fast-path C-STORE requests whose data set is overdue (node.dataset_timeout_s)."""
+        now = time.monotonic()
+        with self._lock:
+            waiting = list(self._fast.values())
+        for fast in waiting:
+            fast.expire(now)
 
     # -- handlers ---------------------------------------------------------------------
     @staticmethod
@@ -644,8 +659,14 @@ class StorageSCP:
         cfg = self.settings.node
         guard = DimseGuard(assoc, cfg.max_instance_mb * 2**20, cfg.dataset_timeout_s,
                            lambda message, cx: self._answer_no_dataset(assoc, message, cx))
+        fast = None
+        if eligible(assoc) and isinstance(assoc.dul, reactor.WakeableDUL):
+            fast = FastStore(assoc, self, cfg.max_instance_mb * 2**20, cfg.dataset_timeout_s, self._storage_classes)
+            assoc.dul.pdata_sink = fast.feed
         with self._lock:
             self._guards[id(assoc)] = guard
+            if fast is not None:
+                self._fast[id(assoc)] = fast
 
     def _record_refusal(self, code: EventCode, reason: str, calling: str, called: str, host: str, port: int) -> None:
         with self.db.session() as s:
@@ -722,12 +743,32 @@ class StorageSCP:
         if request.DataSet is None or not request.DataSet.getbuffer().nbytes:
             # CommandDataSetType 0x0101 (or an empty data set): pynetdicom would hand us only file meta
             return response(session.refuse_no_dataset(request.AffectedSOPInstanceUID))
-        data = _encoded_file(event, request)
-        outcome = session.store(data)
+        return response(self._store(event.assoc, _encoded_file(event, request)))
+
+    def _store(self, assoc: PynetAssociation, data: bytes) -> StoreOutcome:
+        """Store one encoded instance received on `assoc` and count it on the association."""
+        outcome = self._session(assoc).store(data)
+        state = self._states.get(id(assoc))
         if state is not None and outcome.status == SUCCESS:
             state.instances += 1
             state.bytes += len(data)
-        return response(outcome)
+        return outcome
+
+    # -- the fast path's StoreService (dicomnode.receive.fast_store) ------------------------
+    def ready(self, assoc: PynetAssociation) -> bool:
+        return id(assoc) in self._states
+
+    def store_fragments(self, assoc: PynetAssociation, request: StoreRequest, transfer_syntax: str,
+                        fragments: list[memoryview]) -> StoreOutcome:
+        # parse_store_request admitted only ASCII UIDs of at most 64 characters: the file meta can hold them
+        data = b"".join((file_meta(request.sop_class_uid, request.sop_instance_uid, transfer_syntax), *fragments))
+        return self._store(assoc, data)
+
+    def refuse_too_large(self, assoc: PynetAssociation) -> StoreOutcome:
+        return self._session(assoc).refuse_too_large()
+
+    def refuse_no_dataset(self, assoc: PynetAssociation, sop_instance_uid: str) -> StoreOutcome:
+        return self._session(assoc).refuse_no_dataset(sop_instance_uid)
 
     def _on_acse_received(self, event: evt.Event) -> None:
         """The peer's A-RELEASE-RQ, taken off the queue by the association thread before it queues
@@ -753,6 +794,7 @@ class StorageSCP:
             state = self._states.pop(key, None)
             connection = self._connections.pop(key, None)
             guard = self._guards.pop(key, None)
+            self._fast.pop(key, None)
             if self._slots.pop(key, None) is not None:
                 with self.slots.lock:
                     self.slots.publish(len(self._slots))
@@ -784,9 +826,17 @@ class StorageSCP:
                          f"in {timeout:g} s", details={"peer_host": connection.host, "peer_port": connection.port})
 
 
-def error_comment(text: str) -> str:
-    """An Error Comment (LO): at most 64 characters, printable, no backslash (the VM separator)."""
-    return "".join(c if c.isprintable() and c != "\\" else "?" for c in text)[:64]
+class _DatasetDeadlines(PeriodicWorker):
+    """Answers fast-path requests whose data set never came; one thread for all associations
+    (a timer per request would start a thread per instance)."""
+
+    def __init__(self, scp: StorageSCP) -> None:
+        super().__init__("dataset-deadlines", min(0.5, scp.settings.node.dataset_timeout_s / 4))
+        self.scp = scp
+
+    def step(self) -> bool:
+        self.scp.expire_waiting_requests()
+        return False
 
 
 def response(outcome: StoreOutcome) -> Dataset | int:

@@ -33,24 +33,52 @@ def _uid(value: str) -> bytes:
     return raw + b"\x00" if len(raw) % 2 else raw
 
 
+def error_comment(text: str) -> str:
+    """An Error Comment (LO): at most 64 characters, printable, no backslash (the VM separator)."""
+    return "".join(c if c.isprintable() and c != "\\" else "?" for c in text)[:64]
+
+
+def _lo(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def store_response_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int,
+                           error_comment: str | None = None) -> bytes | None:
+    """The command set of a C-STORE-RSP (with its Error Comment, an LO of at most 64 characters, when
+    given), or None when a value cannot be packed here (not ASCII, out of range, empty UID)."""
+    if not sop_class_uid or not sop_instance_uid or (error_comment is not None and len(error_comment) > 64):
+        return None
+    try:
+        body = b"".join((
+            _element(0x0002, _uid(sop_class_uid)),
+            _element(0x0100, struct.pack("<H", C_STORE_RSP_FIELD)),
+            _element(0x0120, struct.pack("<H", message_id)),
+            _element(0x0800, struct.pack("<H", NO_DATA_SET)),
+            _element(0x0900, struct.pack("<H", status)),
+            _element(0x0902, _lo(error_comment)) if error_comment else b"",
+            _element(0x1000, _uid(sop_instance_uid)),
+        ))
+    except (UnicodeEncodeError, struct.error):
+        return None  # not ASCII or out of range: pynetdicom's encoder decides
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def command_pdu(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU carrying one command set as one last command fragment (PS3.8 9.3.5, E.2)."""
+    item_length = len(command) + 2  # context ID and message control header
+    return (struct.pack(">BBIIB", 0x04, 0x00, item_length + 4, item_length, context_id)
+            + LAST_COMMAND_FRAGMENT + command)
+
+
 def encode_store_response(primitive: C_STORE) -> bytes | None:
     """The command set of a C-STORE-RSP, or None when it needs more than the fixed fields."""
     if (primitive.MessageIDBeingRespondedTo is None or primitive.Status is None
             or primitive.OffendingElement is not None or primitive.ErrorComment is not None
             or not primitive.AffectedSOPClassUID or not primitive.AffectedSOPInstanceUID):
         return None
-    try:
-        body = b"".join((
-            _element(0x0002, _uid(primitive.AffectedSOPClassUID)),
-            _element(0x0100, struct.pack("<H", C_STORE_RSP_FIELD)),
-            _element(0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
-            _element(0x0800, struct.pack("<H", NO_DATA_SET)),
-            _element(0x0900, struct.pack("<H", primitive.Status)),
-            _element(0x1000, _uid(primitive.AffectedSOPInstanceUID)),
-        ))
-    except (UnicodeEncodeError, struct.error):
-        return None  # not ASCII or out of range: pynetdicom's encoder decides
-    return _element(0x0000, struct.pack("<I", len(body))) + body
+    return store_response_command(primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID,
+                                  primitive.MessageIDBeingRespondedTo, primitive.Status)
 
 
 def send_store_responses_directly(dimse: DIMSEServiceProvider) -> None:

@@ -2,6 +2,7 @@
 pynetdicom encodes, and whatever it does not pack goes through pynetdicom."""
 from __future__ import annotations
 
+import struct
 from typing import Any, cast
 
 import pytest
@@ -9,7 +10,9 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicomnode.receive.store_response import encode_store_response, send_store_responses_directly
+from dicomnode.receive.store_response import (
+    command_pdu, encode_store_response, send_store_responses_directly, store_response_command,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -99,3 +102,25 @@ def test_pynetdicom_sends_what_does_not_fit_or_is_watched() -> None:
         send_store_responses_directly(dimse)  # type: ignore[arg-type]
         dimse.send_msg(primitive, 1)
         assert dimse.fallback == [(primitive, 1)] and not dimse.dul.sent
+
+
+@pytest.mark.parametrize("comment", ["cannot store", "odd", "x" * 64, "data set too large: over 1 bytes"])
+@pytest.mark.parametrize("status", [0xA700, 0xC000, 0x0110])
+def test_an_error_comment_is_packed_as_pynetdicom_packs_it(comment: str, status: int) -> None:
+    primitive = response(status, 9, "1.2.3.4", ErrorComment=comment)
+    assert store_response_command(CT, "1.2.3.4", 9, status, comment) == pynetdicom_bytes(primitive)
+
+
+def test_what_cannot_be_packed_is_left_to_pynetdicom() -> None:
+    assert store_response_command(CT, "1.2.3.4", 9, 0xC000, "é") is None  # not ASCII
+    assert store_response_command(CT, "1.2.3.4", 9, 0xC000, "x" * 65) is None  # longer than an LO
+    assert store_response_command(CT, "1.2.3.4", 70000, 0) is None  # not a message ID
+    assert store_response_command(CT, "", 1, 0) is None
+
+
+def test_the_response_pdu_is_one_last_command_fragment() -> None:
+    command = store_response_command(CT, "1.2.3.4", 9, 0)
+    assert command is not None
+    pdu = command_pdu(5, command)
+    assert pdu[:2] == b"\x04\x00" and struct.unpack(">I", pdu[2:6])[0] == len(pdu) - 6
+    assert struct.unpack(">I", pdu[6:10])[0] == len(command) + 2 and pdu[10:12] == b"\x05\x03" and pdu[12:] == command
