@@ -257,10 +257,14 @@ class FastStore:
 
     def expire(self, now: float) -> None:
         """Answer a request that announced a data set and sent none for node.dataset_timeout_s."""
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return  # the DUL thread is taking a PDU: data is flowing, and a blocked sweep would stall the others
+        try:
             message = self._current
             if message is not None and not message.data_seen and now - message.started > self.timeout_s:
                 self._answer_missing(message, queued=True)
+        finally:
+            self._lock.release()
 
 
 def _primitive(request: StoreRequest, status: int, comment: str | None) -> C_STORE:
