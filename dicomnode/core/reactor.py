@@ -59,8 +59,9 @@ class WakeableDUL(DULServiceProvider):
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
-        # takes the body of a P-DATA-TF PDU before pynetdicom decodes it; True: taken (receive.fast_store)
-        self.pdata_sink: Callable[[bytearray], bool] | None = None
+        # offered the body of a P-DATA-TF PDU before pynetdicom decodes it, returns how many of its bytes
+        # (whole PDVs from the start) it took; pynetdicom gets the rest (receive.fast_store)
+        self.pdata_sink: Callable[[bytearray], int] | None = None
         # the peer's release and abort reach the association thread through this queue: wake it for them
         self.to_user_queue = _WakingQueue(self.wake_association)
 
@@ -88,7 +89,7 @@ class WakeableDUL(DULServiceProvider):
     def _read_pdu_data(self) -> None:
         """pynetdicom's own PDU read (DULServiceProvider._read_pdu_data, the same events on the same
         faults), except that a P-DATA-TF PDU arriving on an established association with nothing
-        else pending is first offered to `pdata_sink`."""
+        else pending is first offered to `pdata_sink`, and pynetdicom decodes only what it left."""
         sink = self.pdata_sink
         transport = self.socket
         if sink is None or transport is None or self.state_machine.current_state != "Sta6" \
@@ -113,8 +114,13 @@ class WakeableDUL(DULServiceProvider):
         if len(body) != pdu_length:
             self.event_queue.put("Evt17")
             return
-        if pdu_type == P_DATA_TF and sink(body):
-            return
+        if pdu_type == P_DATA_TF:
+            taken = sink(body)
+            if taken >= pdu_length:
+                return
+            if taken:  # the PDVs after those taken, as a P-DATA-TF of their own (a copy: fragments view the body)
+                body = body[taken:]
+                header = bytearray(struct.pack(">BBL", P_DATA_TF, 0, len(body)))
         try:
             pdu, event = self._decode_pdu(bytearray(header) + body)
         except Exception:

@@ -120,10 +120,10 @@ def parse_store_request(command: bytes | memoryview) -> StoreRequest | None:
     return StoreRequest(message_id, sop_class, sop_instance)
 
 
-def split_pdvs(body: bytearray) -> list[tuple[int, int, memoryview]] | None:
-    """(context ID, message control header, value) of each PDV in a P-DATA-TF PDU's body (PS3.8
-    9.3.5), or None when the items do not fill it exactly or a control header has unknown bits."""
-    items: list[tuple[int, int, memoryview]] = []
+def split_pdvs(body: bytearray) -> list[tuple[int, int, int, memoryview]] | None:
+    """(offset, context ID, message control header, value) of each PDV in a P-DATA-TF PDU's body
+    (PS3.8 9.3.5), or None when the items do not fill it exactly or a control header has unknown bits."""
+    items: list[tuple[int, int, int, memoryview]] = []
     view = memoryview(body)
     offset, end = 0, len(body)
     while offset < end:
@@ -135,7 +135,7 @@ def split_pdvs(body: bytearray) -> list[tuple[int, int, memoryview]] | None:
         context_id, control = body[offset + 4], body[offset + 5]
         if control & ~(_COMMAND | _LAST):
             return None
-        items.append((context_id, control, view[offset + 6:offset + 4 + length]))
+        items.append((offset, context_id, control, view[offset + 6:offset + 4 + length]))
         offset += 4 + length
     return items
 
@@ -159,47 +159,38 @@ class FastStore:
         self._current: _Message | None = None
 
     # -- the DUL thread -----------------------------------------------------------------
-    def feed(self, body: bytearray) -> bool:
-        """Take one P-DATA-TF PDU's body; False leaves it to pynetdicom."""
+    def feed(self, body: bytearray) -> int:
+        """Take one P-DATA-TF PDU's body, PDV by PDV, up to the first PDV this path does not take;
+        returns the bytes taken (the rest is pynetdicom's: len(body) when all, 0 when none)."""
         items = split_pdvs(body)
         if items is None:
-            return False  # malformed: pynetdicom decodes it and aborts as it always has
+            return 0  # malformed: pynetdicom decodes it and aborts as it always has
         with self._lock:
-            requests = self._requests(items)
-            if requests is None:
-                if self._current is not None:  # our request's data set did not come: something else did
-                    self._answer_missing(self._current, queued=False)
-                return False
-            for context_id, control, value in items:
+            for offset, context_id, control, value in items:
                 if control & _COMMAND:
-                    if self._current is not None:
+                    if self._current is not None:  # a command came where our request's data set should
                         self._answer_missing(self._current, queued=False)
+                    request = self._request(context_id, control, value)
+                    if request is None:
+                        return offset
                     syntax = str(self.assoc._accepted_cx[context_id].transfer_syntax[0])
-                    self._current = _Message(context_id, requests.pop(0), syntax, time.monotonic())
+                    self._current = _Message(context_id, request, syntax, time.monotonic())
+                elif self._current is None:
+                    return offset  # data of a message pynetdicom is assembling, or of none
                 else:
                     self._take_fragment(control, value)
-        return True
+        return len(body)
 
-    def _requests(self, items: list[tuple[int, int, memoryview]]) -> list[StoreRequest] | None:
-        """The C-STORE requests these PDVs begin, when this path can take every PDV; else None."""
-        requests: list[StoreRequest] = []
-        expecting_data = self._current is not None
-        for context_id, control, value in items:
-            if control & _COMMAND:
-                if control != _COMMAND | _LAST or not self._pynetdicom_idle():
-                    return None
-                request = parse_store_request(value)
-                context = self.assoc._accepted_cx.get(context_id)
-                if (request is None or context is None or request.sop_class_uid not in self.storage_classes
-                        or not context.transfer_syntax or not self.service.ready(self.assoc)):
-                    return None
-                requests.append(request)
-                expecting_data = True
-            elif not expecting_data:
-                return None  # data of a message pynetdicom is assembling, or of none
-            elif control & _LAST:
-                expecting_data = False
-        return requests
+    def _request(self, context_id: int, control: int, value: memoryview) -> StoreRequest | None:
+        """The C-STORE-RQ this command PDV carries, when this path can serve it."""
+        if control != _COMMAND | _LAST or not self._pynetdicom_idle():
+            return None
+        request = parse_store_request(value)
+        context = self.assoc._accepted_cx.get(context_id)
+        if (request is None or context is None or request.sop_class_uid not in self.storage_classes
+                or not context.transfer_syntax or not self.service.ready(self.assoc)):
+            return None
+        return request
 
     def _pynetdicom_idle(self) -> bool:
         dimse = self.assoc.dimse
@@ -207,7 +198,7 @@ class FastStore:
 
     def _take_fragment(self, control: int, value: memoryview) -> None:
         message = self._current
-        assert message is not None  # _requests admitted a data PDV only with a message under way
+        assert message is not None  # feed takes a data PDV only with a message under way
         message.data_seen = True
         if not message.oversize:
             message.size += len(value)

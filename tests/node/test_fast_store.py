@@ -16,6 +16,7 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 from sqlalchemy import select
 
 from dicomnode.config import Settings
@@ -76,8 +77,8 @@ def test_splits_pdus_into_their_items_and_refuses_malformed_ones() -> None:
         return struct.pack(">IBB", len(value) + 2, context, control) + value
 
     body = bytearray(item(1, 3, b"command") + item(1, 0, b"data") + item(3, 2, b""))
-    assert [(c, h, bytes(v)) for c, h, v in split_pdvs(body) or []] == [
-        (1, 3, b"command"), (1, 0, b"data"), (3, 2, b"")]
+    assert [(o, c, h, bytes(v)) for o, c, h, v in split_pdvs(body) or []] == [
+        (0, 1, 3, b"command"), (13, 1, 0, b"data"), (23, 3, 2, b"")]
     assert split_pdvs(body + b"\x00") is None  # trailing bytes
     assert split_pdvs(bytearray(item(1, 3, b"abc")[:-1])) is None  # the item runs past the PDU
     assert split_pdvs(bytearray(struct.pack(">IB", 1, 1))) is None  # an item without a control header
@@ -246,3 +247,34 @@ def test_a_request_whose_data_set_never_comes_is_answered_before_the_next(tmp_pa
         assert [(a.MessageIDBeingRespondedTo, a.Status) for a in answers] == [(8, 0xC000), (9, 0x0000)]
         assert late is not None and (late.MessageIDBeingRespondedTo, late.Status) == (8, 0xC000)
         assert receiver.fast_stores == 1 and list(receiver.stored()) == [stored.SOPInstanceUID]
+
+
+def test_a_pdu_that_ends_a_c_store_and_begins_another_message_is_shared_with_pynetdicom(tmp_path: Path) -> None:
+    with _Receiver(tmp_path) as receiver:
+        assoc = _associate(receiver.port)
+        try:
+            assert assoc.send_c_echo().Status == 0x0000
+            cx, echo_cx = context_id(assoc), context_id(assoc, Verification)
+            stored = _ct()
+            echo = C_ECHO()
+            echo.MessageID, echo.AffectedSOPClassUID = 13, Verification
+            echo_message = C_ECHO_RQ()
+            echo_message.primitive_to_message(echo)
+            data = encode_implicit(stored)
+            first, second = P_DATA(), P_DATA()
+            first.presentation_data_value_list = [[cx, b"\x03" + _store_command(12, CTImageStorage, stored.SOPInstanceUID)],
+                                                  [cx, b"\x00" + data[:40]]]  # type: ignore[list-item]
+            # the last fragment of the C-STORE and a whole C-ECHO-RQ in one PDU
+            second.presentation_data_value_list = [[cx, b"\x02" + data[40:]],  # type: ignore[list-item]
+                                                   [echo_cx, b"\x03" + encode(echo_message.command_set, True, True)]]
+            with paused(assoc):
+                assoc.dul.send_pdu(first)
+                assoc.dul.send_pdu(second)
+                assoc.dimse_timeout = 20
+                answers = [assoc.dimse.get_msg(block=True)[1] for _ in range(2)]
+        finally:
+            assoc.release()
+        assert [(type(a).__name__, a.MessageIDBeingRespondedTo, a.Status) for a in answers] == [
+            ("C_STORE", 12, 0x0000), ("C_ECHO", 13, 0x0000)]
+        assert receiver.fast_stores == 1
+        assert _stored_bytes(receiver, stored.SOPInstanceUID) == data
