@@ -14,7 +14,12 @@ up to 2-3 ms per instance: more than dcmtk's storescp needs for the whole instan
 - the association thread waits on its DIMSE queue's condition, so a complete message is served at
   once.
 Idle associations still wake once per millisecond, as before; nothing busy-loops. Every wait still
-returns after at most its original timeout, so each loop re-checks everything it checked before.
+returns after at most its original timeout, so each loop re-checks everything it checked before, except
+an acceptor's association thread: it pauses up to 20 ms, and is also woken when the DUL hands it the
+peer's release or abort (`to_user_queue`) or ends; its loop has nothing else to notice sooner.
+
+The DUL also offers each P-DATA-TF PDU of an established association to `pdata_sink` before pynetdicom
+decodes it (dicomnode.receive.fast_store serves C-STORE requests there); pynetdicom decodes what it leaves.
 
 This replaces module-level names in pynetdicom (`time` in pynetdicom.dul and pynetdicom.association,
 `DULServiceProvider` in pynetdicom.association): `expected_loops_present()` checks that the sleeps
