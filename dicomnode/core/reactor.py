@@ -43,6 +43,7 @@ from typing import Any
 import pynetdicom.association as pyn_association
 import pynetdicom.dul as pyn_dul
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,28 @@ class WakeableDUL(DULServiceProvider):
                 pass
 
 
+class ReactorSafeDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, except that the association's own reactor thread leaves a response
+    on the queue while a user thread is inside send_*() waiting for it.
+
+    pynetdicom's send_*() pauses the reactor by clearing `_reactor_checkpoint` and waiting for
+    `_is_paused`; that flag is still True from the previous pause until the reactor thread runs again,
+    so a user thread sending at once can have its response arrive before the reactor's next
+    `get_msg(block=False)`, which then takes it and drops it as an unexpected message: the user waits
+    for its DIMSE timeout (a lost C-ECHO in 1 of about 1000 in a loop; a lost C-STORE response would make
+    the sender retry). A response is never the reactor's to serve (it drops every one), so while the
+    checkpoint is clear it stays for the user thread."""
+
+    def get_msg(self, block: bool = False) -> Any:
+        assoc = self.assoc
+        if not block and threading.current_thread() is assoc and not assoc._reactor_checkpoint.is_set():
+            with self.msg_queue.mutex:
+                head = self.msg_queue.queue[0] if self.msg_queue.queue else None
+            if head is not None and not getattr(head[1], "is_valid_request", False):
+                return None, None
+        return super().get_msg(block)
+
+
 class _WakingQueue(queue.Queue[Any]):
     def __init__(self, wake: Callable[[], None]) -> None:
         super().__init__()
@@ -207,6 +230,7 @@ def expected_loops_present() -> bool:
     pdu_read = inspect.getsource(DULServiceProvider._read_pdu_data)
     return ("time.sleep(self._run_loop_delay)" in dul_loop and "time.sleep(0.001)" in assoc_loop
             and "self.dimse.get_msg(block=False)" in assoc_loop and "DULServiceProvider(self)" in assoc_init
+            and "DIMSEServiceProvider(self)" in assoc_init and "self._reactor_checkpoint.wait()" in assoc_loop
             and "self._decode_pdu(bytestream)" in pdu_read and "self._recv_pdu.put(pdu)" in pdu_read
             and "self.socket.recv(6)" in pdu_read)
 
@@ -220,7 +244,9 @@ def install() -> None:
         pyn_dul.time = waking  # type: ignore[assignment]  # module stand-in, see the docstring
         pyn_association.time = waking  # type: ignore[assignment]
         pyn_association.DULServiceProvider = WakeableDUL  # type: ignore[misc]
+        pyn_association.DIMSEServiceProvider = ReactorSafeDIMSE  # type: ignore[misc]
 
 
 def installed() -> bool:
-    return isinstance(pyn_dul.time, _WakingTime) and pyn_association.DULServiceProvider is WakeableDUL
+    return (isinstance(pyn_dul.time, _WakingTime) and pyn_association.DULServiceProvider is WakeableDUL
+            and pyn_association.DIMSEServiceProvider is ReactorSafeDIMSE)
