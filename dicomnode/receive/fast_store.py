@@ -22,7 +22,6 @@ within node.dataset_timeout_s: expire()) gets 0xC000.
 """
 from __future__ import annotations
 
-import logging
 import re
 import struct
 import threading
@@ -36,12 +35,12 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from dicomnode.core.dimse import SUCCESS
 from dicomnode.receive.ingest import StoreOutcome
-from dicomnode.receive.store_response import command_pdu, error_comment, store_response_command
+from dicomnode.receive.store_response import (
+    NO_DATA_SET, PDV_OVERHEAD, command_pdu, error_comment, store_response_command,
+)
 
-log = logging.getLogger(__name__)
 
 C_STORE_RQ_FIELD = 0x0001
-NO_DATA_SET = 0x0101
 _COMMAND, _LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
 _UID = re.compile(r"[0-9.]{1,64}")
 # pynetdicom events whose handlers expect its own objects: an association with any bound stays on its path
@@ -221,13 +220,15 @@ class FastStore:
             outcome = self.service.store_fragments(self.assoc, request, message.transfer_syntax, message.fragments)
         self._respond(message, outcome)
 
-    def _respond(self, message: _Message, outcome: StoreOutcome) -> None:
+    def _respond(self, message: _Message, outcome: StoreOutcome, queued: bool = False) -> None:
+        """Send the response from the DUL thread, packed; `queued` (from any other thread), what cannot
+        be packed or does not fit the peer's PDU: through pynetdicom, which the DUL thread sends."""
         request = message.request
         comment = error_comment(outcome.comment) if outcome.status != SUCCESS and outcome.comment else None
         command = store_response_command(request.sop_class_uid, request.sop_instance_uid, request.message_id,
                                          outcome.status, comment)
         peer_limit = self.assoc.dimse.maximum_pdu_size  # the peer's maximum PDU length, 0: unlimited
-        if command is None or (peer_limit and len(command) + 6 > peer_limit):
+        if queued or command is None or (peer_limit and len(command) + PDV_OVERHEAD > peer_limit):
             self.assoc.dimse.send_msg(_primitive(request, outcome.status, comment), message.context_id)
             return
         transport = self.assoc.dul.socket
@@ -239,12 +240,7 @@ class FastStore:
         """0xC000 for a request whose data set never came: sent at once from the DUL thread (ahead
         of the response to whatever came instead), `queued` for the DUL thread from any other."""
         self._current = None
-        outcome = self.service.refuse_no_dataset(self.assoc, message.request.sop_instance_uid)
-        if not queued:
-            self._respond(message, outcome)
-            return
-        comment = error_comment(outcome.comment) if outcome.comment else None
-        self.assoc.dimse.send_msg(_primitive(message.request, outcome.status, comment), message.context_id)
+        self._respond(message, self.service.refuse_no_dataset(self.assoc, message.request.sop_instance_uid), queued)
 
     def expire(self, now: float) -> None:
         """Answer a request that announced a data set and sent none for node.dataset_timeout_s."""
