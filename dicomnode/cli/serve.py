@@ -9,35 +9,11 @@ from typing import Any
 from rich.markup import escape
 
 from dicomnode.cli.common import add_settings_args, console, parse_address, settings_from_args, warn_security
-from dicomnode.config import Destination, Settings
-from dicomnode.node import Node
-
-
-class ServedNode(Node):
-    """The node with its web console (when web.enabled): what `dicomnode serve` runs. The console
-    is started here, above both, so that the node never imports the web and the web only imports
-    the node."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.web: Any = None  # the WebServer once started
-
-    def start_services(self) -> None:
-        if not self.settings.web.enabled:
-            return
-        try:
-            from dicomnode.web.server import WebServer
-        except ImportError:
-            return  # the console is optional; the DICOM side runs without it
-        self.web = WebServer(self)
-        self.web.start()
-
-    def stop_services(self) -> None:
-        if self.web is not None:
-            self.web.stop()
+from dicomnode.config import Destination
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.cli.served import ServedNode  # the whole node: only `serve` pays for importing it
     from dicomnode.core.logs import setup_logging
 
     extra: dict[str, Any] = {}

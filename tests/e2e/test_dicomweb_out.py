@@ -17,7 +17,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicomnode.cli.serve import ServedNode
+from dicomnode.cli.served import ServedNode
 from dicomnode.config import load_settings
 from storage.models import Delivery, Event, Instance, Series
 from tests.node.helpers import free_port, wait_for

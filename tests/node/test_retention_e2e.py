@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select
 
-from dicomnode.cli.serve import ServedNode
+from dicomnode.cli.served import ServedNode
 from dicomnode.config import load_settings
 from storage.events import EventCode
 from storage.models import Event, Instance, Job, Series

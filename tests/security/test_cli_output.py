@@ -45,7 +45,8 @@ def hostile_node(tmp_path: Path) -> Iterator[NodeProcess]:
 
 
 def audit(node: NodeProcess, fmt: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # a wide table, whatever the runner's COLUMNS: the column under test must not be left out for width
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "250"}
     result = subprocess.run([sys.executable, "-m", "dicomnode.cli", "audit", "series", "--config", str(node.config),
                              "--data-dir", str(node.data_dir), "--format", fmt],
                             cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=60)

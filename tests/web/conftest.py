@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicomnode.config import load_settings
-from dicomnode.cli.serve import ServedNode as Node
+from dicomnode.cli.served import ServedNode as Node
 from dicomnode.core.passwords import hash_password
 from tests.node.helpers import free_port, wait_for  # wait_for: also imported from here by web tests
 
