@@ -22,7 +22,7 @@ Modules, in the order a phantom is made:
 - `follow_up`: `write_follow_up_series`, the same patient months later (known motion, growth, a new and
   a resolved nodule) for testing the comparison with a prior
 """
-from inference.phantom.build import anatomy_and_lungs, insert_nodules, make_phantom
+from inference.phantom.build import anatomy_and_lungs, insert_nodules, make_phantom, phantom_and_anatomy
 from inference.phantom.model import (
     AIR,
     BLOOD,
@@ -45,5 +45,5 @@ from inference.phantom.series import write_phantom_series
 __all__ = [
     "AIR", "BLOOD", "CANCELLOUS", "CORTICAL", "FAT", "LIVER", "LUNG", "MUSCLE", "SOFT",
     "Attachment", "NoduleKind", "Phantom", "PhantomCase", "PhantomNodule",
-    "anatomy_and_lungs", "insert_nodules", "make_phantom", "paint_nodule", "write_phantom_series",
+    "anatomy_and_lungs", "insert_nodules", "make_phantom", "paint_nodule", "phantom_and_anatomy", "write_phantom_series",
 ]

@@ -8,8 +8,8 @@ drawn at full resolution; noise comes from a small pool of noise planes shifted 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Sequence, TypedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Mapping, Sequence, TypedDict
 
 import numpy as np
 from scipy import ndimage
@@ -72,6 +72,17 @@ def _render(scene: "_Scene", seed: int) -> Phantom:
     )
 
 
+def phantom_and_anatomy(seed: int, *, small: bool = False, margin_mm: float = 0.0) -> tuple[Phantom, Phantom, np.ndarray]:
+    """`make_phantom(seed, small=small)` and `anatomy_and_lungs(seed, small=small, margin_mm=margin_mm)`,
+    identical to calling both, from one drawing of the anatomy (the slow part): the nodule-free phantom's
+    noise continues the seed's generator from where the anatomy left it, as its own scene would."""
+    scene = _scene(seed, small=small, matrix=None, n_slices=None, pixel_spacing_mm=None, slice_spacing_mm=None,
+                   slice_thickness_mm=None, patient_position=None, origin_offset_mm=None, n_nodules=None)
+    anatomy = replace(scene, nodules=[], rng=np.random.default_rng())
+    anatomy.rng.bit_generator.state = scene.anatomy_rng_state
+    return _render(scene, seed), _render(anatomy, seed), _drawn_lungs(scene, margin_mm)
+
+
 def anatomy_and_lungs(seed: int, *, small: bool = False, margin_mm: float = 0.0) -> tuple[Phantom, np.ndarray]:
     """The nodule-free phantom of `seed` (`make_phantom(seed, small=small, n_nodules=0)`: the anatomy is
     drawn before the nodules, so it is the same as with them) and its lungs as the generator drew them, on
@@ -81,10 +92,15 @@ def anatomy_and_lungs(seed: int, *, small: bool = False, margin_mm: float = 0.0)
     Both from one scene: drawing the anatomy is the slow part."""
     scene = _scene(seed, small=small, matrix=None, n_slices=None, pixel_spacing_mm=None, slice_spacing_mm=None,
                    slice_thickness_mm=None, patient_position=None, origin_offset_mm=None, n_nodules=0)
+    return _render(scene, seed), _drawn_lungs(scene, margin_mm)
+
+
+def _drawn_lungs(scene: "_Scene", margin_mm: float) -> np.ndarray:
+    """The scene's lung label on its fine grid; with `margin_mm`, only what lies deeper than that."""
     lungs = scene.label > 0
     if margin_mm > 0:
         lungs = ndimage.distance_transform_edt(lungs, sampling=scene.coarse.spacing) > margin_mm
-    return _render(scene, seed), _upsample(lungs.astype(np.float32), scene.fine.shape) >= 0.5
+    return _upsample(lungs.astype(np.float32), scene.fine.shape) >= 0.5
 
 
 @dataclass
@@ -102,6 +118,8 @@ class _Scene:
     nodules: list[PhantomNodule]
     thickness: float
     position: Literal["HFS", "FFS"]
+    # the generator's state once the anatomy is drawn, before any nodule: where a nodule-free scene's noise begins
+    anatomy_rng_state: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _scene(
@@ -141,6 +159,7 @@ def _scene(
     coarse_spacing = np.array([(n - 1) * s / (c - 1) for n, s, c in zip(shape, spacing, coarse_shape)])
     coarse = _Grid(origin=origin, spacing=coarse_spacing, shape=coarse_shape)
     vol, label, vessels, anatomy = _render_anatomy(coarse, rng)
+    anatomy_rng_state = rng.bit_generator.state
 
     # nodules stay whole inside the scanned range and inside the lung (not in a big vessel or airway)
     inside = (label > 0) & (vol < -600)
@@ -148,7 +167,7 @@ def _scene(
     nodules = _place_nodules(specs, inside, coarse, vessels, rng, lung=label > 0)
 
     return _Scene(rng=rng, fine=fine, coarse=coarse, coarse_hu=vol, label=label, vessels=vessels, nodules=nodules,
-                  thickness=thickness, position=position)
+                  thickness=thickness, position=position, anatomy_rng_state=anatomy_rng_state)
 
 
 def _patient_position(value: str) -> Literal["HFS", "FFS"]:

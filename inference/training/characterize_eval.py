@@ -5,7 +5,7 @@ Truth volume: the painter's own partial-volume fraction, recovered exactly by pa
 twice (onto -2000 and -3000 HU backgrounds: painted = b + f (target - b), so f follows from the
 difference), summed over the lungs (`truth_region`): the nodule-free phantom's lungs with what they
 enclose (its lung mask with holes filled slice by slice), and everything more than 1.5 mm inside the
-lungs as the generator drew them (`inference.phantom.anatomy_and_lungs`), which adds the hilar vessels and
+lungs as the generator drew them (`inference.phantom.phantom_and_anatomy`), which adds the hilar vessels and
 airways a nodule can be painted over (they reach the mediastinum, so they are no holes of the mask).
 A pleural nodule's part painted into the chest wall is invisible there and not counted; the part of
 a nodule over a vessel it engulfs is counted. (Until 2026-12 the second part was missing, and for
@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize import characterize_nodule
-from inference.phantom import anatomy_and_lungs, make_phantom, paint_nodule
+from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
 from inference.preprocess import lung_mask
 
@@ -144,17 +144,18 @@ def painted_volumes(phantom: Phantom, inside: np.ndarray, nodule: PhantomNodule)
 DRAWN_LUNG_MARGIN_MM = 1.5
 
 
-def truth_region(seed: int, small: bool = True) -> np.ndarray:
+def truth_region(anatomy: Phantom, drawn: np.ndarray) -> np.ndarray:
     """Where a painted nodule counts: the nodule-free phantom's lungs with their holes filled slice by
-    slice, plus everything DRAWN_LUNG_MARGIN_MM or more inside the lungs as the generator drew them."""
-    anatomy, drawn = anatomy_and_lungs(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
+    slice, plus everything DRAWN_LUNG_MARGIN_MM or more inside the lungs as the generator drew them
+    (`drawn`, from inference.phantom.phantom_and_anatomy)."""
     aerated = np.stack([ndimage.binary_fill_holes(p) for p in lung_mask(anatomy.hu, anatomy.spacing)])
     return aerated | drawn
 
 
 def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True) -> list[NoduleResult]:
-    phantom = make_phantom(seed, small=small)
-    inside = truth_region(seed, small)
+    # the phantom and its nodule-free twin from one drawing of the anatomy
+    phantom, anatomy, drawn = phantom_and_anatomy(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
+    inside = truth_region(anatomy, drawn)
     mask = lung_mask(phantom.hu, phantom.spacing)
     rng = np.random.default_rng(seed + 7919)
     out: list[NoduleResult] = []

@@ -118,3 +118,16 @@ def load_volume_from_phantom(p):
         sop_instance_uids=["1"] * p.hu.shape[0], sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         series_instance_uid="1", study_instance_uid="1",
     )
+
+
+def test_phantom_and_anatomy_is_both_phantoms_from_one_drawing():
+    # the characterisation evaluation's truth (the nodule-free twin and the drawn lungs) must be what the
+    # two separate calls give, voxel for voxel: its figures were measured with them
+    from inference.phantom import anatomy_and_lungs, phantom_and_anatomy
+
+    phantom, anatomy, drawn = phantom_and_anatomy(8001, small=True, margin_mm=1.5)
+    alone_anatomy, alone_drawn = anatomy_and_lungs(8001, small=True, margin_mm=1.5)
+    assert np.array_equal(phantom.hu, make_phantom(8001, small=True).hu) and len(phantom.nodules) == 3
+    assert np.array_equal(anatomy.hu, alone_anatomy.hu) and not anatomy.nodules
+    assert np.array_equal(drawn, alone_drawn) and drawn.any()
+    assert not np.array_equal(phantom.hu, anatomy.hu)  # the nodules are painted on one of them only
