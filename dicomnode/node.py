@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from dicomnode.atna.exporter import AtnaExporter
 from dicomnode.atna.settings_audit import record_settings_changes
-from dicomnode.config import Settings, redact_url
+from dicomnode.config import Settings
 from dicomnode.core.durable import make_dirs_durably
 from dicomnode.deliver.outbox import Outbox
 from dicomnode.deliver.retry import requeue_for_user
@@ -35,17 +35,13 @@ from dicomnode.receive.scp import StorageSCP
 from dicomnode.receive.spool import Spool, SpoolError
 from dicomnode.retention.executor import Executor as RetentionExecutor
 from dicomnode.retention.service import RetentionLoop
+from dicomnode.startup import StartupError, open_database
 from storage.audit import record_event
-from storage.db import Database
 from storage.events import EventCode
 from storage.models import Series, utcnow
 from storage.states import SeriesState
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """Something an admin must fix before the node can start; the message says what."""
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -57,16 +53,6 @@ def check_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(f"port {port} on {host} is already in use (another DICOM node or an old instance?)") from None
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-def open_database(settings: Settings) -> Database:
-    make_dirs_durably(settings.node.data_dir)
-    db = Database(settings.database_url)
-    try:
-        db.migrate()
-    except Exception as exc:
-        raise StartupError(f"cannot open the audit database {redact_url(settings.database_url)}: {exc}") from exc
-    return db
 
 
 class Node:

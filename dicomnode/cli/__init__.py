@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error("error:", exc)
         return 2
     except Exception as exc:
-        from dicomnode.node import StartupError  # imported late: it loads the whole node
+        from dicomnode.startup import StartupError
 
         if isinstance(exc, StartupError):
             print_error("cannot start:", exc)

@@ -81,7 +81,7 @@ def ae_title_arg(text: str) -> str:
 
 
 def open_db(args: argparse.Namespace) -> tuple[Settings, Database]:
-    from dicomnode.node import open_database
+    from dicomnode.startup import open_database
 
     settings = settings_from_args(args)
     if settings.database_url.startswith("sqlite:///") and not Path(settings.database_url[10:]).exists():

@@ -8,7 +8,8 @@ import time
 
 import uvicorn
 
-from dicomnode.node import Node, StartupError
+from dicomnode.node import Node
+from dicomnode.startup import StartupError
 from dicomnode.process.pipelines import MODEL_PIPELINES
 from dicomnode.web.app import create_app
 

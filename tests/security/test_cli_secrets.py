@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from dicomnode.config import load_settings
-from dicomnode.cli.serve import ServedNode as Node
+from dicomnode.cli.served import ServedNode as Node
 from tests.conftest import REPO_ROOT
 from tests.node.helpers import free_port
 
