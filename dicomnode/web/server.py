@@ -9,8 +9,8 @@ import time
 import uvicorn
 
 from dicomnode.node import Node
-from dicomnode.startup import StartupError
 from dicomnode.process.pipelines import MODEL_PIPELINES
+from dicomnode.startup import StartupError
 from dicomnode.web.app import create_app
 
 log = logging.getLogger(__name__)
