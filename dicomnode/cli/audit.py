@@ -55,12 +55,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.wide and args.format != "table":
         raise UserError("--wide is for tables; json and csv always carry every field")
     settings, db = open_db(args)
-    with db.session() as s:
-        if args.what == "nodes":  # "silent": no heartbeat for longer than this setup's lease
-            from storage.queries import nodes
-            rows = nodes(s, AuditFilter(since, status, args.series, args.limit), settings.node.lease_s)
-        else:
-            rows = run_query(s, args.what, AuditFilter(since, status, args.series, args.limit))
+    try:
+        with db.session() as s:
+            if args.what == "nodes":  # "silent": no heartbeat for longer than this setup's lease
+                from storage.queries import nodes
+                rows = nodes(s, AuditFilter(since, status, args.series, args.limit), settings.node.lease_s)
+            else:
+                rows = run_query(s, args.what, AuditFilter(since, status, args.series, args.limit))
+    finally:
+        db.close()  # the connection goes now, not when the interpreter ends (main() also runs in-process)
     print_rows(rows, args.format, args.what, wide=args.wide)
     return 0
 
