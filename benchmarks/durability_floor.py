@@ -7,11 +7,18 @@ add to every instance and cannot overlap the transfer. Compare their sum with st
 instance from `python benchmarks/ingest.py --no-orthanc` (seconds / slices): the node cannot be
 closer to storescp than that sum allows.
 
-    python benchmarks/durability_floor.py [--dir DIR] [--count 200] [--size-kb 528]
+With `--writers N` it also times N processes writing `count` instances between them at once, first
+only writing them (what storescp --fork does to the disk), then with the promise (each instance's file
+fsync, rename + directory fsync and its own WAL commit; concurrent commits and fsyncs may share the
+disk's flushes): the difference is the least time the promise adds to N concurrent associations.
+
+    python benchmarks/durability_floor.py [--dir DIR] [--count 200] [--size-kb 528] [--writers 6]
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import sqlite3
 import statistics
@@ -51,12 +58,66 @@ def measure(root: Path, count: int, size: int) -> dict[str, float]:
     return {name: statistics.median(values) * 1e3 for name, values in steps.items()}
 
 
+def _write_share(root: Path, first: int, count: int, size: int, promise: bool, start: multiprocessing.synchronize.Barrier) -> None:
+    data = os.urandom(size)
+    db = sqlite3.connect(root / "floor.sqlite", isolation_level=None, timeout=60)
+    start.wait()
+    for i in range(first, first + count):
+        fd = os.open(root / f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, data)
+        if promise:
+            os.fsync(fd)
+        os.close(fd)
+        os.replace(root / f".{i}.tmp", root / f"{i}.dcm")
+        if promise:
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(dir_fd)
+            os.close(dir_fd)
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO instances (uid, path, size) VALUES (?, ?, ?)", (f"1.2.3.{i}", f"{i}.dcm", size))
+            db.execute("COMMIT")
+    db.close()
+
+
+def measure_concurrent(root: Path, writers: int, count: int, size: int, promise: bool) -> float:
+    """Seconds for `writers` processes to write `count` instances between them (from a common start)."""
+    db = sqlite3.connect(root / "floor.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS instances (id INTEGER PRIMARY KEY, uid TEXT UNIQUE, path TEXT, size INTEGER)")
+    db.execute("DELETE FROM instances")
+    db.close()
+    os.sync()  # earlier runs' dirty pages are not this run's to write out
+    start = multiprocessing.Barrier(writers + 1)
+    share = count // writers
+    procs = [multiprocessing.Process(target=_write_share, args=(root, n * share, share, size, promise, start))
+             for n in range(writers)]
+    for proc in procs:
+        proc.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for proc in procs:
+        proc.join()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path.cwd(), help="a folder on the disk the node's data dir is on")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--size-kb", type=int, default=528, help="one 512x512 CT slice is about 528 KB")
+    parser.add_argument("--writers", type=int, default=0, help="also time this many concurrent writer processes")
+    parser.add_argument("--runs", type=int, default=3, help="concurrent runs of each kind (interleaved; medians)")
     args = parser.parse_args()
+    if args.writers:
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix=".durability-floor-") as tmp:
+            plain, durable = [], []
+            for _ in range(args.runs):
+                plain.append(measure_concurrent(Path(tmp), args.writers, args.count, args.size_kb * 1024, False))
+                durable.append(measure_concurrent(Path(tmp), args.writers, args.count, args.size_kb * 1024, True))
+        p, d = statistics.median(plain), statistics.median(durable)
+        print(f"{args.writers} writers, {args.count} instances: only writing {p:.2f} s, with the promise {d:.2f} s "
+              f"(median of {args.runs}): the promise adds {d - p:.2f} s, {(d - p) / args.count * 1e3:.2f} ms per instance")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix=".durability-floor-") as tmp:
         medians = measure(Path(tmp), args.count, args.size_kb * 1024)
     for name, ms in medians.items():
