@@ -22,14 +22,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return (os.cpu_count() or 1) + 1
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with a test marked `slow` first (each keeps its own order): under `--dist loadscope
-    --no-loadscope-reorder` (the README's command) every xdist worker starts on a long module, instead of
-    one of them meeting the longest near the end while the others have finished."""
-    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_modules)  # stable: False (slow) first
-
-
 def require_tool(name: str) -> str:
     """Path of a Debian peer tool; .ci/run installs them, so a missing one is a setup error."""
     path = shutil.which(name)

@@ -509,7 +509,6 @@ def followups(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                     f"prior not available: {reason}", down_events)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["c-move", "c-get"])
 def test_sr_back_in_orthanc_carries_the_comparison_with_the_retrieved_prior(followups: FollowUps, method: str) -> None:
     from dicomnode.results.sr import derived_tracking_uid

@@ -43,7 +43,6 @@ def _sop_uids(orthanc: OrthancProcess, series: dict[str, Any]) -> list[str]:
     return sorted(orthanc.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in series["Instances"])
 
 
-@pytest.mark.slow
 def test_reprocess_replaces_the_sr_in_orthanc(tmp_path):
     case = write_phantom_series(tmp_path / "phantom", seed=4244, small=True)
     node_port = free_port()

@@ -7,14 +7,12 @@ inference.training.characterize_eval.painted_volumes). Small phantoms keep this 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from inference.training.characterize_eval import TYPES, evaluate, evaluate_seed
 
 SEEDS = range(700, 706)
 
 
-@pytest.mark.slow
 def test_type_and_volume_on_held_out_phantoms() -> None:
     ev = evaluate(SEEDS, min_diameter_mm=6.0)
     counted = ev.counted

@@ -134,7 +134,6 @@ def test_subcommands_exist(args):
     assert _cli(*args).returncode == 0
 
 
-@pytest.mark.slow
 def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     # a copy of the packaged weights, so the test can write its manifest
     weights = tmp_path / "weights"
@@ -159,7 +158,6 @@ def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     assert report["sensitivity_6mm_at_report_threshold"] == calibration["sensitivity_6mm"] > 0
 
 
-@pytest.mark.slow
 def test_evaluate_prints_the_nodule_type_confusion_matrix(tmp_path):
     proc = _cli("model", "evaluate", "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
                 "--count", "1", "--first-seed", "9001", "--workers", "1")  # 9001: nodules of 10 mm and more

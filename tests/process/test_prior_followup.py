@@ -117,7 +117,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         node.stop()
 
 
-@pytest.mark.slow
 def test_first_exam_has_no_prior_and_says_so(pair: Pair) -> None:
     job = pair.prior.job
     assert job.summary is not None

@@ -164,7 +164,6 @@ def outside_canaries(roots: list[Path]) -> list[Path]:
     return found
 
 
-@pytest.mark.slow
 def test_fuzz_http_api(node: WebNode, dicom_files: list[bytes]) -> None:
     fuzz = Fuzzer(node, dicom_files, random.Random(SEED))
     data_dir = Path(node.node.settings.node.data_dir).resolve()

@@ -348,7 +348,6 @@ def write_results(series: list[Dataset], result: SeriesResult, out: Path, seg: b
 # ---------------------------------------------------------------- tests
 
 
-@pytest.mark.slow
 def test_lidc_sr_every_nodule_on_its_key_slice(browser, pacs, web, tmp_path: Path) -> None:
     series = list(lidc_series())
     result = synthetic_result(lidc_series())

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
-
 from tests.conftest import REPO_ROOT
 from tests.web import pipelines
 from tests.web.conftest import WebNode
@@ -67,7 +65,6 @@ def key_fields(node: WebNode, series_uid: str) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.slow
 def test_every_audit_subject_fits_80_and_120_columns(open_node: WebNode, open_series: dict[str, Any]) -> None:
     from storage.queries import AUDIT_SUBJECTS
 
