@@ -9,8 +9,8 @@ closer to storescp than that sum allows.
 
 With `--writers N` it also times N processes writing `count` instances between them at once, first
 only writing them (what storescp --fork does to the disk), then with the promise (each instance's file
-fsync, rename + directory fsync and its own WAL commit; concurrent commits and fsyncs may share the
-disk's flushes): the difference is the least time the promise adds to N concurrent associations.
+fsync, rename + directory fsync by the node's own dicomnode.core.durable.write_durably, and its own WAL
+commit; concurrent commits and fsyncs may share the disk's flushes): the difference is the least time the promise adds to N concurrent associations.
 
     python benchmarks/durability_floor.py [--dir DIR] [--count 200] [--size-kb 528] [--writers 6]
 """
@@ -22,18 +22,29 @@ import multiprocessing.synchronize
 import os
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dicomnode.core.durable import write_durably  # noqa: E402  (the node's own write, for the concurrent floor)
 
-def measure(root: Path, count: int, size: int) -> dict[str, float]:
-    """Median milliseconds of each step over `count` instances of `size` bytes written under `root`."""
-    data = os.urandom(size)
+
+def _floor_db(root: Path) -> sqlite3.Connection:
+    """The instance table in an SQLite database set up as storage.db sets up the node's (WAL, synchronous=FULL)."""
     db = sqlite3.connect(root / "floor.sqlite", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE instances (id INTEGER PRIMARY KEY, uid TEXT UNIQUE, path TEXT, size INTEGER)")
+    db.execute("CREATE TABLE IF NOT EXISTS instances (id INTEGER PRIMARY KEY, uid TEXT UNIQUE, path TEXT, size INTEGER)")
+    return db
+
+
+def measure(root: Path, count: int, size: int) -> dict[str, float]:
+    """Median milliseconds of each step over `count` instances of `size` bytes written under `root`
+    (write_durably's steps one by one, each timed)."""
+    data = os.urandom(size)
+    db = _floor_db(root)
     steps: dict[str, list[float]] = {"write": [], "file fsync": [], "rename + directory fsync": [], "WAL commit": []}
     for i in range(count):
         t0 = time.perf_counter()
@@ -63,16 +74,13 @@ def _write_share(root: Path, first: int, count: int, size: int, promise: bool, s
     db = sqlite3.connect(root / "floor.sqlite", isolation_level=None, timeout=60)
     start.wait()
     for i in range(first, first + count):
-        fd = os.open(root / f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, data)
-        if promise:
-            os.fsync(fd)
-        os.close(fd)
-        os.replace(root / f".{i}.tmp", root / f"{i}.dcm")
-        if promise:
-            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-            os.fsync(dir_fd)
-            os.close(dir_fd)
+        if not promise:
+            fd = os.open(root / f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+            os.replace(root / f".{i}.tmp", root / f"{i}.dcm")
+        else:
+            write_durably(root / f"{i}.dcm", data)
             db.execute("BEGIN IMMEDIATE")
             db.execute("INSERT INTO instances (uid, path, size) VALUES (?, ?, ?)", (f"1.2.3.{i}", f"{i}.dcm", size))
             db.execute("COMMIT")
@@ -81,10 +89,7 @@ def _write_share(root: Path, first: int, count: int, size: int, promise: bool, s
 
 def measure_concurrent(root: Path, writers: int, count: int, size: int, promise: bool) -> float:
     """Seconds for `writers` processes to write `count` instances between them (from a common start)."""
-    db = sqlite3.connect(root / "floor.sqlite", isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE IF NOT EXISTS instances (id INTEGER PRIMARY KEY, uid TEXT UNIQUE, path TEXT, size INTEGER)")
+    db = _floor_db(root)
     db.execute("DELETE FROM instances")
     db.close()
     os.sync()  # earlier runs' dirty pages are not this run's to write out
