@@ -10,7 +10,8 @@ closer to storescp than that sum allows.
 With `--writers N` it also times N processes writing `count` instances between them at once, first
 only writing them (what storescp --fork does to the disk), then with the promise (each instance's file
 fsync, rename + directory fsync by the node's own dicomnode.core.durable.write_durably, and its own WAL
-commit; concurrent commits and fsyncs may share the disk's flushes): the difference is the least time the promise adds to N concurrent associations.
+commit; concurrent commits and fsyncs may share the disk's flushes): the difference is the least time the
+promise adds to N concurrent associations.
 
     python benchmarks/durability_floor.py [--dir DIR] [--count 200] [--size-kb 528] [--writers 6]
 """
