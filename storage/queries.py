@@ -9,6 +9,7 @@ from typing import Any, TypeVar, Unpack
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
+from storage.audit_subjects import AUDIT_SUBJECTS
 from storage.events import EventCode
 from storage.models import Association, Delivery, Event, FindingRow, Instance, Job, NodeRow, Series, Study
 from storage.states import DeliveryState, JobState
@@ -16,8 +17,6 @@ from storage.states import DeliveryState, JobState
 # the helpers below narrow a query (.where returns the same Select type), so keep its row type
 _Query = TypeVar("_Query", bound="Select[Unpack[tuple[Any, ...]]]")
 
-AUDIT_SUBJECTS = ("associations", "instances", "series", "jobs", "findings", "deliveries", "events", "dead-letters",
-                  "nodes")
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -195,10 +194,6 @@ def events(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     return _rows(s, q.order_by(Event.id.desc()).limit(f.limit))
 
 
-# a node that says it runs but has not beaten for longer than a lease (node.lease_s) is "silent":
-# presumed dead, its leases are taken over (dicomnode.process.cluster)
-# "lost": presumed dead, and another node took over what it left
-NODE_STATES = ("running", "silent", "lost", "stopped")
 
 
 def nodes(s: Session, f: AuditFilter, lease_s: float = 30.0) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 from dicomnode.cli.common import NOTHING_TO_DO, UserError, add_settings_args, open_db, out, print_rows
+from storage.audit_subjects import AUDIT_SUBJECTS, NODE_STATES
 from storage.events import EventCode
 from storage.states import AssociationState, DeliveryState, JobState, SeriesState
 
@@ -22,7 +23,6 @@ def status_choices(subject: str) -> tuple[str, ...]:
     if subject == "findings":  # findings filter on their Lung-RADS category
         return ("0", "1", "2", "3", "4A", "4B", "4X")
     if subject == "nodes":
-        from storage.queries import NODE_STATES
         return NODE_STATES
     if subject == "events":
         return EVENT_LEVELS + tuple(code.name.lower() for code in EventCode)
@@ -121,8 +121,6 @@ def _audit_epilog() -> str:
 
 def add_commands(sub: Any) -> None:
     """audit, retry"""
-    from storage.queries import AUDIT_SUBJECTS
-
     p = sub.add_parser("audit", help="query the audit database", epilog=_audit_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=AUDIT_SUBJECTS)

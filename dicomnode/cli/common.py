@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -17,7 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dicomnode.cli.tables import no_controls, render
 from dicomnode.config import Settings, check_ae_title, check_host, load_settings, security_warnings, unknown_env_vars
 from dicomnode.core.dicom_address import DicomAddress
-from storage.db import Database
+
+if TYPE_CHECKING:  # the database layer (SQLAlchemy) is imported by the commands that open it, not by every command
+    from storage.db import Database
 
 console = Console(stderr=True)
 # piped output (less, grep, a file) gets wide rows instead of columns folded to 80 characters

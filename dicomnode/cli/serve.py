@@ -13,7 +13,6 @@ from dicomnode.config import Destination
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dicomnode.cli.served import ServedNode  # the whole node: only `serve` pays for importing it
     from dicomnode.core.logs import setup_logging
 
     extra: dict[str, Any] = {}
@@ -36,6 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             route.destinations.append(name)
     setup_logging(args.log_level, args.log_format)
     warn_security(settings)
+    # the whole node, imported once the settings are valid: only a `serve` that starts pays for it
+    from dicomnode.cli.served import ServedNode
+
     node = ServedNode(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,8 +40,8 @@ from dicomnode.web.views import (
     series_detail,
     series_timeline,
 )
+from storage.audit_subjects import AUDIT_SUBJECTS
 from storage.queries import (
-    AUDIT_SUBJECTS,
     AuditFilter,
     audit_row,
     echo_event,

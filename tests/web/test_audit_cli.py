@@ -10,7 +10,10 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPO_ROOT
+from tests.node.helpers import cli_in_process
 from tests.web import pipelines
 from tests.web.conftest import WebNode
 
@@ -21,6 +24,14 @@ def audit(node: WebNode, subject: str, *extra: str, columns: int = 200) -> subpr
     return subprocess.run([sys.executable, "-m", "dicomnode.cli", "audit", subject, *args, *extra], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": str(columns)})
+
+
+def audit_in_process(node: WebNode, subject: str, columns: int, monkeypatch: pytest.MonkeyPatch) -> subprocess.CompletedProcess:
+    """`audit` as above, by the CLI's entry point in this process (tests.node.helpers.cli_in_process): the
+    tables are the same code, at the same COLUMNS, with stdout not a terminal."""
+    data_dir = node.node.settings.node.data_dir
+    monkeypatch.setenv("COLUMNS", str(columns))
+    return cli_in_process("audit", subject, "--config", str(data_dir.parent / "node.toml"), "--data-dir", str(data_dir))
 
 
 def audit_findings(node: WebNode, *extra: str) -> subprocess.CompletedProcess:
@@ -65,8 +76,9 @@ def key_fields(node: WebNode, series_uid: str) -> dict[str, list[str]]:
     }
 
 
-def test_every_audit_subject_fits_80_and_120_columns(open_node: WebNode, open_series: dict[str, Any]) -> None:
-    from storage.queries import AUDIT_SUBJECTS
+def test_every_audit_subject_fits_80_and_120_columns(open_node: WebNode, open_series: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage.audit_subjects import AUDIT_SUBJECTS
 
     port = open_node.node.settings.node.port  # an association to list, called with echo's own AE title
     echo = subprocess.run([sys.executable, "-m", "dicomnode.cli", "echo", f"DICOMNODE@127.0.0.1:{port}"], cwd=REPO_ROOT,
@@ -75,7 +87,7 @@ def test_every_audit_subject_fits_80_and_120_columns(open_node: WebNode, open_se
     expected = key_fields(open_node, open_series["uid"])
     for subject in AUDIT_SUBJECTS:
         for columns in (80, 120):
-            result = audit(open_node, subject, columns=columns)
+            result = audit_in_process(open_node, subject, columns, monkeypatch)
             assert result.returncode == 0, result.stderr
             lines = result.stdout.splitlines()
             too_wide = [line for line in lines if len(line) > columns]
