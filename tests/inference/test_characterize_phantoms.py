@@ -6,6 +6,8 @@ inference.training.characterize_eval.painted_volumes). Small phantoms keep this 
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from inference.training.characterize_eval import TYPES, evaluate, evaluate_seed
@@ -19,6 +21,11 @@ def test_type_and_volume_on_held_out_phantoms() -> None:
     assert len(counted) >= 15, f"too few nodules of 6 mm or more to judge: {len(counted)}"
     confusion = ev.confusion("type")
     assert ev.accuracy("type") >= 0.9, f"type confusion (rows truth, columns predicted, {TYPES}):\n{confusion}"
+    # what `dicomnode model evaluate --json` prints as "characterization"
+    doc = json.loads(json.dumps(ev.to_json()))
+    assert doc["nodules_counted"] == len(counted) and doc["min_diameter_mm"] == 6.0
+    assert doc["type"] == {"labels": list(TYPES), "confusion": confusion.tolist(), "accuracy": round(ev.accuracy("type"), 4)}
+    assert doc["volume_error"]["share_within_15pct"] == round(float(np.mean(np.abs(ev.volume_errors()) <= 0.15)), 4)
     # volume. The issue's target (every nodule >= 6 mm within 15 %) is NOT met: here a 6.5 mm
     # part-solid nodule typed solid loses its ground-glass rim (-52 %, seed 701) and one on a vessel
     # keeps a stub (+19 %, seed 704). The 6.4 mm one on the pleura (seed 700) lost its base to the
