@@ -21,6 +21,18 @@ from tests.conftest import REPO_ROOT, require_tool
 PYTHON = sys.executable
 
 
+def cli_in_process(*argv: str) -> subprocess.CompletedProcess:
+    """`dicomnode ARGV...` run by the CLI's entry point (`dicomnode.cli.main`) in this process, stdout and
+    stderr captured: the same code without a new interpreter's 1.5-3 s of start-up and imports. For tests
+    that call a command many times; the commands themselves are also run as real processes elsewhere."""
+    from dicomnode.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return subprocess.CompletedProcess(["dicomnode", *argv], code, out.getvalue(), err.getvalue())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,14 +109,10 @@ class NodeProcess:
         """`dicomnode audit WHAT --format json` on this node's database, run in this process: the same
         CLI code without a new interpreter's 1.5-3 s of start-up, which the polling loops paid per turn
         (tests/web/test_audit_cli.py and tests/security/test_cli_output.py run the real command)."""
-        from dicomnode.cli import main
-
-        argv = ["audit", what, "--config", str(self.config), "--data-dir", str(self.data_dir), "--format", "json", *args]
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-        assert code == 0, err.getvalue() + out.getvalue()
-        return json.loads(out.getvalue())
+        result = cli_in_process("audit", what, "--config", str(self.config), "--data-dir", str(self.data_dir),
+                                "--format", "json", *args)
+        assert result.returncode == 0, result.stderr + result.stdout
+        return json.loads(result.stdout)
 
 
 def storescu(port: int, files: list[Path] | Path, called: str = "DICOMNODE", calling: str = "SCANNER",

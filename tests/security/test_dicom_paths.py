@@ -4,14 +4,16 @@ outside (or inside) the spool, no series row, no job. Files are private (0600, d
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from tests.node.helpers import NodeProcess
 from tests.security.dicom_helpers import (  # noqa: F401  (make_node is a fixture)
-    Audit, associate, ct_dataset, encode_implicit, eventually, make_node, raw_store, tree,
+    Audit, associate, ct_dataset, encode_implicit, eventually, make_node, quiet_config, raw_store, tree,
 )
 
 HOSTILE = [
@@ -24,11 +26,23 @@ HOSTILE = [
 ]
 
 
+@pytest.fixture(scope="module")
+def hostile_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, Path]]:
+    """One node for every hostile UID (each case is judged by what it adds), and the folder it lives in."""
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "node").mkdir()
+    node = NodeProcess(root / "node" / "data", quiet_config()).start()
+    yield node, root
+    node.stop()
+
+
 @pytest.mark.parametrize("uids", HOSTILE)
-def test_hostile_uid_is_refused_and_nothing_is_written(make_node, tmp_path: Path, uids: dict[str, str]) -> None:
-    node = make_node()
+def test_hostile_uid_is_refused_and_nothing_is_written(hostile_target: tuple[NodeProcess, Path],
+                                                       uids: dict[str, str]) -> None:
+    node, root = hostile_target
     audit = Audit(node)
-    before = tree(tmp_path)
+    before = tree(root)
+    rejected = audit.count("INSTANCE_REJECTED_INVALID_UID")
     assoc = associate(node.port)
     try:
         status = raw_store(assoc, encode_implicit(ct_dataset(**uids)))
@@ -38,10 +52,11 @@ def test_hostile_uid_is_refused_and_nothing_is_written(make_node, tmp_path: Path
         assert assoc.send_c_echo().Status == 0x0000, "the association stays usable"
     finally:
         assoc.release()
-    created = {p for p in tree(tmp_path) - before if not p.endswith((".sqlite-wal", ".sqlite-shm"))}
+    created = {p for p in tree(root) - before if not p.endswith((".sqlite-wal", ".sqlite-shm"))}
     assert not [p for p in created if p.endswith(".dcm")], f"files written: {sorted(created)}"
     assert not [p for p in created if "/spool/" in p], f"spool entries created: {sorted(created)}"
-    assert eventually(lambda: audit.count("INSTANCE_REJECTED_INVALID_UID") == 1)
+    assert eventually(lambda: audit.count("INSTANCE_REJECTED_INVALID_UID") == rejected + 1)
+    # no hostile UID of any case was ever taken in
     assert audit.rows("SELECT count(*) FROM series")[0][0] == 0
     assert audit.rows("SELECT count(*) FROM instances")[0][0] == 0
     assert audit.rows("SELECT count(*) FROM jobs")[0][0] == 0
