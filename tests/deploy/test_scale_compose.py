@@ -276,8 +276,10 @@ def test_real_haproxy_checks_a_real_node_and_forwards_storescu(deploy_nodes: tup
         proc.terminate()
         proc.wait(20)
     assert len(good.audit("instances")) == 3
-    # each check is an accepted association closed by a release (the last may still be open)
+    # each check is an accepted association closed by a release; the newest (listed first) may still be
+    # open, or cut off (aborted) when HAProxy was stopped in the middle of it
     states_seen = [a["state"] for a in good.audit("associations") if a["calling_ae"] == "HAPROXY"]
-    assert "released" in states_seen and set(states_seen) <= {"released", "accepted"}, states_seen
+    assert "released" in states_seen and set(states_seen[1:]) <= {"released"}, states_seen
+    assert states_seen[0] in ("released", "accepted", "aborted"), states_seen
     refused = [a["state"] for a in refusing.audit("associations") if a["calling_ae"] == "HAPROXY"]
     assert refused and set(refused) == {"rejected"}, refused
