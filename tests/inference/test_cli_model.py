@@ -150,14 +150,14 @@ def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     weights = tmp_path / "weights"
     shutil.copytree(REPO_ROOT / "inference" / "weights", weights)
     common = ["--weights", str(weights), "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
-              "--count", "3", "--first-seed", "8000", "--workers", "1"]
+              "--count", "2", "--first-seed", "8000", "--workers", "1"]
     proc = _cli("model", "calibrate", *common, "--write")
     assert proc.returncode == 0, proc.stderr
     calibration = json.loads(proc.stdout)
     threshold = calibration["report_threshold_probability"]
     manifest = json.loads((weights / "manifest.json").read_text())
     assert manifest["report_threshold_probability"] == threshold and 0 < threshold < 1
-    assert manifest["calibration"]["phantom_seeds"] == [8000, 8002]
+    assert manifest["calibration"]["phantom_seeds"] == [8000, 8001]
     # the weight files themselves are untouched: their hashes still verify. `model evaluate` printed as a
     # user reads it (its --json: the detection part is calibrate's report above, the characterisation's
     # tests/inference/test_characterize_phantoms.py)
