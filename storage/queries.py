@@ -17,7 +17,6 @@ from storage.states import DeliveryState, JobState
 # the helpers below narrow a query (.where returns the same Select type), so keep its row type
 _Query = TypeVar("_Query", bound="Select[Unpack[tuple[Any, ...]]]")
 
-
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -192,8 +191,6 @@ def events(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
     if f.status:  # for events, --status is the level or the event name
         q = q.where((Event.level == f.status) | (Event.name == f.status.upper()))
     return _rows(s, q.order_by(Event.id.desc()).limit(f.limit))
-
-
 
 
 def nodes(s: Session, f: AuditFilter, lease_s: float = 30.0) -> list[dict[str, Any]]:
