@@ -159,8 +159,8 @@ def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     assert manifest["report_threshold_probability"] == threshold and 0 < threshold < 1
     assert manifest["calibration"]["phantom_seeds"] == [8000, 8001]
     # the weight files themselves are untouched: their hashes still verify. `model evaluate` printed as a
-    # user reads it (its --json: the detection part is calibrate's report above, the characterisation's
-    # tests/inference/test_characterize_phantoms.py)
+    # user reads it (its --json dumps the same report: its detection part is built by the code calibrate
+    # ran above, its characterisation block is checked in tests/inference/test_characterize_phantoms.py)
     proc = _cli("model", "evaluate", *common)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
