@@ -36,14 +36,19 @@ def quiet_config(extra_node: str = "", extra: str = "") -> str:
     return node_config(extra=f"[node]\n{extra_node}\n{extra}")
 
 
+def quiet_node(folder: Path, config_text: str = "") -> NodeProcess:
+    """A node process (not started yet) with its data in folder/data, on `config_text` or quiet_config()."""
+    folder.mkdir(exist_ok=True)
+    return NodeProcess(folder / "data", config_text or quiet_config())
+
+
 @pytest.fixture
 def make_node(tmp_path: Path) -> Iterator:
     """A factory of real node processes under tmp_path/<name>/data, stopped at the end."""
     nodes: list[NodeProcess] = []
 
     def make(config_text: str = "", name: str = "node") -> NodeProcess:
-        (tmp_path / name).mkdir(exist_ok=True)
-        node = NodeProcess(tmp_path / name / "data", config_text or quiet_config())
+        node = quiet_node(tmp_path / name, config_text)
         nodes.append(node)
         return node.start()
 

@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 from tests.node.helpers import NodeProcess
 from tests.security.dicom_helpers import (  # noqa: F401  (make_node is a fixture)
-    Audit, associate, ct_dataset, encode_implicit, eventually, make_node, quiet_config, raw_store, tree,
+    Audit, associate, ct_dataset, encode_implicit, eventually, make_node, quiet_node, raw_store, tree,
 )
 
 HOSTILE = [
@@ -30,10 +30,11 @@ HOSTILE = [
 def hostile_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, Path]]:
     """One node for every hostile UID (each case is judged by what it adds), and the folder it lives in."""
     root = tmp_path_factory.mktemp("hostile")
-    (root / "node").mkdir()
-    node = NodeProcess(root / "node" / "data", quiet_config()).start()
-    yield node, root
-    node.stop()
+    node = quiet_node(root / "node")
+    try:
+        yield node.start(), root
+    finally:
+        node.stop()
 
 
 @pytest.mark.parametrize("uids", HOSTILE)

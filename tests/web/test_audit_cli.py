@@ -18,20 +18,24 @@ from tests.web import pipelines
 from tests.web.conftest import WebNode
 
 
-def audit(node: WebNode, subject: str, *extra: str, columns: int = 200) -> subprocess.CompletedProcess:
+def settings_args(node: WebNode) -> list[str]:
+    """The --config and --data-dir that point `dicomnode audit` at this node's database."""
     data_dir = node.node.settings.node.data_dir
-    args = ["--config", str(data_dir.parent / "node.toml"), "--data-dir", str(data_dir)]
-    return subprocess.run([sys.executable, "-m", "dicomnode.cli", "audit", subject, *args, *extra], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120,
+    return ["--config", str(data_dir.parent / "node.toml"), "--data-dir", str(data_dir)]
+
+
+def audit(node: WebNode, subject: str, *extra: str, columns: int = 200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dicomnode.cli", "audit", subject, *settings_args(node), *extra],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": str(columns)})
 
 
-def audit_in_process(node: WebNode, subject: str, columns: int, monkeypatch: pytest.MonkeyPatch) -> subprocess.CompletedProcess:
+def audit_in_process(node: WebNode, subject: str, columns: int,
+                     monkeypatch: pytest.MonkeyPatch) -> subprocess.CompletedProcess:
     """`audit` as above, by the CLI's entry point in this process (tests.node.helpers.cli_in_process): the
     tables are the same code, at the same COLUMNS, with stdout not a terminal."""
-    data_dir = node.node.settings.node.data_dir
     monkeypatch.setenv("COLUMNS", str(columns))
-    return cli_in_process("audit", subject, "--config", str(data_dir.parent / "node.toml"), "--data-dir", str(data_dir))
+    return cli_in_process("audit", subject, *settings_args(node))
 
 
 def audit_findings(node: WebNode, *extra: str) -> subprocess.CompletedProcess:
