@@ -25,7 +25,8 @@ from tests.peers.orthanc import OrthancProcess, orthanc_binary
 from tests.web.conftest import PIPELINE, TOKEN
 from tests.web.test_stow import multipart, variant
 
-pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Debian package orthanc is not installed (.ci/run installs it)")
+pytestmark = [pytest.mark.skipif(orthanc_binary() is None, reason="Debian package orthanc is not installed (.ci/run installs it)"),
+              pytest.mark.one_receiver]  # receiving is not this file's subject (tests/conftest.py)
 
 AUTH_SECRET = "Bearer do-not-log-this-secret-0123456789"
 

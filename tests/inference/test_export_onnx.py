@@ -13,6 +13,8 @@ from onnx import TensorProto, helper
 from inference.export import OPSET, check_tensorrt_onnx_support, export_onnx
 from inference.nets.dpn3d import DPN26Detector, make_coord
 
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
+
 torch.set_num_threads(2)
 
 

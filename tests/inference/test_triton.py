@@ -18,10 +18,10 @@ from tests.conftest import LIDC_SERIES
 from tests.node.conftest import node_config
 from tests.node.helpers import NodeProcess, free_port, storescu, wait_for
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tritonclient") is None,
     reason="needs nvidia-pytriton (the tritonserver binary) and tritonclient: scripts/install.sh installs both",
-)
+), pytest.mark.one_receiver]  # receiving is not this file's subject (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,13 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import LIDC_SERIES, REPO_ROOT
 from tests.node.conftest import node_config
 from tests.node.helpers import storescu, wait_for
+
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
 
 
 def dicomnode(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

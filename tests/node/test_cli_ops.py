@@ -10,11 +10,14 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 
 from tests.conftest import LIDC_SERIES, REPO_ROOT
 from tests.node.conftest import node_config
 from tests.node.helpers import wait_for
+
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
 
 
 def dicomnode(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -9,11 +9,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 
 from tests.conftest import LIDC_SERIES, REPO_ROOT
 from tests.node.conftest import node_config
 from tests.node.helpers import StoreSCP, require_tool, storescu, wait_for
+
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
 
 
 def _lidc_files() -> list[Path]:

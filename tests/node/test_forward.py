@@ -17,6 +17,8 @@ from storage.db import Database, alembic_config, sqlite_url
 from tests.conftest import LIDC_SERIES, TRANSFER_SYNTAXES
 from tests.node.helpers import NodeProcess, StoreSCP, free_port, storescu, storescu_profile, wait_for
 
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
+
 
 # transfer syntaxes dcmtk's storescp --accept-all does not take: retired JPEG processes 6-8, 10-12, 14
 STORESCP_REFUSES = {"1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.55", "1.2.840.10008.1.2.4.57"}

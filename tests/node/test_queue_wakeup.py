@@ -2,9 +2,13 @@
 a series still comes back from the PACS (the routing wakes the job worker, the finished job the sender)."""
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import LIDC_SERIES
 from tests.node.conftest import node_config
 from tests.node.helpers import storescu, wait_for
+
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
 
 
 def test_job_and_delivery_start_without_waiting_for_a_poll(make_node, pacs):

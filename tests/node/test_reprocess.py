@@ -8,11 +8,14 @@ import sqlite3
 import subprocess
 from typing import Any
 
+import pytest
 from pydicom import dcmread
 
 from tests.conftest import LIDC_SERIES, REPO_ROOT
 from tests.node.conftest import node_config
 from tests.node.helpers import PYTHON, NodeProcess, storescu, wait_for
+
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
 
 
 def _rows(node: NodeProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:

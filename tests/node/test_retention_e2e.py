@@ -19,6 +19,8 @@ from storage.states import JobState, SeriesState
 from tests.conftest import LIDC_SERIES, TRANSFER_SYNTAXES
 from tests.node.helpers import StoreSCP, free_port, storescu, wait_for
 
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
+
 
 @pytest.fixture
 def node(tmp_path: Path, pacs: StoreSCP) -> Iterator[ServedNode]:

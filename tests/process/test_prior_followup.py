@@ -29,6 +29,8 @@ from storage.states import JobState
 from tests.node.helpers import free_port, wait_for
 from tests.process.prior_helpers import STATUS_MEANING, nearest, nodule_groups, report_texts
 
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
+
 PRIOR_SEED, CURRENT_SEED = 5, 105
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 

