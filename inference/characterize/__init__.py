@@ -59,7 +59,7 @@ def characterize_nodule(
     elif kind == "ground_glass":
         solid, solid_axes = np.zeros_like(mask), None
     pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
-    cv = margin.radial_cv(mask, spacing)
+    lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
     reason = None
     if touches_volume_edge(seg, volume_hu.shape):
@@ -71,13 +71,13 @@ def characterize_nodule(
         solid_volume_mm3=round(measure.volume_mm3(solid, spacing), 1),
         type=kind, solid_share=round(share, 3),
         calcified=calcification.is_benign(pattern), calcification_pattern=pattern,
-        margin=margin.classify_margin(seg.spicules, cv),
+        margin=margin.classify_margin(seg.spicules, lobulation),
         location=make_location(lung, zone, juxtapleural(mask, seg.wall),
                                perifissural(mask, seg.smooth, seg.wall, spacing)),
         mean_hu=round(float(seg.hu[mask].mean()), 1),
         centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
         features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,
-                  "radial_cv": round(cv, 4), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
+                  "undulation": round(lobulation.value, 4), "outline_radius_px": round(lobulation.radius_px, 2), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
                   "calcified_share": round(calc_share, 4)},
     )
 

@@ -111,6 +111,32 @@ def test_spiculated_sphere_versus_smooth_sphere() -> None:
     assert characterize_nodule(spiculated, SPACING, CENTRE, 10.0).margin == "spiculated"
 
 
+def lobulated_fraction(core: float, lobe: float, out: float, directions: list[tuple[float, float, float]]) -> np.ndarray:
+    """A core sphere of radius `core` (mm) and one sphere of radius `lobe` per direction, its centre `out`
+    mm from the core's: bulges with clefts where they meet the core."""
+    frac = ellipsoid_fraction((core, core, core))
+    for d in directions:
+        centre = CENTRE + out * np.array(d) / np.linalg.norm(d) / SPACING
+        frac = np.maximum(frac, ellipsoid_fraction((lobe, lobe, lobe), centre))
+    return frac
+
+
+def test_lobulated_outline_versus_an_oval_one() -> None:
+    """Four 3 mm lobes rising 1.4 mm above a 4.8 mm core (clefts between them) make a lobulated margin; an
+    oval of about the same size (semi-axes 4.5 x 7 x 4.5 mm: no cleft) and a sphere stay smooth."""
+    lobulated = lung(12)
+    paint(lobulated, lobulated_fraction(4.8, 3.0, 3.2, [(0, 1, 0), (0, 0, 1), (0, -1, -1), (1, -1, 0)]), 40.0)
+    c = characterize_nodule(lobulated, SPACING, CENTRE, 12.0)
+    assert c.segmentation_ok and c.margin == "lobulated", c.features
+    oval = lung(13)
+    paint(oval, ellipsoid_fraction((4.5, 7.0, 4.5)), 40.0)
+    sphere = lung(14)
+    paint(sphere, ellipsoid_fraction((5.5, 5.5, 5.5)), 40.0)
+    for hu in (oval, sphere):
+        c = characterize_nodule(hu, SPACING, CENTRE, 12.0)
+        assert c.segmentation_ok and c.margin == "smooth", c.features
+
+
 COARSE = np.array([3.0, 1.5, 1.5])  # a 2.5-3 mm slice screening reconstruction
 COARSE_SHAPE = (24, 48, 48)
 COARSE_CENTRE = np.array([12.0, 24.0, 24.0])
