@@ -17,7 +17,6 @@ from dicomnode.core.passwords import hash_password
 from tests.node.helpers import free_port, wait_for  # wait_for: also imported from here by web tests
 
 
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every console test is marked `one_receiver` (tests/conftest.py): receiving is not their subject."""
     here = Path(__file__).parent
