@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.model import AttenuationType
+from inference.characterize.segment import largest_component
 
 SOLID_THRESHOLD_HU = -300.0
 SOLID_SHARE = 0.74  # core share above -300 HU at or above which the nodule is solid...
@@ -168,9 +169,4 @@ def classify(share: float, ratio: float, solid_component_mm: float, rim: float =
 
 def solid_component(smooth: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Voxels of the nodule above the solid threshold, largest connected part (spicules excluded)."""
-    solid = mask & (smooth > SOLID_THRESHOLD_HU)
-    labels, n = ndimage.label(solid, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return solid
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    return labels == int(np.argmax(sizes)) + 1
+    return largest_component(mask & (smooth > SOLID_THRESHOLD_HU), np.ones((3, 3, 3), bool))

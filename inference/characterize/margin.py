@@ -36,6 +36,7 @@ from scipy import ndimage
 from skimage import measure
 
 from inference.characterize.model import Margin
+from inference.characterize.segment import largest_component
 
 MIN_SPICULES = 1
 LOBULATED_MIN = 0.03
@@ -46,6 +47,9 @@ _ANGLES = 128
 _SMOOTH_ANGLES = _ANGLES // 16
 _BLUR_PX = 0.6
 _GRID = np.linspace(-np.pi, np.pi, _ANGLES, endpoint=False)
+# an ellipse about its centre is exactly 1/r^2 = a + b cos 2t + c sin 2t (first harmonics: an offset centre);
+# fitted on these, an oval leaves nothing
+_ELLIPSE_BASIS = np.stack([np.ones_like(_GRID), np.cos(_GRID), np.sin(_GRID), np.cos(2 * _GRID), np.sin(2 * _GRID)], axis=1)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def undulation(mask: np.ndarray, smooth_hu: np.ndarray, threshold_hu: float, spa
     values: list[float] = []
     radii: list[float] = []
     for z in np.flatnonzero(areas >= _CENTRAL_AREA * areas.max()):
-        plane = _largest(ndimage.binary_fill_holes(mask[z]))
+        plane = largest_component(ndimage.binary_fill_holes(mask[z]))
         contact = ndimage.binary_dilation((smooth_hu[z] > threshold_hu) & ~plane, structure=np.ones((3, 3), bool))
         found = _slice_undulation(plane, contact, pixel)
         if found is not None:
@@ -81,14 +85,6 @@ def undulation(mask: np.ndarray, smooth_hu: np.ndarray, threshold_hu: float, spa
     return Undulation(float(np.mean(values)), float(np.mean(radii)))
 
 
-def _largest(plane: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(plane)
-    if n <= 1:
-        return plane
-    sizes = ndimage.sum(plane, labels, range(1, n + 1))
-    return np.asarray(labels == 1 + int(np.argmax(sizes)))
-
-
 def _slice_undulation(plane: np.ndarray, contact: np.ndarray, pixel: np.ndarray) -> tuple[float, float] | None:
     """(undulation, mean radius in mm) of one slice's outline, or None when it cannot be judged."""
     profile = _radial_profile(plane, contact, pixel)
@@ -97,11 +93,8 @@ def _slice_undulation(plane: np.ndarray, contact: np.ndarray, pixel: np.ndarray)
     r, free = profile
     if free.mean() < MIN_FREE_SHARE:
         return None
-    grid = _GRID
-    basis = np.stack([np.ones_like(grid), np.cos(grid), np.sin(grid), np.cos(2 * grid), np.sin(2 * grid)], axis=1)
-    # an ellipse about its centre is exactly 1/r^2 = a + b cos 2t + c sin 2t: fitted there, an oval leaves nothing
-    coef, *_ = np.linalg.lstsq(basis[free], 1.0 / np.maximum(r[free], 1e-6) ** 2, rcond=None)
-    fitted = 1.0 / np.sqrt(np.maximum(basis @ coef, 1e-12))
+    coef, *_ = np.linalg.lstsq(_ELLIPSE_BASIS[free], 1.0 / np.maximum(r[free], 1e-6) ** 2, rcond=None)
+    fitted = 1.0 / np.sqrt(np.maximum(_ELLIPSE_BASIS @ coef, 1e-12))
     residual = np.where(free, r - fitted, 0.0)
     # a moving mean over 1/16 of a turn, of the free samples only (the outline is closed: wrap around)
     window = np.ones(_SMOOTH_ANGLES) / _SMOOTH_ANGLES

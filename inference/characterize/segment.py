@@ -118,6 +118,16 @@ def component_at(mask: np.ndarray, point: np.ndarray, spacing: np.ndarray, searc
     return labels == label
 
 
+def largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected part of `mask` (connectivity `structure`, scipy's default when None); the mask
+    itself when it has at most one."""
+    labels, n = ndimage.label(mask, structure=structure)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    return np.asarray(labels == int(np.argmax(sizes)) + 1)
+
+
 def segment_nodule(
     volume_hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray, diameter_mm: float,
 ) -> Segmentation:
