@@ -68,7 +68,7 @@ class Finding:
     nodule_type: str = "solid"  # "solid" | "part_solid" | "ground_glass" (inference.characterize.attenuation)
     calcified: bool = False  # a benign calcification pattern (central or diffuse): Lung-RADS 1
     calcification_pattern: str | None = None  # "central" | "diffuse" | "eccentric"
-    margin: str = "smooth"  # "smooth" | "lobulated" | "spiculated"
+    margin: str | None = "smooth"  # "smooth" | "lobulated" | "spiculated"; None: not assessed
     location: NoduleLocation = NoduleLocation()
     long_axis_mm: float = 0.0  # on the axial slice of the largest extent
     short_axis_mm: float = 0.0  # perpendicular to the long axis, same slice

@@ -356,7 +356,7 @@ def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
         kind = NoduleType.GROUND_GLASS  # no measurable solid part: graded as ground glass
         note = "; ".join(filter(None, [note, "no measurable solid component: graded as ground glass"]))
     nodule = Nodule(
-        type=kind, mean_diameter_mm=mean_mm, calcified=c.calcified, margin=Margin(c.margin),
+        type=kind, mean_diameter_mm=mean_mm, calcified=c.calcified, margin=None if c.margin is None else Margin(c.margin),
         volume_mm3=c.volume_mm3 if c.volume_mm3 > 0 else None,
         longest_diameter_mm=c.axes.long_mm if c.axes is not None and c.axes.long_mm > 0 else None,
         solid_component_mm=solid_mm if kind is NoduleType.PART_SOLID else None,

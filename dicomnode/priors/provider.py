@@ -143,7 +143,7 @@ def row_finding(r: FindingRow) -> Finding:
         probability=r.probability, model_score=r.model_score, lung_rads=r.lung_rads,
         key_slice=KeySlice(r.sop_instance_uid or "", "", r.row or 0.0, r.column or 0.0),
         nodule_type=r.nodule_type or "solid", calcified=bool(r.calcified), calcification_pattern=r.calcification_pattern,
-        margin=r.margin or "smooth",
+        margin=r.margin,
         location=NoduleLocation(r.lung, r.zone, bool(r.juxtapleural), bool(r.perifissural)),
         long_axis_mm=r.long_axis_mm or 0.0, short_axis_mm=r.short_axis_mm or 0.0,
         solid_component_mm=r.solid_component_mm, brock_risk=r.brock_risk,

@@ -480,10 +480,9 @@ def _coded(table: Mapping[str, CodedConcept | Code], key: str | None, what: str)
 def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
     """Attenuation type, margin, location, calcification and the Lung-RADS category, coded."""
     qe = hd.sr.QualitativeEvaluation
-    evaluations = [
-        qe(name=OPACITY_DESCRIPTOR, value=_coded(ATTENUATION, finding.nodule_type, "attenuation type")),
-        qe(name=BORDER_SHAPE, value=_coded(MARGIN, finding.margin, "margin")),
-    ]
+    evaluations = [qe(name=OPACITY_DESCRIPTOR, value=_coded(ATTENUATION, finding.nodule_type, "attenuation type"))]
+    if finding.margin is not None:  # a margin not assessed is not stated
+        evaluations.append(qe(name=BORDER_SHAPE, value=_coded(MARGIN, finding.margin, "margin")))
     if finding.location.zone is not None:
         evaluations.append(qe(name=LOCATION_IN_CHEST, value=_coded(ZONE, finding.location.zone, "zone")))
     if finding.location.juxtapleural:

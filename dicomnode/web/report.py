@@ -114,7 +114,7 @@ def finding_cells(f: dict[str, Any]) -> list[str]:
     if loc.get("perifissural"):
         where += ", perifiss."
     return [str(f["index"]), kind, f"{size:.1f}", _opt(f.get("solid_component_mm"), "{:.1f}"), f["lung_rads"],
-            _opt(f.get("brock_risk"), "{:.0%}"), f"{f['model_score']:.2f}", f.get("margin") or "-", where,
+            _opt(f.get("brock_risk"), "{:.0%}"), f"{f['model_score']:.2f}", f.get("margin") or "n/a", where,
             f"{f['volume_mm3']:.0f}", f"{f['probability'] * 100:.0f}"]
 
 
@@ -257,6 +257,8 @@ def _footnotes(pdf: FPDF, ctx: dict[str, Any]) -> None:
              (f"Model score: {ctx['model_score_label']}; the DeepLung classifier trained on synthetic phantoms, "
               "not a probability of cancer." if not ctx["model_score_validated"] else f"Model score: {ctx['model_score_label']}."),
              ctx["zone_note"]]
+    if any(f.get("margin") is None for f in ctx["findings"]):
+        notes.append("Margin n/a: not assessed (too little of the outline is free of adjacent tissue to judge it).")
     notes += [f"Nodule {f['index']}: {f['note']}." for f in ctx["findings"] if f.get("note")]
     pdf.ln(1)
     pdf.set_font("Helvetica", "", 7)

@@ -565,7 +565,7 @@ def _finding(f: dict[str, Any], sop_class_uid: str) -> Any:
                    diameter_mm=f["mean_diameter_mm"] if f["mean_diameter_mm"] is not None else f["diameter_mm"],
                    volume_mm3=f["volume_mm3"], probability=f["probability"], model_score=f["model_score"],
                    lung_rads=f["lung_rads"], nodule_type=f["type"] or "solid", calcified=bool(f["calcified"]),
-                   margin=f["margin"] or "smooth", location=location, brock_risk=f["brock_risk"],
+                   margin=f["margin"], location=location, brock_risk=f["brock_risk"],
                    solid_component_mm=f["solid_component_mm"],
                    key_slice=KeySlice(f["sop_instance_uid"], sop_class_uid, f["row"], f["column"]))
 

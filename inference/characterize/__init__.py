@@ -98,5 +98,5 @@ def _failed(reason: str, location: Location, centre_zyx: np.ndarray) -> NoduleCh
     return NoduleCharacteristics(
         segmentation_ok=False, reason=reason, volume_mm3=0.0, axes=None, solid_axes=None,
         solid_volume_mm3=0.0, type="solid", solid_share=0.0, calcified=False, calcification_pattern=None,
-        margin="smooth", location=location, mean_hu=0.0, centroid_zyx=(float(c[0]), float(c[1]), float(c[2])),
+        margin=None, location=location, mean_hu=0.0, centroid_zyx=(float(c[0]), float(c[1]), float(c[2])),
     )

@@ -1,4 +1,4 @@
-"""Margin (smooth / lobulated / spiculated) from the segmentation's shape.
+"""Margin (smooth / lobulated / spiculated, or None: not assessed) from the segmentation's shape.
 
 Features:
 - spicules: parts of the nodule that reach at least 1 mm beyond a shell of 1.1 x its own outline
@@ -18,14 +18,16 @@ Features:
   per turn, finer than that is pixel noise), is measured as sqrt(2) x its RMS over the free part / the mean
   radius (the amplitude of the undulation as a share of the radius). A slice whose outline is less than
   `MIN_FREE_SHARE` free is not judged; a nodule none of whose central slices can be judged (one lying along a
-  vessel) is reported smooth. Lobulated when the mean over the judged slices is at least `LOBULATED_MIN`, or
+  vessel) and with no spicule has its margin not assessed (None): it is not called smooth. Lobulated when the mean over the judged slices is at least `LOBULATED_MIN`, or
   `LOBULATED_PIXEL_NOISE` / (the radius in pixels) for small outlines: pixelation alone makes a small outline
   undulate. The cut-offs were tuned on full-size phantom seeds 15000..15019 painted with lobes that meet the
   core in clefts (a generator variant not in the tree: the generator's own lobes are broad convex bumps, see
   the README), between the smooth nodules' highest values (0.026 at 10 mm and more; 0.235 / radius below) and
   the lobulated ones' lowest (0.035; 0.30 / radius). On the phantoms as drawn it calls few lobulated nodules
   lobulated (3 of 40 on the held-out 14000..14039) and 1 of 63 smooth ones.
-  Lung-RADS does not use lobulation; Brock uses spiculation only.
+  Lung-RADS uses the margin in its juxtapleural / perifissural rule (a smooth margin, among others, makes
+  a small solid one category 2: a margin not assessed does not) and spiculation for 4X; Brock uses
+  spiculation only.
 """
 from __future__ import annotations
 
@@ -59,8 +61,13 @@ class Undulation:
     value: float
     radius_px: float
 
+    @property
+    def judged(self) -> bool:
+        """False when no central slice had enough free outline to measure (radius_px is then 0)."""
+        return self.radius_px > 0
+
     def lobulated(self) -> bool:
-        if self.radius_px <= 0:
+        if not self.judged:
             return False
         return self.value >= max(LOBULATED_MIN, LOBULATED_PIXEL_NOISE / self.radius_px)
 
@@ -127,9 +134,11 @@ def _radial_profile(plane: np.ndarray, contact: np.ndarray, pixel: np.ndarray) -
     return r, free_points[np.argmin(gap, axis=1)]
 
 
-def classify_margin(spicules: int, lobulation: Undulation) -> Margin:
+def classify_margin(spicules: int, lobulation: Undulation) -> Margin | None:
+    """Spiculated, lobulated or smooth; None (not assessed) when no spicule was found and the lobulation
+    could not be judged: a margin whose outline is mostly in contact with tissue is not called smooth."""
     if spicules >= MIN_SPICULES:
         return "spiculated"
     if lobulation.lobulated():
         return "lobulated"
-    return "smooth"
+    return "smooth" if lobulation.judged else None

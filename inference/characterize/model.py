@@ -41,7 +41,9 @@ class NoduleCharacteristics:
     solid_share: float  # share of the nodule core above the solid threshold (the type's evidence)
     calcified: bool  # a benign pattern (central or diffuse); an eccentric one is not benign
     calcification_pattern: CalcificationPattern | None
-    margin: Margin
+    # None: not assessed (no central slice's outline was free enough to judge lobulation, and no spicule;
+    # or the segmentation failed): no smooth margin is claimed, so no smooth-margin rule applies
+    margin: Margin | None
     location: Location
     mean_hu: float
     centroid_zyx: tuple[float, float, float]  # voxel indices of the segmentation's centroid

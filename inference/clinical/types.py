@@ -76,7 +76,7 @@ class Nodule:
     type: NoduleType
     mean_diameter_mm: float
     calcified: bool = False  # a benign calcification pattern (complete, central, popcorn, concentric rings) or fat
-    margin: Margin = Margin.SMOOTH
+    margin: Margin | None = Margin.SMOOTH  # None: not assessed (the smooth-margin rules then do not apply)
     volume_mm3: float | None = None
     longest_diameter_mm: float | None = None
     solid_component_mm: float | None = None

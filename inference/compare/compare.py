@@ -163,7 +163,7 @@ def _clinical(f: Finding, change: Change | None, months: float | None, prior_cat
         kind, solid = NoduleType.GROUND_GLASS, None
     benign_shape = any("oval/lentiform" in r for r in f.lung_rads_reasons) or None
     return Nodule(
-        type=kind, mean_diameter_mm=f.diameter_mm, calcified=f.calcified, margin=Margin(f.margin),
+        type=kind, mean_diameter_mm=f.diameter_mm, calcified=f.calcified, margin=None if f.margin is None else Margin(f.margin),
         volume_mm3=f.volume_mm3 if f.volume_mm3 > 0 else None, solid_component_mm=solid,
         juxtapleural=f.location.juxtapleural, perifissural=f.location.perifissural,
         pleural_shape_benign=benign_shape,

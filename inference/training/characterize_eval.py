@@ -37,7 +37,8 @@ from inference.phantom.model import Phantom, PhantomNodule
 from inference.preprocess import lung_mask
 
 TYPES = ("solid", "part_solid", "ground_glass")
-MARGINS = ("smooth", "lobulated", "spiculated")
+# "not_assessed": predicted only (characterize returns margin None), never a truth: its row stays empty
+MARGINS = ("smooth", "lobulated", "spiculated", "not_assessed")
 _KIND = {"solid": "solid", "part-solid": "part_solid", "ground-glass": "ground_glass"}
 
 
@@ -169,7 +170,7 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True) -
         out.append(NoduleResult(
             seed=seed, truth_type=_KIND[nodule.kind], predicted_type=c.type, diameter_mm=nodule.diameter_mm,
             truth_volume_mm3=in_lungs, volume_mm3=c.volume_mm3, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted,
-            truth_margin=nodule.margin, margin=c.margin, truth_calcified=nodule.calcified, calcified=c.calcified,
+            truth_margin=nodule.margin, margin=c.margin or "not_assessed", truth_calcified=nodule.calcified, calcified=c.calcified,
             attached_to=nodule.attached_to, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
             perifissural=c.location.perifissural,
         ))

@@ -137,6 +137,29 @@ def test_lobulated_outline_versus_an_oval_one() -> None:
         assert c.segmentation_ok and c.margin == "smooth", c.features
 
 
+def test_margin_mostly_in_contact_with_tissue_is_not_assessed() -> None:
+    """Three quarters of every slice's outline lie against tissue outside the nodule: its lobulation cannot
+    be judged, and with no spicule the margin is not assessed (None), never called smooth."""
+    from inference.characterize.margin import classify_margin, undulation
+
+    mask = ellipsoid_fraction((5.0, 5.0, 5.0)) > 0.5
+    z, y, x = np.indices(mask.shape)
+    angle = np.arctan2((y - CENTRE[1]) * SPACING[1], (x - CENTRE[2]) * SPACING[2])
+    shell = (ellipsoid_fraction((7.0, 7.0, 7.0)) > 0.5) & ~mask
+    smooth = np.where(shell & (angle > -np.pi / 2), 40.0, -850.0)  # tissue against 270 degrees of the outline
+    smooth[mask] = 40.0
+    lobulation = undulation(mask, smooth, -400.0, SPACING)
+    assert not lobulation.judged and classify_margin(0, lobulation) is None
+    assert classify_margin(2, lobulation) == "spiculated"  # spicules are counted apart from the outline
+    free = undulation(mask, np.where(mask, 40.0, -850.0), -400.0, SPACING)
+    assert free.judged and classify_margin(0, free) == "smooth"
+
+
+def test_failed_segmentation_states_no_margin() -> None:
+    c = characterize_nodule(lung(9), SPACING, CENTRE, 8.0)
+    assert not c.segmentation_ok and c.margin is None
+
+
 COARSE = np.array([3.0, 1.5, 1.5])  # a 2.5-3 mm slice screening reconstruction
 COARSE_SHAPE = (24, 48, 48)
 COARSE_CENTRE = np.array([12.0, 24.0, 24.0])

@@ -57,6 +57,8 @@ def test_lesion_type_calcification_and_margin_agree_with_the_readers() -> None:
     assert all(r["calcification"] == 6 for r in ratings) and not found.calcified
     assert all(r["spiculation"] == 1 for r in ratings) and found.margin != "spiculated"
     # lobulation 1 (none) from both; the lesion lies on the pleura and its faint rim is left out of the
-    # segmentation, so most of each outline touches tissue: its lobulation is not judged (reads smooth)
-    assert all(r["lobulation"] == 1 for r in ratings) and found.margin == "smooth"
+    # segmentation, so most of each outline touches tissue: its lobulation is not judged, and its margin
+    # is reported as not assessed (None), neither agreeing nor disagreeing with the readers
+    assert all(r["lobulation"] == 1 for r in ratings) and found.margin is None
+    assert found.features["outline_radius_px"] == 0
     assert found.location.lung == "left" and found.location.juxtapleural

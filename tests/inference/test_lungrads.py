@@ -142,6 +142,7 @@ def test_juxtapleural_rule_v2022() -> None:
     assert cat(Nodule(S, 9.9, perifissural=True, pleural_shape_benign=True)) == "2"
     # Each condition missing -> the size rule applies.
     assert cat(juxta(9.0, margin=Margin.LOBULATED)) == "4A"
+    assert cat(juxta(9.0, margin=None)) == "4A"  # a margin not assessed is no smooth margin
     assert cat(juxta(9.0, pleural_shape_benign=None)) == "4A"
     assert cat(juxta(9.0, pleural_shape_benign=False)) == "4A"
     assert cat(Nodule(PS, 9.0, juxtapleural=True, pleural_shape_benign=True, solid_component_mm=6.5)) == "4A"

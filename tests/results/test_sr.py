@@ -145,7 +145,10 @@ def _assert_evaluations(group, finding) -> None:
     for e in group.get_qualitative_evaluations():
         evaluations.setdefault(e.name.value, []).append((e.value.value, e.value.scheme_designator))
     assert evaluations["112027"] == [ATTENUATION_CODES[finding.nodule_type]]  # Opacity Descriptor
-    assert evaluations["112015"] == [MARGIN_CODES[finding.margin]]  # Border shape
+    if finding.margin is None:  # not assessed: no border shape is stated
+        assert "112015" not in evaluations
+    else:
+        assert evaluations["112015"] == [MARGIN_CODES[finding.margin]]  # Border shape
     expected_location = [ZONE_CODES[finding.location.zone]]
     if finding.location.juxtapleural:
         expected_location.append(("68599007", "SCT"))  # Subpleural
@@ -363,3 +366,13 @@ def test_missing_risk_and_side_are_left_out_not_invented(series):
     assert names[:3] == ["81827009", "118565006", "103339001"]  # OHIF then shows the long axis third
     assert group.finding_sites[0].laterality is None
     assert "112013" not in {e.name.value for e in group.get_qualitative_evaluations()}
+
+
+def test_margin_not_assessed_states_no_border_shape(series):
+    """A margin not assessed (None) gets no Border shape item: the SR never says smooth for it."""
+    result = synthetic_result(series, count=2)
+    result.findings[0] = replace(result.findings[0], margin=None)
+    groups = _planar_groups(build_sr(list(series), result, ResultOptions()))
+    names = [[e.name.value for e in g.get_qualitative_evaluations()] for g in groups]
+    assert "112015" not in names[0] and "112015" in names[1]
+    assert "112027" in names[0]  # the other evaluations stay

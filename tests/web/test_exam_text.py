@@ -50,10 +50,12 @@ def test_finding_recorded_before_issue_11_shows_dashes_not_errors() -> None:
            "column": 2.0, "lung_rads_reasons": None, "note": None, "finished_at": None}
     f = finding_json(old)
     assert f["location"] == {"lung": None, "zone": None, "juxtapleural": None, "perifissural": None} and f["lung_rads_reasons"] == []
-    assert finding_cells(f) == ["1", "-", "7.2", "-", "3", "-", "0.41", "-", "-", "190", "90"]
+    # its margin was never assessed: "n/a" in the report (with a footnote), "not assessed" in the console
+    assert finding_cells(f) == ["1", "-", "7.2", "-", "3", "-", "0.41", "n/a", "-", "190", "90"]
     html = TEMPLATES.get_template("_findings.html").render(findings=[f], latest_done_job={"id": 1},
                                                            model_score_label="model score (phantom-trained weights)")
     assert '<td class="f-type">-</td>' in html and '<td class="f-brock">-</td>' in html
+    assert "<td>not assessed</td>" in html
 
 
 def test_job_summary_gets_the_exam_as_json_whichever_way_the_pipeline_hands_it_over() -> None:
