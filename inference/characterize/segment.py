@@ -234,7 +234,12 @@ def _envelope_pass(
     the inscribed radius is that of the visible cap only). Dense voxels beyond the envelope
     (ENVELOPE_FACTOR x that radius) become markers of the other basin, so the basins meet near the
     nodule's surface; parts of the first nodule beyond it that end freely (spicules) are not marked.
-    Off the wall, dense parts beyond the radius itself that still run into a vessel are then cut.
+    Off the wall, dense parts beyond the radius itself that still run into a vessel are then cut, but
+    only within (ENVELOPE_FACTOR - 1) x the radius + a pixel of the vessel's basin: a stub left between
+    the radius and the envelope is no longer than that, whereas such parts can form a connected shell
+    one pixel thick all round (the nodule's edge when its radius is underestimated by a pixel) that
+    touches a vessel at one point, and cutting all of it cost a free 12.2 mm phantom nodule (seed
+    15027) 17 % of its volume.
     Returns (the nodule, everything else: vessels and wall).
     """
     nodule = labels == 1
@@ -254,7 +259,10 @@ def _envelope_pass(
     nodule = labels == 1
     if not on_wall:
         out = nodule & dense & (dist2 > (own_radius + half_px) ** 2)
-        nodule &= ~_touching(out, labels == 2)
+        vessel = labels == 2
+        stub_reach = (ENVELOPE_FACTOR - 1) * own_radius + 2 * half_px
+        near_vessel = ndimage.distance_transform_edt(~vessel, sampling=spacing) <= stub_reach
+        nodule &= ~(_touching(out, vessel) & near_vessel)
         nodule = component_at(nodule, centre, spacing, np.inf)
     return nodule, labels >= 2
 
