@@ -26,7 +26,6 @@ from inference.clinical import (
     Exam,
     FamilyHistory,
     Lung,
-    Margin,
     Nodule,
     NoduleType,
     Sex,
@@ -36,6 +35,7 @@ from inference.clinical import (
     exam_verdict,
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
+from inference.clinical.types import margin_or_not_assessed
 from inference.detect import REPORT_LOGIT, Candidate, Mode, detect
 from inference.findings import (
     ExamSummary,
@@ -356,7 +356,7 @@ def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
         kind = NoduleType.GROUND_GLASS  # no measurable solid part: graded as ground glass
         note = "; ".join(filter(None, [note, "no measurable solid component: graded as ground glass"]))
     nodule = Nodule(
-        type=kind, mean_diameter_mm=mean_mm, calcified=c.calcified, margin=None if c.margin is None else Margin(c.margin),
+        type=kind, mean_diameter_mm=mean_mm, calcified=c.calcified, margin=margin_or_not_assessed(c.margin),
         volume_mm3=c.volume_mm3 if c.volume_mm3 > 0 else None,
         longest_diameter_mm=c.axes.long_mm if c.axes is not None and c.axes.long_mm > 0 else None,
         solid_component_mm=solid_mm if kind is NoduleType.PART_SOLID else None,

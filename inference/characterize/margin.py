@@ -18,9 +18,9 @@ Features:
   per turn, finer than that is pixel noise), is measured as sqrt(2) x its RMS over the free part / the mean
   radius (the amplitude of the undulation as a share of the radius). A slice whose outline is less than
   `MIN_FREE_SHARE` free is not judged; a nodule none of whose central slices can be judged (one lying along a
-  vessel) and with no spicule has its margin not assessed (None): it is not called smooth. Lobulated when the mean over the judged slices is at least `LOBULATED_MIN`, or
-  `LOBULATED_PIXEL_NOISE` / (the radius in pixels) for small outlines: pixelation alone makes a small outline
-  undulate. The cut-offs were tuned on full-size phantom seeds 15000..15019 painted with lobes that meet the
+  vessel) and with no spicule has its margin not assessed (None): it is not called smooth. Lobulated when the
+  mean over the judged slices is at least `LOBULATED_MIN`, or `LOBULATED_PIXEL_NOISE` / (the radius in pixels)
+  for small outlines: pixelation alone makes a small outline undulate. The cut-offs were tuned on full-size phantom seeds 15000..15019 painted with lobes that meet the
   core in clefts (a generator variant not in the tree: the generator's own lobes are broad convex bumps, see
   the README), between the smooth nodules' highest values (0.026 at 10 mm and more; 0.235 / radius below) and
   the lobulated ones' lowest (0.035; 0.30 / radius). On the phantoms as drawn it calls few lobulated nodules

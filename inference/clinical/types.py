@@ -25,6 +25,12 @@ class Margin(str, Enum):
     SPICULATED = "spiculated"
 
 
+def margin_or_not_assessed(value: str | None) -> Margin | None:
+    """The Margin a characterisation or finding names ("smooth", "lobulated", "spiculated"); None, a margin
+    not assessed, stays None (no smooth-margin rule applies to it)."""
+    return None if value is None else Margin(value)
+
+
 class Lung(str, Enum):
     RIGHT = "right"
     LEFT = "left"

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from inference.clinical import Exam, Lung, Margin, Nodule, NoduleType, Zone, classify_exam
+from inference.clinical import Exam, Lung, Nodule, NoduleType, Zone, classify_exam
 from inference.clinical.lungrads import GROWTH_THRESHOLD_MM_PER_12_MONTHS
-from inference.clinical.types import Change, LungRadsCategory, round_half_up
+from inference.clinical.types import Change, LungRadsCategory, margin_or_not_assessed, round_half_up
 from inference.compare.growth import Growth, Status, growth
 from inference.compare.matching import Point, match
 from inference.compare.registration import ImageLike, Registration, register
@@ -163,7 +163,7 @@ def _clinical(f: Finding, change: Change | None, months: float | None, prior_cat
         kind, solid = NoduleType.GROUND_GLASS, None
     benign_shape = any("oval/lentiform" in r for r in f.lung_rads_reasons) or None
     return Nodule(
-        type=kind, mean_diameter_mm=f.diameter_mm, calcified=f.calcified, margin=None if f.margin is None else Margin(f.margin),
+        type=kind, mean_diameter_mm=f.diameter_mm, calcified=f.calcified, margin=margin_or_not_assessed(f.margin),
         volume_mm3=f.volume_mm3 if f.volume_mm3 > 0 else None, solid_component_mm=solid,
         juxtapleural=f.location.juxtapleural, perifissural=f.location.perifissural,
         pleural_shape_benign=benign_shape,
