@@ -13,7 +13,9 @@ from inference.characterize.location import juxtapleural, make_location, perifis
 from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
-from inference.characterize.segment import dilate_mm, refine_boundary, segment_nodule, touches_volume_edge, trim_vessels
+from inference.characterize.segment import (
+    dilate_mm, refine_boundary, restore_ground_glass_base, segment_nodule, touches_volume_edge, trim_vessels,
+)
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
 
@@ -54,6 +56,9 @@ def characterize_nodule(
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))
     kind = attenuation.classify(share, ratio, solid_axes.mean_mm if solid_axes else 0.0, rim)
+    if kind != "solid":
+        restore_ground_glass_base(seg, threshold, spacing)  # adds voxels below the solid threshold only
+        mask = seg.mask
     if kind == "solid":
         solid, solid_axes = mask, measure.axes(mask, spacing, int(offset[0]))
     elif kind == "ground_glass":
