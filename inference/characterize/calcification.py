@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from inference.characterize.model import CalcificationPattern
+from inference.characterize.segment import equivalent_radius
 
 CALCIUM_HU = 200.0
 MIN_SHARE = 0.01
@@ -36,7 +37,7 @@ def calcification(hu: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tupl
         return None, share
     if share >= DIFFUSE_SHARE:
         return "diffuse", share
-    radius = (3 * n * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3)
+    radius = equivalent_radius(mask, spacing)
     offset = np.linalg.norm((np.argwhere(calc).mean(axis=0) - np.argwhere(mask).mean(axis=0)) * spacing)
     return ("central" if offset <= CENTRAL_OFFSET * radius else "eccentric"), share
 

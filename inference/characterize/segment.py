@@ -114,6 +114,11 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.nda
     return ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
 
 
+def equivalent_radius(mask: np.ndarray, spacing: np.ndarray) -> float:
+    """The radius (mm) of the sphere with the mask's volume."""
+    return float((3 * int(mask.sum()) * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3))
+
+
 def component_at(mask: np.ndarray, point: np.ndarray, spacing: np.ndarray, search_mm: float) -> np.ndarray:
     """The connected component of `mask` at `point`, or the one nearest to it within `search_mm`."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
@@ -180,7 +185,7 @@ def _restore_cap(body: np.ndarray, wall: np.ndarray, seed: np.ndarray, spacing: 
     if not body.any() or not _touching(wall, body).any():
         return body
     centre = np.argwhere(body).mean(axis=0) * spacing
-    radius = float((3 * body.sum() * np.prod(spacing) / (4 * np.pi)) ** (1 / 3))
+    radius = equivalent_radius(body, spacing)
     surface = wall & ndimage.binary_dilation(~seed, structure=np.ones((3, 3, 3), bool))
     pts = np.argwhere(surface) * spacing
     d = np.sqrt(((pts - centre) ** 2).sum(axis=1))
@@ -430,7 +435,7 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     m = seg.mask
     if m.sum() < 8 or (seg.wall.any() and (dilate_mm(seg.wall, TRIM_WALL_MM, spacing) & m).any()):
         return
-    r_eq = float((3 * m.sum() * np.prod(spacing) / (4 * np.pi)) ** (1 / 3))
+    r_eq = equivalent_radius(m, spacing)
     body = opening_mm(m, 0.5 * r_eq, spacing)
     body = component_at(body, np.argwhere(m).mean(axis=0), spacing, r_eq) if body.any() else body
     centre = np.argwhere(body if body.any() else m).mean(axis=0)
@@ -462,7 +467,7 @@ def restore_ground_glass_base(seg: Segmentation, threshold_hu: float, spacing: n
     if not m.any() or not seg.wall.any() or not _touching(seg.wall, m).any():
         return
     soft = seg.smooth > DENSE_HU
-    r_eq = float((3 * m.sum() * np.prod(spacing) / (4 * np.pi)) ** (1 / 3))
+    r_eq = equivalent_radius(m, spacing)
     glass = seg.wall & (seg.smooth > threshold_hu) \
         & (ndimage.distance_transform_edt(~soft, sampling=spacing) > GLASS_BASE_CLEARANCE_MM) \
         & (ndimage.distance_transform_edt(~m, sampling=spacing) <= r_eq)

@@ -310,6 +310,37 @@ def test_juxtapleural_nodule_keeps_its_base_on_the_wall() -> None:
     assert 0.8 * truth <= c.volume_mm3 <= 1.1 * truth, (c.volume_mm3, truth)
 
 
+def ground_glass_plaque_on_the_wall() -> tuple[np.ndarray, np.ndarray, float]:
+    """A broad ground-glass lesion (-600 HU) on the pleura: half an ellipsoid 12 x 12 mm across and 8 mm high,
+    its flat side on the wall (like lidc-idri-0002's lesion). (HU, a centre inside it, truth mm3)."""
+    hu = lung(22)
+    hu[:, :, :30] = 40.0
+    frac = ellipsoid_fraction((12.0, 12.0, 8.0), np.array([30.0, 48.0, 29.5]))
+    frac[:, :, :30] = 0.0  # the part in the wall is invisible and not the lesion's (as in the phantoms)
+    paint(hu, frac, -600.0)
+    return hu, np.array([30.0, 48.0, 29.5 + 3.0 / 0.7]), float(frac.sum() * SPACING.prod())
+
+
+def test_ground_glass_plaque_gets_back_the_base_the_wall_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    hu, centre, truth = ground_glass_plaque_on_the_wall()
+    c = characterize_nodule(hu, SPACING, centre, 24.0)
+    assert c.type == "ground_glass" and c.location.juxtapleural
+    # the base comes back, except its layer within GLASS_BASE_CLEARANCE_MM of the wall (the wall's own
+    # partial-volume surface is ground-glass density too), and nothing of that surface beyond the lesion
+    assert 0.65 * truth <= c.volume_mm3 <= 1.05 * truth, (c.volume_mm3, truth)
+    monkeypatch.setattr("inference.characterize.restore_ground_glass_base", lambda *args: None)
+    without = characterize_nodule(hu, SPACING, centre, 24.0)
+    assert without.volume_mm3 < 0.55 * truth, (without.volume_mm3, truth)  # the wall's opening took half of it
+
+
+def test_solid_plaque_keeps_the_wall_out() -> None:
+    hu, centre, truth = ground_glass_plaque_on_the_wall()
+    solid = np.where((hu > -800) & (hu < 0), 40.0, hu).astype(np.float32)  # the same lesion as dense as the wall
+    c = characterize_nodule(solid, SPACING, centre, 24.0)
+    # the plane of the pleura gives its base back as for any juxtapleural nodule; the wall stays out
+    assert c.type == "solid" and 0.6 * truth <= c.volume_mm3 <= 1.1 * truth, (c.volume_mm3, truth)
+
+
 def plane_fraction(point: np.ndarray, normal: tuple[float, float, float], thickness: float) -> np.ndarray:
     """Partial-volume fraction of an infinite slab (a fissure crossing the whole volume)."""
     off = _offsets(SHAPE, point)
