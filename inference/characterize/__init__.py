@@ -56,13 +56,13 @@ def characterize_nodule(
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))
     kind = attenuation.classify(share, ratio, solid_axes.mean_mm if solid_axes else 0.0, rim)
-    if kind != "solid":
-        restore_ground_glass_base(seg, threshold, spacing)  # adds voxels below the solid threshold only
-        mask = seg.mask
     if kind == "solid":
         solid, solid_axes = mask, measure.axes(mask, spacing, int(offset[0]))
-    elif kind == "ground_glass":
-        solid, solid_axes = np.zeros_like(mask), None
+    else:
+        restore_ground_glass_base(seg, threshold, spacing)  # adds voxels below the solid threshold only
+        mask = seg.mask
+        if kind == "ground_glass":
+            solid, solid_axes = np.zeros_like(mask), None
     pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset

@@ -468,9 +468,8 @@ def restore_ground_glass_base(seg: Segmentation, threshold_hu: float, spacing: n
         return
     soft = seg.smooth > DENSE_HU
     r_eq = equivalent_radius(m, spacing)
-    glass = seg.wall & (seg.smooth > threshold_hu) \
-        & (ndimage.distance_transform_edt(~soft, sampling=spacing) > GLASS_BASE_CLEARANCE_MM) \
-        & (ndimage.distance_transform_edt(~m, sampling=spacing) <= r_eq)
+    glass = seg.wall & (seg.smooth > threshold_hu) & ~dilate_mm(soft, GLASS_BASE_CLEARANCE_MM, spacing) \
+        & dilate_mm(m, r_eq, spacing)
     if glass.any():
         seg.mask = component_at(m | glass, np.argwhere(m)[0].astype(float), spacing, np.inf)
 
