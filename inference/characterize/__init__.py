@@ -14,7 +14,8 @@ from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
 from inference.characterize.segment import (
-    dilate_mm, refine_boundary, restore_ground_glass_base, segment_nodule, touches_volume_edge, trim_vessels,
+    dilate_mm, grow_to_half_maximum, near_other_structures, refine_boundary, restore_ground_glass_base, segment_nodule,
+    touches_volume_edge, trim_vessels,
 )
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
@@ -36,6 +37,7 @@ def characterize_nodule(
     spacing = np.asarray(spacing_zyx, float)
     direction = np.eye(3) if direction is None else np.asarray(direction, float)
     seg = segment_nodule(volume_hu, spacing, np.asarray(centre_zyx, float), diameter_mm)
+    first_mask = seg.mask.copy()
     offset = np.array([s.start for s in seg.box])
     lung, zone = (None, None)
     if lung_mask is not None:
@@ -56,13 +58,18 @@ def characterize_nodule(
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))
     kind = attenuation.classify(share, ratio, solid_axes.mean_mm if solid_axes else 0.0, rim)
+    near_others = near_other_structures(seg, first_mask, threshold)
     if kind == "solid":
         solid, solid_axes = mask, measure.axes(mask, spacing, int(offset[0]))
+        size_mask = mask
+        volume, partial_volume = measure.solid_nodule_volume_mm3(seg.hu, mask, near_others, seg.parenchyma_hu, spacing)
     else:
         restore_ground_glass_base(seg, threshold, spacing)  # adds voxels below the solid threshold only
         mask = seg.mask
         if kind == "ground_glass":
             solid, solid_axes = np.zeros_like(mask), None
+        size_mask = grow_to_half_maximum(seg, level, near_others, spacing)
+        volume, partial_volume = measure.volume_mm3(size_mask, spacing), False
     pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
@@ -71,9 +78,9 @@ def characterize_nodule(
         reason = "the nodule is cut by the field of view (it touches the edge of the scanned volume)"
     return NoduleCharacteristics(
         segmentation_ok=reason is None, reason=reason,
-        volume_mm3=round(measure.volume_mm3(mask, spacing), 1),
-        axes=measure.axes(mask, spacing, int(offset[0])), solid_axes=solid_axes,
-        solid_volume_mm3=round(measure.volume_mm3(solid, spacing), 1),
+        volume_mm3=round(volume, 1),
+        axes=measure.axes(size_mask, spacing, int(offset[0])), solid_axes=solid_axes,
+        solid_volume_mm3=round(volume if kind == "solid" else measure.volume_mm3(solid, spacing), 1),
         type=kind, solid_share=round(share, 3),
         calcified=calcification.is_benign(pattern), calcification_pattern=pattern,
         margin=margin.classify_margin(seg.spicules, lobulation),
@@ -83,7 +90,7 @@ def characterize_nodule(
         centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
         features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,
                   "undulation": round(lobulation.value, 4), "outline_radius_px": round(lobulation.radius_px, 2), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
-                  "calcified_share": round(calc_share, 4)},
+                  "calcified_share": round(calc_share, 4), "partial_volume": float(partial_volume)},
     )
 
 

@@ -1,5 +1,24 @@
 """Volume and the Lung-RADS v2022 axial diameters of a segmentation.
 
+Volume of a solid nodule: partial-volume analysis (Kuhnigk J-M, Dicken V, Bornemann L, et al.
+"Morphological segmentation and partial volume analysis for volumetry of solid pulmonary lesions in
+thoracic CT scans", IEEE Trans Med Imaging 2006;25(4):417-434). A voxel on the nodule's edge holds
+part nodule, part lung, and its HU is the mix: its nodule fraction is (HU - lung) / (nodule - lung).
+Counting the voxels above the half maximum instead is right on average for a large flat edge, but the
+mask is drawn on the lightly smoothed image, and smoothing moves the half-maximum surface of a convex
+body inwards (by about sigma^2 / R): on full-size phantoms the count missed 2.7 % of a free solid nodule's
+volume on average, and on thick slices it swings by up to a tenth with where the nodule falls on the grid
+(tests/inference/test_characterize.py). The fractions are summed over the edge (a voxel either side of the mask's boundary); voxels
+fully inside count 1; next to other structures (a vessel, the wall) a voxel's HU is partly theirs, so
+there the half-maximum mask is counted as it is. The nodule's level is the median of its voxels fully
+inside it (all six face neighbours in the mask) of soft-tissue density (-300 ... 200 HU: calcium is not
+the level of the edge); with fewer than PV_MIN_LEVEL_VOXELS of them (a small nodule on thick slices,
+or one calcified throughout) the half-maximum count stands.
+Only for solid nodules: ground glass has a tenth of the contrast (about 250 HU over lung against 900),
+so a voxel's noise (about 20 HU) is 8 % of it, and clipping the fractions to 0 ... 1 turns that noise
+into volume: +5 ... +26 % on small phantoms (2.5-3 mm slices), whose edge holds as many voxels as
+the nodule.
+
 Lung-RADS v2022 (ACR): size is the mean diameter, the average of the long axis and the
 perpendicular short axis measured on the same axial image where the nodule is largest, rounded to
 one decimal place; volume may be used instead. Here the long axis is the largest in-plane Feret
@@ -10,13 +29,37 @@ edge-to-edge extent by one pixel).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from inference.characterize.model import Axes
 
 
+SOFT_TISSUE_HU = (-300.0, 200.0)  # a solid nodule's own level: above ground glass, below calcium
+PV_MIN_LEVEL_VOXELS = 10
+_FACES = ndimage.generate_binary_structure(3, 1)
+_CUBE = np.ones((3, 3, 3), bool)
+
+
 def volume_mm3(mask: np.ndarray, spacing: np.ndarray) -> float:
     return float(mask.sum()) * float(np.prod(spacing))
+
+
+def solid_nodule_volume_mm3(
+    hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray, background_hu: float, spacing: np.ndarray,
+) -> tuple[float, bool]:
+    """(volume in mm3, whether partial-volume analysis measured it) of a solid nodule's half-maximum `mask`
+    in lung of `background_hu`; `near_others`: voxels whose HU other structures share (see the module docstring)."""
+    inside = ndimage.binary_erosion(mask, structure=_FACES, border_value=1)
+    values = hu[inside]
+    values = values[(values > SOFT_TISSUE_HU[0]) & (values <= SOFT_TISSUE_HU[1])]
+    if values.size < PV_MIN_LEVEL_VOXELS:
+        return volume_mm3(mask, spacing), False
+    level = float(np.median(values))
+    edge = ndimage.binary_dilation(mask, structure=_CUBE) & ~inside & ~near_others
+    fractions = np.clip((hu[edge] - background_hu) / (level - background_hu), 0.0, 1.0)
+    counted = float((mask & ~edge).sum()) + float(fractions.sum())
+    return counted * float(np.prod(spacing)), True
 
 
 def slice_axes(plane: np.ndarray, pixel_yx: np.ndarray) -> tuple[float, float]:

@@ -77,6 +77,65 @@ def test_ground_glass_nodule() -> None:
     assert abs(c.volume_mm3 - truth) / truth < 0.1
 
 
+THICK = np.array([2.5, 1.4, 1.4])  # (z, y, x) mm: thick slices, where a voxel's share of the nodule matters most
+
+
+def test_solid_volume_sums_the_edge_voxels_fractions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a 9 mm solid sphere on 2.5 mm slices at four sub-voxel positions: each edge voxel's HU says how much
+    # of it is nodule (partial-volume analysis); counting the voxels above the half maximum instead is
+    # off by up to a tenth, depending on where the sphere falls on the grid
+    shape = (24, 48, 48)
+    cases = []
+    for k, offset in enumerate([(0.0, 0.0, 0.0), (0.5, 0.3, 0.2), (0.25, 0.5, 0.5), (0.4, 0.1, 0.45)]):
+        centre = np.array([12.0, 24.0, 24.0]) + np.array(offset)
+        hu = lung(k, shape)
+        frac = ellipsoid_fraction((4.5, 4.5, 4.5), centre, shape, THICK)
+        paint(hu, frac, 40.0)
+        cases.append((hu, centre, float(frac.sum() * THICK.prod())))
+
+    def errors(partial_volume: bool) -> list[float]:
+        out = []
+        for hu, centre, truth in cases:
+            c = characterize_nodule(hu, THICK, centre, 9.0)
+            assert c.type == "solid" and c.features["partial_volume"] == float(partial_volume)
+            out.append((c.volume_mm3 - truth) / truth)
+        return out
+
+    measured = errors(True)
+    assert max(abs(e) for e in measured) < 0.03 and max(measured) - min(measured) < 0.02, measured
+    monkeypatch.setattr("inference.characterize.measure.PV_MIN_LEVEL_VOXELS", 10**9)  # the half-maximum count only
+    counted = errors(False)
+    assert max(abs(e) for e in counted) > 0.07 and max(counted) - min(counted) > 0.05, counted
+
+
+def test_small_or_calcified_solid_nodule_keeps_the_half_maximum_count() -> None:
+    # too few voxels fully inside to measure the nodule's own level: a 7 mm sphere on 2.5 mm slices
+    shape = (24, 48, 48)
+    centre = np.array([12.0, 24.0, 24.0])
+    hu = lung(8, shape)
+    paint(hu, ellipsoid_fraction((3.5, 3.5, 3.5), centre, shape, THICK), 40.0)
+    assert characterize_nodule(hu, THICK, centre, 7.0).features["partial_volume"] == 0.0
+    # calcified throughout: calcium is not the level of its soft-tissue edge
+    hu = lung(9, shape)
+    paint(hu, ellipsoid_fraction((4.5, 4.5, 4.5), centre, shape, THICK), 40.0)
+    paint(hu, ellipsoid_fraction((3.6, 3.6, 3.6), centre, shape, THICK), 400.0)
+    c = characterize_nodule(hu, THICK, centre, 9.0)
+    assert c.calcified and c.features["partial_volume"] == 0.0
+
+
+def test_faint_ground_glass_is_measured_at_its_half_maximum(monkeypatch: pytest.MonkeyPatch) -> None:
+    # -680 HU in lung of -890 HU: the half maximum (-785 HU) lies below the -750 HU candidates' threshold
+    hu = lung(3) - 30.0
+    frac = ellipsoid_fraction((3.5, 3.5, 3.5))
+    paint(hu, frac, -680.0)
+    truth = float(frac.sum() * SPACING.prod())
+    c = characterize_nodule(hu, SPACING, CENTRE, 7.0)
+    assert c.type == "ground_glass" and abs(c.volume_mm3 - truth) / truth < 0.1, (c.volume_mm3, truth)
+    monkeypatch.setattr("inference.characterize.grow_to_half_maximum", lambda seg, *args: seg.mask)
+    at_candidates = characterize_nodule(hu, SPACING, CENTRE, 7.0)
+    assert at_candidates.volume_mm3 < 0.85 * truth, (at_candidates.volume_mm3, truth)
+
+
 def test_central_calcification_is_benign_and_plain_solid_is_not() -> None:
     hu = lung(3)
     paint(hu, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
