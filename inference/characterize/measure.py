@@ -14,7 +14,7 @@ there the half-maximum mask is counted as it is. The nodule's level is the media
 inside it (all six face neighbours in the mask) of soft-tissue density (-300 ... 200 HU: calcium is not
 the level of the edge); with fewer than PV_MIN_LEVEL_VOXELS of them (a small nodule on thick slices,
 or one calcified throughout) the half-maximum count stands.
-Only for solid nodules: ground glass has a tenth of the contrast (about 250 HU over lung against 900),
+Only for solid nodules: ground glass has about a quarter of the contrast (250 HU over lung against 900),
 so a voxel's noise (about 20 HU) is 8 % of it, and clipping the fractions to 0 ... 1 turns that noise
 into volume: +5 ... +26 % on small phantoms (2.5-3 mm slices), whose edge holds as many voxels as
 the nodule.
