@@ -6,14 +6,15 @@ thoracic CT scans", IEEE Trans Med Imaging 2006;25(4):417-434). A voxel on the n
 part nodule, part lung, and its HU is the mix: its nodule fraction is (HU - lung) / (nodule - lung).
 Counting the voxels above the half maximum instead is right on average for a large flat edge, but the
 mask is drawn on the lightly smoothed image, and smoothing moves the half-maximum surface of a convex
-body inwards (by about sigma^2 / R): on full-size phantoms the count missed 2.7 % of a free solid nodule's
-volume on average, and on thick slices it swings by up to a tenth with where the nodule falls on the grid
-(tests/inference/test_characterize.py). The fractions are summed over the edge (a voxel either side of the mask's boundary); voxels
-fully inside count 1; next to other structures (a vessel, the wall) a voxel's HU is partly theirs, so
-there the half-maximum mask is counted as it is. The nodule's level is the median of its voxels fully
-inside it (all six face neighbours in the mask) of soft-tissue density (-300 ... 200 HU: calcium is not
-the level of the edge); with fewer than PV_MIN_LEVEL_VOXELS of them (a small nodule on thick slices,
-or one calcified throughout) the half-maximum count stands.
+body inwards (by about sigma^2 / R): on full-size phantoms the count missed 2.7 % of a free solid
+nodule's volume on average, and on thick slices it swings by up to a tenth with where the nodule falls
+on the grid (tests/inference/test_characterize.py). The fractions are summed over the edge (a voxel
+either side of the mask's boundary); voxels fully inside count 1; next to other structures (a vessel,
+the wall) a voxel's HU is partly theirs, so there the half-maximum mask is counted as it is. The
+nodule's level is the median of its voxels fully inside it (all six face neighbours in the mask) of
+soft-tissue density (-300 ... 200 HU: calcium is not the level of the edge); with fewer than
+PV_MIN_LEVEL_VOXELS of them (a small nodule on thick slices, or one calcified throughout) the
+half-maximum count stands.
 Only for solid nodules: ground glass has about a quarter of the contrast (250 HU over lung against 900),
 so a voxel's noise (about 20 HU) is 8 % of it, and clipping the fractions to 0 ... 1 turns that noise
 into volume: +5 ... +26 % on small phantoms (2.5-3 mm slices), whose edge holds as many voxels as

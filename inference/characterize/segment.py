@@ -65,8 +65,8 @@ CAP_PASSES = 2
 # restore_ground_glass_base: the wall's voxels this far (mm) or more from soft tissue are not its partial-volume
 # surface (which is ground-glass density too, and runs on along the whole pleura: at 1 voxel the base leaked along it)
 GLASS_BASE_CLEARANCE_MM = 1.5
-# grow_to_half_maximum: how far (mm) beyond the -750 HU boundary the half-maximum boundary is looked for; the two lie
-# a voxel or two apart (the nodule's edge is about one voxel wide)
+# grow_to_half_maximum: how far (mm) beyond the -750 HU boundary the half-maximum boundary is looked for;
+# the two lie a voxel or two apart (the nodule's edge is about one voxel wide)
 HALF_MAXIMUM_REACH_MM = 2.0
 # trim_vessels, tuned on phantom seeds 7000..7029 (quantile 10/25/50 x factor 1.0/1.1/1.2) and checked on
 # 12000..12039: vessel-attached nodules within 15 % 4/12 -> 7/12 and 8/16 -> 11/16, none of the others worse
@@ -432,7 +432,9 @@ def near_other_structures(seg: Segmentation, first_mask: np.ndarray, threshold_h
     return np.asarray(ndimage.binary_dilation(others, structure=np.ones((3, 3, 3), bool)))
 
 
-def grow_to_half_maximum(seg: Segmentation, level_hu: float, near_others: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def grow_to_half_maximum(
+    seg: Segmentation, level_hu: float, near_others: np.ndarray, spacing: np.ndarray,
+) -> np.ndarray:
     """The nodule out to its half-maximum boundary where that lies below SEED_THRESHOLD_HU.
 
     A faint ground-glass nodule (-650 HU in lung of -890 HU) has its half maximum at -770 HU; the
@@ -465,9 +467,9 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     vessel running along z through the nodule (small seed 12007, 9.4 mm: +18 -> +10 %; full size 14000:
     +17 -> +15 %), but on thick slices it cut a nodule's cap slice that touched a vessel on the next
     (small seed 10014, 7.3 mm: -0 -> -24 %, measured again 2026-12-02). Left alone: a nodule within
-    TRIM_WALL_MM of the wall (its base and the pleura around it are
-    dense too; _restore_cap handles it), and a cut of more than TRIM_MAX_SHARE of the nodule (the
-    radius fell into a notch: on tuning phantoms a true stub was at most 31 %).
+    TRIM_WALL_MM of the wall (its base and the pleura around it are dense too; _restore_cap handles it),
+    and a cut of more than TRIM_MAX_SHARE of the nodule (the radius fell into a notch: on tuning phantoms
+    a true stub was at most 31 %).
     """
     m = seg.mask
     if m.sum() < 8 or (seg.wall.any() and (dilate_mm(seg.wall, TRIM_WALL_MM, spacing) & m).any()):

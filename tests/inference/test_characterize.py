@@ -103,7 +103,8 @@ def test_solid_volume_sums_the_edge_voxels_fractions(monkeypatch: pytest.MonkeyP
 
     measured = errors(True)
     assert max(abs(e) for e in measured) < 0.03 and max(measured) - min(measured) < 0.02, measured
-    monkeypatch.setattr("inference.characterize.measure.PV_MIN_LEVEL_VOXELS", 10**9)  # the half-maximum count only
+    # the half-maximum count only
+    monkeypatch.setattr("inference.characterize.measure.PV_MIN_LEVEL_VOXELS", 10**9)
     counted = errors(False)
     assert max(abs(e) for e in counted) > 0.07 and max(counted) - min(counted) > 0.05, counted
 
