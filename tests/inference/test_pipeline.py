@@ -15,7 +15,7 @@ from inference.findings import SeriesResult, Verdict
 from inference.nets.checkpoint import save_project_checkpoint
 from inference.nets.dpn3d import DPN26Detector
 from inference.phantom import write_phantom_series
-from inference.pipeline import LungNodulePipeline, key_slice
+from inference.pipeline import LungNodulePipeline, key_slice, slice_thickness_mm
 from inference.preprocess import preprocess
 from inference.training.packaging import package_weights
 from inference.volume import load_volume, read_series
@@ -194,6 +194,23 @@ def test_findings_carry_type_lung_rads_brock_and_the_exam_statement(clinical_res
     assert json.loads(json.dumps(result.to_json()))["exam"]["lung_rads"] == exam.lung_rads
 
 
+def test_slices_thicker_than_screening_ct_are_stated_in_the_exam(clinical_result, clinical_case) -> None:
+    _, datasets = clinical_case
+    volume = load_volume(datasets)
+    thickness = slice_thickness_mm(volume, datasets[0])
+    assert thickness == pytest.approx(max(float(volume.spacing[0]), float(datasets[0].SliceThickness)))
+    note = f"slices {thickness:.1f} mm thick, over the 2.5 mm of screening CT"
+    # the small phantoms are reconstructed at 2.5 or 3 mm: the statement follows the series, not the seed (a
+    # thicker one: the test below)
+    assert (note in clinical_result.exam.reason) == (thickness > 2.51), clinical_result.exam.reason
+    header = pydicom.Dataset()
+    for stated, expected in (("5.0", 5.0), ("0.625", float(volume.spacing[0])),
+                             ("-1", float(volume.spacing[0])), ("", float(volume.spacing[0]))):
+        header.SliceThickness = stated
+        assert slice_thickness_mm(volume, header) == pytest.approx(expected), stated
+    assert slice_thickness_mm(volume, None) == pytest.approx(float(volume.spacing[0]))
+
+
 def test_a_header_without_age_and_sex_still_gives_a_risk_and_says_what_is_missing(demo_pipeline, clinical_case,
                                                                                    clinical_result):
     import copy
@@ -207,11 +224,13 @@ def test_a_header_without_age_and_sex_still_gives_a_risk_and_says_what_is_missin
         for keyword in ("PatientAge", "PatientBirthDate", "PatientSex"):
             if keyword in ds:
                 delattr(ds, keyword)
+        ds.SliceThickness = "3.0"  # and reconstructed thicker than screening CT (its slices overlap)
     result = demo_pipeline.analyze(bare)
     exam = result.exam
     assert exam.risk_inputs.age_years is None and exam.risk_inputs.sex is None
     assert set(exam.risk_inputs.missing) == {"age", "sex", "family_history"}
     assert "without the patient's age" in exam.reason and "sex" in exam.reason
+    assert "slices 3.0 mm thick, over the 2.5 mm of screening CT" in exam.reason
     assert result.findings and len(result.findings) == len(clinical_result.findings)
     for f in result.findings:
         assert "not in the DICOM header" in f.note
