@@ -393,8 +393,8 @@ def slice_thickness_mm(volume: Volume, header: Dataset | None) -> float:
 def _thick_slice_note(thickness_mm: float) -> str | None:
     if thickness_mm <= SCREENING_MAX_SLICE_MM + 0.01:
         return None
-    return (f"slices {thickness_mm:.1f} mm thick, over the {SCREENING_MAX_SLICE_MM:g} mm of screening CT (ACR; 1 mm "
-            "preferred): nodule volumes and the sizes of small nodules are less reliable")
+    return (f"slice thickness or spacing {thickness_mm:.1f} mm, over the {SCREENING_MAX_SLICE_MM:g} mm of screening CT "
+            "(ACR; 1 mm preferred): nodule volumes and the sizes of small nodules are less reliable")
 
 
 def _missing_note(patient: PatientInputs) -> str | None:

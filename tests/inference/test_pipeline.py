@@ -199,7 +199,7 @@ def test_slices_thicker_than_screening_ct_are_stated_in_the_exam(clinical_result
     volume = load_volume(datasets)
     thickness = slice_thickness_mm(volume, datasets[0])
     assert thickness == pytest.approx(max(float(volume.spacing[0]), float(datasets[0].SliceThickness)))
-    note = f"slices {thickness:.1f} mm thick, over the 2.5 mm of screening CT"
+    note = f"slice thickness or spacing {thickness:.1f} mm, over the 2.5 mm of screening CT"
     # the small phantoms are reconstructed at 2.5 or 3 mm: the statement follows the series, not the seed (a
     # thicker one: the test below)
     assert (note in clinical_result.exam.reason) == (thickness > 2.51), clinical_result.exam.reason
@@ -230,7 +230,7 @@ def test_a_header_without_age_and_sex_still_gives_a_risk_and_says_what_is_missin
     assert exam.risk_inputs.age_years is None and exam.risk_inputs.sex is None
     assert set(exam.risk_inputs.missing) == {"age", "sex", "family_history"}
     assert "without the patient's age" in exam.reason and "sex" in exam.reason
-    assert "slices 3.0 mm thick, over the 2.5 mm of screening CT" in exam.reason
+    assert "slice thickness or spacing 3.0 mm, over the 2.5 mm of screening CT" in exam.reason
     assert result.findings and len(result.findings) == len(clinical_result.findings)
     for f in result.findings:
         assert "not in the DICOM header" in f.note
