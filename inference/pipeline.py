@@ -418,7 +418,7 @@ def _centre(m: Measured) -> np.ndarray:
 
 def assess(
     measured: list[Measured], scores: np.ndarray, exam_chars: ExamCharacteristics, patient: PatientInputs,
-    family_history: FamilyHistory, emphysema_threshold_pct: float, volume: Volume, slice_mm: float | None = None,
+    family_history: FamilyHistory, emphysema_threshold_pct: float, volume: Volume, slice_mm: float,
 ) -> tuple[list[Finding], ExamSummary, Verdict]:
     """Lung-RADS per nodule and exam, Brock per nodule and the exam verdict, as the findings contract."""
     built = [clinical_nodule(m) for m in measured]
@@ -441,7 +441,7 @@ def assess(
     inputs = RiskInputs(age_years=patient.age_years, sex=patient.sex.value if patient.sex else None,
                         family_history=family_history.value, emphysema=emphysema, missing=missing)
     caveats = [assessment.reason] if assessment.category.value == "0" else []
-    thick = _thick_slice_note(float(volume.spacing[0]) if slice_mm is None else slice_mm)
+    thick = _thick_slice_note(slice_mm)
     if thick:
         caveats.append(thick)
     if missing_note:

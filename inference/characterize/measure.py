@@ -33,10 +33,10 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from inference.characterize.attenuation import SOLID_THRESHOLD_HU
+from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.model import Axes
 
-
-SOFT_TISSUE_HU = (-300.0, 200.0)  # a solid nodule's own level: above ground glass, below calcium
 PV_MIN_LEVEL_VOXELS = 10
 _FACES = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), bool)
@@ -53,7 +53,7 @@ def solid_nodule_volume_mm3(
     in lung of `background_hu`; `near_others`: voxels whose HU other structures share (see the module docstring)."""
     inside = ndimage.binary_erosion(mask, structure=_FACES, border_value=1)
     values = hu[inside]
-    values = values[(values > SOFT_TISSUE_HU[0]) & (values <= SOFT_TISSUE_HU[1])]
+    values = values[(values > SOLID_THRESHOLD_HU) & (values <= CALCIUM_HU)]  # soft tissue, not ground glass or calcium
     if values.size < PV_MIN_LEVEL_VOXELS:
         return volume_mm3(mask, spacing), False
     level = float(np.median(values))
