@@ -70,6 +70,7 @@ def characterize_nodule(
             solid, solid_axes = np.zeros_like(mask), None
         size_mask = grow_to_half_maximum(seg, level, near_others, spacing)
         volume, partial_volume = measure.volume_mm3(size_mask, spacing), False
+    contact = measure.contact_share(size_mask, near_others)
     pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
@@ -91,6 +92,7 @@ def characterize_nodule(
         features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,
                   "undulation": round(lobulation.value, 4), "outline_radius_px": round(lobulation.radius_px, 2), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
                   "calcified_share": round(calc_share, 4), "partial_volume": float(partial_volume)},
+        contact_share=round(contact, 3),
     )
 
 

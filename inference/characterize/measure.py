@@ -26,6 +26,12 @@ one decimal place; volume may be used instead. Here the long axis is the largest
 diameter of the slice's pixels and the short axis the longest chord perpendicular to it. Pixel
 centres are measured and one pixel is added (a pixel's centre-to-centre span underestimates the
 edge-to-edge extent by one pixel).
+
+Contact share: the part of the segmentation's surface that borders other structures of the same density
+(a vessel, an airway's wall, the pleura). There the outline is where the segmentation separated the nodule
+from them, not an edge against lung, and the volume depends on that cut: on full-size phantoms (nodules >= 6 mm
+of seeds 14000-14039, 15000-15039, 16000-16029 and 17000-17039) 37 of the 57 nodules with a share of
+CONTACT_SHARE_CAVEAT or more had their volume within 15 % (65 %), against 359 of the 366 others (98 %).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.model import Axes
 
 PV_MIN_LEVEL_VOXELS = 10
+CONTACT_SHARE_CAVEAT = 0.5  # a nodule bordering other structures over half its surface: its volume is less reliable
 _FACES = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -61,6 +68,12 @@ def solid_nodule_volume_mm3(
     fractions = np.clip((hu[edge] - background_hu) / (level - background_hu), 0.0, 1.0)
     counted = float((mask & ~edge).sum()) + float(fractions.sum())
     return counted * float(np.prod(spacing)), True
+
+
+def contact_share(mask: np.ndarray, near_others: np.ndarray) -> float:
+    """Share (0..1) of the mask's surface voxels that lie next to other structures (`near_others`)."""
+    surface = mask & ~ndimage.binary_erosion(mask, structure=_CUBE, border_value=1)
+    return float((surface & near_others).sum()) / max(1, int(surface.sum()))
 
 
 def slice_axes(plane: np.ndarray, pixel_yx: np.ndarray) -> tuple[float, float]:

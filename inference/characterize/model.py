@@ -48,6 +48,9 @@ class NoduleCharacteristics:
     mean_hu: float
     centroid_zyx: tuple[float, float, float]  # voxel indices of the segmentation's centroid
     features: dict[str, float] = field(default_factory=dict)  # raw shape/HU features, for audit and tuning
+    # share of the outline bordering a vessel, an airway or the pleura (measure.contact_share): where it is
+    # large the volume depends on where the segmentation cut, and is less reliable
+    contact_share: float = 0.0
 
     @property
     def mean_diameter_mm(self) -> float:

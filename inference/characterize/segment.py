@@ -22,7 +22,8 @@ Method (all distances in mm, so anisotropic voxels are handled by `sampling`):
    half-maximum rule that makes a voxel count when at least half of it is nodule.
 6. Vessel stub (`trim_vessels`, after step 5): a vessel nearly as thick as the nodule still leaves a
    layer of itself on the nodule; what lies beyond 1.1 x the nodule's base radius and touches tissue
-   outside it on the same slice is cut (not near the wall, and never more than 35 % of the nodule).
+   outside it on the same slice is cut (never more than half of the nodule; near the wall only where the
+   nodule touches it at a point, and not the wall itself).
 7. Faint ground glass (`grow_to_half_maximum`): where the half-maximum threshold of step 5 lies below the
    -750 HU seed threshold (a nodule of -650 HU in -890 HU lung), the size is measured at the half maximum.
 8. Ground-glass base (`restore_ground_glass_base`, for nodules typed part-solid or ground-glass): the wall's
@@ -72,8 +73,20 @@ HALF_MAXIMUM_REACH_MM = 2.0
 # 12000..12039: vessel-attached nodules within 15 % 4/12 -> 7/12 and 8/16 -> 11/16, none of the others worse
 TRIM_FACTOR = 1.1  # a vessel beyond this times the nodule's base radius (+ half a pixel) is cut...
 TRIM_QUANTILE = 10.0  # ...the base radius being this percentile of the ray radii from its centre
-TRIM_MAX_SHARE = 0.35  # a cut of more of the nodule than this is not a stub: left alone
-TRIM_WALL_MM = 3.0  # nodules this close to the wall are left to _restore_cap
+# A cut of more of the nodule than this is not a stub: left alone. 0.35 before 2026-12-02, when a trimmed stub
+# of 39-43 % (an airway's wall, a vessel past a part-solid nodule's cap: full-size seeds 16001, 16024, +86/+88 %)
+# was left on; at 0.5 no nodule of six phantom sets (14000-16039 full size, 9000/12000/13000 small) lost volume.
+TRIM_MAX_SHARE = 0.5
+# Near the wall (within TRIM_WALL_MM) a stub is cut only where the nodule touches the wall at a point (a vessel
+# running to the pleura: at most TRIM_WALL_CONTACT_MAX of its surface next to the wall; a nodule sitting on the
+# pleura has a base of 15-32 % on phantoms, vessel-attached ones near it 0-14 %), its base radius is taken from
+# the rays that end away from the wall (TRIM_WALL_CLEARANCE_MM: the base flattens those that end on it), and what
+# the stub runs into must lie that far from the wall (the wall's own rounded edge is not a vessel). Full size
+# 14011, 15021, 16007: +33/+72/+53 % -> +7/-1/+6 %; small 12015/12033: +15/+25 -> +5/+15 %; no nodule worse.
+TRIM_WALL_MM = 3.0
+TRIM_WALL_CONTACT_MAX = 0.125
+TRIM_WALL_CLEARANCE_MM = 2.0
+TRIM_MIN_FREE_RAYS = 0.3  # fewer rays ending away from the wall than this share: no base radius, no cut
 # spicules (count_spicules), tuned on phantom seeds 7000..7049 small (2.5-3 mm slices; shell 1.1/1.15/1.2 x
 # reach 0.8/1.0/1.5 mm): spiculated nodules >= 6 mm found 7/31 -> 26/31, smooth or lobulated called spiculated 0/118 -> 1/118;
 # at full size (15000..15019) 7/8 before and after, none of the 48 others
@@ -466,29 +479,52 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     stay. The continuation is looked for on the stub's own slice: in 3D it also takes the stubs of a
     vessel running along z through the nodule (small seed 12007, 9.4 mm: +18 -> +10 %; full size 14000:
     +17 -> +15 %), but on thick slices it cut a nodule's cap slice that touched a vessel on the next
-    (small seed 10014, 7.3 mm: -0 -> -24 %, measured again 2026-12-02). Left alone: a nodule within
-    TRIM_WALL_MM of the wall (its base and the pleura around it are dense too; _restore_cap handles it),
-    and a cut of more than TRIM_MAX_SHARE of the nodule (the radius fell into a notch: on tuning phantoms
-    a true stub was at most 31 %).
+    (small seed 10014, 7.3 mm: -0 -> -24 %, measured again 2026-12-02). Near the wall see
+    TRIM_WALL_CONTACT_MAX (a nodule on the pleura is left to _restore_cap); a cut of more than
+    TRIM_MAX_SHARE of the nodule is left alone (the radius fell into a notch).
     """
     m = seg.mask
-    if m.sum() < 8 or (seg.wall.any() and (dilate_mm(seg.wall, TRIM_WALL_MM, spacing) & m).any()):
+    if m.sum() < 8:
+        return
+    near_wall = bool(seg.wall.any() and (dilate_mm(seg.wall, TRIM_WALL_MM, spacing) & m).any())
+    if near_wall and _wall_contact_share(m, seg.wall) > TRIM_WALL_CONTACT_MAX:
         return
     r_eq = equivalent_radius(m, spacing)
     body = opening_mm(m, 0.5 * r_eq, spacing)
     body = component_at(body, np.argwhere(m).mean(axis=0), spacing, r_eq) if body.any() else body
     centre = np.argwhere(body if body.any() else m).mean(axis=0)
-    radius = _radius(m, centre, spacing, TRIM_QUANTILE)
+    radii = _ray_radii(m, centre, spacing)
+    other = (seg.smooth > threshold_hu) & ~m
+    if near_wall:
+        clear = ~dilate_mm(seg.wall, TRIM_WALL_CLEARANCE_MM, spacing)
+        free = clear[tuple(_ray_ends(m.shape, centre, radii, spacing).T)]
+        if free.mean() < TRIM_MIN_FREE_RAYS:
+            return
+        radii, other = radii[free], other & clear
+    radius = float(np.percentile(radii, TRIM_QUANTILE))
     half_px = float(spacing[1:].mean()) / 2
     beyond = m & (_distance2(m.shape, centre, spacing) > (TRIM_FACTOR * radius + half_px) ** 2)
     if not beyond.any():
         return
-    stub = _touching(beyond, (seg.smooth > threshold_hu) & ~m, in_plane=True)
+    stub = _touching(beyond, other, in_plane=True)
     if not stub.any():
         return
     kept = component_at(m & ~stub, centre, spacing, np.inf)
     if kept.sum() >= (1 - TRIM_MAX_SHARE) * m.sum():
         seg.mask = kept
+
+
+def _wall_contact_share(mask: np.ndarray, wall: np.ndarray) -> float:
+    """Share of the mask's surface voxels next to the wall (26-neighbours)."""
+    cube = np.ones((3, 3, 3), bool)
+    surface = mask & ~ndimage.binary_erosion(mask, structure=cube, border_value=1)
+    return float((surface & ndimage.binary_dilation(wall, structure=cube)).sum()) / max(1, int(surface.sum()))
+
+
+def _ray_ends(shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The voxel (index, clipped to the array) just past where each ray of `_RAYS` leaves the mask."""
+    ends = centre[None, :] + _RAYS * (radii[:, None] + 0.5 * float(spacing.min())) / spacing
+    return np.clip(np.rint(ends).astype(int), 0, np.array(shape) - 1)
 
 
 def restore_ground_glass_base(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) -> None:
