@@ -22,6 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.clinical import (
     Exam,
     FamilyHistory,
@@ -346,10 +347,20 @@ def _pleural_shape_benign(c: NoduleCharacteristics, mean_mm: float) -> bool | No
     return bool(c.type == "solid" and c.margin == "smooth" and mean_mm < PLEURAL_BENIGN_MAX_MM and elongated)
 
 
+def _contact_note(c: NoduleCharacteristics) -> str | None:
+    """Where much of the outline borders other structures, the size depends on where the segmentation cut
+    (measure.contact_share): the reader should know that before relying on the volume or its growth."""
+    if not c.segmentation_ok or c.contact_share < CONTACT_SHARE_CAVEAT:
+        return None
+    return (f"borders a vessel, an airway or the pleura over {c.contact_share:.0%} of its surface: its volume and "
+            "diameters depend on where the segmentation separated them and are less reliable")
+
+
 def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
     """The clinical `Nodule` of one characterised candidate, and a note about what was assumed."""
     c = m.chars
     mean_mm, note = _mean_diameter(m)
+    note = "; ".join(filter(None, [note, _contact_note(c)])) or None
     kind = NoduleType(c.type)
     solid_mm = c.solid_component_mm if c.solid_axes is not None else 0.0
     if kind is NoduleType.PART_SOLID and solid_mm <= 0:

@@ -567,6 +567,9 @@ def _nodule_group(
         qualitative_evaluations=evaluations,
     )
     group[0].ContentSequence.extend(change_texts)  # "not growing": a TEXT beside the NUM doubling times
+    if finding.note:  # what the reader must know about this nodule's measurement (e.g. cut by the field of view)
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=COMMENT, value=finding.note[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     if options.sop_class == "comprehensive3d":
         _add_world_centre(group, finding, image)
     return group

@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize import characterize_nodule
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
 from inference.preprocess import lung_mask
@@ -59,6 +60,7 @@ class NoduleResult:
     segmentation_ok: bool
     perifissural: bool = False  # the phantoms paint no fissures: every True is a false positive
     at_pleura: bool = False  # part of its painting lies outside the lungs (the truth of juxtapleural)
+    contact_share: float = 0.0  # share of its outline on other structures (the "less reliable" note above the caveat)
 
     @property
     def site(self) -> str:
@@ -104,6 +106,15 @@ class Evaluation:
             out[name] = (sum(abs(r.volume_error) <= tolerance for r in group), len(group))
         return out
 
+    def within_by_contact(self, tolerance: float = 0.15) -> dict[str, tuple[int, int]]:
+        """(within tolerance, counted) for nodules whose note says their size is less reliable (contact share at
+        or above CONTACT_SHARE_CAVEAT) and for the others: how much that statement is worth."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, flagged in (("stated less reliable", True), ("others", False)):
+            group = [r for r in self.counted if (r.contact_share >= CONTACT_SHARE_CAVEAT) == flagged]
+            out[name] = (sum(abs(r.volume_error) <= tolerance for r in group), len(group))
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """Confusion matrices (rows truth, columns predicted), accuracies and volume errors, for `--json`."""
         out: dict[str, Any] = {"min_diameter_mm": self.min_diameter_mm, "nodules_counted": len(self.counted),
@@ -118,6 +129,7 @@ class Evaluation:
             "mean": round(float(err.mean()), 4), "median_abs": round(float(np.median(np.abs(err))), 4),
             "max_abs": round(float(np.abs(err).max()), 4), "share_within_15pct": round(float((np.abs(err) <= 0.15).mean()), 4),
             "within_15pct_by_site": {k: list(v) for k, v in self.within_by_site().items()},
+            "within_15pct_by_contact": {k: list(v) for k, v in self.within_by_contact().items()},
         }
         return out
 
@@ -172,7 +184,7 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True) -
             truth_volume_mm3=in_lungs, volume_mm3=c.volume_mm3, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted,
             truth_margin=nodule.margin, margin=c.margin or "not_assessed", truth_calcified=nodule.calcified, calcified=c.calcified,
             attached_to=nodule.attached_to, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
-            perifissural=c.location.perifissural,
+            perifissural=c.location.perifissural, contact_share=c.contact_share,
         ))
     return out
 
@@ -200,13 +212,15 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
                      f"max {q[2]:.1%}; within 15%: {(np.abs(err) <= 0.15).mean():.1%}")
         lines.append("within 15% by site (vessel: on a vessel or airway): " + ", ".join(
             f"{name} {k}/{n}" for name, (k, n) in ev.within_by_site().items()))
+        lines.append(f"within 15% by contact (outline >= {CONTACT_SHARE_CAVEAT:.0%} on other structures: stated less "
+                     "reliable): " + ", ".join(f"{name} {k}/{n}" for name, (k, n) in ev.within_by_contact().items()))
     lines.append(f"perifissural (the phantoms paint no fissures: false positives): {sum(r.perifissural for r in ev.counted)}")
     for r in ev.counted if details else []:
         flag = "" if (r.truth_type == r.predicted_type and abs(r.volume_error) <= 0.15) else "  <--"
         lines.append(f"  seed {r.seed} {r.diameter_mm:5.1f} mm {r.truth_type:>12} -> {r.predicted_type:<12} "
                      f"vol {r.volume_mm3:8.0f} / {r.truth_volume_mm3:8.0f} ({r.volume_error:+.0%}) "
                      f"margin {r.truth_margin}->{r.margin} calc {r.truth_calcified}->{r.calcified} "
-                     f"site {r.site} (generator: {r.attached_to}) jp {r.juxtapleural}{flag}")
+                     f"site {r.site} (generator: {r.attached_to}) jp {r.juxtapleural} contact {r.contact_share:.2f}{flag}")
     return "\n".join(lines)
 
 

@@ -376,3 +376,18 @@ def test_margin_not_assessed_states_no_border_shape(series):
     names = [[e.name.value for e in g.get_qualitative_evaluations()] for g in groups]
     assert "112015" not in names[0] and "112015" in names[1]
     assert "112027" in names[0]  # the other evaluations stay
+
+
+def test_a_nodule_note_is_its_groups_comment(series):
+    """What the reader must know about one nodule's measurement (e.g. its size less reliable) is a TEXT
+    Comment in that nodule's group, not lost outside the report; a nodule without a note has none."""
+    result = synthetic_result(series, count=2)
+    note = "borders a vessel, an airway or the pleura over 62% of its surface: its volume is less reliable"
+    result.findings[1] = replace(result.findings[1], note=note)
+    groups = _planar_groups(build_sr(list(series), result, ResultOptions()))
+
+    def comments(group) -> list[str]:
+        return [item.TextValue for item in group[0].ContentSequence
+                if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+
+    assert comments(groups[0]) == [] and comments(groups[1]) == [note]
