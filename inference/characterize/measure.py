@@ -42,6 +42,7 @@ from scipy.spatial import ConvexHull, QhullError
 from inference.characterize.attenuation import SOLID_THRESHOLD_HU
 from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.model import Axes
+from inference.characterize.segment import surface_share
 
 PV_MIN_LEVEL_VOXELS = 10
 CONTACT_SHARE_CAVEAT = 0.5  # a nodule bordering other structures over half its surface: its volume is less reliable
@@ -72,8 +73,7 @@ def solid_nodule_volume_mm3(
 
 def contact_share(mask: np.ndarray, near_others: np.ndarray) -> float:
     """Share (0..1) of the mask's surface voxels that lie next to other structures (`near_others`)."""
-    surface = mask & ~ndimage.binary_erosion(mask, structure=_CUBE, border_value=1)
-    return float((surface & near_others).sum()) / max(1, int(surface.sum()))
+    return surface_share(mask, near_others)
 
 
 def slice_axes(plane: np.ndarray, pixel_yx: np.ndarray) -> tuple[float, float]:

@@ -514,11 +514,15 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
         seg.mask = kept
 
 
+def surface_share(mask: np.ndarray, other: np.ndarray) -> float:
+    """Share (0..1) of the mask's surface voxels (those with a 26-neighbour outside it) that lie in `other`."""
+    surface = mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3, 3), bool), border_value=1)
+    return float((surface & other).sum()) / max(1, int(surface.sum()))
+
+
 def _wall_contact_share(mask: np.ndarray, wall: np.ndarray) -> float:
     """Share of the mask's surface voxels next to the wall (26-neighbours)."""
-    cube = np.ones((3, 3, 3), bool)
-    surface = mask & ~ndimage.binary_erosion(mask, structure=cube, border_value=1)
-    return float((surface & ndimage.binary_dilation(wall, structure=cube)).sum()) / max(1, int(surface.sum()))
+    return surface_share(mask, ndimage.binary_dilation(wall, structure=np.ones((3, 3, 3), bool)))
 
 
 def _ray_ends(shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray, spacing: np.ndarray) -> np.ndarray:
