@@ -359,13 +359,13 @@ def _contact_note(c: NoduleCharacteristics) -> str | None:
 def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
     """The clinical `Nodule` of one characterised candidate, and a note about what was assumed."""
     c = m.chars
-    mean_mm, note = _mean_diameter(m)
-    note = "; ".join(filter(None, [note, _contact_note(c)])) or None
+    mean_mm, diameter_note = _mean_diameter(m)
+    notes = [diameter_note, _contact_note(c)]
     kind = NoduleType(c.type)
     solid_mm = c.solid_component_mm if c.solid_axes is not None else 0.0
     if kind is NoduleType.PART_SOLID and solid_mm <= 0:
         kind = NoduleType.GROUND_GLASS  # no measurable solid part: graded as ground glass
-        note = "; ".join(filter(None, [note, "no measurable solid component: graded as ground glass"]))
+        notes.append("no measurable solid component: graded as ground glass")
     nodule = Nodule(
         type=kind, mean_diameter_mm=mean_mm, calcified=c.calcified, margin=margin_or_not_assessed(c.margin),
         volume_mm3=c.volume_mm3 if c.volume_mm3 > 0 else None,
@@ -378,7 +378,7 @@ def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
         lung=Lung(c.location.lung) if c.location.lung else None,
         zone=Zone(c.location.zone) if c.location.zone else None,
     )
-    return nodule, note
+    return nodule, "; ".join(filter(None, notes)) or None
 
 
 # ACR Lung Cancer Screening Center designation, minimum technical specifications: reconstructed slices of

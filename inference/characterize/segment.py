@@ -486,7 +486,9 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     m = seg.mask
     if m.sum() < 8:
         return
-    near_wall = bool(seg.wall.any() and (dilate_mm(seg.wall, TRIM_WALL_MM, spacing) & m).any())
+    # one distance map to the wall serves both the "near the wall" test and the clearance below
+    wall_mm = ndimage.distance_transform_edt(~seg.wall, sampling=spacing) if seg.wall.any() else None
+    near_wall = wall_mm is not None and bool((wall_mm[m] <= TRIM_WALL_MM).any())
     if near_wall and _wall_contact_share(m, seg.wall) > TRIM_WALL_CONTACT_MAX:
         return
     r_eq = equivalent_radius(m, spacing)
@@ -495,8 +497,8 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     centre = np.argwhere(body if body.any() else m).mean(axis=0)
     radii = _ray_radii(m, centre, spacing)
     other = (seg.smooth > threshold_hu) & ~m
-    if near_wall:
-        clear = ~dilate_mm(seg.wall, TRIM_WALL_CLEARANCE_MM, spacing)
+    if near_wall and wall_mm is not None:
+        clear = wall_mm > TRIM_WALL_CLEARANCE_MM
         free = clear[tuple(_ray_ends(m.shape, centre, radii, spacing).T)]
         if free.mean() < TRIM_MIN_FREE_RAYS:
             return
