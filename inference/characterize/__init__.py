@@ -14,8 +14,8 @@ from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
 from inference.characterize.segment import (
-    dilate_mm, grow_to_half_maximum, near_other_structures, refine_boundary, restore_ground_glass_base, segment_nodule,
-    touches_volume_edge, trim_vessels,
+    cut_to_lung_outline, dilate_mm, grow_to_half_maximum, near_other_structures, refine_boundary,
+    restore_ground_glass_base, segment_nodule, touches_volume_edge, trim_vessels,
 )
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
@@ -54,6 +54,7 @@ def characterize_nodule(
     level = _level(seg.hu, seg.mask, spacing, solid_guess)
     threshold = refine_boundary(seg, level)
     trim_vessels(seg, threshold, spacing)
+    cut_to_lung_outline(seg, threshold, spacing)
     mask = seg.mask
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))
