@@ -399,6 +399,40 @@ def ground_glass_plaque_on_the_wall() -> tuple[np.ndarray, np.ndarray, float]:
     return hu, np.array([30.0, 48.0, 29.5 + 3.0 / 0.7]), float(frac.sum() * SPACING.prod())
 
 
+@pytest.mark.parametrize(("left_mm", "right_mm"), [(3.5, 6.0), (3.0, 9.0)])
+def test_nodule_filling_a_strip_of_lung_between_two_walls_keeps_both_bases(left_mm: float, right_mm: float) -> None:
+    # a 12 mm solid nodule in a strip of lung 9.5 / 12 mm wide (walls on both sides, like full-size phantom
+    # 15028's 18 mm nodule): the ring around it lies on two walls, no plane fits it, and both bases stayed with
+    # the walls (-32 % / -35 %); a plane per candidate through its nearest wall points gives them back
+    hu = lung(42)
+    off = _offsets(SHAPE, CENTRE)
+    strip = ((off[..., 2] >= -left_mm) & (off[..., 2] <= right_mm)).mean(axis=0)
+    hu += (1 - strip) * (40.0 - hu)
+    sphere = ellipsoid_fraction((6.0, 6.0, 6.0))
+    truth = float((sphere * strip).sum() * SPACING.prod())  # the part inside the lung
+    hu = np.maximum(hu, hu + sphere * (40.0 - hu))
+    c = characterize_nodule(hu, SPACING, CENTRE, 12.0)
+    assert c.segmentation_ok and c.type == "solid" and c.location.juxtapleural
+    assert abs(c.volume_mm3 - truth) / truth <= 0.1, (c.volume_mm3, truth)
+
+
+def test_nodule_on_a_strongly_curved_wall_keeps_its_base() -> None:
+    # lung inside a cylinder of 22 mm radius (a costophrenic recess, a paravertebral gutter), a 12 mm solid
+    # nodule a third of whose radius lies in the wall: the ring is no plane (spread above 1.5 mm) and the base
+    # stayed with the wall (-27 %); with planes through the nearest wall points -8 %
+    hu = lung(41)
+    axis = np.array([0.0, CENTRE[1], CENTRE[2] - (22.0 - 0.7 * 6.0) / SPACING[2]])
+    off = _offsets(SHAPE, axis)
+    inside = (np.sqrt(off[..., 1] ** 2 + off[..., 2] ** 2) <= 22.0).mean(axis=0)
+    hu += (1 - inside) * (40.0 - hu)
+    sphere = ellipsoid_fraction((6.0, 6.0, 6.0))
+    truth = float((sphere * inside).sum() * SPACING.prod())
+    hu = np.maximum(hu, hu + sphere * (40.0 - hu))
+    c = characterize_nodule(hu, SPACING, CENTRE, 12.0)
+    assert c.segmentation_ok and c.type == "solid" and c.location.juxtapleural
+    assert abs(c.volume_mm3 - truth) / truth <= 0.15, (c.volume_mm3, truth)
+
+
 def test_ground_glass_plaque_gets_back_the_base_the_wall_took(monkeypatch: pytest.MonkeyPatch) -> None:
     hu, centre, truth = ground_glass_plaque_on_the_wall()
     c = characterize_nodule(hu, SPACING, centre, 24.0)
