@@ -536,10 +536,10 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     if m.sum() < 8:
         return
     # one distance map to the wall serves both the "near the wall" test and the clearance below
-    wall_mm = ndimage.distance_transform_edt(~seg.wall, sampling=spacing) if seg.wall.any() else None
-    near_wall = wall_mm is not None and bool((wall_mm[m] <= TRIM_WALL_MM).any())
-    if near_wall and _wall_contact_share(m, seg.wall) > TRIM_WALL_CONTACT_MAX:
+    wall_mm = _wall_distance(seg, spacing)
+    if _sits_on_wall(m, seg.wall, wall_mm):
         return
+    near_wall = _near_wall(m, wall_mm)
     centre = _body_centre(m, spacing)
     radii = _ray_radii(m, centre, spacing)
     other = (seg.smooth > threshold_hu) & ~m
@@ -571,13 +571,20 @@ def _body_centre(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return np.asarray(np.argwhere(body if body.any() else mask).mean(axis=0), float)
 
 
-def _points_on_wall(seg: Segmentation, spacing: np.ndarray) -> bool:
+def _wall_distance(seg: Segmentation, spacing: np.ndarray) -> np.ndarray | None:
+    """Distance (mm) of every ROI voxel to the wall; None where the ROI holds no wall."""
+    return ndimage.distance_transform_edt(~seg.wall, sampling=spacing) if seg.wall.any() else None
+
+
+def _near_wall(mask: np.ndarray, wall_mm: np.ndarray | None) -> bool:
+    """True when part of the mask lies within TRIM_WALL_MM of the wall (`wall_mm` from _wall_distance)."""
+    return wall_mm is not None and bool((wall_mm[mask] <= TRIM_WALL_MM).any())
+
+
+def _sits_on_wall(mask: np.ndarray, wall: np.ndarray, wall_mm: np.ndarray | None) -> bool:
     """True when the nodule sits on the wall over more than a point (see TRIM_WALL_CONTACT_MAX): its base there
     is _restore_cap's business, and neither vessel cut touches it."""
-    if not seg.wall.any():
-        return False
-    wall_mm = ndimage.distance_transform_edt(~seg.wall, sampling=spacing)
-    return bool((wall_mm[seg.mask] <= TRIM_WALL_MM).any()) and _wall_contact_share(seg.mask, seg.wall) > TRIM_WALL_CONTACT_MAX
+    return _near_wall(mask, wall_mm) and _wall_contact_share(mask, wall) > TRIM_WALL_CONTACT_MAX
 
 
 def cut_to_lung_outline(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) -> None:
@@ -594,11 +601,12 @@ def cut_to_lung_outline(seg: Segmentation, threshold_hu: float, spacing: np.ndar
     half-maximum boundary and no scale factor is needed (0.9 ... 1.0 tried; 1.0 least cut of the nodule itself).
     Twice (OUTLINE_PASSES): the first cut moves the centre off the vessel. Left alone: a nodule with fewer than
     OUTLINE_MIN_LUNG_RAYS of its rays on lung (no outline to interpolate from), one on the wall over more than a
-    point (_points_on_wall), and a cut of more than TRIM_MAX_SHARE of it.
+    point (_sits_on_wall), and a cut of more than TRIM_MAX_SHARE of it.
     """
+    wall_mm = _wall_distance(seg, spacing)  # the wall stays as it is; only the mask changes between passes
     for _ in range(OUTLINE_PASSES):
         m = seg.mask
-        if m.sum() < 8 or _points_on_wall(seg, spacing):
+        if m.sum() < 8 or _sits_on_wall(m, seg.wall, wall_mm):
             return
         centre = _body_centre(m, spacing)
         radii = _ray_radii(m, centre, spacing)

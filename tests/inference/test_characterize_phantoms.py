@@ -70,7 +70,6 @@ def test_vessel_stub_beyond_the_nodule_is_cut() -> None:
     assert abs(r.volume_error) <= 0.15, f"{r.volume_error:+.0%}"
 
 
-
 def test_vessel_along_the_nodule_is_cut_at_the_outline_its_lung_sides_predict() -> None:
     # solid nodules at 1.5 x 1.5 x 2.5 mm (seed 12033: 16.5 mm, on a vessel that runs along its side and on
     # under it; seed 12015: 11.2 mm, on a vessel bundle) kept a millimetre-thick layer of the vessel within
