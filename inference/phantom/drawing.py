@@ -29,20 +29,26 @@ class _Grid:
     def index(self, xyz: np.ndarray) -> np.ndarray:
         """World (N, 3) -> nearest index (N, 3) zyx, clipped into the grid."""
         zyx = ((np.atleast_2d(xyz) - self.origin) / self.spacing[::-1])[:, ::-1]
-        return np.clip(np.rint(zyx).astype(int), 0, np.array(self.shape) - 1)
+        return np.minimum(np.maximum(np.rint(zyx).astype(int), 0), np.array(self.shape) - 1)
+
+
+# The helpers below run for every one of the thousands of tube segments of a phantom: np.clip and
+# np.linalg.norm are spelled out as the ufuncs they call (the same values, without their per-call overhead).
+def _unit_clip(values: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(values, 0.0), 1.0)
 
 
 def _soft(signed_distance_mm: np.ndarray, edge_mm: float) -> np.ndarray:
     """Partial-volume fraction for a surface at distance 0 (positive inside)."""
-    return np.clip(signed_distance_mm / edge_mm + 0.5, 0.0, 1.0)
+    return _unit_clip(signed_distance_mm / edge_mm + 0.5)
 
 
 def _segment_distance(px: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distance of points (..., 3) to segment a-b, and the position t in [0, 1] along it."""
     ab = b - a
-    t = np.clip(((px - a) @ ab) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
-    closest = a + t[..., None] * ab
-    return np.linalg.norm(px - closest, axis=-1), t
+    t = _unit_clip(((px - a) @ ab) / max(float(ab @ ab), 1e-9))
+    off = px - (a + t[..., None] * ab)
+    return np.sqrt(np.add.reduce(off * off, axis=-1)), t
 
 
 def _draw_tube(
@@ -60,7 +66,9 @@ def _draw_tube(
     zs = grid.origin[2] + np.arange(i0[0], i1[0]) * grid.spacing[0]
     ys = grid.origin[1] + np.arange(i0[1], i1[1]) * grid.spacing[1]
     xs = grid.origin[0] + np.arange(i0[2], i1[2]) * grid.spacing[2]
-    pts = np.stack(np.meshgrid(xs, ys, zs, indexing="ij"), axis=-1).transpose(2, 1, 0, 3)  # (z, y, x, 3)
+    pts = np.empty((len(xs), len(ys), len(zs), 3))  # x, y, z: what np.meshgrid(xs, ys, zs, indexing="ij") stacks
+    pts[..., 0], pts[..., 1], pts[..., 2] = xs[:, None, None], ys[None, :, None], zs
+    pts = pts.transpose(2, 1, 0, 3)  # (z, y, x, 3)
     dist, t = _segment_distance(pts, a, b)
     frac = _soft(r0 + (r1 - r0) * t - dist, float(grid.spacing[1:].mean()))
     region = (slice(i0[0], i1[0]), slice(i0[1], i1[1]), slice(i0[2], i1[2]))
