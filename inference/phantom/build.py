@@ -99,8 +99,20 @@ def _drawn_lungs(scene: "_Scene", margin_mm: float) -> np.ndarray:
     """The scene's lung label on its fine grid; with `margin_mm`, only what lies deeper than that."""
     lungs = scene.label > 0
     if margin_mm > 0:
-        lungs = ndimage.distance_transform_edt(lungs, sampling=scene.coarse.spacing) > margin_mm
+        lungs = _deeper_than(lungs, scene.coarse.spacing, margin_mm)
     return _upsample(lungs.astype(np.float32), scene.fine.shape) >= 0.5
+
+
+def _deeper_than(mask: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
+    """The voxels of `mask` farther than `margin_mm` from every voxel outside it: what
+    `distance_transform_edt(mask, sampling=spacing) > margin_mm` gives (the array's edge is no outside), as an
+    erosion by the ball of that radius (the distance transform of the whole volume took seconds)."""
+    reach = np.floor(margin_mm / np.asarray(spacing, float)).astype(int)
+    offsets = np.indices(2 * reach + 1).reshape(3, -1).T - reach
+    ball = np.sqrt(((offsets * spacing) ** 2).sum(axis=1)) <= margin_mm
+    structure = np.zeros(2 * reach + 1, bool)
+    structure[tuple((offsets[ball] + reach).T)] = True
+    return ndimage.binary_erosion(mask, structure=structure, border_value=1)
 
 
 @dataclass

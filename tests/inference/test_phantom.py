@@ -131,3 +131,21 @@ def test_phantom_and_anatomy_is_both_phantoms_from_one_drawing():
     assert np.array_equal(anatomy.hu, alone_anatomy.hu) and not anatomy.nodules
     assert np.array_equal(drawn, alone_drawn) and drawn.any()
     assert not np.array_equal(phantom.hu, anatomy.hu)  # the nodules are painted on one of them only
+
+
+@pytest.mark.parametrize("margin_mm", [1.49692756, 2.5, 2.9, 4.2])  # the first two: ties with a voxel step
+def test_deeper_than_a_margin_is_what_the_distance_transform_gives(margin_mm: float) -> None:
+    # the drawn lungs' margin is an erosion by a ball; it must keep exactly the voxels the Euclidean distance
+    # transform puts farther than the margin from the outside, on anisotropic voxels and at the array's edge
+    from scipy import ndimage
+
+    from inference.phantom.build import _deeper_than
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(rng.random((30, 40, 40)) > 0.3, iterations=2)
+    mask[:, :, :5] = True  # a region running into the array's edge
+    spacing = np.array([2.5, 1.49692756, 1.49692756])
+    expected = ndimage.distance_transform_edt(mask, sampling=spacing) > margin_mm
+    got = _deeper_than(mask, spacing, margin_mm)
+    assert expected.any() and (mask & ~expected).any()
+    assert np.array_equal(got, expected)
