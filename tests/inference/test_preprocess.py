@@ -88,3 +88,27 @@ def test_empty_mask_falls_back_to_the_body(lidc):
     pre = preprocess(solid)
     assert pre.mask_fallback
     assert pre.image.shape[1] > 300 and pre.image.shape[2] > 300
+
+
+def test_filled_convex_hull_is_the_polygon_skimage_draws() -> None:
+    # the per-slice hull of DeepLung's lung mask is filled by exact integer edge tests; it must keep
+    # the pixels skimage.draw.polygon gives (centres inside or on the outline), vertices and edges included
+    from scipy.spatial import ConvexHull
+    from skimage.draw import polygon
+
+    from inference.preprocess import _filled_convex_polygon
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        shape = (int(rng.integers(3, 60)), int(rng.integers(3, 60)))
+        points = np.stack([rng.integers(0, shape[0], 12), rng.integers(0, shape[1], 12)], axis=1)
+        try:
+            vertices = points[ConvexHull(points).vertices]
+        except Exception:  # all points on one line: the caller never fills those
+            continue
+        expected = np.zeros(shape, bool)
+        expected[polygon(vertices[:, 0], vertices[:, 1], shape)] = True
+        got = _filled_convex_polygon(vertices, shape)
+        assert np.array_equal(got, expected), vertices.tolist()
+        assert np.array_equal(_filled_convex_polygon(vertices[::-1], shape), expected)  # clockwise: the same
+        assert got[tuple(vertices.T)].all()
