@@ -108,9 +108,10 @@ def _deeper_than(mask: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.
     `distance_transform_edt(mask, sampling=spacing) > margin_mm` gives (the array's edge is no outside), as an
     erosion by the ball of that radius (the distance transform of the whole volume took seconds)."""
     reach = np.floor(margin_mm / np.asarray(spacing, float)).astype(int)
-    offsets = np.indices(2 * reach + 1).reshape(3, -1).T - reach
+    size = tuple(int(n) for n in 2 * reach + 1)
+    offsets = np.indices(size).reshape(3, -1).T - reach
     ball = np.sqrt(((offsets * spacing) ** 2).sum(axis=1)) <= margin_mm
-    structure = np.zeros(2 * reach + 1, bool)
+    structure = np.zeros(size, bool)
     structure[tuple((offsets[ball] + reach).T)] = True
     return ndimage.binary_erosion(mask, structure=structure, border_value=1)
 
