@@ -30,8 +30,8 @@ def _offsets(shape: tuple[int, int, int], centre: np.ndarray, sub: int, spacing:
     arrays that broadcast to `shape` (the whole (sub^3, z, y, x, 3) array at once took most of this file's time)."""
     steps = (np.arange(sub) + 0.5) / sub - 0.5
     for step in itertools.product(steps, repeat=3):
-        yield tuple(((np.arange(n, dtype=np.float32) + np.float32(s) - c) * d).reshape([-1 if k == axis else 1 for k in range(3)])
-                    for axis, (n, s, c, d) in enumerate(zip(shape, step, centre, spacing)))  # type: ignore[misc]
+        z, y, x = ((np.arange(n, dtype=np.float32) + np.float32(s) - c) * d for n, s, c, d in zip(shape, step, centre, spacing))
+        yield z[:, None, None], y[None, :, None], x[None, None, :]
 
 
 def fraction(inside: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], shape: tuple[int, int, int] = SHAPE,
