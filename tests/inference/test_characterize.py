@@ -48,6 +48,11 @@ def _dot(z: np.ndarray, y: np.ndarray, x: np.ndarray, d: np.ndarray) -> np.ndarr
     return z * d[0] + y * d[1] + x * d[2]
 
 
+def _distance_from_line_point(z: np.ndarray, y: np.ndarray, x: np.ndarray, t: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each offset from the point `t` mm along the unit direction `d` through the centre."""
+    return np.sqrt((z - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (x - t * d[2]) ** 2)
+
+
 def ellipsoid_fraction(semi_axes_zyx: tuple[float, float, float], centre: np.ndarray = CENTRE,
                        shape: tuple[int, int, int] = SHAPE, spacing: np.ndarray = SPACING) -> np.ndarray:
     """Partial-volume fraction of an ellipsoid (3^3 sub-samples per voxel)."""
@@ -178,8 +183,7 @@ def spikes_fraction(radius: float, n: int, length: float, thickness: float, cent
         for d in directions:
             along = _dot(z, y, x, d)
             t = np.clip(along, radius * 0.8, radius + length)
-            dist = np.sqrt((z - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (x - t * d[2]) ** 2)
-            inside |= (dist <= thickness) & (along >= radius * 0.8)
+            inside |= (_distance_from_line_point(z, y, x, t, d) <= thickness) & (along >= radius * 0.8)
         return inside
 
     return fraction(on_a_spicule, shape, centre, spacing, sub)
@@ -292,8 +296,7 @@ def cylinder_fraction(radius: float, point: np.ndarray, axis: tuple[float, float
     a = np.asarray(axis, float) / np.linalg.norm(axis)
 
     def inside(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        along = _dot(z, y, x, a)
-        return np.sqrt((z - along * a[0]) ** 2 + (y - along * a[1]) ** 2 + (x - along * a[2]) ** 2) <= radius
+        return _distance_from_line_point(z, y, x, _dot(z, y, x, a), a) <= radius
 
     return fraction(inside, centre=point)
 

@@ -93,7 +93,7 @@ def test_empty_mask_falls_back_to_the_body(lidc):
 def test_filled_convex_hull_is_the_polygon_skimage_draws() -> None:
     # the per-slice hull of DeepLung's lung mask is filled by exact integer edge tests; it must keep
     # the pixels skimage.draw.polygon gives (centres inside or on the outline), vertices and edges included
-    from scipy.spatial import ConvexHull
+    from scipy.spatial import ConvexHull, QhullError
     from skimage.draw import polygon
 
     from inference.preprocess import _filled_convex_polygon
@@ -104,7 +104,7 @@ def test_filled_convex_hull_is_the_polygon_skimage_draws() -> None:
         points = np.stack([rng.integers(0, shape[0], 12), rng.integers(0, shape[1], 12)], axis=1)
         try:
             vertices = points[ConvexHull(points).vertices]
-        except Exception:  # all points on one line: the caller never fills those
+        except QhullError:  # all points on one line: the caller never fills those
             continue
         expected = np.zeros(shape, bool)
         expected[polygon(vertices[:, 0], vertices[:, 1], shape)] = True
