@@ -11,6 +11,7 @@ import pytest
 from inference.characterize import characterize_exam, characterize_nodule
 from inference.characterize.location import juxtapleural
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT
+from inference.characterize.segment import DENSE_HU, _distance2, _give_back_ground_glass
 
 SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
 SHAPE = (60, 96, 96)
@@ -342,6 +343,30 @@ def test_part_solid_nodule_on_a_vessel_keeps_its_solid_core() -> None:
     c = characterize_nodule(hu, SPACING, CENTRE, 12.0)
     assert c.type == "part_solid"
     assert c.solid_axes is not None and abs(c.solid_axes.mean_mm - 6.0) <= 1.0
+
+
+def test_ground_glass_the_vessels_basin_took_comes_back_and_the_vessel_stays() -> None:
+    # the watershed's neck ran through a ground-glass nodule beside a vessel (full-size 15014:1: -31 %); the
+    # vessel's basin holds the vessel (soft tissue), its partial-volume halo (a pixel) and that ground glass
+    hu = lung(18)
+    sphere = ellipsoid_fraction((4.0, 4.0, 4.0))
+    hu = np.maximum(hu, hu + sphere * (-560.0 - hu))
+    vessel_axis = CENTRE + np.array([0.0, 0.0, 5.0 / SPACING[2]])  # 5 mm off the centre, 2 mm thick: 1-3 mm into it
+    hu = np.maximum(hu, hu + cylinder_fraction(2.0, vessel_axis, (1, 0, 0)) * (40.0 - hu))
+    dist2 = _distance2(SHAPE, CENTRE, SPACING)
+    nodule = (sphere >= 0.5) & (dist2 <= 2.0 ** 2)  # what the nodule's basin kept: its middle
+    basin = (hu > -750.0) & ~nodule  # the rest went to the vessel's
+    back = _give_back_ground_glass(nodule, basin, hu > DENSE_HU, dist2, 4.0, CENTRE, SPACING) & ~nodule
+    assert back.any() and (hu[back] < DENSE_HU).all()
+    assert (dist2[back] <= (0.9 * 4.0) ** 2).all()  # only within the nodule's own radius
+    # the nodule's ground glass away from the vessel comes back; the vessel and its halo stay with the basin
+    y, x = ((np.arange(n) - c) * d for n, c, d in zip(SHAPE[1:], vessel_axis[1:], SPACING[1:]))
+    vessel_mm = np.broadcast_to(np.sqrt(y[:, None] ** 2 + x[None, :] ** 2), SHAPE)  # from the vessel's axis (along z)
+    far = basin & (dist2 <= 3.0 ** 2) & (vessel_mm >= 2.0 + 2 * SPACING[1])
+    near = basin & (vessel_mm <= 2.0 + 0.5 * SPACING[1])
+    assert far.any() and near.any()
+    assert (back & far).sum() >= 0.9 * far.sum(), (int((back & far).sum()), int(far.sum()))
+    assert not (back & near).any()
 
 
 @pytest.mark.parametrize(("radius", "vessel_radius"), [(4.0, 3.0), (5.0, 3.5)])
