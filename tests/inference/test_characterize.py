@@ -638,10 +638,12 @@ def test_lungs_cut_by_the_field_of_view() -> None:
     assert exam.reason is not None and "field of view" in exam.reason
 
 
-def test_large_spiculated_free_nodule_keeps_its_surface_near_its_spicules() -> None:
+def test_large_spiculated_free_nodule_keeps_its_surface_and_its_spicules() -> None:
     # full-size phantom 19017's 18.8 mm spiculated solid nodule, free in the lung among small vessels: the
     # envelope pass marked spicules that the first pass had given to a vessel's basin, and near each one's root
-    # cut the nodule's outer shell as a vessel's stub (-16.6 %); only vessels that cross the ROI do that now
+    # cut the nodule's outer shell as a vessel's stub (-16.6 %); only vessels that cross the ROI do that now.
+    # Its spicules themselves were marked as vessels (the nodule's partial-volume halo joins them to a vessel it
+    # touches elsewhere), so it read smooth (-12.9 %); thin strands of a solid nodule that reach no vessel tissue stay
     phantom = make_phantom(19017)
     nodule = phantom.nodules[5]
     assert (nodule.kind, nodule.margin, nodule.attached_to) == ("solid", "spiculated", None)
@@ -649,4 +651,5 @@ def test_large_spiculated_free_nodule_keeps_its_surface_near_its_spicules() -> N
     centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
     c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, direction=phantom.direction)
     assert c.type == "solid"
-    assert abs(c.volume_mm3 - truth) / truth <= 0.15, (c.volume_mm3, truth)
+    assert c.margin == "spiculated"
+    assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
