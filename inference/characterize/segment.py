@@ -16,7 +16,8 @@ Method (all distances in mm, so anisotropic voxels are handled by `sampling`):
    vessels and the wall at the narrowest neck between them; spicules, which end near the nodule and
    taper outwards, stay with it. Where there is no neck (a vessel as thick as the nodule, or running
    through it), a second pass with a shape prior (`_envelope_pass`) cuts dense structures that run
-   on into a vessel at the nodule's own radius, measured by rays from its centre.
+   on into a vessel at the nodule's own radius, measured by rays from its centre; a solid nodule's spicules (thin
+   strands that reach no vessel tissue) stay with it.
 5. Partial volume: the final boundary is re-thresholded half-way between the local parenchyma HU and
    the nodule's own level (its solid HU for solid nodules, its ground-glass HU otherwise), the
    half-maximum rule that makes a voxel count when at least half of it is nodule.
