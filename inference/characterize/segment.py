@@ -17,7 +17,7 @@ Method (all distances in mm, so anisotropic voxels are handled by `sampling`):
    taper outwards, stay with it. Where there is no neck (a vessel as thick as the nodule, or running
    through it), a second pass with a shape prior (`_envelope_pass`) cuts dense structures that run
    on into a vessel at the nodule's own radius, measured by rays from its centre; a solid nodule's spicules (thin
-   strands that reach no vessel tissue) stay with it.
+   dense strands that reach no vessel tissue) stay with it, through both passes and the stub cut (`_drop_stubs`).
 5. Partial volume: the final boundary is re-thresholded half-way between the local parenchyma HU and
    the nodule's own level (its solid HU for solid nodules, its ground-glass HU otherwise), the
    half-maximum rule that makes a voxel count when at least half of it is nodule.
@@ -118,6 +118,9 @@ SPICULE_MIN_LENGTH_MM = 1.0
 # 2.1 mm against R = 9.3 mm on 19017:5); the vessel pieces next to small nodules on vessels are 0.5 ... 0.6 R deep
 # (18023:2, 19006:3), and letting them through put 15 ... 175 % on four of them (full-size 14000..19029, 0.25 kept none)
 SPICULE_DEPTH_SHARE = 0.25
+# _drop_stubs: a protrusion is what lies beyond this (mm) of the opened body; the rest of the thin part is its rim. 1.5 mm
+# kept the spicules of four of six large spiculated nodules on the crops (0.8 mm: three; the rim is up to two pixels)
+SPICULE_RIM_MM = 1.5
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
 
 
@@ -312,13 +315,18 @@ def _split(
     markers[nodule_marker] = 1
     labels = watershed(-depth, markers, mask=seed, connectivity=1)
     r_small = float(np.clip(0.5 * inscribed, 0.7, 0.5 * radius + 1.0))
-    nodule, other = _envelope_pass(labels, markers, nodule_marker, depth, smooth, seed, spacing, inscribed)
-    return _drop_stubs(nodule, other, r_small, spacing)
+    dense = smooth > DENSE_HU
+    # a solid core: its spicules are strands of its own tissue, kept from both vessel cuts below (in a ground-glass
+    # nodule every dense strand is a vessel)
+    solid_core = float(np.median(smooth[nodule_marker])) > DENSE_HU
+    nodule, other = _envelope_pass(labels, markers, nodule_marker, depth, dense, solid_core, seed, spacing, inscribed)
+    spicules = (dense, depth, SPICULE_DEPTH_SHARE * inscribed) if solid_core else None
+    return _drop_stubs(nodule, other, r_small, spacing, spicules)
 
 
 def _envelope_pass(
-    labels: np.ndarray, markers: np.ndarray, nodule_marker: np.ndarray, depth: np.ndarray, smooth: np.ndarray,
-    seed: np.ndarray, spacing: np.ndarray, inscribed: float,
+    labels: np.ndarray, markers: np.ndarray, nodule_marker: np.ndarray, depth: np.ndarray, dense: np.ndarray,
+    solid_core: bool, seed: np.ndarray, spacing: np.ndarray, inscribed: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Second watershed with a shape prior: cut attached vessels near the nodule's own surface.
 
@@ -329,7 +337,8 @@ def _envelope_pass(
     the inscribed radius is that of the visible cap only). Dense voxels beyond the envelope
     (ENVELOPE_FACTOR x that radius) become markers of the other basin, so the basins meet near the
     nodule's surface; parts of the first nodule beyond it that end freely, and the spicules of a solid one
-    (`_spicules`: thin strands that reach no vessel tissue), are not marked.
+    (`_spicules`: thin strands that reach no vessel tissue), are not marked. `dense`: smoothed HU above
+    DENSE_HU; `solid_core`: the nodule's thick middle is (its spicules are strands of its tissue).
     Off the wall, dense parts beyond the radius itself that still run into a vessel are then cut, but
     only within (ENVELOPE_FACTOR - 1) x the radius + a pixel of the vessel's basin: a stub left between
     the radius and the envelope is no longer than that, whereas such parts can form a connected shell
@@ -349,10 +358,9 @@ def _envelope_pass(
     if not on_wall:
         own_radius = min(own_radius, inscribed)
     dist2 = _distance2(seed.shape, centre, spacing)
-    dense = smooth > DENSE_HU
     beyond = dist2 > (ENVELOPE_FACTOR * own_radius + half_px) ** 2
     to_vessel = _touching(nodule & beyond, labels == 2)
-    if float(np.median(smooth[nodule_marker])) > DENSE_HU:  # a solid core: its spicules are strands of its tissue
+    if solid_core:
         to_vessel &= ~_spicules(to_vessel & dense, (labels == 2) & dense, depth, own_radius)
     markers[seed & dense & beyond & ~(nodule & ~to_vessel) & (markers == 0)] = 2
     markers[nodule_marker] = 1
@@ -382,11 +390,17 @@ def _spicules(parts: np.ndarray, vessels: np.ndarray, depth: np.ndarray, own_rad
     its halo). Only for a nodule with a solid core (`_envelope_pass`): in a ground-glass one every dense strand is
     a vessel (19023:0, 24.3 mm: pieces of its vessels then read as spicules).
     """
-    labels, n = ndimage.label(parts & ~_touching(parts, vessels), structure=np.ones((3, 3, 3), bool))
+    return _strands(parts & ~_touching(parts, vessels), depth, SPICULE_DEPTH_SHARE * own_radius)
+
+
+def _strands(parts: np.ndarray, depth: np.ndarray, max_depth_mm: float) -> np.ndarray:
+    """The connected parts of `parts` (26-connectivity) that hold a voxel of positive `depth` and none deeper than
+    `max_depth_mm`."""
+    labels, n = ndimage.label(parts, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return np.zeros_like(parts)
     deepest = np.asarray(ndimage.maximum(depth, labels, index=np.arange(1, n + 1)), float)
-    thin = np.concatenate([[False], deepest <= SPICULE_DEPTH_SHARE * own_radius])
+    thin = np.concatenate([[False], (deepest > 0) & (deepest <= max_depth_mm)])
     return np.asarray(thin[labels])
 
 
@@ -462,26 +476,42 @@ def _radius(mask: np.ndarray, centre: np.ndarray, spacing: np.ndarray, quantile:
     return float(np.percentile(_ray_radii(mask, centre, spacing), quantile))
 
 
-def _drop_stubs(nodule: np.ndarray, other: np.ndarray, r_small: float, spacing: np.ndarray) -> np.ndarray:
+def _drop_stubs(
+    nodule: np.ndarray, other: np.ndarray, r_small: float, spacing: np.ndarray,
+    spicules: tuple[np.ndarray, np.ndarray, float] | None = None,
+) -> np.ndarray:
     """Remove vessel stubs: thin protrusions that end on the watershed line with a vessel or the wall.
 
     Where a vessel runs through a nodule there is no neck, so the watershed line falls part-way along
     the vessel; the piece on the nodule's side is thin (it vanishes in an opening by r_small) and it
     touches the other basin. A spicule is thin too but ends freely in the lung, so it stays.
+    `spicules` (dense, depth, the deepest a spicule is), for a nodule with a solid core: the opening of a large
+    nodule (r_small up to 0.5 R + 1 mm) leaves a rim all round it that joins every spicule to a stub, and the
+    stub's whole thin part went with its spicules (full-size 16017:0, 17.8 mm on a vessel: three spicules, read
+    smooth). There the protrusions beyond SPICULE_RIM_MM of the opened body that touch no other basin and are
+    dense strands (`_strands`) stay, with the rim's voxels next to them that touch no other basin.
     """
     body = opening_mm(nodule, r_small, spacing)
     if not body.any():
         return nodule
+    cube = np.ones((3, 3, 3), bool)
     thin = nodule & ~body
-    labels, n = ndimage.label(thin, structure=np.ones((3, 3, 3), bool))
+    labels, n = ndimage.label(thin, structure=cube)
     if n == 0:
         return nodule
-    touching = ndimage.binary_dilation(other, structure=np.ones((3, 3, 3), bool))
+    touching = ndimage.binary_dilation(other, structure=cube)
     stubs = np.unique(labels[touching & (labels > 0)])
     drop = np.zeros(n + 1, bool)
     drop[stubs] = True
     drop[0] = False
-    return nodule & ~drop[labels]
+    if spicules is None or not drop.any():
+        return nodule & ~drop[labels]
+    dense, depth, max_depth = spicules
+    protrusions = thin & ~dilate_mm(body, SPICULE_RIM_MM, spacing)
+    free = protrusions & ~_touching(protrusions, other)
+    kept = _strands(free, np.where(dense, depth, 0.0), max_depth)
+    kept |= thin & ~protrusions & ~touching & ndimage.binary_dilation(kept, structure=cube)
+    return component_at(nodule & ~(drop[labels] & ~kept), np.argwhere(body).mean(axis=0), spacing, np.inf)
 
 
 def _distance2(shape: tuple[int, ...], point: np.ndarray, spacing: np.ndarray) -> np.ndarray:

@@ -653,3 +653,20 @@ def test_large_spiculated_free_nodule_keeps_its_surface_and_its_spicules() -> No
     assert c.type == "solid"
     assert c.margin == "spiculated"
     assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
+
+
+def test_large_spiculated_nodule_on_a_vessel_keeps_its_spicules() -> None:
+    # full-size phantom 16017's 17.8 mm spiculated solid nodule on a vessel: the stub cut's opening (by about
+    # 0.5 R + 1 mm) left a rim all round it that joined its spicules to a vessel's stub, and they went with the
+    # stub (no spicule counted: read smooth, so no Brock spiculation term and no 4X); dense thin strands that
+    # touch no other basin stay now
+    phantom = make_phantom(16017)
+    nodule = phantom.nodules[0]
+    assert (nodule.kind, nodule.margin, nodule.attached_to) == ("solid", "spiculated", "vessel")
+    _, truth = painted_volumes(phantom, np.ones(phantom.hu.shape, bool), nodule)
+    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
+    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, direction=phantom.direction)
+    assert c.type == "solid"
+    assert c.margin == "spiculated"
+    assert c.features["spicules"] >= 2
+    assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
