@@ -320,7 +320,7 @@ def _split(
     # nodule every dense strand is a vessel)
     solid_core = float(np.median(smooth[nodule_marker])) > DENSE_HU
     nodule, other = _envelope_pass(labels, markers, nodule_marker, depth, dense, solid_core, seed, spacing, inscribed)
-    spicules = (dense, depth, SPICULE_DEPTH_SHARE * inscribed) if solid_core else None
+    spicules = (dense, depth, SPICULE_DEPTH_SHARE * inscribed) if solid_core else None  # R: the inscribed radius
     return _drop_stubs(nodule, other, r_small, spacing, spicules)
 
 
@@ -338,7 +338,7 @@ def _envelope_pass(
     (ENVELOPE_FACTOR x that radius) become markers of the other basin, so the basins meet near the
     nodule's surface; parts of the first nodule beyond it that end freely, and the spicules of a solid one
     (`_spicules`: thin strands that reach no vessel tissue), are not marked. `dense`: smoothed HU above
-    DENSE_HU; `solid_core`: the nodule's thick middle is (its spicules are strands of its tissue).
+    DENSE_HU; `solid_core`: whether the nodule's thick middle is solid (then its spicules are strands of its tissue).
     Off the wall, dense parts beyond the radius itself that still run into a vessel are then cut, but
     only within (ENVELOPE_FACTOR - 1) x the radius + a pixel of the vessel's basin: a stub left between
     the radius and the envelope is no longer than that, whereas such parts can form a connected shell
