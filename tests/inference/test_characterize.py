@@ -11,8 +11,9 @@ import pytest
 from inference.characterize import characterize_exam, characterize_nodule
 from inference.characterize.location import juxtapleural
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT
+from inference.characterize.model import NoduleCharacteristics
 from inference.characterize.segment import DENSE_HU, _distance2, _give_back_ground_glass
-from inference.phantom import make_phantom
+from inference.phantom import PhantomNodule, make_phantom
 from inference.training.characterize_eval import painted_volumes
 
 SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
@@ -638,18 +639,25 @@ def test_lungs_cut_by_the_field_of_view() -> None:
     assert exam.reason is not None and "field of view" in exam.reason
 
 
+def characterized_phantom_nodule(seed: int, index: int) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
+    """(the nodule, what characterize_nodule reads from the full-size phantom at its painted centre and diameter,
+    its whole painted volume in mm3)."""
+    phantom = make_phantom(seed)
+    nodule = phantom.nodules[index]
+    _, truth = painted_volumes(phantom, np.ones(phantom.hu.shape, bool), nodule)
+    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
+    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, direction=phantom.direction)
+    return nodule, c, truth
+
+
 def test_large_spiculated_free_nodule_keeps_its_surface_and_its_spicules() -> None:
     # full-size phantom 19017's 18.8 mm spiculated solid nodule, free in the lung among small vessels: the
     # envelope pass marked spicules that the first pass had given to a vessel's basin, and near each one's root
     # cut the nodule's outer shell as a vessel's stub (-16.6 %); only vessels that cross the ROI do that now.
     # Its spicules themselves were marked as vessels (the nodule's partial-volume halo joins them to a vessel it
     # touches elsewhere), so it read smooth (-12.9 %); thin strands of a solid nodule that reach no vessel tissue stay
-    phantom = make_phantom(19017)
-    nodule = phantom.nodules[5]
+    nodule, c, truth = characterized_phantom_nodule(19017, 5)
     assert (nodule.kind, nodule.margin, nodule.attached_to) == ("solid", "spiculated", None)
-    _, truth = painted_volumes(phantom, np.ones(phantom.hu.shape, bool), nodule)  # its whole painted volume
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, direction=phantom.direction)
     assert c.type == "solid"
     assert c.margin == "spiculated"
     assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
@@ -660,12 +668,8 @@ def test_large_spiculated_nodule_on_a_vessel_keeps_its_spicules() -> None:
     # 0.5 R + 1 mm) left a rim all round it that joined its spicules to a vessel's stub, and they went with the
     # stub (no spicule counted: read smooth, so no Brock spiculation term and no 4X); dense thin strands that
     # touch no other basin stay now
-    phantom = make_phantom(16017)
-    nodule = phantom.nodules[0]
+    nodule, c, truth = characterized_phantom_nodule(16017, 0)
     assert (nodule.kind, nodule.margin, nodule.attached_to) == ("solid", "spiculated", "vessel")
-    _, truth = painted_volumes(phantom, np.ones(phantom.hu.shape, bool), nodule)
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, direction=phantom.direction)
     assert c.type == "solid"
     assert c.margin == "spiculated"
     assert c.features["spicules"] >= 2
