@@ -356,11 +356,20 @@ def _contact_note(c: NoduleCharacteristics) -> str | None:
             "diameters depend on where the segmentation separated them and are less reliable")
 
 
+def _held_note(c: NoduleCharacteristics) -> str | None:
+    """Where the segmentation had to be held to the detector's extent (characterize.characterize_nodule), the
+    size is the detector's as much as the image's: the reader should measure it before acting on it."""
+    if not c.segmentation_ok or not c.held_to_detector:
+        return None
+    return ("lies among vessels or tissue of its own density with no visible edge between them: the segmentation was "
+            "held to the detector's extent, so its size follows the detector's estimate; measure it by hand")
+
+
 def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
     """The clinical `Nodule` of one characterised candidate, and a note about what was assumed."""
     c = m.chars
     mean_mm, diameter_note = _mean_diameter(m)
-    notes = [diameter_note, _contact_note(c)]
+    notes = [diameter_note, _contact_note(c), _held_note(c)]
     kind = NoduleType(c.type)
     solid_mm = c.solid_component_mm if c.solid_axes is not None else 0.0
     if kind is NoduleType.PART_SOLID and solid_mm <= 0:

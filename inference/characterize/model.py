@@ -51,6 +51,9 @@ class NoduleCharacteristics:
     # share of the outline bordering a vessel, an airway or the pleura (measure.contact_share): where it is
     # large the volume depends on where the segmentation cut, and is less reliable
     contact_share: float = 0.0
+    # the first segmentation ran into structures of the nodule's own density and was done again held to the
+    # detector's extent (characterize._ran_into_neighbours): its size follows the detector's estimate
+    held_to_detector: bool = False
 
     @property
     def mean_diameter_mm(self) -> float:

@@ -195,7 +195,11 @@ def largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> 
 
 def segment_nodule(
     volume_hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray, diameter_mm: float,
+    *, far_mm: float | None = None,
 ) -> Segmentation:
+    """The nodule at `centre_zyx` (voxel indices) of about `diameter_mm`, separated from vessels and the wall.
+    `far_mm`: candidate voxels farther than this from the centre belong to something else (`_split`; default
+    2 R + 4 mm: nothing of the nodule reaches that far)."""
     spacing = np.asarray(spacing_zyx, float)
     radius = max(float(diameter_mm) / 2, 1.5)
     box = roi_box(volume_hu.shape, spacing, np.asarray(centre_zyx, float), 2 * radius + 8.0)
@@ -205,7 +209,7 @@ def segment_nodule(
     seed = smooth > SEED_THRESHOLD_HU
 
     wall = opening_mm(seed, 0.6 * 2 * radius + 1.5, spacing)
-    body = _split(smooth, seed, wall, local, spacing, radius)
+    body = _split(smooth, seed, wall, local, spacing, radius, far_mm)
     if not body.any():
         empty = np.zeros_like(seed)
         return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False,
@@ -290,13 +294,14 @@ def _above_local_planes(points: np.ndarray, ring: np.ndarray, centre: np.ndarray
 
 def _split(
     smooth: np.ndarray, seed: np.ndarray, wall: np.ndarray, local: np.ndarray, spacing: np.ndarray, radius: float,
+    far_mm: float | None = None,
 ) -> np.ndarray:
     """Separate the nodule from vessels and the wall: a marker watershed on the distance map.
 
     Depth = distance to the nearest non-candidate voxel (mm). The nodule marker is its thick middle
     (depth >= 0.7 x the inscribed radius near the centre); the other markers are the wall and every
-    candidate voxel farther than 2 R + 4 mm from the centre (vessels crossing the ROI reach it,
-    spicules, at most about 2 R + 2 mm long on phantoms, and lobules do not). Flooding -depth, the basins meet at the narrowest neck between the
+    candidate voxel farther than 2 R + 4 mm from the centre, or `far_mm` where given (vessels crossing the ROI
+    reach it, spicules, at most about 2 R + 2 mm long on phantoms, and lobules do not). Flooding -depth, the basins meet at the narrowest neck between the
     nodule and what touches it. Returns the nodule.
     """
     # depth measured with the wall as background, so a juxtapleural nodule has its own peak
@@ -310,7 +315,8 @@ def _split(
     deepest = np.array(np.unravel_index(int(np.argmax(np.where(near, depth, -1))), seed.shape), float)
     nodule_marker = component_at(thick, deepest, spacing, np.inf)
     markers = np.zeros(seed.shape, np.int32)
-    markers[seed & (dist2 > (2 * radius + 4.0) ** 2)] = 2
+    far = 2 * radius + 4.0 if far_mm is None else far_mm
+    markers[seed & (dist2 > far ** 2)] = 2
     markers[wall] = 3  # its own label: the envelope pass below cuts vessels, not the wall contact
     markers[nodule_marker] = 1
     labels = watershed(-depth, markers, mask=seed, connectivity=1)

@@ -351,5 +351,7 @@ def test_a_size_bordering_other_structures_is_stated_less_reliable() -> None:
     note = clinical_nodule(replace(free, chars=replace(chars, contact_share=0.62)))[1]
     assert note is not None and "over 62% of its surface" in note and "less reliable" in note
     assert clinical_nodule(replace(free, chars=replace(chars, contact_share=0.49)))[1] is None
+    held = clinical_nodule(replace(free, chars=replace(chars, held_to_detector=True)))[1]
+    assert held is not None and "held to the detector's extent" in held and "measure it by hand" in held
     failed = replace(chars, contact_share=0.9, segmentation_ok=False, reason="the nodule is cut by the field of view")
     assert clinical_nodule(replace(free, chars=failed))[1] == "the nodule is cut by the field of view"
