@@ -45,6 +45,9 @@ from scipy.spatial import cKDTree
 from skimage.segmentation import watershed
 
 SEED_THRESHOLD_HU = -750.0
+# what segment_nodule says when nothing near the centre is the nodule's: no candidate voxel there, or all of them
+# survive the wall's opening (a nodule much larger than the diameter given, taken for the wall)
+NO_NODULE_REASON = "no nodule above -750 HU at the given centre"
 # dense structures beyond this times the nodule's own radius (+ half a pixel) are vessels; lobes
 # stay inside (phantom lobes add 8-18 %); tuned on phantom seeds 7000..7049 (1.1 best of 0.9 ... 1.4)
 ENVELOPE_FACTOR = 1.1
@@ -213,7 +216,7 @@ def segment_nodule(
     if not body.any():
         empty = np.zeros_like(seed)
         return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False,
-                            "no nodule above -750 HU at the given centre", 0)
+                            NO_NODULE_REASON, 0)
     site: str | None = None  # how the wall under the nodule is modelled, decided on the first pass that sees it
     for _ in range(CAP_PASSES):
         body, site = _restore_cap(body, wall, seed, hu, spacing, site)

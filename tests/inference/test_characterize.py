@@ -699,3 +699,18 @@ def test_free_nodule_larger_than_the_detector_says_is_not_held() -> None:
     assert c.volume_mm3 > 3.0 * np.pi / 6 * 7.0 ** 3
     assert not c.held_to_detector and c.contact_share < CONTACT_SHARE_CAVEAT
     assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
+
+
+def test_nodule_much_larger_than_the_detector_says_is_still_segmented() -> None:
+    # a free 10 mm nodule called 6 mm survived the wall's opening (a ball of 0.6 x the diameter + 1.5 mm), was
+    # taken for the wall and nothing was segmented; tried again at 1.5 x the diameter it is measured
+    hu = lung(24)
+    frac = ellipsoid_fraction((5.0, 5.0, 5.0))
+    paint(hu, frac, 40.0)
+    truth = float(frac.sum() * np.prod(SPACING))
+    c = characterize_nodule(hu, SPACING, CENTRE, 6.0)
+    assert c.segmentation_ok and c.type == "solid"
+    assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
+    # and a centre in aerated lung still finds nothing, with the reason
+    empty = characterize_nodule(lung(24), SPACING, CENTRE, 6.0)
+    assert not empty.segmentation_ok and empty.reason is not None and "no nodule" in empty.reason
