@@ -688,14 +688,20 @@ def test_nodule_in_a_vessel_bundle_of_its_density_is_held_to_the_detectors_exten
     assert abs(c.volume_mm3 - truth) / truth <= 0.15, (c.volume_mm3, truth)
 
 
+def characterized_free_nodule(seed: int, semi_axes_zyx: tuple[float, float, float],
+                              detector_mm: float) -> tuple[NoduleCharacteristics, float]:
+    """(what characterize_nodule reads from a solid ellipsoid free in the lung at CENTRE, called `detector_mm` by the
+    detector, its painted volume in mm3)."""
+    hu = lung(seed)
+    frac = ellipsoid_fraction(semi_axes_zyx)
+    paint(hu, frac, 40.0)
+    return characterize_nodule(hu, SPACING, CENTRE, detector_mm), float(frac.sum() * np.prod(SPACING))
+
+
 def test_free_nodule_larger_than_the_detector_says_is_not_held() -> None:
     # a free elongated nodule (10 x 16 x 10 mm) that the detector called 7 mm: 4.7 x the detector's sphere, but
     # nothing round it to run into (no outline on other structures), so its segmentation stands
-    hu = lung(23)
-    frac = ellipsoid_fraction((5.0, 8.0, 5.0))
-    paint(hu, frac, 40.0)
-    truth = float(frac.sum() * np.prod(SPACING))
-    c = characterize_nodule(hu, SPACING, CENTRE, 7.0)
+    c, truth = characterized_free_nodule(23, (5.0, 8.0, 5.0), 7.0)
     assert c.volume_mm3 > 3.0 * np.pi / 6 * 7.0 ** 3
     assert not c.held_to_detector and c.contact_share < CONTACT_SHARE_CAVEAT
     assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
@@ -704,11 +710,7 @@ def test_free_nodule_larger_than_the_detector_says_is_not_held() -> None:
 def test_nodule_much_larger_than_the_detector_says_is_still_segmented() -> None:
     # a free 10 mm nodule called 6 mm survived the wall's opening (a ball of 0.6 x the diameter + 1.5 mm), was
     # taken for the wall and nothing was segmented; tried again at 1.5 x the diameter it is measured
-    hu = lung(24)
-    frac = ellipsoid_fraction((5.0, 5.0, 5.0))
-    paint(hu, frac, 40.0)
-    truth = float(frac.sum() * np.prod(SPACING))
-    c = characterize_nodule(hu, SPACING, CENTRE, 6.0)
+    c, truth = characterized_free_nodule(24, (5.0, 5.0, 5.0), 6.0)
     assert c.segmentation_ok and c.type == "solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
     # and a centre in aerated lung still finds nothing, with the reason
