@@ -10,9 +10,9 @@ from dataclasses import replace
 import numpy as np
 
 from inference.characterize import attenuation, calcification, margin, measure
-from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.characterize.emphysema import characterize_exam
 from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
@@ -30,8 +30,8 @@ _GGO_LEVEL_HU = -600.0  # used when a ground-glass nodule has too few inner voxe
 # to a quarter whole (1 / 1.3 = 0.77). On the five such phantom nodules: +143 ... +426 % -> -8 ... +50 %, type
 # right 2 -> 5 (README, "Nineteenth session"); 1.0 x brought three within 15 % but two to -43 / -51 %.
 LEAK_VOLUME_FACTOR = 3.0
-UNDERSIZED_RETRY_FACTOR = 1.5  # a second try where nothing was found at the centre, with the diameter this much larger
 HELD_FAR_FACTOR = 1.3
+UNDERSIZED_RETRY_FACTOR = 1.5  # a second try where nothing was found at the centre, with the diameter this much larger
 
 
 def characterize_nodule(
