@@ -28,7 +28,7 @@ _GGO_LEVEL_HU = -600.0  # used when a ground-glass nodule has too few inner voxe
 # into them (`_ran_into_neighbours`); the second try counts candidate voxels beyond HELD_FAR_FACTOR x the
 # detector's radius as something else's, which leaves a nodule whose diameter the detector underestimated by up
 # to a quarter whole (1 / 1.3 = 0.77). On the five such phantom nodules: +143 ... +426 % -> -8 ... +50 %, type
-# right 2 -> 5 (README, "Nineteenth session"); 1.0 x brought three within 15 % but two to -43 / -51 %.
+# right 2 -> 5 (docs/characterization.md, "Nineteenth session"); 1.0 x brought three within 15 % but two to -43 / -51 %.
 LEAK_VOLUME_FACTOR = 3.0
 HELD_FAR_FACTOR = 1.3
 UNDERSIZED_RETRY_FACTOR = 1.5  # a second try where nothing was found at the centre, with the diameter this much larger

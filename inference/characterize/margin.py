@@ -22,7 +22,7 @@ Features:
   mean over the judged slices is at least `LOBULATED_MIN`, or `LOBULATED_PIXEL_NOISE` / (the radius in pixels)
   for small outlines: pixelation alone makes a small outline undulate. The cut-offs were tuned on full-size phantom seeds 15000..15019 painted with lobes that meet the
   core in clefts (a generator variant not in the tree: the generator's own lobes are broad convex bumps, see
-  the README), between the smooth nodules' highest values (0.026 at 10 mm and more; 0.235 / radius below) and
+  docs/characterization.md), between the smooth nodules' highest values (0.026 at 10 mm and more; 0.235 / radius below) and
   the lobulated ones' lowest (0.035; 0.30 / radius). On the phantoms as drawn it calls few lobulated nodules
   lobulated (3 of 40 on the held-out 14000..14039) and 1 of 63 smooth ones.
   Lung-RADS uses the margin in its juxtapleural / perifissural rule (a smooth margin, among others, makes

@@ -9,7 +9,7 @@ lungs as the generator drew them (`inference.phantom.phantom_and_anatomy`), whic
 airways a nodule can be painted over (they reach the mediastinum, so they are no holes of the mask).
 A pleural nodule's part painted into the chest wall is invisible there and not counted; the part of
 a nodule over a vessel it engulfs is counted. (Until 2026-12 the second part was missing, and for
-nodules at the hilum the truth was a third to a half short: see the README.)
+nodules at the hilum the truth was a third to a half short: see docs/characterization.md.)
 Where a nodule sits is judged from the painting, not from the generator's `attached_to`: the
 generator places a "pleura" nodule where its clearance to the nearest non-aerated voxel is 0.55-1 R,
 and that voxel is often a vessel or an airway deep inside the lung (of the 7 "pleura" nodules >= 6 mm
