@@ -392,7 +392,7 @@ def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
 
 # ACR Lung Cancer Screening Center designation, minimum technical specifications: reconstructed slices of
 # 2.5 mm or less (1.0 mm or less preferred). Thicker slices blur a small nodule along z: on phantoms with
-# 2.5-3 mm slices 86-92 % of nodules >= 6 mm were segmented within 15 % of their volume, 91-97 % at
+# 2.5-3 mm slices 86-94 % of nodules >= 6 mm were segmented within 15 % of their volume, 93-99 % at
 # 0.625-2.5 mm (README, "Clinical findings").
 SCREENING_MAX_SLICE_MM = 2.5
 
