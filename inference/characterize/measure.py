@@ -13,16 +13,12 @@ either side of the mask's boundary); voxels fully inside count 1. Next to other 
 the wall) a voxel's HU is partly theirs: a voxel outside the mask there that is above the candidates'
 threshold (-750 HU) is theirs and not counted; the others count their fraction like any edge voxel. For a
 voxel of the mask the fraction holds the neighbour's share too, so it is at most the whole voxel that the
-half-maximum count gave it. Until 2026-12-03 every edge voxel next to other structures counted as the mask
-had it (whole inside, nothing outside), which left vessel-attached solid nodules a layer too large: on the
-590 full-size phantom nodules >= 6 mm their median error +2.9 -> +1.1 %, mean |error| 7.6 -> 5.6 % (57 on a
-vessel; on the pleura 5.3 -> 5.3 %, free 0.9 -> 1.0 %), within 15 % 569 -> 570; small sets: 10000..10019
-one more within 15 % (93.6 %), 9000..9019 and 13000..13019 unchanged (free nodules' mean |error| there 0.1 ...
-0.4 points larger). The cost: where a vessel only touches the nodule, the nodule's own partial-volume edge that
-the watershed gave to the vessel's side lies above -750 HU and is left out, so a 7 mm sphere touching a 2-4 mm
-vessel measures about -7 % (-3 % before); where the vessel runs into it, as on the phantoms, +7 -> +6 %. Counting
-those voxels too (everything outside the mask but the neighbours' own candidates) brought the first to -1 ... -2 %
-but the second to +8 ... +10 % and the 590 to 565 within 15 %. The
+half-maximum count gave it. Until 2026-12-03 those voxels counted as the mask had them (whole inside,
+nothing outside), which left vessel-attached solid nodules a layer too large: on the 590 full-size phantom
+nodules >= 6 mm their median error +2.9 -> +1.1 %, mean |error| 7.6 -> 5.6 %, within 15 % 569 -> 570 (the
+other sets and the variants tried: docs/characterization.md, "Where it stands"). The cost: where a vessel only
+touches the nodule, the nodule's own partial-volume edge that the watershed gave to the vessel's side lies
+above -750 HU and is left out (a 7 mm sphere touching a 2-4 mm vessel: -3 -> -7 %). The
 nodule's level is the median of its voxels fully inside it (all six face neighbours in the mask) of
 soft-tissue density (-300 ... 200 HU: calcium is not the level of the edge); with fewer than
 PV_MIN_LEVEL_VOXELS of them (a small nodule on thick slices, or one calcified throughout) the
