@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -23,6 +22,7 @@ import sklearn
 from scipy import ndimage
 from sklearn.ensemble import GradientBoostingClassifier
 
+from inference.characterize.measure import sphere_volume_mm3
 from inference.hashing import file_sha256
 
 if TYPE_CHECKING:
@@ -327,10 +327,6 @@ def segment_nodule(
     component = labels == labels[seed_local]
     seed = (int(seed_local[0] + lo[0]), int(seed_local[1] + lo[1]), int(seed_local[2] + lo[2]))
     return NoduleMask(component, (int(lo[0]), int(lo[1]), int(lo[2])), seed, (float(sp[0]), float(sp[1]), float(sp[2])))
-
-
-def sphere_volume_mm3(diameter_mm: float) -> float:
-    return math.pi / 6.0 * diameter_mm**3
 
 
 def estimate_volume_mm3(

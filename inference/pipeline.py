@@ -22,7 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
-from inference.characterize.measure import CONTACT_SHARE_CAVEAT
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_volume_mm3
 from inference.clinical import (
     Exam,
     FamilyHistory,
@@ -489,7 +489,7 @@ def _finding(volume: Volume, m: Measured, nodule: Nodule, lung_rads: str, reason
     return Finding(
         center_mm=(float(x_mm), float(y_mm), float(z_mm)),
         diameter_mm=float(mean_mm),
-        volume_mm3=float(c.volume_mm3) if c.volume_mm3 > 0 else float(math.pi / 6 * mean_mm**3),
+        volume_mm3=float(c.volume_mm3) if c.volume_mm3 > 0 else sphere_volume_mm3(mean_mm),
         probability=float(m.candidate.probability),
         model_score=score,
         lung_rads=lung_rads,

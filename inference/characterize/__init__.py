@@ -12,7 +12,7 @@ import numpy as np
 from inference.characterize import attenuation, calcification, margin, measure
 from inference.characterize.emphysema import characterize_exam
 from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
-from inference.characterize.measure import CONTACT_SHARE_CAVEAT
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_volume_mm3
 from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
@@ -75,7 +75,7 @@ def _ran_into_neighbours(c: NoduleCharacteristics, diameter_mm: float) -> bool:
     keeps a free nodule whose size the detector underestimated as it is.
     """
     return (c.segmentation_ok and c.contact_share >= CONTACT_SHARE_CAVEAT
-            and c.volume_mm3 > LEAK_VOLUME_FACTOR * np.pi / 6 * diameter_mm ** 3)
+            and c.volume_mm3 > LEAK_VOLUME_FACTOR * sphere_volume_mm3(diameter_mm))
 
 
 def _characterize(

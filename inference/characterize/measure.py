@@ -44,6 +44,8 @@ the cut along vessels and the pleural base on curved walls (2026-12-02, later th
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
@@ -57,6 +59,11 @@ PV_MIN_LEVEL_VOXELS = 10
 CONTACT_SHARE_CAVEAT = 0.5  # a nodule bordering other structures over half its surface: its volume is less reliable
 _FACES = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), bool)
+
+
+def sphere_volume_mm3(diameter_mm: float) -> float:
+    """Volume (mm3) of a sphere of `diameter_mm`: what a detector's diameter alone says of a nodule's volume."""
+    return math.pi / 6.0 * diameter_mm**3
 
 
 def volume_mm3(mask: np.ndarray, spacing: np.ndarray) -> float:
