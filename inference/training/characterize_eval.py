@@ -7,8 +7,9 @@ difference), summed over the lungs (`truth_region`): the nodule-free phantom's l
 enclose (its lung mask with holes filled slice by slice), and everything more than 1.5 mm inside the
 lungs as the generator drew them (`inference.phantom.phantom_and_anatomy`), which adds the hilar vessels and
 airways a nodule can be painted over (they reach the mediastinum, so they are no holes of the mask).
-A pleural nodule's part painted into the chest wall is invisible there and not counted; the part of
-a nodule over a vessel it engulfs is counted. (Until 2026-12 the second part was missing, and for
+A pleural nodule's part painted into the chest wall is invisible there and not counted, nor is its part
+painted over a rib or the spine that the generator drew inside its lung label (`BONE_HU`; since 2026-12-04); the
+part of a nodule over a vessel it engulfs is counted. (Until 2026-12 the second part was missing, and for
 nodules at the hilum the truth was a third to a half short: see docs/characterization.md.)
 Where a nodule sits is judged from the painting, not from the generator's `attached_to`: the
 generator places a "pleura" nodule where its clearance to the nearest non-aerated voxel is 0.55-1 R,
@@ -157,12 +158,19 @@ def painted_volumes(phantom: Phantom, inside: np.ndarray, nodule: PhantomNodule)
 DRAWN_LUNG_MARGIN_MM = 1.5
 
 
+# the generator draws the ribs and the spine over its lung label; a nodule's tissue (15 ... 55 HU) does not
+# show over bone, and a lung vessel (40 HU, noise sd 20) stays far below this
+BONE_HU = 150.0
+
+
 def truth_region(anatomy: Phantom, drawn: np.ndarray) -> np.ndarray:
     """Where a painted nodule counts: the nodule-free phantom's lungs with their holes filled slice by
     slice, plus everything DRAWN_LUNG_MARGIN_MM or more inside the lungs as the generator drew them
-    (`drawn`, from inference.phantom.phantom_and_anatomy)."""
+    (`drawn`, from inference.phantom.phantom_and_anatomy), except bone: a rib drawn over the lung label
+    stays a rib in the image (the painter keeps the brighter of nodule and background), so a nodule's part
+    painted there is invisible, like its part in the chest wall."""
     aerated = np.stack([ndimage.binary_fill_holes(p) for p in lung_mask(anatomy.hu, anatomy.spacing)])
-    return aerated | drawn
+    return (aerated | drawn) & (anatomy.hu <= BONE_HU)
 
 
 def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True) -> list[NoduleResult]:
