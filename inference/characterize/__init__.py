@@ -17,8 +17,8 @@ from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
 from inference.characterize.segment import (
-    NO_NODULE_REASON, cut_to_lung_outline, dilate_mm, grow_to_half_maximum, near_other_structures, refine_boundary,
-    restore_ground_glass_base, segment_nodule, touches_volume_edge, trim_vessels,
+    NO_NODULE_REASON, cut_to_lung_outline, dilate_mm, drop_bone, grow_to_half_maximum, near_other_structures,
+    refine_boundary, restore_ground_glass_base, segment_nodule, touches_volume_edge, trim_vessels,
 )
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
@@ -104,6 +104,7 @@ def _characterize(
     threshold = refine_boundary(seg, level)
     trim_vessels(seg, threshold, spacing)
     cut_to_lung_outline(seg, threshold, spacing)
+    drop_bone(seg)  # before the solid component is measured: a rib is denser than any solid part
     mask = seg.mask
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))

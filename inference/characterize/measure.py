@@ -16,7 +16,7 @@ voxel of the mask the fraction holds the neighbour's share too, so it is at most
 half-maximum count gave it. Until 2026-12-03 those voxels counted as the mask had them (whole inside,
 nothing outside), which left vessel-attached solid nodules a layer too large: on the 590 full-size phantom
 nodules >= 6 mm their median error +2.9 -> +1.1 %, mean |error| 7.6 -> 5.6 %, within 15 % 569 -> 570 (the
-other sets and the variants tried: docs/characterization.md, "Where it stands"). The cost: where a vessel only
+other sets and the variants tried: docs/characterization.md, "Twentieth session"). The cost: where a vessel only
 touches the nodule, the nodule's own partial-volume edge that the watershed gave to the vessel's side lies
 above -750 HU and is left out (a 7 mm sphere touching a 2-4 mm vessel: -3 -> -7 %). The
 nodule's level is the median of its voxels fully inside it (all six face neighbours in the mask) of

@@ -124,6 +124,10 @@ SPICULE_DEPTH_SHARE = 0.25
 # _drop_stubs: a protrusion is what lies beyond this (mm) of the opened body; the rest of the thin part is its rim. 1.5 mm
 # kept the spicules of four of six large spiculated nodules on the crops (0.8 mm: three; the rim is up to two pixels)
 SPICULE_RIM_MM = 1.5
+# bone (or a contrast-filled vessel) next to a nodule: denser than any nodule tissue but a calcification
+# (phantom calcifications 250-500 HU), and a calcification lies inside its nodule (`drop_bone`)
+BONE_HU = 300.0
+BONE_MIN_OUTSIDE_VOXELS = 20
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
 
 
@@ -729,6 +733,35 @@ def cut_to_lung_outline(seg: Segmentation, threshold_hu: float, spacing: np.ndar
         if kept.sum() < (1 - TRIM_MAX_SHARE) * m.sum():
             return
         seg.mask = kept
+
+
+def drop_bone(seg: Segmentation) -> None:
+    """Take out of the nodule the bone that the watershed gave it.
+
+    A rib or vertebra lies in the chest wall, which the wall's opening removes; where one runs into the lung
+    region as a bar thinner than the opening's ball (the phantom generator draws ribs over its lung label) and a
+    nodule lies along it, no neck separates the two and the nodule took a length of it (full-size phantom
+    14022:2, an 18 mm part-solid nodule: 728 mm3 of rib, +20 %). Nodule tissue is never that dense but for a
+    calcification, and a calcification lies inside its nodule: a structure above BONE_HU that continues
+    outside the nodule (BONE_MIN_OUTSIDE_VOXELS beyond its 26-neighbourhood) is the neighbour's. Its voxels
+    leave the mask; their partial-volume neighbours stay, and the volume counts them as it counts any edge next
+    to other structures (cutting a voxel round the bone as well took most of a 7.7 mm nodule resting on a rib,
+    phantom 19003:0, and 2-10 % of five larger ones).
+    """
+    dense = seg.smooth > BONE_HU
+    inside = dense & seg.mask
+    if not inside.any():
+        return
+    labels, _ = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
+    around = ndimage.binary_dilation(seg.mask, structure=np.ones((3, 3, 3), bool))
+    bone = np.zeros_like(seg.mask)
+    for label in np.unique(labels[inside]):
+        part = labels == label
+        if int((part & ~around).sum()) >= BONE_MIN_OUTSIDE_VOXELS:
+            bone |= part
+    kept = seg.mask & ~bone
+    if bone.any() and kept.any():
+        seg.mask = largest_component(kept, np.ones((3, 3, 3), bool))
 
 
 def surface_share(mask: np.ndarray, other: np.ndarray) -> float:
