@@ -242,7 +242,9 @@ def _restore_cap(
     depth map has no neck; a nodule on the pleura kept 80-90 % of its volume without them).
     `site`, decided on the first pass that finds a ring and kept for the next (a pass measures the centre and
     radius on what it is given, so the ring moves; the decision must not): "flat" where the ring lies on a plane
-    (spread up to CAP_MAX_ROUGHNESS_MM): that plane, margin CAP_MARGIN_PX; "curved" where it does not, for a solid
+    (spread up to CAP_MAX_ROUGHNESS_MM): that plane or the plane of the CAP_LOCAL_POINTS ring points nearest to
+    each candidate where those lie on one (a corner of the lung within the ring's spread has two faces), margin
+    CAP_MARGIN_PX; "curved" where it does not, for a solid
     nodule (median HU above DENSE_HU) sitting on the wall with a base (wall contact share above
     TRIM_WALL_CONTACT_MAX): the plane of the CAP_LOCAL_POINTS ring points nearest to each candidate, margin
     CAP_LOCAL_MARGIN_PX; "none" otherwise (a ground-glass nodule on a curved wall, a vessel's point contact, a
@@ -272,7 +274,12 @@ def _restore_cap(
     pixel = float(spacing[1:].mean())
     if site == "flat" and flat:
         normal = vectors[:, 0] * (1.0 if float((centre - c0) @ vectors[:, 0]) > 0 else -1.0)
-        hit = pool[(cand - c0) @ normal > CAP_MARGIN_PX * pixel]
+        # the ring's plane is its average: in a corner of the lung (two faces within the ring's spread) it cuts
+        # across the corner and the nodule filling it lost that part (15017:0, 6 mm: -24 %); the plane through
+        # each candidate's nearest ring points follows each face. Either plane suffices: where the opening took a
+        # broad lesion's dome into the wall, the ring holds the dome and the local planes alone give back less
+        local = _above_local_planes(cand, ring, centre) if len(pool) else np.zeros(0)
+        hit = pool[np.maximum(local, (cand - c0) @ normal) > CAP_MARGIN_PX * pixel]
     elif site == "curved" and len(pool):
         hit = pool[_above_local_planes(cand, ring, centre) > CAP_LOCAL_MARGIN_PX * pixel]
     else:
