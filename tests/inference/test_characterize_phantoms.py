@@ -10,7 +10,12 @@ import json
 
 import numpy as np
 
-from inference.training.characterize_eval import TYPES, evaluate, evaluate_seed
+from inference.characterize import characterize_nodule
+from inference.characterize.model import NoduleCharacteristics
+from inference.phantom import PhantomNodule, paint_nodule, phantom_and_anatomy
+from inference.training.characterize_eval import (
+    BONE_HU, DRAWN_LUNG_MARGIN_MM, TYPES, evaluate, evaluate_seed, painted_volumes, truth_region,
+)
 
 SEEDS = range(700, 706)
 
@@ -85,9 +90,6 @@ def test_a_nodules_part_painted_over_a_rib_is_no_part_of_its_truth() -> None:
     # full-size seed 19003's first nodule (7.7 mm, solid) lies on the pleura where the generator drew a rib over
     # its lung label: the painter keeps the brighter of nodule and background, so that part never shows, and
     # the truth left it in (234 mm3 where the image shows about 209; the segmentation's 186 mm3 read -20 %)
-    from inference.phantom import paint_nodule, phantom_and_anatomy
-    from inference.training.characterize_eval import BONE_HU, DRAWN_LUNG_MARGIN_MM, painted_volumes, truth_region
-
     phantom, anatomy, drawn = phantom_and_anatomy(19003, small=False, margin_mm=DRAWN_LUNG_MARGIN_MM)
     nodule = phantom.nodules[0]
     assert nodule.diameter_mm > 7.5
@@ -109,20 +111,23 @@ def test_a_nodules_part_painted_over_a_rib_is_no_part_of_its_truth() -> None:
     assert painted_volumes(phantom, everywhere, nodule)[1] == painted
 
 
+def full_size_nodule_at_its_painted_diameter(seed: int, index: int) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
+    """Nodule `index` of full-size phantom `seed`, characterised at its centre with its painted diameter as the
+    detector's, and its truth volume (mm3, as characterize_eval counts it)."""
+    phantom, anatomy, drawn = phantom_and_anatomy(seed, small=False, margin_mm=DRAWN_LUNG_MARGIN_MM)
+    nodule = phantom.nodules[index]
+    truth, _ = painted_volumes(phantom, truth_region(anatomy, drawn), nodule)
+    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
+    found = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, None, direction=phantom.direction)
+    return nodule, found, truth
+
+
 def test_a_rib_along_a_nodule_is_no_part_of_its_volume() -> None:
     # full-size seed 14022's third nodule (18.1 mm, part-solid) lies along a rib that the generator drew inside the
     # lung, thinner than the wall's opening, with no neck between them: the segmentation took 728 mm3 of the rib
-    # (+20 %); segment.drop_bone leaves it out. The detector's diameter is the painted one here.
-    from inference.characterize import characterize_nodule
-    from inference.phantom import phantom_and_anatomy
-    from inference.training.characterize_eval import DRAWN_LUNG_MARGIN_MM, painted_volumes, truth_region
-
-    phantom, anatomy, drawn = phantom_and_anatomy(14022, small=False, margin_mm=DRAWN_LUNG_MARGIN_MM)
-    nodule = phantom.nodules[2]
+    # (+20 %); segment.drop_bone leaves it out
+    nodule, c, truth = full_size_nodule_at_its_painted_diameter(14022, 2)
     assert (nodule.kind, round(nodule.diameter_mm, 1)) == ("part-solid", 18.1)
-    truth, _ = painted_volumes(phantom, truth_region(anatomy, drawn), nodule)
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, None, direction=phantom.direction)
     assert c.segmentation_ok and c.type == "part_solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.08, (c.volume_mm3, truth)
 
@@ -130,16 +135,8 @@ def test_a_rib_along_a_nodule_is_no_part_of_its_volume() -> None:
 def test_a_nodule_in_a_corner_of_the_lung_keeps_its_base_in_the_corner() -> None:
     # full-size seed 15017's first nodule (6.0 mm, solid) fills a corner of the lung: the ring of wall round it
     # is flat within its spread, and the one plane through it cut across the corner (-20 %; -9 % now); the wall is
-    # taken from each candidate's nearest ring points where those lie on a plane. Detector diameter: the painted one.
-    from inference.characterize import characterize_nodule
-    from inference.phantom import phantom_and_anatomy
-    from inference.training.characterize_eval import DRAWN_LUNG_MARGIN_MM, painted_volumes, truth_region
-
-    phantom, anatomy, drawn = phantom_and_anatomy(15017, small=False, margin_mm=DRAWN_LUNG_MARGIN_MM)
-    nodule = phantom.nodules[0]
+    # also taken from each candidate's nearest ring points where those lie on a plane
+    nodule, c, truth = full_size_nodule_at_its_painted_diameter(15017, 0)
     assert (nodule.kind, round(nodule.diameter_mm, 1)) == ("solid", 6.0)
-    truth, _ = painted_volumes(phantom, truth_region(anatomy, drawn), nodule)
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, None, direction=phantom.direction)
     assert c.segmentation_ok and c.type == "solid" and c.location.juxtapleural
     assert abs(c.volume_mm3 - truth) / truth <= 0.12, (c.volume_mm3, truth)
