@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.model import AttenuationType
-from inference.characterize.segment import largest_component
+from inference.characterize.segment import largest_component, parts_reaching_out
 
 SOLID_THRESHOLD_HU = -300.0
 SOLID_SHARE = 0.5  # core share above -300 HU at or above which the nodule is solid...
@@ -88,18 +88,13 @@ def vessel_voxels(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> 
     the vessel: a solid core (or all of a solid nodule), which stays.
     """
     dense = smooth > SOLID_THRESHOLD_HU
-    labels, n = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
     out = np.zeros_like(mask)
-    if n == 0:
+    if not (dense & mask).any():
         return out
     around = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool), iterations=VESSEL_CLEARANCE_PX)
     px = float(spacing[1:].mean())
     inscribed = float(ndimage.distance_transform_edt(mask, sampling=spacing).max())
-    for label in np.unique(labels[mask & dense]):
-        comp = labels == label
-        outside = comp & ~around
-        if outside.sum() < VESSEL_MIN_OUTSIDE_VOXELS:
-            continue
+    for comp, outside in parts_reaching_out(dense, mask, around, VESSEL_MIN_OUTSIDE_VOXELS):
         depth = ndimage.distance_transform_edt(comp, sampling=spacing)
         # its radius where it leaves the nodule (farther on it may join a larger trunk)
         exit_ring = outside & ndimage.binary_dilation(around, structure=np.ones((3, 3, 3), bool), iterations=2)

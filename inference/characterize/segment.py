@@ -37,6 +37,7 @@ A segmentation that touches the volume's edge is reported as cut by the field of
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -742,6 +743,20 @@ def cut_to_lung_outline(seg: Segmentation, threshold_hu: float, spacing: np.ndar
         seg.mask = kept
 
 
+def parts_reaching_out(
+    dense: np.ndarray, mask: np.ndarray, around: np.ndarray, min_outside: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The connected parts (26-neighbourhood) of `dense` that lie partly in `mask` and reach at least `min_outside`
+    voxels beyond `around` (the mask grown by a clearance): a structure that continues outside the nodule is a
+    neighbour's (a vessel, bone), not the nodule's. Yields (the part, its voxels beyond `around`)."""
+    labels, _ = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
+    for label in np.unique(labels[dense & mask]):
+        part = labels == label
+        outside = part & ~around
+        if int(outside.sum()) >= min_outside:
+            yield part, outside
+
+
 def drop_bone(seg: Segmentation) -> None:
     """Take out of the nodule the bone that the watershed gave it.
 
@@ -756,16 +771,12 @@ def drop_bone(seg: Segmentation) -> None:
     phantom 19003:0, and 2-10 % of five larger ones).
     """
     dense = seg.smooth > BONE_HU
-    inside = dense & seg.mask
-    if not inside.any():
+    if not (dense & seg.mask).any():
         return
-    labels, _ = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
     around = ndimage.binary_dilation(seg.mask, structure=np.ones((3, 3, 3), bool))
     bone = np.zeros_like(seg.mask)
-    for label in np.unique(labels[inside]):
-        part = labels == label
-        if int((part & ~around).sum()) >= BONE_MIN_OUTSIDE_VOXELS:
-            bone |= part
+    for part, _ in parts_reaching_out(dense, seg.mask, around, BONE_MIN_OUTSIDE_VOXELS):
+        bone |= part
     kept = seg.mask & ~bone
     if bone.any() and kept.any():
         seg.mask = largest_component(kept, np.ones((3, 3, 3), bool))
