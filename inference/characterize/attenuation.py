@@ -46,13 +46,19 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.model import AttenuationType
-from inference.characterize.segment import largest_component, parts_reaching_out
+from inference.characterize.segment import largest_component, opening_mm, parts_reaching_out
 
 SOLID_THRESHOLD_HU = -300.0
 SOLID_SHARE = 0.5  # core share above -300 HU at or above which the nodule is solid...
 SOLID_MAX_RATIO = 3.0  # ...unless its volume above -750 HU is over 3x that above -300 HU (a ground-glass rim)
 SOLID_MAX_RIM = 0.93  # ...or a ground-glass layer thicker than 0.93 mm lies around its tissue (a rim)
 GGO_BAND_HU = (-700.0, -450.0)  # ground glass (phantoms -650 ... -500 HU), away from lung and tissue
+# ground_glass_rim: strands that a ball of this radius (mm) does not fit are not a rim. A spiculated solid 6.4 mm
+# nodule on 2 mm slices (full-size 17005:0) measured a rim of 0.945 mm from its spicules, typed part-solid and
+# +23 % volume; with the opening 0.85 mm (at its painted diameter), solid, -3 %. Full size 14000..19029 no other
+# type changed (at 1 mm a 6 mm ground-glass nodule in a bundle lost its rim and read solid); small sets (1.4 mm
+# pixels, where the ball holds one voxel) unchanged
+RIM_STRAND_MM = 0.75
 GGO_SHARE = 0.03  # below this (and no measurable solid part) it is ground-glass
 MIN_SOLID_COMPONENT_MM = 1.5  # a solid part smaller than this cannot be measured (under a pixel or two)
 _RIM_PX = 1.0
@@ -151,8 +157,12 @@ def ground_glass_rim(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) 
     and tissue, so a 250 HU band holds a thin layer of them (about a voxel's share, whatever the
     nodule's size: 0.9 mm or less on 1.5 x 1.5 x 3 mm phantoms of 6 mm or more); a real
     ground-glass rim piles up in the band and is thicker (1 mm or more on the same phantoms).
+    Thin strands (spicules, a vessel's stub) are their partial volume all through, band voxels without a rim:
+    the band is counted on the mask opened by a ball of RIM_STRAND_MM, which they do not hold and which a rim
+    round the tissue, part of the nodule's body, does.
     """
-    values = smooth[mask]
+    opened = opening_mm(mask, RIM_STRAND_MM, spacing)
+    values = smooth[opened if opened.any() else mask]
     voxel = float(np.prod(spacing))
     band = float(((values > GGO_BAND_HU[0]) & (values <= GGO_BAND_HU[1])).sum()) * voxel
     tissue = float((values > -200.0).sum()) * voxel
