@@ -104,7 +104,7 @@ def _characterize(
     threshold = refine_boundary(seg, level)
     trim_vessels(seg, threshold, spacing)
     cut_to_lung_outline(seg, threshold, spacing)
-    drop_bone(seg)  # before the solid component is measured: a rib is denser than any solid part
+    drop_bone(seg, spacing)  # before the solid component is measured: a rib is denser than any solid part
     mask = seg.mask
     solid = attenuation.solid_component(seg.smooth, mask)
     solid_axes = measure.axes(solid, spacing, int(offset[0]))
