@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from inference.characterize.model import CalcificationPattern
-from inference.characterize.segment import equivalent_radius
+from inference.characterize.segment import offset_in_radii
 
 CALCIUM_HU = 200.0
 MIN_SHARE = 0.01
@@ -37,9 +37,7 @@ def calcification(hu: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tupl
         return None, share
     if share >= DIFFUSE_SHARE:
         return "diffuse", share
-    radius = equivalent_radius(mask, spacing)
-    offset = np.linalg.norm((np.argwhere(calc).mean(axis=0) - np.argwhere(mask).mean(axis=0)) * spacing)
-    return ("central" if offset <= CENTRAL_OFFSET * radius else "eccentric"), share
+    return ("central" if offset_in_radii(calc, mask, spacing) <= CENTRAL_OFFSET else "eccentric"), share
 
 
 def is_benign(pattern: CalcificationPattern | None) -> bool:

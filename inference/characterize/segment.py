@@ -139,7 +139,7 @@ SPICULE_RIM_MM = 1.5
 BONE_HU = 300.0
 BONE_MIN_OUTSIDE_VOXELS = 20
 # ...unless its part in the nodule is central: its centroid within this share of the nodule's radius (that of a
-# sphere of its volume) from the nodule's centroid. A calcified nodule resting on a rib (phantom 19003:0) has its
+# sphere of its volume) from the nodule's centroid, as calcification.CENTRAL_OFFSET reads a calcification central. A calcified nodule resting on a rib (phantom 19003:0) has its
 # calcification there (0.27); ribs the watershed gave a nodule lie along its side (0.75 ... 1.01 on the 590)
 CALCIFICATION_CENTRAL_SHARE = 0.5
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
@@ -185,6 +185,12 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.nda
 def equivalent_radius(mask: np.ndarray, spacing: np.ndarray) -> float:
     """The radius (mm) of the sphere with the mask's volume."""
     return float((3 * int(mask.sum()) * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3))
+
+
+def offset_in_radii(part: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> float:
+    """How far `part`'s centroid lies from `mask`'s, in `mask`'s equivalent radii (0: central)."""
+    offset = (np.argwhere(part).mean(axis=0) - np.argwhere(mask).mean(axis=0)) * spacing
+    return float(np.linalg.norm(offset)) / max(equivalent_radius(mask, spacing), 1e-9)
 
 
 def component_at(mask: np.ndarray, point: np.ndarray, spacing: np.ndarray, search_mm: float) -> np.ndarray:
@@ -793,19 +799,11 @@ def drop_bone(seg: Segmentation, spacing: np.ndarray) -> None:
     around = ndimage.binary_dilation(seg.mask, structure=np.ones((3, 3, 3), bool))
     bone = np.zeros_like(seg.mask)
     for part, _ in parts_reaching_out(dense, seg.mask, around, BONE_MIN_OUTSIDE_VOXELS):
-        if not _is_central(part & seg.mask, seg.mask, spacing):
+        if offset_in_radii(part & seg.mask, seg.mask, spacing) > CALCIFICATION_CENTRAL_SHARE:
             bone |= part
     kept = seg.mask & ~bone
     if bone.any() and kept.any():
         seg.mask = largest_component(kept, np.ones((3, 3, 3), bool))
-
-
-def _is_central(part: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> bool:
-    """Whether `part`'s centroid lies within CALCIFICATION_CENTRAL_SHARE of `mask`'s radius (that of a sphere of
-    its volume) from `mask`'s centroid."""
-    radius = float((3 * mask.sum() * np.prod(spacing) / (4 * np.pi)) ** (1 / 3))
-    offset = (np.argwhere(part).mean(axis=0) - np.argwhere(mask).mean(axis=0)) * spacing
-    return float(np.linalg.norm(offset)) <= CALCIFICATION_CENTRAL_SHARE * radius
 
 
 def surface_share(mask: np.ndarray, other: np.ndarray) -> float:
