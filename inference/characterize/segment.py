@@ -139,8 +139,9 @@ SPICULE_RIM_MM = 1.5
 BONE_HU = 300.0
 BONE_MIN_OUTSIDE_VOXELS = 20
 # ...unless its part in the nodule is central: its centroid within this share of the nodule's radius (that of a
-# sphere of its volume) from the nodule's centroid, as calcification.CENTRAL_OFFSET reads a calcification central. A calcified nodule resting on a rib (phantom 19003:0) has its
-# calcification there (0.27); ribs the watershed gave a nodule lie along its side (0.75 ... 1.01 on the 590)
+# sphere of its volume) from the nodule's centroid, as calcification.CENTRAL_OFFSET reads a calcification central.
+# A calcified nodule resting on a rib (phantom 19003:0) has its calcification there (0.27); ribs the watershed gave a
+# nodule lie along its side (0.75 ... 1.01 on the 590)
 CALCIFICATION_CENTRAL_SHARE = 0.5
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
 
