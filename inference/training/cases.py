@@ -41,7 +41,8 @@ class Case:
             return cls(str(z["name"]), z["image"], z["nodules"], z["malignant"], z["lung_points"])
 
 
-def _volume_from_phantom(ph: Phantom) -> Volume:
+def volume_from_phantom(ph: Phantom) -> Volume:
+    """The phantom as the series Volume a scanner would send (what preprocess and the pipeline take)."""
     from inference.volume import CT_IMAGE_STORAGE, Volume
 
     n = ph.hu.shape[0]
@@ -81,7 +82,7 @@ def phantom_case(seed: int, small: bool = True) -> Case:
 
     ph = make_phantom(seed, small=small)
     nodules = [(n.center_mm, n.diameter_mm, int(n.malignant)) for n in ph.nodules]
-    return case_from_volume(f"phantom-{seed}{'-small' if small else ''}", _volume_from_phantom(ph), nodules,
+    return case_from_volume(f"phantom-{seed}{'-small' if small else ''}", volume_from_phantom(ph), nodules,
                             np.random.default_rng(seed))
 
 

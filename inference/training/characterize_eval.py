@@ -19,15 +19,19 @@ when part of its painting falls outside the truth region (it crosses the lungs' 
 chest wall or mediastinum: that is also the truth of the juxtapleural confusion); otherwise one the
 generator attached to the pleura or a vessel touches a vessel or an airway.
 The detector's diameter is simulated as the truth diameter times a factor in 0.85 ... 1.15 drawn
-from the seed (a detector is not exact).
+from the seed (a detector is not exact), at the painted centre. With `--centres detector` the packaged detector
+runs on each phantom, as the pipeline runs it, and each nodule is characterised at the centre and diameter of
+the candidate that hits it (LUNA16 rule: within its radius; the most probable of several), whatever its
+probability; a nodule no candidate hits is not characterised and is listed as not detected. This measures what
+a user gets, the detector's error in where and how large included.
 
-    python -m inference.training.characterize_eval --count 20 --first-seed 9000 [--full-size]
+    python -m inference.training.characterize_eval --count 20 --first-seed 9000 [--full-size] [--centres detector]
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -36,7 +40,11 @@ from inference.characterize import characterize_nodule
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
-from inference.preprocess import lung_mask
+from inference.preprocess import Preprocessed, lung_mask
+
+if TYPE_CHECKING:
+    from inference.detect import Candidate
+    from inference.engines import DetectorEngine
 
 TYPES = ("solid", "part_solid", "ground_glass")
 # "not_assessed": predicted only (characterize returns margin None), never a truth: its row stays empty
@@ -62,6 +70,9 @@ class NoduleResult:
     perifissural: bool = False  # the phantoms paint no fissures: every True is a false positive
     at_pleura: bool = False  # part of its painting lies outside the lungs (the truth of juxtapleural)
     contact_share: float = 0.0  # share of its outline on other structures (the "less reliable" note above the caveat)
+    detected: bool = True  # with the detector's centres: whether a candidate hit it (else nothing was measured)
+    centre_offset_mm: float = 0.0  # the characterised centre's distance from the painted one
+    detector_diameter_mm: float = 0.0  # the diameter the characterisation was given
 
     @property
     def site(self) -> str:
@@ -77,10 +88,15 @@ class NoduleResult:
 class Evaluation:
     results: list[NoduleResult] = field(default_factory=list)
     min_diameter_mm: float = 6.0
+    centres: str = "truth"  # "truth": the painted centre and a drawn diameter; "detector": the detector's
 
     @property
     def counted(self) -> list[NoduleResult]:
-        return [r for r in self.results if r.diameter_mm >= self.min_diameter_mm]
+        return [r for r in self.results if r.diameter_mm >= self.min_diameter_mm and r.detected]
+
+    @property
+    def not_detected(self) -> list[NoduleResult]:
+        return [r for r in self.results if r.diameter_mm >= self.min_diameter_mm and not r.detected]
 
     def confusion(self, what: str = "type") -> np.ndarray:
         """Rows: truth, columns: predicted, in TYPES (or MARGINS / (False, True) for calcified and juxtapleural) order."""
@@ -119,7 +135,8 @@ class Evaluation:
     def to_json(self) -> dict[str, Any]:
         """Confusion matrices (rows truth, columns predicted), accuracies and volume errors, for `--json`."""
         out: dict[str, Any] = {"min_diameter_mm": self.min_diameter_mm, "nodules_counted": len(self.counted),
-                               "nodules_total": len(self.results),
+                               "nodules_total": len(self.results), "centres": self.centres,
+                               "not_detected": len(self.not_detected),
                                "perifissural_false_positives": sum(r.perifissural for r in self.counted)}
         for what, labels in (("type", TYPES), ("margin", MARGINS), ("calcified", (False, True)),
                              ("juxtapleural", (False, True))):
@@ -173,35 +190,78 @@ def truth_region(anatomy: Phantom, drawn: np.ndarray) -> np.ndarray:
     return (aerated | drawn) & (anatomy.hu <= BONE_HU)
 
 
-def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True) -> list[NoduleResult]:
+# LUNA16 keeps at most this many marks per scan (as evaluation.evaluate_detector_on_cases does)
+MAX_MARKS_PER_SCAN = 100
+
+
+def _detections(phantom: Phantom, detector: DetectorEngine) -> tuple[Preprocessed, list[Candidate]]:
+    """The detector's candidates on the phantom, preprocessed as the pipeline preprocesses a series."""
+    from inference.detect import detect
+    from inference.preprocess import preprocess
+    from inference.training.cases import volume_from_phantom
+
+    pre = preprocess(volume_from_phantom(phantom))
+    return pre, detect(detector, pre.image)[:MAX_MARKS_PER_SCAN]
+
+
+def _hitting(pre: Preprocessed, candidates: list[Candidate], centre_zyx: np.ndarray,
+             diameter_mm: float) -> Candidate | None:
+    """The most probable candidate within the nodule's radius of its centre (source voxel index), or None.
+    The preprocessed frame is 1 mm isotropic, so its distances are millimetres."""
+    truth = pre.from_source_voxel(np.asarray(centre_zyx, float)[None])[0]
+    hits = [c for c in candidates if float(np.sum((np.asarray(c.zyx) - truth) ** 2)) < (diameter_mm / 2) ** 2]
+    return max(hits, key=lambda c: c.probability) if hits else None
+
+
+def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
+                  detector: DetectorEngine | None = None) -> list[NoduleResult]:
+    """Characterise every nodule of phantom `seed`: at its painted centre with a drawn diameter, or (`detector`)
+    at the centre and diameter of the candidate that hits it."""
     # the phantom and its nodule-free twin from one drawing of the anatomy
     phantom, anatomy, drawn = phantom_and_anatomy(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
     inside = truth_region(anatomy, drawn)
     mask = lung_mask(phantom.hu, phantom.spacing)
+    found = _detections(phantom, detector) if detector is not None else None
+    spacing = np.asarray(phantom.spacing, float)
     rng = np.random.default_rng(seed + 7919)
     out: list[NoduleResult] = []
     for nodule in phantom.nodules:
         if nodule.diameter_mm < min_diameter_mm:
             continue
-        centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-        detector_d = nodule.diameter_mm * float(rng.uniform(0.85, 1.15))
-        c = characterize_nodule(phantom.hu, phantom.spacing, centre, detector_d, mask, direction=phantom.direction)
+        painted_centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
+        # drawn in both modes, so the simulated diameters stay the same whichever mode ran before
+        centre, detector_d = painted_centre, nodule.diameter_mm * float(rng.uniform(0.85, 1.15))
         in_lungs, painted = painted_volumes(phantom, inside, nodule)
-        out.append(NoduleResult(
-            seed=seed, truth_type=_KIND[nodule.kind], predicted_type=c.type, diameter_mm=nodule.diameter_mm,
-            truth_volume_mm3=in_lungs, volume_mm3=c.volume_mm3, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted,
-            truth_margin=nodule.margin, margin=c.margin or "not_assessed", truth_calcified=nodule.calcified, calcified=c.calcified,
-            attached_to=nodule.attached_to, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
-            perifissural=c.location.perifissural, contact_share=c.contact_share,
+        unmeasured = NoduleResult(
+            seed=seed, truth_type=_KIND[nodule.kind], predicted_type="", diameter_mm=nodule.diameter_mm,
+            truth_volume_mm3=in_lungs, volume_mm3=0.0, truth_margin=nodule.margin, margin="",
+            truth_calcified=nodule.calcified, calcified=False, attached_to=nodule.attached_to, juxtapleural=False,
+            segmentation_ok=False, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted, detected=False)
+        if found is not None:
+            pre, candidates = found
+            hit = _hitting(pre, candidates, painted_centre, nodule.diameter_mm)
+            if hit is None:
+                out.append(unmeasured)
+                continue
+            centre = pre.to_source_voxel(np.asarray(hit.zyx, float)[None])[0]
+            detector_d = hit.diameter_mm
+        c = characterize_nodule(phantom.hu, phantom.spacing, centre, detector_d, mask, direction=phantom.direction)
+        out.append(replace(
+            unmeasured, predicted_type=c.type, volume_mm3=c.volume_mm3, margin=c.margin or "not_assessed",
+            calcified=c.calcified, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
+            perifissural=c.location.perifissural, contact_share=c.contact_share, detected=True,
+            centre_offset_mm=float(np.linalg.norm((centre - painted_centre) * spacing)), detector_diameter_mm=detector_d,
         ))
     return out
 
 
-def evaluate(seeds: range | list[int], min_diameter_mm: float = 6.0, small: bool = True) -> Evaluation:
-    """Characterise every nodule of the phantoms of `seeds` (small ones by default); counts nodules >= min_diameter_mm."""
-    ev = Evaluation(min_diameter_mm=min_diameter_mm)
+def evaluate(seeds: range | list[int], min_diameter_mm: float = 6.0, small: bool = True,
+             detector: DetectorEngine | None = None) -> Evaluation:
+    """Characterise every nodule of the phantoms of `seeds` (small ones by default); counts nodules >= min_diameter_mm.
+    `detector`: at the detector's centres and diameters (see the module's docstring)."""
+    ev = Evaluation(min_diameter_mm=min_diameter_mm, centres="truth" if detector is None else "detector")
     for seed in seeds:
-        ev.results.extend(evaluate_seed(seed, small=small))
+        ev.results.extend(evaluate_seed(seed, small=small, detector=detector))
     return ev
 
 
@@ -223,13 +283,32 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
         lines.append(f"within 15% by contact (outline >= {CONTACT_SHARE_CAVEAT:.0%} on other structures: stated less "
                      "reliable): " + ", ".join(f"{name} {k}/{n}" for name, (k, n) in ev.within_by_contact().items()))
     lines.append(f"perifissural (the phantoms paint no fissures: false positives): {sum(r.perifissural for r in ev.counted)}")
+    if ev.centres == "detector":
+        lines.extend(_detector_lines(ev))
     for r in ev.counted if details else []:
         flag = "" if (r.truth_type == r.predicted_type and abs(r.volume_error) <= 0.15) else "  <--"
         lines.append(f"  seed {r.seed} {r.diameter_mm:5.1f} mm {r.truth_type:>12} -> {r.predicted_type:<12} "
                      f"vol {r.volume_mm3:8.0f} / {r.truth_volume_mm3:8.0f} ({r.volume_error:+.0%}) "
                      f"margin {r.truth_margin}->{r.margin} calc {r.truth_calcified}->{r.calcified} "
-                     f"site {r.site} (generator: {r.attached_to}) jp {r.juxtapleural} contact {r.contact_share:.2f}{flag}")
+                     f"site {r.site} (generator: {r.attached_to}) jp {r.juxtapleural} contact {r.contact_share:.2f}"
+                     + (f" detector {r.centre_offset_mm:.1f} mm off, {r.detector_diameter_mm:.1f} mm" if ev.centres == "detector"
+                        else "") + flag)
     return "\n".join(lines)
+
+
+def _detector_lines(ev: Evaluation) -> list[str]:
+    """How far the detector's centres and diameters were from the painted ones, and the nodules it missed."""
+    lines = [f"centres and diameters from the detector: {len(ev.counted)} of {len(ev.counted) + len(ev.not_detected)} "
+             f"nodules >= {ev.min_diameter_mm:g} mm hit (not detected: {len(ev.not_detected)}, not characterised)"]
+    if ev.counted:
+        offsets = np.array([r.centre_offset_mm for r in ev.counted])
+        ratios = np.array([r.detector_diameter_mm / r.diameter_mm for r in ev.counted])
+        lines.append(f"  centre offset (mm): median {np.median(offsets):.2f}, 90th pct {np.percentile(offsets, 90):.2f}, "
+                     f"max {offsets.max():.2f}; diameter / painted: median {np.median(ratios):.2f}, "
+                     f"10th-90th pct {np.percentile(ratios, 10):.2f}-{np.percentile(ratios, 90):.2f}")
+    for r in ev.not_detected:
+        lines.append(f"  not detected: seed {r.seed} {r.diameter_mm:5.1f} mm {r.truth_type} site {r.site}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,8 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-size", action="store_true",
                         help="the generator's full phantoms (512 x 512, slices 0.625-2.5 mm) instead of the small ones "
                              "(256 x 256, 2.5-3 mm slices)")
+    parser.add_argument("--centres", choices=("truth", "detector"), default="truth",
+                        help="characterise at the painted centre with a drawn diameter (default), or at the centre and "
+                             "diameter of the packaged detector's candidate that hits each nodule")
     args = parser.parse_args(argv)
-    ev = evaluate(range(args.first_seed, args.first_seed + args.count), args.min_diameter, small=not args.full_size)
+    detector = None
+    if args.centres == "detector":
+        from inference.pipeline import LungNodulePipeline
+
+        detector = LungNodulePipeline().detector
+    ev = evaluate(range(args.first_seed, args.first_seed + args.count), args.min_diameter, small=not args.full_size,
+                  detector=detector)
     print(format_report(ev))
     return 0
 

@@ -194,6 +194,29 @@ def test_findings_carry_type_lung_rads_brock_and_the_exam_statement(clinical_res
     assert json.loads(json.dumps(result.to_json()))["exam"]["lung_rads"] == exam.lung_rads
 
 
+def test_the_characterisation_evaluation_at_the_detectors_centres_measures_what_the_pipeline_reports(
+        demo_pipeline, clinical_result, clinical_case) -> None:
+    # `characterize_eval --centres detector`: each nodule measured at the centre and diameter of the detector's
+    # candidate that hits it: the finding a user gets from the same phantom sent as a DICOM series, to the
+    # type and the volume
+    from inference.training.characterize_eval import evaluate, format_report
+
+    case, _ = clinical_case
+    ev = evaluate([CLINICAL_SEED], 6.0, small=True, detector=demo_pipeline.detector)
+    assert ev.centres == "detector" and not ev.not_detected and len(ev.counted) >= 3
+    painted = [n for n in case.phantom.nodules if n.diameter_mm >= 6]
+    for r in ev.counted:
+        nodule = next(n for n in painted if n.diameter_mm == r.diameter_mm)
+        assert 0 < r.centre_offset_mm < r.diameter_mm / 2  # the LUNA16 hit rule
+        finding = min(clinical_result.findings,
+                      key=lambda f: np.linalg.norm(np.subtract(f.center_mm, nodule.center_mm)))
+        assert r.predicted_type == finding.nodule_type
+        assert r.volume_mm3 == pytest.approx(finding.volume_mm3, abs=0.05), (r, finding)
+        assert r.detector_diameter_mm != r.diameter_mm  # the detector's own diameter, not the painted one
+    report = format_report(ev)
+    assert f"{len(ev.counted)} of {len(ev.counted)} nodules >= 6 mm hit" in report and "centre offset (mm)" in report
+
+
 def test_slices_thicker_than_screening_ct_are_stated_in_the_exam(clinical_result, clinical_case) -> None:
     _, datasets = clinical_case
     volume = load_volume(datasets)
