@@ -371,12 +371,14 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
 
     pipeline = _pipeline(args)
     ev, report = _evaluate_on_phantoms(args, pipeline, pipeline.bundle.manifest.get("report_threshold_probability"))
-    # characterisation (type, margin, calcification, volume) on the same held-out phantom seeds, from the
-    # painted truth at each nodule's centre (the detector's diameter is simulated within +-15 %)
+    # characterisation (type, margin, calcification, volume) on the same held-out phantom seeds: at each nodule's
+    # painted centre (the detector's diameter simulated within +-15 %), or at the centre and diameter of these
+    # weights' detector candidate that hits it (--characterize-at detector: what a user gets)
     with _bar() as bar:
         bar.add_task("characterising nodules on the held-out phantoms", total=None)
         chars = evaluate_characterization(range(args.first_seed, args.first_seed + args.count), 6.0,
-                                          small=not args.full_size)
+                                          small=not args.full_size,
+                                          detector=pipeline.detector if args.characterize_at == "detector" else None)
     report["characterization"] = chars.to_json()
     if args.png:
         args.png.mkdir(parents=True, exist_ok=True)
@@ -630,6 +632,9 @@ def add_model_commands(sub: Any) -> None:
     _add_phantom_evaluation_args(p, count=20, first_seed=9000, role="held-out")
     p.add_argument("--png", type=Path, help="write FROC, ROC and confusion-matrix PNGs here")
     p.add_argument("--json", action="store_true", help="print the figures (detection and characterisation) as JSON")
+    p.add_argument("--characterize-at", choices=("truth", "detector"), default="truth",
+                   help="characterise each nodule at its painted centre with a simulated diameter (default), or at "
+                        "the centre and diameter of the detector's candidate that hits it")
     p.set_defaults(func=cmd_model_evaluate)
 
     p = msub.add_parser("calibrate", help="report threshold at <= N FP/scan on calibration phantoms (not held-out)")

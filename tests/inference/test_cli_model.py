@@ -162,7 +162,7 @@ def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     # the weight files themselves are untouched: their hashes still verify. `model evaluate` printed as a
     # user reads it (its --json dumps the same report: its detection part is built by the code calibrate
     # ran above, its characterisation block is checked in tests/inference/test_characterize_phantoms.py)
-    proc = _cli("model", "evaluate", *common)
+    proc = _cli("model", "evaluate", *common, "--characterize-at", "detector")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     delivered = next(line for line in lines if line.startswith("at the report threshold"))
@@ -180,6 +180,10 @@ def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     assert any(line.startswith("margin: accuracy") for line in lines)
     assert any(line.startswith("calcified: accuracy") for line in lines)
     assert any(line.startswith("volume error:") for line in lines)
+    # measured at the detector's centres (--characterize-at detector): how many it hit, and how far off it was
+    hit = next(line for line in lines if line.startswith("centres and diameters from the detector:"))
+    assert " nodules >= 6 mm hit " in hit
+    assert any(line.strip().startswith("centre offset (mm): median") for line in lines)
 
 
 def test_analyze_refuses_an_unknown_family_history(tmp_path):
