@@ -143,6 +143,7 @@ BONE_MIN_OUTSIDE_VOXELS = 20
 # A calcified nodule resting on a rib (phantom 19003:0) has its calcification there (0.27); ribs the watershed gave a
 # nodule lie along its side (0.75 ... 1.01 on the 590)
 CALCIFICATION_CENTRAL_SHARE = 0.5
+INSCRIBED_SEARCH_MM = 1.5  # inscribed_diameter looks this far round the detector's centre (its offset: median 0.8 mm)
 _SMOOTH_MM = 0.5  # Gaussian sigma for the masks: tames noise, keeps edges (raw HU used for statistics)
 
 
@@ -219,6 +220,19 @@ def largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> 
         return mask
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     return np.asarray(labels == int(np.argmax(sizes)) + 1)
+
+
+def inscribed_diameter(volume_hu: np.ndarray, spacing: np.ndarray, centre: np.ndarray, roi_half_mm: float) -> float:
+    """Twice the depth (mm) of the nodule's centre inside the voxels above SEED_THRESHOLD_HU (lightly smoothed):
+    the diameter of the largest ball of nodule density within INSCRIBED_SEARCH_MM of `centre` (voxel index), in
+    an ROI of `roi_half_mm`. A second opinion on the detector's diameter that needs no diameter of its own; in a
+    bundle of vessels or on the wall it reads large (their tissue adds depth), so it is only a check."""
+    box = roi_box(volume_hu.shape, spacing, np.asarray(centre, float), roi_half_mm)
+    smooth = ndimage.gaussian_filter(np.asarray(volume_hu[box], dtype=np.float32), _SMOOTH_MM / spacing)
+    depth = ndimage.distance_transform_edt(smooth > SEED_THRESHOLD_HU, sampling=spacing)
+    local = np.asarray(centre, float) - np.array([s.start for s in box])
+    near = _distance2(depth.shape, local, spacing) <= INSCRIBED_SEARCH_MM ** 2
+    return 2.0 * float(depth[near].max()) if near.any() else 0.0
 
 
 def segment_nodule(
