@@ -41,6 +41,7 @@ from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
 from inference.preprocess import Preprocessed, lung_mask
+from inference.training.metrics import MAX_MARKS_PER_SCAN
 
 if TYPE_CHECKING:
     from inference.detect import Candidate
@@ -190,10 +191,6 @@ def truth_region(anatomy: Phantom, drawn: np.ndarray) -> np.ndarray:
     return (aerated | drawn) & (anatomy.hu <= BONE_HU)
 
 
-# LUNA16 keeps at most this many marks per scan (as evaluation.evaluate_detector_on_cases does)
-MAX_MARKS_PER_SCAN = 100
-
-
 def _detections(phantom: Phantom, detector: DetectorEngine) -> tuple[Preprocessed, list[Candidate]]:
     """The detector's candidates on the phantom, preprocessed as the pipeline preprocesses a series."""
     from inference.detect import detect
@@ -201,7 +198,7 @@ def _detections(phantom: Phantom, detector: DetectorEngine) -> tuple[Preprocesse
     from inference.training.cases import volume_from_phantom
 
     pre = preprocess(volume_from_phantom(phantom))
-    return pre, detect(detector, pre.image)[:MAX_MARKS_PER_SCAN]
+    return pre, detect(detector, pre.image)[:MAX_MARKS_PER_SCAN]  # LUNA16 scores at most this many marks per scan
 
 
 def _hitting(pre: Preprocessed, candidates: list[Candidate], centre_zyx: np.ndarray,

@@ -74,7 +74,9 @@ def evaluate_detector_on_cases(
     phantoms it is the report threshold to ship; `report_threshold` scores a shipped one.
     """
     from inference.detect import detect
-    from inference.training.metrics import froc_from_matches, match_findings, operating_point, roc, sensitivity_at_max_fps
+    from inference.training.metrics import (
+        MAX_MARKS_PER_SCAN, froc_from_matches, match_findings, operating_point, roc, sensitivity_at_max_fps,
+    )
 
     matches_big, matches_all = [], []
     y_true: list[int] = []
@@ -82,8 +84,7 @@ def evaluate_detector_on_cases(
     t0 = time.time()
     for i, case in enumerate(cases):
         cands = detect(detector_engine, case.image, mode=mode)
-        # LUNA16 keeps at most 100 marks per scan
-        cands = cands[:100]
+        cands = cands[:MAX_MARKS_PER_SCAN]  # LUNA16 keeps at most this many marks per scan
         centres = np.array([c.zyx for c in cands]).reshape(-1, 3)
         probs = np.array([c.probability for c in cands])
         nod = case.nodules
