@@ -184,6 +184,18 @@ def test_a_calcified_nodule_resting_on_a_rib_keeps_its_calcification() -> None:
     assert abs(c.volume_mm3 - truth) / truth <= 0.06, (c.volume_mm3, truth)
 
 
+def test_a_small_solid_nodule_in_a_haze_of_vessels_is_solid_where_the_detector_puts_it() -> None:
+    # full-size seed 15032's third nodule (6.6 mm, solid, on a vessel, 0.625 mm slices), where the packaged detector
+    # puts it (characterize_eval --centres detector): 1.23, -0.43, 0.17 voxels off, 8.33 mm. The first mask takes
+    # the partial volume of the vessels round it, and its core share above -300 HU is 0.47, under the 0.5 that
+    # attenuation.SOLID_SHARE was: typed part-solid and bounded at the ground-glass level, +159 %. Its ground-glass
+    # rim (0.91 mm) is a solid nodule's, and at 0.45 it is solid, +16 %
+    nodule, c, truth = full_size_nodule_as_detected(15032, 2, (1.23, -0.43, 0.17), 8.33)
+    assert (nodule.kind, nodule.attached_to, round(nodule.diameter_mm, 1)) == ("solid", "vessel", 6.6)
+    assert c.segmentation_ok and c.type == "solid"
+    assert abs(c.volume_mm3 - truth) / truth <= 0.20, (c.volume_mm3, truth)
+
+
 def test_a_nodule_the_detector_called_half_its_size_is_measured_at_its_own() -> None:
     # full-size seed 17015's fifth nodule (10.1 mm, part-solid, free, 1.25 mm slices), where the packaged detector
     # puts it (characterize_eval --centres detector): its centre 1.95, 1.15, 3.25 voxels (z, y, x) off, its
