@@ -731,7 +731,8 @@ def test_free_nodule_larger_than_the_detector_says_is_not_held() -> None:
 
 def test_nodule_much_larger_than_the_detector_says_is_still_segmented() -> None:
     # a free 10 mm nodule called 6 mm survived the wall's opening (a ball of 0.6 x the diameter + 1.5 mm), was
-    # taken for the wall and nothing was segmented; tried again at 1.5 x the diameter it is measured
+    # taken for the wall and nothing was segmented; its inscribed diameter at the centre (about 10 mm, over
+    # DETECTOR_UNDERSIZE_FACTOR x 6 mm) is the diameter it is measured at
     c, truth = characterized_free_nodule(24, (5.0, 5.0, 5.0), 6.0)
     assert c.segmentation_ok and c.type == "solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
