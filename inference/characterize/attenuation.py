@@ -65,8 +65,8 @@ RIM_STRAND_MM = 0.75
 # below this (and no measurable solid part) it is ground-glass. 0.03 until 2026-12-04: full-size 14005:2, a 7.5 mm
 # part-solid nodule with a 2.45 mm core on 0.625 mm slices, has 0.022 (0.018 where the detector puts it) and read
 # ground glass. Of the 590 full-size nodules >= 6 mm, ground-glass ones have 0.008 or less (at both centres), of
-# the small sets 7000.., 9000.., 10000.., 12000.., 13000.. 0, part-solid ones 0.06 or more but 14005:0 and 14005:2;
-# 0.012 sits between; nothing else changed (docs/characterization.md, "Where it stands").
+# the small sets 7000..7049 and 12000..12039 0; part-solid ones 0.06 or more but 14005:0 and 14005:2. 0.012 sits
+# between; no other type changed, there or on 9000.., 10000.., 13000.. (docs/characterization.md, "Where it stands").
 GGO_SHARE = 0.012
 MIN_SOLID_COMPONENT_MM = 1.5  # a solid part smaller than this cannot be measured (under a pixel or two)
 _RIM_PX = 1.0

@@ -188,7 +188,7 @@ def test_a_part_solid_nodule_with_a_small_core_is_part_solid() -> None:
     # full-size seed 14005's third nodule (7.5 mm, part-solid with a 2.45 mm solid core, on the pleura, 0.625 mm
     # slices): its core share above -300 HU is 0.022, under the 0.03 that attenuation.GGO_SHARE was, and it read
     # ground glass (Lung-RADS 2 where part-solid is 3). Every ground-glass nodule >= 6 mm of the 590 full-size
-    # phantom nodules has 0.008 or less, of the small sets 0
+    # phantom nodules has 0.008 or less, of the small sets 7000..7049 and 12000..12039 0
     nodule, c, truth = full_size_nodule_at_its_painted_diameter(14005, 2)
     assert (nodule.kind, round(nodule.diameter_mm, 1), round(nodule.solid_diameter_mm, 1)) == ("part-solid", 7.5, 2.5)
     assert c.segmentation_ok and c.type == "part_solid"
