@@ -378,7 +378,8 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
         bar.add_task("characterising nodules on the held-out phantoms", total=None)
         chars = evaluate_characterization(range(args.first_seed, args.first_seed + args.count), 6.0,
                                           small=not args.full_size,
-                                          detector=pipeline.detector if args.characterize_at == "detector" else None)
+                                          detector=pipeline.detector if args.characterize_at == "detector" else None,
+                                          mode=pipeline.mode)
     report["characterization"] = chars.to_json()
     if args.png:
         args.png.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from inference.preprocess import Preprocessed, lung_mask
 from inference.training.metrics import MAX_MARKS_PER_SCAN
 
 if TYPE_CHECKING:
-    from inference.detect import Candidate
+    from inference.detect import Candidate, Mode
     from inference.engines import DetectorEngine
 
 TYPES = ("solid", "part_solid", "ground_glass")
@@ -191,14 +191,14 @@ def truth_region(anatomy: Phantom, drawn: np.ndarray) -> np.ndarray:
     return (aerated | drawn) & (anatomy.hu <= BONE_HU)
 
 
-def _detections(phantom: Phantom, detector: DetectorEngine) -> tuple[Preprocessed, list[Candidate]]:
-    """The detector's candidates on the phantom, preprocessed as the pipeline preprocesses a series."""
+def _detections(phantom: Phantom, detector: DetectorEngine, mode: Mode) -> tuple[Preprocessed, list[Candidate]]:
+    """The detector's candidates on the phantom, preprocessed and detected (in `mode`) as the pipeline does."""
     from inference.detect import detect
     from inference.preprocess import preprocess
     from inference.training.cases import volume_from_phantom
 
     pre = preprocess(volume_from_phantom(phantom))
-    return pre, detect(detector, pre.image)[:MAX_MARKS_PER_SCAN]  # LUNA16 scores at most this many marks per scan
+    return pre, detect(detector, pre.image, mode=mode)[:MAX_MARKS_PER_SCAN]  # LUNA16 scores at most this many marks per scan
 
 
 def _hitting(pre: Preprocessed, candidates: list[Candidate], centre_zyx: np.ndarray,
@@ -211,14 +211,15 @@ def _hitting(pre: Preprocessed, candidates: list[Candidate], centre_zyx: np.ndar
 
 
 def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
-                  detector: DetectorEngine | None = None) -> list[NoduleResult]:
+                  detector: DetectorEngine | None = None, mode: Mode = "whole") -> list[NoduleResult]:
     """Characterise every nodule of phantom `seed`: at its painted centre with a drawn diameter, or (`detector`)
     at the centre and diameter of the candidate that hits it."""
     # the phantom and its nodule-free twin from one drawing of the anatomy
     phantom, anatomy, drawn = phantom_and_anatomy(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
     inside = truth_region(anatomy, drawn)
-    mask = lung_mask(phantom.hu, phantom.spacing)
-    found = _detections(phantom, detector) if detector is not None else None
+    found = _detections(phantom, detector, mode) if detector is not None else None
+    # with the detector, preprocessing's lung segmentation at the source resolution, as the pipeline takes it
+    mask = found[0].source_lung_mask() if found is not None else lung_mask(phantom.hu, phantom.spacing)
     spacing = np.asarray(phantom.spacing, float)
     rng = np.random.default_rng(seed + 7919)
     out: list[NoduleResult] = []
@@ -253,12 +254,12 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
 
 
 def evaluate(seeds: range | list[int], min_diameter_mm: float = 6.0, small: bool = True,
-             detector: DetectorEngine | None = None) -> Evaluation:
+             detector: DetectorEngine | None = None, mode: Mode = "whole") -> Evaluation:
     """Characterise every nodule of the phantoms of `seeds` (small ones by default); counts nodules >= min_diameter_mm.
-    `detector`: at the detector's centres and diameters (see the module's docstring)."""
+    `detector`: at the centres and diameters of its candidates, detected in `mode` (see the module's docstring)."""
     ev = Evaluation(min_diameter_mm=min_diameter_mm, centres="truth" if detector is None else "detector")
     for seed in seeds:
-        ev.results.extend(evaluate_seed(seed, small=small, detector=detector))
+        ev.results.extend(evaluate_seed(seed, small=small, detector=detector, mode=mode))
     return ev
 
 
