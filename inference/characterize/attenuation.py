@@ -63,17 +63,18 @@ GGO_BAND_HU = (-700.0, -450.0)  # ground glass (phantoms -650 ... -500 HU), away
 # pixels, where the ball holds one voxel) unchanged
 RIM_STRAND_MM = 0.75
 # ...and in a nodule whose margin has spicules (segment.count_spicules), this: a spiculated solid 6.4 mm nodule
-# on 0.625 mm slices (full-size 21016:1, read once before this change) has spicules 1.5-2 mm thick, whose partial
-# volume the 0.75 mm ball keeps: rim 1.19 mm, part-solid, +32 %; at 1.25 mm solid, -5 % (at 1.0 mm still
-# part-solid). No other type or volume changed: 590 full size (both centres), 164 more full size (20000..20019,
-# 21000..21039), 471 small (7000.., 8000.., 9000.., 10000.., 12000.., 13000..), among them 93 part-solid nodules
-# called spiculated, whose rims stayed (2026-12-04, twenty-sixth session)
+# on 0.625 mm slices (full-size 21016:1, read once before this change) has spicules up to 2 mm thick at their
+# root, whose partial volume the 0.75 mm ball keeps: rim 1.19 mm, part-solid, +32 %; at 1.25 mm solid, -5 % (at
+# 1.0 mm still part-solid). No other type or volume changed: 590 full size (both centres), 164 more full size
+# (20000..20019, 21000..21039), 471 small (7000.., 8000.., 9000.., 10000.., 12000.., 13000..), among them 93
+# part-solid nodules called spiculated, whose rims stayed (2026-12-04, twenty-sixth session)
 SPICULATED_RIM_STRAND_MM = 1.25
 # below this (and no measurable solid part) it is ground-glass. 0.03 until 2026-12-04: full-size 14005:2, a 7.5 mm
 # part-solid nodule with a 2.45 mm core on 0.625 mm slices, has 0.022 (0.018 where the detector puts it) and read
 # ground glass. Of the 590 full-size nodules >= 6 mm, ground-glass ones have 0.008 or less (at both centres), of
 # the small sets 7000..7049 and 12000..12039 0; part-solid ones 0.06 or more but 14005:0 and 14005:2. 0.012 sits
-# between; no other type changed, there or on 9000.., 10000.., 13000.. (docs/characterization.md, "Where it stands").
+# between; no other type changed, there or on 9000.., 10000.., 13000..
+# (docs/characterization.md, "Twenty-fifth session").
 GGO_SHARE = 0.012
 MIN_SOLID_COMPONENT_MM = 1.5  # a solid part smaller than this cannot be measured (under a pixel or two)
 _RIM_PX = 1.0

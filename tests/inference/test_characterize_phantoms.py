@@ -175,9 +175,10 @@ def test_a_spiculated_solid_nodules_spicules_are_no_ground_glass_rim() -> None:
 
 def test_a_spiculated_solid_nodules_thick_spicules_are_no_ground_glass_rim() -> None:
     # full-size seed 21016's second nodule (6.4 mm, solid, spiculated, 0.625 mm slices; read once as held-out data
-    # before the change): its spicules are 1.5-2 mm thick, a ball of attenuation.RIM_STRAND_MM fits them, and their
-    # partial volume made a rim of 1.19 mm: part-solid, measured at the ground-glass threshold, +32 %. In a nodule
-    # with spicules the rim is counted without strands thinner than attenuation.SPICULATED_RIM_STRAND_MM
+    # before the change): its spicules are up to 2 mm thick at their root, a ball of attenuation.RIM_STRAND_MM fits
+    # them, and their partial volume made a rim of 1.19 mm: part-solid, measured at the ground-glass threshold,
+    # +32 %. In a nodule with spicules the rim is counted without strands thinner than
+    # attenuation.SPICULATED_RIM_STRAND_MM
     nodule, c, truth = full_size_nodule_at_its_painted_diameter(21016, 1)
     assert (nodule.kind, nodule.margin, round(nodule.diameter_mm, 1)) == ("solid", "spiculated", 6.4)
     assert c.segmentation_ok and c.type == "solid" and c.margin == "spiculated"
