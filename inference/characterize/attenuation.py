@@ -60,7 +60,7 @@ GGO_BAND_HU = (-700.0, -450.0)  # ground glass (phantoms -650 ... -500 HU), away
 # nodule on 2 mm slices (full-size 17005:0) measured a rim of 0.945 mm from its spicules, typed part-solid and
 # +23 % volume; with the opening 0.85 mm (at its painted diameter), solid, -3 %. Full size 14000..19029 no other
 # type changed (at 1 mm a 6 mm ground-glass nodule in a bundle lost its rim and read solid); small sets (1.4 mm
-# pixels, where the ball holds one voxel) unchanged
+# pixels, where the ball holds one voxel) unchanged. 17005:0 now falls under SPICULATED_RIM_STRAND_MM below
 RIM_STRAND_MM = 0.75
 # ...and in a nodule whose margin has spicules (segment.count_spicules), this: a spiculated solid 6.4 mm nodule
 # on 0.625 mm slices (full-size 21016:1, read once before this change) has spicules up to 2 mm thick at their

@@ -166,7 +166,8 @@ def test_a_spiculated_solid_nodules_spicules_are_no_ground_glass_rim() -> None:
     # full-size seed 17005's first nodule (6.4 mm, solid, spiculated, 2 mm slices): its spicules are partial volume
     # all through, and counted as a ground-glass layer round its tissue they made a rim of 0.945 mm (part-solid
     # from 0.93 mm), measured at the ground-glass threshold: +22 %. The rim is counted without strands thinner
-    # than attenuation.RIM_STRAND_MM
+    # than attenuation.RIM_STRAND_MM (since 2026-12-04, twenty-sixth session, SPICULATED_RIM_STRAND_MM in a nodule
+    # with spicules, as this one)
     nodule, c, truth = full_size_nodule_at_its_painted_diameter(17005, 0)
     assert (nodule.kind, nodule.margin, round(nodule.diameter_mm, 1)) == ("solid", "spiculated", 6.4)
     assert c.segmentation_ok and c.type == "solid" and c.margin == "spiculated"
