@@ -64,6 +64,16 @@ def prepare_server_dir(workdir: Path) -> Path:
     return dst
 
 
+# The Python backend of the wheel's tritonserver (2.51) now and then aborts while its stubs start or run under load:
+# "terminate called after throwing an instance of 'boost::interprocess::lock_exception'" (upstream
+# triton-inference-server/server#8882, open: intermittent, not tied to the model). Seen once here, in a fresh-clone
+# run of .ci/run on a loaded 2-core machine (2026-12-04), when tests/inference/test_triton.py's "Triton down, then
+# back" test started the server again; the same test passed alone right after. start() tries once more when that
+# is why the server exited.
+KNOWN_START_ABORT = "boost::interprocess::lock_exception"
+START_ATTEMPTS = 2
+
+
 class LocalTriton:
     """tritonserver on loopback ports; start() waits until it is ready, stop() sends SIGINT."""
 
@@ -95,6 +105,28 @@ class LocalTriton:
                 "--allow-cpu-metrics=false", "--allow-gpu-metrics=false", "--exit-timeout-secs=2"]
 
     def start(self, timeout: float = 120.0) -> "LocalTriton":
+        """Start tritonserver and wait until it is ready; once more if it aborted with the Python backend's known
+        start-up crash (see START_ATTEMPTS)."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            written = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._launch()
+            assert self.proc is not None
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    if attempt < START_ATTEMPTS and KNOWN_START_ABORT in self._log_since(written):
+                        self._kill_group()
+                        break
+                    raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log_tail()}")
+                if self.ready():
+                    return self
+                time.sleep(0.25)
+            else:
+                self.stop()
+                raise RuntimeError(f"tritonserver not ready within {timeout:.0f} s: {self.log_tail()}")
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _launch(self) -> None:
         env = server_env()
         if self.threads:
             env["DICOMNODE_TRITON_THREADS"] = str(self.threads)  # read by the Python-backend model.py
@@ -104,15 +136,22 @@ class LocalTriton:
                                          start_new_session=True)
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.ready():
-                return self
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"tritonserver not ready within {timeout:.0f} s: {self.log_tail()}")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _kill_group(self) -> None:
+        """SIGKILL what is left of the server's session (its Python backend stubs)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def ready(self) -> bool:
         try:
