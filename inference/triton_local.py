@@ -146,7 +146,7 @@ class LocalTriton:
             return ""
 
     def _kill_group(self) -> None:
-        """SIGKILL what is left of the server's session (its Python backend stubs)."""
+        """SIGKILL the server's session: the server and its Python backend stubs (they are in the same session)."""
         assert self.proc is not None
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -167,7 +167,7 @@ class LocalTriton:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its backend stubs are in the same session
+            self._kill_group()
             self.proc.wait(10)
 
     def log_tail(self, chars: int = 3000) -> str:

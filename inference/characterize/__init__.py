@@ -119,8 +119,7 @@ def _characterize(
     vessels = attenuation.vessel_voxels(seg.smooth, seg.mask, spacing)
     share = attenuation.solid_share(seg.smooth, seg.mask, spacing, near_wall, vessels)
     ratio = attenuation.volume_ratio(seg.smooth, seg.mask)
-    strands = attenuation.SPICULATED_RIM_STRAND_MM if seg.spicules >= margin.MIN_SPICULES else attenuation.RIM_STRAND_MM
-    rim = attenuation.ground_glass_rim(seg.smooth, seg.mask, spacing, strands)
+    rim = attenuation.ground_glass_rim(seg.smooth, seg.mask, spacing, spiculated=margin.has_spicules(seg.spicules))
     solid_guess = attenuation.is_solid(share, ratio, rim)
     level = _level(seg.hu, seg.mask, spacing, solid_guess)
     threshold = refine_boundary(seg, level)

@@ -62,7 +62,7 @@ GGO_BAND_HU = (-700.0, -450.0)  # ground glass (phantoms -650 ... -500 HU), away
 # type changed (at 1 mm a 6 mm ground-glass nodule in a bundle lost its rim and read solid); small sets (1.4 mm
 # pixels, where the ball holds one voxel) unchanged. 17005:0 now falls under SPICULATED_RIM_STRAND_MM below
 RIM_STRAND_MM = 0.75
-# ...and in a nodule whose margin has spicules (segment.count_spicules), this: a spiculated solid 6.4 mm nodule
+# ...and in a nodule whose margin has spicules (margin.has_spicules), this: a spiculated solid 6.4 mm nodule
 # on 0.625 mm slices (full-size 21016:1, read once before this change) has spicules up to 2 mm thick at their
 # root, whose partial volume the 0.75 mm ball keeps: rim 1.19 mm, part-solid, +32 %; at 1.25 mm solid, -5 % (at
 # 1.0 mm still part-solid). No other type or volume changed: 590 full size (both centres), 164 more full size
@@ -165,9 +165,7 @@ def volume_ratio(smooth: np.ndarray, mask: np.ndarray) -> float:
     return float(mask.sum()) / solid if solid else float("inf")
 
 
-def ground_glass_rim(
-    smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray, strand_mm: float = RIM_STRAND_MM,
-) -> float:
+def ground_glass_rim(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray, spiculated: bool = False) -> float:
     """Thickness (mm) of the ground-glass layer around the nodule's soft tissue: the volume of its
     voxels in the ground-glass band over the surface of its tissue (> -200 HU, taken as a sphere).
 
@@ -176,10 +174,10 @@ def ground_glass_rim(
     nodule's size: 0.9 mm or less on 1.5 x 1.5 x 3 mm phantoms of 6 mm or more); a real
     ground-glass rim piles up in the band and is thicker (1 mm or more on the same phantoms).
     Thin strands (spicules, a vessel's stub) are their partial volume all through, band voxels without a rim:
-    the band is counted on the mask opened by a ball of `strand_mm` (RIM_STRAND_MM; SPICULATED_RIM_STRAND_MM for a
-    nodule with spicules), which they do not hold and which a rim round the tissue, part of the nodule's body, does.
+    the band is counted on the mask opened by a ball of RIM_STRAND_MM (SPICULATED_RIM_STRAND_MM for a `spiculated`
+    nodule), which they do not hold and which a rim round the tissue, part of the nodule's body, does.
     """
-    opened = opening_mm(mask, strand_mm, spacing)
+    opened = opening_mm(mask, SPICULATED_RIM_STRAND_MM if spiculated else RIM_STRAND_MM, spacing)
     values = smooth[opened if opened.any() else mask]
     voxel = float(np.prod(spacing))
     band = float(((values > GGO_BAND_HU[0]) & (values <= GGO_BAND_HU[1])).sum()) * voxel

@@ -134,10 +134,15 @@ def _radial_profile(plane: np.ndarray, contact: np.ndarray, pixel: np.ndarray) -
     return r, free_points[np.argmin(gap, axis=1)]
 
 
+def has_spicules(spicules: int) -> bool:
+    """Whether `spicules` (segment.count_spicules) make the margin spiculated."""
+    return spicules >= MIN_SPICULES
+
+
 def classify_margin(spicules: int, lobulation: Undulation) -> Margin | None:
     """Spiculated, lobulated or smooth; None (not assessed) when no spicule was found and the lobulation
     could not be judged: a margin whose outline is mostly in contact with tissue is not called smooth."""
-    if spicules >= MIN_SPICULES:
+    if has_spicules(spicules):
         return "spiculated"
     if lobulation.lobulated():
         return "lobulated"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from inference.triton_local import KNOWN_START_ABORT, LocalTriton
 from tests.node.helpers import free_port
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
@@ -37,9 +38,7 @@ http.server.HTTPServer(("127.0.0.1", port), Ready).serve_forever()
 '''
 
 
-def _stand_in(tmp_path: Path, message: str) -> tuple[object, Path]:
-    from inference.triton_local import LocalTriton
-
+def _stand_in(tmp_path: Path, message: str) -> tuple[LocalTriton, Path]:
     script = tmp_path / "tritonserver.py"
     script.write_text(STAND_IN)
     starts = tmp_path / "starts"
@@ -52,19 +51,17 @@ def _stand_in(tmp_path: Path, message: str) -> tuple[object, Path]:
 
 
 def test_the_known_start_up_abort_is_tried_once_more(tmp_path: Path) -> None:
-    from inference.triton_local import KNOWN_START_ABORT
-
     server, starts = _stand_in(tmp_path, f"terminate called after throwing an instance of '{KNOWN_START_ABORT}'")
     try:
-        server.start(timeout=30)  # type: ignore[attr-defined]
-        assert server.ready()  # type: ignore[attr-defined]
+        server.start(timeout=30)
+        assert server.ready()
         assert starts.read_text() == "xx"
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()
 
 
 def test_any_other_exit_at_start_fails_at_once_with_the_log(tmp_path: Path) -> None:
     server, starts = _stand_in(tmp_path, "error: creating server: Invalid argument - --model-repository must be set")
     with pytest.raises(RuntimeError, match="Invalid argument - --model-repository must be set"):
-        server.start(timeout=30)  # type: ignore[attr-defined]
+        server.start(timeout=30)
     assert starts.read_text() == "x"
