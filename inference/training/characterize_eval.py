@@ -41,7 +41,7 @@ from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
 from inference.preprocess import Preprocessed, lung_mask
-from inference.training.metrics import MAX_MARKS_PER_SCAN
+from inference.training.metrics import MAX_MARKS_PER_SCAN, luna16_hits
 
 if TYPE_CHECKING:
     from inference.detect import Candidate, Mode
@@ -203,10 +203,11 @@ def _detections(phantom: Phantom, detector: DetectorEngine, mode: Mode) -> tuple
 
 def _hitting(pre: Preprocessed, candidates: list[Candidate], centre_zyx: np.ndarray,
              diameter_mm: float) -> Candidate | None:
-    """The most probable candidate within the nodule's radius of its centre (source voxel index), or None.
-    The preprocessed frame is 1 mm isotropic, so its distances are millimetres."""
-    truth = pre.from_source_voxel(np.asarray(centre_zyx, float)[None])[0]
-    hits = [c for c in candidates if float(np.sum((np.asarray(c.zyx) - truth) ** 2)) < (diameter_mm / 2) ** 2]
+    """The most probable candidate that hits the nodule (LUNA16 rule, `luna16_hits`), or None. `centre_zyx`: source
+    voxel index; the preprocessed frame is 1 mm isotropic, so its distances are millimetres."""
+    truth = pre.from_source_voxel(np.asarray(centre_zyx, float)[None])
+    found = np.array([c.zyx for c in candidates], float).reshape(-1, 3)
+    hits = [c for c, hit in zip(candidates, luna16_hits(found, truth, np.array([diameter_mm]))[:, 0]) if hit]
     return max(hits, key=lambda c: c.probability) if hits else None
 
 

@@ -134,7 +134,7 @@ class CaseMatch:
         return int(self.fp_scores.size)
 
 
-def _hits(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:
+def luna16_hits(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:
     """(P, C) bool: point p lies strictly inside the sphere of centre c (LUNA16 hit rule)."""
     if points.size == 0 or centres.size == 0:
         return np.zeros((len(points), len(centres)), dtype=bool)
@@ -157,7 +157,7 @@ def match_findings(
     diam = np.asarray(truth_diameters_mm, dtype=np.float64).reshape(-1)
     if len(found) != len(probs) or len(truth) != len(diam):
         raise ValueError("centres and their probabilities/diameters differ in length")
-    hit = _hits(found, truth, diam)  # (F, T)
+    hit = luna16_hits(found, truth, diam)  # (F, T)
     truth_hit = np.asarray(hit.any(axis=0))  # numpy types any(axis=...) as scalar-or-array; hit is 2-D
     scored = np.where(hit, probs[:, None], -np.inf)  # (F, T)
     truth_score = np.where(truth_hit, scored.max(axis=0, initial=-np.inf), np.nan)
@@ -168,7 +168,7 @@ def match_findings(
         ex = np.asarray(excluded_centres_mm, dtype=np.float64).reshape(-1, 3)
         ex_d = np.asarray(excluded_diameters_mm, dtype=np.float64).reshape(-1)
         ex_d = np.where(ex_d < 0, EXCLUDED_DEFAULT_DIAMETER_MM, ex_d)
-        used |= _hits(found, ex, ex_d).any(axis=1)
+        used |= luna16_hits(found, ex, ex_d).any(axis=1)
     fp = probs[~used]
     return CaseMatch(truth_hit, truth_score, fp, int(len(probs) - len(fp) - n_scoring))
 
