@@ -107,24 +107,29 @@ class LocalTriton:
     def start(self, timeout: float = 120.0) -> "LocalTriton":
         """Start tritonserver and wait until it is ready; once more if it aborted with the Python backend's known
         start-up crash (see START_ATTEMPTS)."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            written = self.log_path.stat().st_size if self.log_path.exists() else 0
-            self._launch()
-            assert self.proc is not None
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    if attempt < START_ATTEMPTS and KNOWN_START_ABORT in self._log_since(written):
-                        self._kill_group()
-                        break
-                    raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log_tail()}")
-                if self.ready():
-                    return self
-                time.sleep(0.25)
-            else:
-                self.stop()
-                raise RuntimeError(f"tritonserver not ready within {timeout:.0f} s: {self.log_tail()}")
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        attempts_left = START_ATTEMPTS
+        while not self._start_once(timeout, may_retry=attempts_left > 1):
+            attempts_left -= 1
+        return self
+
+    def _start_once(self, timeout: float, may_retry: bool) -> bool:
+        """Launch tritonserver and wait until it is ready (True); False when it aborted with KNOWN_START_ABORT and
+        `may_retry`; RuntimeError with the log for any other exit or when it is not ready within `timeout` s."""
+        written = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._launch()
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                if may_retry and KNOWN_START_ABORT in self._log_since(written):
+                    self._kill_group()
+                    return False
+                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.ready():
+                return True
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"tritonserver not ready within {timeout:.0f} s: {self.log_tail()}")
 
     def _launch(self) -> None:
         env = server_env()
