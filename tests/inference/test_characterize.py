@@ -698,27 +698,23 @@ def test_solid_nodule_touching_or_crossed_by_a_vessel_is_measured_within_a_tenth
     assert abs(c.volume_mm3 - truth) / truth <= 0.10, (c.volume_mm3, truth)
 
 
-def test_nodule_in_a_vessel_bundle_of_its_density_is_held_to_the_detectors_extent() -> None:
+@pytest.mark.parametrize(("seed", "index", "kind"), [
     # full-size phantom 17033's 7.2 mm part-solid nodule inside a bundle of vessels of its own density near the
     # wall, on 2 mm slices: no edge between nodule and vessels on any slice, and the first segmentation took the
     # bundle (+423 %, over 4 x the detector's sphere, 84 % of its outline on other structures); done again with
     # everything beyond 1.3 x the detector's radius counted as the vessels', it is the nodule
-    nodule, c, truth = characterized_phantom_nodule(17033, 1)
-    assert (nodule.kind, nodule.attached_to) == ("part-solid", "vessel")
-    assert c.held_to_detector
-    assert c.type == "part_solid"
-    assert abs(c.volume_mm3 - truth) / truth <= 0.15, (c.volume_mm3, truth)
-
-
-def test_nodule_at_a_junction_of_vessels_as_thick_as_itself_is_held_to_the_detectors_extent() -> None:
+    (17033, 1, "part-solid"),
     # full-size phantom 22008's 6.5 mm solid nodule where vessels as thick as itself meet, on 2.5 mm slices: 96 % of
     # its outline on them, and the first segmentation took lengths of them (+70 %, typed part-solid from their partial
-    # volume) but stayed under 3 x the detector's sphere; held to 1.3 x the detector's radius it shrinks to under
-    # 1 / 1.4 of that and stays at the sphere's size, so the held one is the nodule
-    nodule, c, truth = characterized_phantom_nodule(22008, 3)
-    assert (nodule.kind, nodule.attached_to) == ("solid", "vessel")
+    # volume) but stayed under 3 x the detector's sphere; held, it shrinks to under 1 / 1.4 of that and stays at the
+    # sphere's size, so the held one is the nodule
+    (22008, 3, "solid"),
+])
+def test_nodule_among_vessels_of_its_density_is_held_to_the_detectors_extent(seed: int, index: int, kind: str) -> None:
+    nodule, c, truth = characterized_phantom_nodule(seed, index)
+    assert (nodule.kind, nodule.attached_to) == (kind, "vessel")
     assert c.held_to_detector
-    assert c.type == "solid"
+    assert c.type == kind.replace("-", "_")
     assert abs(c.volume_mm3 - truth) / truth <= 0.15, (c.volume_mm3, truth)
 
 
