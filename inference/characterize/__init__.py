@@ -34,12 +34,11 @@ HELD_FAR_FACTOR = 1.3
 # ...and below that size: a segmentation mostly bordering other structures that the held one shrinks to under
 # 1 / HELD_SHRINK_FACTOR of itself (what lay beyond 1.3 x the detector's radius was joined to it through tissue of its
 # density) took in a length of vessel, unless the held one falls below HELD_MIN_SPHERE_SHARE x the detector's sphere
-# (the detector's own estimate: held under it, a large nodule the detector undersized lost part of itself; held is
-# never the smaller guess of the two). On the crops of the tuning set (590), the fresh full-size sets (255) and the
-# small sets (471), painted centres and a diameter within +-15 %: within 15 % 574 -> 575, 238 -> 240, 435 -> 437, types
-# 585 -> 585, 249 -> 251, 459 -> 460; six solid or ground-glass nodules on vessels +29 ... +72 % -> -12 ... +14 %, one
-# lobulated 11.2 mm solid nodule on a vessel (small set, 3 mm slices) +4 -> -34 % (docs/characterization.md,
-# "Twenty-eighth session"). Without the floor three more went under by 27 ... 47 %.
+# (the detector's own estimate: a held segmentation under it had cut into a nodule the detector undersized). On the
+# crops of the tuning set (590), the fresh full-size sets (255) and the small sets (471), painted centres and a
+# diameter within +-15 %: within 15 % 574 -> 575, 238 -> 240, 435 -> 437, types 585 -> 585, 249 -> 251, 459 -> 460; six
+# nodules on vessels +29 ... +72 % -> -12 ... +14 %, one lobulated 11.2 mm solid nodule on a vessel (small set, 3 mm
+# slices) +4 -> -34 % (docs/characterization.md, "Twenty-eighth session"). Without the floor six more fell under -15 %.
 HELD_SHRINK_FACTOR = 1.4
 HELD_MIN_SPHERE_SHARE = 0.9
 # The detector's diameter sets the ROI, the wall's opening (a ball of 0.6 x it + 1.5 mm) and the vessel radii. The
