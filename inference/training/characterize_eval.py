@@ -310,7 +310,7 @@ def _detector_lines(ev: Evaluation) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=9000)
@@ -318,10 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-size", action="store_true",
                         help="the generator's full phantoms (512 x 512, slices 0.625-2.5 mm) instead of the small ones "
                              "(256 x 256, 2.5-3 mm slices)")
-    parser.add_argument("--centres", choices=("truth", "detector"), default="truth",
+    # --characterize-at: the name `dicomnode model evaluate` gives the same choice
+    parser.add_argument("--centres", "--characterize-at", dest="centres", choices=("truth", "detector"), default="truth",
                         help="characterise at the painted centre with a drawn diameter (default), or at the centre and "
                              "diameter of the packaged detector's candidate that hits each nodule")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     detector = None
     if args.centres == "detector":
         from inference.pipeline import LungNodulePipeline

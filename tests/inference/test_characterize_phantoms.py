@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from inference.characterize import characterize_nodule
 from inference.characterize.attenuation import SOLID_MAX_RIM
 from inference.characterize.model import NoduleCharacteristics
 from inference.phantom import PhantomNodule, paint_nodule, phantom_and_anatomy
 from inference.training.characterize_eval import (
-    BONE_HU, DRAWN_LUNG_MARGIN_MM, TYPES, evaluate, evaluate_seed, painted_volumes, truth_region,
+    BONE_HU, DRAWN_LUNG_MARGIN_MM, TYPES, evaluate, evaluate_seed, painted_volumes, parse_args, truth_region,
 )
 
 SEEDS = range(700, 706)
@@ -233,3 +234,11 @@ def test_a_nodule_the_detector_called_half_its_size_is_measured_at_its_own() -> 
     assert (nodule.kind, nodule.attached_to, round(nodule.diameter_mm, 1)) == ("part-solid", None, 10.1)
     assert c.segmentation_ok and c.type == "part_solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.08, (c.volume_mm3, truth)
+
+
+@pytest.mark.parametrize(("argv", "centres"), [
+    ([], "truth"), (["--centres", "detector"], "detector"), (["--characterize-at", "detector"], "detector"),
+])
+def test_the_evaluation_takes_the_choice_of_centres_by_either_name(argv: list[str], centres: str) -> None:
+    # `dicomnode model evaluate --characterize-at` and `characterize_eval --centres` name the same choice
+    assert parse_args(argv).centres == centres
