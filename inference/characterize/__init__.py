@@ -75,7 +75,7 @@ def characterize_nodule(
     """
     diameter_mm = _checked_diameter(volume_hu, spacing_zyx, centre_zyx, diameter_mm)
     first = _characterize(volume_hu, spacing_zyx, centre_zyx, diameter_mm, lung_mask, direction=direction)
-    if not first.segmentation_ok or first.contact_share < CONTACT_SHARE_CAVEAT:
+    if not _may_have_run_into_neighbours(first, diameter_mm):
         return first
     held = _characterize(volume_hu, spacing_zyx, centre_zyx, diameter_mm, lung_mask, direction=direction,
                          far_mm=HELD_FAR_FACTOR * diameter_mm / 2)
@@ -94,10 +94,18 @@ def _checked_diameter(volume_hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx
     return diameter_mm
 
 
+def _may_have_run_into_neighbours(first: NoduleCharacteristics, diameter_mm: float) -> bool:
+    """Whether the held segmentation is worth computing for `first`: its outline lies mostly on other structures and
+    it is large enough for `_ran_into_neighbours` to take a held one (over HELD_SHRINK_FACTOR x a held one of at least
+    HELD_MIN_SPHERE_SHARE x the detector's sphere; LEAK_VOLUME_FACTOR x the sphere is more than that)."""
+    return (first.segmentation_ok and first.contact_share >= CONTACT_SHARE_CAVEAT
+            and first.volume_mm3 >= HELD_SHRINK_FACTOR * (HELD_MIN_SPHERE_SHARE * sphere_volume_mm3(diameter_mm)))
+
+
 def _ran_into_neighbours(first: NoduleCharacteristics, held: NoduleCharacteristics, diameter_mm: float) -> bool:
-    """Whether the first segmentation (its outline mostly on other structures: characterize_nodule asks only then)
-    took in vessels (or the wall) of the nodule's own density, so that `held` (candidates beyond HELD_FAR_FACTOR x
-    the detector's radius counted as something else's) is the nodule: `held` is smaller, and the first is over
+    """Whether the first segmentation (one that `_may_have_run_into_neighbours` lets through) took in vessels (or the
+    wall) of the nodule's own density, so that `held` (candidates beyond HELD_FAR_FACTOR x the detector's radius
+    counted as something else's) is the nodule: `held` is smaller, and the first is over
     LEAK_VOLUME_FACTOR x the detector's sphere, or over HELD_SHRINK_FACTOR x `held` with `held` at least
     HELD_MIN_SPHERE_SHARE x the sphere.
 
@@ -110,9 +118,7 @@ def _ran_into_neighbours(first: NoduleCharacteristics, held: NoduleCharacteristi
     sphere, whereas a nodule the held one cuts into loses a few per cent (a large one) or falls under the sphere.
     The outline test keeps a free nodule whose size the detector underestimated as it is.
     """
-    if not (first.segmentation_ok and held.segmentation_ok and first.contact_share >= CONTACT_SHARE_CAVEAT):
-        return False
-    if held.volume_mm3 >= first.volume_mm3:
+    if not held.segmentation_ok or held.volume_mm3 >= first.volume_mm3:
         return False
     sphere = sphere_volume_mm3(diameter_mm)
     if first.volume_mm3 > LEAK_VOLUME_FACTOR * sphere:
