@@ -639,14 +639,16 @@ def test_lungs_cut_by_the_field_of_view() -> None:
     assert exam.reason is not None and "field of view" in exam.reason
 
 
-def characterized_phantom_nodule(seed: int, index: int) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
-    """(the nodule, what characterize_nodule reads from the full-size phantom at its painted centre and diameter,
-    its whole painted volume in mm3)."""
+def characterized_phantom_nodule(seed: int, index: int,
+                                 diameter_mm: float | None = None) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
+    """(the nodule, what characterize_nodule reads from the full-size phantom at its painted centre and diameter (or
+    `diameter_mm` as the detector's), its whole painted volume in mm3)."""
     phantom = make_phantom(seed)
     nodule = phantom.nodules[index]
     _, truth = painted_volumes(phantom, np.ones(phantom.hu.shape, bool), nodule)
     centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, direction=phantom.direction)
+    c = characterize_nodule(phantom.hu, phantom.spacing, centre, diameter_mm or nodule.diameter_mm,
+                            direction=phantom.direction)
     return nodule, c, truth
 
 
@@ -722,11 +724,7 @@ def test_nodule_the_held_segmentation_would_cut_below_the_detectors_sphere_is_no
     # full-size phantom 20012's 7.8 mm solid nodule inside vessels (95 % of its outline on them), called 6.7 mm: held
     # to 1.3 x that radius it loses half of itself (-47 %, 0.85 x the detector's sphere), whereas the first
     # segmentation is right; a held segmentation under 0.9 x the detector's own estimate is not taken
-    phantom = make_phantom(20012)
-    nodule = phantom.nodules[2]
-    _, truth = painted_volumes(phantom, np.ones(phantom.hu.shape, bool), nodule)
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, 6.7, direction=phantom.direction)
+    nodule, c, truth = characterized_phantom_nodule(20012, 2, 6.7)
     assert (nodule.kind, nodule.attached_to) == ("solid", "vessel") and c.contact_share >= CONTACT_SHARE_CAVEAT
     assert not c.held_to_detector
     assert abs(c.volume_mm3 - truth) / truth <= 0.15, (c.volume_mm3, truth)

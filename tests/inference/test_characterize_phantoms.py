@@ -87,11 +87,7 @@ def test_vessel_along_the_nodule_is_cut_at_the_outline_its_lung_sides_predict() 
     r = evaluate_seed(12033)[2]
     assert (r.truth_type, r.attached_to, r.predicted_type) == ("solid", "vessel", "solid")
     assert abs(r.volume_error) <= 0.1, f"{r.volume_error:+.1%}"
-    phantom, anatomy, drawn = phantom_and_anatomy(12015, small=True, margin_mm=DRAWN_LUNG_MARGIN_MM)
-    nodule = phantom.nodules[1]
-    truth, _ = painted_volumes(phantom, truth_region(anatomy, drawn), nodule)
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, nodule.diameter_mm, None, direction=phantom.direction)
+    nodule, c, truth = phantom_nodule_as_detected(12015, 1, (0.0, 0.0, 0.0), None, small=True)
     assert (nodule.kind, nodule.attached_to, c.type) == ("solid", "vessel", "solid")
     assert not c.held_to_detector
     assert abs(c.volume_mm3 - truth) / truth <= 0.1, (c.volume_mm3, truth)
@@ -125,14 +121,15 @@ def test_a_nodules_part_painted_over_a_rib_is_no_part_of_its_truth() -> None:
 def full_size_nodule_at_its_painted_diameter(seed: int, index: int) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
     """Nodule `index` of full-size phantom `seed`, characterised at its centre with its painted diameter as the
     detector's, and its truth volume (mm3, as characterize_eval counts it)."""
-    return full_size_nodule_as_detected(seed, index, (0.0, 0.0, 0.0), None)
+    return phantom_nodule_as_detected(seed, index, (0.0, 0.0, 0.0), None)
 
 
-def full_size_nodule_as_detected(seed: int, index: int, offset_voxels: tuple[float, float, float],
-                                 diameter_mm: float | None) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
+def phantom_nodule_as_detected(seed: int, index: int, offset_voxels: tuple[float, float, float],
+                               diameter_mm: float | None, *, small: bool = False,
+                               ) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
     """As full_size_nodule_at_its_painted_diameter, at the centre moved by `offset_voxels` (z, y, x) with
-    `diameter_mm` (None: the painted one) as the detector's."""
-    phantom, anatomy, drawn = phantom_and_anatomy(seed, small=False, margin_mm=DRAWN_LUNG_MARGIN_MM)
+    `diameter_mm` (None: the painted one) as the detector's; `small`: the small phantom of `seed`."""
+    phantom, anatomy, drawn = phantom_and_anatomy(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
     nodule = phantom.nodules[index]
     truth, _ = painted_volumes(phantom, truth_region(anatomy, drawn), nodule)
     centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0] + np.asarray(offset_voxels, float)
@@ -227,7 +224,7 @@ def test_a_small_solid_nodule_in_a_haze_of_vessels_is_solid_where_the_detector_p
     # the partial volume of the vessels round it, and its core share above -300 HU is 0.47, under the 0.5 that
     # attenuation.SOLID_SHARE was: typed part-solid and bounded at the ground-glass level, +159 %. Its ground-glass
     # rim (0.91 mm) is a solid nodule's, and at 0.45 it is solid, +16 %
-    nodule, c, truth = full_size_nodule_as_detected(15032, 2, (1.23, -0.43, 0.17), 8.33)
+    nodule, c, truth = phantom_nodule_as_detected(15032, 2, (1.23, -0.43, 0.17), 8.33)
     assert (nodule.kind, nodule.attached_to, round(nodule.diameter_mm, 1)) == ("solid", "vessel", 6.6)
     assert c.segmentation_ok and c.type == "solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.20, (c.volume_mm3, truth)
@@ -239,7 +236,7 @@ def test_a_nodule_the_detector_called_half_its_size_is_measured_at_its_own() -> 
     # diameter 5.25 mm. At that diameter the wall's opening and the radii are half the nodule's: its solid core was
     # lost and it read ground glass, -99 % (-69 % at a centre a little elsewhere). The nodule's inscribed diameter at
     # the centre (segment.inscribed_diameter) is over DETECTOR_UNDERSIZE_FACTOR x the detector's: it is measured at it
-    nodule, c, truth = full_size_nodule_as_detected(17015, 4, (1.95, 1.15, 3.25), 5.25)
+    nodule, c, truth = phantom_nodule_as_detected(17015, 4, (1.95, 1.15, 3.25), 5.25)
     assert (nodule.kind, nodule.attached_to, round(nodule.diameter_mm, 1)) == ("part-solid", None, 10.1)
     assert c.segmentation_ok and c.type == "part_solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.08, (c.volume_mm3, truth)
