@@ -12,6 +12,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 
+from dicomnode.core import reactor
 from dicomnode.core.dicom_address import DicomAddress
 from dicomnode.core.dimse import STORED_STATUSES
 
@@ -27,9 +28,8 @@ class SendReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-
-
 def _associate(address: DicomAddress, calling_ae: str, timeout: float, contexts: list) -> Association:
+    reactor.install()  # pynetdicom's own reactor can drop a response under load: the sender would wait out its timeout
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.requested_contexts = contexts

@@ -21,6 +21,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]  # made at import time
 
 from dicomnode.config import PriorPeer, Route
+from dicomnode.core import reactor
 from dicomnode.core.uids import printable
 from dicomnode.priors.safety import PatientIdentity
 from dicomnode.process.routing import SeriesFacts, mismatch, preference_key
@@ -112,6 +113,7 @@ class PeerQuery:
 
     def __init__(self, peer: PriorPeer, calling_ae: str, timeout_s: float, tls: ssl.SSLContext | None) -> None:
         self.peer = peer
+        reactor.install()  # pynetdicom's own reactor can drop a C-FIND response under load (dicomnode.core.reactor)
         ae = AE(ae_title=calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, QR_TRANSFER_SYNTAXES)

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom m
     StudyRootQueryRetrieveInformationModelMove)
 
 from dicomnode.config import PriorPeer
+from dicomnode.core import reactor
 from dicomnode.core.uids import printable
 from dicomnode.priors.finder import QR_TRANSFER_SYNTAXES
 from dicomnode.receive.scp import negotiation_order
@@ -81,6 +82,7 @@ class _Watchdog:
 
 def _associate(ae: AE, peer: PriorPeer, timeout_s: float, tls: ssl.SSLContext | None,
                handlers: list[Any] | None = None) -> Association:
+    reactor.install()  # pynetdicom's own reactor can drop a response under load (dicomnode.core.reactor)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers,
                          tls_args=(tls, None) if tls is not None else None)  # type: ignore[arg-type]  # ssl takes None (no SNI)
@@ -159,6 +161,7 @@ def c_get(peer: PriorPeer, calling_ae: str, study_uid: str, series_uid: str, tim
             stored[0] += 1
         return status
 
+    reactor.install()
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=roles,  # type: ignore[arg-type]
                          evt_handlers=[(evt.EVT_C_STORE, on_store)],

@@ -8,6 +8,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from dicomnode.config import Settings
+from dicomnode.core import reactor
 from dicomnode.deliver.sender import client_ssl_context
 from storage.audit import record_event
 from storage.db import Database
@@ -34,6 +35,7 @@ def _echo(settings: Settings, name: str) -> EchoResult:
     address = f"{dest.ae_title}@{dest.host}:{dest.port}"
     # the node's own title and TLS settings: the same association the sender opens, so the answer means
     # the results would go through
+    reactor.install()  # pynetdicom's own reactor can drop the C-ECHO response under load (dicomnode.core.reactor)
     ae = AE(ae_title=settings.node.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.sender.connect_timeout_s
     ae.requested_contexts = [build_context(Verification)]

@@ -182,3 +182,32 @@ def test_the_reactor_leaves_a_response_to_the_user_thread_waiting_for_it(monkeyp
     assoc.dimse.msg_queue.put((1, request))
     assoc._reactor_checkpoint.clear()
     assert assoc.dimse.get_msg(block=False) == (1, request)  # requests are the reactor's to serve
+
+
+_SCU_IN_A_FRESH_PROCESS = """
+from pynetdicom import AE, association
+from pynetdicom.sop_class import Verification
+from dicomnode.core.dicom_address import DicomAddress
+from dicomnode.deliver import scu
+peer = AE(ae_title="PEER")
+peer.add_supported_context(Verification)
+server = peer.start_server(("127.0.0.1", 0), block=False)
+try:
+    status = scu.echo(DicomAddress("PEER", "127.0.0.1", server.server_address[1]), "ADMIN")
+finally:
+    server.shutdown()
+print(hex(status), association.DIMSEServiceProvider.__name__)
+"""
+
+
+def test_the_admin_scu_uses_the_reactor_that_keeps_responses_for_their_sender() -> None:
+    """`dicomnode send` and `echo` run in a process of their own, where no receiver installed the
+    reactor: pynetdicom's own dropped a C-STORE response under load (the sender waited out its 30 s
+    and aborted after the node had stored the instance), so the SCU installs it too."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SCU_IN_A_FRESH_PROCESS], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0x0", "ReactorSafeDIMSE"]
