@@ -373,13 +373,15 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
     ev, report = _evaluate_on_phantoms(args, pipeline, pipeline.bundle.manifest.get("report_threshold_probability"))
     # characterisation (type, margin, calcification, volume) on the same held-out phantom seeds: at each nodule's
     # painted centre (the detector's diameter simulated within +-15 %), or at the centre and diameter of these
-    # weights' detector candidate that hits it (--characterize-at detector: what a user gets)
+    # weights' detector candidate that hits it (--characterize-at detector: what a user gets; the candidates
+    # are the FROC pass's, on the same preprocessed phantoms, not detected again)
+    seeds = range(args.first_seed, args.first_seed + args.count)
+    at_detector = args.characterize_at == "detector"
     with _bar() as bar:
         bar.add_task("characterising nodules on the held-out phantoms", total=None)
-        chars = evaluate_characterization(range(args.first_seed, args.first_seed + args.count), 6.0,
-                                          small=not args.full_size,
-                                          detector=pipeline.detector if args.characterize_at == "detector" else None,
-                                          mode=pipeline.mode)
+        chars = evaluate_characterization(seeds, 6.0, small=not args.full_size,
+                                          detector=pipeline.detector if at_detector else None, mode=pipeline.mode,
+                                          marks=dict(zip(seeds, ev.marks)) if at_detector else None)
     report["characterization"] = chars.to_json()
     if args.png:
         args.png.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ a user gets, the detector's error in where and how large included.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -191,13 +192,18 @@ def truth_region(anatomy: Phantom, drawn: np.ndarray) -> np.ndarray:
     return (aerated | drawn) & (anatomy.hu <= BONE_HU)
 
 
-def _detections(phantom: Phantom, detector: DetectorEngine, mode: Mode) -> tuple[Preprocessed, list[Candidate]]:
-    """The detector's candidates on the phantom, preprocessed and detected (in `mode`) as the pipeline does."""
+def _detections(phantom: Phantom, detector: DetectorEngine, mode: Mode,
+                marks: Sequence[Candidate] | None = None) -> tuple[Preprocessed, list[Candidate]]:
+    """The detector's candidates on the phantom, preprocessed and detected (in `mode`) as the pipeline does;
+    `marks`: its candidates already detected on this phantom's preprocessed image (the FROC pass of
+    `dicomnode model evaluate`), taken instead of detecting again."""
     from inference.detect import detect
     from inference.preprocess import preprocess
     from inference.training.cases import volume_from_phantom
 
     pre = preprocess(volume_from_phantom(phantom))
+    if marks is not None:
+        return pre, list(marks)[:MAX_MARKS_PER_SCAN]
     return pre, detect(detector, pre.image, mode=mode)[:MAX_MARKS_PER_SCAN]  # LUNA16 scores at most this many marks per scan
 
 
@@ -212,13 +218,14 @@ def _hitting(pre: Preprocessed, candidates: list[Candidate], centre_zyx: np.ndar
 
 
 def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
-                  detector: DetectorEngine | None = None, mode: Mode = "whole") -> list[NoduleResult]:
+                  detector: DetectorEngine | None = None, mode: Mode = "whole",
+                  marks: Sequence[Candidate] | None = None) -> list[NoduleResult]:
     """Characterise every nodule of phantom `seed`: at its painted centre with a drawn diameter, or (`detector`)
-    at the centre and diameter of the candidate that hits it."""
+    at the centre and diameter of the candidate that hits it (from `marks` where given, see _detections)."""
     # the phantom and its nodule-free twin from one drawing of the anatomy
     phantom, anatomy, drawn = phantom_and_anatomy(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
     inside = truth_region(anatomy, drawn)
-    found = _detections(phantom, detector, mode) if detector is not None else None
+    found = _detections(phantom, detector, mode, marks) if detector is not None else None
     # with the detector, preprocessing's lung segmentation at the source resolution, as the pipeline takes it
     mask = found[0].source_lung_mask() if found is not None else lung_mask(phantom.hu, phantom.spacing)
     spacing = np.asarray(phantom.spacing, float)
@@ -255,12 +262,15 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
 
 
 def evaluate(seeds: range | list[int], min_diameter_mm: float = 6.0, small: bool = True,
-             detector: DetectorEngine | None = None, mode: Mode = "whole") -> Evaluation:
+             detector: DetectorEngine | None = None, mode: Mode = "whole",
+             marks: Mapping[int, Sequence[Candidate]] | None = None) -> Evaluation:
     """Characterise every nodule of the phantoms of `seeds` (small ones by default); counts nodules >= min_diameter_mm.
-    `detector`: at the centres and diameters of its candidates, detected in `mode` (see the module's docstring)."""
+    `detector`: at the centres and diameters of its candidates, detected in `mode` (see the module's docstring), or
+    taken from `marks` (seed -> the detector's candidates on that phantom) for the seeds it holds."""
     ev = Evaluation(min_diameter_mm=min_diameter_mm, centres="truth" if detector is None else "detector")
     for seed in seeds:
-        ev.results.extend(evaluate_seed(seed, small=small, detector=detector, mode=mode))
+        ev.results.extend(evaluate_seed(seed, small=small, detector=detector, mode=mode,
+                                        marks=(marks or {}).get(seed)))
     return ev
 
 

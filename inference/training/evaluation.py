@@ -4,7 +4,7 @@ cached cases (the metrics themselves live in `inference.training.metrics`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -14,7 +14,7 @@ from inference.training.cases import Case, Progress
 
 if TYPE_CHECKING:
     from inference.classify import MalignancyClassifier
-    from inference.detect import Mode
+    from inference.detect import Candidate, Mode
     from inference.engines.base import DetectorEngine
     from inference.training.metrics import FrocResult, RocResult
 
@@ -36,6 +36,9 @@ class PhantomEvaluation:
     report_threshold: float | None = None
     sensitivity_6mm_at_report_threshold: float | None = None
     fps_per_scan_at_report_threshold: float | None = None
+    # each case's marks (at most MAX_MARKS_PER_SCAN, in the preprocessed frame), in the order of the cases:
+    # the characterisation at the detector's centres takes them instead of detecting again
+    marks: list[list[Candidate]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -81,10 +84,12 @@ def evaluate_detector_on_cases(
     matches_big, matches_all = [], []
     y_true: list[int] = []
     y_score: list[float] = []
+    marks: list[list[Candidate]] = []
     t0 = time.time()
     for i, case in enumerate(cases):
         cands = detect(detector_engine, case.image, mode=mode)
         cands = cands[:MAX_MARKS_PER_SCAN]  # LUNA16 keeps at most this many marks per scan
+        marks.append(cands)
         centres = np.array([c.zyx for c in cands]).reshape(-1, 3)
         probs = np.array([c.probability for c in cands])
         nod = case.nodules
@@ -109,7 +114,7 @@ def evaluate_detector_on_cases(
         froc_6mm=froc_big, froc_all=froc_all, malignancy_auc=None if r is None else r.auc, malignancy_roc=r,
         seconds_per_scan=(time.time() - t0) / max(1, len(cases)),
         report_threshold=report_threshold, sensitivity_6mm_at_report_threshold=at_report[0],
-        fps_per_scan_at_report_threshold=at_report[1],
+        fps_per_scan_at_report_threshold=at_report[1], marks=marks,
     )
 
 

@@ -195,7 +195,7 @@ def test_findings_carry_type_lung_rads_brock_and_the_exam_statement(clinical_res
 
 
 def test_the_characterisation_evaluation_at_the_detectors_centres_measures_what_the_pipeline_reports(
-        demo_pipeline, clinical_result, clinical_case) -> None:
+        demo_pipeline, clinical_result, clinical_case, monkeypatch: pytest.MonkeyPatch) -> None:
     # `characterize_eval --centres detector`: each nodule measured at the centre and diameter of the detector's
     # candidate that hits it: the finding a user gets from the same phantom sent as a DICOM series, to the
     # type and the volume
@@ -215,6 +215,16 @@ def test_the_characterisation_evaluation_at_the_detectors_centres_measures_what_
         assert r.detector_diameter_mm != r.diameter_mm  # the detector's own diameter, not the painted one
     report = format_report(ev)
     assert f"{len(ev.counted)} of {len(ev.counted)} nodules >= 6 mm hit" in report and "centre offset (mm)" in report
+    # `dicomnode model evaluate --characterize-at detector` hands over the FROC pass's marks on the same preprocessed
+    # phantom instead of detecting again: the same results, and the detector network does not run a second time
+    from inference.training.cases import phantom_case
+    from inference.training.evaluation import evaluate_detector_on_cases
+
+    froc = evaluate_detector_on_cases(demo_pipeline.detector, [phantom_case(CLINICAL_SEED, small=True)])
+    runs = []
+    monkeypatch.setattr(type(demo_pipeline.detector), "run", lambda self, *a: runs.append(a) or pytest.fail("detected again"))
+    again = evaluate([CLINICAL_SEED], 6.0, small=True, detector=demo_pipeline.detector, marks={CLINICAL_SEED: froc.marks[0]})
+    assert again.results == ev.results and not runs
 
 
 def test_slices_thicker_than_screening_ct_are_stated_in_the_exam(clinical_result, clinical_case) -> None:
