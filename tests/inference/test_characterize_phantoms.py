@@ -78,8 +78,8 @@ def test_vessel_stub_beyond_the_nodule_is_cut() -> None:
 
 
 def test_vessel_along_the_nodule_is_cut_at_the_outline_its_lung_sides_predict() -> None:
-    # solid nodules at 1.5 x 1.5 x 2.5 mm (seed 12033: 16.5 mm, on a vessel that runs along its side and on
-    # under it; seed 12015: 11.2 mm, lobulated, on a vessel bundle) kept a millimetre-thick layer of the vessel within
+    # solid nodules on small phantoms (seed 12033: 16.5 mm at 1.5 x 1.5 x 2.5 mm, on a vessel that runs along its side
+    # and on under it; seed 12015: 11.2 mm at 1.36 x 1.36 x 3 mm, lobulated, on a vessel bundle) kept a millimetre-thick layer of the vessel within
     # trim_vessels' reach (+15 %, +12 %); cut_to_lung_outline interpolates the outline over the vessel from the
     # sides that face lung (+3 %, +5 %). 12015:1 at its painted diameter: at the 9.6 mm the evaluation draws for it,
     # the segmentation held to 1.3 x that radius (characterize._ran_into_neighbours) cuts its lobes since the
