@@ -286,7 +286,7 @@ def _restore_cap(
     corner): left alone.
     segment_nodule calls it CAP_PASSES times.
     """
-    if not body.any() or not _touching(wall, body).any():
+    if not body.any() or not parts_touching(wall, body).any():
         return body, site
     centre = np.argwhere(body).mean(axis=0) * spacing
     radius = equivalent_radius(body, spacing)
@@ -410,13 +410,13 @@ def _envelope_pass(
     crossing = markers == 2  # the first pass's other markers: what reaches 2 R + 4 mm from the centre
     centre = np.argwhere(nodule_marker).mean(axis=0)
     half_px = float(spacing[1:].mean()) / 2
-    on_wall = bool(_touching(nodule, labels == 3).any())
+    on_wall = bool(parts_touching(nodule, labels == 3).any())
     own_radius = _radius(nodule, centre, spacing)
     if not on_wall:
         own_radius = min(own_radius, inscribed)
     dist2 = _distance2(seed.shape, centre, spacing)
     beyond = dist2 > (ENVELOPE_FACTOR * own_radius + half_px) ** 2
-    to_vessel = _touching(nodule & beyond, labels == 2)
+    to_vessel = parts_touching(nodule & beyond, labels == 2)
     if solid_core:
         to_vessel &= ~_spicules(to_vessel & dense, (labels == 2) & dense, depth, own_radius)
     markers[seed & dense & beyond & ~(nodule & ~to_vessel) & (markers == 0)] = 2
@@ -426,10 +426,10 @@ def _envelope_pass(
     nodule = _give_back_ground_glass(nodule, labels == 2, dense, dist2, own_radius, centre, spacing)
     if not on_wall:
         out = nodule & dense & (dist2 > (own_radius + half_px) ** 2)
-        vessel = _touching(labels == 2, crossing)  # not the spicules the envelope marked: they end in the lung
+        vessel = parts_touching(labels == 2, crossing)  # not the spicules the envelope marked: they end in the lung
         stub_reach = (ENVELOPE_FACTOR - 1) * own_radius + 2 * half_px
         near_vessel = ndimage.distance_transform_edt(~vessel, sampling=spacing) <= stub_reach
-        nodule &= ~(_touching(out, vessel) & near_vessel)
+        nodule &= ~(parts_touching(out, vessel) & near_vessel)
         nodule = component_at(nodule, centre, spacing, np.inf)
     return nodule, labels >= 2
 
@@ -447,7 +447,7 @@ def _spicules(parts: np.ndarray, vessels: np.ndarray, depth: np.ndarray, own_rad
     its halo). Only for a nodule with a solid core (`_envelope_pass`): in a ground-glass one every dense strand is
     a vessel (19023:0, 24.3 mm: pieces of its vessels then read as spicules).
     """
-    return _strands(parts & ~_touching(parts, vessels), depth, SPICULE_DEPTH_SHARE * own_radius)
+    return _strands(parts & ~parts_touching(parts, vessels), depth, SPICULE_DEPTH_SHARE * own_radius)
 
 
 def _strands(parts: np.ndarray, depth: np.ndarray, max_depth_mm: float) -> np.ndarray:
@@ -484,7 +484,7 @@ def _give_back_ground_glass(
     return component_at(nodule | back, centre, spacing, np.inf)
 
 
-def _touching(mask: np.ndarray, other: np.ndarray, in_plane: bool = False) -> np.ndarray:
+def parts_touching(mask: np.ndarray, other: np.ndarray, in_plane: bool = False) -> np.ndarray:
     """The connected parts of `mask` (26-connectivity) that touch `other` (`in_plane`: on the same slice)."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
@@ -565,7 +565,7 @@ def _drop_stubs(
         return nodule & ~drop[labels]
     dense, depth, max_depth = spicules
     protrusions = thin & ~dilate_mm(body, SPICULE_RIM_MM, spacing)
-    free = protrusions & ~_touching(protrusions, other)
+    free = protrusions & ~parts_touching(protrusions, other)
     kept = _strands(free, np.where(dense, depth, 0.0), max_depth)
     kept |= thin & ~protrusions & ~touching & ndimage.binary_dilation(kept, structure=cube)
     return component_at(nodule & ~(drop[labels] & ~kept), np.argwhere(body).mean(axis=0), spacing, np.inf)
@@ -605,7 +605,7 @@ def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> i
     shell = SPICULE_SHELL_FACTOR * scale * outline(units) + 0.5 * float(spacing[1:].mean())
     beyond = np.zeros_like(mask)
     beyond[tuple(pts[dist > shell].T)] = True
-    free = beyond & ~_touching(beyond, seed & ~mask)
+    free = beyond & ~parts_touching(beyond, seed & ~mask)
     labels, n = ndimage.label(free, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return 0
@@ -700,7 +700,7 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     beyond = m & (_distance2(m.shape, centre, spacing) > (TRIM_FACTOR * radius + half_px) ** 2)
     if not beyond.any():
         return
-    stub = _touching(beyond, other, in_plane=True)
+    stub = parts_touching(beyond, other, in_plane=True)
     if not stub.any():
         return
     kept = component_at(m & ~stub, centre, spacing, np.inf)
@@ -855,7 +855,7 @@ def restore_ground_glass_base(seg: Segmentation, threshold_hu: float, spacing: n
     borders the base itself (the base's own rim on the pleura).
     """
     m = seg.mask
-    if not m.any() or not seg.wall.any() or not _touching(seg.wall, m).any():
+    if not m.any() or not seg.wall.any() or not parts_touching(seg.wall, m).any():
         return
     soft = seg.smooth > DENSE_HU
     r_eq = equivalent_radius(m, spacing)
