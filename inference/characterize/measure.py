@@ -67,7 +67,9 @@ PV_MIN_LEVEL_VOXELS = 10
 # a solid core too small to give its own level: a fraction over about 880 HU of contrast barely moves with it
 # (0 instead of 40 HU: 5 % more of a spicule's few voxels)
 NOMINAL_SOFT_TISSUE_HU = 40.0
-SPICULE_OPENING_MM = 1.5  # strands thinner than 3 mm: a spicule's base is at most 0.16 x the nodule's radius thick
+# strands thinner than 3 mm: a spicule is 1-2 mm thick at its base (the phantoms': a radius of 0.7 mm or 0.16 x the
+# nodule's), and a nodule's own lobules are thicker
+SPICULE_OPENING_MM = 1.5
 CONTACT_SHARE_CAVEAT = 0.5  # a nodule bordering other structures over half its surface: its volume is less reliable
 _FACES = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), bool)
