@@ -29,8 +29,8 @@ into volume: +5 ... +26 % on small phantoms (2.5-3 mm slices), whose edge holds 
 the nodule.
 Except a spiculated ground-glass or part-solid nodule's spicules: strands of solid tissue thinner than a voxel.
 The mask's boundary lies at half the ground glass's contrast (about -700 HU), so a voxel a third filled by a
-spicule is above it and counted whole: on full-size phantoms spiculated part-solid nodules measured +10 ... +19 %
-(median +4 % for all part-solid ones) where free smooth ones measure about 0. Their strands (the mask's parts
+spicule is above it and counted whole: on the full-size phantoms (940 nodules >= 6 mm) the free non-solid nodules
+read spiculated measured a median +3.1 % (up to +19 %), the smooth ones -2.1 %; now +0.4 %. Their strands (the mask's parts
 outside its opening by a ball of SPICULE_OPENING_MM, which touch no wall; on slices thicker than that radius
 the opening is per slice, and the top and bottom slices of the nodule are its caps, not strands) count their
 fraction of solid tissue, (HU - lung) / (solid level - lung), with the lung voxels around them, as a solid
