@@ -81,10 +81,11 @@ class _Watchdog:
 
 
 def _associate(ae: AE, peer: PriorPeer, timeout_s: float, tls: ssl.SSLContext | None,
-               handlers: list[Any] | None = None) -> Association:
+               handlers: list[Any] | None = None, roles: list[Any] | None = None) -> Association:
+    """`roles`: SCP/SCU role selections to negotiate (a C-GET's storage roles)."""
     reactor.install()  # pynetdicom's own reactor can drop a response under load (dicomnode.core.reactor)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers,
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=roles, evt_handlers=handlers,
                          tls_args=(tls, None) if tls is not None else None)  # type: ignore[arg-type]  # ssl takes None (no SNI)
     return assoc
 
@@ -161,11 +162,7 @@ def c_get(peer: PriorPeer, calling_ae: str, study_uid: str, series_uid: str, tim
             stored[0] += 1
         return status
 
-    reactor.install()
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=roles,  # type: ignore[arg-type]
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)],
-                         tls_args=(tls, None) if tls is not None else None)  # type: ignore[arg-type]  # ssl takes None (no SNI)
+    assoc = _associate(ae, peer, timeout_s, tls, handlers=[(evt.EVT_C_STORE, on_store)], roles=roles)
     if not assoc.is_established:
         return _no_association(peer, assoc)
     watchdog = _Watchdog(assoc, timeout_s)
