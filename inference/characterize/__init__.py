@@ -146,7 +146,8 @@ def _characterize(
     vessels = attenuation.vessel_voxels(seg.smooth, seg.mask, spacing)
     share = attenuation.solid_share(seg.smooth, seg.mask, spacing, near_wall, vessels)
     ratio = attenuation.volume_ratio(seg.smooth, seg.mask)
-    rim = attenuation.ground_glass_rim(seg.smooth, seg.mask, spacing, spiculated=margin.has_spicules(seg.spicules))
+    spiculated = margin.has_spicules(seg.spicules)
+    rim = attenuation.ground_glass_rim(seg.smooth, seg.mask, spacing, spiculated=spiculated)
     solid_guess = attenuation.is_solid(share, ratio, rim)
     level = _level(seg.hu, seg.mask, spacing, solid_guess)
     threshold = refine_boundary(seg, level)
@@ -169,7 +170,7 @@ def _characterize(
             solid, solid_axes = np.zeros_like(mask), None
         size_mask = grow_to_half_maximum(seg, level, near_others, spacing)
         volume, partial_volume = measure.non_solid_volume_mm3(seg.hu, size_mask, seg.wall, seg.parenchyma_hu, spacing,
-                                                              margin.has_spicules(seg.spicules))
+                                                              spiculated)
     contact = measure.contact_share(size_mask, near_others)
     pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
