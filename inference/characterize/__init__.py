@@ -169,8 +169,8 @@ def _characterize(
         if kind == "ground_glass":
             solid, solid_axes = np.zeros_like(mask), None
         size_mask = grow_to_half_maximum(seg, level, near_others, spacing)
-        volume, partial_volume = measure.non_solid_volume_mm3(seg.hu, size_mask, seg.wall, seg.parenchyma_hu, spacing,
-                                                              spiculated)
+        volume, partial_volume = measure.non_solid_volume_mm3(seg.hu, size_mask, near_others, seg.wall,
+                                                              seg.parenchyma_hu, level, spacing, spiculated)
     contact = measure.contact_share(size_mask, near_others)
     pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
