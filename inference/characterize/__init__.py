@@ -162,7 +162,8 @@ def _characterize(
     if kind == "solid":
         solid, solid_axes = mask, measure.axes(mask, spacing, int(offset[0]))
         size_mask = mask
-        volume, partial_volume = measure.solid_nodule_volume_mm3(seg.hu, mask, near_others, seg.parenchyma_hu, spacing)
+        volume, partial_volume = measure.solid_nodule_volume_mm3(seg.hu, mask, near_others, seg.wall,
+                                                                 seg.parenchyma_hu, spacing)
     else:
         restore_ground_glass_base(seg, threshold, spacing)  # adds voxels below the solid threshold only
         mask = seg.mask
