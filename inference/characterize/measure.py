@@ -42,11 +42,11 @@ ground-glass or part-solid nodule's spicules, strands of solid tissue thinner th
 solid tissue and its other voxels whole.
 The mask's boundary lies at half the ground glass's contrast (about -700 HU), so a voxel a third filled by a
 spicule is above it and counted whole: on the full-size phantoms (940 nodules >= 6 mm) the free non-solid nodules
-read spiculated measured a median +3.1 % (up to +19 %), the smooth ones -2.1 %; now +0.4 %. Their strands (the mask's parts
-outside its opening by a ball of SPICULE_OPENING_MM, which touch no wall; on slices thicker than that radius
-the opening is per slice, and the top and bottom slices of the nodule are its caps, not strands) count their
-fraction of solid tissue, (HU - lung) / (solid level - lung), with the lung voxels around them, as a solid
-nodule's edge does; the solid level is the nodule's own (its solid core), or NOMINAL_SOFT_TISSUE_HU.
+read spiculated measured a median +3.1 % (up to +19 %), the smooth ones -2.1 %; now +0.4 %. Their strands (the
+mask's parts outside its opening by a ball of SPICULE_OPENING_MM, which touch no wall; on slices thicker than that
+radius the opening is per slice, and the top and bottom slices of the nodule are its caps, not strands) count their
+fraction of solid tissue, (HU - lung) / (solid level - lung), with the lung voxels around them, as a solid nodule's
+edge does; the solid level is the nodule's own (its solid core), or NOMINAL_SOFT_TISSUE_HU.
 
 Lung-RADS v2022 (ACR): size is the mean diameter, the average of the long axis and the
 perpendicular short axis measured on the same axial image where the nodule is largest, rounded to
@@ -110,6 +110,12 @@ def _soft_tissue_level(hu: np.ndarray, inside: np.ndarray) -> float | None:
     return float(np.median(values)) if values.size >= PV_MIN_LEVEL_VOXELS else None
 
 
+def _theirs(hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray) -> np.ndarray:
+    """Voxels outside `mask` next to other structures and above the candidates' threshold: a neighbour's own, not
+    the nodule's edge (see the module docstring)."""
+    return near_others & ~mask & (hu > SEED_THRESHOLD_HU)
+
+
 def solid_nodule_volume_mm3(
     hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray, wall: np.ndarray, background_hu: float,
     spacing: np.ndarray,
@@ -122,8 +128,7 @@ def solid_nodule_volume_mm3(
     if level is None:
         return volume_mm3(mask, spacing), False
     lung = _lung_level(hu, mask, near_others, wall, spacing, background_hu)
-    theirs = near_others & ~mask & (hu > SEED_THRESHOLD_HU)  # a neighbour's own voxel, not the nodule's edge
-    edge = ndimage.binary_dilation(mask, structure=_CUBE) & ~inside & ~theirs
+    edge = ndimage.binary_dilation(mask, structure=_CUBE) & ~inside & ~_theirs(hu, mask, near_others)
     fractions = np.clip((hu[edge] - lung) / (level - lung), 0.0, 1.0)
     counted = float((mask & ~edge).sum()) + float(fractions.sum())
     return counted * float(np.prod(spacing)), True
@@ -168,8 +173,7 @@ def _ground_glass_edge_volume_mm3(
         return volume_mm3(mask, spacing), False
     if level_hu - lung < MIN_GROUND_GLASS_CONTRAST_HU:
         return volume_mm3(mask, spacing), False
-    theirs = near_others & ~mask & (hu > SEED_THRESHOLD_HU)
-    edge = ndimage.binary_dilation(mask, structure=_FACES) & ~inside & ~theirs
+    edge = ndimage.binary_dilation(mask, structure=_FACES) & ~inside & ~_theirs(hu, mask, near_others)
     fractions = np.clip((hu[edge] - lung) / (level_hu - lung), 0.0, 1.0)
     counted = float((mask & ~edge).sum()) + float(fractions.sum())
     return counted * float(np.prod(spacing)), True

@@ -691,8 +691,7 @@ def test_a_spiculated_part_solid_nodules_spicules_count_by_their_partial_volume(
 
 
 def test_the_lung_level_around_a_nodule_is_its_own_shells_not_the_exams_nor_a_neighbours() -> None:
-    # lung at -810 HU around the nodule where the exam's median is -850; a vessel beside it (another structure)
-    # and the wall are not lung
+    # lung at -810 HU around the nodule; a vessel beside it (another structure) and the wall are not lung
     spacing = np.array([1.0, 0.7, 0.7])
     zz, yy, xx = (np.indices((21, 40, 40)).T * spacing).T
     mask = (zz - 10) ** 2 + (yy - 14) ** 2 + (xx - 14) ** 2 <= 16
