@@ -36,7 +36,7 @@ level and the noise weigh four times as much: with the exam's median lung the fr
 them into volume (+5 ... +26 % on small phantoms on 2.5-3 mm slices, whose edge holds as many voxels as the
 nodule), and until 2026-12-05 the mask's voxels counted whole; against the lung's own level they do not. On the 515
 non-solid crop nodules of the full-size and small phantom sets (docs/characterization.md, "Thirtieth session") mean
-|error| 6.00 -> 4.93 %, free ones on slices under 2 mm 2.89 -> 0.98 % (median -1.8 -> -0.4 %), on 2-3 mm slices
+|error| 6.00 -> 4.92 %, free ones on slices under 2 mm 2.89 -> 0.98 % (median -1.8 -> -0.4 %), on 2-3 mm slices
 5.02 -> 4.35 %. A nodule without ten inner voxels of ground glass keeps its voxel count. Instead, a spiculated
 ground-glass or part-solid nodule's spicules, strands of solid tissue thinner than a voxel, count their fraction of
 solid tissue and its other voxels whole.
