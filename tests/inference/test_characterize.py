@@ -706,43 +706,39 @@ def test_the_lung_level_around_a_nodule_is_its_own_shells_not_the_exams_nor_a_ne
     assert local_lung_hu(hu, mask, np.zeros_like(mask), np.ones_like(mask), spacing) is None
 
 
-def ball_in_lung(radius_mm: float, nodule_hu: float, lung_hu: float,
-                 spacing: np.ndarray) -> tuple[np.ndarray, float]:
-    """(HU of a ball drawn with its partial volume (5 x 5 x 5 sub-voxels) in uniform lung, its volume in mm3)."""
-    fine, shape = 5, (21, 30, 30)
-    grid = [(np.arange(n * fine) + 0.5) / fine * d for n, d in zip(shape, spacing)]
-    zz, yy, xx = np.meshgrid(*grid, indexing="ij")
-    inside = (zz - 10.3) ** 2 + (yy - 10.4) ** 2 + (xx - 10.6) ** 2 <= radius_mm**2
-    share = inside.reshape(shape[0], fine, shape[1], fine, shape[2], fine).mean(axis=(1, 3, 5))
-    return (lung_hu + (nodule_hu - lung_hu) * share).astype(np.float32), 4.0 / 3.0 * np.pi * radius_mm**3
+def ball_in_lung(radius_mm: float, nodule_hu: float, lung_hu: float) -> tuple[np.ndarray, float]:
+    """(HU of a ball drawn with its partial volume in uniform lung, off the voxel grid, its volume in mm3)."""
+    shape = (21, 30, 30)
+    frac = ellipsoid_fraction((radius_mm,) * 3, centre=np.array([10.3, 14.6, 15.1]), shape=shape)
+    hu = np.full(shape, lung_hu, np.float32)
+    paint(hu, frac, nodule_hu)
+    return hu, float(frac.sum() * SPACING.prod())
 
 
 def test_a_ground_glass_edge_counts_by_its_fraction_against_the_lung_around_it() -> None:
     # a 7 mm ground-glass ball (-600 HU) on 1 x 0.7 x 0.7 mm voxels in lung of -800 HU beside the exam's median
     # -860: its half-maximum mask counted whole missed the outer half of its edge voxels; by fractions of ground
     # glass against the lung around it the volume is the ball's
-    spacing = np.array([1.0, 0.7, 0.7])
-    hu, truth = ball_in_lung(3.5, -600.0, -800.0, spacing)
+    hu, truth = ball_in_lung(3.5, -600.0, -800.0)
     mask = hu > -700.0
     none = np.zeros_like(mask)
-    volume, by_fraction = non_solid_volume_mm3(hu, mask, none, none, -860.0, -600.0, spacing, spiculated=False)
+    volume, by_fraction = non_solid_volume_mm3(hu, mask, none, none, -860.0, -600.0, SPACING, spiculated=False)
     assert by_fraction
     assert abs(volume - truth) / truth <= 0.01, (volume, truth)
     # too thin to hold ten inner voxels of ground glass (no level of its own): its voxels count whole
     thin = np.zeros_like(mask)
     thin[9:12, 14:16, 10:20] = True
-    assert non_solid_volume_mm3(hu, thin, none, none, -860.0, -600.0, spacing, spiculated=False) == (
-        float(thin.sum()) * float(np.prod(spacing)), False)
+    assert non_solid_volume_mm3(hu, thin, none, none, -860.0, -600.0, SPACING, spiculated=False) == (
+        float(thin.sum()) * float(np.prod(SPACING)), False)
 
 
 def test_a_solid_edge_counts_by_its_fraction_against_the_lung_around_it() -> None:
     # a 6 mm solid ball (40 HU) in lung of -800 HU where the exam's median is -900: against -900 each lung voxel of
     # its edge would count a tenth of a voxel of nodule
-    spacing = np.array([1.0, 0.7, 0.7])
-    hu, truth = ball_in_lung(3.0, 40.0, -800.0, spacing)
+    hu, truth = ball_in_lung(3.0, 40.0, -800.0)
     mask = hu > -380.0
     none = np.zeros_like(mask)
-    volume, by_fraction = solid_nodule_volume_mm3(hu, mask, none, none, -900.0, spacing)
+    volume, by_fraction = solid_nodule_volume_mm3(hu, mask, none, none, -900.0, SPACING)
     assert by_fraction
     assert abs(volume - truth) / truth <= 0.01, (volume, truth)
 
