@@ -116,6 +116,15 @@ def _theirs(hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray) -> np.nda
     return near_others & ~mask & (hu > SEED_THRESHOLD_HU)
 
 
+def _counted_by_fractions(hu: np.ndarray, mask: np.ndarray, edge: np.ndarray, lung: float, level: float,
+                          spacing: np.ndarray) -> tuple[float, bool]:
+    """(volume in mm3, True) of `mask` with the voxels of `edge` (inside or outside it) counted by their fraction
+    (HU - lung) / (level - lung), clipped to 0 ... 1, and the mask's other voxels whole (Kuhnigk et al. 2006)."""
+    fractions = np.clip((hu[edge] - lung) / (level - lung), 0.0, 1.0)
+    counted = float((mask & ~edge).sum()) + float(fractions.sum())
+    return counted * float(np.prod(spacing)), True
+
+
 def solid_nodule_volume_mm3(
     hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray, wall: np.ndarray, background_hu: float,
     spacing: np.ndarray,
@@ -129,9 +138,7 @@ def solid_nodule_volume_mm3(
         return volume_mm3(mask, spacing), False
     lung = _lung_level(hu, mask, near_others, wall, spacing, background_hu)
     edge = ndimage.binary_dilation(mask, structure=_CUBE) & ~inside & ~_theirs(hu, mask, near_others)
-    fractions = np.clip((hu[edge] - lung) / (level - lung), 0.0, 1.0)
-    counted = float((mask & ~edge).sum()) + float(fractions.sum())
-    return counted * float(np.prod(spacing)), True
+    return _counted_by_fractions(hu, mask, edge, lung, level, spacing)
 
 
 def spicule_strands(mask: np.ndarray, wall: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -162,21 +169,21 @@ def _lung_level(hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray, wall:
 
 
 def _ground_glass_edge_volume_mm3(
-    hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray, lung: float, level_hu: float, spacing: np.ndarray,
+    hu: np.ndarray, mask: np.ndarray, near_others: np.ndarray, wall: np.ndarray, background_hu: float,
+    level_hu: float, spacing: np.ndarray,
 ) -> tuple[float, bool]:
     """(volume, whether by fractions) of a non-solid nodule's half-maximum `mask`: its edge (the mask's boundary
     voxels and the lung voxels next to them, other structures' voxels left out) counted by its fraction of ground
-    glass of `level_hu` against the `lung` level (see the module docstring)."""
+    glass of `level_hu` against the lung around it (see the module docstring)."""
     inside = ndimage.binary_erosion(mask, structure=_FACES, border_value=1)
     glass = hu[inside]
     if int(((glass > GROUND_GLASS_LOW_HU) & (glass < SOLID_THRESHOLD_HU)).sum()) < PV_MIN_LEVEL_VOXELS:
         return volume_mm3(mask, spacing), False
+    lung = _lung_level(hu, mask, near_others, wall, spacing, background_hu)
     if level_hu - lung < MIN_GROUND_GLASS_CONTRAST_HU:
         return volume_mm3(mask, spacing), False
     edge = ndimage.binary_dilation(mask, structure=_FACES) & ~inside & ~_theirs(hu, mask, near_others)
-    fractions = np.clip((hu[edge] - lung) / (level_hu - lung), 0.0, 1.0)
-    counted = float((mask & ~edge).sum()) + float(fractions.sum())
-    return counted * float(np.prod(spacing)), True
+    return _counted_by_fractions(hu, mask, edge, lung, level_hu, spacing)
 
 
 def non_solid_volume_mm3(
@@ -186,17 +193,15 @@ def non_solid_volume_mm3(
     """(volume in mm3, whether partial-volume analysis measured it) of a ground-glass or part-solid nodule's
     half-maximum `mask` in lung of `background_hu`, its ground glass of `level_hu`: a spiculated one's spicules by
     their fraction of solid tissue, any other's edge by its fraction of ground glass (see the module docstring)."""
-    lung = _lung_level(hu, mask, near_others, wall, spacing, background_hu)
     strands = spicule_strands(mask, wall, spacing) if spiculated else np.zeros_like(mask)
     if not strands.any():
-        return _ground_glass_edge_volume_mm3(hu, mask, near_others, lung, level_hu, spacing)
+        return _ground_glass_edge_volume_mm3(hu, mask, near_others, wall, background_hu, level_hu, spacing)
     level = _soft_tissue_level(hu, ndimage.binary_erosion(mask, structure=_FACES, border_value=1))
     if level is None:  # a small core on thick slices
         level = NOMINAL_SOFT_TISSUE_HU
+    lung = _lung_level(hu, mask, near_others, wall, spacing, background_hu)
     around = ndimage.binary_dilation(strands, structure=_FACES) & ~mask
-    fractions = np.clip((hu[strands | around] - lung) / (level - lung), 0.0, 1.0)
-    counted = float((mask & ~strands).sum()) + float(fractions.sum())
-    return counted * float(np.prod(spacing)), True
+    return _counted_by_fractions(hu, mask, strands | around, lung, level, spacing)
 
 
 def contact_share(mask: np.ndarray, near_others: np.ndarray) -> float:
