@@ -318,7 +318,11 @@ def _restore_cap(
         margin = (CAP_MARGIN_PX if solid else CAP_GLASS_MARGIN_PX) * pixel
         hit = pool[np.maximum(local, (cand - c0) @ normal) > margin]
     elif site == "curved" and len(pool):
-        hit = pool[_above_local_planes(cand, ring, centre) > CAP_LOCAL_MARGIN_PX * pixel]
+        # where a candidate's nearest ring points lie on no plane (the wall cups round the nodule, or turns under it
+        # within those points), the wall under it is the quadric surface through the whole ring
+        height = _above_local_planes(cand, ring, centre)
+        height = np.where(np.isfinite(height), height, _above_quadric(cand, ring, centre))
+        hit = pool[height > CAP_LOCAL_MARGIN_PX * pixel]
     else:
         return body, site
     if not len(hit):
@@ -341,6 +345,24 @@ def _above_local_planes(points: np.ndarray, ring: np.ndarray, centre: np.ndarray
     normal *= np.where(np.einsum("ni,ni->n", centre - mean, normal) < 0, -1.0, 1.0)[:, None]
     height = np.einsum("ni,ni->n", points - mean, normal)
     return np.where(values[:, 0] <= CAP_MAX_ROUGHNESS_MM ** 2, height, -np.inf)
+
+
+def _above_quadric(points: np.ndarray, ring: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """How far (mm) each of `points` lies on the nodule's side of the quadric surface h = f(u, v) fitted by least
+    squares to the `ring` points (all in mm), h measured along the ring's axis of least spread, u and v along the
+    other two (a curved wall seen from the nodule: a cup, a saddle or a bend)."""
+    mean = ring.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov(ring.T))
+    normal, u_axis, v_axis = vectors[:, 0], vectors[:, 1], vectors[:, 2]
+    if float((centre - mean) @ normal) < 0:
+        normal = -normal
+
+    def terms(p: np.ndarray) -> np.ndarray:
+        u, v = (p - mean) @ u_axis, (p - mean) @ v_axis
+        return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
+
+    coefficients, *_ = np.linalg.lstsq(terms(ring), (ring - mean) @ normal, rcond=None)
+    return np.asarray((points - mean) @ normal - terms(points) @ coefficients)
 
 
 def _split(
