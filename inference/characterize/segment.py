@@ -891,7 +891,10 @@ def restore_ground_glass_base(seg: Segmentation, threshold_hu: float, spacing: n
         return
     lung = ~seg.wall & ~m & (seg.smooth <= threshold_hu)
     on_lung = glass & ndimage.binary_dilation(lung, structure=np.ones((1, 3, 3), bool))
-    base = component_at(m | (glass & ~on_lung), np.argwhere(m)[0].astype(float), spacing, np.inf)
+    # the glass that touches the nodule, not the component at one of its voxels: the half-maximum threshold can leave
+    # a stray voxel of the mask apart from it, and the component at that one was all that was kept (a part-solid
+    # nodule on the pleura, 1130 voxels -> 1)
+    base = m | parts_touching(glass & ~on_lung, m)
     seg.mask = base | (on_lung & ndimage.binary_dilation(base, structure=np.ones((3, 3, 3), bool)))
 
 

@@ -13,7 +13,8 @@ from inference.characterize.location import juxtapleural
 from inference.characterize.measure import (CONTACT_SHARE_CAVEAT, local_lung_hu, non_solid_volume_mm3,
                                            solid_nodule_volume_mm3, spicule_strands)
 from inference.characterize.model import NoduleCharacteristics
-from inference.characterize.segment import DENSE_HU, _distance2, _give_back_ground_glass
+from inference.characterize.segment import (DENSE_HU, Segmentation, _distance2, _give_back_ground_glass,
+                                            restore_ground_glass_base)
 from inference.phantom import PhantomNodule, make_phantom
 from inference.training.characterize_eval import painted_volumes
 
@@ -861,3 +862,25 @@ def test_nodule_much_larger_than_the_detector_says_is_still_segmented() -> None:
     # and a centre in aerated lung still finds nothing, with the reason
     empty = characterize_nodule(lung(24), SPACING, CENTRE, 6.0)
     assert not empty.segmentation_ok and empty.reason is not None and "no nodule" in empty.reason
+
+
+def test_a_stray_voxel_of_the_mask_does_not_replace_the_nodule_when_its_ground_glass_base_is_restored() -> None:
+    # the half-maximum threshold can leave a voxel of the mask apart from the nodule; the base was joined to the
+    # component at the mask's first voxel, and where that was the stray one the nodule was lost (a part-solid nodule
+    # on the pleura of phantom 23037, 1130 voxels -> 1, seen while the wall's reach was tried larger)
+    shape = (20, 30, 30)
+    hu = np.full(shape, -850.0, np.float32)
+    wall = np.zeros(shape, bool)
+    wall[:, :, 20:] = True
+    hu[:, :, 26:] = 40.0  # the chest wall's soft tissue
+    z, y, x = np.indices(shape)
+    hu[(x >= 20) & (x < 26) & (abs(z - 10) <= 3) & (abs(y - 15) <= 3)] = -550.0  # the base the wall's opening took
+    ball = (z - 10) ** 2 + (y - 15) ** 2 + (x - 16) ** 2 <= 16
+    hu[ball] = -550.0
+    mask = ball.copy()
+    mask[0, 0, 0] = True  # the stray voxel, first in raster order
+    seg = Segmentation((slice(0, 20), slice(0, 30), slice(0, 30)), hu, hu.copy(), mask, wall, -850.0, True, None, 0)
+    restore_ground_glass_base(seg, -700.0, np.ones(3))
+    assert (seg.mask & ball).sum() == ball.sum()
+    base = seg.mask & wall
+    assert base.sum() >= 50 and base[10, 15, 20:23].all(), int(base.sum())
