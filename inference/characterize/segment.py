@@ -333,7 +333,7 @@ def _restore_cap(
         return body, site
     cap = np.zeros_like(body)
     cap[tuple(hit.T)] = True
-    return component_at(body | cap, np.argwhere(body)[0].astype(float), spacing, np.inf), site
+    return body | parts_touching(cap, body), site  # as in restore_ground_glass_base: all of the body, its base
 
 
 def _above_local_planes(points: np.ndarray, ring: np.ndarray, centre: np.ndarray) -> np.ndarray:
