@@ -303,6 +303,7 @@ def _restore_cap(
     c0 = ring.mean(axis=0)
     values, vectors = np.linalg.eigh(np.cov(ring.T))
     flat = bool(values[0] <= CAP_MAX_ROUGHNESS_MM ** 2)
+    normal = vectors[:, 0] * (1.0 if float((centre - c0) @ vectors[:, 0]) > 0 else -1.0)  # towards the nodule
     solid = float(np.median(hu[body])) > DENSE_HU
     if site is None:
         based = _wall_contact_share(body, wall) > TRIM_WALL_CONTACT_MAX
@@ -313,7 +314,6 @@ def _restore_cap(
     pool, cand = pool[near], cand[near]
     pixel = float(spacing[1:].mean())
     if site == "flat" and flat:
-        normal = vectors[:, 0] * (1.0 if float((centre - c0) @ vectors[:, 0]) > 0 else -1.0)
         # the ring's plane is its average: in a corner of the lung (two faces within the ring's spread) it cuts
         # across the corner and the nodule filling it lost that part (15017:0, 6 mm: -24 %); the plane through
         # each candidate's nearest ring points follows each face. Either plane suffices: where the opening took a
@@ -325,7 +325,7 @@ def _restore_cap(
         # where a candidate's nearest ring points lie on no plane (the wall cups round the nodule, or turns under it
         # within those points), the wall under it is the quadric surface through the whole ring
         height = _above_local_planes(cand, ring, centre)
-        height = np.where(np.isfinite(height), height, _above_quadric(cand, ring, centre))
+        height = np.where(np.isfinite(height), height, _above_quadric(cand, ring, c0, normal, vectors[:, 1:]))
         hit = pool[height > CAP_LOCAL_MARGIN_PX * pixel]
     else:
         return body, site
@@ -351,18 +351,15 @@ def _above_local_planes(points: np.ndarray, ring: np.ndarray, centre: np.ndarray
     return np.where(values[:, 0] <= CAP_MAX_ROUGHNESS_MM ** 2, height, -np.inf)
 
 
-def _above_quadric(points: np.ndarray, ring: np.ndarray, centre: np.ndarray) -> np.ndarray:
+def _above_quadric(points: np.ndarray, ring: np.ndarray, mean: np.ndarray, normal: np.ndarray,
+                   in_plane: np.ndarray) -> np.ndarray:
     """How far (mm) each of `points` lies on the nodule's side of the quadric surface h = f(u, v) fitted by least
-    squares to the `ring` points (all in mm), h measured along the ring's axis of least spread, u and v along the
-    other two (a curved wall seen from the nodule: a cup, a saddle or a bend)."""
-    mean = ring.mean(axis=0)
-    _, vectors = np.linalg.eigh(np.cov(ring.T))
-    normal, u_axis, v_axis = vectors[:, 0], vectors[:, 1], vectors[:, 2]
-    if float((centre - mean) @ normal) < 0:
-        normal = -normal
+    squares to the `ring` points (all in mm), in the ring's frame from _restore_cap: h along `normal` (its axis of
+    least spread, towards the nodule) from its `mean`, u and v along the two columns of `in_plane` (a curved wall
+    seen from the nodule: a cup, a saddle or a bend)."""
 
     def terms(p: np.ndarray) -> np.ndarray:
-        u, v = (p - mean) @ u_axis, (p - mean) @ v_axis
+        u, v = (p - mean) @ in_plane[:, 0], (p - mean) @ in_plane[:, 1]
         return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
 
     coefficients, *_ = np.linalg.lstsq(terms(ring), (ring - mean) @ normal, rcond=None)
