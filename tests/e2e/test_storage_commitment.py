@@ -110,7 +110,8 @@ def _by_destination(node: NodeProcess) -> dict[str, dict[str, Any]]:
 def _states(node: NodeProcess) -> dict[str, tuple[str, str | None]]:
     """(state, transaction UID) by destination, read from the database (polling through the CLI
     would start a Python process each time); none while the database cannot be opened, so the poll reads again
-    (once, on the 2-core CI under load, "unable to open database file" met a read while the node was writing)."""
+    (once on the CI machine "unable to open database file"; in the next run Orthanc could not create files in its
+    storage in the same minutes: the machine's file creation failed for a moment, not the node)."""
     try:
         with sqlite3.connect(node.data_dir / "audit.sqlite") as conn:
             rows = conn.execute("SELECT destination, state, commit_transaction_uid FROM deliveries").fetchall()
