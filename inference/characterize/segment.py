@@ -811,7 +811,7 @@ def cut_to_lung_outline(seg: Segmentation, threshold_hu: float, spacing: np.ndar
         distance = np.linalg.norm(offsets, axis=1)
         nearest_ray = np.argmax((offsets / np.maximum(distance, 1e-6)[:, None]) @ _RAYS.T, axis=1)
         beyond = distance > allowed[nearest_ray]
-        if wall_mm is not None and beyond.any() and _sits_on_wall(m, seg.wall, wall_mm):
+        if beyond.any() and _sits_on_wall(m, seg.wall, wall_mm):
             sphere = _lung_side_sphere(radii, on_lung)
             if sphere is None:
                 return
