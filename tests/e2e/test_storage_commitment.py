@@ -111,7 +111,7 @@ def _states(node: NodeProcess) -> dict[str, tuple[str, str | None]]:
     """(state, transaction UID) by destination, read from the database (polling through the CLI
     would start a Python process each time); none while the database cannot be opened, so the poll reads again
     (once on the CI machine "unable to open database file"; in the next run Orthanc could not create files in its
-    storage in the same minutes: the machine's file creation failed for a moment, not the node)."""
+    storage in the same way, so apparently the machine's file creation failed for a while; the cause is not known)."""
     try:
         with sqlite3.connect(node.data_dir / "audit.sqlite") as conn:
             rows = conn.execute("SELECT destination, state, commit_transaction_uid FROM deliveries").fetchall()
