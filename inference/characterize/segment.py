@@ -608,6 +608,13 @@ def _distance2(shape: tuple[int, ...], point: np.ndarray, spacing: np.ndarray) -
         + (((x - point[2]) * spacing[2]) ** 2)[None, None, :]
 
 
+def share_beyond(mask: np.ndarray, point: np.ndarray, spacing: np.ndarray, reach_mm: float) -> float:
+    """Share (0..1) of the voxels of `mask` farther than `reach_mm` from `point` (voxel indices); 0 for an empty mask."""
+    if not mask.any():
+        return 0.0
+    return float((_distance2(mask.shape, point, spacing)[mask] > reach_mm**2).mean())
+
+
 def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> int:
     """Spicules: parts of the nodule that reach at least SPICULE_MIN_LENGTH_MM beyond a shell of
     SPICULE_SHELL_FACTOR x its own outline and end freely in the lung: they touch no other candidate
