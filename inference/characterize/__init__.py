@@ -118,8 +118,9 @@ def _ran_into_neighbours(first: NoduleCharacteristics, held: NoduleCharacteristi
     """Whether the first segmentation (one that `_may_have_run_into_neighbours` lets through) took in vessels (or the
     wall) of the nodule's own density, so that `held` (candidates beyond HELD_FAR_FACTOR x the detector's radius
     counted as something else's) is the nodule: `held` is smaller, and the first is over
-    LEAK_VOLUME_FACTOR x the detector's sphere, or over HELD_SHRINK_FACTOR x `held` with `held` at least
-    HELD_MIN_SPHERE_SHARE x the sphere.
+    LEAK_VOLUME_FACTOR x the detector's sphere, or has HELD_BEYOND_SHARE of itself or more beyond HELD_FAR_FACTOR x
+    the detector's radius with `held` at least HELD_BEYOND_MIN_SPHERE_SHARE x the sphere, or is over
+    HELD_SHRINK_FACTOR x `held` with `held` at least HELD_MIN_SPHERE_SHARE x the sphere.
 
     A small nodule inside a bundle of vessels of its own density shows no edge between them on any slice, and
     the first watershed's nodule takes the bundle: on the full-size phantoms 14000..18029 and 19000..19029 five
