@@ -15,8 +15,7 @@ from inference.characterize.measure import (CONTACT_SHARE_CAVEAT, local_lung_hu,
 from inference.characterize.model import NoduleCharacteristics
 from inference.characterize.segment import (DENSE_HU, Segmentation, _distance2, _give_back_ground_glass,
                                             restore_ground_glass_base)
-from inference.phantom import PhantomNodule, make_phantom
-from inference.training.characterize_eval import painted_volumes
+from tests.inference.phantom_nodules import phantom_nodule_as_detected
 
 SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
 SHAPE = (60, 96, 96)
@@ -645,19 +644,6 @@ def test_lungs_cut_by_the_field_of_view() -> None:
     assert exam.reason is not None and "field of view" in exam.reason
 
 
-def characterized_phantom_nodule(seed: int, index: int,
-                                 diameter_mm: float | None = None) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
-    """(the nodule, what characterize_nodule reads from the full-size phantom at its painted centre and diameter (or
-    `diameter_mm` as the detector's), its whole painted volume in mm3)."""
-    phantom = make_phantom(seed)
-    nodule = phantom.nodules[index]
-    _, truth = painted_volumes(phantom, np.ones(phantom.hu.shape, bool), nodule)
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-    c = characterize_nodule(phantom.hu, phantom.spacing, centre, diameter_mm or nodule.diameter_mm,
-                            direction=phantom.direction)
-    return nodule, c, truth
-
-
 def test_spicule_strands_are_the_thin_free_parts_not_a_thick_slices_caps() -> None:
     # a 12 mm ball on 3 mm slices (its top and bottom slices hold a few pixels: caps, which an opening per slice
     # removes) with a strand one pixel thick running 9 mm out of it in the slice through its centre
@@ -684,7 +670,7 @@ def test_a_spiculated_part_solid_nodules_spicules_count_by_their_partial_volume(
     # full-size phantoms' 7.3 and 6.6 mm spiculated part-solid nodules, free in the lung, on 0.625 and 1 mm slices: the
     # half-maximum mask of ground glass (about -700 HU) took each voxel a spicule partly fills whole, +18 and +19 %;
     # their strands now count their fraction of solid tissue (measure.non_solid_volume_mm3)
-    nodule, c, truth = characterized_phantom_nodule(seed, index)
+    nodule, c, truth = phantom_nodule_as_detected(seed, index)
     assert (nodule.kind, nodule.margin, nodule.attached_to) == ("part-solid", "spiculated", None)
     assert (c.type, c.margin) == ("part_solid", "spiculated")
     assert c.features["partial_volume"] == 1.0
@@ -749,7 +735,7 @@ def test_a_small_ground_glass_nodules_volume_counts_its_edge_by_fractions(seed: 
     # full-size phantoms' 6.2 and 6.3 mm ground-glass nodules, free in the lung, on 1 and 1.25 mm slices: their
     # half-maximum masks counted whole measured -10 % (the smoothing moves a small body's half-maximum surface
     # inwards, and half the edge lies outside it); their edge by its fraction of ground glass: within 5 %
-    nodule, c, truth = characterized_phantom_nodule(seed, index)
+    nodule, c, truth = phantom_nodule_as_detected(seed, index)
     assert (nodule.kind, nodule.attached_to) == ("ground-glass", None)
     assert c.type == "ground_glass" and c.features["partial_volume"] == 1.0
     assert abs(c.volume_mm3 - truth) / truth <= 0.05, (c.volume_mm3, truth)
@@ -761,7 +747,7 @@ def test_large_spiculated_free_nodule_keeps_its_surface_and_its_spicules() -> No
     # cut the nodule's outer shell as a vessel's stub (-16.6 %); only vessels that cross the ROI do that now.
     # Its spicules themselves were marked as vessels (the nodule's partial-volume halo joins them to a vessel it
     # touches elsewhere), so it read smooth (-12.9 %); thin strands of a solid nodule that reach no vessel tissue stay
-    nodule, c, truth = characterized_phantom_nodule(19017, 5)
+    nodule, c, truth = phantom_nodule_as_detected(19017, 5)
     assert (nodule.kind, nodule.margin, nodule.attached_to) == ("solid", "spiculated", None)
     assert c.type == "solid"
     assert c.margin == "spiculated"
@@ -773,7 +759,7 @@ def test_large_spiculated_nodule_on_a_vessel_keeps_its_spicules() -> None:
     # 0.5 R + 1 mm) left a rim all round it that joined its spicules to a vessel's stub, and they went with the
     # stub (no spicule counted: read smooth, so no Brock spiculation term and no 4X); dense thin strands that
     # touch no other basin stay now
-    nodule, c, truth = characterized_phantom_nodule(16017, 0)
+    nodule, c, truth = phantom_nodule_as_detected(16017, 0)
     assert (nodule.kind, nodule.margin, nodule.attached_to) == ("solid", "spiculated", "vessel")
     assert c.type == "solid"
     assert c.margin == "spiculated"
@@ -785,7 +771,7 @@ def test_solid_nodule_on_a_vessel_counts_its_edge_voxels_there_by_their_fraction
     # full-size phantom 19004's 6.7 mm solid nodule, two thirds of its outline on other structures: its edge voxels
     # there counted whole (+11 %); by their fraction (which holds the neighbour's share too) it is within 8 %. The
     # neighbours' own voxels beside the mask stay out.
-    nodule, c, truth = characterized_phantom_nodule(19004, 3)
+    nodule, c, truth = phantom_nodule_as_detected(19004, 3)
     assert nodule.kind == "solid"
     assert c.type == "solid" and c.features["partial_volume"] == 1.0
     assert c.contact_share >= CONTACT_SHARE_CAVEAT
@@ -816,7 +802,7 @@ def test_solid_nodule_touching_or_crossed_by_a_vessel_is_measured_within_a_tenth
     (22008, 3, "solid"),
 ])
 def test_nodule_among_vessels_of_its_density_is_held_to_the_detectors_extent(seed: int, index: int, kind: str) -> None:
-    nodule, c, truth = characterized_phantom_nodule(seed, index)
+    nodule, c, truth = phantom_nodule_as_detected(seed, index)
     assert (nodule.kind, nodule.attached_to) == (kind, "vessel")
     assert c.held_to_detector
     assert c.type == kind.replace("-", "_")
@@ -827,7 +813,7 @@ def test_nodule_the_held_segmentation_would_cut_below_the_detectors_sphere_is_no
     # full-size phantom 20012's 7.8 mm solid nodule inside vessels (95 % of its outline on them), called 6.7 mm: held
     # to 1.3 x that radius it loses half of itself (-47 %, 0.85 x the detector's sphere), whereas the first
     # segmentation is right; a held segmentation under 0.9 x the detector's own estimate is not taken
-    nodule, c, truth = characterized_phantom_nodule(20012, 2, 6.7)
+    nodule, c, truth = phantom_nodule_as_detected(20012, 2, 6.7)
     assert (nodule.kind, nodule.attached_to) == ("solid", "vessel") and c.contact_share >= CONTACT_SHARE_CAVEAT
     assert not c.held_to_detector
     assert abs(c.volume_mm3 - truth) / truth <= 0.15, (c.volume_mm3, truth)
@@ -844,7 +830,7 @@ def test_nodule_the_held_segmentation_would_cut_below_the_detectors_sphere_is_no
 ])
 def test_nodule_whose_first_segmentation_reaches_far_past_the_detectors_extent_is_held(
         seed: int, index: int, detector_mm: float) -> None:
-    nodule, c, truth = characterized_phantom_nodule(seed, index, detector_mm)
+    nodule, c, truth = phantom_nodule_as_detected(seed, index, detector_mm)
     assert (nodule.kind, nodule.attached_to) == ("solid", "vessel")
     assert c.held_to_detector and c.type == "solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.12, (c.volume_mm3, truth)

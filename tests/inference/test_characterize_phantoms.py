@@ -11,13 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from inference.characterize import characterize_nodule
 from inference.characterize.attenuation import SOLID_MAX_RIM
-from inference.characterize.model import NoduleCharacteristics
-from inference.phantom import PhantomNodule, paint_nodule, phantom_and_anatomy
+from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.training.characterize_eval import (
     BONE_HU, DRAWN_LUNG_MARGIN_MM, TYPES, evaluate, evaluate_seed, painted_volumes, parse_args, truth_region,
 )
+from tests.inference.phantom_nodules import phantom_nodule_as_detected
 
 SEEDS = range(700, 706)
 
@@ -87,7 +86,7 @@ def test_vessel_along_the_nodule_is_cut_at_the_outline_its_lung_sides_predict() 
     r = evaluate_seed(12033)[2]
     assert (r.truth_type, r.attached_to, r.predicted_type) == ("solid", "vessel", "solid")
     assert abs(r.volume_error) <= 0.1, f"{r.volume_error:+.1%}"
-    nodule, c, truth = phantom_nodule_as_detected(12015, 1, (0.0, 0.0, 0.0), None, small=True)
+    nodule, c, truth = phantom_nodule_as_detected(12015, 1, small=True)
     assert (nodule.kind, nodule.attached_to, c.type) == ("solid", "vessel", "solid")
     assert not c.held_to_detector
     assert abs(c.volume_mm3 - truth) / truth <= 0.1, (c.volume_mm3, truth)
@@ -118,31 +117,11 @@ def test_a_nodules_part_painted_over_a_rib_is_no_part_of_its_truth() -> None:
     assert painted_volumes(phantom, everywhere, nodule)[1] == painted
 
 
-def full_size_nodule_at_its_painted_diameter(seed: int, index: int) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
-    """Nodule `index` of full-size phantom `seed`, characterised at its centre with its painted diameter as the
-    detector's, and its truth volume (mm3, as characterize_eval counts it)."""
-    return phantom_nodule_as_detected(seed, index, (0.0, 0.0, 0.0), None)
-
-
-def phantom_nodule_as_detected(seed: int, index: int, offset_voxels: tuple[float, float, float],
-                               diameter_mm: float | None, *, small: bool = False,
-                               ) -> tuple[PhantomNodule, NoduleCharacteristics, float]:
-    """As full_size_nodule_at_its_painted_diameter, at the centre moved by `offset_voxels` (z, y, x) with
-    `diameter_mm` (None: the painted one) as the detector's; `small`: the small phantom of `seed`."""
-    phantom, anatomy, drawn = phantom_and_anatomy(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
-    nodule = phantom.nodules[index]
-    truth, _ = painted_volumes(phantom, truth_region(anatomy, drawn), nodule)
-    centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0] + np.asarray(offset_voxels, float)
-    found = characterize_nodule(phantom.hu, phantom.spacing, centre, diameter_mm or nodule.diameter_mm, None,
-                                direction=phantom.direction)
-    return nodule, found, truth
-
-
 def test_a_rib_along_a_nodule_is_no_part_of_its_volume() -> None:
     # full-size seed 14022's third nodule (18.1 mm, part-solid) lies along a rib that the generator drew inside the
     # lung, thinner than the wall's opening, with no neck between them: the segmentation took 728 mm3 of the rib
     # (+20 %); segment.drop_bone leaves it out
-    nodule, c, truth = full_size_nodule_at_its_painted_diameter(14022, 2)
+    nodule, c, truth = phantom_nodule_as_detected(14022, 2)
     assert (nodule.kind, round(nodule.diameter_mm, 1)) == ("part-solid", 18.1)
     assert c.segmentation_ok and c.type == "part_solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.08, (c.volume_mm3, truth)
@@ -153,7 +132,7 @@ def test_a_nodule_in_a_corner_of_the_lung_keeps_its_base_in_the_corner() -> None
     # is flat within its spread, and the one plane through it cut across the corner (-20 %; -9 % then, -11.5 % since
     # cut_to_lung_outline cuts nodules on the wall, 2026-12-05); the wall is also taken from each candidate's
     # nearest ring points where those lie on a plane
-    nodule, c, truth = full_size_nodule_at_its_painted_diameter(15017, 0)
+    nodule, c, truth = phantom_nodule_as_detected(15017, 0)
     assert (nodule.kind, round(nodule.diameter_mm, 1)) == ("solid", 6.0)
     assert c.segmentation_ok and c.type == "solid" and c.location.juxtapleural
     assert abs(c.volume_mm3 - truth) / truth <= 0.12, (c.volume_mm3, truth)
@@ -168,7 +147,7 @@ def test_a_solid_nodule_on_a_curved_wall_keeps_the_base_under_the_walls_quadric(
     # do the ring points nearest to much of the base; those candidates were left to the wall (-53, -32, -21 %). The
     # wall under them is now the quadric surface through the whole ring. 7019:2 reads -8 % (-4 % before 2026-12-05's
     # outline cut on nodules sitting on the wall: it takes voxels of the rib under it, above 850 HU, off the mask)
-    nodule, c, truth = phantom_nodule_as_detected(seed, index, (0.0, 0.0, 0.0), None, small=True)
+    nodule, c, truth = phantom_nodule_as_detected(seed, index, small=True)
     assert (nodule.kind, round(nodule.diameter_mm, 1)) == ("solid", diameter_mm)
     assert c.segmentation_ok and c.type == "solid" and c.location.juxtapleural
     assert abs(c.volume_mm3 - truth) / truth <= tolerance, (c.volume_mm3, truth)
@@ -181,7 +160,7 @@ def test_a_nodule_sitting_on_the_wall_is_cut_at_the_outline_its_lung_sides_predi
     # tissue beyond its own outline on its wall side, 12008:0 (small phantom, 3 mm slices) a vessel running between it
     # and the wall. cut_to_lung_outline left such nodules alone (+23, +17 %); it now cuts them as any other nodule,
     # beyond the outline their lung sides predict and outside the sphere through that edge
-    nodule, c, truth = phantom_nodule_as_detected(seed, index, (0.0, 0.0, 0.0), None, small=small)
+    nodule, c, truth = phantom_nodule_as_detected(seed, index, small=small)
     assert (nodule.kind, round(nodule.diameter_mm, 1)) == ("solid", diameter_mm)
     assert c.segmentation_ok and c.type == "solid" and c.location.juxtapleural
     assert abs(c.volume_mm3 - truth) / truth <= 0.12, (c.volume_mm3, truth)
@@ -192,7 +171,7 @@ def test_a_ground_glass_nodule_on_the_pleura_is_not_given_the_walls_blurred_edge
     # surface voxels (its candidates next to lung, -750 HU) lie a pixel lung-ward of the pleura (the half maximum
     # of its blurred edge), and a ground-glass nodule counts its voxels whole: with the cap restoration's plane
     # at 0.25 px above those voxels, as for a solid nodule, the base took that skin (+9 %; -3 % at a pixel)
-    nodule, c, truth = full_size_nodule_at_its_painted_diameter(19012, 0)
+    nodule, c, truth = phantom_nodule_as_detected(19012, 0)
     assert (nodule.kind, round(nodule.diameter_mm, 1)) == ("ground-glass", 8.6)
     assert c.segmentation_ok and c.type == "ground_glass" and c.location.juxtapleural
     assert abs(c.volume_mm3 - truth) / truth <= 0.06, (c.volume_mm3, truth)
@@ -204,7 +183,7 @@ def test_a_spiculated_solid_nodules_spicules_are_no_ground_glass_rim() -> None:
     # from 0.93 mm), measured at the ground-glass threshold: +22 %. The rim is counted without strands thinner
     # than attenuation.RIM_STRAND_MM (since 2026-12-04, twenty-sixth session, SPICULATED_RIM_STRAND_MM in a nodule
     # with spicules, as this one)
-    nodule, c, truth = full_size_nodule_at_its_painted_diameter(17005, 0)
+    nodule, c, truth = phantom_nodule_as_detected(17005, 0)
     assert (nodule.kind, nodule.margin, round(nodule.diameter_mm, 1)) == ("solid", "spiculated", 6.4)
     assert c.segmentation_ok and c.type == "solid" and c.margin == "spiculated"
     assert abs(c.volume_mm3 - truth) / truth <= 0.08, (c.volume_mm3, truth)
@@ -216,7 +195,7 @@ def test_a_spiculated_solid_nodules_thick_spicules_are_no_ground_glass_rim() -> 
     # them, and their partial volume made a rim of 1.19 mm: part-solid, measured at the ground-glass threshold,
     # +32 %. In a nodule with spicules the rim is counted without strands thinner than
     # attenuation.SPICULATED_RIM_STRAND_MM
-    nodule, c, truth = full_size_nodule_at_its_painted_diameter(21016, 1)
+    nodule, c, truth = phantom_nodule_as_detected(21016, 1)
     assert (nodule.kind, nodule.margin, round(nodule.diameter_mm, 1)) == ("solid", "spiculated", 6.4)
     assert c.segmentation_ok and c.type == "solid" and c.margin == "spiculated"
     assert c.features["ground_glass_rim"] <= SOLID_MAX_RIM
@@ -233,7 +212,7 @@ def test_a_calcified_nodule_resting_on_a_rib_keeps_its_calcification() -> None:
     # the part next to the rib the segmentation never had). The rim of its base on the wall lies beyond the outline
     # its lung sides predict (its centre is in the wall) and the sphere through its lung-side edge keeps it: -18 %
     # without that sphere
-    nodule, c, truth = full_size_nodule_at_its_painted_diameter(19003, 0)
+    nodule, c, truth = phantom_nodule_as_detected(19003, 0)
     assert (nodule.kind, nodule.calcified, round(nodule.diameter_mm, 1)) == ("solid", True, 7.7)
     assert c.segmentation_ok and c.type == "solid" and c.calcified and c.calcification_pattern == "central"
     assert c.location.juxtapleural
@@ -245,7 +224,7 @@ def test_a_part_solid_nodule_with_a_small_core_is_part_solid() -> None:
     # slices): its core share above -300 HU is 0.022, under the 0.03 that attenuation.GGO_SHARE was, and it read
     # ground glass (Lung-RADS 2 where part-solid is 3). Every ground-glass nodule >= 6 mm of the 590 full-size
     # phantom nodules has 0.008 or less, of the small sets 7000..7049 and 12000..12039 0
-    nodule, c, truth = full_size_nodule_at_its_painted_diameter(14005, 2)
+    nodule, c, truth = phantom_nodule_as_detected(14005, 2)
     assert (nodule.kind, round(nodule.diameter_mm, 1), round(nodule.solid_diameter_mm, 1)) == ("part-solid", 7.5, 2.5)
     assert c.segmentation_ok and c.type == "part_solid"
     assert c.solid_axes is not None and c.solid_axes.mean_mm < 6.0
@@ -258,7 +237,7 @@ def test_a_small_solid_nodule_in_a_haze_of_vessels_is_solid_where_the_detector_p
     # the partial volume of the vessels round it, and its core share above -300 HU is 0.47, under the 0.5 that
     # attenuation.SOLID_SHARE was: typed part-solid and bounded at the ground-glass level, +159 %. Its ground-glass
     # rim (0.91 mm) is a solid nodule's, and at 0.45 it is solid, +16 %
-    nodule, c, truth = phantom_nodule_as_detected(15032, 2, (1.23, -0.43, 0.17), 8.33)
+    nodule, c, truth = phantom_nodule_as_detected(15032, 2, 8.33, offset_voxels=(1.23, -0.43, 0.17))
     assert (nodule.kind, nodule.attached_to, round(nodule.diameter_mm, 1)) == ("solid", "vessel", 6.6)
     assert c.segmentation_ok and c.type == "solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.20, (c.volume_mm3, truth)
@@ -270,7 +249,7 @@ def test_a_nodule_the_detector_called_half_its_size_is_measured_at_its_own() -> 
     # diameter 5.25 mm. At that diameter the wall's opening and the radii are half the nodule's: its solid core was
     # lost and it read ground glass, -99 % (-69 % at a centre a little elsewhere). The nodule's inscribed diameter at
     # the centre (segment.inscribed_diameter) is over DETECTOR_UNDERSIZE_FACTOR x the detector's: it is measured at it
-    nodule, c, truth = phantom_nodule_as_detected(17015, 4, (1.95, 1.15, 3.25), 5.25)
+    nodule, c, truth = phantom_nodule_as_detected(17015, 4, 5.25, offset_voxels=(1.95, 1.15, 3.25))
     assert (nodule.kind, nodule.attached_to, round(nodule.diameter_mm, 1)) == ("part-solid", None, 10.1)
     assert c.segmentation_ok and c.type == "part_solid"
     assert abs(c.volume_mm3 - truth) / truth <= 0.08, (c.volume_mm3, truth)
