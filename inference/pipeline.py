@@ -37,7 +37,7 @@ from inference.clinical import (
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
 from inference.clinical.types import margin_or_not_assessed
-from inference.detect import REPORT_LOGIT, Candidate, Mode, detect
+from inference.detect import REPORT_LOGIT, Candidate, Mode, detect, one_per_lesion
 from inference.findings import (
     ExamSummary,
     Finding,
@@ -210,7 +210,7 @@ class LungNodulePipeline:
             progress=lambda done, total: say(f"detecting: tile {done}/{total}"),
         )
         timings["detect"] = time.perf_counter() - t
-        reported = [c for c in candidates if c.logit > self.report_logit][: self.max_findings]
+        reported = one_per_lesion([c for c in candidates if c.logit > self.report_logit])[: self.max_findings]
 
         say(f"classifying {len(reported)} finding(s)")
         t = time.perf_counter()

@@ -15,6 +15,7 @@ from inference.detect import (
     decode,
     detect,
     nms,
+    one_per_lesion,
     plan_tiled,
     plan_whole,
     postprocess,
@@ -119,6 +120,26 @@ def test_cube_iou_and_nms() -> None:
     kept = nms(boxes, 0.1)
     np.testing.assert_array_equal(kept[:, 0], [2.0, 0.5, 0.4])
     assert len(nms(np.zeros((0, 5)), 0.1)) == 0
+
+
+def _mark(z: float, diameter_mm: float, logit: float) -> Candidate:
+    return Candidate((z, 50.0, 50.0), diameter_mm, logit, float(1 / (1 + np.exp(-logit))))
+
+
+def test_marks_of_one_lesion_are_reported_once() -> None:
+    big = _mark(50.0, 24.0, 2.0)
+    off_centre = _mark(61.0, 12.0, 1.0)  # 11 mm from the big one's centre: inside its radius; IoU 0.07, NMS keeps it
+    beside = _mark(70.0, 6.0, 1.5)  # 20 mm away: outside both radii, its own nodule
+    assert cube_iou(np.array([*big.zyx, big.diameter_mm]), np.array([[*off_centre.zyx, off_centre.diameter_mm]]))[0] < 0.1
+    assert one_per_lesion([off_centre, beside, big]) == [big, beside]
+    # a small, more probable mark whose centre lies within a large mark's radius: the large one goes (its radius
+    # reaches the small one's centre), whichever holds the other
+    small_first = _mark(58.0, 6.0, 3.0)
+    assert one_per_lesion([big, small_first]) == [small_first]
+    # exactly one radius apart is still one lesion (LUNA16: within the radius), just beyond it two
+    assert one_per_lesion([big, _mark(62.0, 5.0, 1.0)]) == [big]
+    assert one_per_lesion([big, _mark(62.01, 5.0, 1.0)]) == [big, _mark(62.01, 5.0, 1.0)]
+    assert one_per_lesion([]) == []
 
 
 def test_postprocess_filters_small_and_sorts_by_probability() -> None:
