@@ -136,9 +136,13 @@ def test_marks_of_one_lesion_are_reported_once() -> None:
     # reaches the small one's centre), whichever holds the other
     small_first = _mark(58.0, 6.0, 3.0)
     assert one_per_lesion([big, small_first]) == [small_first]
-    # exactly one radius apart is still one lesion (LUNA16: within the radius), just beyond it two
-    assert one_per_lesion([big, _mark(62.0, 5.0, 1.0)]) == [big]
-    assert one_per_lesion([big, _mark(62.01, 5.0, 1.0)]) == [big, _mark(62.01, 5.0, 1.0)]
+    # the 5 mm mark reaching exactly half its radius into the 24 mm one's sphere is that lesion, just short of it not;
+    # 12.3 mm off a 23.7 mm mark (full-size phantom 21004) is past that mark's radius but within this reach
+    assert one_per_lesion([big, _mark(63.25, 5.0, 1.0)]) == [big]
+    assert one_per_lesion([big, _mark(63.26, 5.0, 1.0)]) == [big, _mark(63.26, 5.0, 1.0)]
+    assert one_per_lesion([_mark(50.0, 23.7, 2.0), _mark(62.3, 12.9, 1.0)]) == [_mark(50.0, 23.7, 2.0)]
+    # two nodules that touch (centres a radius each apart) are two
+    assert one_per_lesion([big, _mark(50.0 + 12.0 + 4.0, 8.0, 1.0)]) == [big, _mark(66.0, 8.0, 1.0)]
     assert one_per_lesion([]) == []
 
 

@@ -260,6 +260,19 @@ def test_a_large_nodule_the_detector_marks_several_times_is_one_finding(
     assert finding.nodule_type == "part_solid" and finding.volume_mm3 > 0.8 * np.pi / 6 * big.diameter_mm ** 3
 
 
+def test_repeat_marks_are_counted_on_phantoms_and_no_nodule_is_lost_to_them(demo_pipeline) -> None:
+    # `python -m inference.training.lesion_marks`: small phantom 7001's 25 mm nodule is marked seven times over the
+    # report threshold; one_per_lesion keeps one, two of the repeats stood among the five reported, and every painted
+    # nodule a dropped mark hits is hit by a kept one
+    from inference.training.lesion_marks import seed_marks
+
+    row = seed_marks(7001, demo_pipeline.detector, demo_pipeline.report_logit, demo_pipeline.max_findings)
+    assert row.dropped >= 5 and row.dropped_findings >= 2
+    assert row.nodules_lost == ()
+    assert row.reported - row.dropped >= 2  # the nodule's one mark and the phantom's others
+    assert row.nearest_distinct > 1.0  # no two nodules' marks within the rule's reach
+
+
 def test_slices_thicker_than_screening_ct_are_stated_in_the_exam(clinical_result, clinical_case) -> None:
     _, datasets = clinical_case
     volume = load_volume(datasets)
