@@ -7,6 +7,8 @@ the training loop only crops arrays and runs the network.
 """
 from __future__ import annotations
 
+import argparse
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -119,3 +121,14 @@ def cached_phantom_cases(seeds: Sequence[int], cache_dir: str | Path, small: boo
             if progress:
                 progress("phantoms", done, len(paths))
     return paths
+
+
+def phantom_seeds_from_command_line(argv: list[str] | None, description: str | None) -> tuple[range, bool]:
+    """The seeds and size (small: True) of a phantom-wide evaluation's command line: --count, --first-seed,
+    --full-size."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=20000)
+    parser.add_argument("--full-size", action="store_true", help="the generator's full phantoms (default: small)")
+    args = parser.parse_args(argv)
+    return range(args.first_seed, args.first_seed + args.count), not args.full_size

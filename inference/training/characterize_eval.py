@@ -159,16 +159,20 @@ class Evaluation:
 PLEURA_SHARE_OUTSIDE = 0.02
 
 
+def painted_fraction(phantom: Phantom, nodule: PhantomNodule) -> np.ndarray:
+    """The nodule's partial-volume fraction per voxel of `phantom`'s grid, as the painter drew it."""
+    a = np.full(phantom.hu.shape, -2000.0, np.float32)
+    b = np.full(phantom.hu.shape, -3000.0, np.float32)
+    paint_nodule(a, phantom.origin, phantom.spacing, phantom.direction, nodule)
+    paint_nodule(b, phantom.origin, phantom.spacing, phantom.direction, nodule)
+    return np.clip((b - a) / 1000.0 + 1.0, 0.0, 1.0)
+
+
 def painted_volumes(phantom: Phantom, inside: np.ndarray, nodule: PhantomNodule) -> tuple[float, float]:
     """(painted volume inside the lungs: the truth, the whole painted volume), mm3: each nodule's
     partial-volume fraction, summed inside `inside` and everywhere."""
-    spacing = phantom.spacing
-    a = np.full(phantom.hu.shape, -2000.0, np.float32)
-    b = np.full(phantom.hu.shape, -3000.0, np.float32)
-    paint_nodule(a, phantom.origin, spacing, phantom.direction, nodule)
-    paint_nodule(b, phantom.origin, spacing, phantom.direction, nodule)
-    frac = np.clip((b - a) / 1000.0 + 1.0, 0.0, 1.0)
-    voxel = float(np.prod(spacing))
+    frac = painted_fraction(phantom, nodule)
+    voxel = float(np.prod(phantom.spacing))
     return float((frac * inside).sum() * voxel), float(frac.sum() * voxel)
 
 

@@ -12,7 +12,6 @@ rule came to taking them for one (1 or less: it did).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 
 from inference.detect import Candidate, detect, one_per_lesion, same_lesion_reach_mm
 from inference.engines.base import DetectorEngine
-from inference.training.cases import phantom_case
+from inference.training.cases import phantom_case, phantom_seeds_from_command_line
 from inference.training.metrics import luna16_hits
 
 
@@ -67,17 +66,13 @@ def seed_marks(seed: int, detector: DetectorEngine, report_logit: float, max_fin
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--count", type=int, default=20)
-    parser.add_argument("--first-seed", type=int, default=20000)
-    parser.add_argument("--full-size", action="store_true", help="the generator's full phantoms (default: small)")
-    args = parser.parse_args(argv)
+    seeds, small = phantom_seeds_from_command_line(argv, __doc__.splitlines()[0] if __doc__ else None)
     from inference.pipeline import LungNodulePipeline
 
     pipeline = LungNodulePipeline()
     rows = []
-    for seed in range(args.first_seed, args.first_seed + args.count):
-        row = seed_marks(seed, pipeline.detector, pipeline.report_logit, pipeline.max_findings, small=not args.full_size)
+    for seed in seeds:
+        row = seed_marks(seed, pipeline.detector, pipeline.report_logit, pipeline.max_findings, small=small)
         rows.append(row)
         print(f"seed {seed}: {row.reported} reported marks, {row.dropped} repeats dropped "
               f"({row.dropped_findings} among the first {pipeline.max_findings}), nodules lost {list(row.nodules_lost)}, "

@@ -273,6 +273,30 @@ def test_repeat_marks_are_counted_on_phantoms_and_no_nodule_is_lost_to_them(demo
     assert row.nearest_distinct > 1.0  # no two nodules' marks within the rule's reach
 
 
+def test_the_findings_audit_reads_a_pipeline_result(clinical_result, clinical_case) -> None:
+    # `python -m inference.training.findings_audit` on the clinical phantom: each finding matched to a painted nodule
+    # (or none), the painted nodules' categories beside the reported ones
+    from inference.training.findings_audit import audit_result, painted_mean_diameter_mm, truth_category
+
+    case, _ = clinical_case
+    audit = audit_result(CLINICAL_SEED, case.phantom, clinical_result)
+    assert [f.category for f in audit.findings] == [f.lung_rads for f in clinical_result.findings]
+    assert audit.exam_category == clinical_result.exam.lung_rads
+    assert not any(f.repeat for f in audit.findings) and audit.missed == ()
+    found = {f.nodule for f in audit.findings if f.nodule is not None}
+    assert found >= {i for i, n in enumerate(case.phantom.nodules) if n.diameter_mm >= 6}
+    for f in audit.findings:
+        if f.nodule is not None:
+            n = case.phantom.nodules[f.nodule]
+            assert f.truth_category == truth_category(n, painted_mean_diameter_mm(case.phantom, n)).value
+    # the painted shape measured as the pipeline measures: a smooth nodule's mean diameter within a pixel and a half
+    # of its painted one (its lobes add up to 4 % of the radius)
+    pixel = float(case.phantom.spacing[1])
+    for n in case.phantom.nodules:
+        if n.margin == "smooth" and n.diameter_mm >= 6:
+            assert abs(painted_mean_diameter_mm(case.phantom, n) - n.diameter_mm) <= 1.5 * pixel, n
+
+
 def test_slices_thicker_than_screening_ct_are_stated_in_the_exam(clinical_result, clinical_case) -> None:
     _, datasets = clinical_case
     volume = load_volume(datasets)
