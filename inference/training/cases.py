@@ -8,7 +8,6 @@ the training loop only crops arrays and runs the network.
 from __future__ import annotations
 
 import argparse
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence

@@ -2,15 +2,17 @@
 categories against the categories the painted nodules have.
 
 The pipeline runs on each phantom as on a received series (`analyze_volume`). A finding matches the painted nodule
-whose centre lies nearest to its own in that nodule's radii, if within 1.5 of them (a finding's centre is its segmentation's
-centroid, which a spiculated or lobulated nodule moves); a second finding of the same nodule is a repeat, and a
-finding that matches none is a false positive. A painted nodule of 6 mm or more that no finding matches is missed.
-The truth category is `classify_nodule` on what was painted: the type, the mean diameter that the pipeline's own
-measurement (`characterize.measure.axes`) gives on the painted shape where it fills half a voxel or more (lobes and
-the thicker parts of spicules included, as the pipeline's segmentation includes them: a disagreement is then the
-pipeline's error, not a different definition of size), the painted solid core's diameter of a part-solid nodule,
-calcification and margin. The juxtapleural rule is not applied to it (the painting says nothing about shape against
-the pleura). The exam's truth is the highest truth category of all its painted nodules, detected or not.
+whose centre lies nearest to its own in that nodule's radii, if within 1.5 of them (a finding's centre is its
+segmentation's centroid, which a spiculated or lobulated nodule moves); a second finding of the same nodule is a
+repeat, and a finding that matches none is a false positive. A painted nodule of 6 mm or more that no finding
+matches is missed. The truth category is `classify_nodule` on what was painted: the type, the mean diameter that the
+pipeline's own measurement (`characterize.measure.axes`) gives on the painted shape where it fills half a voxel or
+more (lobes and the thicker parts of spicules included, as the pipeline's segmentation includes them: a disagreement
+is then the pipeline's error, not a different definition of size), the painted solid core's diameter of a part-solid
+nodule, calcification and margin. The juxtapleural rule is not applied to it (the painting says nothing about shape
+against the pleura), and a nodule on the pleura is measured with its part painted into the chest wall, which the CT
+does not show: there the painted category can be higher than what a reader could measure. The exam's truth is the
+highest truth category of all its painted nodules, detected or not.
 
     python -m inference.training.findings_audit --count 20 --first-seed 20000 [--full-size]
 """
@@ -93,7 +95,8 @@ def audit_result(seed: int, phantom: Phantom, result: SeriesResult) -> PhantomAu
                                     None if index is None else truths[index].value))
         if index is not None:
             seen.add(index)
-    missed = tuple(i for i, n in enumerate(phantom.nodules) if n.diameter_mm >= MISSED_MIN_DIAMETER_MM and i not in seen)
+    missed = tuple(i for i, n in enumerate(phantom.nodules)
+                   if n.diameter_mm >= MISSED_MIN_DIAMETER_MM and i not in seen)
     truth_exam = max(truths, key=lambda c: c.rank, default=LungRadsCategory.C1)
     exam = result.exam.lung_rads if result.exam is not None else ""
     return PhantomAudit(seed, tuple(matches), missed, exam, truth_exam.value)
