@@ -129,11 +129,11 @@ def _mark(z: float, diameter_mm: float, logit: float) -> Candidate:
 def test_marks_of_one_lesion_are_reported_once() -> None:
     big = _mark(50.0, 24.0, 2.0)
     off_centre = _mark(61.0, 12.0, 1.0)  # 11 mm from the big one's centre: inside its radius; IoU 0.07, NMS keeps it
-    beside = _mark(70.0, 6.0, 1.5)  # 20 mm away: outside both radii, its own nodule
+    beside = _mark(70.0, 6.0, 1.5)  # 20 mm away: beyond the big one's radius plus half its own, its own nodule
     assert cube_iou(np.array([*big.zyx, big.diameter_mm]), np.array([[*off_centre.zyx, off_centre.diameter_mm]]))[0] < 0.1
     assert one_per_lesion([off_centre, beside, big]) == [big, beside]
-    # a small, more probable mark whose centre lies within a large mark's radius: the large one goes (its radius
-    # reaches the small one's centre), whichever holds the other
+    # a small, more probable mark whose centre lies within a large mark's radius: the large one goes, the rule being
+    # the same whichever of the two is the more probable
     small_first = _mark(58.0, 6.0, 3.0)
     assert one_per_lesion([big, small_first]) == [small_first]
     # the 5 mm mark reaching exactly half its radius into the 24 mm one's sphere is that lesion, just short of it not;
