@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 TYPES = ("solid", "part_solid", "ground_glass")
 # "not_assessed": predicted only (characterize returns margin None), never a truth: its row stays empty
 MARGINS = ("smooth", "lobulated", "spiculated", "not_assessed")
-_KIND = {"solid": "solid", "part-solid": "part_solid", "ground-glass": "ground_glass"}
+# the phantom generator's nodule kinds as the pipeline names the types (inference.characterize.attenuation)
+TYPE_OF_KIND = {"solid": "solid", "part-solid": "part_solid", "ground-glass": "ground_glass"}
 
 
 @dataclass
@@ -243,7 +244,7 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
         centre, detector_d = painted_centre, nodule.diameter_mm * float(rng.uniform(0.85, 1.15))
         in_lungs, painted = painted_volumes(phantom, inside, nodule)
         unmeasured = NoduleResult(
-            seed=seed, truth_type=_KIND[nodule.kind], predicted_type="", diameter_mm=nodule.diameter_mm,
+            seed=seed, truth_type=TYPE_OF_KIND[nodule.kind], predicted_type="", diameter_mm=nodule.diameter_mm,
             truth_volume_mm3=in_lungs, volume_mm3=0.0, truth_margin=nodule.margin, margin="",
             truth_calcified=nodule.calcified, calcified=False, attached_to=nodule.attached_to, juxtapleural=False,
             segmentation_ok=False, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted, detected=False)

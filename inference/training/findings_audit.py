@@ -29,14 +29,13 @@ from inference.clinical.lungrads import classify_nodule
 from inference.clinical.types import Margin, Nodule, NoduleType
 from inference.phantom import Phantom, PhantomNodule
 from inference.training.cases import phantom_seeds_from_command_line
-from inference.training.characterize_eval import painted_fraction
+from inference.training.characterize_eval import TYPE_OF_KIND, painted_fraction
 
 if TYPE_CHECKING:
     from inference.findings import SeriesResult
 
 MATCH_RADII = 1.5
 MISSED_MIN_DIAMETER_MM = 6.0
-_TYPES = {"solid": NoduleType.SOLID, "part-solid": NoduleType.PART_SOLID, "ground-glass": NoduleType.GROUND_GLASS}
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,8 @@ def truth_category(nodule: PhantomNodule, mean_diameter_mm: float) -> LungRadsCa
     """The Lung-RADS v2022 baseline category of a painted nodule of that measured mean diameter (see the module's
     docstring)."""
     part_solid = nodule.kind == "part-solid"
-    painted = Nodule(type=_TYPES[nodule.kind], mean_diameter_mm=round(mean_diameter_mm, 1), calcified=nodule.calcified,
-                     margin=Margin(nodule.margin),
+    painted = Nodule(type=NoduleType(TYPE_OF_KIND[nodule.kind]), mean_diameter_mm=round(mean_diameter_mm, 1),
+                     calcified=nodule.calcified, margin=Margin(nodule.margin),
                      solid_component_mm=round(nodule.solid_diameter_mm, 1) if part_solid else None)
     return classify_nodule(painted).category
 
