@@ -243,8 +243,8 @@ def one_per_lesion(candidates: Sequence[Candidate]) -> list[Candidate]:
     nine 10-13 mm boxes 6-15 mm from its main mark (the rule drops eight; the ninth, 15.1 mm off, lies on its rim);
     the most probable of them, 12.3 mm from it (more than the main mark's radius) and among the five reported, read
     1.7 mm from its off-centre point, and each extra finding raises the Brock model's nodule count, which lowers
-    every nodule's risk. `python -m
-    inference.training.lesion_marks` counts them on phantoms and checks that no painted nodule is lost.
+    every nodule's risk. `python -m inference.training.lesion_marks` counts them on phantoms and checks that no
+    painted nodule is lost.
     """
     kept: list[Candidate] = []
     for c in sorted(candidates, key=lambda c: -c.probability):
