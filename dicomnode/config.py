@@ -449,6 +449,9 @@ class ClinicalSettings(Strict):
     # LAA-950 (% of lung below -950 HU) from which Brock's emphysema input is yes: COPDGene's definition of
     # CT emphysema, >= 5 % (Amaza et al., Int J Chron Obstruct Pulmon Dis 2021;16:1231-1242)
     emphysema_laa950_pct: float = Field(5.0, ge=0, le=100)
+    # the most lesions over the detection threshold reported per series, most probable first (inference.detect
+    # MAX_FINDINGS); the exam says how many more there were
+    max_findings: int = Field(10, ge=1, le=100)
 
 
 class RetentionSettings(Strict):

@@ -10,7 +10,6 @@ SHA-256 is checked against the manifest before loading.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass, replace
@@ -37,7 +36,7 @@ from inference.clinical import (
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
 from inference.clinical.types import margin_or_not_assessed
-from inference.detect import REPORT_LOGIT, Candidate, Mode, detect, one_per_lesion
+from inference.detect import MAX_FINDINGS, REPORT_LOGIT, Candidate, Mode, detect, lesions_over_threshold, logit_of
 from inference.findings import (
     ExamSummary,
     Finding,
@@ -61,7 +60,6 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "dicomnode-dpn26"
 # working memory of the detector's full-resolution layers (inference.engines.slabbed; [inference] detector_memory_mb)
 DETECTOR_MEMORY_MB = 512
-MAX_FINDINGS = 5  # DeepLung's classification stage looks at the top 5 candidates
 # Brock's emphysema input is "yes" from this LAA-950 (% of lung volume below -950 HU): the COPDGene
 # definition of quantitative CT emphysema, LAA-950 >= 5 % (e.g. Amaza et al., Int J Chron Obstruct Pulmon
 # Dis 2021;16:1231-1242; -950 HU after Gevenois et al., AJRCCM 1996;154:187-192).
@@ -80,11 +78,6 @@ def _detection_mode(mode: str) -> Mode:
     if mode == "tiled":
         return "tiled"
     raise ValueError(f"unknown detection mode {mode!r}: 'whole' or 'tiled'")
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
 
 
 class LungNodulePipeline:
@@ -108,6 +101,8 @@ class LungNodulePipeline:
         """`report_threshold` is a detection probability; None takes the manifest's calibrated one,
         else DeepLung's report logit -2. `threads` 0 leaves the engine's default. `family_history`
         ("yes" | "no" | "unknown") and `emphysema_laa950_pct` feed the Brock model (settings [clinical]).
+        `max_findings`: the most lesions over the threshold reported (settings [clinical]); the exam says how many
+        more there were.
         `triton`: the server for engine "triton".
         `detector_memory_mb`: the onnxruntime detector runs its full-resolution layers in z-slabs within
         this budget (same output as one pass; 0: one pass of the whole graph, about 4.5 GB for a chest CT)."""
@@ -127,6 +122,8 @@ class LungNodulePipeline:
         if not (isinstance(emphysema_laa950_pct, (int, float)) and 0.0 <= emphysema_laa950_pct <= 100.0):
             raise ValueError(f"emphysema_laa950_pct must be a percentage 0..100, got {emphysema_laa950_pct!r}")
         self.emphysema_laa950_pct = float(emphysema_laa950_pct)
+        if isinstance(max_findings, bool) or not isinstance(max_findings, int) or max_findings < 1:
+            raise ValueError(f"max_findings must be a whole number of 1 or more, got {max_findings!r}")
         self.bundle = load_weights_bundle(weights)
         # only weights whose manifest declares the malignancy head validated on real data may headline its score
         self.model_score_validated = self.bundle.manifest.get(VALIDATED_KEY) is True
@@ -138,7 +135,7 @@ class LungNodulePipeline:
             torch.set_num_threads(n_threads)
         if report_threshold is None:
             report_threshold = self.bundle.manifest.get("report_threshold_probability")
-        self.report_logit = REPORT_LOGIT if report_threshold is None else _logit(float(report_threshold))
+        self.report_logit = REPORT_LOGIT if report_threshold is None else logit_of(float(report_threshold))
 
         detector = DPN26Detector()
         load_into(detector, self.bundle.detector)
@@ -210,7 +207,8 @@ class LungNodulePipeline:
             progress=lambda done, total: say(f"detecting: tile {done}/{total}"),
         )
         timings["detect"] = time.perf_counter() - t
-        reported = one_per_lesion([c for c in candidates if c.logit > self.report_logit])[: self.max_findings]
+        lesions = lesions_over_threshold(candidates, self.report_logit)
+        reported = lesions[: self.max_findings]
 
         say(f"classifying {len(reported)} finding(s)")
         t = time.perf_counter()
@@ -226,7 +224,8 @@ class LungNodulePipeline:
         measured = [self._characterize(volume, pre, cand, lungs) for cand in reported]
         patient = patient_inputs(header)
         findings, exam, verdict = assess(measured, scores, exam_chars, patient, self.family_history,
-                                         self.emphysema_laa950_pct, volume, slice_thickness_mm(volume, header))
+                                         self.emphysema_laa950_pct, volume, slice_thickness_mm(volume, header),
+                                         not_reported=len(lesions) - len(reported))
         timings["characterize"] = time.perf_counter() - t
 
         headline = max((f.brock_risk or 0.0 for f in findings), default=0.0)
@@ -417,6 +416,12 @@ def _thick_slice_note(thickness_mm: float) -> str | None:
             "(ACR; 1 mm preferred): nodule volumes and the sizes of small nodules are less reliable")
 
 
+def _not_reported_note(reported: int, not_reported: int) -> str:
+    return (f"{not_reported} more lesion(s) over the detection threshold not reported (only the {reported} most "
+            "probable are: settings [clinical] max_findings); the exam category does not include them, the Brock "
+            "nodule count does: read the whole series")
+
+
 def _missing_note(patient: PatientInputs) -> str | None:
     missing = []
     if patient.age_years is None:
@@ -439,8 +444,11 @@ def _centre(m: Measured) -> np.ndarray:
 def assess(
     measured: list[Measured], scores: np.ndarray, exam_chars: ExamCharacteristics, patient: PatientInputs,
     family_history: FamilyHistory, emphysema_threshold_pct: float, volume: Volume, slice_mm: float,
+    not_reported: int = 0,
 ) -> tuple[list[Finding], ExamSummary, Verdict]:
-    """Lung-RADS per nodule and exam, Brock per nodule and the exam verdict, as the findings contract."""
+    """Lung-RADS per nodule and exam, Brock per nodule and the exam verdict, as the findings contract.
+    `not_reported`: lesions over the report threshold past the reported ones (max_findings); Brock's nodule count
+    includes them, and the exam says so."""
     built = [clinical_nodule(m) for m in measured]
     nodules = tuple(n for n, _ in built)
     covered = exam_chars.lungs_fully_covered
@@ -450,7 +458,7 @@ def assess(
     missing_note = _missing_note(patient)
     findings: list[Finding] = []
     for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
-        brock = brock_risk_for_nodule(nodule, nodule_count=len(nodules), emphysema=emphysema,
+        brock = brock_risk_for_nodule(nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema,
                                       age_years=patient.age_years, sex=patient.sex, family_history=family_history)
         findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock.risk, float(score),
                                  "; ".join(filter(None, [note, missing_note])) or None))
@@ -461,6 +469,8 @@ def assess(
     inputs = RiskInputs(age_years=patient.age_years, sex=patient.sex.value if patient.sex else None,
                         family_history=family_history.value, emphysema=emphysema, missing=missing)
     caveats = [assessment.reason] if assessment.category.value == "0" else []
+    if not_reported:
+        caveats.append(_not_reported_note(len(measured), not_reported))
     thick = _thick_slice_note(slice_mm)
     if thick:
         caveats.append(thick)

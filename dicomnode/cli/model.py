@@ -73,7 +73,8 @@ def _read_datasets(files: list[Path]) -> list[Dataset]:
 
 
 def _clinical(args: argparse.Namespace) -> dict[str, Any]:
-    """[clinical] settings for the Brock model: the config file (and DICOMNODE_CLINICAL__* env), then the flag."""
+    """[clinical] settings (the Brock model's inputs, how many findings are reported): the config file (and
+    DICOMNODE_CLINICAL__* env), then the flag."""
     from dicomnode.config import ConfigError, load_settings
 
     overrides = {"clinical.family_history": args.family_history} if getattr(args, "family_history", None) else {}
@@ -83,7 +84,8 @@ def _clinical(args: argparse.Namespace) -> dict[str, Any]:
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     return {"family_history": settings.clinical.family_history,
-            "emphysema_laa950_pct": settings.clinical.emphysema_laa950_pct}
+            "emphysema_laa950_pct": settings.clinical.emphysema_laa950_pct,
+            "max_findings": settings.clinical.max_findings}
 
 
 def _pipeline(args: argparse.Namespace, clinical: dict[str, Any] | None = None) -> LungNodulePipeline:

@@ -44,6 +44,7 @@ class LungNoduleStage:
                            cache_dir=settings.engine_cache_dir,
                            family_history=settings.clinical.family_history,
                            emphysema_laa950_pct=settings.clinical.emphysema_laa950_pct,
+                           max_findings=settings.clinical.max_findings,
                            triton=triton_options(settings),
                            detector_memory_mb=cfg.detector_memory_mb)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from inference.detect import MAX_FINDINGS
 from inference.training.cases import Case, Progress
 
 if TYPE_CHECKING:
@@ -68,20 +69,22 @@ def evaluate_detector_on_cases(
     detector_engine: DetectorEngine, cases: Sequence[Case], *, mode: Mode = "whole",
     classifier: MalignancyClassifier | None = None, min_diameter_mm: float = 6.0,
     progress: Progress | None = None, report_threshold: float | None = None, max_fps_per_scan: float = 1.0,
+    max_findings: int = MAX_FINDINGS,
 ) -> PhantomEvaluation:
     """FROC (LUNA16 hit rule, in the 1 mm preprocessed frame) and malignancy ROC on labelled cases.
 
     Nodules under `min_diameter_mm` are 'excluded' findings in the >= 6 mm FROC: a mark on them is
     neither a hit nor a false positive, as LUNA16 treats its irrelevant findings.
-    `threshold_6mm_at_1fp` is the lowest threshold keeping `max_fps_per_scan`: on calibration
-    phantoms it is the report threshold to ship; `report_threshold` scores a shipped one.
+    `threshold_6mm_at_1fp` is the lowest threshold keeping `max_fps_per_scan` among all marks: on calibration
+    phantoms it is the report threshold to ship. `report_threshold` scores a shipped one on the findings a node
+    reports with it (detect.lesions_over_threshold: one per lesion; the `max_findings` most probable), not on every mark.
     """
-    from inference.detect import detect
+    from inference.detect import detect, lesions_over_threshold, logit_of
     from inference.training.metrics import (
         MAX_MARKS_PER_SCAN, froc_from_matches, match_findings, operating_point, roc, sensitivity_at_max_fps,
     )
 
-    matches_big, matches_all = [], []
+    matches_big, matches_all, matches_reported = [], [], []
     y_true: list[int] = []
     y_score: list[float] = []
     marks: list[list[Candidate]] = []
@@ -96,6 +99,11 @@ def evaluate_detector_on_cases(
         big = nod[:, 3] >= min_diameter_mm
         matches_big.append(match_findings(centres, probs, nod[big, :3], nod[big, 3], nod[~big, :3], nod[~big, 3]))
         matches_all.append(match_findings(centres, probs, nod[:, :3], nod[:, 3]))
+        if report_threshold is not None:
+            shown = lesions_over_threshold(cands, logit_of(report_threshold))[:max_findings]
+            matches_reported.append(match_findings(
+                [c.zyx for c in shown], [c.probability for c in shown], nod[big, :3], nod[big, 3], nod[~big, :3],
+                nod[~big, 3]))
         if classifier is not None and len(nod):
             known = case.malignant >= 0
             if known.any():
@@ -104,7 +112,8 @@ def evaluate_detector_on_cases(
         if progress:
             progress("evaluate", i + 1, len(cases))
     sens, thr = sensitivity_at_max_fps(matches_big, max_fps_per_scan)
-    at_report = operating_point(matches_big, report_threshold) if report_threshold is not None else (None, None)
+    # every reported finding is over the threshold already
+    at_report = operating_point(matches_reported, 0.0) if report_threshold is not None else (None, None)
     froc_big = froc_from_matches(matches_big, title=f"phantoms, nodules >= {min_diameter_mm:g} mm")
     froc_all = froc_from_matches(matches_all, title="phantoms, all nodules")
     r = roc(y_true, y_score) if len(set(y_true)) == 2 else None

@@ -191,8 +191,9 @@ def test_analyze_refuses_an_unknown_family_history(tmp_path):
     assert proc.returncode == 2 and "--family-history" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_analyze_with_a_bad_clinical_setting_is_a_message(tmp_path):
+@pytest.mark.parametrize("key, value", [("family_history", '"perhaps"'), ("max_findings", "0")])
+def test_analyze_with_a_bad_clinical_setting_is_a_message(tmp_path, key, value):
     config = tmp_path / "node.toml"
-    config.write_text('[clinical]\nfamily_history = "perhaps"\n')
+    config.write_text(f'[clinical]\n{key} = {value}\n')
     proc = _cli("analyze", str(tmp_path), "--config", str(config))
-    assert proc.returncode == 2 and "clinical.family_history" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and f"clinical.{key}" in proc.stderr and "Traceback" not in proc.stderr

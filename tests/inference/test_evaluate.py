@@ -172,3 +172,33 @@ def test_roc_agrees_with_pairwise_auc_on_random_scores():
 
 def test_operating_points_are_the_luna16_grid():
     assert FROC_FPS_PER_SCAN.tolist() == [0.125, 0.25, 0.5, 1, 2, 4, 8]
+
+
+def test_the_report_threshold_is_scored_on_the_findings_a_node_reports(monkeypatch):
+    # hand-set marks (the detector itself is exercised by the phantom tests): a 24 mm nodule marked twice (its
+    # repeat 13 mm off the centre, outside its radius: a false positive among raw marks, the same lesion for the
+    # node), five 8 mm nodules, one false mark. A node reports one finding per lesion and the five most probable.
+    import inference.detect
+    from inference.detect import Candidate
+    from inference.training.cases import Case
+    from inference.training.evaluation import evaluate_detector_on_cases
+
+    big = (60.0, 60.0, 60.0, 24.0)
+    small = [(20.0, 20.0, 20.0 + 25 * i, 8.0) for i in range(5)]
+    nodules = np.array([big, *small])
+    marks = [(60.0, 60.0, 73.0, 12.0, 0.9), (60.0, 60.0, 60.0, 24.0, 0.95), (100.0, 100.0, 100.0, 6.0, 0.5)]
+    marks += [(z, y, x, d, 0.8 - 0.05 * i) for i, (z, y, x, d) in enumerate(small)]
+    candidates = [Candidate((z, y, x), d, float(np.log(p / (1 - p))), p) for z, y, x, d, p in marks]
+    candidates.sort(key=lambda c: -c.probability)
+    monkeypatch.setattr(inference.detect, "detect", lambda engine, image, mode="whole": candidates)
+    case = Case("hand", np.zeros((8, 8, 8), np.uint8), nodules, np.full(6, -1, np.int8), np.zeros((0, 3), int))
+
+    ev = evaluate_detector_on_cases(None, [case], report_threshold=0.3, max_findings=5)  # type: ignore[arg-type]
+    # reported: the big nodule once, then the four most probable small ones (the fifth and the false mark cut)
+    assert ev.sensitivity_6mm_at_report_threshold == pytest.approx(5 / 6)
+    assert ev.fps_per_scan_at_report_threshold == 0.0
+    # the raw marks, as the FROC counts them: all six nodules hit, the repeat and the false mark two FPs
+    assert operating_point([match_findings([c.zyx for c in candidates], [c.probability for c in candidates],
+                                           nodules[:, :3], nodules[:, 3])], 0.3) == (1.0, 2.0)
+    # calibration still counts every mark: the lowest threshold with at most one FP admits the repeat (0.9)
+    assert ev.threshold_6mm_at_1fp == pytest.approx(0.6) and ev.sensitivity_6mm_at_1fp == 1.0

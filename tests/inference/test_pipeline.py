@@ -237,8 +237,9 @@ def test_a_large_nodule_the_detector_marks_several_times_is_one_finding(
     from inference.training.cases import volume_from_phantom
 
     seen: list[list] = []
-    keep_one = pipeline_module.one_per_lesion
-    monkeypatch.setattr(pipeline_module, "one_per_lesion", lambda cands: seen.append(list(cands)) or keep_one(cands))
+    lesions = pipeline_module.lesions_over_threshold
+    monkeypatch.setattr(pipeline_module, "lesions_over_threshold",
+                        lambda cands, logit: seen.append([c for c in cands if c.logit > logit]) or lesions(cands, logit))
     phantom = make_phantom(21017)
     big = phantom.nodules[0]
     assert (big.kind, round(big.diameter_mm, 1)) == ("part-solid", 22.3)
@@ -431,6 +432,31 @@ def test_patient_sex_from_the_header(value, sex):
 def test_family_history_setting_is_checked(quiet_weights):
     with pytest.raises(ValueError, match="family_history"):
         LungNodulePipeline(engine="onnxruntime", weights=quiet_weights, family_history="maybe")
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "5"])
+def test_max_findings_setting_is_checked(quiet_weights, value):
+    with pytest.raises(ValueError, match="max_findings"):
+        LungNodulePipeline(engine="onnxruntime", weights=quiet_weights, max_findings=value)
+
+
+def test_lesions_past_max_findings_are_stated_and_counted_by_brock(demo_pipeline, clinical_case, clinical_result,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same phantom reported with at most two findings: the two most probable, the rest said in the exam, and
+    # each risk the same as with every lesion reported (Brock's nodule count is the lesions over the threshold)
+    everything = clinical_result.findings
+    assert len(everything) >= 3
+    monkeypatch.setattr(demo_pipeline, "max_findings", 2)
+    result = demo_pipeline.analyze(clinical_case[1])
+    assert [f.center_mm for f in result.findings] == [f.center_mm for f in everything[:2]]
+    assert [f.brock_risk for f in result.findings] == pytest.approx([f.brock_risk for f in everything[:2]])
+    assert (f"{len(everything) - 2} more lesion(s) over the detection threshold not reported (only the 2 most "
+            "probable are") in result.exam.reason
+    assert "not reported" not in (clinical_result.exam.reason or "")
+    from inference.clinical import LungRadsCategory
+
+    shown = max((LungRadsCategory(f.lung_rads) for f in result.findings), key=lambda c: c.rank)
+    assert result.exam.lung_rads == shown.value
 
 
 def test_a_size_bordering_other_structures_is_stated_less_reliable() -> None:
