@@ -25,7 +25,7 @@ REPORT_LOGIT = -2.0
 # findings reported per series, most probable first ([clinical] max_findings). DeepLung's classification stage
 # looks at the top 5 candidates, but a screening report names every nodule: at 5, a small phantom with six nodules
 # of 6 mm or more over the report threshold (seed 9102) lost one. At 10: one more of the 103 nodules >= 6 mm of
-# seeds 9000..9019 and 9100..9119 found and 3 more false marks in 40 scans (python -m dicomnode model evaluate); on the
+# seeds 9000..9019 and 9100..9119 found and 3 more false marks in 40 scans (dicomnode model evaluate); on the
 # 60 phantoms of inference.training.findings_audit (README) 8 more false positives, all Lung-RADS 2-3.
 # Lesions past the limit are not dropped silently: the exam says how many (pipeline.assess).
 MAX_FINDINGS = 10
