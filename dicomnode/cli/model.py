@@ -360,6 +360,7 @@ def _evaluate_on_phantoms(args: argparse.Namespace, pipeline: LungNodulePipeline
         cases = [Case.load(p) for p in paths]
         ev = evaluate_detector_on_cases(pipeline.detector, cases, mode=args.mode, classifier=pipeline.classifier,
                                         progress=progress, report_threshold=report_threshold,
+                                        max_findings=pipeline.max_findings,
                                         max_fps_per_scan=args.max_fps)
     report = {"weights": str(pipeline.bundle.directory), "version": pipeline.bundle.version,
               "engine": pipeline.detector.name, "phantom_seeds": [seeds[0], seeds[-1]], **ev.to_json()}

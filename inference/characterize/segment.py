@@ -322,8 +322,9 @@ def _restore_cap(
     solid = float(np.median(hu[body])) > DENSE_HU
     if site is None:
         based = _wall_contact_share(body, wall) > TRIM_WALL_CONTACT_MAX
+        # a solid nodule (median above DENSE_HU) has over half of itself above it: this share covers it too
         dense_part = float((hu[body] > DENSE_HU).mean()) >= CAP_CURVED_MIN_DENSE_SHARE
-        site = "flat" if flat else "curved" if based and (solid or dense_part) else "none"
+        site = "flat" if flat else "curved" if based and dense_part else "none"
     pool = np.argwhere(seed & ~body & dilate_mm(wall, CAP_FILLET_MM, spacing))
     cand = pool * spacing
     near = np.sqrt(((cand - centre) ** 2).sum(axis=1)) <= CAP_REACH * radius

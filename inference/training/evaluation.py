@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from inference.classify import MalignancyClassifier
     from inference.detect import Candidate, Mode
     from inference.engines.base import DetectorEngine
-    from inference.training.metrics import FrocResult, RocResult
+    from inference.training.metrics import CaseMatch, FrocResult, RocResult
 
 
 @dataclass
@@ -88,6 +88,7 @@ def evaluate_detector_on_cases(
     y_true: list[int] = []
     y_score: list[float] = []
     marks: list[list[Candidate]] = []
+    report_logit = None if report_threshold is None else logit_of(report_threshold)
     t0 = time.time()
     for i, case in enumerate(cases):
         cands = detect(detector_engine, case.image, mode=mode)
@@ -97,13 +98,15 @@ def evaluate_detector_on_cases(
         probs = np.array([c.probability for c in cands])
         nod = case.nodules
         big = nod[:, 3] >= min_diameter_mm
-        matches_big.append(match_findings(centres, probs, nod[big, :3], nod[big, 3], nod[~big, :3], nod[~big, 3]))
+
+        def against_big(found: Sequence[Candidate]) -> CaseMatch:
+            return match_findings([c.zyx for c in found], [c.probability for c in found], nod[big, :3], nod[big, 3],
+                                  nod[~big, :3], nod[~big, 3])
+
+        matches_big.append(against_big(cands))
         matches_all.append(match_findings(centres, probs, nod[:, :3], nod[:, 3]))
-        if report_threshold is not None:
-            shown = lesions_over_threshold(cands, logit_of(report_threshold))[:max_findings]
-            matches_reported.append(match_findings(
-                [c.zyx for c in shown], [c.probability for c in shown], nod[big, :3], nod[big, 3], nod[~big, :3],
-                nod[~big, 3]))
+        if report_logit is not None:
+            matches_reported.append(against_big(lesions_over_threshold(cands, report_logit)[:max_findings]))
         if classifier is not None and len(nod):
             known = case.malignant >= 0
             if known.any():
