@@ -372,8 +372,10 @@ def cmd_model_evaluate(args: argparse.Namespace) -> int:
     from inference.training.characterize_eval import format_report
     from inference.training.evaluation import plot_confusion_png
 
-    pipeline = _pipeline(args)
+    # the site's [clinical] max_findings: the report threshold is scored on the findings this node would report
+    pipeline = _pipeline(args, {"max_findings": _clinical(args)["max_findings"]})
     ev, report = _evaluate_on_phantoms(args, pipeline, pipeline.bundle.manifest.get("report_threshold_probability"))
+    report["max_findings"] = pipeline.max_findings
     # characterisation (type, margin, calcification, volume) on the same held-out phantom seeds: at each nodule's
     # painted centre (the detector's diameter simulated within +-15 %), or at the centre and diameter of these
     # weights' detector candidate that hits it (--characterize-at detector: what a user gets; the candidates
@@ -411,6 +413,9 @@ def _print_evaluation(report: dict[str, Any]) -> None:
     if report.get("report_threshold_probability") is not None:
         print(f"at the report threshold {report['report_threshold_probability']}: sensitivity "
               f"{report['sensitivity_6mm_at_report_threshold']} with {report['fps_per_scan_at_report_threshold']} FPs/scan")
+        if "max_findings" in report:
+            print(f"  scored on the findings a node reports: one per lesion, at most {report['max_findings']} per "
+                  "series ([clinical] max_findings)")
     print("model score (synthetic-data malignancy head): AUC " + ("n/a" if auc is None else f"{auc:.3f}"))
     for name in report.get("png", []):
         print(f"plot: {name}")
@@ -636,6 +641,8 @@ def add_model_commands(sub: Any) -> None:
     p = msub.add_parser("evaluate", help="detection FROC, model-score ROC and nodule characterisation (type, "
                         "margin, calcification confusion matrices, volume error) on held-out phantoms")
     _add_phantom_evaluation_args(p, count=20, first_seed=9000, role="held-out")
+    p.add_argument("--config", type=Path, help="TOML config file: its [clinical] max_findings sets how many findings "
+                   "per series the report threshold is scored on (default: 10)")
     p.add_argument("--png", type=Path, help="write FROC, ROC and confusion-matrix PNGs here")
     p.add_argument("--json", action="store_true", help="print the figures (detection and characterisation) as JSON")
     p.add_argument("--characterize-at", choices=("truth", "detector"), default="truth",

@@ -162,10 +162,15 @@ def test_calibrate_writes_the_threshold_that_evaluate_then_delivers(tmp_path):
     # the weight files themselves are untouched: their hashes still verify. `model evaluate` printed as a
     # user reads it (its --json dumps the same report: its detection part is built by the code calibrate
     # ran above, its characterisation block is checked in tests/inference/test_characterize_phantoms.py)
-    proc = _cli("model", "evaluate", *common, "--characterize-at", "detector")
+    # the site's config sets how many findings per series the threshold is scored on
+    config = tmp_path / "node.toml"
+    config.write_text("[clinical]\nmax_findings = 9\n")
+    proc = _cli("model", "evaluate", *common, "--characterize-at", "detector", "--config", str(config))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    delivered = next(line for line in lines if line.startswith("at the report threshold"))
+    at_threshold = next(i for i, line in enumerate(lines) if line.startswith("at the report threshold"))
+    delivered = lines[at_threshold]
+    assert "one per lesion, at most 9 per series ([clinical] max_findings)" in lines[at_threshold + 1]
     # "at the report threshold T: sensitivity S with F FPs/scan"
     words = delivered.replace(":", "").split()
     assert float(words[4]) == threshold
@@ -197,3 +202,11 @@ def test_analyze_with_a_bad_clinical_setting_is_a_message(tmp_path, key, value):
     config.write_text(f'[clinical]\n{key} = {value}\n')
     proc = _cli("analyze", str(tmp_path), "--config", str(config))
     assert proc.returncode == 2 and f"clinical.{key}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_with_a_bad_clinical_setting_is_a_message_before_any_phantom(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text("[clinical]\nmax_findings = 101\n")
+    proc = _cli("model", "evaluate", "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--count", "1")
+    assert proc.returncode == 2 and "clinical.max_findings" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()
