@@ -47,9 +47,13 @@ from scipy.spatial import cKDTree
 from skimage.segmentation import watershed
 
 SEED_THRESHOLD_HU = -750.0
-# what segment_nodule says when nothing near the centre is the nodule's: no candidate voxel there, or all of them
-# survive the wall's opening (a nodule much larger than the diameter given, taken for the wall)
+# what segment_nodule says when nothing near the centre is the nodule's: no candidate voxel there...
 NO_NODULE_REASON = "no nodule above -750 HU at the given centre"
+# ...or all of them survive the wall's opening: the centre lies in a structure much larger than the diameter given
+# (a detector's mark in the chest wall, the mediastinum or a thick vessel; characterize._checked_diameter has already
+# measured a nodule the detector undersized by up to DETECTOR_UNDERSIZE_MAX at its own diameter)
+LARGER_STRUCTURE_REASON = ("no nodule at the given centre: the tissue there belongs to a structure much larger than the "
+                           "detector's diameter (the chest wall, the mediastinum or a thick vessel)")
 # dense structures beyond this times the nodule's own radius (+ half a pixel) are vessels; lobes
 # stay inside (phantom lobes add 8-18 %); tuned on phantom seeds 7000..7049 (1.1 best of 0.9 ... 1.4)
 ENVELOPE_FACTOR = 1.1
@@ -269,8 +273,10 @@ def segment_nodule(
     body = _split(smooth, seed, wall, local, spacing, radius, far_mm)
     if not body.any():
         empty = np.zeros_like(seed)
-        return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False,
-                            NO_NODULE_REASON, 0)
+        # _split looks for the nodule this close to the centre
+        near_centre = _distance2(seed.shape, local, spacing) <= (radius / 2 + 2.0) ** 2
+        reason = LARGER_STRUCTURE_REASON if (seed & near_centre).any() else NO_NODULE_REASON
+        return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False, reason, 0)
     site: str | None = None  # how the wall under the nodule is modelled, decided on the first pass that sees it
     for _ in range(CAP_PASSES):
         body, site = _restore_cap(body, wall, seed, hu, spacing, site)

@@ -621,7 +621,17 @@ def test_nodule_cut_by_the_field_of_view_is_reported() -> None:
 
 def test_no_nodule_at_the_centre_is_a_clear_failure() -> None:
     c = characterize_nodule(lung(9), SPACING, CENTRE, 8.0)
-    assert not c.segmentation_ok and c.reason is not None and "no nodule" in c.reason
+    assert not c.segmentation_ok and c.reason is not None and "no nodule above -750 HU" in c.reason
+
+
+def test_a_centre_inside_the_chest_wall_says_so() -> None:
+    # a detector's mark 9.8 mm deep in a wall of soft tissue: the tissue at the centre is the wall's (it survives the
+    # opening by a ball of 0.6 x 8 mm + 1.5 mm), not a nodule the segmentation failed to find in aerated lung
+    hu = lung(9)
+    hu[:, :, 62:] = 40.0  # the wall: x from 43.4 mm
+    c = characterize_nodule(hu, SPACING, CENTRE + np.array([0.0, 0.0, 28.0]), 8.0)  # x 53.2 mm: 9.8 mm inside it
+    assert not c.segmentation_ok and c.reason is not None
+    assert "structure much larger than the detector's diameter" in c.reason and "chest wall" in c.reason
 
 
 def test_laa950_lung_volume_and_coverage() -> None:
