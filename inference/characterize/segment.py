@@ -273,8 +273,7 @@ def segment_nodule(
     body = _split(smooth, seed, wall, local, spacing, radius, far_mm)
     if not body.any():
         empty = np.zeros_like(seed)
-        # _split looks for the nodule this close to the centre
-        near_centre = _distance2(seed.shape, local, spacing) <= (radius / 2 + 2.0) ** 2
+        near_centre = _distance2(seed.shape, local, spacing) <= _centre_reach_mm(radius) ** 2
         reason = LARGER_STRUCTURE_REASON if (seed & near_centre).any() else NO_NODULE_REASON
         return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False, reason, 0)
     site: str | None = None  # how the wall under the nodule is modelled, decided on the first pass that sees it
@@ -389,6 +388,11 @@ def _above_quadric(points: np.ndarray, ring: np.ndarray, mean: np.ndarray, norma
     return np.asarray((points - mean) @ normal - terms(points) @ coefficients)
 
 
+def _centre_reach_mm(radius: float) -> float:
+    """How far from the detector's centre `_split` looks for the nodule's thick middle."""
+    return radius / 2 + 2.0
+
+
 def _split(
     smooth: np.ndarray, seed: np.ndarray, wall: np.ndarray, local: np.ndarray, spacing: np.ndarray, radius: float,
     far_mm: float | None = None,
@@ -404,7 +408,7 @@ def _split(
     # depth measured with the wall as background, so a juxtapleural nodule has its own peak
     depth = ndimage.distance_transform_edt(seed & ~wall, sampling=spacing)
     dist2 = _distance2(seed.shape, local, spacing)
-    near = (dist2 <= (radius / 2 + 2.0) ** 2) & seed & ~wall
+    near = (dist2 <= _centre_reach_mm(radius) ** 2) & seed & ~wall
     if not near.any():
         return np.zeros_like(seed)
     inscribed = float(depth[near].max())
