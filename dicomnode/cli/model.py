@@ -413,9 +413,8 @@ def _print_evaluation(report: dict[str, Any]) -> None:
     if report.get("report_threshold_probability") is not None:
         print(f"at the report threshold {report['report_threshold_probability']}: sensitivity "
               f"{report['sensitivity_6mm_at_report_threshold']} with {report['fps_per_scan_at_report_threshold']} FPs/scan")
-        if "max_findings" in report:
-            print(f"  scored on the findings a node reports: one per lesion, at most {report['max_findings']} per "
-                  "series ([clinical] max_findings)")
+        print(f"  scored on the findings a node reports: one per lesion, at most {report['max_findings']} per "
+              "series ([clinical] max_findings)")
     print("model score (synthetic-data malignancy head): AUC " + ("n/a" if auc is None else f"{auc:.3f}"))
     for name in report.get("png", []):
         print(f"plot: {name}")
