@@ -210,9 +210,14 @@ def test_a_receiver_left_by_a_dead_node_is_killed_before_a_new_node_listens(tmp_
     kills those still there, only those."""
     from dicomnode.receive.receivers import reap_stale_receivers
 
-    stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "dicomnode.receive.receivers"])
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "something.else"])
+    # Each child says it runs before the test looks: Popen returns once exec has closed the pipe it
+    # watches, and for a moment after that the kernel shows an empty /proc/PID/cmdline.
+    sleeper = "print('running', flush=True); import time; time.sleep(120)"
+    stale = subprocess.Popen([sys.executable, "-c", sleeper, "dicomnode.receive.receivers"], stdout=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", sleeper, "something.else"], stdout=subprocess.PIPE)
     try:
+        for proc in (stale, other):
+            assert proc.stdout is not None and proc.stdout.readline() == b"running\n"
         pid_file = tmp_path / "receivers-host.pids"
         pid_file.write_text(f"{stale.pid}\n{other.pid}\n999999999\n")
         assert reap_stale_receivers(pid_file) == [stale.pid]
@@ -223,4 +228,4 @@ def test_a_receiver_left_by_a_dead_node_is_killed_before_a_new_node_listens(tmp_
         for proc in (stale, other):
             if proc.poll() is None:
                 proc.kill()
-            proc.wait()
+            proc.communicate()
