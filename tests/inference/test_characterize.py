@@ -7,14 +7,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from inference.characterize import characterize_exam, characterize_nodule
 from inference.characterize.location import juxtapleural
 from inference.characterize.measure import (CONTACT_SHARE_CAVEAT, local_lung_hu, non_solid_volume_mm3,
-                                           solid_nodule_volume_mm3, spicule_strands)
+                                           solid_nodule_volume_mm3, spicule_strands, volume_mm3)
 from inference.characterize.model import NoduleCharacteristics
-from inference.characterize.segment import (DENSE_HU, Segmentation, _distance2, _give_back_ground_glass,
-                                            restore_ground_glass_base)
+from inference.characterize.segment import (AIRWAY_WALL_PX, DENSE_HU, Segmentation, _distance2,
+                                            _give_back_ground_glass, airway_walls, restore_ground_glass_base)
 from tests.inference.phantom_nodules import phantom_nodule_as_detected
 
 SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
@@ -133,24 +134,35 @@ def test_solid_volume_sums_the_edge_voxels_fractions(monkeypatch: pytest.MonkeyP
     measured = errors(True)
     assert max(abs(e) for e in measured) < 0.03 and max(measured) - min(measured) < 0.02, measured
     # the half-maximum count only
-    monkeypatch.setattr("inference.characterize.measure.PV_MIN_LEVEL_VOXELS", 10**9)
+    monkeypatch.setattr("inference.characterize.measure.solid_nodule_volume_mm3",
+                        lambda hu, mask, others, wall, lung_hu, spacing: (volume_mm3(mask, spacing), False))
     counted = errors(False)
     assert max(abs(e) for e in counted) > 0.07 and max(counted) - min(counted) > 0.05, counted
 
 
-def test_small_or_calcified_solid_nodule_keeps_the_half_maximum_count() -> None:
-    # too few voxels fully inside to measure the nodule's own level: a 7 mm sphere on 2.5 mm slices
+@pytest.mark.parametrize("z_offset", [0.0, 0.25, 0.5])
+def test_small_or_calcified_solid_nodule_counts_its_edge_against_nominal_soft_tissue(z_offset: float) -> None:
+    # too few voxels fully inside to measure the nodule's own level: a 7 mm sphere on 2.5 mm slices, and a 9 mm one
+    # calcified throughout (calcium is not the level of its soft-tissue edge). Their half-maximum counts measured
+    # +2.7 / +5.7 / +11.6 % and -10.8 / -22.1 / -14.1 % at these offsets from the slice grid; their edges by their
+    # fractions against 40 HU of soft tissue: +2.9 ... +6.7 %
     shape = (24, 48, 48)
-    centre = np.array([12.0, 24.0, 24.0])
+    centre = np.array([12.0 + z_offset, 24.0, 24.0])
     hu = lung(8, shape)
-    paint(hu, ellipsoid_fraction((3.5, 3.5, 3.5), centre, shape, THICK), 40.0)
-    assert characterize_nodule(hu, THICK, centre, 7.0).features["partial_volume"] == 0.0
-    # calcified throughout: calcium is not the level of its soft-tissue edge
+    frac = ellipsoid_fraction((3.5, 3.5, 3.5), centre, shape, THICK)
+    paint(hu, frac, 40.0)
+    c = characterize_nodule(hu, THICK, centre, 7.0)
+    truth = float(frac.sum() * THICK.prod())
+    assert c.type == "solid" and c.features["partial_volume"] == 1.0
+    assert abs(c.volume_mm3 - truth) / truth <= 0.05, (c.volume_mm3, truth)
     hu = lung(9, shape)
-    paint(hu, ellipsoid_fraction((4.5, 4.5, 4.5), centre, shape, THICK), 40.0)
+    frac = ellipsoid_fraction((4.5, 4.5, 4.5), centre, shape, THICK)
+    paint(hu, frac, 40.0)
     paint(hu, ellipsoid_fraction((3.6, 3.6, 3.6), centre, shape, THICK), 400.0)
     c = characterize_nodule(hu, THICK, centre, 9.0)
-    assert c.calcified and c.features["partial_volume"] == 0.0
+    truth = float(frac.sum() * THICK.prod())
+    assert c.calcified and c.features["partial_volume"] == 1.0
+    assert abs(c.volume_mm3 - truth) / truth <= 0.08, (c.volume_mm3, truth)
 
 
 def test_faint_ground_glass_is_measured_at_its_half_maximum_and_by_its_edges_fractions(
@@ -889,6 +901,42 @@ def test_nodule_much_larger_than_the_detector_says_is_still_segmented() -> None:
     # and a centre in aerated lung still finds nothing, with the reason
     empty = characterize_nodule(lung(24), SPACING, CENTRE, 6.0)
     assert not empty.segmentation_ok and empty.reason is not None and "no nodule" in empty.reason
+
+
+@pytest.mark.parametrize("noise_hu", [20.0, 45.0])
+def test_an_airways_wall_is_the_ring_round_air_not_round_a_pocket_of_lung(noise_hu: float) -> None:
+    # three slices of two rings of -450 HU (a thin wall read through partial volume): one round air (an airway's
+    # lumen, -1000 HU, 20 voxels a slice), one round lung (a pocket that vessels and a nodule enclose, 113 voxels a
+    # slice, whose darkest voxel lies about 2.6 x the noise under the lung's level); at the phantoms' noise and at a
+    # low-dose scan's
+    rng = np.random.default_rng(30)
+    hu = rng.normal(-860.0, noise_hu, (5, 64, 64)).astype(np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    rings = []
+    for cy, cx, lumen_px, lumen_hu in [(16, 16, 2.5, -1000.0), (42, 42, 6.0, None)]:
+        r = np.hypot(yy - cy, xx - cx)
+        ring = (r >= lumen_px) & (r < lumen_px + 2)
+        hu[1:4, ring] = -450.0 + rng.normal(0.0, noise_hu, (3, int(ring.sum())))
+        if lumen_hu is not None:
+            inner = r < lumen_px
+            hu[1:4, inner] = lumen_hu + rng.normal(0.0, noise_hu, (3, int(inner.sum())))
+        rings.append(ring)
+    seed = ndimage.gaussian_filter(hu, 0.5 / SPACING) > -750.0
+    walls = airway_walls(seed, hu, SPACING)
+    inner_row = (np.hypot(yy - 16, xx - 16) < 2.5 + AIRWAY_WALL_PX) & rings[0]
+    assert walls[1:4][:, inner_row].all() and walls[1:4][:, ~inner_row].sum() == 0
+    assert not walls[[0, 4]].any()
+
+
+@pytest.mark.parametrize(("seed", "index", "held"), [(24016, 3, True)])
+def test_an_airways_wall_beside_a_nodule_is_not_the_nodules(seed: int, index: int, held: bool) -> None:
+    # full-size 24016:3, an 8.1 mm solid nodule by the pleura beside an airway whose wall reads -300 ... -600 HU: the
+    # first watershed's nodule took the wall with the nodule's edge (no neck between them), and the nodule read
+    # part-solid at +85 %. The wall, a ring of candidates round air on each slice, is marked as another structure
+    nodule, c, truth = phantom_nodule_as_detected(seed, index)
+    assert nodule.kind == "solid"
+    assert c.type == "solid" and c.held_to_detector == held
+    assert abs(c.volume_mm3 - truth) / truth <= 0.1, (c.volume_mm3, truth)
 
 
 def test_a_stray_voxel_of_the_mask_does_not_replace_the_nodule_when_its_ground_glass_base_is_restored() -> None:
