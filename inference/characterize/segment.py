@@ -153,11 +153,11 @@ OUTLINE_WALL_REACH = 1.5
 # enclose whose darkest voxel is darker than the lung's noise explains for a region of its size (the chance that so
 # many voxels of lung hold one so dark, by the union bound, under LUMEN_CHANCE) is a lumen, and the candidates within
 # AIRWAY_WALL_PX pixels of it are the airway's wall. On the crop harness's 1507 phantom nodules (docs/
-# characterization.md, "Thirty-seventh session") those two read -11 % and -9 % (solid), nothing else crossed 15 %, and
-# no other moved more than 5 points. Without the test for air, pockets of lung that vessels enclose beside a nodule
-# count as lumens too: 15014:1 (ground glass in a bundle) -12 -> -22 %; a fixed bar 50 HU under the lung's median
-# separated those pockets (at most 48 HU under, over 100 voxels) from 17039:0's lumens (51-69 HU under, 2-4 voxels)
-# by too little to hold on noisier scans.
+# characterization.md, "Thirty-seventh session") 24016:3 reads solid at -9 %, nothing crossed 15 % the other way, and
+# no other nodule moved more than 5 points. 17039:0's lumens (2-4 voxels, 2.2-2.9 x the lung's noise under its level)
+# pass only at a LUMEN_CHANCE of 10 % (then -11 %), where a pocket of lung of a hundred voxels passes for a lumen about
+# one slice in ten. Without the test for air, such pockets that vessels enclose beside a nodule count as lumens:
+# 15014:1 (ground glass in a bundle) -12 -> -22 %.
 AIRWAY_WALL_PX = 1.5
 LUMEN_CHANCE = 0.01
 SPICULE_SHELL_FACTOR = 1.1
