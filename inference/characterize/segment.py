@@ -287,17 +287,18 @@ def segment_nodule(
     seed = smooth > SEED_THRESHOLD_HU
 
     wall = opening_mm(seed, 0.6 * 2 * radius + 1.5, spacing)
-    airways = airway_walls(seed, hu, spacing)
+    lung = clear_lung(hu, seed, spacing)
+    airways = airway_walls(seed, hu, lung, spacing)
     body = _split(smooth, seed, wall, airways, local, spacing, radius, far_mm)
     if not body.any():
         empty = np.zeros_like(seed)
         near_centre = _distance2(seed.shape, local, spacing) <= _centre_reach_mm(radius) ** 2
         reason = LARGER_STRUCTURE_REASON if (seed & near_centre).any() else NO_NODULE_REASON
-        return Segmentation(box, hu, smooth, empty, wall, _parenchyma(hu, seed), False, reason, 0)
+        return Segmentation(box, hu, smooth, empty, wall, _parenchyma(_aerated(hu, seed)), False, reason, 0)
     site: str | None = None  # how the wall under the nodule is modelled, decided on the first pass that sees it
     for _ in range(CAP_PASSES):
         body, site = _restore_cap(body, wall, seed, hu, spacing, site)
-    parenchyma = _parenchyma(hu, dilate_mm(seed, 2.0, spacing))
+    parenchyma = _parenchyma(lung)
     return Segmentation(box, hu, smooth, body, wall, parenchyma, True, None, count_spicules(body, seed, spacing))
 
 
@@ -693,25 +694,32 @@ def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> i
     return int((np.asarray(reach) >= SPICULE_MIN_LENGTH_MM).sum())
 
 
+_MIN_LUNG_VOXELS = 20  # fewer aerated voxels in the ROI give no level (nor noise) of the lung
+
+
 def _aerated(hu: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     """HU of the ROI's aerated lung voxels outside `exclude`."""
     return hu[(hu < SEED_THRESHOLD_HU) & (hu > -1024) & ~exclude]
 
 
-def _parenchyma(hu: np.ndarray, exclude: np.ndarray) -> float:
-    """Median HU of aerated lung in the ROI away from dense structures (the partial-volume baseline)."""
-    lung = _aerated(hu, exclude)
-    return float(np.median(lung)) if lung.size >= 20 else DEFAULT_PARENCHYMA_HU
+def clear_lung(hu: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """HU of the ROI's aerated lung more than 2 mm from any candidate (`seed`): its level is the partial-volume
+    baseline, its spread the noise `airway_walls` weighs a lumen against."""
+    return _aerated(hu, dilate_mm(seed, 2.0, spacing))
 
 
-def airway_walls(seed: np.ndarray, hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def _parenchyma(lung: np.ndarray) -> float:
+    """Median HU of aerated `lung` voxels (the partial-volume baseline), or the default with too few of them."""
+    return float(np.median(lung)) if lung.size >= _MIN_LUNG_VOXELS else DEFAULT_PARENCHYMA_HU
+
+
+def airway_walls(seed: np.ndarray, hu: np.ndarray, lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The candidates (`seed`) within AIRWAY_WALL_PX pixels, on their slice, of an airway's lumen: a region that the
-    candidates enclose on an axial slice and whose darkest voxel (raw `hu`) lies below the level of the lung more than
-    2 mm from any candidate by more than its noise explains (the chance that a region of lung of that many voxels holds
-    one so dark under LUMEN_CHANCE; the noise: 1.4826 x the median absolute deviation). See AIRWAY_WALL_PX."""
+    candidates enclose on an axial slice and whose darkest voxel (raw `hu`) lies below the level of the `lung`
+    (`clear_lung`) by more than its noise explains (the chance that a region of lung of that many voxels holds one so
+    dark under LUMEN_CHANCE; the noise: 1.4826 x the median absolute deviation). See AIRWAY_WALL_PX."""
     walls = np.zeros_like(seed)
-    lung = _aerated(hu, dilate_mm(seed, 2.0, spacing))
-    if lung.size < 20:
+    if lung.size < _MIN_LUNG_VOXELS:
         return walls
     level = float(np.median(lung))
     noise = 1.4826 * float(np.median(np.abs(lung - level)))

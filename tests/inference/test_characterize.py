@@ -15,7 +15,8 @@ from inference.characterize.measure import (CONTACT_SHARE_CAVEAT, local_lung_hu,
                                            solid_nodule_volume_mm3, spicule_strands, volume_mm3)
 from inference.characterize.model import NoduleCharacteristics
 from inference.characterize.segment import (AIRWAY_WALL_PX, DENSE_HU, Segmentation, _distance2,
-                                            _give_back_ground_glass, airway_walls, restore_ground_glass_base)
+                                            _give_back_ground_glass, airway_walls, clear_lung,
+                                            restore_ground_glass_base)
 from tests.inference.phantom_nodules import phantom_nodule_as_detected
 
 SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
@@ -922,7 +923,7 @@ def test_an_airways_wall_is_the_ring_round_air_not_round_a_pocket_of_lung(noise_
             hu[1:4, inner] = lumen_hu + rng.normal(0.0, noise_hu, (3, int(inner.sum())))
         rings.append(ring)
     seed = ndimage.gaussian_filter(hu, 0.5 / SPACING) > -750.0
-    walls = airway_walls(seed, hu, SPACING)
+    walls = airway_walls(seed, hu, clear_lung(hu, seed, SPACING), SPACING)
     inner_row = (np.hypot(yy - 16, xx - 16) < 2.5 + AIRWAY_WALL_PX) & rings[0]
     assert walls[1:4][:, inner_row].all() and walls[1:4][:, ~inner_row].sum() == 0
     assert not walls[[0, 4]].any()
