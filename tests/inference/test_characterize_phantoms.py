@@ -14,7 +14,8 @@ import pytest
 from inference.characterize.attenuation import SOLID_MAX_RIM
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.training.characterize_eval import (
-    BONE_HU, DRAWN_LUNG_MARGIN_MM, TYPES, evaluate, evaluate_seed, painted_volumes, parse_args, truth_region,
+    BONE_HU, DRAWN_LUNG_MARGIN_MM, TYPES, Evaluation, evaluate, evaluate_seed, format_report, painted_volumes,
+    parse_args, truth_region,
 )
 from tests.inference.phantom_nodules import phantom_nodule_as_detected
 
@@ -115,6 +116,22 @@ def test_a_nodules_part_painted_over_a_rib_is_no_part_of_its_truth() -> None:
     assert np.array_equal(on_anatomy[over_bone], anatomy.hu[over_bone].astype(np.float32))
     assert not np.array_equal(on_anatomy[a > -1000.0], anatomy.hu[a > -1000.0].astype(np.float32))
     assert painted_volumes(phantom, everywhere, nodule)[1] == painted
+
+
+def test_a_nodule_painted_over_tissue_as_dense_as_its_own_is_listed_hidden_not_counted() -> None:
+    # small seed 13001's first nodule (6.5 mm ground glass) is painted over a hilar vessel inside the drawn lungs: the
+    # painter keeps the brighter of nodule and background, so none of it shows, and characterised at its painted
+    # centre the segmentation finds the vessel (solid, +123 %). Its four neighbours >= 6 mm show 88 % or more
+    results = evaluate_seed(13001, min_diameter_mm=6.0, small=True)
+    hidden = [r for r in results if r.hidden]
+    assert [(r.truth_type, round(r.diameter_mm, 1)) for r in hidden] == [("ground_glass", 6.5)]
+    assert hidden[0].visible_share < 0.01
+    assert all(r.visible_share > 0.85 for r in results if not r.hidden)
+    ev = Evaluation(results=results)
+    assert hidden[0] not in ev.counted and ev.hidden == hidden and len(ev.counted) == len(results) - 1
+    assert ev.to_json()["hidden_by_anatomy"] == 1
+    assert "hidden by the anatomy (painted over tissue as dense as its own, 0% shows; not counted): seed 13001 6.5 mm" \
+        in format_report(ev, details=False)
 
 
 def test_a_rib_along_a_nodule_is_no_part_of_its_volume() -> None:
