@@ -40,13 +40,7 @@ them into volume (+5 ... +26 % on small phantoms on 2.5-3 mm slices, whose edge 
 nodule), and until 2026-12-05 the mask's voxels counted whole; against the lung's own level they do not. On the 515
 non-solid crop nodules of the full-size and small phantom sets (docs/characterization.md, "Thirtieth session") mean
 |error| 6.00 -> 4.92 %, free ones on slices under 2 mm 2.89 -> 0.98 % (median -1.8 -> -0.4 %), on 2-3 mm slices
-5.02 -> 4.35 %. A nodule without ten inner voxels of ground glass (6-12 mm on 2-3 mm slices) is nearly all edge: it
-counts by fractions too, against its core's glass level, unless other structures border it over EDGE_ONLY_MAX_CONTACT
-of its outline or more, where their partial volume would count as its glass and its mask's voxels count whole. Until
-2026-12-06 every such nodule kept its voxel count, which swings with where its top and bottom slices cut it: on the
-crop harness's 60 of them (docs/characterization.md, "Thirty-eighth session") the 42 it changes (all free in the lung)
-measured a median -2.8 -> +2.0 %, mean |error| 10.5 -> 9.2 %, within 15 % 36 -> 38; a ground-glass nodule on a vessel
-went +6 -> +17 % with fractions (contact 0.46). Instead, a spiculated
+5.02 -> 4.35 %. A nodule without ten inner voxels of ground glass keeps its voxel count. Instead, a spiculated
 ground-glass or part-solid nodule's spicules, strands of solid tissue thinner than a voxel, count their fraction of
 solid tissue and its other voxels whole.
 The mask's boundary lies at half the ground glass's contrast (about -700 HU), so a voxel a third filled by a
@@ -97,10 +91,6 @@ LOCAL_LUNG_SHELL_MM = 4.0
 LOCAL_LUNG_MIN_VOXELS = 20
 GROUND_GLASS_LOW_HU = -800.0  # an inner voxel between this and SOLID_THRESHOLD_HU is ground glass (or its noise)
 MIN_GROUND_GLASS_CONTRAST_HU = 50.0  # less between lung and glass: a fraction would be mostly noise; voxels count whole
-# a non-solid nodule without PV_MIN_LEVEL_VOXELS inner voxels of ground glass is nearly all edge: bordered by other
-# structures over this share of its outline or more, their partial volume in its edge's lung voxels would count as its
-# glass, and its mask's voxels count whole instead (see the module docstring)
-EDGE_ONLY_MAX_CONTACT = 0.4
 CONTACT_SHARE_CAVEAT = 0.5  # a nodule bordering other structures over half its surface: its volume is less reliable
 _FACES = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), bool)
@@ -190,8 +180,7 @@ def _ground_glass_edge_volume_mm3(
     glass of `level_hu` against the lung around it (see the module docstring)."""
     inside = ndimage.binary_erosion(mask, structure=_FACES, border_value=1)
     glass = hu[inside]
-    mostly_edge = int(((glass > GROUND_GLASS_LOW_HU) & (glass < SOLID_THRESHOLD_HU)).sum()) < PV_MIN_LEVEL_VOXELS
-    if mostly_edge and surface_share(mask, near_others) >= EDGE_ONLY_MAX_CONTACT:
+    if int(((glass > GROUND_GLASS_LOW_HU) & (glass < SOLID_THRESHOLD_HU)).sum()) < PV_MIN_LEVEL_VOXELS:
         return volume_mm3(mask, spacing), False
     lung = _lung_level(hu, mask, near_others, wall, spacing, background_hu)
     if level_hu - lung < MIN_GROUND_GLASS_CONTRAST_HU:

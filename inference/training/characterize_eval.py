@@ -205,12 +205,12 @@ def visible_share(anatomy: Phantom, inside: np.ndarray, nodule: PhantomNodule, f
     """Share of the nodule's painting inside `inside` that shows: painted onto the nodule-free image, the voxels it
     raises by VISIBLE_RISE_HU or more, weighted by its partial-volume fraction `frac` (`painted_fraction`; the painter
     keeps the brighter of nodule and background, so over tissue as dense as its own it leaves the image as it was)."""
-    on_anatomy = anatomy.hu.astype(np.float32)
-    paint_nodule(on_anatomy, anatomy.origin, anatomy.spacing, anatomy.direction, nodule)
+    before = anatomy.hu.astype(np.float32)
+    after = before.copy()
+    paint_nodule(after, anatomy.origin, anatomy.spacing, anatomy.direction, nodule)
     weight = frac * inside
     total = float(weight.sum())
-    shows = on_anatomy - anatomy.hu.astype(np.float32) >= VISIBLE_RISE_HU
-    return float((weight * shows).sum()) / total if total > 0 else 0.0
+    return float(weight[after - before >= VISIBLE_RISE_HU].sum()) / total if total > 0 else 0.0
 
 
 # vessel-attached phantom nodules lie at least 1.5 mm inside the drawn lungs (nodules._place_nodules);
