@@ -205,12 +205,13 @@ def visible_share(anatomy: Phantom, inside: np.ndarray, nodule: PhantomNodule, f
     """Share of the nodule's painting inside `inside` that shows: painted onto the nodule-free image, the voxels it
     raises by VISIBLE_RISE_HU or more, weighted by its partial-volume fraction `frac` (`painted_fraction`; the painter
     keeps the brighter of nodule and background, so over tissue as dense as its own it leaves the image as it was)."""
-    before = anatomy.hu.astype(np.float32)
-    after = before.copy()
-    paint_nodule(after, anatomy.origin, anatomy.spacing, anatomy.direction, nodule)
-    weight = frac * inside
+    painted = anatomy.hu.astype(np.float32)
+    paint_nodule(painted, anatomy.origin, anatomy.spacing, anatomy.direction, nodule)
+    where = (frac > 0) & inside  # the painter changes nothing outside its fraction
+    weight = frac[where]
     total = float(weight.sum())
-    return float(weight[after - before >= VISIBLE_RISE_HU].sum()) / total if total > 0 else 0.0
+    rise = painted[where] - anatomy.hu[where]
+    return float(weight[rise >= VISIBLE_RISE_HU].sum()) / total if total > 0 else 0.0
 
 
 # vessel-attached phantom nodules lie at least 1.5 mm inside the drawn lungs (nodules._place_nodules);
