@@ -119,7 +119,7 @@ class RiskInputs:
     age_years: float | None  # from PatientAge, or PatientBirthDate with StudyDate
     sex: str | None  # "female" | "male"
     family_history: str  # "yes" | "no" | "unknown" (unknown is counted as no)
-    emphysema: bool  # LAA-950 at or above the configured threshold
+    emphysema: bool  # LAA-950 at or above the configured threshold (no, and "emphysema" missing, on a noisy image)
     missing: tuple[str, ...] = ()  # inputs that were absent and replaced by the model's reference value
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +142,7 @@ class ExamSummary:
     highest_brock_risk: float | None = None
     verdict_reasons: tuple[str, ...] = ()
     headline: str = "brock"  # which risk is the headline figure: "brock", or "model" for validated weights
+    image_noise_hu: float | None = None  # the series' noise; above emphysema.LAA950_MAX_NOISE_HU LAA-950 is not used
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,6 +156,7 @@ class ExamSummary:
             "risk_inputs": self.risk_inputs.to_json(),
             "verdict_reasons": list(self.verdict_reasons),
             "headline": self.headline,
+            "image_noise_hu": None if self.image_noise_hu is None else round(self.image_noise_hu, 1),
         }
 
 

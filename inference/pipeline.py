@@ -21,6 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
+from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_volume_mm3
 from inference.clinical import (
     Exam,
@@ -416,6 +417,14 @@ def _thick_slice_note(thickness_mm: float) -> str | None:
             "(ACR; 1 mm preferred): nodule volumes and the sizes of small nodules are less reliable")
 
 
+def _noise_note(exam_chars: ExamCharacteristics) -> str | None:
+    if exam_chars.laa950_reliable or exam_chars.image_noise_hu is None:
+        return None
+    return (f"image noise {exam_chars.image_noise_hu:.0f} HU, over the {LAA950_MAX_NOISE_HU:g} HU up to which LAA-950 "
+            f"holds: its {exam_chars.laa950_pct:.1f} % overstates emphysema (noise moves normal lung below -950 HU) "
+            "and is not used; Brock's emphysema input is unknown, counted as no")
+
+
 def _not_reported_note(reported: int, not_reported: int) -> str:
     return (f"{not_reported} more lesion(s) over the detection threshold not reported (only the {reported} most "
             "probable are: settings [clinical] max_findings); the exam category does not include them, the Brock "
@@ -454,7 +463,8 @@ def assess(
     covered = exam_chars.lungs_fully_covered
     exam = Exam(covered, nodules, None if covered else (exam_chars.reason or "the lungs are not fully covered"))
     assessment = classify_exam(exam)
-    emphysema = exam_chars.laa950_pct >= emphysema_threshold_pct
+    # a noisy image's LAA-950 is no evidence of emphysema (emphysema.LAA950_MAX_NOISE_HU): the input is missing
+    emphysema = exam_chars.laa950_reliable and exam_chars.laa950_pct >= emphysema_threshold_pct
     missing_note = _missing_note(patient)
     findings: list[Finding] = []
     for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
@@ -465,7 +475,8 @@ def assess(
     highest = max((f.brock_risk for f in findings if f.brock_risk is not None), default=None)
     verdict = exam_verdict(assessment.category, highest, highest_nodule_category=assessment.highest_nodule_category)
     missing = tuple(name for name, absent in (("age", patient.age_years is None), ("sex", patient.sex is None),
-                                              ("family_history", family_history is FamilyHistory.UNKNOWN)) if absent)
+                                              ("family_history", family_history is FamilyHistory.UNKNOWN),
+                                              ("emphysema", not exam_chars.laa950_reliable)) if absent)
     inputs = RiskInputs(age_years=patient.age_years, sex=patient.sex.value if patient.sex else None,
                         family_history=family_history.value, emphysema=emphysema, missing=missing)
     caveats = [assessment.reason] if assessment.category.value == "0" else []
@@ -476,13 +487,16 @@ def assess(
         caveats.append(thick)
     if missing_note:
         caveats.append(missing_note)
+    noise = _noise_note(exam_chars)
+    if noise:
+        caveats.append(noise)
     if family_history is FamilyHistory.UNKNOWN:
         caveats.append("family history of lung cancer unknown (settings [clinical]): counted as no")
     summary = ExamSummary(
         lung_rads=assessment.category.value, recommendation=assessment.recommendation,
         lungs_fully_covered=covered, risk_inputs=inputs, reason="; ".join(caveats) or None,
         laa950_pct=exam_chars.laa950_pct, lung_volume_ml=exam_chars.lung_volume_ml, highest_brock_risk=highest,
-        verdict_reasons=verdict.reasons,
+        verdict_reasons=verdict.reasons, image_noise_hu=exam_chars.image_noise_hu,
     )
     return findings, summary, verdict.verdict
 

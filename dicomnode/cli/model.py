@@ -215,7 +215,8 @@ def _print_summary(result: SeriesResult) -> None:
         vol = "n/a" if exam.lung_volume_ml is None else f"{exam.lung_volume_ml:.0f} ml"
         inputs = exam.risk_inputs
         age = "missing" if inputs.age_years is None else f"{inputs.age_years:g}"
-        print(f"emphysema LAA-950 {laa} of {vol} lung; Brock inputs: age {age}, sex {inputs.sex or 'missing'}, "
+        noise = "" if exam.image_noise_hu is None else f" (image noise {exam.image_noise_hu:.0f} HU)"
+        print(f"emphysema LAA-950 {laa} of {vol} lung{noise}; Brock inputs: age {age}, sex {inputs.sex or 'missing'}, "
               f"family history {inputs.family_history}, emphysema {'yes' if inputs.emphysema else 'no'}")
         if exam.reason:
             print(f"note: {exam.reason}")

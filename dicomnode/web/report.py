@@ -200,6 +200,8 @@ def exam_rows(exam: dict[str, Any]) -> list[tuple[str, str]]:
                  else "LAA-950 not measured")
     if exam.get("lung_volume_ml") is not None:
         emphysema += f"; lung volume {exam['lung_volume_ml']:.0f} ml"
+    if exam.get("image_noise_hu") is not None:
+        emphysema += f"; image noise {exam['image_noise_hu']:.0f} HU"
     age = "missing" if inputs.get("age_years") is None else f"{inputs['age_years']:.0f}"
     given = (f"age {age}, sex {inputs.get('sex') or 'missing'}, family history {inputs.get('family_history') or 'unknown'}, "
              f"emphysema {'yes' if inputs.get('emphysema') else 'no'}. {exam['missing_inputs_text']}")

@@ -14,9 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from inference.characterize.model import ExamCharacteristics
+from inference.characterize.noise import global_noise_hu
 
 EMPHYSEMA_HU = -950.0
 CUT_SHARE = 0.1
+LAA950_MAX_NOISE_HU = 25.0
+NOISE_SLICES = 24
 
 
 def characterize_exam(volume_hu: np.ndarray, spacing_zyx: np.ndarray, lung_mask: np.ndarray) -> ExamCharacteristics:
@@ -32,10 +35,15 @@ def characterize_exam(volume_hu: np.ndarray, spacing_zyx: np.ndarray, lung_mask:
     for z in np.flatnonzero(areas):  # slice by slice: no full-size temporaries
         low += int(np.count_nonzero(volume_hu[z][lung_mask[z]] < EMPHYSEMA_HU))
     laa = 100.0 * low / n
+    lung_slices = np.flatnonzero(areas)
+    sample = lung_slices[np.linspace(0, len(lung_slices) - 1, min(NOISE_SLICES, len(lung_slices))).astype(int)]
+    noise = global_noise_hu(volume_hu, float(spacing[1:].mean()), sample.tolist())
+    reliable = noise is None or noise <= LAA950_MAX_NOISE_HU
     first, last = float(areas[0] / areas.max()), float(areas[-1] / areas.max())
     cut = [name for name, share in (("first (lowest index)", first), ("last", last)) if share >= CUT_SHARE]
     reason = None
     if cut:
         reason = (f"the lungs are cut by the field of view: lung fills {max(first, last):.0%} of the largest "
                   f"lung slice on the {' and '.join(cut)} slice(s)")
-    return ExamCharacteristics(round(volume_ml, 1), round(laa, 2), not cut, reason, (round(first, 3), round(last, 3)))
+    return ExamCharacteristics(round(volume_ml, 1), round(laa, 2), not cut, reason, (round(first, 3), round(last, 3)),
+                               image_noise_hu=noise, laa950_reliable=reliable)

@@ -71,3 +71,5 @@ class ExamCharacteristics:
     lungs_fully_covered: bool
     reason: str | None  # why the lungs are not fully covered (Lung-RADS 0), else None
     end_slice_lung_share: tuple[float, float]  # lung area on the first/last slice over the largest lung slice
+    image_noise_hu: float | None = None  # the series' noise (noise.global_noise_hu); None where not measurable
+    laa950_reliable: bool = True  # False: the noise is above emphysema.LAA950_MAX_NOISE_HU, LAA-950 overstates

@@ -18,13 +18,14 @@ BROCK_RISK = 0.0834  # what the Brock model gives such a nodule: shown as 8%
 MODEL_SCORE = 0.62  # the phantom-trained classifier's score: never shown as a probability of cancer
 LAA950_PCT = 3.24
 LUNG_VOLUME_ML = 4870.4
+IMAGE_NOISE_HU = 17.6  # the series' noise (soft tissue), under the 25 HU above which LAA-950 is not used
 RECOMMENDATION = "3-month LDCT; PET/CT may be considered if there is a solid nodule or solid component >= 8 mm (>= 268 mm3)."
 EXAM = ExamSummary(
     lung_rads="4A", recommendation=RECOMMENDATION, lungs_fully_covered=True,
     risk_inputs=RiskInputs(age_years=None, sex="female", family_history="unknown", emphysema=False,
                            missing=("age", "family_history")),
     laa950_pct=LAA950_PCT, lung_volume_ml=LUNG_VOLUME_ML, highest_brock_risk=BROCK_RISK,
-    verdict_reasons=("Lung-RADS 4A",),
+    verdict_reasons=("Lung-RADS 4A",), image_noise_hu=IMAGE_NOISE_HU,
 )
 
 

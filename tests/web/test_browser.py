@@ -75,7 +75,7 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     assert page.locator("#findings thead th", has_text="model score (phantom-trained weights)").count() == 1
     assert page.locator("#exam-lung-rads").inner_text() == "4A"
     assert "3-month LDCT" in page.locator("#exam-recommendation").inner_text()
-    assert page.locator("#exam-laa950").inner_text() == "LAA-950 3.2% of lung volume; lung volume 4870 ml"
+    assert page.locator("#exam-laa950").inner_text() == "LAA-950 3.2% of lung volume; lung volume 4870 ml; image noise 18 HU"
     assert "Missing from the DICOM header: age." in page.locator("#exam-missing").inner_text()
     # the findings table fits the 1280 px window (issue 13: it was 3050 px wide)
     assert page.locator("#findings").evaluate("t => t.scrollWidth") <= 1280

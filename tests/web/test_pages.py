@@ -85,7 +85,7 @@ def _assert_issue11_fields(findings: str, page: str) -> None:
     assert "approximates the lobe" in page
     exam = page.split('id="exam"')[1].split("</table>")[0]
     assert re.search(r'id="exam-lung-rads"><b>4A</b>', exam)
-    assert "3-month LDCT" in exam and "LAA-950 3.2% of lung volume; lung volume 4870 ml" in exam
+    assert "3-month LDCT" in exam and "LAA-950 3.2% of lung volume; lung volume 4870 ml; image noise 18 HU" in exam
     assert "Missing from the DICOM header: age." in exam and "counted as no" in exam and "p(cancer)" not in exam
 
 
