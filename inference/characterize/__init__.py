@@ -190,7 +190,7 @@ def _characterize(
                                                               seg.parenchyma_hu, level, spacing, spiculated)
     contact = measure.contact_share(size_mask, near_others)
     beyond = share_beyond(size_mask, np.asarray(centre_zyx, float) - offset, spacing, HELD_FAR_FACTOR * diameter_mm / 2)
-    pattern, calc_share = calcification.calcification(seg.hu, mask, spacing)
+    pattern, calc_share = calcification.calcification(seg.smooth, mask, spacing)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
     reason = None

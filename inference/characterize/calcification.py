@@ -10,10 +10,21 @@ concentric-ring calcification are benign): we tell
 - eccentric: otherwise (NOT benign: an eccentric calcification does not make a nodule category 1).
 A pattern needs at least `MIN_SHARE` of the nodule and `MIN_VOXELS` voxels above 200 HU, so noise
 or a grazing rib does not count.
+
+Noise: the voxels are read on the segmentation's lightly smoothed HU (Gaussian, 0.5 mm), and where the image is
+noisy the threshold rises above 200 HU to soft tissue (`SOFT_TISSUE_HU`) + `NOISE_MARGIN_SD` x the noise of that
+smoothed image in the ROI's aerated lung (1.4826 x its median absolute deviation). Noise of a low-dose scan with a
+sharp kernel otherwise puts 1-3 % of a soft-tissue nodule's voxels above 200 HU, which read as a calcification,
+and a central or diffuse one makes the nodule Lung-RADS 1: benign. Crop harness (1506 phantom nodules >= 6 mm, 241
+calcified), raw HU over 200: 234 calcifications found, none false; with noise raised from about 20 to 70 HU
+(per voxel), 217 false and 236 found. Smoothed: 233 and none, and 25 false at 70 HU; with the noise margin at 4 SD
+(3: 12 false, 5: 207 found): 233 and none, and at 70 HU 1 false and 225 found. A calcification this misses on a noisy
+scan leaves the nodule to its size and type category, the cautious side; a false one would call it benign.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from inference.characterize.model import CalcificationPattern
 from inference.characterize.segment import offset_in_radii
@@ -23,14 +34,32 @@ MIN_SHARE = 0.01
 MIN_VOXELS = 2
 DIFFUSE_SHARE = 0.5
 CENTRAL_OFFSET = 0.5
+SOFT_TISSUE_HU = 40.0  # a soft-tissue nodule's level (20-60 HU): the noise margin counts from here
+NOISE_MARGIN_SD = 4.0
+LUNG_HU = -700.0  # the aerated lung whose spread is the noise: below this after `LUNG_SMOOTH_MM` more smoothing
+LUNG_SMOOTH_MM = 1.5
+MIN_LUNG_VOXELS = 200
 
 
-def calcification(hu: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[CalcificationPattern | None, float]:
-    """(pattern or None, share of nodule voxels above 200 HU)."""
+def calcium_threshold_hu(smooth: np.ndarray, spacing: np.ndarray) -> float:
+    """200 HU, or soft tissue + NOISE_MARGIN_SD x the noise of `smooth` (the ROI's lightly smoothed HU) where that
+    is higher: the noise measured in the ROI's aerated lung two voxels clear of anything else."""
+    sp = np.asarray(spacing, float)
+    lung = ndimage.binary_erosion(ndimage.gaussian_filter(smooth, LUNG_SMOOTH_MM / sp) < LUNG_HU, iterations=2)
+    values = smooth[lung]
+    if values.size < MIN_LUNG_VOXELS:
+        return CALCIUM_HU
+    noise = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return max(CALCIUM_HU, SOFT_TISSUE_HU + NOISE_MARGIN_SD * noise)
+
+
+def calcification(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[CalcificationPattern | None, float]:
+    """(pattern or None, share of nodule voxels above the calcium threshold) on `smooth`, the segmentation's lightly
+    smoothed HU of the ROI."""
     n = int(mask.sum())
     if n == 0:
         return None, 0.0
-    calc = mask & (hu > CALCIUM_HU)
+    calc = mask & (smooth > calcium_threshold_hu(smooth, spacing))
     k = int(calc.sum())
     share = k / n
     if k < MIN_VOXELS or share < MIN_SHARE:

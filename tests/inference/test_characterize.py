@@ -193,6 +193,24 @@ def test_central_calcification_is_benign_and_plain_solid_is_not() -> None:
     assert calcified.calcified and calcified.calcification_pattern == "central"
 
 
+def test_a_noisy_scans_soft_tissue_nodule_is_not_read_calcified_and_a_dense_calcification_still_is() -> None:
+    # a 10 mm soft-tissue nodule (40 HU) in lung with 80 HU of white noise, a sharp-kernel low-dose scan's: N(40, 80)
+    # puts 2.3 % of its voxels over 200 HU, which raw read as a central calcification (Lung-RADS 1, benign)
+    rng = np.random.default_rng(21)
+    clean = np.full(SHAPE, -860.0, np.float32)
+    paint(clean, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
+    noise = rng.normal(0.0, 80.0, SHAPE).astype(np.float32)
+    inside = ellipsoid_fraction((4.0, 4.0, 4.0)) == 1.0
+    assert (clean + noise)[inside].__gt__(200.0).mean() > 0.015  # what the raw 200 HU threshold saw
+    plain = characterize_nodule(clean + noise, SPACING, CENTRE, 10.0)
+    assert plain.segmentation_ok and plain.type == "solid"
+    assert not plain.calcified and plain.calcification_pattern is None
+    # a central calcification of 700 HU (a granuloma's calcium is several hundred HU and more) is still read
+    paint(clean, ellipsoid_fraction((2.0, 2.0, 2.0)), 700.0)
+    calcified = characterize_nodule(clean + noise, SPACING, CENTRE, 10.0)
+    assert calcified.calcified and calcified.calcification_pattern == "central"
+
+
 def spikes_fraction(radius: float, n: int, length: float, thickness: float, centre: np.ndarray = CENTRE,
                     shape: tuple[int, int, int] = SHAPE, spacing: np.ndarray = SPACING, sub: int = 2) -> np.ndarray:
     """Thin straight spicules leaving a sphere in evenly spread directions."""
