@@ -13,7 +13,7 @@ or a grazing rib does not count.
 
 Noise: the voxels are read on the segmentation's lightly smoothed HU (Gaussian, 0.5 mm), and where the image is
 noisy the threshold rises above 200 HU to soft tissue (`SOFT_TISSUE_HU`) + `NOISE_MARGIN_SD` x the noise of that
-smoothed image in the ROI's aerated lung (1.4826 x its median absolute deviation). Noise of a low-dose scan with a
+smoothed image in the ROI's aerated lung (`noise.robust_sd`). Noise of a low-dose scan with a
 sharp kernel otherwise puts 1-3 % of a soft-tissue nodule's voxels above 200 HU, which read as a calcification,
 and a central or diffuse one makes the nodule Lung-RADS 1: benign. Crop harness (1506 phantom nodules >= 6 mm, 241
 calcified), raw HU over 200: 234 calcifications found, none false; with noise raised from about 20 to 70 HU
@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.model import CalcificationPattern
+from inference.characterize.noise import robust_sd
 from inference.characterize.segment import offset_in_radii
 
 CALCIUM_HU = 200.0
@@ -50,8 +51,7 @@ def calcium_threshold_hu(smooth: np.ndarray, spacing: np.ndarray) -> float:
     values = smooth[lung]
     if values.size < MIN_LUNG_VOXELS:
         return CALCIUM_HU
-    noise = 1.4826 * float(np.median(np.abs(values - np.median(values))))
-    return max(CALCIUM_HU, SOFT_TISSUE_HU + NOISE_MARGIN_SD * noise)
+    return max(CALCIUM_HU, SOFT_TISSUE_HU + NOISE_MARGIN_SD * robust_sd(values))
 
 
 def calcification(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[CalcificationPattern | None, float]:

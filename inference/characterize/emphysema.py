@@ -40,10 +40,10 @@ def characterize_exam(volume_hu: np.ndarray, spacing_zyx: np.ndarray, lung_mask:
         return ExamCharacteristics(0.0, 0.0, False, "no lung found in the series", (0.0, 0.0))
     volume_ml = n * float(np.prod(spacing)) / 1000.0
     low = 0
-    for z in np.flatnonzero(areas):  # slice by slice: no full-size temporaries
+    lung_slices = np.flatnonzero(areas)
+    for z in lung_slices:  # slice by slice: no full-size temporaries
         low += int(np.count_nonzero(volume_hu[z][lung_mask[z]] < EMPHYSEMA_HU))
     laa = 100.0 * low / n
-    lung_slices = np.flatnonzero(areas)
     sample = lung_slices[np.linspace(0, len(lung_slices) - 1, min(NOISE_SLICES, len(lung_slices))).astype(int)]
     noise = global_noise_hu(volume_hu, float(spacing[1:].mean()), sample.tolist())
     reliable = noise is None or noise <= LAA950_MAX_NOISE_HU

@@ -49,3 +49,10 @@ def global_noise_hu(volume_hu: np.ndarray, pixel_mm: float, slices: Sequence[int
     counts = ndimage.uniform_filter1d(counts.astype(float), 5)  # a steadier mode than single 1 HU bins
     peak = int(np.argmax(counts))
     return float(edges[peak] + 0.5)
+
+
+def robust_sd(values: np.ndarray, level: float | None = None) -> float:
+    """The noise of `values` about `level` (their median when not given): 1.4826 x the median absolute deviation,
+    the standard deviation of normal noise that a few outliers (a vessel's edge, a calcification) do not move."""
+    centre = float(np.median(values)) if level is None else level
+    return 1.4826 * float(np.median(np.abs(values - centre)))

@@ -49,6 +49,8 @@ from scipy.spatial import cKDTree
 from scipy.special import ndtri
 from skimage.segmentation import watershed
 
+from inference.characterize.noise import robust_sd
+
 SEED_THRESHOLD_HU = -750.0
 # what segment_nodule says when nothing near the centre is the nodule's: no candidate voxel there...
 NO_NODULE_REASON = "no nodule above -750 HU at the given centre"
@@ -717,12 +719,12 @@ def airway_walls(seed: np.ndarray, hu: np.ndarray, lung: np.ndarray, spacing: np
     """The candidates (`seed`) within AIRWAY_WALL_PX pixels, on their slice, of an airway's lumen: a region that the
     candidates enclose on an axial slice and whose darkest voxel (raw `hu`) lies below the level of the `lung`
     (`clear_lung`) by more than its noise explains (the chance that a region of lung of that many voxels holds one so
-    dark under LUMEN_CHANCE; the noise: 1.4826 x the median absolute deviation). See AIRWAY_WALL_PX."""
+    dark under LUMEN_CHANCE; the noise: `noise.robust_sd`). See AIRWAY_WALL_PX."""
     walls = np.zeros_like(seed)
     if lung.size < _MIN_LUNG_VOXELS:
         return walls
     level = float(np.median(lung))
-    noise = 1.4826 * float(np.median(np.abs(lung - level)))
+    noise = robust_sd(lung, level)
     pixel = spacing[1:]
     for k in np.flatnonzero(seed.any(axis=(1, 2))):
         labels, n = ndimage.label(ndimage.binary_fill_holes(seed[k]) & ~seed[k])

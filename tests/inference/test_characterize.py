@@ -201,7 +201,7 @@ def test_a_noisy_scans_soft_tissue_nodule_is_not_read_calcified_and_a_dense_calc
     paint(clean, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
     noise = rng.normal(0.0, 80.0, SHAPE).astype(np.float32)
     inside = ellipsoid_fraction((4.0, 4.0, 4.0)) == 1.0
-    assert (clean + noise)[inside].__gt__(200.0).mean() > 0.015  # what the raw 200 HU threshold saw
+    assert ((clean + noise)[inside] > 200.0).mean() > 0.015  # what the raw 200 HU threshold saw
     plain = characterize_nodule(clean + noise, SPACING, CENTRE, 10.0)
     assert plain.segmentation_ok and plain.type == "solid"
     assert not plain.calcified and plain.calcification_pattern is None
