@@ -101,6 +101,11 @@ def sphere_volume_mm3(diameter_mm: float) -> float:
     return math.pi / 6.0 * diameter_mm**3
 
 
+def sphere_diameter_mm(volume_mm3: float) -> float:
+    """Diameter (mm) of the sphere of `volume_mm3`: the inverse of `sphere_volume_mm3`."""
+    return (6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0)
+
+
 def volume_mm3(mask: np.ndarray, spacing: np.ndarray) -> float:
     return float(mask.sum()) * float(np.prod(spacing))
 
