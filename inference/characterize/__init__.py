@@ -127,7 +127,7 @@ def _ground_glass_diameter(first: NoduleCharacteristics, diameter_mm: float) -> 
     diameter is held as before: never holding ground glass lost two readings that had leaked on noisy crops (16001:2
     at 40 HU, +64 % -> held -11 %; 24039:0 at 70 HU, +44 % -> held +6 %, which this rule now also measures at its own
     10.9 mm, +40 %: docs/characterization.md, "Fortieth session")."""
-    if not first.segmentation_ok or first.type != "ground_glass" or first.volume_mm3 <= 0:
+    if not first.segmentation_ok or first.type != "ground_glass":
         return None
     own = sphere_diameter_mm(first.volume_mm3)
     if own <= DETECTOR_UNDERSIZE_FACTOR * diameter_mm:
