@@ -903,6 +903,18 @@ def test_a_ground_glass_nodule_the_detector_undersized_is_not_held_and_is_measur
     assert abs(c.volume_mm3 - truth) / truth <= 0.05, (c.volume_mm3, truth)
 
 
+@pytest.mark.parametrize("noise_seed", [0, 1, 2])
+def test_a_large_part_solid_nodule_on_a_noisy_low_dose_image_keeps_its_outer_layer(noise_seed: int) -> None:
+    # full-size phantom 19016's free 22.2 mm part-solid nodule (1.5 mm slices) with noise added to 70 HU per voxel, a
+    # low-dose scan's with a sharp kernel: the noise leaves holes in its ground glass under the candidates' threshold,
+    # the opening that finds vessel stubs took the layers round them for thin, they joined into a shell that touched a
+    # vessel, and the shell went as a stub: -32 ... -35 % at each of three noise draws. Looked for with the enclosed
+    # holes filled, the stubs leave the shell: -13 ... -26 %
+    nodule, c, truth = phantom_nodule_as_detected(19016, 0, noise_hu=70.0, noise_seed=noise_seed)
+    assert (nodule.kind, nodule.attached_to) == ("part-solid", None) and c.type == "part_solid"
+    assert c.volume_mm3 >= 0.70 * truth, (c.volume_mm3, truth)
+
+
 def characterized_free_nodule(seed: int, semi_axes_zyx: tuple[float, float, float],
                               detector_mm: float) -> tuple[NoduleCharacteristics, float]:
     """(what characterize_nodule reads from a solid ellipsoid free in the lung at CENTRE, called `detector_mm` by the
