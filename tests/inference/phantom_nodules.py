@@ -32,7 +32,6 @@ def phantom_nodule_as_detected(seed: int, index: int, diameter_mm: float | None 
     return nodule, found, truth
 
 
-
 def with_noise(hu: np.ndarray, spacing: np.ndarray, centre: np.ndarray, half_mm: float, noise_hu: float,
                seed: int) -> np.ndarray:
     """`hu` with noise added in a box of `half_mm` round `centre` (voxel index) to bring its noise per voxel from the
