@@ -3,12 +3,12 @@ the one helper the characterisation tests share for nodules of the generator's p
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from inference.characterize import characterize_nodule
 from inference.characterize.model import NoduleCharacteristics
 from inference.phantom import PhantomNodule, phantom_and_anatomy
 from inference.training.characterize_eval import DRAWN_LUNG_MARGIN_MM, painted_volumes, truth_region
+from tests.inference.added_noise import correlated_noise
 
 PHANTOM_NOISE_HU = 20.0  # the generator's noise per voxel (correlated over a pixel in-plane)
 
@@ -42,7 +42,6 @@ def with_noise(hu: np.ndarray, spacing: np.ndarray, centre: np.ndarray, half_mm:
     lo = np.maximum(np.floor(centre - half_mm / np.asarray(spacing, float)).astype(int), 0)
     hi = np.minimum(np.ceil(centre + half_mm / np.asarray(spacing, float)).astype(int) + 1, hu.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    added = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(hu[box].shape), (0, 0.6, 0.6))
     noisy = np.array(hu, dtype=np.float32)
-    noisy[box] += (added * np.sqrt(noise_hu**2 - PHANTOM_NOISE_HU**2) / added.std()).astype(np.float32)
+    noisy[box] += correlated_noise(hu[box].shape, float(np.sqrt(noise_hu**2 - PHANTOM_NOISE_HU**2)), seed)
     return noisy

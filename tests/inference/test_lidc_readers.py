@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
-from scipy import ndimage
 
 from inference.characterize import characterize_nodule
 from inference.characterize.noise import global_noise_hu
 from inference.preprocess import lung_mask
 from inference.volume import Volume, load_volume
 from tests.conftest import LIDC_SERIES
+from tests.inference.added_noise import correlated_noise
 
 READS = LIDC_SERIES.parent / "reader-annotations-071.xml"
 NS = {"n": "http://www.nih.gov"}
@@ -79,9 +79,7 @@ def test_on_a_noisy_copy_the_lesion_the_detector_undersizes_keeps_its_size() -> 
     volume = load_volume([dcmread(p) for p in sorted(Path(LIDC_SERIES).iterdir())])
     clean = characterize_nodule(volume.hu, volume.spacing, np.array([187.24, 362.52, 339.35]), 18.41,
                                 direction=volume.direction)
-    rng = np.random.default_rng(7)
-    noise = ndimage.gaussian_filter(rng.standard_normal(volume.hu.shape, dtype=np.float32), (0, 0.6, 0.6))
-    noisy = volume.hu + np.float32(30.0 / float(noise.std())) * noise
+    noisy = volume.hu + correlated_noise(volume.hu.shape, 30.0, 7, draw_dtype=np.float32)
     noise_hu = global_noise_hu(noisy, float(volume.spacing[1]), list(range(60, 200, 10)))
     assert noise_hu is not None and 30.0 <= noise_hu <= 36.0, noise_hu
     found = characterize_nodule(noisy, volume.spacing, np.array([189.08, 361.36, 338.92]), 11.71,
