@@ -176,9 +176,10 @@ SPICULE_RIM_MM = 1.5
 # most OUTER_LAYER_MAX_CONTACT of its voxels, is the nodule's own outer layer, not a stub. On 2.5-3 mm slices a small
 # part-solid nodule's ground-glass layer (and its caps on the next slices) is all thin, one piece round the core: small
 # 13003:5 (6.4 mm, a 3.3 mm core) touched the chest wall's edge with 2 of its 11 voxels and lost it all (-58 %, read
-# solid). On the crop harness's 1506 nodules no stub the cut drops and should drop is next to more than 0.88 of the
-# body's surface (20012:2's vessel, 124 of 185 voxels on it); the only other part over 0.9 (12011:0's held pass, 39 of
-# 40 voxels on other basins) is a vessel's sleeve and stays dropped
+# solid). Of the parts the cut drops on the 82 crop nodules whose reading depends on it (docs/characterization.md,
+# "Forty-second session"), the only other one next to 0.9 or more of its body (12011:0's held pass, 39 of 40 voxels on
+# other basins) is a vessel's sleeve and stays dropped, and the next lies next to 0.88 (20012:2's vessel, 124 of its
+# 185 voxels on it); on all 1506 crop nodules only 13003:5 changed
 OUTER_LAYER_MIN_COVER = 0.9
 OUTER_LAYER_MAX_CONTACT = 0.5
 # bone (or a contrast-filled vessel) next to a nodule: denser than any nodule tissue but a calcification
