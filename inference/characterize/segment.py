@@ -126,9 +126,10 @@ TRIM_MAX_SHARE = 0.5
 # ...nor is a cut of ground glass (under TRIM_SHELL_MAX_DENSE of it above DENSE_HU: a vessel's piece holds its soft
 # tissue) where more than TRIM_MAX_RAY_SHARE of the rays from the centre leave the nodule: a vessel's piece lies in a
 # narrow cone of directions, and such a cut wraps half the nodule, its own outer layer. A low-dose scan's noise (70 HU
-# per voxel) makes a large ground-glass nodule's edge ragged, the ragged edge shortens the base radius (a low quantile of
-# the ray radii), and the layer beyond it touched some vessel or the lung's noise over the boundary threshold: 21017:0
-# (22.3 mm part-solid) lost 3528 of its 9941 voxels (1.5 % soft tissue), a cut that 65 % of the rays leave through.
+# per voxel) makes a large ground-glass nodule's edge ragged, the ragged edge shortens the base radius (a low quantile
+# of the ray radii), and the layer beyond it touched some vessel or the lung's noise over the boundary threshold:
+# 21017:0 (22.3 mm part-solid) lost 3528 of its 9941 voxels (1.5 % soft tissue), a cut that 65 % of the rays leave
+# through.
 # Crop harness (docs/characterization.md, "Forty-second session"): at 70 HU 1391 -> 1393 of 1506 within 15 % (14016:2
 # -60 -> -4 %, 7041:2 -52 -> -4 %, 21017:0 -60 -> -39 %; their cuts 0-1.5 % soft tissue). Without the test for soft
 # tissue, 22024:1 (a small solid nodule in a bundle of vessels) kept vessels that 56 % of the rays leave through, 30 %
@@ -873,8 +874,8 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     stub = parts_touching(beyond, other, in_plane=True)
     if not stub.any():
         return
-    if (np.mean(seg.smooth[stub] > DENSE_HU) < TRIM_SHELL_MAX_DENSE
-            and stub[tuple(_ray_ends(m.shape, centre, every_radius, spacing, inside=True).T)].mean() > TRIM_MAX_RAY_SHARE):
+    last_inside = _ray_ends(m.shape, centre, every_radius, spacing, inside=True)
+    if np.mean(seg.smooth[stub] > DENSE_HU) < TRIM_SHELL_MAX_DENSE and stub[tuple(last_inside.T)].mean() > TRIM_MAX_RAY_SHARE:
         return  # the nodule's outer layer, not a vessel's piece
     kept = component_at(m & ~stub, centre, spacing, np.inf)
     if kept.sum() >= (1 - TRIM_MAX_SHARE) * m.sum():
