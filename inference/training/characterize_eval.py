@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
-from inference.characterize import characterize_nodule
+from inference.characterize import NoduleCharacteristics, characterize_nodule
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
@@ -61,6 +61,7 @@ TYPE_OF_KIND = {"solid": "solid", "part-solid": "part_solid", "ground-glass": "g
 @dataclass
 class NoduleResult:
     seed: int
+    index: int  # the nodule's place in its phantom's list: "seed:index" names it in the records
     truth_type: str
     predicted_type: str
     diameter_mm: float
@@ -259,6 +260,54 @@ def _hitting(pre: Preprocessed, candidates: list[Candidate], centre_zyx: np.ndar
     return max(hits, key=lambda c: c.probability) if hits else None
 
 
+@dataclass(frozen=True)
+class PaintedNodule:
+    """One phantom nodule as the evaluation measures it: where it was painted, the diameter a detector is simulated to
+    give it, and its truth (`unmeasured`: the NoduleResult before any measurement)."""
+    nodule: PhantomNodule
+    centre_zyx: np.ndarray  # the painted centre, source voxel index
+    drawn_diameter_mm: float
+    unmeasured: NoduleResult
+
+
+def painted_nodules(seed: int, phantom: Phantom, anatomy: Phantom, drawn: np.ndarray,
+                    min_diameter_mm: float = 0.0, *, drawn_for_all: bool = False) -> list[PaintedNodule]:
+    """The nodules of phantom `seed` (drawn with its nodule-free twin `anatomy` and drawn lungs `drawn` by
+    `phantom_and_anatomy`) of at least `min_diameter_mm`, each with its truth and a simulated detector diameter.
+    The diameters are drawn in turn for the nodules listed, or with `drawn_for_all` for every nodule (as `evaluate`,
+    whose phantoms are read whole, draws them)."""
+    inside = truth_region(anatomy, drawn)
+    rng = np.random.default_rng(seed + 7919)
+    out: list[PaintedNodule] = []
+    for index, nodule in enumerate(phantom.nodules):
+        if nodule.diameter_mm < min_diameter_mm and not drawn_for_all:
+            continue
+        # drawn whichever centres are used later, so the simulated diameters stay the same in both modes
+        drawn_d = nodule.diameter_mm * float(rng.uniform(0.85, 1.15))
+        if nodule.diameter_mm < min_diameter_mm:
+            continue
+        frac = painted_fraction(phantom, nodule)
+        in_lungs, painted = painted_volumes(phantom, inside, nodule, frac)
+        out.append(PaintedNodule(nodule, phantom.world_to_voxel(np.asarray(nodule.center_mm))[0], drawn_d, NoduleResult(
+            seed=seed, index=index, truth_type=TYPE_OF_KIND[nodule.kind], predicted_type="",
+            diameter_mm=nodule.diameter_mm, truth_volume_mm3=in_lungs, volume_mm3=0.0, truth_margin=nodule.margin,
+            margin="", truth_calcified=nodule.calcified, calcified=False, attached_to=nodule.attached_to,
+            juxtapleural=False, segmentation_ok=False, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted,
+            detected=False, visible_share=visible_share(anatomy, inside, nodule, frac))))
+    return out
+
+
+def measured(unmeasured: NoduleResult, c: NoduleCharacteristics, centre_zyx: np.ndarray, painted_zyx: np.ndarray,
+             spacing_zyx: np.ndarray, diameter_mm: float) -> NoduleResult:
+    """`unmeasured` with what characterising it at `centre_zyx` with `diameter_mm` gave (`c`)."""
+    return replace(
+        unmeasured, predicted_type=c.type, volume_mm3=c.volume_mm3, margin=c.margin or "not_assessed",
+        calcified=c.calcified, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
+        perifissural=c.location.perifissural, contact_share=c.contact_share, detected=True,
+        centre_offset_mm=float(np.linalg.norm((np.asarray(centre_zyx, float) - painted_zyx) * spacing_zyx)),
+        detector_diameter_mm=diameter_mm)
+
+
 def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
                   detector: DetectorEngine | None = None, mode: Mode = "whole",
                   marks: Sequence[Candidate] | None = None) -> list[NoduleResult]:
@@ -266,42 +315,23 @@ def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
     at the centre and diameter of the candidate that hits it (from `marks` where given, see _detections)."""
     # the phantom and its nodule-free twin from one drawing of the anatomy
     phantom, anatomy, drawn = phantom_and_anatomy(seed, small=small, margin_mm=DRAWN_LUNG_MARGIN_MM)
-    inside = truth_region(anatomy, drawn)
     found = _detections(phantom, detector, mode, marks) if detector is not None else None
     # with the detector, preprocessing's lung segmentation at the source resolution, as the pipeline takes it
     mask = found[0].source_lung_mask() if found is not None else lung_mask(phantom.hu, phantom.spacing)
     spacing = np.asarray(phantom.spacing, float)
-    rng = np.random.default_rng(seed + 7919)
     out: list[NoduleResult] = []
-    for nodule in phantom.nodules:
-        if nodule.diameter_mm < min_diameter_mm:
-            continue
-        painted_centre = phantom.world_to_voxel(np.asarray(nodule.center_mm))[0]
-        # drawn in both modes, so the simulated diameters stay the same whichever mode ran before
-        centre, detector_d = painted_centre, nodule.diameter_mm * float(rng.uniform(0.85, 1.15))
-        frac = painted_fraction(phantom, nodule)
-        in_lungs, painted = painted_volumes(phantom, inside, nodule, frac)
-        unmeasured = NoduleResult(
-            seed=seed, truth_type=TYPE_OF_KIND[nodule.kind], predicted_type="", diameter_mm=nodule.diameter_mm,
-            truth_volume_mm3=in_lungs, volume_mm3=0.0, truth_margin=nodule.margin, margin="",
-            truth_calcified=nodule.calcified, calcified=False, attached_to=nodule.attached_to, juxtapleural=False,
-            segmentation_ok=False, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted, detected=False,
-            visible_share=visible_share(anatomy, inside, nodule, frac))
+    for p in painted_nodules(seed, phantom, anatomy, drawn, min_diameter_mm):
+        centre, detector_d = p.centre_zyx, p.drawn_diameter_mm
         if found is not None:
             pre, candidates = found
-            hit = _hitting(pre, candidates, painted_centre, nodule.diameter_mm)
+            hit = _hitting(pre, candidates, p.centre_zyx, p.nodule.diameter_mm)
             if hit is None:
-                out.append(unmeasured)
+                out.append(p.unmeasured)
                 continue
             centre = pre.to_source_voxel(np.asarray(hit.zyx, float)[None])[0]
             detector_d = hit.diameter_mm
         c = characterize_nodule(phantom.hu, phantom.spacing, centre, detector_d, mask, direction=phantom.direction)
-        out.append(replace(
-            unmeasured, predicted_type=c.type, volume_mm3=c.volume_mm3, margin=c.margin or "not_assessed",
-            calcified=c.calcified, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
-            perifissural=c.location.perifissural, contact_share=c.contact_share, detected=True,
-            centre_offset_mm=float(np.linalg.norm((centre - painted_centre) * spacing)), detector_diameter_mm=detector_d,
-        ))
+        out.append(measured(p.unmeasured, c, centre, p.centre_zyx, spacing, detector_d))
     return out
 
 
@@ -343,7 +373,7 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
         lines.extend(_detector_lines(ev))
     for r in ev.counted if details else []:
         flag = "" if (r.truth_type == r.predicted_type and abs(r.volume_error) <= 0.15) else "  <--"
-        lines.append(f"  seed {r.seed} {r.diameter_mm:5.1f} mm {r.truth_type:>12} -> {r.predicted_type:<12} "
+        lines.append(f"  seed {r.seed}:{r.index} {r.diameter_mm:5.1f} mm {r.truth_type:>12} -> {r.predicted_type:<12} "
                      f"vol {r.volume_mm3:8.0f} / {r.truth_volume_mm3:8.0f} ({r.volume_error:+.0%}) "
                      f"margin {r.truth_margin}->{r.margin} calc {r.truth_calcified}->{r.calcified} "
                      f"site {r.site} (generator: {r.attached_to}) jp {r.juxtapleural} contact {r.contact_share:.2f}"
