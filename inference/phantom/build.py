@@ -21,7 +21,7 @@ from inference.phantom.nodules import _place_nodules, _sample_nodule_spec, paint
 from inference.volume import Volume
 
 _COARSE_MM = 1.5
-_NOISE_SD = 20.0
+NOISE_SD_HU = 20.0  # the phantoms' image noise per voxel
 
 
 class PhantomOptions(TypedDict, total=False):
@@ -201,7 +201,7 @@ def _add_noise(hu: np.ndarray, rng: np.random.Generator) -> None:
     n, rows, cols = hu.shape
     pool = rng.standard_normal((min(8, n), rows, cols), dtype=np.float32)
     pool = ndimage.gaussian_filter(pool, (0, 0.6, 0.6))
-    pool *= _NOISE_SD / float(pool.std())
+    pool *= NOISE_SD_HU / float(pool.std())
     shifts = rng.integers(0, max(rows, cols), size=(n, 2))
     for k in range(n):
         hu[k] += np.roll(pool[k % len(pool)], tuple(shifts[k]), axis=(0, 1))

@@ -8,7 +8,7 @@ from inference.characterize import characterize_nodule
 from inference.characterize.model import NoduleCharacteristics
 from inference.phantom import PhantomNodule, phantom_and_anatomy
 from inference.training.characterize_eval import DRAWN_LUNG_MARGIN_MM, painted_volumes, truth_region
-from tests.inference.added_noise import correlated_noise
+from inference.phantom.added_noise import correlated_noise
 
 PHANTOM_NOISE_HU = 20.0  # the generator's noise per voxel (correlated over a pixel in-plane)
 

@@ -15,7 +15,7 @@ from inference.characterize.noise import global_noise_hu
 from inference.preprocess import lung_mask
 from inference.volume import Volume, load_volume
 from tests.conftest import LIDC_SERIES
-from tests.inference.added_noise import correlated_noise
+from inference.phantom.added_noise import correlated_noise
 
 READS = LIDC_SERIES.parent / "reader-annotations-071.xml"
 NS = {"n": "http://www.nih.gov"}

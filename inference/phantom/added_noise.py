@@ -1,5 +1,5 @@
-"""Noise added to an image to make it read as a noisier (low-dose) scan's: the one helper the characterisation tests
-share for it."""
+"""Noise added to an image to make it read as a noisier (low-dose) scan's: the one helper the characterisation tests and
+the crop evaluation (`inference.training.characterize_crops --noise-hu`) share for it."""
 from __future__ import annotations
 
 import numpy as np
