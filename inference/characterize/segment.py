@@ -684,8 +684,8 @@ def _outer_layers(labels: np.ndarray, n: int, body: np.ndarray, touching: np.nda
     next to them) with at most OUTER_LAYER_MAX_CONTACT of its voxels."""
     cube = np.ones((3, 3, 3), bool)
     index = np.arange(1, n + 1)
-    sizes = np.asarray(ndimage.sum(np.ones_like(touching), labels, index), float)
-    contact = np.asarray(ndimage.sum(touching, labels, index), float)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    contact = np.bincount(labels.ravel(), weights=touching.ravel(), minlength=n + 1)[1:]
     surface = body & ~ndimage.binary_erosion(body, structure=cube)
     boxes = ndimage.find_objects(labels)
     layers = np.zeros(n + 1, bool)
