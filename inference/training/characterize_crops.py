@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,7 +34,7 @@ import numpy as np
 
 from inference.characterize import characterize_nodule
 from inference.phantom import phantom_and_anatomy
-from inference.phantom.added_noise import correlated_noise
+from inference.phantom.added_noise import raised_to
 from inference.phantom.build import NOISE_SD_HU
 from inference.preprocess import lung_mask
 from inference.training.characterize_eval import (
@@ -112,20 +111,12 @@ def build(sets: Sequence[str], crops: Path, jobs: int, min_diameter_mm: float) -
     return total
 
 
-def _noisy(hu: np.ndarray, noise_hu: float, key: int) -> np.ndarray:
-    """`hu` with noise added so that its noise per voxel is about `noise_hu` (the phantoms' own is NOISE_SD_HU)."""
-    if noise_hu <= NOISE_SD_HU:
-        return hu
-    added = correlated_noise(hu.shape, math.sqrt(noise_hu ** 2 - NOISE_SD_HU ** 2), key)
-    return hu.astype(np.float32) + added
-
-
 def measure_crop(path: Path, noise_hu: float = 0.0) -> NoduleResult:
     """Characterise the crop at `path` at its painted centre with its drawn diameter, as `characterize_eval` does."""
     with np.load(path) as z:
         unmeasured = NoduleResult(**json.loads(str(z["truth"])))
         spacing, centre, diameter = z["spacing"], z["centre"], float(z["drawn_diameter_mm"])
-        hu = _noisy(z["hu"], noise_hu, unmeasured.seed * 100 + unmeasured.index)
+        hu = raised_to(z["hu"], noise_hu, unmeasured.seed * 100 + unmeasured.index)
         c = characterize_nodule(hu, spacing, centre, diameter, z["lung"], direction=z["direction"])
     return measured(unmeasured, c, centre, centre, spacing, diameter)
 

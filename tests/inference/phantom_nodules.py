@@ -8,9 +8,8 @@ from inference.characterize import characterize_nodule
 from inference.characterize.model import NoduleCharacteristics
 from inference.phantom import PhantomNodule, phantom_and_anatomy
 from inference.training.characterize_eval import DRAWN_LUNG_MARGIN_MM, painted_volumes, truth_region
-from inference.phantom.added_noise import correlated_noise
-
-PHANTOM_NOISE_HU = 20.0  # the generator's noise per voxel (correlated over a pixel in-plane)
+from inference.phantom.added_noise import raised_to
+from inference.phantom.build import NOISE_SD_HU as PHANTOM_NOISE_HU  # the generator's noise per voxel
 
 
 def phantom_nodule_as_detected(seed: int, index: int, diameter_mm: float | None = None, *,
@@ -43,5 +42,5 @@ def with_noise(hu: np.ndarray, spacing: np.ndarray, centre: np.ndarray, half_mm:
     hi = np.minimum(np.ceil(centre + half_mm / np.asarray(spacing, float)).astype(int) + 1, hu.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     noisy = np.array(hu, dtype=np.float32)
-    noisy[box] += correlated_noise(hu[box].shape, float(np.sqrt(noise_hu**2 - PHANTOM_NOISE_HU**2)), seed)
+    noisy[box] = raised_to(noisy[box], noise_hu, seed)
     return noisy

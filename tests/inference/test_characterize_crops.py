@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference.phantom.added_noise import raised_to
 from inference.phantom.build import NOISE_SD_HU
 from inference.training import characterize_crops as crops
 from inference.training.characterize_eval import NoduleResult, evaluate
@@ -45,9 +46,9 @@ def test_a_run_with_noise_adds_it_to_the_level_asked_and_is_repeatable(built: Pa
     path = crops.crop_paths(built, ["small"])[0]
     with np.load(path) as z:
         hu = z["hu"]
-    noisy = crops._noisy(hu, 70.0, 1)
+    noisy = raised_to(hu, 70.0, 1)
     assert np.std(noisy - hu) == pytest.approx(np.sqrt(70.0 ** 2 - NOISE_SD_HU ** 2), rel=0.01)
-    assert crops._noisy(hu, NOISE_SD_HU, 1) is hu  # at or below the phantoms' own noise, nothing is added
+    assert raised_to(hu, NOISE_SD_HU, 1) is hu  # at or below the phantoms' own noise, nothing is added
     assert crops.measure_crop(path, 70.0) == crops.measure_crop(path, 70.0)
 
 
