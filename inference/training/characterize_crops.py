@@ -159,14 +159,12 @@ def summary(results: Sequence[NoduleResult], min_diameter_mm: float = 6.0) -> di
     out: dict[str, dict[str, float]] = {}
     groups = {name: [r for r in results if set_of_seed(r.seed) == name] for name in SETS}
     for name, group in [*groups.items(), ("all", list(results))]:
-        counted = Evaluation(list(group), min_diameter_mm).counted
-        if not counted:
+        ev = Evaluation(list(group), min_diameter_mm)
+        if not ev.counted:
             continue
-        err = np.abs([r.volume_error for r in counted])
-        out[name] = {"counted": len(counted), "volume_within": int((err <= TOLERANCE).sum()),
-                     "type": sum(r.truth_type == r.predicted_type for r in counted),
-                     "margin": sum(r.truth_margin == r.margin for r in counted),
-                     "calcified": sum(r.truth_calcified == r.calcified for r in counted),
+        err = np.abs(ev.volume_errors())
+        out[name] = {"counted": len(ev.counted), "volume_within": int((err <= TOLERANCE).sum()),
+                     **{what: int(np.trace(ev.confusion(what))) for what in ("type", "margin", "calcified")},
                      "mean_abs_error_pct": round(100 * float(err.mean()), 2)}
     return out
 
