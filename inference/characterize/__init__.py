@@ -18,8 +18,8 @@ from inference.characterize.model import (
 )
 from inference.characterize.segment import (
     cut_to_lung_outline, dilate_mm, drop_bone, grow_to_half_maximum, inscribed_diameter,
-    near_other_structures, refine_boundary, restore_ground_glass_base, segment_nodule, share_beyond, touches_volume_edge,
-    trim_vessels,
+    near_other_structures, refine_boundary, restore_ground_glass_base, restore_outer_layer, segment_nodule, share_beyond,
+    touches_volume_edge, trim_vessels,
 )
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
@@ -195,6 +195,8 @@ def _characterize(
     rim = attenuation.ground_glass_rim(seg.smooth, seg.mask, spacing, spiculated=spiculated)
     solid_guess = attenuation.is_solid(share, ratio, rim)
     level = _level(seg.hu, seg.mask, spacing, solid_guess)
+    restore_outer_layer(seg)  # for the size only: its partial volume would read as a ground-glass rim
+    first_mask |= seg.mask
     threshold = refine_boundary(seg, level)
     trim_vessels(seg, threshold, spacing)
     cut_to_lung_outline(seg, threshold, spacing)

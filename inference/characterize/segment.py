@@ -204,6 +204,20 @@ SPICULE_RIM_MM = 1.5
 # 185 voxels on it); on all 1506 crop nodules only 13003:5 changed
 OUTER_LAYER_MIN_COVER = 0.9
 OUTER_LAYER_MAX_CONTACT = 0.5
+# ...and a thin part next to at least SIZE_LAYER_MIN_COVER of that surface, touching the other basins with at most
+# SIZE_LAYER_MAX_CONTACT of its voxels, is the nodule's own outer layer for its size (`Segmentation.outer_layer`), not
+# for its type: a vessel's stub is its cross-section on the other basin and ends there; a layer wraps a large part of
+# the body and touches a vessel only where one passes. On 2-3 mm slices a nodule's partial-volume slice above or below
+# its body is such a layer: free 20009:2 (9.6 mm solid, 2.5 mm slices) lost the outer ring of its last slice, 176
+# voxels, because it touched a vessel with 25 of them (cover 0.49): -18.7 %; with the layer -5.2 %. Given to the
+# mask before the type is read, the layer's partial-volume voxels, in the ground-glass band, thickened the rim of
+# small solid nodules on thick slices (10015:0, 6.1 mm: part-solid, then held, -26 %) and of large ones on vessels at
+# 70 HU (17001:1: part-solid, +21 %). On the crop harness's 1506 nodules (docs/characterization.md, "Forty-fourth
+# session") within 15 % 1456 -> 1458 at 20 HU, 1445 -> 1447 at 40 HU, 1394 -> 1396 at 70 HU, types the same; of the
+# 6, 8 and 12 nodules that moved, one crossed 15 % outwards (10014:4, 9.4 mm ground glass at 70 HU: +6 -> +35 %, its
+# noisy layer 43 voxels on a body of 91)
+SIZE_LAYER_MIN_COVER = 0.45
+SIZE_LAYER_MAX_CONTACT = 0.2
 # bone (or a contrast-filled vessel) next to a nodule: denser than any nodule tissue but a calcification
 # (phantom calcifications 250-500 HU), and a calcification lies inside its nodule (`drop_bone`)
 BONE_HU = 300.0
@@ -228,6 +242,9 @@ class Segmentation:
     ok: bool
     reason: str | None
     spicules: int  # thin protrusions of the nodule (margin.py)
+    # the nodule's own outer layer that the stub cut left out of `mask` (`_drop_stubs`): counted for its size, not its
+    # type (see SIZE_LAYER_MIN_COVER); empty (or None) where there is none
+    outer_layer: np.ndarray | None = None
 
 
 def roi_box(shape: tuple[int, ...], spacing: np.ndarray, centre: np.ndarray, half_mm: float) -> tuple[slice, slice, slice]:
@@ -323,7 +340,7 @@ def segment_nodule(
     wall = opening_mm(seed, 0.6 * 2 * radius + 1.5, spacing)
     lung = clear_lung(hu, seed, spacing)
     airways = airway_walls(seed, hu, lung, spacing)
-    body = _split(smooth, seed, wall, airways, local, spacing, radius, far_mm)
+    body, outer_layer = _split(smooth, seed, wall, airways, local, spacing, radius, far_mm)
     if not body.any():
         empty = np.zeros_like(seed)
         near_centre = _distance2(seed.shape, local, spacing) <= _centre_reach_mm(radius) ** 2
@@ -333,7 +350,8 @@ def segment_nodule(
     for _ in range(CAP_PASSES):
         body, site = _restore_cap(body, wall, seed, hu, spacing, site)
     parenchyma = _parenchyma(lung)
-    return Segmentation(box, hu, smooth, body, wall, parenchyma, True, None, count_spicules(body, seed, spacing))
+    return Segmentation(box, hu, smooth, body, wall, parenchyma, True, None, count_spicules(body, seed, spacing),
+                        outer_layer & ~body)
 
 
 def _restore_cap(
@@ -449,21 +467,21 @@ def _centre_reach_mm(radius: float) -> float:
 def _split(
     smooth: np.ndarray, seed: np.ndarray, wall: np.ndarray, airways: np.ndarray, local: np.ndarray,
     spacing: np.ndarray, radius: float, far_mm: float | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Separate the nodule from vessels and the wall: a marker watershed on the distance map.
 
     Depth = distance to the nearest non-candidate voxel (mm). The nodule marker is its thick middle
     (depth >= 0.7 x the inscribed radius near the centre); the other markers are the wall and every
     candidate voxel farther than 2 R + 4 mm from the centre, or `far_mm` where given (vessels crossing the ROI
     reach it, spicules, at most about 2 R + 2 mm long on phantoms, and lobules do not). Flooding -depth, the basins meet at the narrowest neck between the
-    nodule and what touches it. Returns the nodule.
+    nodule and what touches it. Returns (the nodule, its own outer layer that the stub cut left out: `_drop_stubs`).
     """
     # depth measured with the wall as background, so a juxtapleural nodule has its own peak
     depth = ndimage.distance_transform_edt(seed & ~wall, sampling=spacing)
     dist2 = _distance2(seed.shape, local, spacing)
     near = (dist2 <= _centre_reach_mm(radius) ** 2) & seed & ~wall
     if not near.any():
-        return np.zeros_like(seed)
+        return np.zeros_like(seed), np.zeros_like(seed)
     inscribed = float(depth[near].max())
     thick = near & (depth >= 0.7 * inscribed)
     deepest = np.array(np.unravel_index(int(np.argmax(np.where(near, depth, -1))), seed.shape), float)
@@ -491,7 +509,8 @@ def _split(
     # free solid nodule kept a vessel where a one-voxel hole was filled); at the phantoms' own 20 HU every type and count
     # as before; lidc-idri-0002 3027 -> 3071 mm3. Filling the holes for the ray radii as well went
     # further on the phantoms but took lidc-idri-0002 to 2676 mm3.
-    return _drop_stubs(ndimage.binary_fill_holes(nodule), other, r_small, spacing, spicules) & nodule
+    kept, layer = _drop_stubs(ndimage.binary_fill_holes(nodule), other, r_small, spacing, spicules)
+    return kept & nodule, layer & nodule
 
 
 def _envelope_pass(
@@ -651,7 +670,7 @@ def _radius(mask: np.ndarray, centre: np.ndarray, spacing: np.ndarray, quantile:
 def _drop_stubs(
     nodule: np.ndarray, other: np.ndarray, r_small: float, spacing: np.ndarray,
     spicules: tuple[np.ndarray, np.ndarray, float] | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Remove vessel stubs: thin protrusions that end on the watershed line with a vessel or the wall.
 
     Where a vessel runs through a nodule there is no neck, so the watershed line falls part-way along
@@ -662,35 +681,39 @@ def _drop_stubs(
     stub's whole thin part went with its spicules (full-size 16017:0, 17.8 mm on a vessel: three spicules, read
     smooth). There the protrusions beyond SPICULE_RIM_MM of the opened body that touch no other basin and are
     dense strands (`_strands`) stay, with the rim's voxels next to them that touch no other basin.
+    Returns (the nodule, the dropped parts that are its own outer layer for its size: SIZE_LAYER_MIN_COVER).
     """
     body = opening_mm(nodule, r_small, spacing)
+    none = np.zeros_like(nodule)
     if not body.any():
-        return nodule
+        return nodule, none
     cube = np.ones((3, 3, 3), bool)
     thin = nodule & ~body
     labels, n = ndimage.label(thin, structure=cube)
     if n == 0:
-        return nodule
+        return nodule, none
     touching = ndimage.binary_dilation(other, structure=cube)
     stubs = np.unique(labels[touching & (labels > 0)])
     drop = np.zeros(n + 1, bool)
     drop[stubs] = True
     drop[0] = False
-    drop &= ~_outer_layers(labels, n, body, touching)
+    drop &= ~_outer_layers(labels, n, body, touching, OUTER_LAYER_MIN_COVER, OUTER_LAYER_MAX_CONTACT)
+    layer = (drop & _outer_layers(labels, n, body, touching, SIZE_LAYER_MIN_COVER, SIZE_LAYER_MAX_CONTACT))[labels]
     if spicules is None or not drop.any():
-        return nodule & ~drop[labels]
+        return nodule & ~drop[labels], layer
     dense, depth, max_depth = spicules
     protrusions = thin & ~dilate_mm(body, SPICULE_RIM_MM, spacing)
     free = protrusions & ~parts_touching(protrusions, other)
     kept = _strands(free, np.where(dense, depth, 0.0), max_depth)
     kept |= thin & ~protrusions & ~touching & ndimage.binary_dilation(kept, structure=cube)
-    return component_at(nodule & ~(drop[labels] & ~kept), np.argwhere(body).mean(axis=0), spacing, np.inf)
+    return component_at(nodule & ~(drop[labels] & ~kept), np.argwhere(body).mean(axis=0), spacing, np.inf), layer
 
 
-def _outer_layers(labels: np.ndarray, n: int, body: np.ndarray, touching: np.ndarray) -> np.ndarray:
+def _outer_layers(labels: np.ndarray, n: int, body: np.ndarray, touching: np.ndarray, min_cover: float,
+                  max_contact: float) -> np.ndarray:
     """Per label of `labels` (the thin parts of a nodule, 1..n; index 0 unused): whether it is the nodule's own outer
-    layer, next to OUTER_LAYER_MIN_COVER or more of `body`'s surface and on `touching` (the other basins and the voxels
-    next to them) with at most OUTER_LAYER_MAX_CONTACT of its voxels."""
+    layer, next to `min_cover` or more of `body`'s surface and on `touching` (the other basins and the voxels next to
+    them) with at most `max_contact` of its voxels."""
     cube = np.ones((3, 3, 3), bool)
     index = np.arange(1, n + 1)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
@@ -698,10 +721,10 @@ def _outer_layers(labels: np.ndarray, n: int, body: np.ndarray, touching: np.nda
     surface = body & ~ndimage.binary_erosion(body, structure=cube)
     boxes = ndimage.find_objects(labels)
     layers = np.zeros(n + 1, bool)
-    for label in index[contact <= OUTER_LAYER_MAX_CONTACT * sizes]:
+    for label in index[contact <= max_contact * sizes]:
         box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[label - 1])  # what its dilation reaches
         covered = np.count_nonzero(surface[box] & ndimage.binary_dilation(labels[box] == label, structure=cube))
-        layers[label] = covered >= OUTER_LAYER_MIN_COVER * np.count_nonzero(surface)
+        layers[label] = covered >= min_cover * np.count_nonzero(surface)
     return layers
 
 
@@ -1070,6 +1093,13 @@ def _ray_ends(shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray, spa
     step = -0.5 if inside else 0.5
     ends = centre[None, :] + _RAYS * np.maximum(radii[:, None] + step * float(spacing.min()), 0.0) / spacing
     return np.clip(np.rint(ends).astype(int), 0, np.array(shape) - 1)
+
+
+def restore_outer_layer(seg: Segmentation) -> None:
+    """Give the mask back the nodule's own outer layer that the stub cut left out (`Segmentation.outer_layer`): for
+    its size, once its type has been read on the mask without it (see SIZE_LAYER_MIN_COVER)."""
+    if seg.outer_layer is not None:
+        seg.mask |= seg.outer_layer
 
 
 def restore_ground_glass_base(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) -> None:
