@@ -72,7 +72,9 @@ def test_a_report_on_the_same_association_commits_the_delivery(make_node, report
     storescu(node.port, sorted(p for p in LIDC_SERIES.iterdir() if p.is_file())[:3])
     committed = wait_for(lambda: [d for d in node.audit("deliveries") if d["state"] == "committed"], 60, "a committed delivery")
     assert committed[0]["sop_instance_uid"] in reporting_pacs.stored and committed[0]["committed_at"]
-    assert reporting_pacs.report_statuses == [0x0000], "the node answered the report on the N-ACTION's association"
+    # the PACS notes the node's answer to its report after the node has recorded the commitment: wait for it too
+    statuses = wait_for(lambda: list(reporting_pacs.report_statuses), 30, "the node's answer to the N-EVENT-REPORT")
+    assert statuses == [0x0000], "the node answered the report on the N-ACTION's association"
     names = {e["name"] for e in node.audit("events") if e["delivery_id"] == committed[0]["id"]}
     assert {"DELIVERY_SENT", "DELIVERY_COMMIT_REQUESTED", "DELIVERY_COMMITTED"} <= names
     # the only association the node accepted is the scanner's: the PACS never had to call back
