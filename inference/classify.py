@@ -24,6 +24,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 
 from inference.characterize.measure import sphere_volume_mm3
 from inference.hashing import file_sha256
+from inference.tempfiles import temporary_beside
 
 if TYPE_CHECKING:
     from torch import nn
@@ -218,7 +219,7 @@ class MalignancyClassifier:
         joblib.dump(payload, buf)
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest()
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temporary_beside(path)
         tmp.write_bytes(data)
         tmp.replace(path)
         _sidecar(path).write_text(f"{digest}  {path.name}\n")

@@ -13,6 +13,7 @@ from torch import nn
 
 from inference.engines.base import NetworkKind, network_io
 from inference.nets.dpn3d import make_coord
+from inference.tempfiles import temporary_beside
 
 OPSET = 17
 # TensorRT 10.0's parser imports opsets 9..20 (onnx-tensorrt docs/operators.md); later 10.x go higher,
@@ -74,7 +75,7 @@ def export_onnx(model: nn.Module, path: str | Path, kind: NetworkKind = "detecto
         dyn[io.output_name] = {0: "batch"}
     was_training = model.training
     model.eval()
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = temporary_beside(path)
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter is deprecated but needs no onnxscript and handles these nets exactly.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.hashing import file_sha256
+from inference.tempfiles import temporary_beside
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
@@ -79,7 +80,7 @@ def load_weights_bundle(directory: str | Path | None = None, verify: bool = True
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
     """Write a weights folder's `manifest.json` whole or not at all (a node may be reading it)."""
     path = Path(directory) / MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_beside(path)
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(path)
     return path

@@ -32,6 +32,7 @@ from torch import nn
 from inference.engines.base import DETECTOR_IO, Engine
 from inference.engines.onnx_engine import cpu_session
 from inference.nets.dpn3d import DPN26Detector
+from inference.tempfiles import temporary_beside
 
 # The stem's receptive field reaches 4 input slices either side of a half-resolution output (conv1: 1;
 # layer1's stride-2 3x3: 1 + 2 * 1; its second block's 3x3 at half resolution: 2 * 1): a halo of 4 makes every
@@ -110,7 +111,7 @@ def export_split(model: DPN26Detector, cache_dir: Path, sha: str) -> tuple[Path,
          {"out2": quarter, "coord": quarter, "out": {0: "b", 1: "d4", 2: "h4", 3: "w4"}}),
     ]
     for (module, sample, ins, outs, axes), path in zip(jobs, paths):
-        tmp = path.with_suffix(".onnx.tmp")
+        tmp = temporary_beside(path)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)

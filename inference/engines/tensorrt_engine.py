@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from inference.engines.base import Engine, EngineUnavailable, NetworkIO, NetworkKind
+from inference.tempfiles import temporary_beside
 
 Shape = tuple[int, ...]
 # TensorRT rejects any tensor with 2^31 or more elements.
@@ -108,7 +109,7 @@ def engine_cache_path(cache_dir: str | Path, key: str, kind: NetworkKind, trt_ve
 def _write_atomic(path: Path, data: bytes) -> None:
     # Two workers building at once must never leave a half-written plan for the next to load.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_beside(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
