@@ -697,8 +697,9 @@ def _drop_stubs(
     drop = np.zeros(n + 1, bool)
     drop[stubs] = True
     drop[0] = False
-    drop &= ~_outer_layers(labels, n, body, touching, OUTER_LAYER_MIN_COVER, OUTER_LAYER_MAX_CONTACT)
-    layer = (drop & _outer_layers(labels, n, body, touching, SIZE_LAYER_MIN_COVER, SIZE_LAYER_MAX_CONTACT))[labels]
+    parts = _ThinParts.of(labels, n, body, touching, max(OUTER_LAYER_MAX_CONTACT, SIZE_LAYER_MAX_CONTACT))
+    drop &= ~parts.layers(OUTER_LAYER_MIN_COVER, OUTER_LAYER_MAX_CONTACT)
+    layer = (drop & parts.layers(SIZE_LAYER_MIN_COVER, SIZE_LAYER_MAX_CONTACT))[labels]
     if spicules is None or not drop.any():
         return nodule & ~drop[labels], layer
     dense, depth, max_depth = spicules
@@ -709,23 +710,38 @@ def _drop_stubs(
     return component_at(nodule & ~(drop[labels] & ~kept), np.argwhere(body).mean(axis=0), spacing, np.inf), layer
 
 
-def _outer_layers(labels: np.ndarray, n: int, body: np.ndarray, touching: np.ndarray, min_cover: float,
-                  max_contact: float) -> np.ndarray:
-    """Per label of `labels` (the thin parts of a nodule, 1..n; index 0 unused): whether it is the nodule's own outer
-    layer, next to `min_cover` or more of `body`'s surface and on `touching` (the other basins and the voxels next to
-    them) with at most `max_contact` of its voxels."""
-    cube = np.ones((3, 3, 3), bool)
-    index = np.arange(1, n + 1)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    contact = np.bincount(labels.ravel(), weights=touching.ravel(), minlength=n + 1)[1:]
-    surface = body & ~ndimage.binary_erosion(body, structure=cube)
-    boxes = ndimage.find_objects(labels)
-    layers = np.zeros(n + 1, bool)
-    for label in index[contact <= max_contact * sizes]:
-        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[label - 1])  # what its dilation reaches
-        covered = np.count_nonzero(surface[box] & ndimage.binary_dilation(labels[box] == label, structure=cube))
-        layers[label] = covered >= min_cover * np.count_nonzero(surface)
-    return layers
+@dataclass(frozen=True)
+class _ThinParts:
+    """Per label of a nodule's thin parts (`labels`, 1..n; index 0 unused): its voxels, its voxels on `touching` (the
+    other basins and the voxels next to them) and the voxels of `body`'s surface next to it, counted once for both
+    outer-layer tests of `_drop_stubs`; `surface`: the body's surface voxels."""
+    sizes: np.ndarray
+    contact: np.ndarray
+    covered: np.ndarray
+    surface: int
+
+    @classmethod
+    def of(cls, labels: np.ndarray, n: int, body: np.ndarray, touching: np.ndarray, max_contact: float) -> _ThinParts:
+        """The counts; the cover only of the parts with at most `max_contact` of their voxels on `touching` (the
+        widest contact any test asks: the others are no layer), 0 for the rest."""
+        cube = np.ones((3, 3, 3), bool)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        contact = np.bincount(labels.ravel(), weights=touching.ravel(), minlength=n + 1)
+        surface = body & ~ndimage.binary_erosion(body, structure=cube)
+        boxes = ndimage.find_objects(labels)
+        covered = np.zeros(n + 1, np.int64)
+        for label in np.arange(1, n + 1)[contact[1:] <= max_contact * sizes[1:]]:
+            box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[label - 1])  # what its dilation reaches
+            beside = ndimage.binary_dilation(labels[box] == label, structure=cube)
+            covered[label] = np.count_nonzero(surface[box] & beside)
+        return cls(sizes, contact, covered, int(np.count_nonzero(surface)))
+
+    def layers(self, min_cover: float, max_contact: float) -> np.ndarray:
+        """Per label: whether it is the nodule's own outer layer, next to `min_cover` or more of the body's surface and
+        on `touching` with at most `max_contact` (no more than `of`'s) of its voxels."""
+        out = (self.contact <= max_contact * self.sizes) & (self.covered >= min_cover * self.surface)
+        out[0] = False
+        return np.asarray(out)
 
 
 def _distance2(shape: tuple[int, ...], point: np.ndarray, spacing: np.ndarray) -> np.ndarray:
