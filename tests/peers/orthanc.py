@@ -33,6 +33,14 @@ class OrthancError(RuntimeError):
     """Orthanc failed to start or a REST call failed; the message carries Orthanc's answer/log tail."""
 
 
+# Orthanc 1.10's FilesystemStorage::Create checks whether a file's hash directory (storage/ab/cd) exists and then
+# creates it; when a concurrent upload creates it in between, boost's create_directories() returns false and the
+# upload fails with HTTP 500 and this message (seen once in CI, uploads on 4 threads into a fresh storage). The
+# directory exists afterwards, so the same upload, sent again, is stored.
+STORAGE_DIRECTORY_RACE = "Unable to create a subdirectory or a file in the file storage"
+UPLOAD_ATTEMPTS = 3
+
+
 class _PortBusy(OrthancError):
     """Orthanc exited while starting (most often: a port was taken)."""
 
@@ -258,7 +266,13 @@ class OrthancProcess:
     def upload(self, source: str | Path | bytes) -> dict[str, Any]:
         """POST /instances one DICOM file (path or bytes); returns Orthanc's answer (ID, ParentStudy, Status...)."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        answer = json.loads(self.request("POST", "/instances", data, content_type="application/dicom"))
+        for attempt in range(UPLOAD_ATTEMPTS):
+            try:
+                answer = json.loads(self.request("POST", "/instances", data, content_type="application/dicom"))
+                break
+            except OrthancError as err:  # only Orthanc's directory race is retried; anything else is a failure
+                if STORAGE_DIRECTORY_RACE not in str(err) or attempt == UPLOAD_ATTEMPTS - 1:
+                    raise
         if answer.get("Status") not in ("Success", "AlreadyStored"):
             raise OrthancError(f"upload refused: {answer}")
         return answer

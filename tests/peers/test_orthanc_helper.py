@@ -1,13 +1,16 @@
 """The OrthancProcess helper against Debian's real Orthanc."""
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from tests.conftest import require_tool
-from tests.peers.orthanc import DICOMWEB_PLUGIN, OrthancError, OrthancProcess
+from tests.peers.orthanc import DICOMWEB_PLUGIN, STORAGE_DIRECTORY_RACE, UPLOAD_ATTEMPTS, OrthancError, OrthancProcess
 from tests.results.dicom_validators import lidc_paths
 
 pytestmark = pytest.mark.timeout(120)
@@ -71,3 +74,55 @@ def test_stop_is_idempotent_and_start_errors_are_explained(tmp_path: Path) -> No
             OrthancProcess(tmp_path / "c", http_port=port).start(timeout=15)
     finally:
         first.stop()
+
+
+class _RacingOrthanc(http.server.BaseHTTPRequestHandler):
+    """Answers POST /instances as Orthanc 1.10 does when its storage-directory race hits, `failures` times."""
+
+    failures = 0
+    posts: list[bytes] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).posts.append(body)
+        if len(type(self).posts) <= type(self).failures:
+            status, answer = 500, {"HttpError": "Internal Server Error", "HttpStatus": 500, "Method": "POST",
+                                   "OrthancError": STORAGE_DIRECTORY_RACE, "OrthancStatus": 2001, "Uri": "/instances"}
+        else:
+            status, answer = 200, {"ID": "a", "ParentStudy": "s", "Status": "Success"}
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("failures, stored", [(0, True), (2, True), (3, False)])
+def test_upload_sends_again_only_after_orthancs_storage_directory_race(tmp_path: Path, failures: int,
+                                                                        stored: bool) -> None:
+    # The race cannot be made to happen on demand in a real Orthanc (two uploads must create the same
+    # hash directory within microseconds), so a stand-in HTTP server gives Orthanc's answer to it.
+    _RacingOrthanc.failures, _RacingOrthanc.posts = failures, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RacingOrthanc)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pacs = OrthancProcess(tmp_path / "stand-in", http_port=server.server_address[1])
+        if stored:
+            assert pacs.upload(b"DICM")["Status"] == "Success"
+        else:
+            with pytest.raises(OrthancError, match=STORAGE_DIRECTORY_RACE):
+                pacs.upload(b"DICM")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _RacingOrthanc.posts == [b"DICM"] * min(failures + 1, UPLOAD_ATTEMPTS)
+
+
+def test_upload_does_not_send_again_after_another_error(orthanc: OrthancProcess) -> None:
+    with pytest.raises(OrthancError, match="HTTP 400"):  # not DICOM: refused at once, not retried
+        orthanc.upload(b"not a DICOM file")
+    assert orthanc.count_instances() == 0
