@@ -255,20 +255,39 @@ def roi_box(shape: tuple[int, ...], spacing: np.ndarray, centre: np.ndarray, hal
     return (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2])))
 
 
+def _around(mask: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of `mask` grown by `margin` voxels per axis, clipped to the array."""
+    found = np.argwhere(mask)
+    lo = np.maximum(found.min(axis=0) - margin, 0)
+    hi = np.minimum(found.max(axis=0) + margin + 1, np.array(mask.shape))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def opening_mm(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Morphological opening by a ball of `radius_mm` via two distance transforms (fast for big balls)."""
+    """Morphological opening by a ball of `radius_mm` via two distance transforms (fast for big balls).
+
+    Both run on the mask's bounding box grown by a voxel: the same result as on the whole array (a mask voxel's
+    nearest background voxel is never farther than that ring, and an opening stays inside the mask), at a
+    fraction of the cost in a segmentation's box (half of `characterize_nodule`'s time went to such transforms).
+    """
     if not mask.any():
         return mask.copy()
-    eroded = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
-    if not eroded.any():
-        return eroded
-    return ndimage.distance_transform_edt(~eroded, sampling=spacing) <= radius_mm
+    box = _around(mask, np.ones(mask.ndim, int))
+    eroded = ndimage.distance_transform_edt(mask[box], sampling=spacing) > radius_mm
+    out = np.zeros_like(mask)
+    if eroded.any():
+        out[box] = ndimage.distance_transform_edt(~eroded, sampling=spacing) <= radius_mm
+    return out
 
 
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Dilation by a ball of `radius_mm`, on the mask's bounding box grown by the radius (the same result)."""
     if not mask.any():
         return mask.copy()
-    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+    box = _around(mask, np.ceil(radius_mm / np.asarray(spacing, float)).astype(int) + 1)
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= radius_mm
+    return out
 
 
 def equivalent_radius(mask: np.ndarray, spacing: np.ndarray) -> float:
