@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.model import Location, Lung, Zone
+from inference.characterize.segment import dilate_mm
 
 
 def _world(zyx: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -108,14 +109,13 @@ def perifissural(mask: np.ndarray, smooth: np.ndarray, wall: np.ndarray, spacing
     """The nodule touches a thin, flat and broad sheet inside the lung (a fissure)."""
     if not mask.any():
         return False
-    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    wall_near = ndimage.distance_transform_edt(~wall, sampling=spacing) <= 2.0 if wall.any() else np.zeros_like(mask)
-    lung_side = (outside > 0) & ~wall_near
+    touching = dilate_mm(mask, SHEET_CONTACT_MM, spacing)
+    lung_side = ~mask & ~dilate_mm(wall, 2.0, spacing)
     sheets = sheet_voxels(smooth, spacing, lung_side & (smooth > -900.0))
     labels, n = ndimage.label(sheets, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return False
-    for label in np.unique(labels[sheets & (outside <= SHEET_CONTACT_MM)]):
+    for label in np.unique(labels[sheets & touching]):
         pts = np.argwhere(labels == label) * spacing
         if len(pts) < 10:
             continue
