@@ -145,6 +145,12 @@ TRIM_SHELL_MAX_DENSE = 0.1
 # of 1506 within 15 %, at 40 HU 1444 -> 1445 (12003:1), at 20 HU 1455 -> 1456 (22017:0 -15.8 -> -13.5 %; 24 nodules
 # moved 0.5-3.4 points, 15 nearer, 9 further), none out of 15 %
 TRIM_MIN_OTHER_MM3 = 10.0
+# ...and where the lung's noise reaches the boundary threshold (within this many of its standard deviations above the
+# lung's level: 2-4 on a low-dose scan's 70 HU for a ground-glass nodule's threshold, 4.5 and more on the phantoms' own
+# 20 HU), clusters of noise over the threshold lie all along a ground-glass nodule's outer layer, and the layer beyond
+# the base radius touched them and was cut as a vessel's piece (free 9010:2, 13.1 mm ground glass, -47 %): there only
+# structures of soft tissue (DENSE_HU) count as a vessel's continuation (docs/characterization.md, "Forty-fifth session")
+TRIM_NOISE_REACH_SD = 4.0
 # Near the wall (within TRIM_WALL_MM) a stub is cut only where the nodule touches the wall at a point (a vessel
 # running to the pleura: at most TRIM_WALL_CONTACT_MAX of its surface next to the wall; a nodule sitting on the
 # pleura has a base of 15-32 % on phantoms, vessel-attached ones near it 0-14 %), its base radius is taken from
@@ -914,7 +920,9 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     (small seed 10014, 7.3 mm: -0 -> -24 %, measured again 2026-12-02). Near the wall see
     TRIM_WALL_CONTACT_MAX (a nodule on the pleura is left to _restore_cap); a cut of more than
     TRIM_MAX_SHARE of the nodule is left alone (the radius fell into a notch), and so is a cut of ground glass that
-    more than TRIM_MAX_RAY_SHARE of the rays from the centre leave through (the nodule's outer layer).
+    more than TRIM_MAX_RAY_SHARE of the rays from the centre leave through (the nodule's outer layer). Where the lung's
+    noise reaches the boundary threshold (`_noise_crosses`: a low-dose scan's, round a ground-glass nodule), only
+    tissue over DENSE_HU is a vessel's continuation: clusters of that noise lie along the whole outer layer.
     """
     m = seg.mask
     if m.sum() < 8:
@@ -938,6 +946,8 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     beyond = m & (_distance2(m.shape, centre, spacing) > (TRIM_FACTOR * radius + half_px) ** 2)
     if not beyond.any():
         return
+    if _noise_crosses(seg.smooth, threshold_hu, spacing):
+        other &= seg.smooth > DENSE_HU  # then only soft tissue marks a vessel's continuation
     stub = parts_touching(beyond, other, in_plane=True)
     if not stub.any():
         return
@@ -947,6 +957,17 @@ def trim_vessels(seg: Segmentation, threshold_hu: float, spacing: np.ndarray) ->
     kept = component_at(m & ~stub, centre, spacing, np.inf)
     if kept.sum() >= (1 - TRIM_MAX_SHARE) * m.sum():
         seg.mask = kept
+
+
+def _noise_crosses(smooth: np.ndarray, threshold_hu: float, spacing: np.ndarray) -> bool:
+    """Whether the lung's own noise reaches the boundary threshold: the threshold lies within TRIM_NOISE_REACH_SD of
+    the noise (`noise.robust_sd`, on the smoothed image the threshold is applied to) above the lung's level (the ROI's
+    voxels over 2 mm from anything above the threshold)."""
+    lung = smooth[~dilate_mm(smooth > threshold_hu, 2.0, spacing) & (smooth > -1024)]
+    if lung.size < _MIN_LUNG_VOXELS:
+        return False
+    level = float(np.median(lung))
+    return threshold_hu - level < TRIM_NOISE_REACH_SD * robust_sd(lung, level)
 
 
 def without_specks(mask: np.ndarray, spacing: np.ndarray, min_mm3: float) -> np.ndarray:
