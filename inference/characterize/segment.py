@@ -274,7 +274,7 @@ def opening_mm(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.nd
 
     Both run on the mask's bounding box grown by a voxel: the same result as on the whole array (a mask voxel's
     nearest background voxel is never farther than that ring, and an opening stays inside the mask), at a
-    fraction of the cost in a segmentation's box (half of `characterize_nodule`'s time went to such transforms).
+    fraction of the cost in a segmentation's box (half of `characterize_nodule`'s time went to distance transforms).
     """
     if not mask.any():
         return mask.copy()
