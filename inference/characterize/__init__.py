@@ -17,10 +17,10 @@ from inference.characterize.model import (
     Axes, ExamCharacteristics, Location, NoduleCharacteristics,
 )
 from inference.characterize.segment import (
-    cut_to_lung_outline, dilate_mm, drop_bone, grow_to_half_maximum, inscribed_diameter,
-    near_other_structures, refine_boundary, restore_ground_glass_base, restore_outer_layer, segment_nodule, share_beyond,
-    touches_volume_edge, trim_vessels,
+    cut_to_lung_outline, drop_bone, grow_to_half_maximum, inscribed_diameter, near_other_structures, refine_boundary,
+    restore_ground_glass_base, restore_outer_layer, segment_nodule, share_beyond, touches_volume_edge, trim_vessels,
 )
+from inference.characterize.segment.masks import dilate_mm
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
 

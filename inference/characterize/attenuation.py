@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.model import AttenuationType
-from inference.characterize.segment import largest_component, opening_mm, parts_reaching_out
+from inference.characterize.segment.masks import largest_component, opening_mm, parts_reaching_out
 
 SOLID_THRESHOLD_HU = -300.0
 SOLID_SHARE = 0.45  # core share above -300 HU at or above which the nodule is solid...

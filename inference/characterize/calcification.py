@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from inference.characterize.model import CalcificationPattern
 from inference.characterize.noise import robust_sd
-from inference.characterize.segment import offset_in_radii
+from inference.characterize.segment.masks import offset_in_radii
 
 CALCIUM_HU = 200.0
 MIN_SHARE = 0.01

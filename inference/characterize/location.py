@@ -8,7 +8,7 @@
   segmentation (the right middle lobe and lingula are anterior, not a craniocaudal third). The
   Brock model's "upper lobe" input is taken as the upper zone, an approximation.
 - Juxtapleural: the segmentation touches the chest wall or mediastinum found by the large-ball
-  opening in segment.py: a voxel of it is the wall's, or its neighbour on the same slice (8
+  opening in segment.nodule: a voxel of it is the wall's, or its neighbour on the same slice (8
   neighbours) or straight above or below (a nodule resting on the diaphragm). Not a diagonal
   neighbour across slices: on 2-3 mm slices that is 2-3 mm away, and counting it (the full
   26-neighbourhood) called nodules 2-3 mm off the wall juxtapleural (phantom seeds 13003, 14014),
@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.model import Location, Lung, Zone
-from inference.characterize.segment import dilate_mm
+from inference.characterize.segment.masks import dilate_mm
 
 
 def _world(zyx: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -68,7 +68,7 @@ _CONTACT[0, 1, 1] = _CONTACT[2, 1, 1] = True
 
 
 def juxtapleural(mask: np.ndarray, wall: np.ndarray) -> bool:
-    """The nodule touches the chest wall / mediastinum (the large structures cut off in segment.py)."""
+    """The nodule touches the chest wall / mediastinum (the large structures cut off in segment.nodule)."""
     grown = ndimage.binary_dilation(mask, structure=_CONTACT)
     return bool((grown & wall).any())
 

@@ -38,7 +38,7 @@ from scipy import ndimage
 from skimage import measure
 
 from inference.characterize.model import Margin
-from inference.characterize.segment import largest_component
+from inference.characterize.segment.masks import largest_component
 
 MIN_SPICULES = 1
 LOBULATED_MIN = 0.03

@@ -76,7 +76,8 @@ from scipy.spatial import ConvexHull, QhullError
 from inference.characterize.attenuation import SOLID_THRESHOLD_HU
 from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.model import Axes
-from inference.characterize.segment import SEED_THRESHOLD_HU, dilate_mm, opening_mm, parts_touching, surface_share
+from inference.characterize.segment.masks import dilate_mm, opening_mm, parts_touching, surface_share
+from inference.characterize.segment.segmentation import SEED_THRESHOLD_HU
 
 PV_MIN_LEVEL_VOXELS = 10
 # a solid core too small to give its own level: a fraction over about 880 HU of contrast barely moves with it

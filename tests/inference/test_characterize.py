@@ -15,9 +15,10 @@ from inference.characterize.location import juxtapleural
 from inference.characterize.measure import (CONTACT_SHARE_CAVEAT, local_lung_hu, non_solid_volume_mm3,
                                            solid_nodule_volume_mm3, spicule_strands, volume_mm3)
 from inference.characterize.model import NoduleCharacteristics
-from inference.characterize.segment import (AIRWAY_WALL_PX, DENSE_HU, Segmentation, _distance2,
-                                            _give_back_ground_glass, airway_walls, clear_lung,
-                                            restore_ground_glass_base)
+from inference.characterize.segment import DENSE_HU, Segmentation, restore_ground_glass_base
+from inference.characterize.segment.lung import AIRWAY_WALL_PX, airway_walls, clear_lung
+from inference.characterize.segment.masks import distance2
+from inference.characterize.segment.split import _give_back_ground_glass
 from tests.inference.phantom_nodules import phantom_nodule_as_detected
 
 SPACING = np.array([1.0, 0.7, 0.7])  # (z, y, x) mm
@@ -393,7 +394,7 @@ def test_ground_glass_the_vessels_basin_took_comes_back_and_the_vessel_stays() -
     hu = np.maximum(hu, hu + sphere * (-560.0 - hu))
     vessel_axis = CENTRE + np.array([0.0, 0.0, 5.0 / SPACING[2]])  # 5 mm off the centre, 2 mm thick: 1-3 mm into it
     hu = np.maximum(hu, hu + cylinder_fraction(2.0, vessel_axis, (1, 0, 0)) * (40.0 - hu))
-    dist2 = _distance2(SHAPE, CENTRE, SPACING)
+    dist2 = distance2(SHAPE, CENTRE, SPACING)
     nodule = (sphere >= 0.5) & (dist2 <= 2.0 ** 2)  # what the nodule's basin kept: its middle
     basin = (hu > -750.0) & ~nodule  # the rest went to the vessel's
     back = _give_back_ground_glass(nodule, basin, hu > DENSE_HU, dist2, 4.0, CENTRE, SPACING) & ~nodule

@@ -176,7 +176,7 @@ def test_a_solid_nodule_on_a_curved_wall_keeps_the_base_under_the_walls_quadric(
 @pytest.mark.parametrize("seed, index, small, diameter_mm", [(21018, 0, False, 19.0), (12008, 0, True, 8.0)])
 def test_a_nodule_sitting_on_the_wall_is_cut_at_the_outline_its_lung_sides_predict(
         seed: int, index: int, small: bool, diameter_mm: float) -> None:
-    # solid nodules touching the wall over more than a point (segment._sits_on_wall): 21018:0 on the pleura kept
+    # solid nodules touching the wall over more than a point (segment.vessels._sits_on_wall): 21018:0 on the pleura kept
     # tissue beyond its own outline on its wall side, 12008:0 (small phantom, 3 mm slices) a vessel running between it
     # and the wall. cut_to_lung_outline left such nodules alone (+23, +17 %); it now cuts them as any other nodule,
     # beyond the outline their lung sides predict and outside the sphere through that edge

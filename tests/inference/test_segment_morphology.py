@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from inference.characterize.segment import dilate_mm, opening_mm
+from inference.characterize.segment.masks import dilate_mm, opening_mm
 
 
 def _whole_opening(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
