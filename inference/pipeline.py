@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
-from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_volume_mm3
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT, size_caveat, slices_across, sphere_volume_mm3
 from inference.clinical import (
     Exam,
     FamilyHistory,
@@ -356,6 +356,18 @@ def _contact_note(c: NoduleCharacteristics) -> str | None:
             "diameters depend on where the segmentation separated them and are less reliable")
 
 
+def _few_slices_note(c: NoduleCharacteristics, slice_mm: float | None) -> str | None:
+    """A part-solid or ground-glass nodule with few slices through it (measure.size_caveat): its top and bottom slices
+    mix its ground glass, the lung and its core in one value, and its volume depends on how they are shared out."""
+    if not c.segmentation_ok or slice_mm is None:
+        return None
+    if size_caveat(c.type, c.volume_mm3, c.contact_share, slice_mm) != "few slices":
+        return None
+    return (f"a non-solid nodule about {slices_across(c.volume_mm3, slice_mm):.1f} slices of {slice_mm:g} mm across: "
+            "its top and bottom slices hold it only in part, mixed with the lung in one value, so its volume is less "
+            "reliable")
+
+
 def _held_note(c: NoduleCharacteristics) -> str | None:
     """Where the segmentation had to be held to the detector's extent (characterize.characterize_nodule), the
     size is the detector's as much as the image's: the reader should measure it before acting on it."""
@@ -365,11 +377,12 @@ def _held_note(c: NoduleCharacteristics) -> str | None:
             "held to the detector's extent, so its size follows the detector's estimate; measure it by hand")
 
 
-def clinical_nodule(m: Measured) -> tuple[Nodule, str | None]:
-    """The clinical `Nodule` of one characterised candidate, and a note about what was assumed."""
+def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule, str | None]:
+    """The clinical `Nodule` of one characterised candidate, and a note about what was assumed; `slice_mm`: the
+    series' slice thickness (`slice_thickness_mm`), None where unknown."""
     c = m.chars
     mean_mm, diameter_note = _mean_diameter(m)
-    notes = [diameter_note, _contact_note(c), _held_note(c)]
+    notes = [diameter_note, _contact_note(c), _few_slices_note(c, slice_mm), _held_note(c)]
     kind = NoduleType(c.type)
     solid_mm = c.solid_component_mm if c.solid_axes is not None else 0.0
     if kind is NoduleType.PART_SOLID and solid_mm <= 0:
@@ -458,7 +471,7 @@ def assess(
     """Lung-RADS per nodule and exam, Brock per nodule and the exam verdict, as the findings contract.
     `not_reported`: lesions over the report threshold past the reported ones (max_findings); Brock's nodule count
     includes them, and the exam says so."""
-    built = [clinical_nodule(m) for m in measured]
+    built = [clinical_nodule(m, slice_mm) for m in measured]
     nodules = tuple(n for n, _ in built)
     covered = exam_chars.lungs_fully_covered
     exam = Exam(covered, nodules, None if covered else (exam_chars.reason or "the lungs are not fully covered"))

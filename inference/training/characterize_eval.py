@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize import NoduleCharacteristics, characterize_nodule
-from inference.characterize.measure import CONTACT_SHARE_CAVEAT
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT, FEW_SLICES_CAVEAT, size_caveat
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
 from inference.preprocess import Preprocessed, lung_mask
@@ -81,6 +81,7 @@ class NoduleResult:
     centre_offset_mm: float = 0.0  # the characterised centre's distance from the painted one
     detector_diameter_mm: float = 0.0  # the diameter the characterisation was given
     visible_share: float = 1.0  # share of its painting in the lungs that shows in the image (`visible_share`)
+    slice_mm: float = 0.0  # the phantom's slice thickness (0: not recorded, as in results saved before it was)
 
     @property
     def hidden(self) -> bool:
@@ -91,6 +92,11 @@ class NoduleResult:
     def site(self) -> str:
         """free in the lung, on a vessel or airway, or at the pleura (see the module's docstring)."""
         return "pleura" if self.at_pleura else "free" if self.attached_to is None else "vessel"
+
+    @property
+    def size_caveat(self) -> str | None:
+        """Why the report calls its volume less reliable (measure.size_caveat), or None."""
+        return size_caveat(self.predicted_type, self.volume_mm3, self.contact_share, self.slice_mm)
 
     @property
     def volume_error(self) -> float:
@@ -141,13 +147,14 @@ class Evaluation:
             out[name] = (sum(abs(r.volume_error) <= tolerance for r in group), len(group))
         return out
 
-    def within_by_contact(self, tolerance: float = 0.15) -> dict[str, tuple[int, int]]:
-        """(within tolerance, counted) for nodules whose note says their size is less reliable (contact share at
-        or above CONTACT_SHARE_CAVEAT) and for the others: how much that statement is worth."""
+    def within_by_caveat(self, tolerance: float = 0.15) -> dict[str, tuple[int, int]]:
+        """(within tolerance, counted) for the nodules whose note says their volume is less reliable, by its reason
+        (measure.size_caveat: "contact", "few slices"), and for the others ("none"): how much each statement is
+        worth, and how far the volume of a nodule the report does not qualify can be trusted."""
         out: dict[str, tuple[int, int]] = {}
-        for name, flagged in (("stated less reliable", True), ("others", False)):
-            group = [r for r in self.counted if (r.contact_share >= CONTACT_SHARE_CAVEAT) == flagged]
-            out[name] = (sum(abs(r.volume_error) <= tolerance for r in group), len(group))
+        for name in ("contact", "few slices", None):
+            group = [r for r in self.counted if r.size_caveat == name]
+            out[name or "none"] = (sum(abs(r.volume_error) <= tolerance for r in group), len(group))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -165,7 +172,7 @@ class Evaluation:
             "mean": round(float(err.mean()), 4), "median_abs": round(float(np.median(np.abs(err))), 4),
             "max_abs": round(float(np.abs(err).max()), 4), "share_within_15pct": round(float((np.abs(err) <= 0.15).mean()), 4),
             "within_15pct_by_site": {k: list(v) for k, v in self.within_by_site().items()},
-            "within_15pct_by_contact": {k: list(v) for k, v in self.within_by_contact().items()},
+            "within_15pct_by_caveat": {k: list(v) for k, v in self.within_by_caveat().items()},
         }
         return out
 
@@ -304,6 +311,7 @@ def measured(unmeasured: NoduleResult, c: NoduleCharacteristics, centre_zyx: np.
         unmeasured, predicted_type=c.type, volume_mm3=c.volume_mm3, margin=c.margin or "not_assessed",
         calcified=c.calcified, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
         perifissural=c.location.perifissural, contact_share=c.contact_share, detected=True,
+        slice_mm=float(spacing_zyx[0]),
         centre_offset_mm=float(np.linalg.norm((np.asarray(centre_zyx, float) - painted_zyx) * spacing_zyx)),
         detector_diameter_mm=diameter_mm)
 
@@ -363,8 +371,9 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
                      f"max {q[2]:.1%}; within 15%: {(np.abs(err) <= 0.15).mean():.1%}")
         lines.append("within 15% by site (vessel: on a vessel or airway): " + ", ".join(
             f"{name} {k}/{n}" for name, (k, n) in ev.within_by_site().items()))
-        lines.append(f"within 15% by contact (outline >= {CONTACT_SHARE_CAVEAT:.0%} on other structures: stated less "
-                     "reliable): " + ", ".join(f"{name} {k}/{n}" for name, (k, n) in ev.within_by_contact().items()))
+        lines.append(f"within 15% by the report's caveat (contact: outline >= {CONTACT_SHARE_CAVEAT:.0%} on other "
+                     f"structures; few slices: non-solid, under {FEW_SLICES_CAVEAT:g} slices across; none: no caveat): "
+                     + ", ".join(f"{name} {k}/{n}" for name, (k, n) in ev.within_by_caveat().items()))
     lines.append(f"perifissural (the phantoms paint no fissures: false positives): {sum(r.perifissural for r in ev.counted)}")
     for r in ev.hidden:
         lines.append(f"hidden by the anatomy (painted over tissue as dense as its own, {r.visible_share:.0%} shows; not "

@@ -11,7 +11,7 @@ import pytest
 from inference.phantom.added_noise import raised_to
 from inference.phantom.build import NOISE_SD_HU
 from inference.training import characterize_crops as crops
-from inference.training.characterize_eval import NoduleResult, evaluate
+from inference.training.characterize_eval import Evaluation, NoduleResult, evaluate
 
 SEED = 7001  # a small tuning phantom with five nodules >= 6 mm: solid, part-solid and ground glass, free and attached
 
@@ -37,6 +37,8 @@ def test_crops_measure_as_the_whole_phantom_does(built: Path) -> None:
         # what is measured on the crop is what is measured on the whole phantom
         assert r.volume_mm3 == pytest.approx(w.volume_mm3, rel=1e-6)
         assert (r.predicted_type, r.margin, r.calcified) == (w.predicted_type, w.margin, w.calcified)
+        # the small phantoms' slices (2.5-3 mm), recorded for the report's few-slices caveat
+        assert r.slice_mm == w.slice_mm and 2.5 <= r.slice_mm <= 3.0
     table = crops.summary(cropped)
     assert table["small"]["counted"] == table["all"]["counted"] == 5
     assert table["small"]["volume_within"] == sum(abs(w.volume_error) <= 0.15 for w in whole.values())
@@ -73,3 +75,33 @@ def test_every_seed_belongs_to_one_set() -> None:
     assert crops.set_of_seed(13019) == "small"
     with pytest.raises(ValueError, match="seed 11000"):
         crops.set_of_seed(11000)
+
+
+def _result(kind: str, diameter_mm: float, error: float, contact: float = 0.0, slice_mm: float = 2.5) -> NoduleResult:
+    truth = float(np.pi / 6 * diameter_mm**3)
+    return NoduleResult(seed=7000, index=0, truth_type=kind, predicted_type=kind, diameter_mm=diameter_mm,
+                        truth_volume_mm3=truth, volume_mm3=truth * (1 + error), truth_margin="smooth", margin="smooth",
+                        truth_calcified=False, calcified=False, attached_to=None, juxtapleural=False,
+                        segmentation_ok=True, contact_share=contact, slice_mm=slice_mm)
+
+
+def test_volumes_are_counted_by_the_caveat_the_report_gives_them() -> None:
+    """The evaluation splits the volume figure by the note the report attaches: contact (outline half or more on
+    other structures), few slices (a non-solid nodule under 4 slices across: 7 mm of ground glass measured at 7 mm on
+    2.5 mm slices is 2.8 slices) or none; each result falls in exactly one group."""
+    results = [
+        _result("ground_glass", 7.0, +0.30),  # 2.8 slices: few slices, out of 15 %
+        _result("part_solid", 7.0, +0.05),  # few slices, within
+        _result("solid", 7.0, +0.30),  # a solid nodule gets no few-slices caveat: none, out
+        _result("ground_glass", 7.0, +0.02, slice_mm=1.25),  # 5.6 slices: none, within
+        _result("ground_glass", 10.0, +0.01),  # 4.01 slices, not under 4: none, within
+        _result("part_solid", 7.0, -0.40, contact=0.5),  # contact wins over few slices: contact, out
+        _result("solid", 12.0, +0.10, contact=0.7),  # contact, within
+    ]
+    assert [r.size_caveat for r in results] == ["few slices", "few slices", None, None, None, "contact", "contact"]
+    ev = Evaluation(results)
+    assert ev.within_by_caveat() == {"contact": (1, 2), "few slices": (1, 2), "none": (2, 3)}
+    assert ev.to_json()["volume_error"]["within_15pct_by_caveat"] == {
+        "contact": [1, 2], "few slices": [1, 2], "none": [2, 3]}
+    # results saved before the slice thickness was recorded read 0: no few-slices caveat
+    assert replace(results[0], slice_mm=0.0).size_caveat is None

@@ -484,3 +484,39 @@ def test_a_size_bordering_other_structures_is_stated_less_reliable() -> None:
     assert held is not None and "held to the detector's extent" in held and "measure it by hand" in held
     failed = replace(chars, contact_share=0.9, segmentation_ok=False, reason="the nodule is cut by the field of view")
     assert clinical_nodule(replace(free, chars=failed))[1] == "the nodule is cut by the field of view"
+
+
+def test_a_small_non_solid_nodule_with_few_slices_through_it_has_its_volume_stated_less_reliable() -> None:
+    """A part-solid or ground-glass nodule under 4 slices across (the diameter of a sphere of its volume over the
+    slice thickness) gets a note that its volume is less reliable: on the phantoms 66 of 75 such nodules were within
+    15 % of their volume, every free nodule without a caveat was. 113.1 mm3 is a 6.0 mm sphere: 2.4 slices of 2.5 mm,
+    4.8 of 1.25 mm; 523.6 mm3 is 10.0 mm, 4.0 slices of 2.5 mm (not under 4)."""
+    from dataclasses import replace
+
+    from inference.characterize import characterize_nodule
+    from inference.detect import Candidate
+    from inference.pipeline import Measured, clinical_nodule
+
+    hu = np.random.default_rng(3).normal(-860.0, 20.0, (40, 64, 64)).astype(np.float32)
+    zz, yy, xx = np.mgrid[:40, :64, :64]
+    hu[(zz - 20.0) ** 2 + ((yy - 32) * 0.7) ** 2 + ((xx - 32) * 0.7) ** 2 <= 9.0] = -600.0  # a 6 mm ground glass
+    centre = np.array([20.0, 32.0, 32.0])
+    chars = characterize_nodule(hu, np.array([1.0, 0.7, 0.7]), centre, 6.0)
+    assert chars.segmentation_ok and chars.type == "ground_glass" and chars.contact_share < 0.5
+    glass = Measured(Candidate((20.0, 32.0, 32.0), 6.0, 2.0, 0.9), centre, replace(chars, volume_mm3=113.1))
+
+    note = clinical_nodule(glass, slice_mm=2.5)[1]
+    assert note is not None and "about 2.4 slices of 2.5 mm across" in note and "volume is less reliable" in note
+    assert clinical_nodule(glass, slice_mm=1.25)[1] is None
+    assert clinical_nodule(glass)[1] is None  # slice thickness unknown: nothing claimed
+    part_solid = replace(glass, chars=replace(glass.chars, type="part_solid"))
+    assert "slices of 2.5 mm across" in (clinical_nodule(part_solid, slice_mm=2.5)[1] or "")
+    solid = replace(glass, chars=replace(glass.chars, type="solid"))
+    assert clinical_nodule(solid, slice_mm=2.5)[1] is None
+    ten_mm = replace(glass, chars=replace(glass.chars, volume_mm3=523.7))
+    assert clinical_nodule(ten_mm, slice_mm=2.5)[1] is None
+    nine_mm = replace(glass, chars=replace(glass.chars, volume_mm3=381.7))  # 9.0 mm: 3.6 slices
+    assert "about 3.6 slices" in (clinical_nodule(nine_mm, slice_mm=2.5)[1] or "")
+    # bordering other structures: the contact note says it, not both
+    touching = clinical_nodule(replace(glass, chars=replace(glass.chars, contact_share=0.6)), slice_mm=2.5)[1] or ""
+    assert "over 60% of its surface" in touching and "slices of" not in touching
