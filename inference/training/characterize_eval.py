@@ -95,7 +95,10 @@ class NoduleResult:
 
     @property
     def size_caveat(self) -> str | None:
-        """Why the report calls its volume less reliable (measure.size_caveat), or None."""
+        """Why the report calls its volume less reliable (measure.size_caveat), "failed" where it has no segmentation
+        (the finding then says why, and its size is the detector's), or None."""
+        if not self.segmentation_ok:
+            return "failed"
         return size_caveat(self.predicted_type, self.volume_mm3, self.contact_share, self.slice_mm)
 
     @property
@@ -149,10 +152,10 @@ class Evaluation:
 
     def within_by_caveat(self, tolerance: float = 0.15) -> dict[str, tuple[int, int]]:
         """(within tolerance, counted) for the nodules whose note says their volume is less reliable, by its reason
-        (measure.size_caveat: "contact", "few slices"), and for the others ("none"): how much each statement is
-        worth, and how far the volume of a nodule the report does not qualify can be trusted."""
+        (measure.size_caveat: "contact", "few slices"; "failed": no segmentation), and for the others ("none"): how
+        much each statement is worth, and how far the volume of a nodule the report does not qualify can be trusted."""
         out: dict[str, tuple[int, int]] = {}
-        for name in ("contact", "few slices", None):
+        for name in ("contact", "few slices", "failed", None):
             group = [r for r in self.counted if r.size_caveat == name]
             out[name or "none"] = (sum(abs(r.volume_error) <= tolerance for r in group), len(group))
         return out
@@ -372,7 +375,8 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
         lines.append("within 15% by site (vessel: on a vessel or airway): " + ", ".join(
             f"{name} {k}/{n}" for name, (k, n) in ev.within_by_site().items()))
         lines.append(f"within 15% by the report's caveat (contact: outline >= {CONTACT_SHARE_CAVEAT:.0%} on other "
-                     f"structures; few slices: non-solid, under {FEW_SLICES_CAVEAT:g} slices across; none: no caveat): "
+                     f"structures; few slices: non-solid, under {FEW_SLICES_CAVEAT:g} slices across; failed: no segmentation; "
+                     "none: no caveat): "
                      + ", ".join(f"{name} {k}/{n}" for name, (k, n) in ev.within_by_caveat().items()))
     lines.append(f"perifissural (the phantoms paint no fissures: false positives): {sum(r.perifissural for r in ev.counted)}")
     for r in ev.hidden:

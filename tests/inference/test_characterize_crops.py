@@ -100,8 +100,10 @@ def test_volumes_are_counted_by_the_caveat_the_report_gives_them() -> None:
     ]
     assert [r.size_caveat for r in results] == ["few slices", "few slices", None, None, None, "contact", "contact"]
     ev = Evaluation(results)
-    assert ev.within_by_caveat() == {"contact": (1, 2), "few slices": (1, 2), "none": (2, 3)}
+    assert ev.within_by_caveat() == {"contact": (1, 2), "few slices": (1, 2), "failed": (0, 0), "none": (2, 3)}
     assert ev.to_json()["volume_error"]["within_15pct_by_caveat"] == {
-        "contact": [1, 2], "few slices": [1, 2], "none": [2, 3]}
+        "contact": [1, 2], "few slices": [1, 2], "failed": [0, 0], "none": [2, 3]}
+    # no segmentation: the finding says why and gives the detector's size, whatever its contact or slices
+    assert replace(results[0], segmentation_ok=False).size_caveat == "failed"
     # results saved before the slice thickness was recorded read 0: no few-slices caveat
     assert replace(results[0], slice_mm=0.0).size_caveat is None
