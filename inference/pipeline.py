@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
-from inference.characterize.measure import CONTACT_SHARE_CAVEAT, size_caveat, slices_across, sphere_volume_mm3
+from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
 from inference.clinical import (
     Exam,
     FamilyHistory,
@@ -347,25 +347,23 @@ def _pleural_shape_benign(c: NoduleCharacteristics, mean_mm: float) -> bool | No
     return bool(c.type == "solid" and c.margin == "smooth" and mean_mm < PLEURAL_BENIGN_MAX_MM and elongated)
 
 
-def _contact_note(c: NoduleCharacteristics) -> str | None:
-    """Where much of the outline borders other structures, the size depends on where the segmentation cut
-    (measure.contact_share): the reader should know that before relying on the volume or its growth."""
-    if not c.segmentation_ok or c.contact_share < CONTACT_SHARE_CAVEAT:
+def _size_note(c: NoduleCharacteristics, slice_mm: float | None) -> str | None:
+    """Why the measured size is less reliable (measure.size_caveat), for the reader to know before relying on the
+    volume or its growth: much of the outline borders other structures (the size depends on where the segmentation
+    cut, measure.contact_share), or a part-solid or ground-glass nodule has few slices through it (its top and bottom
+    slices mix its ground glass, the lung and its core in one value). `slice_mm` None: the thickness is unknown, and
+    only the contact is judged."""
+    if not c.segmentation_ok:
         return None
-    return (f"borders a vessel, an airway or the pleura over {c.contact_share:.0%} of its surface: its volume and "
-            "diameters depend on where the segmentation separated them and are less reliable")
-
-
-def _few_slices_note(c: NoduleCharacteristics, slice_mm: float | None) -> str | None:
-    """A part-solid or ground-glass nodule with few slices through it (measure.size_caveat): its top and bottom slices
-    mix its ground glass, the lung and its core in one value, and its volume depends on how they are shared out."""
-    if not c.segmentation_ok or slice_mm is None:
-        return None
-    if size_caveat(c.type, c.volume_mm3, c.contact_share, slice_mm) != "few slices":
-        return None
-    return (f"a non-solid nodule about {slices_across(c.volume_mm3, slice_mm):.1f} slices of {slice_mm:g} mm across: "
-            "its top and bottom slices hold it only in part, mixed with the lung in one value, so its volume is less "
-            "reliable")
+    caveat = size_caveat(c.type, c.volume_mm3, c.contact_share, 0.0 if slice_mm is None else slice_mm)
+    if caveat == "contact":
+        return (f"borders a vessel, an airway or the pleura over {c.contact_share:.0%} of its surface: its volume and "
+                "diameters depend on where the segmentation separated them and are less reliable")
+    if caveat == "few slices" and slice_mm is not None:
+        return (f"a non-solid nodule about {slices_across(c.volume_mm3, slice_mm):.1f} slices of {slice_mm:g} mm "
+                "across: its top and bottom slices hold it only in part, mixed with the lung in one value, so its "
+                "volume is less reliable")
+    return None
 
 
 def _held_note(c: NoduleCharacteristics) -> str | None:
@@ -382,7 +380,7 @@ def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule,
     series' slice thickness (`slice_thickness_mm`), None where unknown."""
     c = m.chars
     mean_mm, diameter_note = _mean_diameter(m)
-    notes = [diameter_note, _contact_note(c), _few_slices_note(c, slice_mm), _held_note(c)]
+    notes = [diameter_note, _size_note(c, slice_mm), _held_note(c)]
     kind = NoduleType(c.type)
     solid_mm = c.solid_component_mm if c.solid_axes is not None else 0.0
     if kind is NoduleType.PART_SOLID and solid_mm <= 0:
