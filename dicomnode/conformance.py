@@ -34,7 +34,7 @@ from dicomnode.priors.retrieve import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from dicomnode.receive.scp import (
+from dicomnode.receive.negotiation import (
     ACCEPTED_TRANSFER_SYNTAXES,
     LOSSY_TRANSFER_SYNTAXES,
     STORAGE_SOP_CLASSES,

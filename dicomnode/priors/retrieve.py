@@ -28,7 +28,7 @@ from dicomnode.config import PriorPeer
 from dicomnode.core import reactor
 from dicomnode.core.uids import printable
 from dicomnode.priors.finder import QR_TRANSFER_SYNTAXES
-from dicomnode.receive.scp import negotiation_order
+from dicomnode.receive.negotiation import negotiation_order
 
 __all__ = ["CT_STORAGE", "Retrieval", "StudyRootQueryRetrieveInformationModelFind",
            "StudyRootQueryRetrieveInformationModelGet", "StudyRootQueryRetrieveInformationModelMove", "c_get", "c_move"]

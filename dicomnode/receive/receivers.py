@@ -12,7 +12,7 @@ audit database; the completion checker, job workers, sender and web console stay
 process. What they share lives where every process sees it:
 
 - which series open sessions carry: the `open_intake` table (dicomnode.receive.lifecycle);
-- node.max_associations, for the whole node: a small shared count file (scp.SharedSlots);
+- node.max_associations, for the whole node: a small shared count file (slots.SharedSlots);
 - how many connections each serves, for the spread: another (balance.ConnectionLoads);
 - fsync before success and dedupe: per instance, as in one process (the unique SOP Instance UID
   decides between two processes receiving the same instance at once).
@@ -47,7 +47,9 @@ from dicomnode.receive.balance import ConnectionLoads, loads_path
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.receive.intake import Intake
 from dicomnode.receive.lifecycle import SeriesLifecycle
-from dicomnode.receive.scp import LISTEN_BACKLOG, SharedSlots, StorageSCP
+from dicomnode.receive.scp import StorageSCP
+from dicomnode.receive.servers import LISTEN_BACKLOG
+from dicomnode.receive.slots import SharedSlots
 from dicomnode.receive.spool import Spool
 from storage.audit import record_event
 from storage.db import Database, rows_changed

@@ -1,42 +1,41 @@
-"""The application entity: association policy, C-ECHO and C-STORE for every storage SOP class."""
+"""The application entity: C-ECHO and C-STORE for every storage SOP class, each association audited from its
+request to its close. Who may associate is `policy`, what is accepted `negotiation`, the acceptors `servers`,
+the association count `slots`, the DIMSE decoder's guard `dimse_guard`."""
 from __future__ import annotations
 
-import copy
-import fcntl
-import gc
-import ipaddress
 import logging
 import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association as PynetAssociation
-from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu_primitives import A_RELEASE, P_DATA
-from pynetdicom.presentation import PresentationContext
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.core import reactor
-from dicomnode.core.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, REJECT_NO_REASON, SUCCESS
+from dicomnode.core.dimse import REJECT_LIMIT, SUCCESS
 from dicomnode.core.loops import PeriodicWorker
-from dicomnode.receive.balance import ConnectionLoads, wait_for_turn
+from dicomnode.receive.balance import ConnectionLoads
 from dicomnode.receive.commitment_reports import CommitmentReports
+from dicomnode.receive.dimse_guard import DimseGuard
 from dicomnode.receive.fast_store import FastStore, StoreRequest, eligible
 from dicomnode.receive.intake import Intake, IntakeSession, Origin, StoreOutcome
+from dicomnode.receive.negotiation import STORAGE_SOP_CLASSES, UNCOMPRESSED, negotiation_order
 from dicomnode.receive.part10 import file_meta, part10_file
-from dicomnode.receive.shared_counts import SharedCounts
+from dicomnode.receive.policy import AssociationPolicy, safe_text
+from dicomnode.receive.servers import GuardedServer, SharedSocketServer, server_ssl_context
+from dicomnode.receive.slots import SlotLedger
 from dicomnode.receive.store_response import error_comment, send_store_responses_directly
 from storage.audit import record_event
 from storage.db import Database
@@ -46,228 +45,12 @@ from storage.states import AssociationState
 
 log = logging.getLogger(__name__)
 
-# What we accept (DICOM conformance, docs/conformance.md is generated from these lists).
-ACCEPTED_TRANSFER_SYNTAXES: list[tuple[str, str]] = [
-    ("1.2.840.10008.1.2", "Implicit VR Little Endian"),
-    ("1.2.840.10008.1.2.1", "Explicit VR Little Endian"),
-    ("1.2.840.10008.1.2.1.99", "Deflated Explicit VR Little Endian"),
-    ("1.2.840.10008.1.2.2", "Explicit VR Big Endian (retired)"),
-    ("1.2.840.10008.1.2.5", "RLE Lossless"),
-    ("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)"),
-    ("1.2.840.10008.1.2.4.51", "JPEG Extended (Process 2 & 4)"),
-    ("1.2.840.10008.1.2.4.53", "JPEG Extended (Process 6 & 8, retired): stored, not decoded"),
-    ("1.2.840.10008.1.2.4.55", "JPEG Full Progression (Process 10 & 12, retired): stored, not decoded"),
-    ("1.2.840.10008.1.2.4.57", "JPEG Lossless (Process 14)"),
-    ("1.2.840.10008.1.2.4.70", "JPEG Lossless, First-Order Prediction (Process 14 SV1)"),
-    ("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless"),
-    ("1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless"),
-    ("1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless Only"),
-    ("1.2.840.10008.1.2.4.91", "JPEG 2000"),
-    ("1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Lossless Only"),
-    ("1.2.840.10008.1.2.4.202", "High-Throughput JPEG 2000 with RPCL Lossless Only"),
-    ("1.2.840.10008.1.2.4.203", "High-Throughput JPEG 2000"),
-]
-LOSSY_TRANSFER_SYNTAXES = {
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.55",
-    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203",
-}
-UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
-
-
-def negotiation_order() -> list[str]:
-    """pynetdicom accepts the first of *our* syntaxes that a context proposes. We never transcode,
-    so keep what the sender has: lossless compressed first, then uncompressed, and a lossy
-    syntax only when the sender offers nothing lossless."""
-    uids = [uid for uid, _ in ACCEPTED_TRANSFER_SYNTAXES]
-    lossless = [u for u in uids if u not in LOSSY_TRANSFER_SYNTAXES and u not in UNCOMPRESSED]
-    return lossless + UNCOMPRESSED + [u for u in uids if u in LOSSY_TRANSFER_SYNTAXES]
-
-
-STORAGE_SOP_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-
 # pynetdicom counts every connection, even one that has not sent its A-ASSOCIATE-RQ yet, against
 # AE.maximum_associations. We enforce node.max_associations ourselves on associations only (in
 # _on_requested), so idle connections cannot lock peers out; pynetdicom's limit stays as a backstop
 # (per receiver process: with node.receive_processes > 1 the node-wide backstop is that many times it).
 CONNECTION_HEADROOM = 64
-MAX_COMMAND_BYTES = 64 * 1024
 PDU_ALLOWANCE = 2**20  # a PDU may carry a whole data set (max_pdu_size 0) plus headers
-GC_INTERVAL_S = 30.0
-LISTEN_BACKLOG = 512  # the kernel caps it at net.core.somaxconn
-
-
-def safe_text(value: str, limit: int = 16) -> str:
-    """A peer-supplied AE title fit for one log line and a String(16) column: control characters
-    escaped, then cut to `limit`."""
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
-    return text[:limit]
-
-
-class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's acceptor with three fixes for connection floods:
-
-    - listen backlog LISTEN_BACKLOG instead of socketserver's 5: a burst overflowed it and the
-      kernel dropped SYNs, which peers retry only after 1 s, 3 s, 7 s;
-    - the TLS handshake runs in the connection's own thread (on its first read) instead of in the
-      accept loop, where one silent client blocked every later connection indefinitely;
-    - supported contexts copied cheaply per connection (ContextList).
-    """
-
-    request_queue_size = LISTEN_BACKLOG
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.contexts = ContextList(self.contexts)
-        self._collected = time.monotonic()
-
-    def service_actions(self) -> None:
-        """pynetdicom runs a full gc.collect() at every 60th turn of the accept loop (dead
-        associations' reference cycles); a turn comes at least every poll interval, so with a short
-        one that was every few seconds, under load a tenth of a receiver's CPU: at most every GC_INTERVAL_S."""
-        now = time.monotonic()
-        if now - self._collected >= GC_INTERVAL_S:
-            gc.collect()
-            self._collected = now
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        listening = self.socket
-        if listening is None:  # closed by server_close(): fail as accept() on a closed socket does
-            raise OSError("the listening socket is closed")
-        client, address = listening.accept()
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        return client, address
-
-
-class SharedSocketServer(GuardedServer):
-    """GuardedServer on the node's listening socket, which all its receiver processes inherit: one
-    accept queue for all, and a receiver serving more connections than another lets that one
-    accept first (dicomnode.receive.balance), so associations spread evenly over the processes.
-
-    The shared socket is never shut down here (that would stop every receiver listening), only
-    this process's descriptor closed; it is non-blocking, so a receiver that loses the race for a
-    connection goes back to waiting (socketserver drops the OSError of get_request)."""
-
-    def __init__(self, *args: Any, listen_fd: int, loads: ConnectionLoads, **kwargs: Any) -> None:
-        self._listen_fd = listen_fd
-        self.loads = loads
-        self._in_flight = 0  # accepted, association thread not started yet
-        self._count_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
-    def server_bind(self) -> None:
-        if self.socket is not None:
-            self.socket.close()  # the one socketserver made: the node's is used instead
-        self.socket = socket.socket(fileno=self._listen_fd)
-        self.socket.setblocking(False)
-        self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        self.loads.publish(0)  # the node already listens on it; this receiver now takes connections
-
-    def connections(self) -> int:
-        """Connections this process serves now (accepted ones whose association has not started count too)."""
-        return self._in_flight + len(self.active_associations)
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        listening = self.socket
-        if listening is None:
-            raise OSError("the listening socket is closed")
-        if not wait_for_turn(listening, self.loads, self.connections()):
-            raise BlockingIOError("the connection went to a less loaded receiver")
-        client, address = super().get_request()  # BlockingIOError: another receiver took it first
-        client.setblocking(True)
-        with self._count_lock:
-            self._in_flight += 1
-        self.loads.publish(self.connections())
-        return client, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:  # the association thread, when there is one, is running and counted by now
-            with self._count_lock:
-                self._in_flight -= 1
-
-    def service_actions(self) -> None:
-        super().service_actions()
-        self.loads.publish(self.connections())  # ended associations, at every turn of the accept loop
-
-    def server_close(self) -> None:
-        if self.socket is not None:
-            self.socket.close()
-
-
-class SlotLedger:
-    """How many associations the node serves: node.max_associations holds for the whole node. A
-    single process counts only its own (others() is 0)."""
-
-    def others(self) -> int:
-        """Associations held by the node's other receiver processes."""
-        return 0
-
-    def publish(self, mine: int) -> None:
-        """Tell the other processes how many associations this one holds now."""
-
-    @property
-    def lock(self) -> "threading.Lock | _FileLock":
-        return _NO_LOCK
-
-
-class SharedSlots(SharedCounts, SlotLedger):
-    """Receiver process `index`'s view of the node-wide association count: one count per process in
-    a small shared file, read and written under flock on that file, so "count and take a slot" is
-    one step across processes. The kernel drops a dead process's flock, and the node zeroes its
-    count (clear), so a kill -9 never leaves a slot or the lock held."""
-
-    def __init__(self, path: Path, index: int) -> None:
-        super().__init__(path, index)
-        self._lock = _FileLock(self._fd)
-
-    @staticmethod
-    def clear(path: Path, index: int) -> None:
-        """Receiver `index` died: its associations went with it (by the node)."""
-        with SharedSlots(path, index) as slots, slots.lock:
-            slots.publish(0)
-
-    def others(self) -> int:
-        counts = self.counts()
-        return sum(counts) - counts[self.index]
-
-    @property
-    def lock(self) -> "_FileLock":
-        return self._lock
-
-
-class _FileLock:
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def __enter__(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *_: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-
-_NO_LOCK = threading.Lock()  # SlotLedger: nothing to share, the SCP's own lock already serialises
-
-
-class ContextList(list[PresentationContext]):
-    """Our supported presentation contexts, cheap to copy.
-
-    pynetdicom deep-copies them for every connection (_create_association). With ~170 storage
-    classes that costs ~15 ms of CPU a connection: a burst of 50 connections spent over a second
-    on it, ahead of a monitor's C-ECHO. A context's only mutable part is its transfer-syntax list
-    (UIDs are immutable strings), so copying that list is the whole deep copy."""
-
-    def __deepcopy__(self, memo: dict[int, object]) -> list[PresentationContext]:
-        copies = []
-        for context in self:
-            clone = copy.copy(context)
-            clone._transfer_syntax = list(context._transfer_syntax)
-            copies.append(clone)
-        return copies
 
 
 @dataclass
@@ -288,142 +71,6 @@ class Connection:
     host: str
     port: int
     opened: float = field(default_factory=time.monotonic)
-
-
-class DimseGuard:
-    """Sits between one association's DUL and its DIMSE decoder (pynetdicom has no hook there).
-
-    - A data set over `max_bytes` is not buffered further: its fragments are passed on empty, so
-      the message still completes, and the handler refuses it (see take_oversize).
-    - A C-STORE-RQ that announced a data set which never comes (the peer sends the next command,
-      or nothing for `timeout_s`) is answered by `on_missing` instead of hanging the association.
-    """
-
-    def __init__(self, assoc: PynetAssociation, max_bytes: int, timeout_s: float,
-                 on_missing: Callable[[DIMSEMessage, int], None]) -> None:
-        self.dimse = assoc.dimse
-        self.max_bytes = max_bytes
-        self.timeout_s = timeout_s
-        self.on_missing = on_missing
-        self._inner = assoc.dimse.receive_primitive
-        self._lock = threading.Lock()
-        self._received = 0  # data-set bytes of the message being decoded
-        self._data_seen = False
-        self._oversize: set[int] = set()  # message ids whose data set went over max_bytes
-        self._timer: threading.Timer | None = None
-        assoc.dimse.receive_primitive = self.receive  # type: ignore[method-assign]  # pynetdicom has no hook here: wrap its method
-
-    def receive(self, primitive: P_DATA) -> None:
-        # one PDV at a time: pynetdicom drops the PDVs after the one that completes a message
-        with self._lock:
-            for context_id, data in primitive.presentation_data_value_list:
-                self._one(context_id, data)
-
-    def _one(self, context_id: int, data: bytes) -> None:
-        message = self.dimse.message
-        is_command = bool(data[0] & 1) if data else True
-        if message is not None and self._awaiting_dataset(message) and is_command:
-            self._answer_missing(message)  # a new command came instead of the announced data set
-            message = None
-        has_command = message is not None and "CommandField" in message.command_set
-        if is_command:
-            self._received += len(data)
-            if self._received > MAX_COMMAND_BYTES:
-                data = data[:1]  # a command set is a few hundred bytes: stop buffering; it fails to decode
-        elif message is None or not has_command:  # has_command implies a message
-            data = data[:1]  # a data set with no command before it: pynetdicom aborts, buffer nothing
-        else:
-            self._data_seen = True
-            self._cancel_timer()
-            self._received += len(data) - 1
-            if self._received > self.max_bytes:
-                self._oversize.add(int(message.command_set.get("MessageID", -1)))
-                message.data_set = BytesIO()  # free what was buffered; keep only the last-fragment bit
-                data = data[:1]
-        single = P_DATA()
-        single.presentation_data_value_list = [[context_id, data]]  # type: ignore[list-item]  # pynetdicom annotates tuples, its setter takes only lists
-        self._inner(single)
-        current = self.dimse.message
-        if current is None:
-            self._received, self._data_seen = 0, False
-            return
-        if is_command and "CommandField" in current.command_set:
-            self._received = 0  # the command set is complete: from here on, count the data set
-        if self._awaiting_dataset(current) and self._timer is None:
-            self._timer = threading.Timer(self.timeout_s, self._timed_out, args=(current,))
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _awaiting_dataset(self, message: DIMSEMessage) -> bool:
-        """The command set is complete, announced a data set, and no data fragment came yet."""
-        return "CommandField" in message.command_set and not self._data_seen
-
-    def _timed_out(self, message: DIMSEMessage) -> None:
-        with self._lock:
-            self._timer = None
-            if self.dimse.message is message and self._awaiting_dataset(message):
-                self._answer_missing(message)
-
-    def _answer_missing(self, message: DIMSEMessage) -> None:
-        self._cancel_timer()
-        self.dimse.message = None
-        self._received, self._data_seen = 0, False
-        if isinstance(message, C_STORE_RQ):
-            self.on_missing(message, int(message.context_id or 0))
-        else:
-            log.warning("dropped a DIMSE request that announced a data set and sent none")
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def take_oversize(self, message_id: int) -> bool:
-        """True once for a message whose data set went over the limit."""
-        with self._lock:
-            if message_id in self._oversize:
-                self._oversize.discard(message_id)
-                return True
-            return False
-
-    def close(self) -> None:
-        with self._lock:
-            self._cancel_timer()
-
-
-class AssociationPolicy:
-    def __init__(self, settings: Settings) -> None:
-        self.called_ae = settings.node.ae_title
-        self.calling_aes = set(settings.security.allowed_calling_aes)  # validated and stripped by the settings
-        self.networks = settings.security.networks  # parsed by the settings: a bad entry never gets here
-
-    def refusal(self, called: str, calling: str, host: str) -> tuple[EventCode, tuple[int, int, int], str] | None:
-        if called.strip() != self.called_ae:
-            return (EventCode.ASSOCIATION_REJECTED_CALLED_AE, REJECT_CALLED_AE,
-                    f"called AE title {called.strip()!r} is not this node's ({self.called_ae!r})")
-        if self.calling_aes and calling.strip() not in self.calling_aes:
-            return (EventCode.ASSOCIATION_REJECTED_CALLING_AE, REJECT_CALLING_AE,
-                    f"calling AE title {calling.strip()!r} is not on the allow-list")
-        if self.networks:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                address = None
-            if address is None or not any(address in net for net in self.networks):
-                return (EventCode.ASSOCIATION_REJECTED_HOST, REJECT_NO_REASON,
-                        f"host {host} is not on the allow-list")
-        return None
-
-
-def server_ssl_context(settings: Settings) -> ssl.SSLContext:
-    tls = settings.tls
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.ca_file:
-        context.load_verify_locations(str(tls.ca_file))
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    return context
 
 
 def _encoded_file(event: evt.Event, request: C_STORE) -> bytes:

@@ -1,5 +1,5 @@
 """One 32-bit count per receiver process in a small shared file (mmap): what the node's receiver
-processes tell each other (their associations: scp.SharedSlots; their connections: balance.ConnectionLoads).
+processes tell each other (their associations: slots.SharedSlots; their connections: balance.ConnectionLoads).
 Each process writes only its own count; the node creates the file before any receiver starts."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dicomnode import conformance
-from dicomnode.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
+from dicomnode.receive.negotiation import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from tests.conftest import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "conformance.md"
