@@ -25,7 +25,7 @@ from dicomnode.atna.exporter import CATALOGUE
 from dicomnode.atna.syslog import APP_NAME, MSGID
 from dicomnode.config import AtnaSettings, NodeSettings, PriorsSettings, SenderSettings
 from dicomnode.core.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
-from dicomnode.results.sr import PROCEDURE_REPORTED, PROCESSING_ALGORITHM
+from dicomnode.results.sr_codes import PROCEDURE_REPORTED, PROCESSING_ALGORITHM
 from dicomnode.core.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, STORED_STATUSES, SUCCESS
 from dicomnode.priors.finder import QR_TRANSFER_SYNTAXES
 from dicomnode.priors.retrieve import (
@@ -377,8 +377,8 @@ def _priors_section() -> list[str]:
 
 
 def _follow_up_sr_section() -> list[str]:
-    """What the TID 1500 SR of a follow-up says about the prior (dicomnode.results.sr, issue 12)."""
-    from dicomnode.results import sr
+    """What the TID 1500 SR of a follow-up says about the prior (dicomnode.results.sr_follow_up, issue 12)."""
+    from dicomnode.results import sr_codes as sr
 
     per_nodule = [(sr.CHANGE_SINCE_PRIOR, "CODE: " + ", ".join(_code(c) for c in sr.CHANGE_STATUS.values())),
                   (sr.PRIOR_DIAMETER, "NUM mm (derivation Mean)"), (sr.PRIOR_VOLUME, "NUM mm3"),

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def derived_tracking_uid(index: int, series_uid: str, model_version: str, options: Any) -> str:
-    """dicomnode.results.sr's, imported on use: the node's main process need not load highdicom at start."""
-    from dicomnode.results.sr import derived_tracking_uid as derived
+    """dicomnode.results.sr_follow_up's, imported on use: the node's main process need not load highdicom at start."""
+    from dicomnode.results.sr_follow_up import derived_tracking_uid as derived
 
     return derived(index, series_uid, model_version, options)
 

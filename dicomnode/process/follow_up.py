@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from dicomnode.process.pipelines import AnalyseSeries, PipelineContext, PriorExam
 from dicomnode.results.options import ResultOptions
 from dicomnode.results.overlay import build_comparison_overlay, change_line
-from dicomnode.results.sr import FollowUp, NoduleFollowUp, derived_tracking_uid
+from dicomnode.results.sr_follow_up import FollowUp, NoduleFollowUp, derived_tracking_uid
 from inference.compare import Comparison, ExamInput, FindingComparison, compare_exams, lung_masks
 from inference.findings import Finding, SeriesResult
 

@@ -14,7 +14,7 @@ from dicomnode.config import Settings
 from dicomnode.process.follow_up import comparison_overlays, exam_summary_json, follow_up, own_tracking_columns
 from dicomnode.process.pipelines import AnalyseSeries, PipelineContext, PipelineOutput
 from dicomnode.results import build_results
-from dicomnode.results.sr import follow_up_context
+from dicomnode.results.sr_follow_up import follow_up_context
 from inference.findings import ModelIdentity, SeriesResult
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode.results.options import ResultOptions
-from dicomnode.results.sr import find_instance, contributing_equipment, prepare_sources, radius_px, sort_by_position
+from dicomnode.results.equipment import contributing_equipment
+from dicomnode.results.sources import find_instance, prepare_sources, radius_px, sort_by_position
 from dicomnode.results.uids import result_uid, settings_digest
 from inference.compare.compare import patient_mismatch
 from inference.findings import Finding, SeriesResult

@@ -15,15 +15,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode.results.options import ResultOptions
-from dicomnode.results.sr import (
-    LUNG,
-    MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-    NODULE,
-    algorithm_device_uid,
-    contributing_equipment,
-    nodule_tracking,
-    prepare_sources,
-)
+from dicomnode.results.equipment import algorithm_device_uid, contributing_equipment
+from dicomnode.results.sources import prepare_sources
+from dicomnode.results.sr_codes import LUNG, MORPHOLOGICALLY_ABNORMAL_STRUCTURE, NODULE
+from dicomnode.results.sr_follow_up import nodule_tracking
 from dicomnode.results.uids import result_uid, settings_digest
 from inference.findings import Finding, SeriesResult
 

@@ -511,7 +511,7 @@ def followups(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.mark.parametrize("method", ["c-move", "c-get"])
 def test_sr_back_in_orthanc_carries_the_comparison_with_the_retrieved_prior(followups: FollowUps, method: str) -> None:
-    from dicomnode.results.sr import derived_tracking_uid
+    from dicomnode.results.sr_follow_up import derived_tracking_uid
 
     run, truth = followups.runs[method], followups.truth
     prior_job, prior_rows = followups.prior_jobs[method]

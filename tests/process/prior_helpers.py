@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 
 from storage.models import FindingRow
 
-# the SR's coded change since the prior (dicomnode.results.sr.CHANGE_STATUS), by comparison_status
+# the SR's coded change since the prior (dicomnode.results.sr_codes.CHANGE_STATUS), by comparison_status
 STATUS_MEANING = {"new": "New", "growing": "Increase in size", "stable": "No change", "shrinking": "Decreased size"}
 
 

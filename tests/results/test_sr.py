@@ -10,7 +10,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 
 from dicomnode.results import ResultOptions, build_not_analysed_sr, build_sr, result_uid, settings_digest
-from dicomnode.results.sr import LUNG_RADS_SCHEME
+from dicomnode.results.sr_codes import LUNG_RADS_SCHEME
 from inference.findings import NoduleLocation
 from tests.results.dicom_validators import (
     MODEL,
