@@ -136,7 +136,7 @@ class Fuzzer:
     def hostile_path(self) -> None:
         path = self.rng.choice([
             "/api/series/..%2f..%2f..%2fetc%2fpasswd", "/api/series/%00", "/api/series/1.2%00.3",
-            "/static/..%2f..%2fconfig.py", "/static/../../config.py", "/docs/assets/..%2f..%2f__init__.py",
+            "/static/..%2f..%2fnode.example.toml", "/static/../../node.example.toml", "/docs/assets/..%2f..%2f__init__.py",
             "/series/1.2.3/overlay/..%2f..%2f..%2fnode.toml.png", "/series/..%2f..%2f/report.pdf",
             "/api/series/" + "9" * self.rng.randint(1000, 20000), "/api/events?limit=1000000000",
             "/api/events?since=99999999999999d", "/api/events?limit=-1", "/audit?limit=99999999999999999999",
