@@ -1,6 +1,6 @@
 """`dicomnode serve|analyze|echo|send|audit|retry|model|phantom|config|user|token`.
 
-One module per command group (serve, network, audit, config, model); this one assembles the
+One module per command group (serve, network, audit, config, analyze, phantom, model); this one assembles the
 parser and runs a command, turning the user's mistakes into messages.
 """
 from __future__ import annotations
@@ -34,11 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
-    """analyze, model and phantom live in cli/model.py (they import the inference stack)."""
+    """analyze, phantom and model (cli/analyze.py, cli/phantom.py, cli/model.py) import the inference stack."""
     try:
+        from dicomnode.cli.analyze import add_analyze_command
         from dicomnode.cli.model import add_model_commands
+        from dicomnode.cli.phantom import add_phantom_command
     except ImportError:
         return
+    add_analyze_command(sub)
+    add_phantom_command(sub)
     add_model_commands(sub)
 
 

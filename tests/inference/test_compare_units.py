@@ -141,7 +141,7 @@ def test_no_comparison_across_patients():
 
 
 def test_analyze_refuses_another_patients_prior_before_analysing_it():
-    from dicomnode.cli.model import _prior_refusal
+    from dicomnode.cli.analyze import _prior_refusal
 
     current = [_header(), _header()]
     assert _prior_refusal(current, [_header(study="1.2.4", date="20240101")]) is None
