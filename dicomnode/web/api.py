@@ -12,18 +12,17 @@ from dicomnode.web.auth import Principal, client_host, csrf_token
 from dicomnode.web.deps import api_post, api_user, get_node
 from dicomnode.web.echo import UnknownDestination, echo_destination
 from dicomnode.web.receive import receive_upload
+from dicomnode.web.timeline import series_timeline, timeline
 from dicomnode.web.views import (
     NotFound,
+    attach_comparisons,
     dashboard_stats,
     destinations,
-    attach_comparisons,
     finding_json,
     health,
     job_json,
     list_series,
     series_detail,
-    series_timeline,
-    timeline,
 )
 from storage.queries import AuditFilter, nodes, parse_since, run_query
 

@@ -30,16 +30,9 @@ from dicomnode.web.report import (
 from dicomnode.web.receive import receive_upload
 from dicomnode.web.story import series_story
 from dicomnode.web.tables import cell, short_uid, table_rows
-from dicomnode.web.views import (
-    NotFound,
-    dashboard_stats,
-    dicom_date,
-    list_series,
-    overlay_images,
-    overlay_png,
-    series_detail,
-    series_timeline,
-)
+from dicomnode.web.overlays import dicom_date, overlay_images, overlay_png
+from dicomnode.web.timeline import series_timeline
+from dicomnode.web.views import NotFound, dashboard_stats, list_series, series_detail
 from storage.audit_subjects import AUDIT_SUBJECTS
 from storage.queries import (
     AuditFilter,

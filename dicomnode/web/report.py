@@ -11,16 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from fpdf import FPDF
 
-from dicomnode.web.views import (
-    NotFound,
-    dicom_date,
-    OverlayImage,
-    model_info,
-    model_warning,
-    overlay_images,
-    overlay_png,
-    series_detail,
-)
+from dicomnode.web.overlays import OverlayImage, dicom_date, overlay_images, overlay_png
+from dicomnode.web.views import NotFound, model_info, model_warning, series_detail
 
 if TYPE_CHECKING:
     from dicomnode.node import Node

@@ -1,32 +1,24 @@
 """What the console shows, as plain dicts: shared by the pages, the API, the report and /health."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import SecondaryCaptureImageStorage
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, aliased
 
-from dicomnode.priors.safety import PatientIdentity, mismatches
 from dicomnode.process.pipelines import MODEL_PIPELINES, model_identity, model_manifest
 from dicomnode.web.story import is_job_or_delivery
-
 from storage.models import Association, Delivery, FindingRow, Instance, Job, Series, Study
-from storage.states import DeliveryState, JobState
 from storage.queries import AuditFilter, counts_by, destination_health, run_query, series_events
+from storage.states import DeliveryState, JobState
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
 
-# pipelines that need the model (and so an inference engine) loaded to be ready
 LUNG_RADS_ORDER = ["1", "2", "3", "4A", "4B", "4X"]
 NOT_FOR_CLINICAL_USE = ("Research use only - not for clinical use. The findings come from an automated "
                         "algorithm, are not a diagnosis and must be reviewed by a qualified radiologist.")
@@ -268,7 +260,7 @@ _COMPARISON_COLUMNS = (FindingRow.id, FindingRow.tracking_uid, FindingRow.compar
                        _PRIOR.center_x_mm.label("prior_x"), _PRIOR.center_y_mm.label("prior_y"),
                        _PRIOR.center_z_mm.label("prior_z"), _PRIOR.nodule_type.label("prior_type"),
                        _PRIOR.lung_rads.label("prior_lung_rads"))
-_ID_CHUNK = 500  # ids per IN (...): well under every driver's limit on bound parameters
+ID_CHUNK = 500  # ids per IN (...): well under every driver's limit on bound parameters
 
 
 def _round(value: float | None, decimals: int) -> float | None:
@@ -298,9 +290,9 @@ def attach_comparisons(s: Session, findings: list[dict[str, Any]]) -> list[dict[
     """Set `tracking_uid` and `comparison` on finding_json dicts (by their `id`), in place."""
     ids = [f["id"] for f in findings]
     found: dict[int, Any] = {}
-    for start in range(0, len(ids), _ID_CHUNK):
+    for start in range(0, len(ids), ID_CHUNK):
         query = (select(*_COMPARISON_COLUMNS).outerjoin(_PRIOR, _PRIOR.id == FindingRow.prior_finding_id)
-                 .where(FindingRow.id.in_(ids[start:start + _ID_CHUNK])))
+                 .where(FindingRow.id.in_(ids[start:start + ID_CHUNK])))
         found.update({row[0]: row for row in s.execute(query)})
     for f in findings:
         row = found.get(f["id"])
@@ -335,93 +327,6 @@ def _series_known(s: Session, series_uid: Any) -> bool:
     return s.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).first() is not None
 
 
-def patient_timeline(s: Session, reference: PatientIdentity, current_series_uid: str | None = None) -> list[dict[str, Any]]:
-    """Every analysed exam (series with a finished job) of one patient, the same PatientID and issuer
-    ("" for none) as `reference`, oldest first (undated last), each with its exam Lung-RADS, comparison
-    counts and `identity_mismatch`: why its PatientName or PatientBirthDate is not the reference's (the
-    safety rule of dicomnode.priors.safety: shown, for a reader to notice, never used for a comparison).
-    Without a PatientID nothing identifies the patient: only the current series is listed."""
-    patient_id, issuer = reference.patient_id, reference.issuer
-    query = (select(Study.study_date, Study.study_instance_uid, Study.accession_number, Study.study_description,
-                    Study.patient_id, func.coalesce(Study.issuer_of_patient_id, "").label("issuer"),
-                    Study.patient_name, func.coalesce(Study.patient_birth_date, "").label("birth_date"),
-                    Series.series_instance_uid, Series.series_number, Series.series_description, Series.modality,
-                    Series.role, Job.id.label("job_id"), Job.verdict, Job.summary, Job.finished_at)
-             .join(Series, Series.study_id == Study.id).join(Job, Job.series_id == Series.id)
-             .where(Job.state == JobState.DONE))
-    if patient_id:
-        query = query.where(Study.patient_id == patient_id, func.coalesce(Study.issuer_of_patient_id, "") == issuer)
-    else:
-        query = query.where(Series.series_instance_uid == (current_series_uid or ""))
-    latest: dict[str, Any] = {}
-    for row in s.execute(query.order_by(Job.id)):
-        latest[row.series_instance_uid] = row  # the newest finished job of each series wins
-    categories: dict[int, list[tuple[str, str | None]]] = {row.job_id: [] for row in latest.values()}
-    job_ids = list(categories)
-    for start in range(0, len(job_ids), _ID_CHUNK):
-        for job_id, category, status in s.execute(
-                select(FindingRow.job_id, FindingRow.lung_rads, FindingRow.comparison_status)
-                .where(FindingRow.job_id.in_(job_ids[start:start + _ID_CHUNK]))):
-            categories[job_id].append((category, status))
-    exams = [_timeline_exam(row, categories[row.job_id], current_series_uid, reference) for row in latest.values()]
-    return sorted(exams, key=lambda e: (e["study_date"] or "99999999", e["finished_at"] or "", e["job_id"]))
-
-
-def _timeline_exam(row: Any, findings: list[tuple[str, str | None]], current_series_uid: str | None,
-                   reference: PatientIdentity) -> dict[str, Any]:
-    identity = PatientIdentity(row.patient_id, row.issuer, row.patient_name or "", row.birth_date)
-    analysed = row.verdict != "not_analysed"
-    summary = row.summary if isinstance(row.summary, dict) else {}
-    comparison, resolved = job_comparison(summary)
-    exam: dict[str, Any] = summary["exam"] if isinstance(summary.get("exam"), dict) else {}
-    follow_up = (comparison or {}).get("lung_rads") if (comparison or {}).get("performed") else None
-    category = follow_up or exam.get("lung_rads") or lung_rads_overall([c for c, _ in findings])
-    statuses: dict[str, int] = {}
-    for _, status in findings:
-        if status:
-            statuses[status] = statuses.get(status, 0) + 1
-    if resolved:
-        statuses["resolved"] = len(resolved)
-    return {"study_date": row.study_date or None, "study_instance_uid": row.study_instance_uid,
-            "accession_number": row.accession_number, "study_description": row.study_description,
-            "series_instance_uid": row.series_instance_uid, "series_number": row.series_number,
-            "series_description": row.series_description, "modality": row.modality, "role": row.role,
-            "job_id": row.job_id, "verdict": row.verdict,
-            "finished_at": row.finished_at.replace(tzinfo=UTC).isoformat(timespec="seconds") if row.finished_at else None,
-            "lung_rads": category if analysed else None, "findings": len(findings),
-            "comparison": None if comparison is None else {"performed": bool(comparison.get("performed")),
-                                                           "reason": comparison.get("reason"),
-                                                           "prior_study_instance_uid": comparison.get("prior_study_instance_uid"),
-                                                           "statuses": statuses},
-            "current": row.series_instance_uid == current_series_uid,
-            "identity_mismatch": mismatches(reference, identity) if reference.patient_id else []}
-
-
-def timeline(node: Node, patient_id: str, issuer: str) -> dict[str, Any]:
-    """The timeline of a patient named by PatientID and issuer ("" for none)."""
-    with node.db.session() as s:
-        # the newest study names the patient and is the reference the others' name and birth date are checked against
-        row = s.execute(select(Study.patient_name, func.coalesce(Study.patient_birth_date, ""))
-                        .where(Study.patient_id == patient_id, func.coalesce(Study.issuer_of_patient_id, "") == issuer)
-                        .order_by(Study.id.desc()).limit(1)).first()
-        if row is None:
-            raise NotFound(f"no study of patient {patient_id!r}" + (f" (issuer {issuer!r})" if issuer else " without an issuer"))
-        exams = patient_timeline(s, PatientIdentity(patient_id, issuer, row[0] or "", row[1]))
-    return {"patient_id": patient_id, "patient_name": row[0], "issuer_of_patient_id": issuer, "exams": exams}
-
-
-def series_timeline(node: Node, series_uid: str) -> dict[str, Any]:
-    """The timeline of the patient of one series (NotFound when the node has no such series)."""
-    with node.db.session() as s:
-        row = s.execute(select(Study.patient_id, Study.patient_name, func.coalesce(Study.issuer_of_patient_id, ""),
-                               func.coalesce(Study.patient_birth_date, ""))
-                        .join(Series, Series.study_id == Study.id).where(Series.series_instance_uid == series_uid)).first()
-        if row is None:
-            raise NotFound(f"no series {series_uid}")
-        exams = patient_timeline(s, PatientIdentity(row[0], row[2], row[1] or "", row[3]), series_uid)
-    return {"patient_id": row[0], "patient_name": row[1], "issuer_of_patient_id": row[2], "exams": exams}
-
-
 # what the Brock model substitutes for a missing input (inference.clinical.brock.brock_risk)
 REFERENCE_VALUES = {"age": "age 62 years (the model's centring value)", "sex": "male (the reference category)"}
 
@@ -445,168 +350,3 @@ def exam_view(exam: dict[str, Any] | None) -> dict[str, Any] | None:
         parts.append("Family history of lung cancer: unknown (not configured), counted as no.")
     text = " ".join(parts) or "All risk-model inputs were present."
     return {**exam, "missing_inputs_text": text}
-
-
-# -- overlay images -------------------------------------------------------------------
-@dataclass(frozen=True)
-class OverlayImage:
-    key: str  # "sc-<SOP Instance UID>" or "finding-<index>"
-    caption: str
-    order: int
-
-
-def _outbox_sc_files(node: Node, series_uid: str, job_id: int) -> dict[str, tuple[Path, Any]]:
-    """SC result objects of this series in the outbox: {sop uid: (path, header)}."""
-    outbox = Path(node.settings.outbox_dir).resolve()
-    folder = (outbox / series_uid).resolve()
-    # a UID from the database, but it came from a DICOM file: it must not lead out of the outbox
-    if not folder.is_relative_to(outbox) or folder == outbox or not folder.is_dir():
-        return {}
-    with node.db.session() as s:
-        delivered = set(s.execute(select(Delivery.sop_instance_uid).where(Delivery.job_id == job_id)).scalars())
-    found: dict[str, tuple[Path, Any]] = {}
-    for path in sorted(folder.glob("*.dcm")):
-        try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        if ds.get("SOPClassUID") != SecondaryCaptureImageStorage:
-            continue
-        # when the job queued deliveries, only its own objects count (older model versions may linger)
-        if delivered and str(ds.SOPInstanceUID) not in delivered:
-            continue
-        found[str(ds.SOPInstanceUID)] = (path, ds)
-    return found
-
-
-def overlay_images(node: Node, series_uid: str, detail: dict[str, Any] | None = None) -> list[OverlayImage]:
-    detail = detail or series_detail(node, series_uid)
-    done = detail["latest_done_job"]
-    if done is None:
-        return []
-    images = [OverlayImage(f"sc-{uid}", str(ds.get("ImageComments", "") or f"image {ds.get('InstanceNumber', '')}"),
-                           int(ds.get("InstanceNumber", 0) or 0))
-              for uid, (_, ds) in _outbox_sc_files(node, series_uid, done["id"]).items()]
-    if images:
-        return sorted(images, key=lambda i: i.order)
-    # no SC objects (overlays switched off): draw each finding on its key slice from the spool, and each
-    # nodule matched with a prior nodule side by side with it
-    images = [OverlayImage(f"finding-{f['index']}", finding_caption(f), f["index"]) for f in detail["findings"]]
-    prior_date = (detail.get("comparison") or {}).get("prior_study_date")
-    return images + [OverlayImage(f"compare-{f['index']}", comparison_caption(f, prior_date), len(images) + f["index"])
-                     for f in detail["findings"] if ((f.get("comparison") or {}).get("prior") or {}).get("finding_id")]
-
-
-def dicom_date(value: Any) -> str:
-    """YYYYMMDD as YYYY-MM-DD; anything else as it is ('' for none)."""
-    text = str(value or "")
-    return f"{text[:4]}-{text[4:6]}-{text[6:]}" if len(text) == 8 and text.isdigit() else text
-
-
-def comparison_caption(f: dict[str, Any], prior_date: Any) -> str:
-    """`nodule 1, growing: prior 2024-01-15 (left) and current (right)`."""
-    when = f" {dicom_date(prior_date)}" if prior_date else ""
-    return f"nodule {f['index']}, {f['comparison']['status']}: prior{when} (left) and current (right)"
-
-
-def finding_caption(f: dict[str, Any]) -> str:
-    """`nodule 1: part-solid 9.5 mm, Lung-RADS 4A, Brock risk 12%` (type and risk only where recorded)."""
-    size = f["mean_diameter_mm"] if f.get("mean_diameter_mm") is not None else f["diameter_mm"]
-    kind = f"{f['type'].replace('_', '-')} " if f.get("type") else ""
-    risk = f", Brock risk {f['brock_risk'] * 100:.0f}%" if f.get("brock_risk") is not None else ""
-    return f"nodule {f['index']}: {kind}{size:.1f} mm, Lung-RADS {f['lung_rads']}{risk}"
-
-
-def overlay_png(node: Node, series_uid: str, key: str) -> bytes:
-    from PIL import Image
-
-    detail = series_detail(node, series_uid)
-    done = detail["latest_done_job"]
-    if done is None:
-        raise NotFound("the series has no finished job")
-    if key.startswith("sc-"):
-        files = _outbox_sc_files(node, series_uid, done["id"])
-        if key[3:] not in files:
-            raise NotFound(f"no overlay image {key[3:]} for this series")
-        pixels = dcmread(files[key[3:]][0]).pixel_array
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        return buffer.getvalue()
-    if key.startswith("finding-"):
-        return _render_finding(node, detail, key[len("finding-"):])
-    if key.startswith("compare-"):
-        return _render_comparison(node, detail, key[len("compare-"):])
-    raise NotFound(f"unknown overlay {key!r}")
-
-
-def _spool_slice(node: Node, sop_instance_uid: str) -> Any:
-    """A key slice read from the spool; NotFound saying why when it is gone."""
-    with node.db.session() as s:
-        row = s.execute(select(Instance.path, Instance.deleted_at)
-                        .where(Instance.sop_instance_uid == sop_instance_uid)).first()
-    if row is None:
-        raise NotFound("the key slice of this finding is no longer in the spool")
-    if row.deleted_at is not None:
-        raise NotFound(f"the key slice of this finding was removed by retention on {row.deleted_at:%Y-%m-%d}")
-    try:
-        return dcmread(node.spool.path(row.path))
-    except FileNotFoundError:
-        raise NotFound("the key slice of this finding is no longer in the spool") from None
-
-
-def _finding(f: dict[str, Any], sop_class_uid: str) -> Any:
-    """The inference Finding of a finding_json dict (what the overlay drawing needs)."""
-    from inference.findings import Finding, KeySlice, NoduleLocation
-
-    location = NoduleLocation(lung=f["location"]["lung"], zone=f["location"]["zone"],
-                              juxtapleural=bool(f["location"]["juxtapleural"]),
-                              perifissural=bool(f["location"].get("perifissural")))
-    return Finding(center_mm=(f["center_x_mm"], f["center_y_mm"], f["center_z_mm"]),
-                   diameter_mm=f["mean_diameter_mm"] if f["mean_diameter_mm"] is not None else f["diameter_mm"],
-                   volume_mm3=f["volume_mm3"], probability=f["probability"], model_score=f["model_score"],
-                   lung_rads=f["lung_rads"], nodule_type=f["type"] or "solid", calcified=bool(f["calcified"]),
-                   margin=f["margin"], location=location, brock_risk=f["brock_risk"],
-                   solid_component_mm=f["solid_component_mm"],
-                   key_slice=KeySlice(f["sop_instance_uid"], sop_class_uid, f["row"], f["column"]))
-
-
-def _one_finding(detail: dict[str, Any], index_text: str) -> dict[str, Any]:
-    match = [f for f in detail["findings"] if str(f["index"]) == index_text]
-    if not match:
-        raise NotFound(f"no finding {index_text}")
-    return match[0]
-
-
-def _render_finding(node: Node, detail: dict[str, Any], index_text: str) -> bytes:
-    from dicomnode.results.overlay import render_overlay_png
-
-    f = _one_finding(detail, index_text)
-    ct = _spool_slice(node, f["sop_instance_uid"])
-    return render_overlay_png(ct, [_finding(f, str(ct.SOPClassUID))], numbers=[f["index"]])
-
-
-def _render_comparison(node: Node, detail: dict[str, Any], index_text: str) -> bytes:
-    """The prior and current key slices of a matched nodule side by side (results.overlay.draw_comparison)."""
-    from PIL import Image
-
-    from dicomnode.results.overlay import change_line, draw_comparison
-
-    f = _one_finding(detail, index_text)
-    comparison = f.get("comparison") or {}
-    prior_id = (comparison.get("prior") or {}).get("finding_id")
-    if prior_id is None:
-        raise NotFound(f"finding {index_text} has no matched prior finding")
-    with node.db.session() as s:
-        prior_rows = [finding_json(r) for r in run_query(s, "findings", AuditFilter(row_id=int(prior_id), limit=1))]
-    if not prior_rows:
-        raise NotFound(f"the prior finding {prior_id} is no longer in the database")
-    current_ct, prior_ct = _spool_slice(node, f["sop_instance_uid"]), _spool_slice(node, prior_rows[0]["sop_instance_uid"])
-    current, prior = _finding(f, str(current_ct.SOPClassUID)), _finding(prior_rows[0], str(prior_ct.SOPClassUID))
-    change = change_line(prior, current, comparison.get("doubling_time_days"), str(comparison.get("status")))
-    try:
-        rgb = draw_comparison(current_ct, prior_ct, current, prior, f["index"], change)
-    except ValueError as exc:  # another patient's slice, or not the key slice: never drawn side by side
-        raise NotFound(str(exc)) from None
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
