@@ -349,7 +349,8 @@ def add_model_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_model_froc)
 
     p = msub.add_parser("evaluate", help="detection FROC, model-score ROC and nodule characterisation (type, "
-                        "margin, calcification confusion matrices, volume error) on held-out phantoms")
+                        "margin, calcification and per-nodule Lung-RADS confusion matrices, volume error) on "
+                        "held-out phantoms")
     _add_phantom_evaluation_args(p, count=20, first_seed=9000, role="held-out")
     p.add_argument("--config", type=Path, help="TOML config file: its [clinical] max_findings sets how many findings "
                    "per series the report threshold is scored on (default: 10)")

@@ -33,6 +33,7 @@ a user gets, the detector's error in where and how large included.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ from scipy import ndimage
 
 from inference.characterize import NoduleCharacteristics, characterize_nodule
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT, FEW_SLICES_CAVEAT, size_caveat
+from inference.clinical.lungrads import classify_nodule
+from inference.clinical.types import Margin, Nodule, NoduleType
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
 from inference.preprocess import Preprocessed, lung_mask
@@ -56,6 +59,8 @@ TYPES = ("solid", "part_solid", "ground_glass")
 MARGINS = ("smooth", "lobulated", "spiculated", "not_assessed")
 # the phantom generator's nodule kinds as the pipeline names the types (inference.characterize.attenuation)
 TYPE_OF_KIND = {"solid": "solid", "part-solid": "part_solid", "ground-glass": "ground_glass"}
+# the Lung-RADS v2022 categories a baseline nodule can get (0 is an exam's, never a nodule's)
+LUNG_RADS = ("1", "2", "3", "4A", "4B", "4X")
 
 
 @dataclass
@@ -82,6 +87,9 @@ class NoduleResult:
     detector_diameter_mm: float = 0.0  # the diameter the characterisation was given
     visible_share: float = 1.0  # share of its painting in the lungs that shows in the image (`visible_share`)
     slice_mm: float = 0.0  # the phantom's slice thickness (0: not recorded, as in results saved before it was)
+    solid_diameter_mm: float = 0.0  # the painted solid component: a part-solid nodule's core (truth)
+    lung_rads: str = ""  # the category the report gives it (by its mean diameter, inference.pipeline.clinical_nodule)
+    lung_rads_by_volume: str = ""  # the same nodule by the v2022 volume thresholds ("": no volume measured)
 
     @property
     def hidden(self) -> bool:
@@ -105,6 +113,21 @@ class NoduleResult:
     def volume_error(self) -> float:
         return (self.volume_mm3 - self.truth_volume_mm3) / max(self.truth_volume_mm3, 1e-6)
 
+    def painted_lung_rads(self, *, by_volume: bool = False) -> str:
+        """The Lung-RADS v2022 category of the nodule as painted (baseline rules): its type, its core diameter (the
+        generator's `diameter_mm`, before lobes and spicules) or painted volume, its solid core for a part-solid
+        nodule (a sphere of `solid_diameter_mm`), its calcification and margin. No juxtapleural downgrade: a painted
+        nodule is a sphere cut by the wall, not the lentiform or triangular shape the rule asks for. "" for a
+        part-solid nodule whose solid core was not recorded (results saved before it was)."""
+        kind = NoduleType(self.truth_type)
+        solid = self.solid_diameter_mm if kind is NoduleType.PART_SOLID else None
+        if solid is not None and solid <= 0:
+            return ""
+        nodule = Nodule(type=kind, mean_diameter_mm=self.diameter_mm, calcified=self.truth_calcified,
+                        margin=Margin(self.truth_margin), volume_mm3=self.truth_volume_mm3, solid_component_mm=solid,
+                        solid_component_volume_mm3=math.pi / 6 * solid ** 3 if solid else None)
+        return classify_nodule(nodule, by_volume=by_volume).category.value
+
 
 @dataclass
 class Evaluation:
@@ -126,14 +149,29 @@ class Evaluation:
         return [r for r in self.results if r.diameter_mm >= self.min_diameter_mm and r.hidden]
 
     def confusion(self, what: str = "type") -> np.ndarray:
-        """Rows: truth, columns: predicted, in TYPES (or MARGINS / (False, True) for calcified and juxtapleural) order."""
-        labels: tuple = {"type": TYPES, "margin": MARGINS, "calcified": (False, True), "juxtapleural": (False, True)}[what]
+        """Rows: truth, columns: predicted, in TYPES order (MARGINS for margin, (False, True) for calcified and
+        juxtapleural, LUNG_RADS for the categories)."""
+        labels: tuple = {"type": TYPES, "margin": MARGINS, "calcified": (False, True), "juxtapleural": (False, True),
+                         "lung_rads": LUNG_RADS, "lung_rads_by_volume": LUNG_RADS}[what]
         out = np.zeros((len(labels), len(labels)), int)
         for r in self.counted:
-            t, p = {"type": (r.truth_type, r.predicted_type), "margin": (r.truth_margin, r.margin),
-                    "calcified": (r.truth_calcified, r.calcified), "juxtapleural": (r.at_pleura, r.juxtapleural)}[what]
+            t, p = self._pair(r, what)
+            if t == "" or p == "":  # not categorised (saved before the categories were recorded, or no volume)
+                continue
             out[labels.index(t), labels.index(p)] += 1
         return out
+
+    @staticmethod
+    def _pair(r: NoduleResult, what: str) -> tuple[object, object]:
+        """(truth, predicted) of `r` for the confusion matrix `what`."""
+        if what == "lung_rads":
+            return r.painted_lung_rads(), r.lung_rads
+        if what == "lung_rads_by_volume":
+            return r.painted_lung_rads(by_volume=True), r.lung_rads_by_volume
+        pairs: dict[str, tuple[object, object]] = {
+            "type": (r.truth_type, r.predicted_type), "margin": (r.truth_margin, r.margin),
+            "calcified": (r.truth_calcified, r.calcified), "juxtapleural": (r.at_pleura, r.juxtapleural)}
+        return pairs[what]
 
     def accuracy(self, what: str = "type") -> float:
         m = self.confusion(what)
@@ -167,7 +205,8 @@ class Evaluation:
                                "not_detected": len(self.not_detected), "hidden_by_anatomy": len(self.hidden),
                                "perifissural_false_positives": sum(r.perifissural for r in self.counted)}
         for what, labels in (("type", TYPES), ("margin", MARGINS), ("calcified", (False, True)),
-                             ("juxtapleural", (False, True))):
+                             ("juxtapleural", (False, True)), ("lung_rads", LUNG_RADS),
+                             ("lung_rads_by_volume", LUNG_RADS)):
             out[what] = {"labels": list(labels), "confusion": self.confusion(what).tolist(),
                          "accuracy": round(self.accuracy(what), 4)}
         err = self.volume_errors()
@@ -303,20 +342,38 @@ def painted_nodules(seed: int, phantom: Phantom, anatomy: Phantom, drawn: np.nda
             diameter_mm=nodule.diameter_mm, truth_volume_mm3=in_lungs, volume_mm3=0.0, truth_margin=nodule.margin,
             margin="", truth_calcified=nodule.calcified, calcified=False, attached_to=nodule.attached_to,
             juxtapleural=False, segmentation_ok=False, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted,
-            detected=False, visible_share=visible_share(anatomy, inside, nodule, frac))))
+            detected=False, visible_share=visible_share(anatomy, inside, nodule, frac),
+            solid_diameter_mm=nodule.solid_diameter_mm)))
     return out
 
 
 def measured(unmeasured: NoduleResult, c: NoduleCharacteristics, centre_zyx: np.ndarray, painted_zyx: np.ndarray,
              spacing_zyx: np.ndarray, diameter_mm: float) -> NoduleResult:
-    """`unmeasured` with what characterising it at `centre_zyx` with `diameter_mm` gave (`c`)."""
+    """`unmeasured` with what characterising it at `centre_zyx` with `diameter_mm` gave (`c`), and the Lung-RADS
+    category the report gives it (`reported_lung_rads`)."""
+    by_diameter, by_volume = reported_lung_rads(c, diameter_mm, float(spacing_zyx[0]))
     return replace(
         unmeasured, predicted_type=c.type, volume_mm3=c.volume_mm3, margin=c.margin or "not_assessed",
+        lung_rads=by_diameter, lung_rads_by_volume=by_volume,
         calcified=c.calcified, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
         perifissural=c.location.perifissural, contact_share=c.contact_share, detected=True,
         slice_mm=float(spacing_zyx[0]),
         centre_offset_mm=float(np.linalg.norm((np.asarray(centre_zyx, float) - painted_zyx) * spacing_zyx)),
         detector_diameter_mm=diameter_mm)
+
+
+def reported_lung_rads(c: NoduleCharacteristics, diameter_mm: float, slice_mm: float) -> tuple[str, str]:
+    """The Lung-RADS category the report gives a nodule characterised as `c` (with the detector's `diameter_mm`), by
+    its mean diameter as the report has it and by the v2022 volume thresholds ("" where no volume was measured): the
+    pipeline's own `clinical_nodule`, so the evaluation scores what a reader sees."""
+    from inference.detect import Candidate
+    from inference.pipeline import Measured, clinical_nodule
+
+    nodule, _ = clinical_nodule(Measured(Candidate((0.0, 0.0, 0.0), diameter_mm, 0.0, 1.0), np.zeros(3), c), slice_mm)
+    by_volume = nodule.volume_mm3 is not None and (nodule.type is not NoduleType.PART_SOLID
+                                                   or nodule.solid_component_volume_mm3 is not None)
+    return (classify_nodule(nodule).category.value,
+            classify_nodule(nodule, by_volume=True).category.value if by_volume else "")
 
 
 def evaluate_seed(seed: int, min_diameter_mm: float = 0.0, small: bool = True,
@@ -359,11 +416,17 @@ def evaluate(seeds: range | list[int], min_diameter_mm: float = 6.0, small: bool
     return ev
 
 
+LUNG_RADS_TRUTH = ("truth: the category of the nodule as painted (NoduleResult.painted_lung_rads); predicted: the one "
+                   "the report gives it")
+
+
 def format_report(ev: Evaluation, details: bool = True) -> str:
     lines = [f"nodules >= {ev.min_diameter_mm:g} mm: {len(ev.counted)} (of {len(ev.results)})"]
-    for what, labels in (("type", TYPES), ("margin", MARGINS), ("calcified", ("no", "yes")), ("juxtapleural", ("no", "yes"))):
+    for what, labels in (("type", TYPES), ("margin", MARGINS), ("calcified", ("no", "yes")), ("juxtapleural", ("no", "yes")),
+                         ("lung_rads", LUNG_RADS), ("lung_rads_by_volume", LUNG_RADS)):
         m = ev.confusion(what)
-        lines.append(f"{what}: accuracy {ev.accuracy(what):.1%} (rows truth, columns predicted)")
+        lines.append(f"{what}: accuracy {ev.accuracy(what):.1%} (rows truth, columns predicted)"
+                     + (f"; {LUNG_RADS_TRUTH}" if what.startswith("lung_rads") else ""))
         lines.append(" " * 14 + "".join(f"{str(l):>14}" for l in labels))
         for label, row in zip(labels, m):
             lines.append(f"{str(label):>14}" + "".join(f"{v:>14}" for v in row))

@@ -213,8 +213,12 @@ def test_the_characterisation_evaluation_at_the_detectors_centres_measures_what_
         assert r.predicted_type == finding.nodule_type
         assert r.volume_mm3 == pytest.approx(finding.volume_mm3, abs=0.05), (r, finding)
         assert r.detector_diameter_mm != r.diameter_mm  # the detector's own diameter, not the painted one
+        # the category scored is the one the finding carries, and the truth's solid core is the painted one
+        assert r.lung_rads == finding.lung_rads
+        assert r.solid_diameter_mm == nodule.solid_diameter_mm
     report = format_report(ev)
     assert f"{len(ev.counted)} of {len(ev.counted)} nodules >= 6 mm hit" in report and "centre offset (mm)" in report
+    assert "lung_rads: accuracy" in report and "lung_rads_by_volume: accuracy" in report
     # `dicomnode model evaluate --characterize-at detector` hands over the FROC pass's marks on the same preprocessed
     # phantom instead of detecting again: the same results, and the detector network does not run a second time
     from inference.training.cases import phantom_case
