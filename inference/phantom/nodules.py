@@ -138,6 +138,23 @@ class _Shape(NamedTuple):
     surface: np.ndarray
 
 
+def edge_mm(spacing: np.ndarray) -> float:
+    """Width of a painted surface's partial-volume ramp on a grid of `spacing` (z, y, x): at least 0.6 mm, else the
+    in-plane pixel."""
+    return float(max(0.6, np.asarray(spacing, float)[1:].mean()))
+
+
+def painted_solid_diameter_mm(nodule: PhantomNodule, spacing: np.ndarray) -> float:
+    """Diameter of the nodule's solid part as painted on a grid of `spacing` (z, y, x): a solid nodule's whole, blended
+    into the lung by its partial volume (`solid_diameter_mm`); a part-solid nodule's core `solid_diameter_mm` plus the
+    ramp width `edge_mm`, because `paint_nodule` paints solid tissue wherever the core's ramp is above 0 (the core is
+    not blended into its ground glass, so its solid part reaches half a ramp beyond the core's surface); 0 for
+    ground glass. Lobes of the core are not counted."""
+    if nodule.kind == "part-solid":
+        return nodule.solid_diameter_mm + edge_mm(spacing)
+    return nodule.solid_diameter_mm if nodule.kind == "solid" else 0.0
+
+
 def _nodule_shape(
     rng: np.random.Generator, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray,
     shape: tuple[int, ...], nodule: PhantomNodule,
@@ -171,7 +188,7 @@ def _nodule_shape(
     dist = np.linalg.norm(offset, axis=-1)
     unit = offset / np.maximum(dist, 1e-3)[..., None]
     surface = radius * (1 + (lobe_amp * np.exp(4.0 * (unit @ lobe_dirs.T - 1))).sum(axis=-1))
-    edge = float(max(0.6, spacing[1:].mean()))
+    edge = edge_mm(spacing)
     outer = _soft(surface - dist, edge)
     core = np.zeros_like(outer)
     if nodule.kind == "solid":

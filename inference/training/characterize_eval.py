@@ -47,6 +47,7 @@ from inference.clinical.lungrads import classify_nodule
 from inference.clinical.types import Margin, Nodule, NoduleType
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
+from inference.phantom.nodules import painted_solid_diameter_mm
 from inference.preprocess import Preprocessed, lung_mask
 from inference.training.metrics import MAX_MARKS_PER_SCAN, luna16_hits
 
@@ -87,7 +88,7 @@ class NoduleResult:
     detector_diameter_mm: float = 0.0  # the diameter the characterisation was given
     visible_share: float = 1.0  # share of its painting in the lungs that shows in the image (`visible_share`)
     slice_mm: float = 0.0  # the phantom's slice thickness (0: not recorded, as in results saved before it was)
-    solid_diameter_mm: float = 0.0  # the painted solid component: a part-solid nodule's core (truth)
+    solid_diameter_mm: float = 0.0  # the solid part as painted in the image (nodules.painted_solid_diameter_mm)
     lung_rads: str = ""  # the category the report gives it (by its mean diameter, inference.pipeline.clinical_nodule)
     lung_rads_by_volume: str = ""  # the same nodule by the v2022 volume thresholds ("": no volume measured)
 
@@ -115,10 +116,11 @@ class NoduleResult:
 
     def painted_lung_rads(self, *, by_volume: bool = False) -> str:
         """The Lung-RADS v2022 category of the nodule as painted (baseline rules): its type, its core diameter (the
-        generator's `diameter_mm`, before lobes and spicules) or painted volume, its solid core for a part-solid
-        nodule (a sphere of `solid_diameter_mm`), its calcification and margin. No juxtapleural downgrade: a painted
-        nodule is a sphere cut by the wall, not the lentiform or triangular shape the rule asks for. "" for a
-        part-solid nodule whose solid core was not recorded (results saved before it was)."""
+        generator's `diameter_mm`, before lobes and spicules) or painted volume, its solid part for a part-solid
+        nodule (a sphere of `solid_diameter_mm`: the solid part as the generator paints it), its calcification and
+        margin. No juxtapleural downgrade: a painted nodule is a sphere cut by the wall, not the lentiform or
+        triangular shape the rule asks for. "" for a part-solid nodule whose solid part was not recorded (results
+        saved before it was)."""
         kind = NoduleType(self.truth_type)
         solid = self.solid_diameter_mm if kind is NoduleType.PART_SOLID else None
         if solid is not None and solid <= 0:
@@ -343,7 +345,7 @@ def painted_nodules(seed: int, phantom: Phantom, anatomy: Phantom, drawn: np.nda
             margin="", truth_calcified=nodule.calcified, calcified=False, attached_to=nodule.attached_to,
             juxtapleural=False, segmentation_ok=False, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted,
             detected=False, visible_share=visible_share(anatomy, inside, nodule, frac),
-            solid_diameter_mm=nodule.solid_diameter_mm)))
+            solid_diameter_mm=painted_solid_diameter_mm(nodule, phantom.spacing))))
     return out
 
 

@@ -70,3 +70,27 @@ def test_a_part_solid_nodule_without_its_recorded_core_is_not_categorised() -> N
     from dataclasses import replace
 
     assert Evaluation(results=[replace(old, lung_rads="4A")]).confusion("lung_rads").sum() == 0
+
+
+def test_a_part_solid_nodules_solid_part_is_painted_half_a_ramp_beyond_its_core() -> None:
+    # the truth of a part-solid nodule's solid component is what the generator paints, not its core's diameter:
+    # solid tissue wherever the core's partial-volume ramp is above 0. On a 0.05 mm grid (ramp 0.6 mm) the solid
+    # part of a 6 mm core, measured as the disc of equal area on its central plane, is 6.6 mm across
+    import numpy as np
+
+    from inference.phantom.model import PhantomNodule
+    from inference.phantom.nodules import paint_nodule, painted_solid_diameter_mm
+
+    nodule = PhantomNodule(center_mm=(0.0, 0.0, 0.0), diameter_mm=14.0, kind="part-solid", attached_to=None,
+                           malignant=False, margin="smooth", solid_diameter_mm=6.0, shape_seed=3)
+    spacing = np.array([1.0, 0.05, 0.05])
+    n = 401
+    hu = np.full((1, n, n), -850.0, np.float32)
+    origin = np.array([-(n // 2) * 0.05, -(n // 2) * 0.05, 0.0])
+    paint_nodule(hu, origin, spacing, np.eye(3), nodule)
+    solid_area = float((hu[0] > -300).sum()) * 0.05 ** 2
+    across = 2 * math.sqrt(solid_area / math.pi)
+    assert painted_solid_diameter_mm(nodule, spacing) == pytest.approx(6.6)
+    assert across == pytest.approx(6.6, abs=0.25)
+    assert across > 6.3  # the core's own diameter would be 6.0
+    assert painted_solid_diameter_mm(nodule, np.array([2.5, 0.8, 0.8])) == pytest.approx(6.8)  # ramp: the pixel

@@ -199,6 +199,7 @@ def test_the_characterisation_evaluation_at_the_detectors_centres_measures_what_
     # `characterize_eval --centres detector`: each nodule measured at the centre and diameter of the detector's
     # candidate that hits it: the finding a user gets from the same phantom sent as a DICOM series, to the
     # type and the volume
+    from inference.phantom.nodules import painted_solid_diameter_mm
     from inference.training.characterize_eval import evaluate, format_report
 
     case, _ = clinical_case
@@ -215,7 +216,7 @@ def test_the_characterisation_evaluation_at_the_detectors_centres_measures_what_
         assert r.detector_diameter_mm != r.diameter_mm  # the detector's own diameter, not the painted one
         # the category scored is the one the finding carries, and the truth's solid core is the painted one
         assert r.lung_rads == finding.lung_rads
-        assert r.solid_diameter_mm == nodule.solid_diameter_mm
+        assert r.solid_diameter_mm == painted_solid_diameter_mm(nodule, case.phantom.spacing)
     report = format_report(ev)
     assert f"{len(ev.counted)} of {len(ev.counted)} nodules >= 6 mm hit" in report and "centre offset (mm)" in report
     assert "lung_rads: accuracy" in report and "lung_rads_by_volume: accuracy" in report
