@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -119,3 +120,9 @@ def check_code_string(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(check_ae_title)]
 Network = Annotated[str, AfterValidator(check_network)]
 CodeString = Annotated[str, AfterValidator(check_code_string)]
+
+
+def absent_files(section: BaseModel, keys: Sequence[str]) -> list[str]:
+    """"key (path)" for each of `keys` of `section` set to a path that is not a file: `config check` must catch a
+    wrong path, not the first connection that needs it."""
+    return [f"{k} ({path})" for k in keys if (path := getattr(section, k)) is not None and not Path(path).is_file()]

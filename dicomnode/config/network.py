@@ -14,8 +14,9 @@ from dicomnode.config.checks import (
     AETitle,
     CodeString,
     Network,
-    Strict,
     PIPELINE_RE,
+    Strict,
+    absent_files,
     check_ae_title,
     check_database_url,
     check_host,
@@ -114,8 +115,7 @@ class TlsSettings(Strict):
             if missing:
                 raise ValueError(f"tls.enabled is true but {', '.join(missing)} not set")
             # config check must catch a wrong path, not the first TLS association
-            absent = [f"{k} ({path})" for k in ("cert_file", "key_file", "ca_file")
-                      if (path := getattr(self, k)) is not None and not Path(path).is_file()]
+            absent = absent_files(self, ("cert_file", "key_file", "ca_file"))
             if absent:
                 raise ValueError(f"tls.enabled is true but these files do not exist: {', '.join(absent)}")
         return self

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dicomnode.config.checks import Strict, USER_NAME_RE, check_ae_title, check_host, check_path
+from dicomnode.config.checks import USER_NAME_RE, Strict, absent_files, check_ae_title, check_host, check_path
 from dicomnode.core.passwords import is_password_hash, is_token_hash, secret_weakness
 from dicomnode.core.uids import printable
 
@@ -220,11 +220,11 @@ class AtnaSettings(Strict):
             raise ValueError("atna.cert_file and atna.key_file go together: set both or neither")
         if self.transport == "tls" and self.ca_file is None:
             raise ValueError("atna.transport is tls but atna.ca_file (the CA of the repository's certificate) is not set")
-        absent = [f"{k} ({path})" for k in ("ca_file", "cert_file", "key_file")
-                  if (path := getattr(self, k)) is not None and not Path(path).is_file()]
+        absent = absent_files(self, ("ca_file", "cert_file", "key_file"))
         if absent:
             raise ValueError(f"atna.enabled is true but these files do not exist: {', '.join(absent)}")
         return self
+
 
 class PriorPeer(Strict):
     """A query/retrieve SCP (a PACS) the node may ask for a patient's prior exams."""
