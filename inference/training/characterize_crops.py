@@ -176,7 +176,7 @@ def format_summary(table: dict[str, dict[str, float]]) -> str:
              f"{'mean |err|':>12}"]
     for name, row in table.items():
         lines.append(f"{name:<8}{row['counted']:>9}{row['volume_within']:>12}{row['type']:>7}{row['margin']:>8}"
-                     f"{row['calcified']:>11}{row.get('lung_rads_by_volume', 0):>11}{row['mean_abs_error_pct']:>11.2f}%")
+                     f"{row['calcified']:>11}{row['lung_rads_by_volume']:>11}{row['mean_abs_error_pct']:>11.2f}%")
     return "\n".join(lines)
 
 

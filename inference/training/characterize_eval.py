@@ -33,7 +33,6 @@ a user gets, the detector's error in where and how large included.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -42,9 +41,9 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize import NoduleCharacteristics, characterize_nodule
-from inference.characterize.measure import CONTACT_SHARE_CAVEAT, FEW_SLICES_CAVEAT, size_caveat
+from inference.characterize.measure import CONTACT_SHARE_CAVEAT, FEW_SLICES_CAVEAT, size_caveat, sphere_volume_mm3
 from inference.clinical.lungrads import classify_nodule
-from inference.clinical.types import Margin, Nodule, NoduleType
+from inference.clinical.types import LungRadsCategory, Margin, Nodule, NoduleType
 from inference.phantom import paint_nodule, phantom_and_anatomy
 from inference.phantom.model import Phantom, PhantomNodule
 from inference.phantom.nodules import painted_solid_diameter_mm
@@ -61,7 +60,7 @@ MARGINS = ("smooth", "lobulated", "spiculated", "not_assessed")
 # the phantom generator's nodule kinds as the pipeline names the types (inference.characterize.attenuation)
 TYPE_OF_KIND = {"solid": "solid", "part-solid": "part_solid", "ground-glass": "ground_glass"}
 # the Lung-RADS v2022 categories a baseline nodule can get (0 is an exam's, never a nodule's)
-LUNG_RADS = ("1", "2", "3", "4A", "4B", "4X")
+LUNG_RADS = tuple(c.value for c in LungRadsCategory if c is not LungRadsCategory.C0)
 
 
 @dataclass
@@ -127,7 +126,7 @@ class NoduleResult:
             return ""
         nodule = Nodule(type=kind, mean_diameter_mm=self.diameter_mm, calcified=self.truth_calcified,
                         margin=Margin(self.truth_margin), volume_mm3=self.truth_volume_mm3, solid_component_mm=solid,
-                        solid_component_volume_mm3=math.pi / 6 * solid ** 3 if solid else None)
+                        solid_component_volume_mm3=sphere_volume_mm3(solid) if solid else None)
         return classify_nodule(nodule, by_volume=by_volume).category.value
 
 
