@@ -203,6 +203,20 @@ def _nodule_shape(
     return _Shape(lo, hi, outer, core, dist, edge, surface)
 
 
+def nodule_fractions(nodule: PhantomNodule, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray,
+                     shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The nodule's partial-volume fractions on a grid (`origin`, `spacing` (z, y, x), `direction`, `shape`): the whole
+    nodule and its core (the solid part: a solid nodule's whole), each of `shape` (zero where it does not reach), drawn
+    as `paint_nodule` draws them (lobes and spicules included)."""
+    outer = np.zeros(shape, np.float32)
+    core = np.zeros(shape, np.float32)
+    found = _nodule_shape(np.random.default_rng(nodule.shape_seed), origin, spacing, direction, shape, nodule)
+    if found is not None:
+        region = tuple(slice(a, b) for a, b in zip(found.lo, found.hi))
+        outer[region], core[region] = found.outer, found.core
+    return outer, core
+
+
 def nodule_volume_mm3(nodule: PhantomNodule, voxel_mm: float = 0.25) -> float:
     """The true volume of a painted nodule (lobes and spicules included), from its shape on a fine grid:
     the truth a follow-up's growth is measured against (independent of any scan's voxels)."""

@@ -49,6 +49,7 @@ from inference.phantom.model import Phantom, PhantomNodule
 from inference.phantom.nodules import painted_solid_diameter_mm
 from inference.preprocess import Preprocessed, lung_mask
 from inference.training.metrics import MAX_MARKS_PER_SCAN, luna16_hits
+from inference.training.painted_axes import PaintedAxes, painted_axes
 
 if TYPE_CHECKING:
     from inference.detect import Candidate, Mode
@@ -90,6 +91,16 @@ class NoduleResult:
     solid_diameter_mm: float = 0.0  # the solid part as painted in the image (nodules.painted_solid_diameter_mm)
     lung_rads: str = ""  # the category the report gives it (by its mean diameter, inference.pipeline.clinical_nodule)
     lung_rads_by_volume: str = ""  # the same nodule by the v2022 volume thresholds ("": no volume measured)
+    # the painted outline's axes on the scan's slices (painted_axes.painted_axes; 0: not recorded, as in results saved
+    # before they were) and its solid part's mean diameter (part-solid nodules), the truth of the diameters below
+    painted_long_mm: float = 0.0
+    painted_short_mm: float = 0.0
+    painted_solid_mm: float = 0.0
+    # the mean diameter and solid component the report gives it (inference.pipeline.clinical_nodule), the axes measured
+    mean_diameter_mm: float = 0.0
+    solid_component_mm: float = 0.0
+    long_mm: float = 0.0
+    short_mm: float = 0.0
 
     @property
     def hidden(self) -> bool:
@@ -114,17 +125,23 @@ class NoduleResult:
         return (self.volume_mm3 - self.truth_volume_mm3) / max(self.truth_volume_mm3, 1e-6)
 
     def painted_lung_rads(self, *, by_volume: bool = False) -> str:
-        """The Lung-RADS v2022 category of the nodule as painted (baseline rules): its type, its core diameter (the
-        generator's `diameter_mm`, before lobes and spicules) or painted volume, its solid part for a part-solid
-        nodule (a sphere of `solid_diameter_mm`: the solid part as the generator paints it), its calcification and
-        margin. No juxtapleural downgrade: a painted nodule is a sphere cut by the wall, not the lentiform or
+        """The Lung-RADS v2022 category of the nodule as painted (baseline rules): its type; its painted outline's
+        mean diameter (`painted_long_mm`, `painted_short_mm`; where not recorded, the core diameter, the generator's
+        `diameter_mm` before lobes and spicules) or its painted volume; for a part-solid nodule its solid part
+        (`painted_solid_mm` as outlined, or by volume a sphere of `solid_diameter_mm`: the solid part as the generator
+        paints it); its calcification and margin. No juxtapleural downgrade: a painted nodule is a sphere cut by the wall, not the lentiform or
         triangular shape the rule asks for. "" for a part-solid nodule whose solid part was not recorded (results
         saved before it was)."""
         kind = NoduleType(self.truth_type)
         solid = self.solid_diameter_mm if kind is NoduleType.PART_SOLID else None
         if solid is not None and solid <= 0:
             return ""
-        nodule = Nodule(type=kind, mean_diameter_mm=self.diameter_mm, calcified=self.truth_calcified,
+        mean = self.diameter_mm
+        if self.painted_long_mm > 0 and not by_volume:  # the painted outline's own, where recorded
+            mean = PaintedAxes(self.painted_long_mm, self.painted_short_mm, 0.0, 0.0).mean_mm
+            # a core no slice crosses at half its fraction: its solid part as painted all the same
+            solid = (self.painted_solid_mm or self.solid_diameter_mm) if kind is NoduleType.PART_SOLID else None
+        nodule = Nodule(type=kind, mean_diameter_mm=mean, calcified=self.truth_calcified,
                         margin=Margin(self.truth_margin), volume_mm3=self.truth_volume_mm3, solid_component_mm=solid,
                         solid_component_volume_mm3=sphere_volume_mm3(solid) if solid else None)
         return classify_nodule(nodule, by_volume=by_volume).category.value
@@ -181,6 +198,16 @@ class Evaluation:
     def volume_errors(self) -> np.ndarray:
         return np.array([r.volume_error for r in self.counted])
 
+    def diameter_errors(self, margin: str | None = None) -> np.ndarray:
+        """(mean diameter, long axis, short axis) as reported minus the painted outline's, mm, one row per counted
+        nodule with both (results saved before the painted axes were recorded have none); `margin`: of that painted
+        margin only."""
+        rows = [(r.mean_diameter_mm - PaintedAxes(r.painted_long_mm, r.painted_short_mm, 0.0, 0.0).mean_mm,
+                 r.long_mm - r.painted_long_mm, r.short_mm - r.painted_short_mm)
+                for r in self.counted
+                if r.painted_long_mm > 0 and r.long_mm > 0 and r.segmentation_ok and margin in (None, r.truth_margin)]
+        return np.array(rows, float).reshape(-1, 3)
+
     def within_by_site(self, tolerance: float = 0.15) -> dict[str, tuple[int, int]]:
         """(within tolerance, counted) per site: free in the lung, on a vessel or airway, at the pleura."""
         out: dict[str, tuple[int, int]] = {}
@@ -217,7 +244,23 @@ class Evaluation:
             "within_15pct_by_site": {k: list(v) for k, v in self.within_by_site().items()},
             "within_15pct_by_caveat": {k: list(v) for k, v in self.within_by_caveat().items()},
         }
+        out["diameter_error_mm"] = {margin or "all": _diameter_summary(self.diameter_errors(margin))
+                                    for margin in (None, "smooth", "lobulated", "spiculated")}
         return out
+
+
+# a reported mean diameter this close to the painted outline's counts as right (a tenth of a small nodule's size)
+DIAMETER_TOLERANCE_MM = 1.0
+
+
+def _diameter_summary(errors: np.ndarray) -> dict[str, float] | None:
+    """Medians of the (mean, long, short) errors and the share of mean diameters within DIAMETER_TOLERANCE_MM."""
+    if not errors.size:
+        return None
+    median = np.median(errors, axis=0)
+    return {"count": len(errors), "mean_median": round(float(median[0]), 3), "long_median": round(float(median[1]), 3),
+            "short_median": round(float(median[2]), 3),
+            "mean_within": int((np.abs(errors[:, 0]) <= DIAMETER_TOLERANCE_MM).sum())}
 
 
 # a nodule with more than this share of its painting outside the truth region crosses the lungs' outline
@@ -338,13 +381,15 @@ def painted_nodules(seed: int, phantom: Phantom, anatomy: Phantom, drawn: np.nda
             continue
         frac = painted_fraction(phantom, nodule)
         in_lungs, painted = painted_volumes(phantom, inside, nodule, frac)
+        axes = painted_axes(phantom, inside, nodule)
         out.append(PaintedNodule(nodule, phantom.world_to_voxel(np.asarray(nodule.center_mm))[0], drawn_d, NoduleResult(
             seed=seed, index=index, truth_type=TYPE_OF_KIND[nodule.kind], predicted_type="",
             diameter_mm=nodule.diameter_mm, truth_volume_mm3=in_lungs, volume_mm3=0.0, truth_margin=nodule.margin,
             margin="", truth_calcified=nodule.calcified, calcified=False, attached_to=nodule.attached_to,
             juxtapleural=False, segmentation_ok=False, at_pleura=in_lungs < (1 - PLEURA_SHARE_OUTSIDE) * painted,
             detected=False, visible_share=visible_share(anatomy, inside, nodule, frac),
-            solid_diameter_mm=painted_solid_diameter_mm(nodule, phantom.spacing))))
+            solid_diameter_mm=painted_solid_diameter_mm(nodule, phantom.spacing), painted_long_mm=axes.long_mm,
+            painted_short_mm=axes.short_mm, painted_solid_mm=axes.solid_mean_mm if nodule.kind == "part-solid" else 0.0)))
     return out
 
 
@@ -352,10 +397,13 @@ def measured(unmeasured: NoduleResult, c: NoduleCharacteristics, centre_zyx: np.
              spacing_zyx: np.ndarray, diameter_mm: float) -> NoduleResult:
     """`unmeasured` with what characterising it at `centre_zyx` with `diameter_mm` gave (`c`), and the Lung-RADS
     category the report gives it (`reported_lung_rads`)."""
-    by_diameter, by_volume = reported_lung_rads(c, diameter_mm, float(spacing_zyx[0]))
+    reported = reported_nodule(c, diameter_mm, float(spacing_zyx[0]))
+    by_diameter, by_volume = reported_lung_rads(reported)
     return replace(
         unmeasured, predicted_type=c.type, volume_mm3=c.volume_mm3, margin=c.margin or "not_assessed",
-        lung_rads=by_diameter, lung_rads_by_volume=by_volume,
+        lung_rads=by_diameter, lung_rads_by_volume=by_volume, mean_diameter_mm=reported.mean_diameter_mm,
+        solid_component_mm=reported.solid_component_mm or 0.0,
+        long_mm=c.axes.long_mm if c.axes else 0.0, short_mm=c.axes.short_mm if c.axes else 0.0,
         calcified=c.calcified, juxtapleural=c.location.juxtapleural, segmentation_ok=c.segmentation_ok,
         perifissural=c.location.perifissural, contact_share=c.contact_share, detected=True,
         slice_mm=float(spacing_zyx[0]),
@@ -363,14 +411,19 @@ def measured(unmeasured: NoduleResult, c: NoduleCharacteristics, centre_zyx: np.
         detector_diameter_mm=diameter_mm)
 
 
-def reported_lung_rads(c: NoduleCharacteristics, diameter_mm: float, slice_mm: float) -> tuple[str, str]:
-    """The Lung-RADS category the report gives a nodule characterised as `c` (with the detector's `diameter_mm`), by
-    its mean diameter as the report has it and by the v2022 volume thresholds ("" where no volume was measured): the
-    pipeline's own `clinical_nodule`, so the evaluation scores what a reader sees."""
+def reported_nodule(c: NoduleCharacteristics, diameter_mm: float, slice_mm: float) -> Nodule:
+    """The nodule the report gives for one characterised as `c` (with the detector's `diameter_mm`): the pipeline's
+    own `clinical_nodule`, so the evaluation scores what a reader sees."""
     from inference.detect import Candidate
     from inference.pipeline import Measured, clinical_nodule
 
     nodule, _ = clinical_nodule(Measured(Candidate((0.0, 0.0, 0.0), diameter_mm, 0.0, 1.0), np.zeros(3), c), slice_mm)
+    return nodule
+
+
+def reported_lung_rads(nodule: Nodule) -> tuple[str, str]:
+    """The Lung-RADS category the report gives `nodule` (`reported_nodule`), by its mean diameter as the report has it
+    and by the v2022 volume thresholds ("" where no volume was measured)."""
     by_volume = nodule.volume_mm3 is not None and (nodule.type is not NoduleType.PART_SOLID
                                                    or nodule.solid_component_volume_mm3 is not None)
     return (classify_nodule(nodule).category.value,
@@ -442,6 +495,12 @@ def format_report(ev: Evaluation, details: bool = True) -> str:
                      f"structures; few slices: non-solid, under {FEW_SLICES_CAVEAT:g} slices across; failed: no segmentation; "
                      "none: no caveat): "
                      + ", ".join(f"{name} {k}/{n}" for name, (k, n) in ev.within_by_caveat().items()))
+    diameters = {margin: _diameter_summary(ev.diameter_errors(margin)) for margin in ("smooth", "lobulated", "spiculated")}
+    if any(diameters.values()):
+        lines.append("diameters as reported minus the painted outline's (median mean / long / short, mm; mean within "
+                     f"{DIAMETER_TOLERANCE_MM:g} mm): " + ", ".join(
+                         f"{margin} {d['mean_median']:+.2f} / {d['long_median']:+.2f} / {d['short_median']:+.2f}, "
+                         f"{d['mean_within']:g} of {d['count']:g}" for margin, d in diameters.items() if d))
     lines.append(f"perifissural (the phantoms paint no fissures: false positives): {sum(r.perifissural for r in ev.counted)}")
     for r in ev.hidden:
         lines.append(f"hidden by the anatomy (painted over tissue as dense as its own, {r.visible_share:.0%} shows; not "

@@ -5,11 +5,11 @@ The pipeline runs on each phantom as on a received series (`analyze_volume`). A 
 whose centre lies nearest to its own in that nodule's radii, if within 1.5 of them (a finding's centre is its
 segmentation's centroid, which a spiculated or lobulated nodule moves); a second finding of the same nodule is a
 repeat, and a finding that matches none is a false positive. A painted nodule of 6 mm or more that no finding
-matches is missed. The truth category is `classify_nodule` on what was painted: the type, the mean diameter that the
-pipeline's own measurement (`characterize.measure.axes`) gives on the painted shape where it fills half a voxel or
-more (lobes and the thicker parts of spicules included, as the pipeline's segmentation includes them: a disagreement
-is then the pipeline's error, not a different definition of size), the painted solid core's diameter of a part-solid
-nodule, calcification and margin. The juxtapleural rule is not applied to it (the painting says nothing about shape
+matches is missed. The truth category is `classify_nodule` on what was painted: the type, the mean diameter of the
+painted outline on the scan's axial slices (`painted_axes`: where the painted fraction crosses half, on a fine grid;
+lobes and the thicker parts of spicules included, as the pipeline's segmentation includes them: a disagreement is then
+the pipeline's error, not a different definition of size), the mean diameter of a part-solid nodule's solid part as
+painted, calcification and margin. The juxtapleural rule is not applied to it (the painting says nothing about shape
 against the pleura), and a nodule on the pleura is measured with its part painted into the chest wall, which the CT
 does not show: there the painted category can be higher than what a reader could measure. The exam's truth is the
 highest truth category of all its painted nodules, detected or not.
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inference.characterize.measure import axes
 from inference.clinical import LungRadsCategory
 from inference.clinical.lungrads import classify_nodule
 from inference.clinical.types import Margin, Nodule, NoduleType
 from inference.phantom import Phantom, PhantomNodule
 from inference.training.cases import phantom_seeds_from_command_line
-from inference.training.characterize_eval import TYPE_OF_KIND, painted_fraction
+from inference.training.characterize_eval import TYPE_OF_KIND
+from inference.training.painted_axes import PaintedAxes, painted_axes
 
 if TYPE_CHECKING:
     from inference.findings import SeriesResult
@@ -63,25 +63,19 @@ class PhantomAudit:
         return sum(f.nodule is not None and not f.repeat for f in self.findings)
 
 
-def painted_mean_diameter_mm(phantom: Phantom, nodule: PhantomNodule) -> float:
-    """The Lung-RADS mean diameter measured on the painted shape (half a voxel's fraction or more)."""
-    measured = axes(painted_fraction(phantom, nodule) >= 0.5, np.asarray(phantom.spacing, float))
-    return measured.mean_mm if measured is not None else 0.0
-
-
-def truth_category(nodule: PhantomNodule, mean_diameter_mm: float) -> LungRadsCategory:
-    """The Lung-RADS v2022 baseline category of a painted nodule of that measured mean diameter (see the module's
-    docstring)."""
+def truth_category(nodule: PhantomNodule, painted: PaintedAxes) -> LungRadsCategory:
+    """The Lung-RADS v2022 baseline category of a painted nodule outlined as `painted` (see the module's docstring)."""
     part_solid = nodule.kind == "part-solid"
-    painted = Nodule(type=NoduleType(TYPE_OF_KIND[nodule.kind]), mean_diameter_mm=round(mean_diameter_mm, 1),
-                     calcified=nodule.calcified, margin=Margin(nodule.margin),
-                     solid_component_mm=round(nodule.solid_diameter_mm, 1) if part_solid else None)
-    return classify_nodule(painted).category
+    truth = Nodule(type=NoduleType(TYPE_OF_KIND[nodule.kind]), mean_diameter_mm=painted.mean_mm,
+                   calcified=nodule.calcified, margin=Margin(nodule.margin),
+                   solid_component_mm=painted.solid_mean_mm if part_solid else None)
+    return classify_nodule(truth).category
 
 
 def audit_result(seed: int, phantom: Phantom, result: SeriesResult) -> PhantomAudit:
     """Match `result`'s findings (the pipeline's on `phantom`) to its painted nodules."""
-    truths = [truth_category(n, painted_mean_diameter_mm(phantom, n)) for n in phantom.nodules]
+    # its part in the chest wall too (see the module's docstring)
+    truths = [truth_category(n, painted_axes(phantom, None, n)) for n in phantom.nodules]
     centres = np.array([n.center_mm for n in phantom.nodules], float).reshape(-1, 3)
     radii = np.array([n.diameter_mm / 2 for n in phantom.nodules], float)
     seen: set[int] = set()

@@ -10,6 +10,7 @@ import pytest
 from inference.phantom import Phantom, PhantomNodule
 from inference.training import findings_audit
 from inference.training.findings_audit import audit_result, truth_category
+from inference.training.painted_axes import PaintedAxes
 
 
 def painted(diameter_mm: float, kind: str = "solid", *, margin: str = "smooth", calcified: bool = False,
@@ -30,7 +31,13 @@ def painted(diameter_mm: float, kind: str = "solid", *, margin: str = "smooth", 
     (painted(10.0, "part-solid", solid_mm=8.0), "4B"),
 ])
 def test_a_painted_nodules_category_is_lung_rads_of_what_was_painted(nodule: PhantomNodule, category: str) -> None:
-    assert truth_category(nodule, nodule.diameter_mm).value == category
+    assert truth_category(nodule, outlined(nodule)).value == category
+
+
+def outlined(nodule: PhantomNodule) -> PaintedAxes:
+    """A painted outline as round as the nodule's core diameter (its axes on a painting: test_pipeline.py)."""
+    d, solid = nodule.diameter_mm, nodule.solid_diameter_mm
+    return PaintedAxes(d, d, solid, solid)
 
 
 def finding(x: float, category: str) -> SimpleNamespace:
@@ -39,9 +46,9 @@ def finding(x: float, category: str) -> SimpleNamespace:
 
 def test_findings_are_matched_within_one_and_a_half_radii_and_repeats_and_misses_counted(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # the painted shapes' measured diameter is the pipeline's measurement on a painting (test_pipeline.py); here the
-    # painted diameter stands in for it
-    monkeypatch.setattr(findings_audit, "painted_mean_diameter_mm", lambda _phantom, nodule: nodule.diameter_mm)
+    # the painted outline's axes on a painting are in test_painted_axes.py and test_pipeline.py; here the painted
+    # diameter stands in for them
+    monkeypatch.setattr(findings_audit, "painted_axes", lambda _phantom, _inside, nodule: outlined(nodule))
     nodules = [painted(10.0, at=(0.0, 0.0, 0.0)), painted(6.0, at=(40.0, 0.0, 0.0)), painted(4.0, at=(80.0, 0.0, 0.0))]
     phantom = cast(Phantom, SimpleNamespace(nodules=nodules))
     result = SimpleNamespace(exam=SimpleNamespace(lung_rads="4A"), findings=[

@@ -282,7 +282,8 @@ def test_repeat_marks_are_counted_on_phantoms_and_no_nodule_is_lost_to_them(demo
 def test_the_findings_audit_reads_a_pipeline_result(clinical_result, clinical_case) -> None:
     # `python -m inference.training.findings_audit` on the clinical phantom: each finding matched to a painted nodule
     # (or none), the painted nodules' categories beside the reported ones
-    from inference.training.findings_audit import audit_result, painted_mean_diameter_mm, truth_category
+    from inference.training.findings_audit import audit_result, truth_category
+    from inference.training.painted_axes import painted_axes
 
     case, _ = clinical_case
     audit = audit_result(CLINICAL_SEED, case.phantom, clinical_result)
@@ -294,13 +295,13 @@ def test_the_findings_audit_reads_a_pipeline_result(clinical_result, clinical_ca
     for f in audit.findings:
         if f.nodule is not None:
             n = case.phantom.nodules[f.nodule]
-            assert f.truth_category == truth_category(n, painted_mean_diameter_mm(case.phantom, n)).value
-    # the painted shape measured as the pipeline measures: a smooth nodule's mean diameter within a pixel and a half
-    # of its painted one (its lobes add up to 4 % of the radius)
+            assert f.truth_category == truth_category(n, painted_axes(case.phantom, None, n)).value
+    # the painted outline: a smooth nodule's mean diameter on the scan's slices within a pixel and a half of its core
+    # diameter (its lobes add up to 4 % of the radius; the slice nearest its centre lies up to half a slice off it)
     pixel = float(case.phantom.spacing[1])
     for n in case.phantom.nodules:
         if n.margin == "smooth" and n.diameter_mm >= 6:
-            assert abs(painted_mean_diameter_mm(case.phantom, n) - n.diameter_mm) <= 1.5 * pixel, n
+            assert abs(painted_axes(case.phantom, None, n).mean_mm - n.diameter_mm) <= 1.5 * pixel, n
 
 
 def test_slices_thicker_than_screening_ct_are_stated_in_the_exam(clinical_result, clinical_case) -> None:
