@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
-from scipy import ndimage
 
 from inference.characterize import attenuation, calcification, margin, measure
 from inference.characterize.emphysema import characterize_exam
@@ -256,9 +255,8 @@ def _reported_axes(seg: Segmentation, size_mask: np.ndarray, solid: np.ndarray, 
     """The axes the report gives (the whole nodule's, the solid part's), each edge placed below a pixel
     (`measure.subpixel_slice_axes`): the whole nodule between the lung's level and its own outer level, a part-solid
     nodule's solid part between its ground glass and its solid tissue; the whole nodule's edge counts nothing where it
-    meets other structures (`near_others`). The type decision before took the solid part's
-    axes between pixel centres (`attenuation.classify` was tuned on them) and keeps them; a ground-glass nodule has no
-    solid part (`solid_axes` None)."""
+    meets other structures (`near_others`). The type decision, made before, takes the solid part's axes between pixel
+    centres (`solid_axes`: `attenuation.classify` was tuned on them); a ground-glass nodule has no solid part."""
     outer = (seg.parenchyma_hu, _level(seg.hu, size_mask, spacing, kind == "solid"))
     size_axes = measure.axes(size_mask, spacing, z_offset, _edge_hu(seg, outer, spacing), outer, near_others)
     if kind == "solid":

@@ -307,7 +307,7 @@ def subpixel_slice_axes(plane: np.ndarray, hu: np.ndarray, outside_hu: float, in
     Why: the longest distance between pixel centres plus a pixel (`slice_axes`) reads the long axis 0.7-0.85 pixel
     long, because the direction picked as the longest is the one whose outermost pixel centres lie nearest the edge;
     the outline of the binary mask is long as well (half a pixel uncertain everywhere, and the longest diameter takes
-    the most outward). On simulated discs and ellipses this reads it within 0.15 pixel (docs/characterization.md,
+    the most outward). On digitised discs and ellipses this reads it within 0.2 pixel on average (docs/characterization.md,
     "Forty-seventh session" and "Forty-eighth session"). Falls back to `slice_axes` for a mask of under 3 pixels or
     levels less than 1 HU apart."""
     if plane.sum() < 3 or inside_hu - outside_hu < 1.0:

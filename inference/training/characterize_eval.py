@@ -129,9 +129,9 @@ class NoduleResult:
         mean diameter (`painted_long_mm`, `painted_short_mm`; where not recorded, the core diameter, the generator's
         `diameter_mm` before lobes and spicules) or its painted volume; for a part-solid nodule its solid part
         (`painted_solid_mm` as outlined, or by volume a sphere of `solid_diameter_mm`: the solid part as the generator
-        paints it); its calcification and margin. No juxtapleural downgrade: a painted nodule is a sphere cut by the wall, not the lentiform or
-        triangular shape the rule asks for. "" for a part-solid nodule whose solid part was not recorded (results
-        saved before it was)."""
+        paints it); its calcification and margin. No juxtapleural downgrade: a painted nodule is a sphere cut by the
+        wall, not the lentiform or triangular shape the rule asks for. "" for a part-solid nodule whose solid part was
+        not recorded (results saved before it was)."""
         kind = NoduleType(self.truth_type)
         solid = self.solid_diameter_mm if kind is NoduleType.PART_SOLID else None
         if solid is not None and solid <= 0:
@@ -139,7 +139,7 @@ class NoduleResult:
         mean = self.diameter_mm
         if self.painted_long_mm > 0 and not by_volume:  # the painted outline's own, where recorded
             mean = PaintedAxes(self.painted_long_mm, self.painted_short_mm, 0.0, 0.0).mean_mm
-            # a core no slice crosses at half its fraction: its solid part as painted all the same
+            # 0 in the crops patched before painted_axes fell back to it (a core no slice crosses at half)
             solid = (self.painted_solid_mm or self.solid_diameter_mm) if kind is NoduleType.PART_SOLID else None
         nodule = Nodule(type=kind, mean_diameter_mm=mean, calcified=self.truth_calcified,
                         margin=Margin(self.truth_margin), volume_mm3=self.truth_volume_mm3, solid_component_mm=solid,

@@ -9,7 +9,7 @@ lungs (`inside`, the evaluation's truth region, at the scan's pixels), and outli
 whose outline has the longest long axis gives the axes (`measure.outline_axes`: the longest diameter and the longest
 chord perpendicular to it), as the measurement picks its slice. A part-solid nodule's solid part is its core's
 outline widened by the scan's ramp (`nodules.painted_solid_diameter_mm`: the painter paints solid tissue wherever the
-core's ramp is above 0).
+core's ramp is above 0); where no slice crosses its core at half, `nodules.painted_solid_diameter_mm`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 from inference.characterize.measure import outline_axes
 from inference.clinical.types import round_half_up
 from inference.phantom.model import Phantom, PhantomNodule
-from inference.phantom.nodules import edge_mm, nodule_fractions
+from inference.phantom.nodules import edge_mm, nodule_fractions, painted_solid_diameter_mm
 
 STEP_MM = 0.1  # the fine grid's pixel: the outline within a few hundredths of a mm
 MAX_SIDE = 400  # ... coarser for the largest spiculated nodules, to keep a plane under 400 x 400 pixels
@@ -94,4 +94,6 @@ def painted_axes(phantom: Phantom, inside: np.ndarray | None, nodule: PhantomNod
     elif nodule.kind == "part-solid" and best_solid[0] > 0:
         ramp = edge_mm(spacing)
         best_solid = (best_solid[0] + ramp, best_solid[1] + ramp)
+    elif nodule.kind == "part-solid":  # a core no slice crosses at half its fraction: its solid part as painted
+        best_solid = (painted_solid_diameter_mm(nodule, spacing),) * 2
     return PaintedAxes(round(best[0], 2), round(best[1], 2), round(best_solid[0], 2), round(best_solid[1], 2))

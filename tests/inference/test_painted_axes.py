@@ -136,3 +136,14 @@ def test_the_evaluation_reports_diameters_against_the_painted_outlines() -> None
     summary = ev.to_json()["diameter_error_mm"]
     assert summary["all"]["count"] == 2 and summary["all"]["mean_within"] == 1 and summary["lobulated"] is None
     assert "smooth +0.70 / +0.85 / +0.55, 1 of 2" in format_report(ev, details=False)
+
+
+def test_a_core_no_slice_crosses_is_its_solid_part_as_painted() -> None:
+    # a 1.4 mm core centred between two 3 mm slices: no slice crosses it at half its fraction, and its solid part is
+    # its painted diameter (core plus the ramp), not nothing
+    thick = Phantom(hu=np.zeros((20, 40, 40), np.int16), origin=np.array([-14.0, -14.0, -30.0]),
+                    spacing=np.array([3.0, 0.7, 0.7]), slice_thickness_mm=3.0, patient_position="HFS", nodules=[],
+                    seed=0)
+    n = nodule(kind="part-solid", diameter=8.0, solid=1.4, centre=(0.0, 0.0, -30.0 + 9 * 3.0 + 1.5))
+    axes = painted_axes(thick, None, n)
+    assert axes.long_mm > 0 and axes.solid_long_mm == axes.solid_short_mm == pytest.approx(1.4 + edge_mm(thick.spacing))
