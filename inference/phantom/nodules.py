@@ -217,11 +217,17 @@ def nodule_fractions(nodule: PhantomNodule, origin: np.ndarray, spacing: np.ndar
     return outer, core
 
 
+def reach_mm(nodule: PhantomNodule) -> float:
+    """Half the side of a box round the nodule's centre that holds all of its painting: its lobes (up to 1.6 x its
+    radius) and spicules."""
+    radius = nodule.diameter_mm / 2
+    return radius * 1.6 + (radius * 1.3 + 2.0 if nodule.margin == "spiculated" else 0.0) + 2.0
+
+
 def nodule_volume_mm3(nodule: PhantomNodule, voxel_mm: float = 0.25) -> float:
     """The true volume of a painted nodule (lobes and spicules included), from its shape on a fine grid:
     the truth a follow-up's growth is measured against (independent of any scan's voxels)."""
-    radius = nodule.diameter_mm / 2
-    half = radius * 1.6 + (radius * 1.3 + 2.0 if nodule.margin == "spiculated" else 0.0) + 2.0
+    half = reach_mm(nodule)
     n = int(np.ceil(2 * half / voxel_mm)) + 1
     centre = np.asarray(nodule.center_mm, float)
     origin = centre - half

@@ -21,7 +21,7 @@ import numpy as np
 from inference.characterize.measure import outline_axes
 from inference.clinical.types import round_half_up
 from inference.phantom.model import Phantom, PhantomNodule
-from inference.phantom.nodules import edge_mm, nodule_fractions, painted_solid_diameter_mm
+from inference.phantom.nodules import edge_mm, nodule_fractions, painted_solid_diameter_mm, reach_mm
 
 STEP_MM = 0.1  # the fine grid's pixel: the outline within a few hundredths of a mm
 MAX_SIDE = 400  # ... coarser for the largest spiculated nodules, to keep a plane under 400 x 400 pixels
@@ -48,12 +48,6 @@ def _mean(long_mm: float, short_mm: float) -> float:
     return round_half_up((long_mm + short_mm) / 2, 1)
 
 
-def _reach_mm(nodule: PhantomNodule) -> float:
-    """Half the side of a box that holds the whole painting (as `nodules.nodule_volume_mm3` takes it)."""
-    radius = nodule.diameter_mm / 2
-    return radius * 1.6 + (radius * 1.3 + 2.0 if nodule.margin == "spiculated" else 0.0) + 2.0
-
-
 def painted_axes(phantom: Phantom, inside: np.ndarray | None, nodule: PhantomNodule) -> PaintedAxes:
     """The painted nodule's axes on `phantom`'s axial slices, kept to `inside` (bool, the phantom's grid; None: all of
     the painting)."""
@@ -61,7 +55,7 @@ def painted_axes(phantom: Phantom, inside: np.ndarray | None, nodule: PhantomNod
     direction = np.asarray(phantom.direction, float)
     # the centre as a fractional voxel index (x, y, z), by the mapping the painter uses: world = origin + ijk_mm @ D.T
     cx, cy, cz = ((np.asarray(nodule.center_mm, float) - phantom.origin) @ direction) / spacing[::-1]
-    half = _reach_mm(nodule)
+    half = reach_mm(nodule)
     step = max(STEP_MM, 2 * half / MAX_SIDE)
     side = int(math.ceil(2 * half / step)) + 1
     x0, y0 = cx - half / spacing[2], cy - half / spacing[1]
