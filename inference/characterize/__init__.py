@@ -209,7 +209,7 @@ def _characterize(
     kind = attenuation.classify(share, ratio, solid_axes.mean_mm if solid_axes else 0.0, rim)
     near_others = near_other_structures(seg, first_mask, threshold)
     if kind == "solid":
-        solid, solid_axes = mask, measure.axes(mask, spacing, int(offset[0]))
+        solid = mask  # all of it: its axes are the whole nodule's (_reported_axes)
         size_mask = mask
         volume, partial_volume = measure.solid_nodule_volume_mm3(seg.hu, mask, near_others, seg.wall,
                                                                  seg.parenchyma_hu, spacing)

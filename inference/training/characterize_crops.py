@@ -155,8 +155,8 @@ def run(crops: Path, sets: Sequence[str], jobs: int, noise_hu: float = 0.0) -> l
 
 def summary(results: Sequence[NoduleResult], min_diameter_mm: float = 6.0) -> dict[str, dict[str, float]]:
     """Per set and for all: nodules counted, volume within TOLERANCE, type, margin, calcification and Lung-RADS category
-    (as the report gives it against the painted nodule's, both by the volume thresholds: the painted volume is an exact
-    truth, the core diameter is not) right, mean |volume error|."""
+    (as the report gives it against the painted nodule's, both by the volume thresholds; by diameter in the report,
+    `format_report`) right, mean |volume error|."""
     out: dict[str, dict[str, float]] = {}
     groups = {name: [r for r in results if set_of_seed(r.seed) == name] for name in SETS}
     for name, group in [*groups.items(), ("all", list(results))]:

@@ -129,22 +129,36 @@ class NoduleResult:
         mean diameter (`painted_long_mm`, `painted_short_mm`; where not recorded, the core diameter, the generator's
         `diameter_mm` before lobes and spicules) or its painted volume; for a part-solid nodule its solid part
         (`painted_solid_mm` as outlined, or by volume a sphere of `solid_diameter_mm`: the solid part as the generator
-        paints it); its calcification and margin. No juxtapleural downgrade: a painted nodule is a sphere cut by the
-        wall, not the lentiform or triangular shape the rule asks for. "" for a part-solid nodule whose solid part was
+        paints it); its calcification and margin (`painted_category`). "" for a part-solid nodule whose solid part was
         not recorded (results saved before it was)."""
-        kind = NoduleType(self.truth_type)
-        solid = self.solid_diameter_mm if kind is NoduleType.PART_SOLID else None
+        part_solid = self.truth_type == NoduleType.PART_SOLID.value
+        solid = self.solid_diameter_mm if part_solid else None
         if solid is not None and solid <= 0:
             return ""
         mean = self.diameter_mm
         if self.painted_long_mm > 0 and not by_volume:  # the painted outline's own, where recorded
-            mean = PaintedAxes(self.painted_long_mm, self.painted_short_mm, 0.0, 0.0).mean_mm
+            mean = self.painted_mean_mm
             # 0 in the crops patched before painted_axes fell back to it (a core no slice crosses at half)
-            solid = (self.painted_solid_mm or self.solid_diameter_mm) if kind is NoduleType.PART_SOLID else None
-        nodule = Nodule(type=kind, mean_diameter_mm=mean, calcified=self.truth_calcified,
-                        margin=Margin(self.truth_margin), volume_mm3=self.truth_volume_mm3, solid_component_mm=solid,
-                        solid_component_volume_mm3=sphere_volume_mm3(solid) if solid else None)
-        return classify_nodule(nodule, by_volume=by_volume).category.value
+            solid = (self.painted_solid_mm or self.solid_diameter_mm) if part_solid else None
+        return painted_category(self.truth_type, mean, solid, self.truth_calcified, self.truth_margin,
+                                volume_mm3=self.truth_volume_mm3, by_volume=by_volume).value
+
+    @property
+    def painted_mean_mm(self) -> float:
+        """The painted outline's mean diameter (0 where its axes were not recorded)."""
+        return PaintedAxes(self.painted_long_mm, self.painted_short_mm, 0.0, 0.0).mean_mm
+
+
+def painted_category(type_: str, mean_mm: float, solid_mm: float | None, calcified: bool, margin: str, *,
+                     volume_mm3: float | None = None, by_volume: bool = False) -> LungRadsCategory:
+    """The Lung-RADS v2022 baseline category of a painted nodule: its type (as the pipeline names it), its mean
+    diameter, its solid part (a part-solid nodule's; by volume a sphere of that diameter), calcification and margin, or
+    by the volume thresholds its painted `volume_mm3`. No juxtapleural downgrade: a painted nodule is a sphere cut by
+    the wall, not the lentiform or triangular shape the rule asks for."""
+    nodule = Nodule(type=NoduleType(type_), mean_diameter_mm=mean_mm, calcified=calcified, margin=Margin(margin),
+                    volume_mm3=volume_mm3, solid_component_mm=solid_mm,
+                    solid_component_volume_mm3=sphere_volume_mm3(solid_mm) if solid_mm else None)
+    return classify_nodule(nodule, by_volume=by_volume).category
 
 
 @dataclass
@@ -202,7 +216,7 @@ class Evaluation:
         """(mean diameter, long axis, short axis) as reported minus the painted outline's, mm, one row per counted
         nodule with both (results saved before the painted axes were recorded have none); `margin`: of that painted
         margin only."""
-        rows = [(r.mean_diameter_mm - PaintedAxes(r.painted_long_mm, r.painted_short_mm, 0.0, 0.0).mean_mm,
+        rows = [(r.mean_diameter_mm - r.painted_mean_mm,
                  r.long_mm - r.painted_long_mm, r.short_mm - r.painted_short_mm)
                 for r in self.counted
                 if r.painted_long_mm > 0 and r.long_mm > 0 and r.segmentation_ok and margin in (None, r.truth_margin)]

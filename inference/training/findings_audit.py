@@ -24,11 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inference.clinical import LungRadsCategory
-from inference.clinical.lungrads import classify_nodule
-from inference.clinical.types import Margin, Nodule, NoduleType
 from inference.phantom import Phantom, PhantomNodule
 from inference.training.cases import phantom_seeds_from_command_line
-from inference.training.characterize_eval import TYPE_OF_KIND
+from inference.training.characterize_eval import TYPE_OF_KIND, painted_category
 from inference.training.painted_axes import PaintedAxes, painted_axes
 
 if TYPE_CHECKING:
@@ -65,11 +63,8 @@ class PhantomAudit:
 
 def truth_category(nodule: PhantomNodule, painted: PaintedAxes) -> LungRadsCategory:
     """The Lung-RADS v2022 baseline category of a painted nodule outlined as `painted` (see the module's docstring)."""
-    part_solid = nodule.kind == "part-solid"
-    truth = Nodule(type=NoduleType(TYPE_OF_KIND[nodule.kind]), mean_diameter_mm=painted.mean_mm,
-                   calcified=nodule.calcified, margin=Margin(nodule.margin),
-                   solid_component_mm=painted.solid_mean_mm if part_solid else None)
-    return classify_nodule(truth).category
+    solid = painted.solid_mean_mm if nodule.kind == "part-solid" else None
+    return painted_category(TYPE_OF_KIND[nodule.kind], painted.mean_mm, solid, nodule.calcified, nodule.margin)
 
 
 def audit_result(seed: int, phantom: Phantom, result: SeriesResult) -> PhantomAudit:
