@@ -2,7 +2,8 @@
 
 Features:
 - spicules: parts of the nodule that reach at least 1 mm beyond a shell of 1.1 x its own outline
-  (its moments' ellipsoid scaled to its median ray radius) and end freely in the lung (`segment.count_spicules`):
+  (its moments' ellipsoid scaled to its median ray radius) and end freely in the lung (`segment.spicules`, which
+  also counts spicules the segmentation did not keep and tells them from clumps of noise):
   lobules bulge less than that, vessels and the wall run on and are not counted. Spiculated when at
   least `MIN_SPICULES` (1) is found. On phantom seeds 7000..7049 at 2.5-3 mm slices, 26 of 31
   spiculated nodules of 6 mm or more are found (7 of 31 with the earlier test, protrusions thinner
@@ -135,7 +136,7 @@ def _radial_profile(plane: np.ndarray, contact: np.ndarray, pixel: np.ndarray) -
 
 
 def has_spicules(spicules: int) -> bool:
-    """Whether `spicules` (segment.count_spicules) make the margin spiculated."""
+    """Whether `spicules` (segment.spicules.count_spicules) make the margin spiculated."""
     return spicules >= MIN_SPICULES
 
 

@@ -932,13 +932,18 @@ def test_a_small_ground_glass_nodules_edge_touching_specks_of_lung_noise_on_a_no
     # small phantom 12019's free 6.8 mm ground-glass nodule (3 mm slices) as the crop harness measures it with noise
     # added to 70 HU per voxel: the lung's noise crosses the boundary threshold in specks of one or two voxels, and
     # trim_vessels took the 31 voxels of the nodule's edge beyond its base radius that touched two of them for a
-    # vessel's stub: -38 %. A continuation must be TRIM_MIN_OTHER_MM3 (10 mm3) or more: +11 %
+    # vessel's stub: -38 %. A continuation must be TRIM_MIN_OTHER_MM3 (10 mm3) or more: +11 %. Since the forty-ninth
+    # session it reads +26 %: +11 % came from the noise's clumps called spicules (a spiculated non-solid nodule's
+    # spicules count their fraction of soft tissue, measure.non_solid_volume_mm3); with clumps of noise no spicules
+    # (segment.spicules), its edge counts its fraction of ground glass, which the noise of 70 HU, clipped at 0 on the
+    # lung's side, raises. Its report says the volume is less reliable (non-solid, under 4 slices across).
     from inference.training.characterize_crops import build_seed, measure_crop
 
     assert build_seed(12019, False, tmp_path, 6.0) == 4
     r = measure_crop(tmp_path / "12019_1.npz", noise_hu=70.0)
     assert (r.truth_type, r.predicted_type, r.site) == ("ground_glass", "ground_glass", "free")
-    assert abs(r.volume_error) <= 0.15, r
+    assert r.margin != "spiculated" and r.size_caveat == "few slices"
+    assert -0.15 <= r.volume_error <= 0.30, r  # not cut: the trim took 38 %
 
 
 def test_a_ground_glass_nodules_outer_layer_touching_the_lungs_noise_on_a_low_dose_image_is_not_cut(

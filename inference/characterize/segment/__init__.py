@@ -40,8 +40,9 @@ A segmentation that touches the volume's edge is reported as cut by the field of
 
 Modules, in the order the steps depend on each other (a module imports only those below it; pyproject.toml's
 import contract checks it):
-- `nodule`: `segment_nodule` (steps 1-4, and the wall's base given back), `inscribed_diameter`, `count_spicules`;
-- `boundary` (steps 5 and 7), `bone` (`drop_bone`), `split` (step 4), `wall` (the base on the wall, step 8);
+- `nodule`: `segment_nodule` (steps 1-4, and the wall's base given back), `inscribed_diameter`;
+- `boundary` (steps 5 and 7), `bone` (`drop_bone`), `spicules` (`count_spicules`, the margin's spicules), `split`
+  (step 4), `wall` (the base on the wall, step 8);
 - `vessels`: step 6;
 - `lung` (the lung's level round the nodule, airway walls), `rays` (ray radii from a centre);
 - `masks` (morphology in mm, connected parts, contact), `segmentation` (the record and the shared thresholds).

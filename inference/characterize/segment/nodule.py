@@ -1,13 +1,13 @@
-"""The first segmentation of a nodule at the detector's centre (`segment_nodule`), the inscribed diameter that checks
-the detector's, and the spicules counted on a segmentation."""
+"""The first segmentation of a nodule at the detector's centre (`segment_nodule`, which counts its spicules:
+`spicules`) and the inscribed diameter that checks the detector's."""
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
 from inference.characterize.segment.lung import aerated_hu, airway_walls, clear_lung, parenchyma_level
-from inference.characterize.segment.masks import distance2, opening_mm, parts_touching, roi_box
-from inference.characterize.segment.rays import RAYS, ray_radii
+from inference.characterize.segment.masks import distance2, opening_mm, roi_box
+from inference.characterize.segment.spicules import count_spicules, faint_strands, lung_noise
 from inference.characterize.segment.segmentation import SEED_THRESHOLD_HU, SMOOTH_MM, Segmentation
 from inference.characterize.segment.split import centre_reach_mm, split_from_neighbours
 from inference.characterize.segment.wall import CAP_PASSES, restore_cap
@@ -19,11 +19,6 @@ NO_NODULE_REASON = "no nodule above -750 HU at the given centre"
 # measured a nodule the detector undersized by up to DETECTOR_UNDERSIZE_MAX at its own diameter)
 LARGER_STRUCTURE_REASON = ("no nodule at the given centre: the tissue there belongs to a structure much larger than "
                            "the detector's diameter (the chest wall, the mediastinum or a thick vessel)")
-# spicules (count_spicules), tuned on phantom seeds 7000..7049 small (2.5-3 mm slices; shell 1.1/1.15/1.2 x reach
-# 0.8/1.0/1.5 mm): spiculated nodules >= 6 mm found 7/31 -> 26/31, smooth or lobulated called spiculated 0/118 ->
-# 1/118; at full size (15000..15019) 7/8 before and after, none of the 48 others
-SPICULE_SHELL_FACTOR = 1.1
-SPICULE_MIN_LENGTH_MM = 1.0
 INSCRIBED_SEARCH_MM = 1.5  # inscribed_diameter looks this far round the detector's centre (its offset: median 0.8 mm)
 
 
@@ -69,42 +64,6 @@ def segment_nodule(
     for _ in range(CAP_PASSES):
         body, site = restore_cap(body, wall, seed, hu, spacing, site)
     parenchyma = parenchyma_level(lung)
-    return Segmentation(box, hu, smooth, body, wall, parenchyma, True, None, count_spicules(body, seed, spacing),
-                        outer_layer & ~body)
-
-
-def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> int:
-    """Spicules: parts of the nodule that reach at least SPICULE_MIN_LENGTH_MM beyond a shell of
-    SPICULE_SHELL_FACTOR x its own outline and end freely in the lung: they touch no other candidate
-    voxel (`seed`: a vessel or the wall runs on, a spicule ends). Its own outline is the ellipsoid of
-    its second moments scaled to its median ray radius (an elongated nodule is no spiculated one, and
-    the few rays a spicule lengthens leave the median alone). A lobule bulges less than the shell; a
-    spicule, sub-voxel at its tip, is measured by how far it reaches, not how thick it is (an opening
-    by a ball, the earlier test, missed most of them at 3 mm slices).
-    """
-    if mask.sum() < 8:
-        return 0
-    pts = np.argwhere(mask)
-    centre = pts.mean(axis=0)
-    # second moments in mm, plus a voxel's own (a one-slice nodule still has a thickness)
-    inverse = np.linalg.inv(np.cov((pts * spacing).T) + np.diag(spacing ** 2 / 12.0))
-
-    def outline(directions: np.ndarray) -> np.ndarray:
-        """The moments' ellipsoid's radius along unit `directions` (mm), up to one scale."""
-        return 1.0 / np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", directions, inverse, directions), 1e-12))
-
-    scale = float(np.median(ray_radii(mask, centre, spacing) / outline(RAYS)))
-    offsets = (pts - centre) * spacing
-    dist = np.linalg.norm(offsets, axis=1)
-    units = offsets / np.maximum(dist, 1e-6)[:, None]
-    shell = SPICULE_SHELL_FACTOR * scale * outline(units) + 0.5 * float(spacing[1:].mean())
-    beyond = np.zeros_like(mask)
-    beyond[tuple(pts[dist > shell].T)] = True
-    free = beyond & ~parts_touching(beyond, seed & ~mask)
-    labels, n = ndimage.label(free, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return 0
-    excess = np.zeros(mask.shape, float)
-    excess[tuple(pts.T)] = dist - shell
-    reach = ndimage.maximum(excess, labels, index=np.arange(1, n + 1))
-    return int((np.asarray(reach) >= SPICULE_MIN_LENGTH_MM).sum())
+    noise = lung_noise(lung, parenchyma)
+    spicules = count_spicules(body, seed, spacing, hu, noise, faint_strands(hu, body, noise, spacing))
+    return Segmentation(box, hu, smooth, body, wall, parenchyma, True, None, spicules, outer_layer & ~body)
