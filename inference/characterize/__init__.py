@@ -262,7 +262,7 @@ def _reported_axes(seg: Segmentation, size_mask: np.ndarray, solid: np.ndarray, 
     if kind == "solid":
         return size_axes, size_axes
     if kind == "part_solid" and solid_axes is not None:
-        inner = (_level(seg.hu, size_mask, spacing, False), _level(seg.hu, solid, spacing, True))
+        inner = (outer[1], _level(seg.hu, solid, spacing, True))  # its ground glass: the outer level
         return size_axes, measure.axes(solid, spacing, z_offset, _edge_hu(seg, inner, spacing), inner)
     return size_axes, solid_axes
 

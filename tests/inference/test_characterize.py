@@ -16,7 +16,7 @@ from inference.characterize.measure import (CONTACT_SHARE_CAVEAT, local_lung_hu,
                                            solid_nodule_volume_mm3, spicule_strands, volume_mm3)
 from inference.characterize.model import NoduleCharacteristics
 from inference.characterize.segment import DENSE_HU, Segmentation, restore_ground_glass_base
-from inference.characterize.segment.lung import AIRWAY_WALL_PX, airway_walls, clear_lung
+from inference.characterize.segment.lung import AIRWAY_WALL_PX, airway_walls, clear_lung, lung_noise
 from inference.characterize.segment.masks import distance2
 from inference.characterize.segment.split import _give_back_ground_glass
 from tests.inference.phantom_nodules import phantom_nodule_as_detected
@@ -1045,7 +1045,7 @@ def test_an_airways_wall_is_the_ring_round_air_not_round_a_pocket_of_lung(noise_
             hu[1:4, inner] = lumen_hu + rng.normal(0.0, noise_hu, (3, int(inner.sum())))
         rings.append(ring)
     seed = ndimage.gaussian_filter(hu, 0.5 / SPACING) > -750.0
-    walls = airway_walls(seed, hu, clear_lung(hu, seed, SPACING), SPACING)
+    walls = airway_walls(seed, hu, lung_noise(clear_lung(hu, seed, SPACING)), SPACING)
     inner_row = (np.hypot(yy - 16, xx - 16) < 2.5 + AIRWAY_WALL_PX) & rings[0]
     assert walls[1:4][:, inner_row].all() and walls[1:4][:, ~inner_row].sum() == 0
     assert not walls[[0, 4]].any()

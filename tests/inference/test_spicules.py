@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from inference.characterize import characterize_nodule
-from inference.characterize.segment.spicules import LungNoise, count_spicules, faint_strands
+from inference.characterize.segment.lung import LungNoise
+from inference.characterize.segment.spicules import count_spicules, faint_strands
 from inference.phantom.added_noise import raised_to
 from tests.inference.phantom_nodules import phantom_nodule_as_detected
 from tests.inference.test_characterize import (COARSE, COARSE_CENTRE, COARSE_SHAPE, ellipsoid_fraction, lung,

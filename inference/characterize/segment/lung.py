@@ -1,6 +1,8 @@
 """The aerated lung round a nodule (its level, the partial-volume baseline) and the walls of airways beside it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 from scipy.special import ndtri
@@ -27,6 +29,23 @@ LUMEN_CHANCE = 0.01
 MIN_LUNG_VOXELS = 20  # fewer aerated voxels in the ROI give no level (nor noise) of the lung
 
 
+@dataclass(frozen=True)
+class LungNoise:
+    """The level (HU) of the aerated lung round a nodule and its noise (HU, one standard deviation)."""
+
+    level: float
+    sd: float
+
+
+def lung_noise(lung: np.ndarray) -> LungNoise | None:
+    """The level (median) and noise (`noise.robust_sd`) of the aerated `lung` voxels' HU (`clear_lung`); None with
+    fewer than MIN_LUNG_VOXELS of them."""
+    if lung.size < MIN_LUNG_VOXELS:
+        return None
+    level = float(np.median(lung))
+    return LungNoise(level, robust_sd(lung, level))
+
+
 def aerated_hu(hu: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     """HU of the ROI's aerated lung voxels outside `exclude`."""
     return hu[(hu < SEED_THRESHOLD_HU) & (hu > -1024) & ~exclude]
@@ -43,16 +62,15 @@ def parenchyma_level(lung: np.ndarray) -> float:
     return float(np.median(lung)) if lung.size >= MIN_LUNG_VOXELS else DEFAULT_PARENCHYMA_HU
 
 
-def airway_walls(seed: np.ndarray, hu: np.ndarray, lung: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def airway_walls(seed: np.ndarray, hu: np.ndarray, lung: LungNoise | None, spacing: np.ndarray) -> np.ndarray:
     """The candidates (`seed`) within AIRWAY_WALL_PX pixels, on their slice, of an airway's lumen: a region that the
-    candidates enclose on an axial slice and whose darkest voxel (raw `hu`) lies below the level of the `lung`
-    (`clear_lung`) by more than its noise explains (the chance that a region of lung of that many voxels holds one so
-    dark under LUMEN_CHANCE; the noise: `noise.robust_sd`). See AIRWAY_WALL_PX."""
+    candidates enclose on an axial slice and whose darkest voxel (raw `hu`) lies below the level of the lung (`lung`:
+    `lung_noise` of `clear_lung`) by more than its noise explains (the chance that a region of lung of that many voxels
+    holds one so dark under LUMEN_CHANCE). None for `lung` (too few aerated voxels): no walls. See AIRWAY_WALL_PX."""
     walls = np.zeros_like(seed)
-    if lung.size < MIN_LUNG_VOXELS:
+    if lung is None:
         return walls
-    level = float(np.median(lung))
-    noise = robust_sd(lung, level)
+    level, noise = lung.level, lung.sd
     pixel = spacing[1:]
     for k in np.flatnonzero(seed.any(axis=(1, 2))):
         labels, n = ndimage.label(ndimage.binary_fill_holes(seed[k]) & ~seed[k])

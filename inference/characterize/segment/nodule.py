@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from inference.characterize.segment.lung import aerated_hu, airway_walls, clear_lung, parenchyma_level
+from inference.characterize.segment.lung import aerated_hu, airway_walls, clear_lung, lung_noise, parenchyma_level
 from inference.characterize.segment.masks import distance2, opening_mm, roi_box
-from inference.characterize.segment.spicules import count_spicules, faint_strands, lung_noise
+from inference.characterize.segment.spicules import count_spicules, faint_strands
 from inference.characterize.segment.segmentation import SEED_THRESHOLD_HU, SMOOTH_MM, Segmentation
 from inference.characterize.segment.split import centre_reach_mm, split_from_neighbours
 from inference.characterize.segment.wall import CAP_PASSES, restore_cap
@@ -53,7 +53,8 @@ def segment_nodule(
 
     wall = opening_mm(seed, 0.6 * 2 * radius + 1.5, spacing)
     lung = clear_lung(hu, seed, spacing)
-    airways = airway_walls(seed, hu, lung, spacing)
+    noise = lung_noise(lung)
+    airways = airway_walls(seed, hu, noise, spacing)
     body, outer_layer = split_from_neighbours(smooth, seed, wall, airways, local, spacing, radius, far_mm)
     if not body.any():
         empty = np.zeros_like(seed)
@@ -64,6 +65,5 @@ def segment_nodule(
     for _ in range(CAP_PASSES):
         body, site = restore_cap(body, wall, seed, hu, spacing, site)
     parenchyma = parenchyma_level(lung)
-    noise = lung_noise(lung, parenchyma)
     spicules = count_spicules(body, seed, spacing, hu, noise, faint_strands(hu, body, noise, spacing))
     return Segmentation(box, hu, smooth, body, wall, parenchyma, True, None, spicules, outer_layer & ~body)

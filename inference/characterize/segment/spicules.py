@@ -31,14 +31,11 @@ smooth or lobulated called spiculated):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
 
-from inference.characterize.noise import robust_sd
-from inference.characterize.segment.lung import MIN_LUNG_VOXELS
-from inference.characterize.segment.masks import parts_touching
+from inference.characterize.segment.lung import LungNoise
+from inference.characterize.segment.masks import distance2, parts_touching
 from inference.characterize.segment.rays import RAYS, ray_radii
 
 SPICULE_SHELL_FACTOR = 1.1
@@ -51,21 +48,6 @@ STRAND_MIN_CONTRAST_HU = 200.0
 # ...and lying wholly within this reach of the nodule's centre: a x R + b mm, R the radius of a sphere of its volume
 # (the phantoms' spicules end within 2 R + 2 mm; a vessel runs on)
 STRAND_REACH = (2.2, 2.5)
-
-
-@dataclass(frozen=True)
-class LungNoise:
-    """The level (HU) of the aerated lung round a nodule and its noise (HU, one standard deviation)."""
-
-    level: float
-    sd: float
-
-
-def lung_noise(lung: np.ndarray, level: float) -> LungNoise | None:
-    """The noise of the aerated `lung` voxels' HU about their `level`; None with too few of them to tell."""
-    if lung.size < MIN_LUNG_VOXELS:
-        return None
-    return LungNoise(level, robust_sd(lung, level))
 
 
 def faint_strands(hu: np.ndarray, mask: np.ndarray, noise: LungNoise | None, spacing: np.ndarray) -> np.ndarray:
@@ -82,17 +64,10 @@ def faint_strands(hu: np.ndarray, mask: np.ndarray, noise: LungNoise | None, spa
     touching = touching[touching > 0]
     if touching.size == 0:
         return out
-    centre = np.argwhere(mask).mean(axis=0) * spacing
     radius = (3.0 * float(mask.sum()) * float(np.prod(spacing)) / (4.0 * np.pi)) ** (1.0 / 3.0)
     reach = STRAND_REACH[0] * radius + STRAND_REACH[1]
-    far = ndimage.maximum(_distance_from(centre, mask.shape, spacing), labels, index=touching)
-    return np.isin(labels, touching[np.asarray(far) <= reach])
-
-
-def _distance_from(point_mm: np.ndarray, shape: tuple[int, ...], spacing: np.ndarray) -> np.ndarray:
-    """Each voxel's distance (mm) from `point_mm`."""
-    axes = [(np.arange(n) * s - p) ** 2 for n, s, p in zip(shape, spacing, point_mm)]
-    return np.sqrt(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
+    far2 = ndimage.maximum(distance2(mask.shape, np.argwhere(mask).mean(axis=0), spacing), labels, index=touching)
+    return np.isin(labels, touching[np.asarray(far2) <= reach ** 2])
 
 
 def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray, hu: np.ndarray | None = None,
