@@ -21,12 +21,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
+from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
 from inference.clinical import (
     Exam,
     FamilyHistory,
     Lung,
+    LungRadsCategory,
     Nodule,
     NoduleType,
     Sex,
@@ -366,6 +368,22 @@ def _size_note(c: NoduleCharacteristics, slice_mm: float | None) -> str | None:
     return None
 
 
+def _calcium_note(c: NoduleCharacteristics, category: LungRadsCategory) -> str | None:
+    """Where the image's noise raised the calcium threshold over CALCIUM_HU (calcification.calcium_threshold_hu: a
+    low-dose scan's noise would otherwise read soft tissue as calcium) and a solid nodule read without calcification
+    is in a category that a benign calcification would make 1 (3 or higher), the reader should look for a fainter
+    one on the images. At 70 HU of noise (docs/characterization.md, "Fiftieth session") the crop harness misses 34 of
+    the 241 painted calcifications (8 at the phantoms' 20 HU); 31 of those nodules carry this note. Solid only: a
+    calcification lies in soft tissue, and the phantoms paint none elsewhere."""
+    threshold = c.features.get("calcium_threshold_hu")
+    if (not c.segmentation_ok or c.calcified or c.type != "solid" or threshold is None
+            or threshold <= CALCIUM_HU or category.rank < LungRadsCategory.C3.rank):
+        return None
+    return (f"calcium is read above {threshold:.0f} HU at this image's noise ({CALCIUM_HU:g} HU on a quieter scan): a "
+            "fainter calcification would not be seen; if the images show one in a benign pattern (central, diffuse, "
+            "popcorn, laminated), the nodule is Lung-RADS 1")
+
+
 def _held_note(c: NoduleCharacteristics) -> str | None:
     """Where the segmentation had to be held to the detector's extent (characterize.characterize_nodule), the
     size is the detector's as much as the image's: the reader should measure it before acting on it."""
@@ -481,8 +499,9 @@ def assess(
     for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
         brock = brock_risk_for_nodule(nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema,
                                       age_years=patient.age_years, sex=patient.sex, family_history=family_history)
+        notes = [note, _calcium_note(m.chars, row.category), missing_note]
         findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock.risk, float(score),
-                                 "; ".join(filter(None, [note, missing_note])) or None))
+                                 "; ".join(filter(None, notes)) or None))
     highest = max((f.brock_risk for f in findings if f.brock_risk is not None), default=None)
     verdict = exam_verdict(assessment.category, highest, highest_nodule_category=assessment.highest_nodule_category)
     missing = tuple(name for name, absent in (("age", patient.age_years is None), ("sex", patient.sex is None),

@@ -224,7 +224,7 @@ def _characterize(
     size_axes, solid_axes = _reported_axes(seg, size_mask, solid, kind, solid_axes, near_others, spacing, int(offset[0]))
     contact = measure.contact_share(size_mask, near_others)
     beyond = share_beyond(size_mask, np.asarray(centre_zyx, float) - offset, spacing, HELD_FAR_FACTOR * diameter_mm / 2)
-    pattern, calc_share = calcification.calcification(seg.smooth, mask, spacing)
+    pattern, calc_share, calcium_hu = calcification.calcification(seg.smooth, mask, spacing)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
     reason = None
@@ -244,7 +244,8 @@ def _characterize(
         centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
         features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,
                   "undulation": round(lobulation.value, 4), "outline_radius_px": round(lobulation.radius_px, 2), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
-                  "calcified_share": round(calc_share, 4), "partial_volume": float(partial_volume),
+                  "calcified_share": round(calc_share, 4), "calcium_threshold_hu": round(calcium_hu, 1),
+                  "partial_volume": float(partial_volume),
                   "beyond_held_reach": round(beyond, 4)},
         contact_share=round(contact, 3),
     )

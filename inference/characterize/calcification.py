@@ -20,7 +20,11 @@ calcified), raw HU over 200: 234 calcifications found, none false; with noise ra
 (per voxel), 217 false and 236 found. Smoothed at 200 HU: 233 and none, at 70 HU 25 false. With the noise margin:
 233 and none, at 70 HU 218 found and none false (a first estimate of the margin on 462 of them: 3 SD 12 false, 4 SD 1,
 5 SD 207 of 241 found). A calcification this misses on a noisy scan leaves the nodule to its size and type
-category, the cautious side; a false one would call it benign.
+category, the cautious side; a false one would call it benign. The threshold is returned with the pattern, and a solid
+nodule of Lung-RADS 3 or more read without calcification above a raised threshold gets a note saying a fainter one
+would not be seen (`pipeline._calcium_note`; at 70 HU 31 of the 34 nodules whose calcification is missed carry it).
+Finding more of them at 70 HU (heavier smoothing; one voxel over 4.5-6 SD; no share floor) gained 5-15 of 241 and
+stood half an SD from calling a soft-tissue nodule calcified (docs/characterization.md, "Fiftieth session").
 """
 from __future__ import annotations
 
@@ -54,20 +58,23 @@ def calcium_threshold_hu(smooth: np.ndarray, spacing: np.ndarray) -> float:
     return max(CALCIUM_HU, SOFT_TISSUE_HU + NOISE_MARGIN_SD * robust_sd(values))
 
 
-def calcification(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> tuple[CalcificationPattern | None, float]:
-    """(pattern or None, share of nodule voxels above the calcium threshold) on `smooth`, the segmentation's lightly
-    smoothed HU of the ROI."""
+def calcification(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray,
+                  ) -> tuple[CalcificationPattern | None, float, float]:
+    """(pattern or None, share of nodule voxels above the calcium threshold, that threshold in HU) on `smooth`, the
+    segmentation's lightly smoothed HU of the ROI. A threshold over CALCIUM_HU says the noise hid calcifications
+    fainter than it (the report says so: pipeline._calcium_note)."""
+    threshold = calcium_threshold_hu(smooth, spacing)
     n = int(mask.sum())
     if n == 0:
-        return None, 0.0
-    calc = mask & (smooth > calcium_threshold_hu(smooth, spacing))
+        return None, 0.0, threshold
+    calc = mask & (smooth > threshold)
     k = int(calc.sum())
     share = k / n
     if k < MIN_VOXELS or share < MIN_SHARE:
-        return None, share
+        return None, share, threshold
     if share >= DIFFUSE_SHARE:
-        return "diffuse", share
-    return ("central" if offset_in_radii(calc, mask, spacing) <= CENTRAL_OFFSET else "eccentric"), share
+        return "diffuse", share, threshold
+    return ("central" if offset_in_radii(calc, mask, spacing) <= CENTRAL_OFFSET else "eccentric"), share, threshold
 
 
 def is_benign(pattern: CalcificationPattern | None) -> bool:

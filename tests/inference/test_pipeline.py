@@ -492,6 +492,53 @@ def test_a_size_bordering_other_structures_is_stated_less_reliable() -> None:
     assert clinical_nodule(replace(free, chars=failed))[1] == "the nodule is cut by the field of view"
 
 
+def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_calcification_would_not_be_seen() -> None:
+    """On a noisy image the calcium threshold rises over 200 HU (calcification.calcium_threshold_hu: soft tissue + 4 SD
+    of the noise), so a faint calcification goes unseen and the nodule keeps its size category where a benign one
+    would make it Lung-RADS 1. Its finding says so, with the threshold; on a quiet image, for a nodule read calcified,
+    and where the category is 2 or lower (calcification would not change the management) nothing is said. The
+    voxels are the small phantoms' (1.4 mm pixels, 2.5 mm slices), the noise a low-dose scan's 70 HU correlated as a
+    reconstruction kernel correlates it (`added_noise.correlated_noise`)."""
+    from inference.characterize import ExamCharacteristics, characterize_nodule
+    from inference.clinical import FamilyHistory, LungRadsCategory, Sex
+    from inference.detect import Candidate
+    from inference.phantom.added_noise import correlated_noise
+    from inference.pipeline import Measured, PatientInputs, _calcium_note, assess
+    from inference.volume import CT_IMAGE_STORAGE, Volume
+
+    spacing = np.array([2.5, 1.4, 1.4])
+    shape = (24, 48, 48)
+    zz, yy, xx = np.mgrid[:24, :48, :48]
+    r2 = ((zz - 12.0) * 2.5) ** 2 + ((yy - 24) * 1.4) ** 2 + ((xx - 24) * 1.4) ** 2
+    clean = np.where(r2 <= 25.0, 40.0, -860.0).astype(np.float32)  # a free 10 mm soft-tissue sphere: Lung-RADS 4A
+    centre = np.array([12.0, 24.0, 24.0])
+    exam = ExamCharacteristics(5000.0, 1.0, True, None, (0.1, 0.1))
+
+    def threshold_and_note(hu: np.ndarray) -> tuple[float, str | None]:
+        chars = characterize_nodule(hu, spacing, centre, 10.0)
+        assert chars.segmentation_ok and chars.type == "solid"
+        volume = Volume(hu, np.zeros(3), spacing, np.eye(3), [f"1.2.3.{z}" for z in range(shape[0])],
+                        CT_IMAGE_STORAGE, "1.2.3", "1.2")
+        measured = [Measured(Candidate((12.0, 24.0, 24.0), 10.0, 2.0, 0.9), centre, chars)]
+        findings, _, _ = assess(measured, np.array([0.5]), exam, PatientInputs(64.0, Sex.FEMALE), FamilyHistory.NO,
+                                5.0, volume, 2.5)
+        assert findings[0].lung_rads == ("1" if chars.calcified else "4A")
+        return chars.features["calcium_threshold_hu"], findings[0].note
+
+    threshold, note = threshold_and_note(clean + correlated_noise(shape, 20.0, 1))
+    assert threshold == 200.0 and note is None  # the phantoms' own noise: 200 HU, nothing to say
+    noisy = clean + correlated_noise(shape, 70.0, 2)
+    threshold, note = threshold_and_note(noisy)
+    assert threshold > 250.0  # 40 HU + 4 x the lightly smoothed lung's noise
+    assert note is not None and f"calcium is read above {threshold:.0f} HU" in note and "Lung-RADS 1" in note
+    calcified = noisy.copy()
+    calcified[r2 <= 9.0] += 660.0  # a central calcification of 700 HU is still read: no note
+    threshold, note = threshold_and_note(calcified)
+    assert threshold > 250.0 and note is None
+    chars = characterize_nodule(noisy, spacing, centre, 10.0)
+    assert _calcium_note(chars, LungRadsCategory.C3) is not None and _calcium_note(chars, LungRadsCategory.C2) is None
+
+
 def test_a_small_non_solid_nodule_with_few_slices_through_it_has_its_volume_stated_less_reliable() -> None:
     """A part-solid or ground-glass nodule under 4 slices across (the diameter of a sphere of its volume over the
     slice thickness) gets a note that its volume is less reliable: on the phantoms 66 of 75 such nodules were within
