@@ -45,6 +45,26 @@ def test_a_protrusion_is_a_spicule_only_where_it_stands_clear_of_the_noise() -> 
         assert count_spicules(mask, mask, SPACING) == 1
 
 
+def test_a_spicule_whose_tip_touches_a_clump_of_noise_still_ends_freely() -> None:
+    # a spicule ends freely: a candidate voxel beyond its tip belongs to something that runs on (a vessel, the wall).
+    # On a noisy scan the smoothing lifts clumps of noise over the candidates' threshold beside the tips; such a clump
+    # is no structure: it averages under 3.5 x the noise over the lung (here 90 HU at 60 HU of noise), and the spicule
+    # still counts. A vessel there (tissue, 900 HU over the lung) still stops it; so does anything without the HU.
+    spicule = _line_along_x(CENTRE[2] + 5, CENTRE[2] + 10)
+    mask = _sphere(5) | spicule
+    beyond_tip = np.zeros(SHAPE, bool)
+    beyond_tip[CENTRE[0] - 1:CENTRE[0] + 2, CENTRE[1] - 1:CENTRE[1] + 2, CENTRE[2] + 11:CENTRE[2] + 14] = True
+    noise = LungNoise(LUNG_HU, 60.0)
+    for contrast, expected in ((90.0, 1), (900.0, 0)):
+        hu = np.full(SHAPE, LUNG_HU, np.float32)
+        hu[_sphere(5)] = 40.0
+        hu[spicule] = LUNG_HU + 400.0
+        hu[beyond_tip] = LUNG_HU + contrast
+        seed = mask | beyond_tip
+        assert count_spicules(mask, seed, SPACING, hu, noise) == expected, contrast
+        assert count_spicules(mask, seed, SPACING) == 0
+
+
 def test_faint_strands_are_short_pieces_joined_to_the_nodule() -> None:
     # a 5 mm nodule's mask; beside it on the raw HU a short strand (ends 5 mm beyond it), a line that runs on to the
     # region's edge (a vessel), and a strand that does not touch it

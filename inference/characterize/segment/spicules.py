@@ -6,7 +6,10 @@ its own outline, ends freely in the lung, and is tissue: its voxels stand clear 
   no spiculated one, and the few rays a spicule lengthens leave the median alone. A lobule bulges less than the shell.
 - A spicule, thinner than a voxel at its tip, is measured by how far it reaches, not how thick it is (an opening by a
   ball, an earlier test, missed most of them at 3 mm slices).
-- It ends freely: it touches no other candidate voxel (a vessel or the wall runs on, a spicule ends).
+- It ends freely: it touches no other candidate voxel of tissue (a vessel or the wall runs on, a spicule ends). On a
+  noisy scan the smoothing lifts clumps of noise over the candidates' threshold beside a spicule's tip; they are no
+  structure (their raw HU averages under SPICULE_MIN_CONTRAST_SD x the lung's noise over its level, `_tissue`), and a
+  spicule that touches only them still ends freely.
 - The segmentation does not keep all of them (`faint_strands`): a spicule thinner than a voxel falls below the
   candidates' threshold once smoothed, and one whose base is thick may go to a neighbour's basin in the split. What
   stands clear of the lung's noise on the raw HU, joined to the nodule and ending within STRAND_REACH of it, is
@@ -28,6 +31,8 @@ smooth or lobulated called spiculated):
   each nodule's most contrasted part beyond the shell averages 3.8 x the noise or more where it is painted with
   spicules (5th percentile), 2.2 ... 3.2 x where it is painted without (5th ... 90th). At 40 HU 280 -> 284 found, 21 -> 15 called spiculated; at 20 HU
   the test changes nothing.
+- clumps of noise do not stop a spicule (fiftieth session): at 70 HU 232 -> 258 found, 8 -> 11 called spiculated (the
+  category by diameter 1314 -> 1338 of 1506); at 20 HU 287 -> 288 and 17; at 40 HU 284 -> 292 and 15.
 """
 from __future__ import annotations
 
@@ -91,6 +96,8 @@ def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray, hu: 
     if strands is not None:
         pts = np.argwhere(mask | strands)
         others &= ~strands
+    if hu is not None and noise is not None:
+        others = _tissue(others, hu, noise)
     offsets = (pts - centre) * spacing
     dist = np.linalg.norm(offsets, axis=1)
     units = offsets / np.maximum(dist, 1e-6)[:, None]
@@ -106,6 +113,21 @@ def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray, hu: 
     index = np.arange(1, n + 1)
     spicule = np.asarray(ndimage.maximum(excess, labels, index=index)) >= SPICULE_MIN_LENGTH_MM
     if hu is not None and noise is not None:
-        contrast = np.asarray(ndimage.mean(hu, labels, index=index)) - noise.level
-        spicule &= contrast >= SPICULE_MIN_CONTRAST_SD * noise.sd
+        spicule &= _is_tissue(hu, labels, n, noise)
     return int(spicule.sum())
+
+
+def _is_tissue(hu: np.ndarray, labels: np.ndarray, n: int, noise: LungNoise) -> np.ndarray:
+    """Per labelled part (1..n): whether its raw HU averages SPICULE_MIN_CONTRAST_SD x the lung's noise over the lung's
+    level: tissue, not a clump of noise that the smoothing lifted over the candidates' threshold."""
+    contrast = np.asarray(ndimage.mean(hu, labels, index=np.arange(1, n + 1))) - noise.level
+    return np.asarray(contrast >= SPICULE_MIN_CONTRAST_SD * noise.sd)
+
+
+def _tissue(parts: np.ndarray, hu: np.ndarray, noise: LungNoise) -> np.ndarray:
+    """The connected parts of `parts` that are tissue (`_is_tissue`): a spicule that touches only clumps of noise
+    still ends freely."""
+    labels, n = ndimage.label(parts, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return parts
+    return np.concatenate([[False], _is_tissue(hu, labels, n, noise)])[labels]
