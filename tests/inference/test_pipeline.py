@@ -499,7 +499,7 @@ def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_cal
     and where the category is 2 or lower (calcification would not change the management) nothing is said. The
     voxels are the small phantoms' (1.4 mm pixels, 2.5 mm slices), the noise a low-dose scan's 70 HU correlated as a
     reconstruction kernel correlates it (`added_noise.correlated_noise`)."""
-    from inference.characterize import ExamCharacteristics, characterize_nodule
+    from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_nodule
     from inference.clinical import FamilyHistory, LungRadsCategory, Sex
     from inference.detect import Candidate
     from inference.phantom.added_noise import correlated_noise
@@ -514,7 +514,7 @@ def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_cal
     centre = np.array([12.0, 24.0, 24.0])
     exam = ExamCharacteristics(5000.0, 1.0, True, None, (0.1, 0.1))
 
-    def threshold_and_note(hu: np.ndarray) -> tuple[float, str | None]:
+    def characterised_and_note(hu: np.ndarray) -> tuple[NoduleCharacteristics, str | None]:
         chars = characterize_nodule(hu, spacing, centre, 10.0)
         assert chars.segmentation_ok and chars.type == "solid"
         volume = Volume(hu, np.zeros(3), spacing, np.eye(3), [f"1.2.3.{z}" for z in range(shape[0])],
@@ -523,20 +523,20 @@ def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_cal
         findings, _, _ = assess(measured, np.array([0.5]), exam, PatientInputs(64.0, Sex.FEMALE), FamilyHistory.NO,
                                 5.0, volume, 2.5)
         assert findings[0].lung_rads == ("1" if chars.calcified else "4A")
-        return chars.features["calcium_threshold_hu"], findings[0].note
+        return chars, findings[0].note
 
-    threshold, note = threshold_and_note(clean + correlated_noise(shape, 20.0, 1))
-    assert threshold == 200.0 and note is None  # the phantoms' own noise: 200 HU, nothing to say
+    quiet, note = characterised_and_note(clean + correlated_noise(shape, 20.0, 1))
+    assert quiet.features["calcium_threshold_hu"] == 200.0 and note is None  # the phantoms' own noise: nothing to say
     noisy = clean + correlated_noise(shape, 70.0, 2)
-    threshold, note = threshold_and_note(noisy)
+    chars, note = characterised_and_note(noisy)
+    threshold = chars.features["calcium_threshold_hu"]
     assert threshold > 250.0  # 40 HU + 4 x the lightly smoothed lung's noise
     assert note is not None and f"calcium is read above {threshold:.0f} HU" in note and "Lung-RADS 1" in note
+    assert _calcium_note(chars, LungRadsCategory.C3) is not None and _calcium_note(chars, LungRadsCategory.C2) is None
     calcified = noisy.copy()
     calcified[r2 <= 9.0] += 660.0  # a central calcification of 700 HU is still read: no note
-    threshold, note = threshold_and_note(calcified)
-    assert threshold > 250.0 and note is None
-    chars = characterize_nodule(noisy, spacing, centre, 10.0)
-    assert _calcium_note(chars, LungRadsCategory.C3) is not None and _calcium_note(chars, LungRadsCategory.C2) is None
+    with_calcium, note = characterised_and_note(calcified)
+    assert with_calcium.features["calcium_threshold_hu"] > 250.0 and note is None
 
 
 def test_a_small_non_solid_nodule_with_few_slices_through_it_has_its_volume_stated_less_reliable() -> None:

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.segment.lung import LungNoise
-from inference.characterize.segment.masks import distance2, parts_touching
+from inference.characterize.segment.masks import distance2, equivalent_radius, parts_touching
 from inference.characterize.segment.rays import RAYS, ray_radii
 
 SPICULE_SHELL_FACTOR = 1.1
@@ -64,15 +64,13 @@ def faint_strands(hu: np.ndarray, mask: np.ndarray, noise: LungNoise | None, spa
     if noise is None or not mask.any():
         return out
     faint = (hu > noise.level + max(STRAND_MIN_CONTRAST_HU, STRAND_NOISE_SD * noise.sd)) & ~mask
-    labels, _ = ndimage.label(faint, structure=np.ones((3, 3, 3), bool))
-    touching = np.unique(labels[ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))])
-    touching = touching[touching > 0]
-    if touching.size == 0:
+    labels, n = ndimage.label(parts_touching(faint, mask), structure=np.ones((3, 3, 3), bool))
+    if n == 0:
         return out
-    radius = (3.0 * float(mask.sum()) * float(np.prod(spacing)) / (4.0 * np.pi)) ** (1.0 / 3.0)
-    reach = STRAND_REACH[0] * radius + STRAND_REACH[1]
-    far2 = ndimage.maximum(distance2(mask.shape, np.argwhere(mask).mean(axis=0), spacing), labels, index=touching)
-    return np.isin(labels, touching[np.asarray(far2) <= reach ** 2])
+    reach = STRAND_REACH[0] * equivalent_radius(mask, spacing) + STRAND_REACH[1]
+    far2 = ndimage.maximum(distance2(mask.shape, np.argwhere(mask).mean(axis=0), spacing), labels,
+                           index=np.arange(1, n + 1))
+    return np.concatenate([[False], np.asarray(far2) <= reach ** 2])[labels]
 
 
 def count_spicules(mask: np.ndarray, seed: np.ndarray, spacing: np.ndarray, hu: np.ndarray | None = None,
