@@ -24,6 +24,7 @@ from inference.characterize import ExamCharacteristics, NoduleCharacteristics, c
 from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
+from inference.contrast import contrast_agent, contrast_calcium_note, contrast_exam_note
 from inference.clinical import (
     Exam,
     FamilyHistory,
@@ -193,7 +194,8 @@ class LungNodulePipeline:
     def analyze_volume(self, volume: Volume, progress: ProgressFn | None = None,
                        header: Dataset | None = None) -> SeriesResult:
         """Findings and exam statement for one volume; `header` (any instance of the series) gives the
-        patient's age and sex for the Brock model (absent: both missing, and the result says so)."""
+        patient's age and sex for the Brock model (absent: both missing, and the result says so), the slice
+        thickness and whether intravenous contrast was given."""
         from inference.preprocess import preprocess
 
         say = progress or (lambda _msg: None)
@@ -228,7 +230,7 @@ class LungNodulePipeline:
         patient = patient_inputs(header)
         findings, exam, verdict = assess(measured, scores, exam_chars, patient, self.family_history,
                                          self.emphysema_laa950_pct, volume, slice_thickness_mm(volume, header),
-                                         not_reported=len(lesions) - len(reported))
+                                         not_reported=len(lesions) - len(reported), contrast=contrast_agent(header))
         timings["characterize"] = time.perf_counter() - t
 
         headline = max((f.brock_risk or 0.0 for f in findings), default=0.0)
@@ -482,11 +484,12 @@ def _centre(m: Measured) -> np.ndarray:
 def assess(
     measured: list[Measured], scores: np.ndarray, exam_chars: ExamCharacteristics, patient: PatientInputs,
     family_history: FamilyHistory, emphysema_threshold_pct: float, volume: Volume, slice_mm: float,
-    not_reported: int = 0,
+    not_reported: int = 0, contrast: str | None = None,
 ) -> tuple[list[Finding], ExamSummary, Verdict]:
     """Lung-RADS per nodule and exam, Brock per nodule and the exam verdict, as the findings contract.
     `not_reported`: lesions over the report threshold past the reported ones (max_findings); Brock's nodule count
-    includes them, and the exam says so."""
+    includes them, and the exam says so. `contrast`: the intravenous contrast agent the header names
+    (`contrast.contrast_agent`; None: none given), which the exam and every nodule read calcified mention."""
     built = [clinical_nodule(m, slice_mm) for m in measured]
     nodules = tuple(n for n, _ in built)
     covered = exam_chars.lungs_fully_covered
@@ -499,7 +502,8 @@ def assess(
     for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
         brock = brock_risk_for_nodule(nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema,
                                       age_years=patient.age_years, sex=patient.sex, family_history=family_history)
-        notes = [note, _calcium_note(m.chars, row.category), missing_note]
+        notes = [note, _calcium_note(m.chars, row.category), contrast_calcium_note(contrast, m.chars.calcified),
+                 missing_note]
         findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock.risk, float(score),
                                  "; ".join(filter(None, notes)) or None))
     highest = max((f.brock_risk for f in findings if f.brock_risk is not None), default=None)
@@ -512,9 +516,9 @@ def assess(
     caveats = [assessment.reason] if assessment.category.value == "0" else []
     if not_reported:
         caveats.append(_not_reported_note(len(measured), not_reported))
-    thick = _thick_slice_note(slice_mm)
-    if thick:
-        caveats.append(thick)
+    for caveat in (_thick_slice_note(slice_mm), contrast_exam_note(contrast)):
+        if caveat:
+            caveats.append(caveat)
     if missing_note:
         caveats.append(missing_note)
     noise = _noise_note(exam_chars)

@@ -224,7 +224,7 @@ def _characterize(
     size_axes, solid_axes = _reported_axes(seg, size_mask, solid, kind, solid_axes, near_others, spacing, int(offset[0]))
     contact = measure.contact_share(size_mask, near_others)
     beyond = share_beyond(size_mask, np.asarray(centre_zyx, float) - offset, spacing, HELD_FAR_FACTOR * diameter_mm / 2)
-    pattern, calc_share, calcium_hu = calcification.calcification(seg.smooth, mask, spacing)
+    pattern, calc_share, calcium_hu = calcification.calcification(seg.smooth, mask, spacing, seg.wall)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
     reason = None

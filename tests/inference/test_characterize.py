@@ -213,6 +213,33 @@ def test_a_noisy_scans_soft_tissue_nodule_is_not_read_calcified_and_a_dense_calc
     assert calcified.calcified and calcified.calcification_pattern == "central"
 
 
+def test_an_enhanced_vessel_through_a_nodule_is_no_calcification() -> None:
+    """On a series with intravenous contrast a vessel of 300 HU through a soft-tissue nodule is as dense as calcium
+    inside it; it runs on outside the nodule, and a calcification does not (calcification.running_on). Without the
+    rule the vessel through the centre read as a central calcification: Lung-RADS 1, benign."""
+    def with_vessel(hu: np.ndarray, value: float, offset_mm: float, radius_mm: float = 1.5) -> np.ndarray:
+        out = hu.copy()  # a vessel along x through the whole region, `offset_mm` off the centre in y
+        paint(out, fraction(lambda z, y, x: np.hypot(z, y - offset_mm) <= radius_mm), value)
+        return out
+
+    soft = lung(3)
+    paint(soft, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
+    for offset in (0.0, 2.5):
+        c = characterize_nodule(with_vessel(soft, 300.0, offset), SPACING, CENTRE, 10.0)
+        assert c.segmentation_ok and c.type == "solid"
+        assert not c.calcified and c.calcification_pattern is None and c.features["calcified_share"] == 0.0
+    # a central calcification 1.5 mm clear of a 2 mm enhanced vessel is still read, and its centroid is its own
+    calcified = soft.copy()
+    paint(calcified, ellipsoid_fraction((1.5, 1.5, 1.5)), 400.0)
+    c = characterize_nodule(with_vessel(calcified, 300.0, 4.0, 1.0), SPACING, CENTRE, 10.0)
+    assert c.calcified and c.calcification_pattern == "central"
+    # a vessel without contrast (40 HU) takes nothing from a diffusely calcified nodule
+    diffuse = lung(3)
+    paint(diffuse, ellipsoid_fraction((5.0, 5.0, 5.0)), 400.0)
+    c = characterize_nodule(with_vessel(diffuse, 40.0, 0.0), SPACING, CENTRE, 10.0)
+    assert c.calcified and c.calcification_pattern == "diffuse"
+
+
 def spikes_fraction(radius: float, n: int, length: float, thickness: float, centre: np.ndarray = CENTRE,
                     shape: tuple[int, int, int] = SHAPE, spacing: np.ndarray = SPACING, sub: int = 2) -> np.ndarray:
     """Thin straight spicules leaving a sphere in evenly spread directions."""

@@ -492,6 +492,34 @@ def test_a_size_bordering_other_structures_is_stated_less_reliable() -> None:
     assert clinical_nodule(replace(free, chars=failed))[1] == "the nodule is cut by the field of view"
 
 
+SPHERE_SPACING = np.array([2.5, 1.4, 1.4])  # the small phantoms' voxels
+SPHERE_SHAPE = (24, 48, 48)
+_zz, _yy, _xx = np.mgrid[:24, :48, :48]
+SPHERE_R2 = ((_zz - 12.0) * 2.5) ** 2 + ((_yy - 24) * 1.4) ** 2 + ((_xx - 24) * 1.4) ** 2
+SOFT_TISSUE_SPHERE = np.where(SPHERE_R2 <= 25.0, 40.0, -860.0).astype(np.float32)  # free, 10 mm: Lung-RADS 4A
+
+
+def sphere_assessed(hu: np.ndarray, contrast: str | None = None):  # -> (NoduleCharacteristics, Finding, ExamSummary)
+    """The 10 mm sphere at the centre of `hu` characterised and assessed (a 64-year-old woman) as the pipeline does."""
+    from inference.characterize import ExamCharacteristics, characterize_nodule
+    from inference.clinical import FamilyHistory, Sex
+    from inference.detect import Candidate
+    from inference.pipeline import Measured, PatientInputs, assess
+    from inference.volume import CT_IMAGE_STORAGE, Volume
+
+    centre = np.array([12.0, 24.0, 24.0])
+    chars = characterize_nodule(hu, SPHERE_SPACING, centre, 10.0)
+    assert chars.segmentation_ok and chars.type == "solid"
+    volume = Volume(hu, np.zeros(3), SPHERE_SPACING, np.eye(3), [f"1.2.3.{z}" for z in range(SPHERE_SHAPE[0])],
+                    CT_IMAGE_STORAGE, "1.2.3", "1.2")
+    measured = [Measured(Candidate((12.0, 24.0, 24.0), 10.0, 2.0, 0.9), centre, chars)]
+    exam = ExamCharacteristics(5000.0, 1.0, True, None, (0.1, 0.1))
+    findings, summary, _ = assess(measured, np.array([0.5]), exam, PatientInputs(64.0, Sex.FEMALE), FamilyHistory.NO,
+                                  5.0, volume, 2.5, contrast=contrast)
+    assert findings[0].lung_rads == ("1" if chars.calcified else "4A")
+    return chars, findings[0], summary
+
+
 def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_calcification_would_not_be_seen() -> None:
     """On a noisy image the calcium threshold rises over 200 HU (calcification.calcium_threshold_hu: soft tissue + 4 SD
     of the noise), so a faint calcification goes unseen and the nodule keeps its size category where a benign one
@@ -499,31 +527,16 @@ def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_cal
     and where the category is 2 or lower (calcification would not change the management) nothing is said. The
     voxels are the small phantoms' (1.4 mm pixels, 2.5 mm slices), the noise a low-dose scan's 70 HU correlated as a
     reconstruction kernel correlates it (`added_noise.correlated_noise`)."""
-    from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_nodule
-    from inference.clinical import FamilyHistory, LungRadsCategory, Sex
-    from inference.detect import Candidate
+    from inference.characterize import NoduleCharacteristics
+    from inference.clinical import LungRadsCategory
     from inference.phantom.added_noise import correlated_noise
-    from inference.pipeline import Measured, PatientInputs, _calcium_note, assess
-    from inference.volume import CT_IMAGE_STORAGE, Volume
+    from inference.pipeline import _calcium_note
 
-    spacing = np.array([2.5, 1.4, 1.4])
-    shape = (24, 48, 48)
-    zz, yy, xx = np.mgrid[:24, :48, :48]
-    r2 = ((zz - 12.0) * 2.5) ** 2 + ((yy - 24) * 1.4) ** 2 + ((xx - 24) * 1.4) ** 2
-    clean = np.where(r2 <= 25.0, 40.0, -860.0).astype(np.float32)  # a free 10 mm soft-tissue sphere: Lung-RADS 4A
-    centre = np.array([12.0, 24.0, 24.0])
-    exam = ExamCharacteristics(5000.0, 1.0, True, None, (0.1, 0.1))
+    shape, clean, r2 = SPHERE_SHAPE, SOFT_TISSUE_SPHERE, SPHERE_R2
 
     def characterised_and_note(hu: np.ndarray) -> tuple[NoduleCharacteristics, str | None]:
-        chars = characterize_nodule(hu, spacing, centre, 10.0)
-        assert chars.segmentation_ok and chars.type == "solid"
-        volume = Volume(hu, np.zeros(3), spacing, np.eye(3), [f"1.2.3.{z}" for z in range(shape[0])],
-                        CT_IMAGE_STORAGE, "1.2.3", "1.2")
-        measured = [Measured(Candidate((12.0, 24.0, 24.0), 10.0, 2.0, 0.9), centre, chars)]
-        findings, _, _ = assess(measured, np.array([0.5]), exam, PatientInputs(64.0, Sex.FEMALE), FamilyHistory.NO,
-                                5.0, volume, 2.5)
-        assert findings[0].lung_rads == ("1" if chars.calcified else "4A")
-        return chars, findings[0].note
+        chars, finding, _ = sphere_assessed(hu)
+        return chars, finding.note
 
     quiet, note = characterised_and_note(clean + correlated_noise(shape, 20.0, 1))
     assert quiet.features["calcium_threshold_hu"] == 200.0 and note is None  # the phantoms' own noise: nothing to say
@@ -537,6 +550,29 @@ def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_cal
     calcified[r2 <= 9.0] += 660.0  # a central calcification of 700 HU is still read: no note
     with_calcium, note = characterised_and_note(calcified)
     assert with_calcium.features["calcium_threshold_hu"] > 250.0 and note is None
+
+
+def test_a_series_with_contrast_says_so_and_a_nodule_read_calcified_there_is_to_be_confirmed_without() -> None:
+    """The header's contrast agent (contrast.contrast_agent) reaches the exam's statement; a nodule read calcified on
+    such a series (Lung-RADS 1) says that enhancement can look like calcium; an enhanced vessel through a soft-tissue
+    nodule is not read as calcium (calcification.running_on), so that nodule keeps its size category."""
+    from inference.phantom.added_noise import correlated_noise
+
+    noise = correlated_noise(SPHERE_SHAPE, 20.0, 1)
+    calcified = SOFT_TISSUE_SPHERE + noise
+    calcified[SPHERE_R2 <= 9.0] += 660.0
+    chars, finding, exam = sphere_assessed(calcified, contrast="ISOVUE-300")
+    assert chars.calcified and finding.lung_rads == "1"
+    assert finding.note is not None and "read calcified on a series with intravenous contrast" in finding.note
+    assert exam.reason is not None and "series acquired with intravenous contrast (ISOVUE-300" in exam.reason
+    _, finding, exam = sphere_assessed(calcified)  # no contrast: nothing said
+    assert finding.note is None and "contrast" not in (exam.reason or "")
+
+    vessel = ((_zz - 12.0) * 2.5) ** 2 + ((_yy - 24) * 1.4) ** 2 <= 1.0  # along x through the centre, 300 HU
+    enhanced = np.where(vessel, 300.0, SOFT_TISSUE_SPHERE) + noise
+    chars, finding, exam = sphere_assessed(enhanced, contrast="ISOVUE-300")
+    assert not chars.calcified and finding.lung_rads == "4A" and finding.note is None
+    assert exam.reason is not None and "intravenous contrast" in exam.reason
 
 
 def test_a_small_non_solid_nodule_with_few_slices_through_it_has_its_volume_stated_less_reliable() -> None:
