@@ -240,6 +240,19 @@ def test_an_enhanced_vessel_through_a_nodule_is_no_calcification() -> None:
     assert c.calcified and c.calcification_pattern == "diffuse"
 
 
+def test_a_thick_walled_cavitary_nodule_is_solid_smooth_and_sized_whole() -> None:
+    """A solid nodule with an air cavity round its centre (cavitation: Lung-RADS sizes it as a solid nodule, by the
+    whole lesion's mean diameter). The rays that give a nodule its own radius start in the cavity; they leave the
+    nodule where the lung is, not where the cavity is, so its wall is no ring of spicules (it read spiculated: 4X)."""
+    hu = lung(3)
+    paint(hu, ellipsoid_fraction((6.0, 6.0, 6.0)), 40.0)
+    paint(hu, ellipsoid_fraction((3.0, 3.0, 3.0)), -1000.0)
+    c = characterize_nodule(hu, SPACING, CENTRE, 12.0)
+    assert c.segmentation_ok and c.type == "solid" and not c.calcified
+    assert c.margin == "smooth" and c.features["spicules"] == 0
+    assert c.axes is not None and abs(c.axes.mean_mm - 12.0) <= 0.5
+
+
 def spikes_fraction(radius: float, n: int, length: float, thickness: float, centre: np.ndarray = CENTRE,
                     shape: tuple[int, int, int] = SHAPE, spacing: np.ndarray = SPACING, sub: int = 2) -> np.ndarray:
     """Thin straight spicules leaving a sphere in evenly spread directions."""
