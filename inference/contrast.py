@@ -29,20 +29,32 @@ def _positive(text: str) -> bool:
         return False
 
 
+def _code_meaning(ds: Dataset, keyword: str) -> str:
+    """The first item's CodeMeaning of a code sequence (Contrast/Bolus Agent Sequence, Administration Route
+    Sequence), or ""."""
+    items = ds.get(keyword)
+    try:
+        first = items[0] if items else None
+    except (TypeError, IndexError):
+        return ""
+    return _text(first, "CodeMeaning") if isinstance(first, Dataset) else ""
+
+
 def contrast_agent(ds: Dataset | None) -> str | None:
     """The contrast agent the header names ("contrast" where the module says one was given without naming it), or
     None for a series without intravenous contrast: no Contrast/Bolus module, an agent such as "NONE", or oral
-    contrast alone."""
+    contrast alone. The agent and the route may be coded instead (Contrast/Bolus Agent Sequence, Contrast/Bolus
+    Administration Route Sequence)."""
     if ds is None:
         return None
-    agent = _text(ds, "ContrastBolusAgent")
-    route = _text(ds, "ContrastBolusRoute").upper()
+    agent = _text(ds, "ContrastBolusAgent") or _code_meaning(ds, "ContrastBolusAgentSequence")
+    route = (_text(ds, "ContrastBolusRoute") or _code_meaning(ds, "ContrastBolusAdministrationRouteSequence")).upper()
     if agent.upper() in _NONE:
         given = route not in _NONE or _positive(_text(ds, "ContrastBolusVolume"))
         if not given:
             return None
         agent = "contrast"
-    if route in _ORAL:
+    if route in _ORAL or route == "ORAL ROUTE":
         return None
     return "".join(c if c.isprintable() else "?" for c in agent)
 

@@ -30,6 +30,22 @@ def test_the_contrast_agent_comes_from_the_header(values: dict[str, str], agent:
     assert contrast_agent(header(**values)) == agent
 
 
+def coded(meaning: str) -> list[Dataset]:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "C-B0300", "SRT", meaning
+    return [item]
+
+
+def test_a_coded_agent_and_route() -> None:
+    ds = header(ContrastBolusAgent="")
+    ds.ContrastBolusAgentSequence = coded("Iohexol")
+    assert contrast_agent(ds) == "Iohexol"
+    ds.ContrastBolusAdministrationRouteSequence = coded("Oral route")
+    assert contrast_agent(ds) is None
+    ds.ContrastBolusAdministrationRouteSequence = coded("Intravenous route")
+    assert contrast_agent(ds) == "Iohexol"
+
+
 def test_no_header_and_a_hostile_agent() -> None:
     assert contrast_agent(None) is None
     ds = Dataset()
