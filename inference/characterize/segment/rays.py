@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from inference.characterize.segment.masks import component_at, equivalent_radius, opening_mm
 
@@ -20,11 +19,7 @@ RAYS = _fibonacci_sphere(256)
 
 
 def ray_radii(mask: np.ndarray, centre: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Where `mask` is first left (mm) along each of 256 rays (`RAYS`) from `centre`. A hole inside the mask (a
-    cavity, a bubble lucency, a hole that noise left in ground glass) is no edge: a ray leaves the nodule where the
-    lung is (without the fill a ray from a cavity round the centre left the mask at once, and a thick-walled
-    cavitary nodule read spiculated: its wall lay beyond a shell of 1.1 x 0 mm)."""
-    mask = ndimage.binary_fill_holes(mask)
+    """Where `mask` is first left (mm) along each of 256 rays (`RAYS`) from `centre`."""
     reach = float(np.max(np.array(mask.shape) * spacing))
     steps = np.arange(0.0, reach, 0.25 * float(spacing.min()))
     pts = centre[None, None, :] + RAYS[:, None, :] * steps[None, :, None] / spacing
