@@ -441,6 +441,19 @@ def slice_thickness_mm(volume: Volume, header: Dataset | None) -> float:
     return max(spacing, stated) if 0.0 < stated <= 20.0 else spacing
 
 
+def _fat_note(c: NoduleCharacteristics) -> str | None:
+    """A solid nodule with a focus of fat (`characterize.fat`, -120 ... -40 HU, clear of air): Lung-RADS v2022 calls a
+    fat-containing nodule benign (category 1). The node leaves the category to its size and tells the reader, who
+    confirms the fat on the images: a false category 1 would call a possible cancer benign, and the phantoms the
+    rule is tuned on paint no fat."""
+    volume = c.features.get("fat_mm3", 0.0)
+    if not c.segmentation_ok or c.type != "solid" or volume <= 0.0:
+        return None
+    return (f"fat inside the nodule ({c.features.get('fat_hu', 0.0):.0f} HU over {volume:.0f} mm3): a fat-containing "
+            "nodule (a hamartoma) is Lung-RADS 1 once the images confirm fat (not small air bubbles); the category "
+            "here is by size")
+
+
 def _thick_slice_note(thickness_mm: float) -> str | None:
     if thickness_mm <= SCREENING_MAX_SLICE_MM + 0.01:
         return None
@@ -502,8 +515,8 @@ def assess(
     for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
         brock = brock_risk_for_nodule(nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema,
                                       age_years=patient.age_years, sex=patient.sex, family_history=family_history)
-        notes = [note, _calcium_note(m.chars, row.category), contrast_calcium_note(contrast, m.chars.calcified),
-                 missing_note]
+        notes = [note, _calcium_note(m.chars, row.category), _fat_note(m.chars),
+                 contrast_calcium_note(contrast, m.chars.calcified), missing_note]
         findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock.risk, float(score),
                                  "; ".join(filter(None, notes)) or None))
     highest = max((f.brock_risk for f in findings if f.brock_risk is not None), default=None)

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
-from inference.characterize import attenuation, calcification, margin, measure
+from inference.characterize import attenuation, calcification, fat, margin, measure
 from inference.characterize.emphysema import characterize_exam
 from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_diameter_mm, sphere_volume_mm3
@@ -224,7 +224,9 @@ def _characterize(
     size_axes, solid_axes = _reported_axes(seg, size_mask, solid, kind, solid_axes, near_others, spacing, int(offset[0]))
     contact = measure.contact_share(size_mask, near_others)
     beyond = share_beyond(size_mask, np.asarray(centre_zyx, float) - offset, spacing, HELD_FAR_FACTOR * diameter_mm / 2)
-    pattern, calc_share, calcium_hu = calcification.calcification(seg.smooth, mask, spacing, seg.wall)
+    noise_sd = calcification.lung_noise_sd(seg.smooth, spacing)
+    pattern, calc_share, calcium_hu = calcification.calcification(seg.smooth, mask, spacing, noise_sd, seg.wall)
+    fat_mm3, fat_hu = fat.fat_focus(seg.smooth, mask, spacing, noise_sd) if kind == "solid" else (0.0, 0.0)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
     reason = None
@@ -245,6 +247,7 @@ def _characterize(
         features={"threshold_hu": threshold, "parenchyma_hu": seg.parenchyma_hu, "level_hu": level,
                   "undulation": round(lobulation.value, 4), "outline_radius_px": round(lobulation.radius_px, 2), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
                   "calcified_share": round(calc_share, 4), "calcium_threshold_hu": round(calcium_hu, 1),
+                  "fat_mm3": round(fat_mm3, 1), "fat_hu": round(fat_hu, 1),
                   "partial_volume": float(partial_volume),
                   "beyond_held_reach": round(beyond, 4)},
         contact_share=round(contact, 3),

@@ -101,13 +101,13 @@ def running_on(smooth: np.ndarray, mask: np.ndarray, noise_sd: float | None, wal
     return out
 
 
-def calcification(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray, wall: np.ndarray | None = None,
-                  ) -> tuple[CalcificationPattern | None, float, float]:
+def calcification(smooth: np.ndarray, mask: np.ndarray, spacing: np.ndarray, noise_sd: float | None,
+                  wall: np.ndarray | None = None) -> tuple[CalcificationPattern | None, float, float]:
     """(pattern or None, share of nodule voxels above the calcium threshold, that threshold in HU) on `smooth`, the
-    segmentation's lightly smoothed HU of the ROI; `wall` the ROI's chest wall and mediastinum. A threshold over
-    CALCIUM_HU says the noise hid calcifications fainter than it (the report says so: pipeline._calcium_note). The
-    voxels of an enhanced vessel running through the nodule are no calcium (`running_on`)."""
-    noise_sd = lung_noise_sd(smooth, spacing)
+    segmentation's lightly smoothed HU of the ROI, whose noise is `noise_sd` (`lung_noise_sd`); `wall` the ROI's chest
+    wall and mediastinum. A threshold over CALCIUM_HU says the noise hid calcifications fainter than it (the report
+    says so: pipeline._calcium_note). The voxels of an enhanced vessel running through the nodule are no calcium
+    (`running_on`)."""
     threshold = calcium_threshold_hu(noise_sd)
     n = int(mask.sum())
     if n == 0:

@@ -240,6 +240,33 @@ def test_an_enhanced_vessel_through_a_nodule_is_no_calcification() -> None:
     assert c.calcified and c.calcification_pattern == "diffuse"
 
 
+def test_a_focus_of_fat_in_a_solid_nodule_is_found_and_air_or_noise_is_not() -> None:
+    """A hamartoma's fat (-90 HU, a 4 mm focus) in a 10 mm soft-tissue nodule is found (characterize.fat); the partial
+    volume of soft tissue round a bubble or a bronchus passes through the same HU and is not fat, nor is noise."""
+    plain = lung(3)
+    paint(plain, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
+
+    def fat_of(hu: np.ndarray) -> tuple[float, float]:
+        c = characterize_nodule(hu, SPACING, CENTRE, 10.0)
+        assert c.segmentation_ok and c.type == "solid"
+        return c.features["fat_mm3"], c.features["fat_hu"]
+
+    with_fat = plain.copy()
+    paint(with_fat, ellipsoid_fraction((2.0, 2.0, 2.0)), -90.0)
+    volume, mean_hu = fat_of(with_fat)
+    assert 10.0 <= volume <= 4 / 3 * math.pi * 8 and -120.0 <= mean_hu <= -40.0
+    assert fat_of(plain) == (0.0, 0.0)
+    bubble = plain.copy()
+    paint(bubble, ellipsoid_fraction((1.0, 1.0, 1.0)), -1000.0)
+    bronchus = plain.copy()
+    paint(bronchus, fraction(lambda z, y, x: np.hypot(z, y) <= 0.8), -1000.0)
+    noisy = np.full(SHAPE, -860.0, np.float32)
+    paint(noisy, ellipsoid_fraction((5.0, 5.0, 5.0)), 40.0)
+    noisy += np.random.default_rng(5).normal(0.0, 40.0, SHAPE).astype(np.float32)
+    for hu in (bubble, bronchus, noisy):
+        assert fat_of(hu) == (0.0, 0.0)
+
+
 def test_a_thick_walled_cavitary_nodule_is_solid_smooth_and_sized_whole() -> None:
     """A solid nodule with an air cavity round its centre (cavitation: Lung-RADS sizes it as a solid nodule, by the
     whole lesion's mean diameter). The rays that give a nodule its own radius start in the cavity; they leave the

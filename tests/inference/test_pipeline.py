@@ -575,6 +575,20 @@ def test_a_series_with_contrast_says_so_and_a_nodule_read_calcified_there_is_to_
     assert exam.reason is not None and "intravenous contrast" in exam.reason
 
 
+def test_a_solid_nodule_with_fat_keeps_its_size_category_and_tells_the_reader() -> None:
+    """Fat in a solid nodule (a hamartoma: Lung-RADS 1 once confirmed) is told to the reader with its HU and volume;
+    the category stays by size (4A for 10 mm), as the phantoms the node is tuned on paint no fat."""
+    from inference.phantom.added_noise import correlated_noise
+
+    hu = SOFT_TISSUE_SPHERE + correlated_noise(SPHERE_SHAPE, 20.0, 1)
+    hu[SPHERE_R2 <= 2.5 ** 2] = -90.0 + correlated_noise(SPHERE_SHAPE, 20.0, 2)[SPHERE_R2 <= 2.5 ** 2]
+    chars, finding, _ = sphere_assessed(hu)
+    assert chars.features["fat_mm3"] > 0.0 and finding.lung_rads == "4A"
+    assert finding.note is not None and "fat inside the nodule" in finding.note and "Lung-RADS 1" in finding.note
+    _, plain, _ = sphere_assessed(SOFT_TISSUE_SPHERE + correlated_noise(SPHERE_SHAPE, 20.0, 1))
+    assert plain.note is None
+
+
 def test_a_small_non_solid_nodule_with_few_slices_through_it_has_its_volume_stated_less_reliable() -> None:
     """A part-solid or ground-glass nodule under 4 slices across (the diameter of a sphere of its volume over the
     slice thickness) gets a note that its volume is less reliable: on the phantoms 66 of 75 such nodules were within
