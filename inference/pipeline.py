@@ -444,8 +444,8 @@ def slice_thickness_mm(volume: Volume, header: Dataset | None) -> float:
 def _fat_note(c: NoduleCharacteristics) -> str | None:
     """A solid nodule with a focus of fat (`characterize.fat`, -120 ... -40 HU, clear of air): Lung-RADS v2022 calls a
     fat-containing nodule benign (category 1). The node leaves the category to its size and tells the reader, who
-    confirms the fat on the images: a false category 1 would call a possible cancer benign, and the phantoms the
-    rule is tuned on paint no fat."""
+    confirms the fat on the images: a false category 1 would call a possible cancer benign, and the rule has met no
+    real hamartoma (the phantoms paint no fat; it is shown on spheres)."""
     volume = c.features.get("fat_mm3", 0.0)
     if not c.segmentation_ok or c.type != "solid" or volume <= 0.0:
         return None
