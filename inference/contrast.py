@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 _NONE = {"", "NONE", "NO", "N", "NA", "N/A", "0", "NIL", "WITHOUT", "NON", "NO CONTRAST", "NONE GIVEN"}
-_ORAL = {"ORAL", "PO", "PER OS"}
+_ORAL = {"ORAL", "PO", "PER OS", "ORAL ROUTE"}  # the last: the coded route's meaning
 _MAX_TEXT = 64  # the agent is LO (64 characters); a longer value is cut, not trusted further
 
 
@@ -54,7 +54,7 @@ def contrast_agent(ds: Dataset | None) -> str | None:
         if not given:
             return None
         agent = "contrast"
-    if route in _ORAL or route == "ORAL ROUTE":
+    if route in _ORAL:
         return None
     return "".join(c if c.isprintable() else "?" for c in agent)
 

@@ -24,7 +24,6 @@ from inference.characterize import ExamCharacteristics, NoduleCharacteristics, c
 from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
-from inference.contrast import contrast_agent, contrast_calcium_note, contrast_exam_note
 from inference.clinical import (
     Exam,
     FamilyHistory,
@@ -40,6 +39,7 @@ from inference.clinical import (
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
 from inference.clinical.types import margin_or_not_assessed
+from inference.contrast import contrast_agent, contrast_calcium_note, contrast_exam_note
 from inference.detect import MAX_FINDINGS, REPORT_LOGIT, Candidate, Mode, detect, lesions_over_threshold, logit_of
 from inference.findings import (
     ExamSummary,

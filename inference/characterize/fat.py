@@ -25,11 +25,11 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize.attenuation import core
+from inference.characterize.calcification import NOISE_MARGIN_SD, SOFT_TISSUE_HU
 from inference.characterize.segment.masks import dilate_mm
 
 FAT_HU = (-120.0, -40.0)
-SOFT_TISSUE_HU = 40.0
-NOISE_MARGIN_SD = 4.0
+# the upper bound stands NOISE_MARGIN_SD x the noise under soft tissue, as the calcium threshold stands over it
 MIN_RANGE_HU = 30.0
 AIR_HU = -300.0  # aerated: lung, a bronchus, a cavity (and their partial volume more than half air)
 AIR_CLEARANCE_MM = 2.0

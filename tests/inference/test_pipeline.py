@@ -527,29 +527,23 @@ def test_a_solid_nodule_read_without_calcium_on_a_noisy_image_says_a_fainter_cal
     and where the category is 2 or lower (calcification would not change the management) nothing is said. The
     voxels are the small phantoms' (1.4 mm pixels, 2.5 mm slices), the noise a low-dose scan's 70 HU correlated as a
     reconstruction kernel correlates it (`added_noise.correlated_noise`)."""
-    from inference.characterize import NoduleCharacteristics
     from inference.clinical import LungRadsCategory
     from inference.phantom.added_noise import correlated_noise
     from inference.pipeline import _calcium_note
 
-    shape, clean, r2 = SPHERE_SHAPE, SOFT_TISSUE_SPHERE, SPHERE_R2
-
-    def characterised_and_note(hu: np.ndarray) -> tuple[NoduleCharacteristics, str | None]:
-        chars, finding, _ = sphere_assessed(hu)
-        return chars, finding.note
-
-    quiet, note = characterised_and_note(clean + correlated_noise(shape, 20.0, 1))
-    assert quiet.features["calcium_threshold_hu"] == 200.0 and note is None  # the phantoms' own noise: nothing to say
-    noisy = clean + correlated_noise(shape, 70.0, 2)
-    chars, note = characterised_and_note(noisy)
-    threshold = chars.features["calcium_threshold_hu"]
+    quiet, finding, _ = sphere_assessed(SOFT_TISSUE_SPHERE + correlated_noise(SPHERE_SHAPE, 20.0, 1))
+    # the phantoms' own noise: nothing to say
+    assert quiet.features["calcium_threshold_hu"] == 200.0 and finding.note is None
+    noisy = SOFT_TISSUE_SPHERE + correlated_noise(SPHERE_SHAPE, 70.0, 2)
+    chars, finding, _ = sphere_assessed(noisy)
+    threshold, note = chars.features["calcium_threshold_hu"], finding.note
     assert threshold > 250.0  # 40 HU + 4 x the lightly smoothed lung's noise
     assert note is not None and f"calcium is read above {threshold:.0f} HU" in note and "Lung-RADS 1" in note
     assert _calcium_note(chars, LungRadsCategory.C3) is not None and _calcium_note(chars, LungRadsCategory.C2) is None
     calcified = noisy.copy()
-    calcified[r2 <= 9.0] += 660.0  # a central calcification of 700 HU is still read: no note
-    with_calcium, note = characterised_and_note(calcified)
-    assert with_calcium.features["calcium_threshold_hu"] > 250.0 and note is None
+    calcified[SPHERE_R2 <= 9.0] += 660.0  # a central calcification of 700 HU is still read: no note
+    with_calcium, finding, _ = sphere_assessed(calcified)
+    assert with_calcium.features["calcium_threshold_hu"] > 250.0 and finding.note is None
 
 
 def test_a_series_with_contrast_says_so_and_a_nodule_read_calcified_there_is_to_be_confirmed_without() -> None:
