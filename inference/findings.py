@@ -79,6 +79,9 @@ class Finding:
     lung_rads_reasons: tuple[str, ...] = ()  # why this category (the rule that decided it)
     segmentation_ok: bool = True
     note: str | None = None  # e.g. "cut by the field of view": what a reader should know about the measurement
+    # an air-filled lumen in the lesion (inference.characterize.cyst): "thin_walled" | "thick_walled" | "multilocular"
+    # (a cyst, graded by the Lung-RADS cyst rules) | "cavity" | "thin_walled_in_part" (graded as a nodule); None: none
+    cyst: str | None = None
 
     @property
     def mean_diameter_mm(self) -> float:
@@ -105,6 +108,7 @@ class Finding:
             "lung_rads_reasons": list(self.lung_rads_reasons),
             "segmentation_ok": self.segmentation_ok,
             "note": self.note,
+            "cyst": self.cyst,
             "sop_instance_uid": self.key_slice.sop_instance_uid,
             "row": round(self.key_slice.row, 2),
             "column": round(self.key_slice.column, 2),

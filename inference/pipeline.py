@@ -21,10 +21,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
+from inference.characterize.model import Axes, Cyst
 from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
 from inference.clinical import (
+    CystKind,
     Exam,
     FamilyHistory,
     Lung,
@@ -328,8 +330,37 @@ class Measured:
     chars: NoduleCharacteristics
 
 
+def _cyst(c: NoduleCharacteristics) -> Cyst | None:
+    """The cyst Lung-RADS classifies as one (thin-walled, thick-walled, multilocular), not a nodule's cavity."""
+    return c.cyst if c.cyst is not None and c.cyst.is_cyst else None
+
+
+def _lesion_axes(c: NoduleCharacteristics) -> Axes | None:
+    """The axes reported: a cyst's from its wall's outer edge (`characterize.cyst`: a thin wall is more than the
+    segmentation holds), else the segmentation's."""
+    cyst = _cyst(c)
+    return cyst.axes if cyst is not None else c.axes
+
+
+def _cyst_note(c: NoduleCharacteristics) -> str | None:
+    """What the reader should know of an air-filled lumen in the lesion."""
+    if c.cyst is None:
+        return None
+    seen = c.cyst.describe()
+    if c.cyst.is_cyst:
+        return (f"{seen}; graded by the Lung-RADS v2022 cyst rules, not by size; its volume is that of a sphere of its "
+                "mean diameter; the Brock model is for nodules and is not computed")
+    if c.cyst.kind == "cavity":
+        return f"{seen}; the lumen is under half the lesion's diameter: a nodule with a cavity, graded by its size, whole"
+    return (f"{seen}; if its whole wall is under 2 mm it is a thin-walled cyst, benign and not classified by Lung-RADS: "
+            "graded here as a nodule")
+
+
 def _mean_diameter(m: Measured) -> tuple[float, str | None]:
     """The Lung-RADS mean diameter, and a note when it had to come from the detector."""
+    cyst = _cyst(m.chars)
+    if cyst is not None:
+        return float(cyst.axes.mean_mm), None
     axes = m.chars.axes
     if axes is not None and axes.mean_mm > 0:
         # measured, but possibly doubtful (e.g. cut by the field of view): the reader must see why
@@ -400,16 +431,20 @@ def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule,
     series' slice thickness (`slice_thickness_mm`), None where unknown."""
     c = m.chars
     mean_mm, diameter_note = _mean_diameter(m)
-    notes = [diameter_note, _size_note(c, slice_mm), _held_note(c)]
-    kind = NoduleType(c.type)
+    cyst = _cyst(c)
+    axes = _lesion_axes(c)
+    notes = [diameter_note, _cyst_note(c)]
+    if cyst is None:
+        notes += [_size_note(c, slice_mm), _held_note(c)]
+    kind = NoduleType(c.type) if cyst is None else NoduleType.SOLID  # a cyst's wall is soft tissue
     solid_mm = c.solid_component_mm if c.solid_axes is not None else 0.0
     if kind is NoduleType.PART_SOLID and solid_mm <= 0:
         kind = NoduleType.GROUND_GLASS  # no measurable solid part: graded as ground glass
         notes.append("no measurable solid component: graded as ground glass")
     nodule = Nodule(
         type=kind, mean_diameter_mm=mean_mm, calcified=c.calcified, margin=margin_or_not_assessed(c.margin),
-        volume_mm3=c.volume_mm3 if c.volume_mm3 > 0 else None,
-        longest_diameter_mm=c.axes.long_mm if c.axes is not None and c.axes.long_mm > 0 else None,
+        volume_mm3=c.volume_mm3 if c.volume_mm3 > 0 and cyst is None else None,
+        longest_diameter_mm=axes.long_mm if axes is not None and axes.long_mm > 0 else None,
         solid_component_mm=solid_mm if kind is NoduleType.PART_SOLID else None,
         solid_component_volume_mm3=(c.solid_volume_mm3 if kind is NoduleType.PART_SOLID and c.solid_volume_mm3 > 0
                                     else None),
@@ -417,6 +452,7 @@ def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule,
         pleural_shape_benign=_pleural_shape_benign(c, mean_mm),
         lung=Lung(c.location.lung) if c.location.lung else None,
         zone=Zone(c.location.zone) if c.location.zone else None,
+        cyst=CystKind(cyst.kind) if cyst is not None else None,
     )
     return nodule, "; ".join(filter(None, notes)) or None
 
@@ -513,11 +549,13 @@ def assess(
     missing_note = _missing_note(patient)
     findings: list[Finding] = []
     for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
-        brock = brock_risk_for_nodule(nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema,
-                                      age_years=patient.age_years, sex=patient.sex, family_history=family_history)
+        # the Brock model is for nodules; a cyst is graded by the cyst rules alone (_cyst_note says so)
+        brock = None if nodule.cyst is not None else brock_risk_for_nodule(
+            nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema, age_years=patient.age_years,
+            sex=patient.sex, family_history=family_history).risk
         notes = [note, _calcium_note(m.chars, row.category), _fat_note(m.chars),
                  contrast_calcium_note(contrast, m.chars.calcified), missing_note]
-        findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock.risk, float(score),
+        findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock, float(score),
                                  "; ".join(filter(None, notes)) or None))
     highest = max((f.brock_risk for f in findings if f.brock_risk is not None), default=None)
     verdict = exam_verdict(assessment.category, highest, highest_nodule_category=assessment.highest_nodule_category)
@@ -548,19 +586,19 @@ def assess(
     return findings, summary, verdict.verdict
 
 
-def _finding(volume: Volume, m: Measured, nodule: Nodule, lung_rads: str, reasons: tuple[str, ...], brock: float,
-             score: float, note: str | None) -> Finding:
+def _finding(volume: Volume, m: Measured, nodule: Nodule, lung_rads: str, reasons: tuple[str, ...],
+             brock: float | None, score: float, note: str | None) -> Finding:
     c = m.chars
     centre = _centre(m)
     x_mm, y_mm, z_mm = volume.voxel_to_world(centre)
     mean_mm = nodule.mean_diameter_mm
     radius = mean_mm / 2
-    axes, solid = c.axes, c.solid_axes
+    axes, solid = _lesion_axes(c), c.solid_axes
     part_solid = nodule.type is NoduleType.PART_SOLID
     return Finding(
         center_mm=(float(x_mm), float(y_mm), float(z_mm)),
         diameter_mm=float(mean_mm),
-        volume_mm3=float(c.volume_mm3) if c.volume_mm3 > 0 else sphere_volume_mm3(mean_mm),
+        volume_mm3=float(nodule.volume_mm3) if nodule.volume_mm3 else sphere_volume_mm3(mean_mm),
         probability=float(m.candidate.probability),
         model_score=score,
         lung_rads=lung_rads,
@@ -577,7 +615,8 @@ def _finding(volume: Volume, m: Measured, nodule: Nodule, lung_rads: str, reason
         solid_component_mm=float(nodule.solid_component_mm) if part_solid and nodule.solid_component_mm else None,
         solid_long_axis_mm=float(solid.long_mm) if part_solid and solid is not None else None,
         solid_short_axis_mm=float(solid.short_mm) if part_solid and solid is not None else None,
-        brock_risk=float(brock),
+        brock_risk=None if brock is None else float(brock),
+        cyst=None if c.cyst is None else c.cyst.kind,
         lung_rads_reasons=tuple(reasons),
         segmentation_ok=c.segmentation_ok,
         note=note,

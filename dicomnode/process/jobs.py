@@ -343,7 +343,7 @@ def finding_row(job_id: int, series_id: int, index: int, f: Finding,
         perifissural=f.location.perifissural,
         mean_diameter_mm=round(f.mean_diameter_mm, 1), long_axis_mm=f.long_axis_mm, short_axis_mm=f.short_axis_mm,
         solid_component_mm=f.solid_component_mm, brock_risk=f.brock_risk,
-        lung_rads_reasons="\n".join(f.lung_rads_reasons) or None, note=f.note,
+        lung_rads_reasons="\n".join(f.lung_rads_reasons) or None, note=f.note, cyst=f.cyst,
     )
 
 

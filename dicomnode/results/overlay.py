@@ -51,8 +51,16 @@ TYPE_WORDS = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "gro
 BANNER_WIDTH_CHARS = 76  # what fits across a 512-column image at the banner font
 
 
+# a cyst is graded as a cyst, not by its wall's attenuation; a cavity is said beside the nodule's type
+CYST_WORDS = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst", "multilocular": "multilocular cyst"}
+
+
 def nodule_type_words(finding: Finding) -> str:
+    if finding.cyst in CYST_WORDS:
+        return CYST_WORDS[finding.cyst]
     words = TYPE_WORDS.get(finding.nodule_type, finding.nodule_type)
+    if finding.cyst == "cavity":
+        words += " cavitary"
     return f"{words} calcified" if finding.calcified else words
 
 

@@ -28,6 +28,7 @@ from dicomnode.results.options import ResultOptions
 from dicomnode.results.sources import find_instance, prepare_sources, radius_px, sort_by_position
 from dicomnode.results.sr_codes import (
     ABSENT,
+    AIR_FILLED_LUMEN,
     ATTENUATION,
     BORDER_SHAPE,
     BROCK_ALGORITHM,
@@ -37,6 +38,7 @@ from dicomnode.results.sr_codes import (
     CALCIFICATION_PATTERN,
     CERTAINTY_OF_FINDING,
     COMMENT,
+    CYST_KIND,
     DIAMETER,
     LAA950,
     LATERALITY,
@@ -167,7 +169,7 @@ def nodule_measurements(finding: Finding, result: SeriesResult) -> list[hd.sr.Me
 
 
 def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
-    """Attenuation type, margin, location, calcification and the Lung-RADS category, coded."""
+    """Attenuation type, margin, location, calcification, an air-filled lumen and the Lung-RADS category, coded."""
     qe = hd.sr.QualitativeEvaluation
     evaluations = [qe(name=OPACITY_DESCRIPTOR, value=coded(ATTENUATION, finding.nodule_type, "attenuation type"))]
     if finding.margin is not None:  # a margin not assessed is not stated
@@ -182,6 +184,8 @@ def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
     if finding.calcification_pattern is not None:
         pattern = coded(CALCIFICATION_PATTERN, finding.calcification_pattern, "calcification pattern")
         evaluations.append(qe(name=CALCIFICATION_DESCRIPTOR, value=pattern))
+    if finding.cyst is not None:
+        evaluations.append(qe(name=AIR_FILLED_LUMEN, value=coded(CYST_KIND, finding.cyst, "cyst")))
     evaluations.append(qe(name=LUNG_RADS_CONCEPT, value=lung_rads_code(finding.lung_rads)))
     return evaluations
 

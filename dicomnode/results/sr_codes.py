@@ -87,6 +87,16 @@ CALCIFICATION_PATTERN = {
     "diffuse": CodedConcept("DIFFUSECALC", PRIVATE_SCHEME, "Diffuse calcification"),
     "eccentric": CodedConcept("ECCENTRICCALC", PRIVATE_SCHEME, "Eccentric calcification"),
 }
+# An air-filled lumen in the lesion (inference.characterize.cyst), as Lung-RADS v2022 grades it. SNOMED CT has Cyst
+# (441457006) but not these distinctions (thin- or thick-walled, multilocular, a nodule's cavity): declared private codes
+AIR_FILLED_LUMEN = CodedConcept("AIRLUMEN", PRIVATE_SCHEME, "Air-filled lumen")
+CYST_KIND = {
+    "thin_walled": CodedConcept("THINCYST", PRIVATE_SCHEME, "Thin-walled cyst"),
+    "thick_walled": CodedConcept("THICKCYST", PRIVATE_SCHEME, "Thick-walled cyst"),
+    "multilocular": CodedConcept("MULTICYST", PRIVATE_SCHEME, "Multilocular cyst"),
+    "cavity": CodedConcept("CAVITY", PRIVATE_SCHEME, "Cavity in a nodule"),
+    "thin_walled_in_part": CodedConcept("THINCYSTPART", PRIVATE_SCHEME, "Cyst, thin-walled where its wall is seen"),
+}
 
 SUMMARY_OF_DETECTIONS = codes.DCM.SummaryOfDetections  # 111064
 WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings  # 111241

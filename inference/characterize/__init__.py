@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize import attenuation, calcification, fat, margin, measure
+from inference.characterize.cyst import cystic_airspace
 from inference.characterize.emphysema import characterize_exam
 from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_diameter_mm, sphere_volume_mm3
@@ -87,9 +88,21 @@ def characterize_nodule(
     A ground-glass nodule the detector undersized is measured again at its own size (`_ground_glass_diameter`), and
     not held to the detector's extent, which is no guide to it. A segmentation that ran into structures of the
     nodule's own density is done again held to the detector's extent (`_ran_into_neighbours`; the result says so in
-    `held_to_detector`).
+    `held_to_detector`). An air-filled lumen the lesion encloses, a cyst or a cavity, is measured on the image around
+    the detector's centre (`cyst.cystic_airspace`): a thin wall is more than the segmentation holds.
     """
     diameter_mm = _checked_diameter(volume_hu, spacing_zyx, centre_zyx, diameter_mm)
+    measured = _segmented_and_measured(volume_hu, spacing_zyx, centre_zyx, diameter_mm, lung_mask, direction)
+    return replace(measured, cyst=cystic_airspace(volume_hu, np.asarray(spacing_zyx, float),
+                                                  np.asarray(centre_zyx, float), diameter_mm))
+
+
+def _segmented_and_measured(
+    volume_hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray, diameter_mm: float,
+    lung_mask: np.ndarray | None, direction: np.ndarray | None,
+) -> NoduleCharacteristics:
+    """`characterize_nodule` but the cyst: the first segmentation, or the one at a ground-glass nodule's own size, or
+    the one held to the detector's extent."""
     first = _characterize(volume_hu, spacing_zyx, centre_zyx, diameter_mm, lung_mask, direction=direction)
     own_mm = _ground_glass_diameter(first, diameter_mm)
     if own_mm is not None:

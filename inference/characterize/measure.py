@@ -252,7 +252,7 @@ def contact_share(mask: np.ndarray, near_others: np.ndarray) -> float:
 OUTSIDE_SHARE_CAP = 0.5
 
 
-def _feret(points: np.ndarray, px: float) -> tuple[float, float]:
+def feret(points: np.ndarray, px: float) -> tuple[float, float]:
     """(long, short) of a set of points in mm: the longest distance between two of them, and the longest chord
     perpendicular to it (the points' extent across in bins of `px` along it)."""
     hull = points
@@ -282,7 +282,7 @@ def slice_axes(plane: np.ndarray, pixel_yx: np.ndarray) -> tuple[float, float]:
     px = float(pixel_yx.mean())
     if len(points) == 1:
         return px, px
-    long, short = _feret(points, px)
+    long, short = feret(points, px)
     return long + px, short + px
 
 
@@ -293,7 +293,7 @@ def outline_axes(fraction: np.ndarray, pixel_yx: np.ndarray) -> tuple[float, flo
     if not contours:
         return 0.0, 0.0
     points = np.concatenate(contours) * pixel_yx
-    return _feret(points, float(pixel_yx.mean())) if len(points) > 1 else (0.0, 0.0)
+    return feret(points, float(pixel_yx.mean())) if len(points) > 1 else (0.0, 0.0)
 
 
 def subpixel_slice_axes(plane: np.ndarray, hu: np.ndarray, outside_hu: float, inside_hu: float,

@@ -29,6 +29,43 @@ class Location:
     perifissural: bool  # touches a thin flat sheet inside the lung: a fissure (location.perifissural)
 
 
+CystKind = Literal["thin_walled", "thick_walled", "multilocular", "cavity", "thin_walled_in_part"]
+
+
+@dataclass(frozen=True)
+class Cyst:
+    """An air-filled lumen that the lesion's wall encloses (`characterize.cyst.cystic_airspace`)."""
+
+    # thin_walled: one lumen, its wall under 2 mm wherever seen and seen nearly whole; thick_walled: a wall of 2 mm or
+    # more (uniform, or focally over a few rays); multilocular: two lumens or more; cavity: the lumen under half the
+    # lesion's diameter (a nodule with a cavity); thin_walled_in_part: thin where seen, but much of it borders other
+    # structures, so a thicker part could be hidden
+    kind: CystKind
+    loculi: int
+    lumen_mm3: float
+    lumen_diameter_mm: float  # the equivalent diameter of the lumen's largest axial section
+    wall_median_mm: float
+    wall_p90_mm: float
+    wall_max_mm: float
+    wall_share: float  # share of the rays that found the wall (the rest ran into other structures or found none)
+    axes: Axes  # the whole lesion's (lumen and wall), on the lumen's largest section
+
+    @property
+    def is_cyst(self) -> bool:
+        """A cyst Lung-RADS classifies as one (thin-walled, thick-walled, multilocular), not a nodule's cavity."""
+        return self.kind in ("thin_walled", "thick_walled", "multilocular")
+
+    def describe(self) -> str:
+        what = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst",
+                "multilocular": f"multilocular cyst ({self.loculi} loculi)", "cavity": "cavity",
+                "thin_walled_in_part": "cyst, thin-walled where its wall is seen"}[self.kind]
+        wall = f"wall {self.wall_median_mm:.1f} mm"
+        if self.kind == "thick_walled" and self.wall_median_mm < 2.0:
+            wall += f", focally thickened to {self.wall_max_mm:.1f} mm"
+        return (f"{what}: air-filled lumen {self.lumen_diameter_mm:.1f} mm across in a lesion of {self.axes.mean_mm:.1f} "
+                f"mm, {wall} ({self.wall_share:.0%} of it measured, up to {self.wall_max_mm:.1f} mm)")
+
+
 @dataclass(frozen=True)
 class NoduleCharacteristics:
     segmentation_ok: bool
@@ -54,6 +91,8 @@ class NoduleCharacteristics:
     # the first segmentation ran into structures of the nodule's own density and was done again held to the
     # detector's extent (characterize._ran_into_neighbours): its size follows the detector's estimate
     held_to_detector: bool = False
+    # an air-filled lumen the lesion encloses (a cyst or a cavity); None: none
+    cyst: Cyst | None = None
 
     @property
     def mean_diameter_mm(self) -> float:

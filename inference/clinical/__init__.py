@@ -15,7 +15,7 @@ from inference.clinical.lungrads import (
     is_growth,
     recommendation,
 )
-from inference.clinical.types import Change, Exam, Lung, LungRadsCategory, Margin, Nodule, NoduleType, Zone
+from inference.clinical.types import Change, CystKind, Exam, Lung, LungRadsCategory, Margin, Nodule, NoduleType, Zone
 from inference.clinical.verdict import BROCK_WORKUP_THRESHOLD, Verdict, VerdictResult, exam_verdict, finding_verdict
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "RECOMMENDATIONS",
     "BrockResult",
     "Change",
+    "CystKind",
     "Exam",
     "ExamAssessment",
     "FamilyHistory",

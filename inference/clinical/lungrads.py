@@ -24,6 +24,13 @@ Sources (as found with the project's search tool; thresholds checked against eac
   and Radiology 2024 (doi 10.1148/radiol.240091, "Management of Pleural-attached Pulmonary Nodules"):
   juxtapleural solid nodules with smooth margins, oval/lentiform/triangular shape and mean diameter
   < 10 mm -> 2; stepped management for stable category 3 and 4A nodules.
+- Atypical pulmonary cysts (v2022; the CHEST 2024 article above, https://wiki.krxiang.com/notes/lung_rads_for_cyst,
+  https://community.the-hospitalist.org/content/atypical-pulmonary-cysts-why-care and the diagnosticimaging.com
+  takeaways): a thin-walled unilocular cyst (uniform wall < 2 mm) is benign and not classified (here: category 1,
+  said so); a thick-walled cyst (wall >= 2 mm, uniform, asymmetric or focally nodular) or a multilocular cyst is 4A at
+  baseline (and new), 3 when stable at its 3-month LDCT (the stepped management below), 4B when it grows (a growing
+  thick-walled or multilocular cyst; the wall's growth and new loculi or opacity are for the reader, comparing images).
+  A cyst has no size thresholds: its mean diameter is reported, not graded.
 - 4X: category 3 or 4 nodules with additional features that increase the suspicion of cancer
   (spiculation is the one measured here); the ACR says "may be" upgraded, so the reason says "suggested".
 
@@ -34,7 +41,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inference.clinical.types import Change, Exam, Margin, Nodule, NoduleType, LungRadsCategory, round_half_up
+from inference.clinical.types import (
+    Change, CystKind, Exam, LungRadsCategory, Margin, Nodule, NoduleType, round_half_up,
+)
 
 C = LungRadsCategory
 
@@ -86,7 +95,7 @@ class NoduleAssessment:
     category: LungRadsCategory
     reasons: tuple[str, ...]
     recommendation: str
-    measure: str  # "diameter" or "volume": what the thresholds were applied to
+    measure: str  # "diameter" or "volume": what the thresholds were applied to; "cyst": none applied (a cyst's rules)
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,18 @@ def _juxtapleural_benign(nodule: Nodule, v: bool) -> str | None:
     return f"{where} solid nodule, smooth margin, oval/lentiform/triangular, {s:g} {u} < {JUXTAPLEURAL_MAX[v]:g} {u}"
 
 
+def _cyst_category(nodule: Nodule) -> tuple[LungRadsCategory, str]:
+    """v2022 cystic airspace rules (module docstring); `nodule.cyst` is set."""
+    s = nodule.reported_mean_diameter_mm
+    if nodule.cyst is CystKind.THIN_WALLED:
+        return C.C1, f"thin-walled unilocular cyst {s:g} mm (wall < 2 mm): benign, not classified as a nodule"
+    what = "thick-walled cyst (wall >= 2 mm)" if nodule.cyst is CystKind.THICK_WALLED else "multilocular cyst"
+    if nodule.change is Change.GROWING:
+        return C.C4B, f"growing {what} {s:g} mm: atypical pulmonary cyst"
+    prefix = "new " if nodule.change is Change.NEW else ""
+    return C.C4A, f"{prefix}{what} {s:g} mm: atypical pulmonary cyst"
+
+
 def _stepped_down(category: LungRadsCategory, nodule: Nodule) -> tuple[LungRadsCategory, str | None]:
     """v2022 stepped management of a stable nodule: 4A stable at 3 months -> 3; 3 stable at 6 months -> 2."""
     months = nodule.stable_months
@@ -255,10 +276,14 @@ def classify_nodule(nodule: Nodule, *, by_volume: bool = False) -> NoduleAssessm
     measure = "volume" if by_volume else "diameter"
     if nodule.calcified:
         return _assessment(C.C1, ("benign calcification pattern",), measure)
-    benign_pleural = _juxtapleural_benign(nodule, by_volume)
-    if benign_pleural is not None:
-        return _assessment(C.C2, (benign_pleural,), measure)
-    category, reason = _size_category(nodule, by_volume, nodule.change)
+    if nodule.cyst is not None:
+        category, reason = _cyst_category(nodule)
+        measure = "cyst"  # no size threshold applies to a cyst
+    else:
+        benign_pleural = _juxtapleural_benign(nodule, by_volume)
+        if benign_pleural is not None:
+            return _assessment(C.C2, (benign_pleural,), measure)
+        category, reason = _size_category(nodule, by_volume, nodule.change)
     reasons = [reason]
     if nodule.change is Change.STABLE:
         category, step = _stepped_down(category, nodule)

@@ -52,6 +52,14 @@ class Change(str, Enum):
     STABLE = "stable"  # unchanged or decreased in size
 
 
+class CystKind(str, Enum):
+    """A cystic airspace as Lung-RADS v2022 classifies it (inference.clinical.lungrads); a nodule's cavity is none."""
+
+    THIN_WALLED = "thin_walled"  # unilocular, wall < 2 mm: benign, not classified
+    THICK_WALLED = "thick_walled"  # wall >= 2 mm, uniform or focal: an atypical pulmonary cyst
+    MULTILOCULAR = "multilocular"  # an atypical pulmonary cyst
+
+
 def round_half_up(value: float, digits: int) -> float:
     """Round like a radiologist's caliper report (5.95 -> 6.0), not banker's rounding."""
     quantum = Decimal(1).scaleb(-digits)
@@ -95,6 +103,8 @@ class Nodule:
     change: Change | None = None
     stable_months: float | None = None
     prior_category: "LungRadsCategory | None" = None
+    cyst: CystKind | None = None  # a cystic airspace, classified by the cyst rules instead of its size
+
 
     def __post_init__(self) -> None:
         _positive("mean_diameter_mm", self.mean_diameter_mm)
@@ -106,6 +116,8 @@ class Nodule:
             raise ValueError(f"type must be a NoduleType, got {self.type!r}")
         if self.type is NoduleType.PART_SOLID and self.solid_component_mm is None:
             raise ValueError("solid_component_mm is required for a part_solid nodule (Lung-RADS grades it)")
+        if self.cyst is not None and not isinstance(self.cyst, CystKind):
+            raise ValueError(f"cyst must be a CystKind or None, got {self.cyst!r}")
         if self.stable_months is not None and (not math.isfinite(self.stable_months) or self.stable_months < 0):
             raise ValueError(f"stable_months must be >= 0, got {self.stable_months!r}")
 

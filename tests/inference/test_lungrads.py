@@ -1,4 +1,4 @@
-"""Lung-RADS v2022: every size boundary (diameter and volume), calcified, juxtapleural, 4X, exam = max,
+"""Lung-RADS v2022: every size boundary (diameter and volume), calcified, juxtapleural, cysts, 4X, exam = max,
 category 0 with its reason, follow-up (new / growing / stable) and the recommendation of each category.
 
 Expected categories come from the ACR table (see the module docstring of inference/clinical/lungrads.py),
@@ -10,6 +10,7 @@ import pytest
 
 from inference.clinical import (
     Change,
+    CystKind,
     Exam,
     LungRadsCategory as C,
     Margin,
@@ -215,6 +216,36 @@ def test_follow_up_new_and_growing(nodule: Nodule, expected: str) -> None:
 )
 def test_follow_up_stable_stepped_management(nodule: Nodule, expected: str) -> None:
     assert cat(nodule) == expected
+
+
+THIN, THICK, MULTI = CystKind.THIN_WALLED, CystKind.THICK_WALLED, CystKind.MULTILOCULAR
+
+
+@pytest.mark.parametrize(
+    "nodule, expected",
+    [
+        (Nodule(S, 16.0, cyst=THIN), "1"),  # thin-walled unilocular: benign, not classified
+        (Nodule(S, 40.0, cyst=THIN), "1"),  # whatever its size
+        (Nodule(S, 5.0, cyst=THICK), "4A"),  # an atypical cyst: 4A at baseline, no size threshold
+        (Nodule(S, 25.0, cyst=THICK), "4A"),
+        (Nodule(S, 12.0, cyst=MULTI), "4A"),
+        (Nodule(S, 12.0, cyst=MULTI, change=Change.NEW), "4A"),
+        (Nodule(S, 12.0, cyst=THICK, change=Change.GROWING), "4B"),  # a growing thick-walled cyst
+        (Nodule(S, 12.0, cyst=MULTI, change=Change.GROWING), "4B"),  # a growing multilocular cyst
+        (Nodule(S, 12.0, cyst=THIN, change=Change.GROWING), "1"),  # still a thin-walled cyst
+        (Nodule(S, 12.0, cyst=THICK, change=Change.STABLE, stable_months=3), "3"),  # 4A stable at 3 months
+        (Nodule(S, 12.0, cyst=THICK, change=Change.STABLE, stable_months=2), "4A"),
+    ],
+)
+def test_cyst_rules_v2022(nodule: Nodule, expected: str) -> None:
+    assessment = classify_nodule(nodule)
+    assert assessment.category.value == expected
+    assert "cyst" in assessment.reasons[0] and assessment.measure == "cyst"
+
+
+def test_a_cyst_must_be_a_cyst_kind() -> None:
+    with pytest.raises(ValueError, match="cyst"):
+        Nodule(S, 12.0, cyst="thick_walled")  # type: ignore[arg-type]
 
 
 def test_growth_definition() -> None:

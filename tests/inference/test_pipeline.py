@@ -617,3 +617,55 @@ def test_a_small_non_solid_nodule_with_few_slices_through_it_has_its_volume_stat
     # bordering other structures: the contact note says it, not both
     touching = clinical_nodule(replace(glass, chars=replace(glass.chars, contact_share=0.6)), slice_mm=2.5)[1] or ""
     assert "over 60% of its surface" in touching and "slices of" not in touching
+
+
+def lesion_assessed(hu: np.ndarray, spacing: np.ndarray, centre: np.ndarray, diameter_mm: float):  # -> (Finding, ExamSummary, Verdict)
+    """One lesion the detector found at `centre` with `diameter_mm`, characterised and assessed as the pipeline does
+    (a 64-year-old woman)."""
+    from inference.characterize import ExamCharacteristics, characterize_nodule
+    from inference.clinical import FamilyHistory, Sex
+    from inference.detect import Candidate
+    from inference.pipeline import Measured, PatientInputs, assess
+    from inference.volume import CT_IMAGE_STORAGE, Volume
+
+    chars = characterize_nodule(hu, spacing, centre, diameter_mm)
+    volume = Volume(hu, np.zeros(3), spacing, np.eye(3), [f"1.2.3.{z}" for z in range(hu.shape[0])],
+                    CT_IMAGE_STORAGE, "1.2.3", "1.2")
+    zyx = (float(centre[0]), float(centre[1]), float(centre[2]))
+    measured = [Measured(Candidate(zyx, diameter_mm, 2.0, 0.9), centre, chars)]
+    exam = ExamCharacteristics(5000.0, 1.0, True, None, (0.1, 0.1))
+    findings, summary, verdict = assess(measured, np.array([0.5]), exam, PatientInputs(64.0, Sex.FEMALE),
+                                        FamilyHistory.NO, 5.0, volume, 1.0)
+    return findings[0], summary, verdict
+
+
+def test_cysts_are_graded_by_the_lung_rads_cyst_rules_and_a_cavitary_nodule_by_its_size() -> None:
+    """A 16 mm cyst with a 1 mm wall read part-solid or not at all and would have been graded by size (3 to 4B); it is a
+    thin-walled cyst, Lung-RADS 1 (not classified), negative. With a 2 mm wall, or a nodule on its thin wall, it is an
+    atypical cyst: 4A. Neither gets a Brock risk (a model of nodules). A nodule with a small cavity (air 6 mm across
+    in 16 mm) is graded by its whole size (4B) with its Brock risk. Each says what it is in its note and in the JSON."""
+    from inference.findings import Verdict
+    from tests.inference.test_characterize import CENTRE, SPACING, ellipsoid_fraction, paint
+    from tests.inference.test_cyst import SOFT_TISSUE_HU, cyst_image
+
+    thin, summary, verdict = lesion_assessed(cyst_image(8.0, 1.0), SPACING, CENTRE, 16.0)
+    assert (thin.lung_rads, thin.cyst, thin.brock_risk, verdict) == ("1", "thin_walled", None, Verdict.NEGATIVE)
+    assert summary.lung_rads == "1" and summary.highest_brock_risk is None
+    assert abs(thin.diameter_mm - 16.0) <= 0.7 and "thin-walled unilocular cyst" in thin.lung_rads_reasons[0]
+    assert thin.note is not None and "thin-walled cyst" in thin.note and "Brock model is for nodules" in thin.note
+    assert thin.to_json()["cyst"] == "thin_walled" and thin.to_json()["brock_risk"] is None
+
+    thick, summary, verdict = lesion_assessed(cyst_image(8.0, 2.0), SPACING, CENTRE, 16.0)
+    assert (thick.lung_rads, thick.cyst, thick.brock_risk, verdict) == ("4A", "thick_walled", None, Verdict.SUSPICIOUS)
+    assert "atypical pulmonary cyst" in thick.lung_rads_reasons[0] and summary.lung_rads == "4A"
+
+    hu = cyst_image(8.0, 1.0)
+    paint(hu, ellipsoid_fraction((3.0,) * 3, CENTRE + np.array([0.0, 0.0, 7.0 / SPACING[2]])), SOFT_TISSUE_HU)
+    mural, _, _ = lesion_assessed(hu, SPACING, CENTRE, 16.0)
+    assert (mural.lung_rads, mural.cyst) == ("4A", "thick_walled")
+    assert mural.note is not None and "focally thickened" in mural.note
+
+    cavity, _, _ = lesion_assessed(cyst_image(8.0, 5.0), SPACING, CENTRE, 16.0)
+    assert (cavity.lung_rads, cavity.cyst, cavity.nodule_type) == ("4B", "cavity", "solid")
+    assert cavity.brock_risk is not None and cavity.brock_risk > 0.05
+    assert cavity.note is not None and "graded by its size" in cavity.note

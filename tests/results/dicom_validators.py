@@ -132,7 +132,7 @@ NODULE_SPECS = (
         lung_rads="4X", key_slice=KeySlice("", "", 0.0, 0.0), nodule_type="part_solid", margin="spiculated",
         location=NoduleLocation(lung="left", zone="upper"), long_axis_mm=28.2, short_axis_mm=21.8,
         solid_component_mm=9.4, solid_long_axis_mm=10.6, solid_short_axis_mm=8.2, brock_risk=0.3127,
-        lung_rads_reasons=("part-solid, solid component >= 8 mm: 4B", "spiculated: 4X"),
+        lung_rads_reasons=("part-solid, solid component >= 8 mm: 4B", "spiculated: 4X"), cyst="cavity",
     ),
     Finding(
         center_mm=(-60.0, 20.0, -200.0), diameter_mm=6.5, volume_mm3=144.0, probability=0.71, model_score=0.12,

@@ -117,11 +117,13 @@ def test_overlay_description_must_say_not_diagnostic():
 def test_labels_show_type_mean_diameter_lung_rads_and_brock(overlays, result):
     """The burned-in strings (the renderer's own label text, not OCR): per nodule and in the summary."""
     expected = [
-        "1: part-solid 25.0 mm, Lung-RADS 4X, Brock 31%",
+        "1: part-solid cavitary 25.0 mm, Lung-RADS 4X, Brock 31%",
         "2: solid 6.5 mm, Lung-RADS 3, Brock 2%",
         "3: solid calcified 9.2 mm, Lung-RADS 1, Brock 4%",
     ]
     assert [finding_label(n, f) for n, f in enumerate(result.findings, start=1)] == expected
+    cyst = replace(result.findings[1], cyst="thin_walled", lung_rads="1", brock_risk=None)
+    assert finding_label(2, cyst) == "2: thin-walled cyst 6.5 mm, Lung-RADS 1, Brock n/a"  # graded as a cyst
     assert [sc.ImageComments for sc in overlays[:-1]] == expected
     lines = summary_lines(result)
     assert lines[1] == "3 nodule(s); exam Lung-RADS 4X; highest Brock risk 31%"

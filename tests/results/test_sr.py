@@ -140,6 +140,22 @@ MARGIN_CODES = {"smooth": ("82280004", "SCT"), "lobulated": ("112135", "DCM"), "
 ZONE_CODES = {"upper": ("281392002", "SCT"), "middle": ("281393007", "SCT"), "lower": ("281394001", "SCT")}
 
 
+CYST_CODES = {"thin_walled": "THINCYST", "thick_walled": "THICKCYST", "multilocular": "MULTICYST", "cavity": "CAVITY",
+              "thin_walled_in_part": "THINCYSTPART"}
+
+
+def test_a_cyst_is_coded_and_has_no_brock_risk(series, result):
+    """A thin-walled cyst (Lung-RADS 1, not classified; the Brock model is for nodules): its air-filled lumen is a
+    coded evaluation, and no probability of cancer is stated for it."""
+    cyst = replace(result.findings[1], cyst="thin_walled", brock_risk=None, lung_rads="1",
+                   lung_rads_reasons=("thin-walled unilocular cyst 6.5 mm (wall < 2 mm): benign, not classified",))
+    ds = build_sr(list(series), replace(result, findings=[result.findings[0], cyst]), ResultOptions())
+    group = _planar_groups(ds)[1]
+    evaluations = {e.name.value: (e.value.value, e.value.scheme_designator) for e in group.get_qualitative_evaluations()}
+    assert evaluations["AIRLUMEN"] == ("THINCYST", "99DCMNODE") and evaluations["LRADS"] == ("1", LUNG_RADS_SCHEME)
+    assert all(m.name.value != "111047" for m in group.get_measurements())
+
+
 def _assert_evaluations(group, finding) -> None:
     evaluations: dict[str, list[tuple[str, str]]] = {}
     for e in group.get_qualitative_evaluations():
@@ -160,6 +176,10 @@ def _assert_evaluations(group, finding) -> None:
         assert "112030" not in evaluations
     else:
         assert evaluations["112030"] == [(finding.calcification_pattern.upper() + "CALC", "99DCMNODE")]
+    if finding.cyst is None:
+        assert "AIRLUMEN" not in evaluations
+    else:
+        assert evaluations["AIRLUMEN"] == [(CYST_CODES[finding.cyst], "99DCMNODE")]
     assert evaluations["LRADS"] == [(finding.lung_rads, LUNG_RADS_SCHEME)]
     assert "111023" not in evaluations  # no Benign/Malignant impression from a phantom-trained score
 

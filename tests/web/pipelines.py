@@ -42,7 +42,7 @@ def findings_pipeline(datasets: list[Dataset], context: PipelineContext) -> Pipe
         radius_px=(4.0, 5.0), nodule_type="part_solid", margin="lobulated",
         location=NoduleLocation(lung="right", zone="upper", perifissural=True), long_axis_mm=10.6, short_axis_mm=8.4,
         solid_component_mm=SOLID_MM, solid_long_axis_mm=7.1, solid_short_axis_mm=5.9, brock_risk=BROCK_RISK,
-        lung_rads_reasons=("part-solid >= 6 mm with a solid component of 6 to < 8 mm",),
+        lung_rads_reasons=("part-solid >= 6 mm with a solid component of 6 to < 8 mm",), cyst="cavity",
     )
     result = SeriesResult(series_instance_uid=str(key.SeriesInstanceUID), verdict=Verdict.SUSPICIOUS,
                           verdict_probability=BROCK_RISK, model=MODEL, findings=[finding], exam=EXAM)

@@ -101,6 +101,7 @@ def _assert_issue11_finding(finding: dict[str, Any]) -> None:
     assert (finding["long_axis_mm"], finding["short_axis_mm"]) == (10.6, 8.4)
     assert finding["brock_risk"] == pytest.approx(pipelines.BROCK_RISK)
     assert finding["model_score"] == pytest.approx(pipelines.MODEL_SCORE) and "malignancy" not in finding
+    assert finding["cyst"] == "cavity"  # an air-filled lumen, through the audit row (migration 0017)
     assert finding["lung_rads"] == "4A" and finding["lung_rads_reasons"] == [
         "part-solid >= 6 mm with a solid component of 6 to < 8 mm"]
     assert finding["volume_mm3"] == 449.0 and len(finding["center_mm"]) == 3
