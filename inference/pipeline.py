@@ -26,7 +26,6 @@ from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
 from inference.clinical import (
-    CystKind,
     Exam,
     FamilyHistory,
     Lung,
@@ -40,7 +39,7 @@ from inference.clinical import (
     exam_verdict,
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
-from inference.clinical.types import margin_or_not_assessed
+from inference.clinical.types import cyst_or_none, margin_or_not_assessed
 from inference.contrast import contrast_agent, contrast_calcium_note, contrast_exam_note
 from inference.detect import MAX_FINDINGS, REPORT_LOGIT, Candidate, Mode, detect, lesions_over_threshold, logit_of
 from inference.findings import (
@@ -452,7 +451,7 @@ def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule,
         pleural_shape_benign=_pleural_shape_benign(c, mean_mm),
         lung=Lung(c.location.lung) if c.location.lung else None,
         zone=Zone(c.location.zone) if c.location.zone else None,
-        cyst=CystKind(cyst.kind) if cyst is not None else None,
+        cyst=cyst_or_none(cyst.kind if cyst is not None else None),
     )
     return nodule, "; ".join(filter(None, notes)) or None
 

@@ -60,6 +60,12 @@ class CystKind(str, Enum):
     MULTILOCULAR = "multilocular"  # an atypical pulmonary cyst
 
 
+def cyst_or_none(value: str | None) -> CystKind | None:
+    """The CystKind a finding's `cyst` names; None for none, and for an air-filled lumen graded as a nodule (a cavity,
+    or a cyst whose wall is not seen whole)."""
+    return CystKind(value) if value in {k.value for k in CystKind} else None
+
+
 def round_half_up(value: float, digits: int) -> float:
     """Round like a radiologist's caliper report (5.95 -> 6.0), not banker's rounding."""
     quantum = Decimal(1).scaleb(-digits)

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from inference.clinical import Exam, Lung, Nodule, NoduleType, Zone, classify_exam
 from inference.clinical.lungrads import GROWTH_THRESHOLD_MM_PER_12_MONTHS
-from inference.clinical.types import Change, LungRadsCategory, margin_or_not_assessed, round_half_up
+from inference.clinical.types import Change, LungRadsCategory, cyst_or_none, margin_or_not_assessed, round_half_up
 from inference.compare.growth import Growth, Status, growth
 from inference.compare.matching import Point, match
 from inference.compare.registration import ImageLike, Registration, register
@@ -169,7 +169,7 @@ def _clinical(f: Finding, change: Change | None, months: float | None, prior_cat
         pleural_shape_benign=benign_shape,
         lung=Lung(f.location.lung) if f.location.lung else None,
         zone=Zone(f.location.zone) if f.location.zone else None,
-        change=change, stable_months=months if change is Change.STABLE else None,
+        change=change, stable_months=months if change is Change.STABLE else None, cyst=cyst_or_none(f.cyst),
         prior_category=LungRadsCategory(prior_category) if prior_category in {c.value for c in LungRadsCategory}
         and prior_category not in ("0",) else None,
     )

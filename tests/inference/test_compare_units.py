@@ -189,3 +189,21 @@ def test_follow_up_phantom_options_are_checked(tmp_path):
         with pytest.raises(UserError, match=message):
             args.func(args)
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_a_cyst_at_follow_up_is_graded_by_the_cyst_rules():
+    """A thick-walled cyst of 16 mm that grew by more than 1.5 mm is a growing atypical cyst (4B); stable at 3 months
+    it steps down to 3; a thin-walled one stays 1 whatever its size; a cavity is graded as the nodule it is."""
+    from dataclasses import replace
+
+    from inference.clinical import classify_nodule
+    from inference.clinical.types import Change
+    from inference.compare.compare import _clinical
+
+    cyst = replace(_finding("solid", 16.0, None), cyst="thick_walled")
+    assert classify_nodule(_clinical(cyst, Change.GROWING, None, "4A")).category.value == "4B"
+    assert classify_nodule(_clinical(cyst, Change.STABLE, 3.0, "4A")).category.value == "3"
+    thin = replace(cyst, cyst="thin_walled")
+    assert classify_nodule(_clinical(thin, Change.GROWING, None, "1")).category.value == "1"
+    cavity = replace(cyst, cyst="cavity")
+    assert classify_nodule(_clinical(cavity, Change.STABLE, 3.0, "4B")).category.value == "4B"  # a solid 16 mm nodule
