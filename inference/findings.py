@@ -80,7 +80,8 @@ class Finding:
     segmentation_ok: bool = True
     note: str | None = None  # e.g. "cut by the field of view": what a reader should know about the measurement
     # an air-filled lumen in the lesion (inference.characterize.cyst): "thin_walled" | "thick_walled" | "multilocular"
-    # (a cyst, graded by the Lung-RADS cyst rules) | "cavity" | "thin_walled_in_part" (graded as a nodule); None: none
+    # (a cyst, graded by the Lung-RADS cyst rules) | "with_opacity" (a cyst, and its opacity graded as a nodule) |
+    # "cavity" | "thin_walled_in_part" (graded as a nodule); None: none
     cyst: str | None = None
 
     @property

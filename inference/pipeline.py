@@ -351,6 +351,9 @@ def _cyst_note(c: NoduleCharacteristics) -> str | None:
                 "mean diameter; the Brock model is for nodules and is not computed")
     if c.cyst.kind == "cavity":
         return f"{seen}; the lumen is under half the lesion's diameter: a nodule with a cavity, graded by its size, whole"
+    if c.cyst.kind == "with_opacity":
+        return (f"{seen} (a cancer's pattern): graded both as an atypical cyst and by the size of the lesion as a "
+                "nodule, the higher category")
     return (f"{seen}; if its whole wall is under 2 mm it is a thin-walled cyst, benign and not classified by Lung-RADS: "
             "graded here as a nodule")
 
@@ -451,7 +454,7 @@ def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule,
         pleural_shape_benign=_pleural_shape_benign(c, mean_mm),
         lung=Lung(c.location.lung) if c.location.lung else None,
         zone=Zone(c.location.zone) if c.location.zone else None,
-        cyst=cyst_or_none(cyst.kind if cyst is not None else None),
+        cyst=cyst_or_none(c.cyst.kind if c.cyst is not None else None),
     )
     return nodule, "; ".join(filter(None, notes)) or None
 
@@ -549,7 +552,7 @@ def assess(
     findings: list[Finding] = []
     for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
         # the Brock model is for nodules; a cyst is graded by the cyst rules alone (_cyst_note says so)
-        brock = None if nodule.cyst is not None else brock_risk_for_nodule(
+        brock = None if nodule.cyst is not None and not nodule.cyst.is_nodule_too else brock_risk_for_nodule(
             nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema, age_years=patient.age_years,
             sex=patient.sex, family_history=family_history).risk
         notes = [note, _calcium_note(m.chars, row.category), _fat_note(m.chars),

@@ -209,7 +209,8 @@ class FindingRow(Base):
     brock_risk: Mapped[float | None] = mapped_column(Float)  # 0..1, Brock (PanCan) full model
     lung_rads_reasons: Mapped[str | None] = mapped_column(Text)  # one reason per line
     note: Mapped[str | None] = mapped_column(Text)  # e.g. "cut by the field of view"
-    # an air-filled lumen (migration 0017): thin_walled | thick_walled | multilocular | cavity | thin_walled_in_part
+    # an air-filled lumen (migration 0017): thin_walled | thick_walled | multilocular | with_opacity | cavity |
+    # thin_walled_in_part (inference.findings.Finding.cyst)
     cyst: Mapped[str | None] = mapped_column(String(24))
     # issue 12: the SR's TID 1500 Tracking UID of this nodule (a matched prior nodule's, reused) and its
     # comparison with the prior exam; NULL when no comparison was made (see job.summary["comparison"])

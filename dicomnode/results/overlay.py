@@ -61,6 +61,8 @@ def nodule_type_words(finding: Finding) -> str:
     words = TYPE_WORDS.get(finding.nodule_type, finding.nodule_type)
     if finding.cyst == "cavity":
         words += " cavitary"
+    elif finding.cyst is not None:
+        words += " cystic"
     return f"{words} calcified" if finding.calcified else words
 
 

@@ -96,6 +96,7 @@ CYST_KIND = {
     "multilocular": CodedConcept("MULTICYST", PRIVATE_SCHEME, "Multilocular cyst"),
     "cavity": CodedConcept("CAVITY", PRIVATE_SCHEME, "Cavity in a nodule"),
     "thin_walled_in_part": CodedConcept("THINCYSTPART", PRIVATE_SCHEME, "Cyst, thin-walled where its wall is seen"),
+    "with_opacity": CodedConcept("CYSTOPACITY", PRIVATE_SCHEME, "Cyst with opacity beside its wall"),
 }
 
 SUMMARY_OF_DETECTIONS = codes.DCM.SummaryOfDetections  # 111064

@@ -64,6 +64,13 @@ THICK_PERCENTILE = 90.0
 FOCAL_MIN_RAYS = 3  # ...or this many rays of 2 mm or more: a focal (nodular) thickening
 WHOLE_WALL_SHARE = 0.9  # a thin wall is called thin only where this share of its rays found it
 CAVITY_LUMEN_SHARE = 0.5
+# ground glass or consolidation beside the wall (a cancer with a cystic airspace): the profile's mean from
+# OPACITY_GAP_MM past the wall's outer edge over OPACITY_WINDOW_MM stands OPACITY_OVER_LUNG_HU over the lung, on
+# OPACITY_MIN_SHARE of the rays (a thin wall's partial volume adds about 30 HU there, 70 HU of noise about 35 HU SD)
+OPACITY_GAP_MM = 0.5
+OPACITY_WINDOW_MM = 1.5
+OPACITY_OVER_LUNG_HU = 150.0
+OPACITY_MIN_SHARE = 0.25
 MIN_VALID_RAYS = 12
 ROI_MARGIN_MM = 8.0
 
@@ -133,6 +140,7 @@ def _lumen(smooth: np.ndarray, spacing: np.ndarray, centre: np.ndarray, reach_mm
 class _Ray:
     thickness_mm: float
     outer_yx_mm: np.ndarray
+    opacity: bool  # ground glass or consolidation beyond the wall (`OPACITY_OVER_LUNG_HU`)
 
 
 def _ray(plane: np.ndarray, lumen: np.ndarray, start_yx: np.ndarray, direction: np.ndarray, pixel: np.ndarray,
@@ -168,7 +176,9 @@ def _ray(plane: np.ndarray, lumen: np.ndarray, start_yx: np.ndarray, direction: 
     thickness = (outer - inner) * STEP_MM
     if thickness >= MAX_WALL_MM:
         return None
-    return _Ray(thickness, points[:, outer] * pixel)
+    beyond = profile[outer + int(OPACITY_GAP_MM / STEP_MM):outer + int((OPACITY_GAP_MM + OPACITY_WINDOW_MM) / STEP_MM)]
+    opacity = beyond.size > 0 and float(beyond.mean()) >= lung + OPACITY_OVER_LUNG_HU
+    return _Ray(thickness, points[:, outer] * pixel, opacity)
 
 
 def cystic_airspace(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray, diameter_mm: float) -> Cyst | None:
@@ -187,6 +197,7 @@ def cystic_airspace(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndar
     angles = np.linspace(0.0, 2 * np.pi, RAYS, endpoint=False)
     directions = np.stack([np.sin(angles), np.cos(angles)])
     thicknesses: list[float] = []
+    opacities = 0
     outline: list[np.ndarray] = []
     for z in np.flatnonzero(areas >= CENTRAL_SHARE * areas[largest]):
         start = np.argwhere(lumen[z]).mean(axis=0)
@@ -195,6 +206,7 @@ def cystic_airspace(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndar
             if ray is None:
                 continue
             thicknesses.append(ray.thickness_mm)
+            opacities += ray.opacity
             if z == largest:
                 outline.append(ray.outer_yx_mm)
     if len(thicknesses) < MIN_VALID_RAYS or len(outline) < 3:
@@ -206,14 +218,21 @@ def cystic_airspace(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndar
     lumen_diameter = 2.0 * float(np.sqrt(areas[largest] * np.prod(pixel) / np.pi))
     wall = np.array(thicknesses)
     share = len(thicknesses) / rays_tried
-    return Cyst(kind=_kind(loculi, lumen_diameter, axes.mean_mm, wall, share), loculi=loculi,
+    opacity = opacities / len(thicknesses)
+    return Cyst(kind=_kind(loculi, lumen_diameter, axes.mean_mm, wall, share, opacity), loculi=loculi,
                 lumen_mm3=round(float(lumen.sum() * np.prod(spacing)), 1), lumen_diameter_mm=round(lumen_diameter, 1),
                 wall_median_mm=round(float(np.median(wall)), 2),
                 wall_p90_mm=round(float(np.percentile(wall, THICK_PERCENTILE)), 2),
-                wall_max_mm=round(float(wall.max()), 2), wall_share=round(share, 3), axes=axes)
+                wall_max_mm=round(float(wall.max()), 2), wall_share=round(share, 3), opacity_share=round(opacity, 3),
+                axes=axes)
 
 
-def _kind(loculi: int, lumen_diameter_mm: float, lesion_mm: float, wall_mm: np.ndarray, share: float) -> CystKind:
+def _kind(loculi: int, lumen_diameter_mm: float, lesion_mm: float, wall_mm: np.ndarray, share: float,
+          opacity: float) -> CystKind:
+    if lumen_diameter_mm < CAVITY_LUMEN_SHARE * lesion_mm:
+        return "cavity"
+    if opacity >= OPACITY_MIN_SHARE:
+        return "with_opacity"
     if loculi >= 2:
         return "multilocular"
     if lumen_diameter_mm < CAVITY_LUMEN_SHARE * lesion_mm:

@@ -29,7 +29,7 @@ class Location:
     perifissural: bool  # touches a thin flat sheet inside the lung: a fissure (location.perifissural)
 
 
-CystKind = Literal["thin_walled", "thick_walled", "multilocular", "cavity", "thin_walled_in_part"]
+CystKind = Literal["thin_walled", "thick_walled", "multilocular", "cavity", "thin_walled_in_part", "with_opacity"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Cyst:
     # thin_walled: one lumen, its wall under 2 mm wherever seen and seen nearly whole; thick_walled: a wall of 2 mm or
     # more (uniform, or focally over a few rays); multilocular: two lumens or more; cavity: the lumen under half the
     # lesion's diameter (a nodule with a cavity); thin_walled_in_part: thin where seen, but much of it borders other
-    # structures, so a thicker part could be hidden
+    # structures, so a thicker part could be hidden; with_opacity: ground glass or consolidation beside its wall
     kind: CystKind
     loculi: int
     lumen_mm3: float
@@ -48,6 +48,7 @@ class Cyst:
     wall_p90_mm: float
     wall_max_mm: float
     wall_share: float  # share of the rays that found the wall (the rest ran into other structures or found none)
+    opacity_share: float  # share of those with ground glass or consolidation beyond the wall
     axes: Axes  # the whole lesion's (lumen and wall), on the lumen's largest section
 
     @property
@@ -58,7 +59,8 @@ class Cyst:
     def describe(self) -> str:
         what = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst",
                 "multilocular": f"multilocular cyst ({self.loculi} loculi)", "cavity": "cavity",
-                "thin_walled_in_part": "cyst, thin-walled where its wall is seen"}[self.kind]
+                "thin_walled_in_part": "cyst, thin-walled where its wall is seen",
+                "with_opacity": f"cyst with ground glass or consolidation beside {self.opacity_share:.0%} of its wall"}[self.kind]
         wall = f"wall {self.wall_median_mm:.1f} mm"
         if self.kind == "thick_walled" and self.wall_median_mm < 2.0:
             wall += f", focally thickened to {self.wall_max_mm:.1f} mm"

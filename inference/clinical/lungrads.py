@@ -30,7 +30,10 @@ Sources (as found with the project's search tool; thresholds checked against eac
   said so); a thick-walled cyst (wall >= 2 mm, uniform, asymmetric or focally nodular) or a multilocular cyst is 4A at
   baseline (and new), 3 when stable at its 3-month LDCT (the stepped management below), 4B when it grows (a growing
   thick-walled or multilocular cyst; the wall's growth and new loculi or opacity are for the reader, comparing images).
-  A cyst has no size thresholds: its mean diameter is reported, not graded.
+  A cyst has no size thresholds: its mean diameter is reported, not graded. A cyst with ground glass or consolidation
+  beside its wall (a cancer's pattern: Farooqi AO et al., AJR 2012;199:781-786, types III-IV) is an atypical cyst
+  whose opacity is graded as a nodule too; the higher category wins (the node's reading: v2022 grades a new or
+  increased opacity of a multilocular cyst 4B at follow-up).
 - 4X: category 3 or 4 nodules with additional features that increase the suspicion of cancer
   (spiculation is the one measured here); the ACR says "may be" upgraded, so the reason says "suggested".
 
@@ -237,9 +240,11 @@ def _juxtapleural_benign(nodule: Nodule, v: bool) -> str | None:
 def _cyst_category(nodule: Nodule) -> tuple[LungRadsCategory, str]:
     """v2022 cystic airspace rules (module docstring); `nodule.cyst` is set."""
     s = nodule.reported_mean_diameter_mm
+    assert nodule.cyst is not None
     if nodule.cyst is CystKind.THIN_WALLED:
         return C.C1, f"thin-walled unilocular cyst {s:g} mm (wall < 2 mm): benign, not classified as a nodule"
-    what = "thick-walled cyst (wall >= 2 mm)" if nodule.cyst is CystKind.THICK_WALLED else "multilocular cyst"
+    what = {CystKind.THICK_WALLED: "thick-walled cyst (wall >= 2 mm)", CystKind.MULTILOCULAR: "multilocular cyst",
+            CystKind.WITH_OPACITY: "cyst with ground glass or consolidation beside its wall"}[nodule.cyst]
     if nodule.change is Change.GROWING:
         return C.C4B, f"growing {what} {s:g} mm: atypical pulmonary cyst"
     prefix = "new " if nodule.change is Change.NEW else ""
@@ -278,7 +283,11 @@ def classify_nodule(nodule: Nodule, *, by_volume: bool = False) -> NoduleAssessm
         return _assessment(C.C1, ("benign calcification pattern",), measure)
     if nodule.cyst is not None:
         category, reason = _cyst_category(nodule)
-        measure = "cyst"  # no size threshold applies to a cyst
+        measure = "cyst"  # no size threshold applies to a cyst...
+        if nodule.cyst.is_nodule_too:  # ...but to the opacity beside it, graded as the nodule it is
+            by_size = _size_category(nodule, by_volume, nodule.change)
+            if by_size[0].rank > category.rank:
+                (category, reason), measure = by_size, "volume" if by_volume else "diameter"
     else:
         benign_pleural = _juxtapleural_benign(nodule, by_volume)
         if benign_pleural is not None:

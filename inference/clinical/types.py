@@ -58,6 +58,13 @@ class CystKind(str, Enum):
     THIN_WALLED = "thin_walled"  # unilocular, wall < 2 mm: benign, not classified
     THICK_WALLED = "thick_walled"  # wall >= 2 mm, uniform or focal: an atypical pulmonary cyst
     MULTILOCULAR = "multilocular"  # an atypical pulmonary cyst
+    # ground glass or consolidation beside its wall: an atypical cyst whose opacity is also graded as a nodule
+    WITH_OPACITY = "with_opacity"
+
+    @property
+    def is_nodule_too(self) -> bool:
+        """Graded by the nodule rules as well (the higher category wins), and given a Brock risk as a nodule."""
+        return self is CystKind.WITH_OPACITY
 
 
 def cyst_or_none(value: str | None) -> CystKind | None:

@@ -126,3 +126,17 @@ def test_an_airway_or_a_bulla_beside_a_nodule_is_no_cyst() -> None:
     assert cystic_airspace(beside, SPACING, CENTRE, 8.0) is None
     # where the detector finds the bulla, the nodule on its wall is a focal thickening: an atypical cyst
     assert measured(beside, 16.0, centre=bulla).kind == "thick_walled"
+
+
+@pytest.mark.parametrize("noise_hu", [0.0, 70.0])
+def test_ground_glass_round_a_thin_walled_cyst_is_no_benign_cyst(noise_hu: float) -> None:
+    """A 1 mm-walled cyst in a 2 mm layer of ground glass (-600 HU; a cancer with a cystic airspace) is a cyst with an
+    opacity beside its wall, not a thin-walled one; the plain thin-walled cyst reads none."""
+    hu = lung(3)
+    paint(hu, ellipsoid_fraction((10.0,) * 3), -600.0)
+    paint(hu, ellipsoid_fraction((8.0,) * 3), SOFT_TISSUE_HU)
+    paint(hu, ellipsoid_fraction((7.0,) * 3), AIR_HU)
+    hu += np.random.default_rng(7).normal(0.0, noise_hu, hu.shape).astype(np.float32)
+    cyst = measured(hu, 20.0)
+    assert cyst.kind == "with_opacity" and cyst.opacity_share >= 0.5, cyst
+    assert measured(cyst_image(8.0, 1.0, noise_hu=noise_hu), 16.0).opacity_share < 0.1

@@ -642,10 +642,11 @@ def lesion_assessed(hu: np.ndarray, spacing: np.ndarray, centre: np.ndarray, dia
 def test_cysts_are_graded_by_the_lung_rads_cyst_rules_and_a_cavitary_nodule_by_its_size() -> None:
     """A 16 mm cyst with a 1 mm wall read part-solid or not at all and would have been graded by size (3 to 4B); it is a
     thin-walled cyst, Lung-RADS 1 (not classified), negative. With a 2 mm wall, or a nodule on its thin wall, it is an
-    atypical cyst: 4A. Neither gets a Brock risk (a model of nodules). A nodule with a small cavity (air 6 mm across
+    atypical cyst: 4A. Neither gets a Brock risk (a model of nodules). Ground glass round the thin wall makes it an
+    atypical cyst graded as a nodule too, with a Brock risk. A nodule with a small cavity (air 6 mm across
     in 16 mm) is graded by its whole size (4B) with its Brock risk. Each says what it is in its note and in the JSON."""
     from inference.findings import Verdict
-    from tests.inference.test_characterize import CENTRE, SPACING, ellipsoid_fraction, paint
+    from tests.inference.test_characterize import CENTRE, SPACING, ellipsoid_fraction, lung, paint
     from tests.inference.test_cyst import SOFT_TISSUE_HU, cyst_image
 
     thin, summary, verdict = lesion_assessed(cyst_image(8.0, 1.0), SPACING, CENTRE, 16.0)
@@ -664,6 +665,13 @@ def test_cysts_are_graded_by_the_lung_rads_cyst_rules_and_a_cavitary_nodule_by_i
     mural, _, _ = lesion_assessed(hu, SPACING, CENTRE, 16.0)
     assert (mural.lung_rads, mural.cyst) == ("4A", "thick_walled")
     assert mural.note is not None and "focally thickened" in mural.note
+
+    hu = lung(3)
+    paint(hu, ellipsoid_fraction((10.0,) * 3), -600.0)  # ground glass round a thin-walled cyst: a cancer's pattern
+    paint(hu, ellipsoid_fraction((8.0,) * 3), SOFT_TISSUE_HU)
+    paint(hu, ellipsoid_fraction((7.0,) * 3), -1000.0)
+    opacity, _, _ = lesion_assessed(hu, SPACING, CENTRE, 20.0)
+    assert opacity.cyst == "with_opacity" and opacity.lung_rads in ("4A", "4B") and opacity.brock_risk is not None
 
     cavity, _, _ = lesion_assessed(cyst_image(8.0, 5.0), SPACING, CENTRE, 16.0)
     assert (cavity.lung_rads, cavity.cyst, cavity.nodule_type) == ("4B", "cavity", "solid")

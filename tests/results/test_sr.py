@@ -141,7 +141,7 @@ ZONE_CODES = {"upper": ("281392002", "SCT"), "middle": ("281393007", "SCT"), "lo
 
 
 CYST_CODES = {"thin_walled": "THINCYST", "thick_walled": "THICKCYST", "multilocular": "MULTICYST", "cavity": "CAVITY",
-              "thin_walled_in_part": "THINCYSTPART"}
+              "thin_walled_in_part": "THINCYSTPART", "with_opacity": "CYSTOPACITY"}
 
 
 def test_a_cyst_is_coded_and_has_no_brock_risk(series, result):
