@@ -27,8 +27,14 @@ thin wall does not hold):
   its height over the lung (its full width at half maximum, which a thin wall's partial volume does not widen the
   way a fixed threshold would). A ray whose profile does not come back down within `MAX_WALL_MM` runs into a vessel,
   the pleura or the mediastinum and is not counted; one that finds no wall (`MIN_WALL_CONTRAST_HU`) neither.
-- thick-walled: the `THICK_PERCENTILE`th percentile of the rays' thickness is `THICK_WALL_MM` or more, so a uniform
-  thickening and one over a tenth of the circumference count; a nodule on the wall over less is not seen.
+- thick-walled: the `THICK_PERCENTILE`th percentile of the rays' thickness is `THICK_WALL_MM` or more (a uniform
+  thickening), or `FOCAL_MIN_RAYS` rays are (a nodule on the wall). A vessel passing the wall widens its profile where
+  it touches: tissue that runs on from the wall into the lung and is no thicker than a vessel
+  (`_vessels_on_the_wall`) is left out of the thickness (its rays still count as the wall seen). A nodule on the wall
+  that a vessel feeds stays a thickening where it is over `VESSEL_MAX_RADIUS_MM` deep; a smaller one fed by a vessel
+  would be taken for the vessel.
+- opacity beside the wall (ground glass, consolidation: a cancer with a cystic airspace) on `OPACITY_MIN_SHARE` of the
+  rays makes the cyst `with_opacity`; a thin-walled cyst is one whose wall is seen on `WHOLE_WALL_SHARE` of its rays.
 - the lesion's long and short axis and mean diameter: the outline the rays' outer edges draw on the lumen's largest
   section.
 Limits: a wall under about 0.5 mm (a bulla's) reads below `WALL_HU` and encloses nothing; a septum as thin does not
@@ -72,6 +78,11 @@ OPACITY_WINDOW_MM = 1.5
 OPACITY_OVER_LUNG_HU = 150.0
 OPACITY_MIN_SHARE = 0.25
 MIN_VALID_RAYS = 12
+# a vessel passing the wall (`_vessels_on_the_wall`): tissue beyond the wall's median thickness + SHELL_SLACK_MM that
+# runs VESSEL_REACH_MM further into the lung and is at most VESSEL_MAX_RADIUS_MM deep near the wall (a 4 mm vessel)
+SHELL_SLACK_MM = 1.0
+VESSEL_REACH_MM = 6.0
+VESSEL_MAX_RADIUS_MM = 2.0
 ROI_MARGIN_MM = 8.0
 
 
@@ -143,10 +154,32 @@ class _Ray:
     opacity: bool  # ground glass or consolidation beyond the wall (`OPACITY_OVER_LUNG_HU`)
 
 
+def _vessels_on_the_wall(smooth: np.ndarray, lumen: np.ndarray, spacing: np.ndarray, wall_mm: float) -> np.ndarray:
+    """Tissue touching the wall's outside that runs on into the lung (`VESSEL_REACH_MM` beyond the wall) and is no
+    thicker than a vessel (`VESSEL_MAX_RADIUS_MM` deep where it meets the wall): a vessel passing the cyst, which
+    widens the wall's profile where it touches. A nodule on the wall stays near it or is thicker."""
+    soft = smooth > WALL_HU
+    from_lumen = ndimage.distance_transform_edt(~lumen, sampling=spacing)
+    shell = soft & (from_lumen <= wall_mm + SHELL_SLACK_MM)
+    near = from_lumen <= wall_mm + SHELL_SLACK_MM + VESSEL_REACH_MM
+    extra = soft & ~shell
+    labels, _ = ndimage.label(extra, structure=np.ones((3, 3, 3), bool))
+    touching = np.unique(labels[ndimage.binary_dilation(shell, structure=np.ones((3, 3, 3), bool)) & extra])
+    vessels = np.zeros_like(lumen)
+    for label in touching[touching > 0]:
+        part = labels == label
+        if not (part & ~near).any():
+            continue
+        depth = ndimage.distance_transform_edt(part, sampling=spacing)
+        if float(depth[part & near].max()) <= VESSEL_MAX_RADIUS_MM:
+            vessels |= part
+    return vessels
+
+
 def _ray(plane: np.ndarray, lumen: np.ndarray, start_yx: np.ndarray, direction: np.ndarray, pixel: np.ndarray,
-         lung: float) -> _Ray | None:
+         lung: float, vessels: np.ndarray | None = None) -> _Ray | None:
     """The wall's thickness along one in-plane ray from the lumen's centre, and where it ends; None where the ray finds
-    no wall or runs into another structure."""
+    no wall, runs into another structure, or crosses a vessel passing the wall (`vessels`)."""
     t = np.arange(0.0, MAX_WALL_MM * 3, STEP_MM)
     points = start_yx[:, None] + direction[:, None] * t[None, :] / pixel[:, None]  # pixel indices (y, x)
     inside = (points >= 0).all(axis=0) & (points[0] <= plane.shape[0] - 1) & (points[1] <= plane.shape[1] - 1)
@@ -176,9 +209,27 @@ def _ray(plane: np.ndarray, lumen: np.ndarray, start_yx: np.ndarray, direction: 
     thickness = (outer - inner) * STEP_MM
     if thickness >= MAX_WALL_MM:
         return None
+    if vessels is not None and vessels[nearest[0, inner:outer + 1], nearest[1, inner:outer + 1]].any():
+        return None
     beyond = profile[outer + int(OPACITY_GAP_MM / STEP_MM):outer + int((OPACITY_GAP_MM + OPACITY_WINDOW_MM) / STEP_MM)]
     opacity = beyond.size > 0 and float(beyond.mean()) >= lung + OPACITY_OVER_LUNG_HU
     return _Ray(thickness, points[:, outer] * pixel, opacity)
+
+
+def _rays(smooth: np.ndarray, lumen: np.ndarray, slices: np.ndarray, pixel: np.ndarray, lung: float,
+          vessels: np.ndarray | None) -> list[tuple[int, _Ray]]:
+    """(slice, ray) of every ray that found the wall on `slices`, from each slice's lumen centre."""
+    angles = np.linspace(0.0, 2 * np.pi, RAYS, endpoint=False)
+    directions = np.stack([np.sin(angles), np.cos(angles)])
+    found: list[tuple[int, _Ray]] = []
+    for z in slices:
+        start = np.argwhere(lumen[z]).mean(axis=0)
+        for k in range(RAYS):
+            ray = _ray(smooth[z], lumen[z], start, directions[:, k], pixel, lung,
+                       None if vessels is None else vessels[z])
+            if ray is not None:
+                found.append((int(z), ray))
+    return found
 
 
 def cystic_airspace(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray, diameter_mm: float) -> Cyst | None:
@@ -194,30 +245,24 @@ def cystic_airspace(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndar
     areas = lumen.sum(axis=(1, 2))
     largest = int(np.argmax(areas))
     pixel = spacing[1:]
-    angles = np.linspace(0.0, 2 * np.pi, RAYS, endpoint=False)
-    directions = np.stack([np.sin(angles), np.cos(angles)])
-    thicknesses: list[float] = []
-    opacities = 0
-    outline: list[np.ndarray] = []
-    for z in np.flatnonzero(areas >= CENTRAL_SHARE * areas[largest]):
-        start = np.argwhere(lumen[z]).mean(axis=0)
-        for k in range(RAYS):
-            ray = _ray(smooth[z], lumen[z], start, directions[:, k], pixel, lung)
-            if ray is None:
-                continue
-            thicknesses.append(ray.thickness_mm)
-            opacities += ray.opacity
-            if z == largest:
-                outline.append(ray.outer_yx_mm)
+    central = np.flatnonzero(areas >= CENTRAL_SHARE * areas[largest])
+    first = _rays(smooth, lumen, central, pixel, lung, None)
+    if len(first) < MIN_VALID_RAYS:
+        return None
+    vessels = _vessels_on_the_wall(smooth, lumen, spacing, float(np.median([r.thickness_mm for _, r in first])))
+    rays = _rays(smooth, lumen, central, pixel, lung, vessels) if vessels.any() else first
+    thicknesses = [r.thickness_mm for _, r in rays]
+    opacities = sum(r.opacity for _, r in rays)
+    outline = [r.outer_yx_mm for z, r in first if z == largest]  # the lesion's outline, vessels' rays and all
     if len(thicknesses) < MIN_VALID_RAYS or len(outline) < 3:
         return None
     long_mm, short_mm = feret(np.array(outline), float(pixel.mean()))
     axes = Axes(long_mm=round(long_mm, 1), short_mm=round(short_mm, 1), mean_mm=round((long_mm + short_mm) / 2, 1),
                 slice_index=int(largest + box[0].start))
-    rays_tried = RAYS * int((areas >= CENTRAL_SHARE * areas[largest]).sum())
+    rays_tried = RAYS * len(central)
     lumen_diameter = 2.0 * float(np.sqrt(areas[largest] * np.prod(pixel) / np.pi))
     wall = np.array(thicknesses)
-    share = len(thicknesses) / rays_tried
+    share = len(first) / rays_tried  # a ray across a vessel on the wall saw the wall: nothing thicker hides there
     opacity = opacities / len(thicknesses)
     return Cyst(kind=_kind(loculi, lumen_diameter, axes.mean_mm, wall, share, opacity), loculi=loculi,
                 lumen_mm3=round(float(lumen.sum() * np.prod(spacing)), 1), lumen_diameter_mm=round(lumen_diameter, 1),

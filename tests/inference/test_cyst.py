@@ -140,3 +140,23 @@ def test_ground_glass_round_a_thin_walled_cyst_is_no_benign_cyst(noise_hu: float
     cyst = measured(hu, 20.0)
     assert cyst.kind == "with_opacity" and cyst.opacity_share >= 0.5, cyst
     assert measured(cyst_image(8.0, 1.0, noise_hu=noise_hu), 16.0).opacity_share < 0.1
+
+
+@pytest.mark.parametrize("radius, along", [(1.0, "z"), (2.0, "z"), (1.5, "y"), (2.0, "y")])
+def test_a_vessel_passing_a_thin_wall_is_no_thickening(radius: float, along: str) -> None:
+    """A vessel of 2-4 mm touching a 1 mm-walled cyst, across the slices or in their plane, widens the wall's profile
+    where it touches (3-12 mm: it read thick-walled, 4A); it runs on into the lung and is no thicker than a vessel, so
+    its rays are left out and the cyst stays thin-walled. A 6 mm nodule on the wall fed by a 2 mm vessel stays a
+    focal thickening."""
+    def vessel(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        across = y if along == "z" else z
+        return (across * across + (x - 8.0 - radius) ** 2 <= radius**2) & (z == z) & (y == y)
+
+    hu = cyst_image(8.0, 1.0)
+    paint(hu, fraction(vessel), SOFT_TISSUE_HU)
+    cyst = measured(hu, 16.0)
+    assert cyst.kind == "thin_walled" and cyst.wall_max_mm < 2.0, cyst
+    fed = cyst_image(8.0, 1.0)
+    paint(fed, ellipsoid_fraction((3.0,) * 3, CENTRE + np.array([0.0, 0.0, 9.5 / SPACING[2]])), SOFT_TISSUE_HU)
+    paint(fed, fraction(lambda z, y, x: (z * z + y * y <= 1.0) & (x >= 9.5)), SOFT_TISSUE_HU)
+    assert measured(fed, 16.0).kind == "thick_walled"
