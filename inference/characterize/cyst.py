@@ -49,7 +49,7 @@ from scipy import ndimage
 
 from inference.characterize.measure import feret
 from inference.characterize.model import Axes, Cyst, CystKind
-from inference.characterize.segment.masks import distance2, roi_box
+from inference.characterize.segment.masks import distance2, parts_reaching_out, roi_box
 
 WALL_HU = -500.0  # over halfway from aerated lung (-850) to soft tissue (40): a wall voxel
 LUMEN_MAX_HU = -950.0  # the lumen is air: a cyst reads -1000 ... -980, normal lung -900 ... -800
@@ -99,19 +99,19 @@ def _enclosed(wall: np.ndarray) -> np.ndarray:
     return holes
 
 
+def _on_the_faces(mask: np.ndarray) -> bool:
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+
+
 def _sealed_and_round(part: np.ndarray, box: tuple[slice, ...], air_labels: np.ndarray, spacing: np.ndarray) -> bool:
     """A cyst's lumen is sealed by its wall in 3D, and roundish. An airway is a ring on every slice it crosses, but its
     air goes on where the ring opens (a branch, the hilum) or runs out of the ROI, and it is a tube."""
-    shape = air_labels.shape
-    if any(s.start == 0 or s.stop == n for s, n in zip(box, shape)):
-        return False
-    touching = np.unique(air_labels[box][part])
-    air = np.isin(air_labels, touching[touching > 0])
-    found = np.argwhere(air)
-    if found.size and (found.min(axis=0) == 0).any() or found.size and (found.max(axis=0) == np.array(shape) - 1).any():
-        return False
-    whole = np.zeros(shape, bool)
+    whole = np.zeros(air_labels.shape, bool)
     whole[box] = part
+    touching = np.unique(air_labels[whole])
+    air = np.isin(air_labels, touching[touching > 0])
+    if _on_the_faces(whole) or _on_the_faces(air):
+        return False
     if (air & ~whole).sum() > MAX_LEAK_SHARE * part.sum():
         return False
     extent = max(float((s.stop - s.start) * d) for s, d in zip(box, spacing))
@@ -162,14 +162,9 @@ def _vessels_on_the_wall(smooth: np.ndarray, lumen: np.ndarray, spacing: np.ndar
     from_lumen = ndimage.distance_transform_edt(~lumen, sampling=spacing)
     shell = soft & (from_lumen <= wall_mm + SHELL_SLACK_MM)
     near = from_lumen <= wall_mm + SHELL_SLACK_MM + VESSEL_REACH_MM
-    extra = soft & ~shell
-    labels, _ = ndimage.label(extra, structure=np.ones((3, 3, 3), bool))
-    touching = np.unique(labels[ndimage.binary_dilation(shell, structure=np.ones((3, 3, 3), bool)) & extra])
+    on_the_wall = ndimage.binary_dilation(shell, structure=np.ones((3, 3, 3), bool))
     vessels = np.zeros_like(lumen)
-    for label in touching[touching > 0]:
-        part = labels == label
-        if not (part & ~near).any():
-            continue
+    for part, _ in parts_reaching_out(soft & ~shell, on_the_wall, near, 1):
         depth = ndimage.distance_transform_edt(part, sampling=spacing)
         if float(depth[part & near].max()) <= VESSEL_MAX_RADIUS_MM:
             vessels |= part
