@@ -50,6 +50,24 @@ class NoduleLocation:
         return asdict(self)
 
 
+TYPE_WORDS = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "ground-glass"}
+# a cyst graded as a cyst is named as one; another air-filled lumen is said beside the attenuation type
+CYST_WORDS = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst",
+              "multilocular": "multilocular cyst"}
+LUMEN_WORDS = {"cavity": "cavitary", "with_opacity": "cystic", "thin_walled_in_part": "cystic"}
+
+
+def lesion_type_words(nodule_type: str | None, cyst: str | None = None) -> str:
+    """A finding's type as the console, report and overlays write it: "part-solid", "solid cavitary",
+    "thin-walled cyst"; "-" where no type was recorded."""
+    if cyst in CYST_WORDS:
+        return CYST_WORDS[cyst]
+    if not nodule_type:
+        return "-"
+    words = TYPE_WORDS.get(nodule_type, nodule_type.replace("_", "-"))
+    return f"{words} {LUMEN_WORDS[cyst]}" if cyst in LUMEN_WORDS else words
+
+
 @dataclass(frozen=True)
 class Finding:
     """One nodule: where it is, what the Lung-RADS v2022 table and the Brock model need, and their results."""

@@ -27,7 +27,7 @@ from storage.audit import record_event
 from storage.db import Database, rows_changed
 from storage.events import EventCode
 from storage.models import Delivery, FindingRow, Instance, Job, Series, utcnow
-from inference.findings import ExamSummary, Finding
+from inference.findings import ExamSummary, Finding, lesion_type_words
 from inference.remote_engine import EngineUnreachable
 from storage.states import DeliveryKind, DeliveryState, JobState
 
@@ -350,7 +350,8 @@ def finding_row(job_id: int, series_id: int, index: int, f: Finding,
 def finding_message(index: int, f: Finding) -> str:
     """The FINDING_RECORDED event text: the Brock risk is the risk; the model score is named as such."""
     brock = "n/a" if f.brock_risk is None else f"{f.brock_risk * 100:.1f}%"
-    return (f"nodule {index}: {f.nodule_type.replace('_', '-')} {f.mean_diameter_mm:.1f} mm, Lung-RADS {f.lung_rads}, "
+    kind = lesion_type_words(f.nodule_type, f.cyst)
+    return (f"nodule {index}: {kind} {f.mean_diameter_mm:.1f} mm, Lung-RADS {f.lung_rads}, "
             f"Brock risk {brock}, model score {f.model_score:.2f}")
 
 

@@ -21,7 +21,7 @@ from dicomnode.results.equipment import contributing_equipment
 from dicomnode.results.sources import find_instance, prepare_sources, radius_px, sort_by_position
 from dicomnode.results.uids import result_uid, settings_digest
 from inference.compare.compare import patient_mismatch
-from inference.findings import Finding, SeriesResult
+from inference.findings import Finding, SeriesResult, lesion_type_words
 
 OUTLINE_COLOUR = (255, 255, 0)  # yellow reads well on the grey lung window
 TEXT_COLOUR = (255, 255, 0)
@@ -47,22 +47,11 @@ def lung_window_rgb(ct_slice: Dataset, center: float = -600.0, width: float = 15
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-TYPE_WORDS = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "ground-glass"}
 BANNER_WIDTH_CHARS = 76  # what fits across a 512-column image at the banner font
 
 
-# a cyst is graded as a cyst, not by its wall's attenuation; a cavity is said beside the nodule's type
-CYST_WORDS = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst", "multilocular": "multilocular cyst"}
-
-
 def nodule_type_words(finding: Finding) -> str:
-    if finding.cyst in CYST_WORDS:
-        return CYST_WORDS[finding.cyst]
-    words = TYPE_WORDS.get(finding.nodule_type, finding.nodule_type)
-    if finding.cyst == "cavity":
-        words += " cavitary"
-    elif finding.cyst is not None:
-        words += " cystic"
+    words = lesion_type_words(finding.nodule_type, finding.cyst)
     return f"{words} calcified" if finding.calcified else words
 
 

@@ -33,6 +33,7 @@ from dicomnode.web.tables import cell, short_uid, table_rows
 from dicomnode.web.overlays import dicom_date, overlay_images, overlay_png
 from dicomnode.web.timeline import series_timeline
 from dicomnode.web.views import NotFound, dashboard_stats, list_series, series_detail
+from inference.findings import lesion_type_words
 from storage.audit_subjects import AUDIT_SUBJECTS
 from storage.queries import (
     AuditFilter,
@@ -61,6 +62,7 @@ TEMPLATES.env.filters["short_uid"] = short_uid
 # the comparison with the prior exam: the same cells in the console, the HTML report and the PDF
 TEMPLATES.env.filters["dicom_date"] = dicom_date
 TEMPLATES.env.filters["comparison_rows"] = comparison_rows
+TEMPLATES.env.filters["lesion_type"] = lambda f: lesion_type_words(f.get("type"), f.get("cyst"))
 TEMPLATES.env.filters["comparison_cells"] = comparison_cells
 TEMPLATES.env.filters["resolved_cells"] = resolved_cells
 TEMPLATES.env.globals["comparison_columns"] = COMPARISON_COLUMNS

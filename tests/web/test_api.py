@@ -82,7 +82,7 @@ def test_lists(client: httpx.Client, open_series: dict[str, Any]) -> None:
     _assert_issue11_finding(listed)
     _assert_exam(jobs[0]["exam"])
     recorded = [e["message"] for e in events(client, "FINDING_RECORDED") if e["series_instance_uid"] == uid]
-    assert recorded == ["nodule 1: part-solid 9.5 mm, Lung-RADS 4A, Brock risk 8.3%, model score 0.62"]
+    assert recorded == ["nodule 1: part-solid cavitary 9.5 mm, Lung-RADS 4A, Brock risk 8.3%, model score 0.62"]
     assert client.get("/api/findings", params={"status": "2", "series": uid}).json() == []
     deliveries = client.get("/api/deliveries", params={"series": uid}).json()
     assert {d["destination"] for d in deliveries} == {"PACS"}

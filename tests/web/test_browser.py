@@ -67,7 +67,7 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     assert findings.count() == 1 and "4A" in findings.first.inner_text()
     # issue 11: type, mean diameter, solid component, Lung-RADS, Brock risk and the model score named as such
     row = findings.first
-    assert row.locator("td.f-type").inner_text() == "part-solid"
+    assert row.locator("td.f-type").inner_text() == "part-solid cavitary"  # its cavity beside its type
     assert (row.locator("td.f-mean").inner_text(), row.locator("td.f-solid").inner_text()) == ("9.5", "6.5")
     assert (row.locator("td.f-lung-rads").inner_text(), row.locator("td.f-brock").inner_text()) == ("4A", "8%")
     brock = page.locator("#findings thead th", has_text="Brock risk")

@@ -75,7 +75,7 @@ def _cell(table: str, css_class: str) -> str:
 def _assert_issue11_fields(findings: str, page: str) -> None:
     """Per nodule: type, mean diameter, solid component, Lung-RADS, Brock risk (method in a tooltip) and the
     model score named for what it is; per exam: category, recommendation, LAA-950, lung volume, missing inputs."""
-    assert _cell(findings, "f-type") == "part-solid"
+    assert _cell(findings, "f-type") == "part-solid cavitary"
     assert (_cell(findings, "f-mean"), _cell(findings, "f-solid")) == ("9.5", "6.5")
     assert (_cell(findings, "f-lung-rads"), _cell(findings, "f-brock"), _cell(findings, "f-score")) == ("4A", "8%", "0.62")
     assert re.search(r'<th title="Brock University \(PanCan\)[^"]*McWilliams[^"]*">Brock risk', findings)
