@@ -330,9 +330,36 @@ __all__ = [
     "GROWTH_THRESHOLD_MM_PER_12_MONTHS",
     "classify_exam",
     "classify_nodule",
+    "infection_caveat",
     "is_growth",
     "recommendation",
 ]
+
+
+# v2022 "suspected infectious or inflammatory findings" (the yingbo777 notes above): Lung-RADS 0 with a 1-3 month
+# LDCT *may* be recommended for, among others, multiple new nodules (more than six) and large solid nodules (>= 8 mm)
+# appearing in a short interval. A reader's choice, so the node states it beside the category it gives.
+INFECTION_NEW_NODULES = 6
+INFECTION_NEW_SOLID_MM = 8.0
+
+
+def infection_caveat(nodules: tuple[Nodule, ...] | list[Nodule]) -> str | None:
+    """What a follow-up exam's new nodules (`change` NEW) say of infection or inflammation, in v2022's words; None
+    where they say nothing."""
+    new = [n for n in nodules if n.change is Change.NEW and n.cyst is None]
+    large = [n for n in new if n.type is NoduleType.SOLID and not n.calcified
+             and n.reported_mean_diameter_mm >= INFECTION_NEW_SOLID_MM]
+    said = []
+    if len(new) > INFECTION_NEW_NODULES:
+        said.append(f"{len(new)} new nodules (more than {INFECTION_NEW_NODULES})")
+    if large:
+        sizes = ", ".join(f"{n.reported_mean_diameter_mm:g}" for n in large)
+        said.append(f"new solid nodule(s) of {INFECTION_NEW_SOLID_MM:g} mm or more ({sizes} mm)")
+    if not said:
+        return None
+    return (" and ".join(said) + " since the prior: findings that can mean infection or inflammation; Lung-RADS v2022 "
+            "allows category 0 with a 1-3 month LDCT in their place (the reader's call); the category here is the most "
+            "suspicious nodule's")
 
 
 def is_growth(previous_mean_mm: float, current_mean_mm: float, interval_months: float) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.clinical import Exam, Lung, Nodule, NoduleType, Zone, classify_exam
+from inference.clinical.lungrads import infection_caveat
 from inference.clinical.lungrads import GROWTH_THRESHOLD_MM_PER_12_MONTHS
 from inference.clinical.types import Change, LungRadsCategory, cyst_or_none, margin_or_not_assessed, round_half_up
 from inference.compare.growth import Growth, Status, growth
@@ -233,6 +234,9 @@ def compare_exams(current: ExamInput, prior: ExamInput) -> Comparison:
     nodules = tuple(_clinical(f, _change(st, g, f, None if j is None else pri_f[j]), months,
                               None if j is None else pri_f[j].lung_rads)
                     for f, (st, j, g, _d) in zip(cur_f, rows))
+    infection = infection_caveat(nodules)
+    if infection:
+        notes.append(infection)
     exam_chars = current.result.exam
     covered = exam_chars.lungs_fully_covered if exam_chars is not None else True
     assessment = classify_exam(Exam(covered, nodules, None if covered else (exam_chars.reason if exam_chars else None)

@@ -248,6 +248,23 @@ def test_a_cyst_must_be_a_cyst_kind() -> None:
         Nodule(S, 12.0, cyst="thick_walled")  # type: ignore[arg-type]
 
 
+def test_new_nodules_that_can_mean_infection_are_said() -> None:
+    """v2022: more than six new nodules, or a new solid nodule of 8 mm or more, may mean infection or inflammation
+    (category 0 with a 1-3 month LDCT is the reader's option): said, with the category left to the nodules."""
+    from inference.clinical.lungrads import infection_caveat
+
+    new = Nodule(S, 4.0, change=Change.NEW)
+    assert infection_caveat([new] * 6) is None
+    seven = infection_caveat([new] * 7)
+    assert seven is not None and "7 new nodules (more than 6)" in seven and "category 0" in seven
+    assert infection_caveat([Nodule(S, 7.9, change=Change.NEW)]) is None
+    large = infection_caveat([Nodule(S, 8.0, change=Change.NEW), Nodule(S, 12.0, change=Change.STABLE)])
+    assert large is not None and "(8 mm)" in large and "1-3 month" in large
+    assert infection_caveat([Nodule(S, 12.0, change=Change.STABLE), Nodule(S, 12.0, calcified=True, change=Change.NEW),
+                             Nodule(PS, 12.0, solid_component_mm=5.0, change=Change.NEW),
+                             Nodule(S, 12.0)]) is None  # stable, calcified, part-solid, baseline
+
+
 def test_growth_definition() -> None:
     assert is_growth(6.0, 7.6, 12) is True  # +1.6 mm
     assert is_growth(6.0, 7.5, 12) is False  # +1.5 mm is not > 1.5
