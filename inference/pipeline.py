@@ -550,11 +550,14 @@ def assess(
     emphysema = exam_chars.laa950_reliable and exam_chars.laa950_pct >= emphysema_threshold_pct
     missing_note = _missing_note(patient)
     findings: list[Finding] = []
-    for m, (nodule, note), row, score in zip(measured, built, assessment.nodules, scores):
-        # the Brock model is for nodules; a cyst is graded by the cyst rules alone (_cyst_note says so)
-        brock = None if nodule.cyst is not None and not nodule.cyst.is_nodule_too else brock_risk_for_nodule(
-            nodule, nodule_count=len(nodules) + not_reported, emphysema=emphysema, age_years=patient.age_years,
-            sex=patient.sex, family_history=family_history).risk
+    # the Brock model is for nodules: a cyst graded by the cyst rules alone gets no risk and is not counted
+    # (_cyst_note says so); a cyst whose opacity is graded as a nodule is one
+    is_nodule = [n.cyst is None or n.cyst.is_nodule_too for n in nodules]
+    count = sum(is_nodule) + not_reported
+    for m, (nodule, note), row, score, brock_applies in zip(measured, built, assessment.nodules, scores, is_nodule):
+        brock = None if not brock_applies else brock_risk_for_nodule(
+            nodule, nodule_count=count, emphysema=emphysema, age_years=patient.age_years, sex=patient.sex,
+            family_history=family_history).risk
         notes = [note, _calcium_note(m.chars, row.category), _fat_note(m.chars),
                  contrast_calcium_note(contrast, m.chars.calcified), missing_note]
         findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock, float(score),

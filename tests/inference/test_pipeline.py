@@ -677,3 +677,29 @@ def test_cysts_are_graded_by_the_lung_rads_cyst_rules_and_a_cavitary_nodule_by_i
     assert (cavity.lung_rads, cavity.cyst, cavity.nodule_type) == ("4B", "cavity", "solid")
     assert cavity.brock_risk is not None and cavity.brock_risk > 0.05
     assert cavity.note is not None and "graded by its size" in cavity.note
+
+
+def test_a_cyst_is_not_counted_as_a_nodule_by_the_brock_model() -> None:
+    """Brock's nodule count (more nodules, lower risk each) counts nodules: a thin-walled cyst in the same exam is none."""
+    from inference.characterize import ExamCharacteristics, characterize_nodule
+    from inference.clinical import FamilyHistory, Sex, brock_risk_for_nodule
+    from inference.detect import Candidate
+    from inference.pipeline import Measured, PatientInputs, assess, clinical_nodule
+    from inference.volume import CT_IMAGE_STORAGE, Volume
+    from tests.inference.test_characterize import CENTRE, SPACING, ellipsoid_fraction, paint
+    from tests.inference.test_cyst import SOFT_TISSUE_HU, cyst_image
+
+    hu = cyst_image(8.0, 1.0)
+    beside = CENTRE + np.array([0.0, 0.0, 22.0 / SPACING[2]])
+    paint(hu, ellipsoid_fraction((4.0,) * 3, beside), SOFT_TISSUE_HU)
+    measured = [Measured(Candidate(tuple(float(v) for v in c), d, 2.0, 0.9), c, characterize_nodule(hu, SPACING, c, d))
+                for c, d in ((CENTRE, 16.0), (beside, 8.0))]
+    volume = Volume(hu, np.zeros(3), SPACING, np.eye(3), [f"1.2.3.{z}" for z in range(hu.shape[0])], CT_IMAGE_STORAGE,
+                    "1.2.3", "1.2")
+    patient = PatientInputs(64.0, Sex.FEMALE)
+    findings, _, _ = assess(measured, np.array([0.5, 0.5]), ExamCharacteristics(5000.0, 1.0, True, None, (0.1, 0.1)),
+                            patient, FamilyHistory.NO, 5.0, volume, 1.0)
+    assert (findings[0].cyst, findings[0].brock_risk, findings[1].cyst) == ("thin_walled", None, None)
+    alone = brock_risk_for_nodule(clinical_nodule(measured[1], 1.0)[0], nodule_count=1, emphysema=False, age_years=64.0,
+                                  sex=Sex.FEMALE, family_history=FamilyHistory.NO).risk
+    assert findings[1].brock_risk == pytest.approx(alone)
