@@ -25,6 +25,7 @@ from inference.characterize.model import Axes, Cyst
 from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
+from inference.characterize.shape import BAND_ELONGATION
 from inference.clinical import (
     Exam,
     FamilyHistory,
@@ -492,6 +493,17 @@ def _fat_note(c: NoduleCharacteristics) -> str | None:
             "here is by size")
 
 
+def _band_note(c: NoduleCharacteristics) -> str | None:
+    """A band- or plate-like lesion (`shape.BAND_ELONGATION`: its longest principal extent 4 x its thinnest or more) is
+    more often a scar or atelectasis than a nodule. Its category stays by size (a cancer can be elongated too); the
+    reader confirms it is a nodule before acting on it. A cyst is measured by its own rules."""
+    long_mm, thin_mm = c.features.get("extent_long_mm", 0.0), c.features.get("extent_thin_mm", 0.0)
+    if not c.segmentation_ok or c.cyst is not None or thin_mm <= 0 or long_mm < BAND_ELONGATION * thin_mm:
+        return None
+    return (f"band- or plate-like ({long_mm:.0f} mm long, {thin_mm:.0f} mm thick in 3D): a linear scar or atelectasis "
+            "is not a nodule; its category is by size, for a nodule")
+
+
 def _thick_slice_note(thickness_mm: float) -> str | None:
     if thickness_mm <= SCREENING_MAX_SLICE_MM + 0.01:
         return None
@@ -558,7 +570,7 @@ def assess(
         brock = None if not brock_applies else brock_risk_for_nodule(
             nodule, nodule_count=count, emphysema=emphysema, age_years=patient.age_years, sex=patient.sex,
             family_history=family_history).risk
-        notes = [note, _calcium_note(m.chars, row.category), _fat_note(m.chars),
+        notes = [note, _band_note(m.chars), _calcium_note(m.chars, row.category), _fat_note(m.chars),
                  contrast_calcium_note(contrast, m.chars.calcified), missing_note]
         findings.append(_finding(volume, m, nodule, row.category.value, row.reasons, brock, float(score),
                                  "; ".join(filter(None, notes)) or None))

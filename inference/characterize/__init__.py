@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from inference.characterize import attenuation, calcification, fat, margin, measure
 from inference.characterize.cyst import cystic_airspace
+from inference.characterize.shape import principal_extents_mm
 from inference.characterize.emphysema import characterize_exam
 from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_diameter_mm, sphere_volume_mm3
@@ -241,6 +242,7 @@ def _characterize(
     pattern, calc_share, calcium_hu = calcification.calcification(seg.smooth, mask, spacing, noise_sd, seg.wall)
     fat_mm3, fat_hu = fat.fat_focus(seg.smooth, mask, spacing, noise_sd) if kind == "solid" else (0.0, 0.0)
     lobulation = margin.undulation(mask, seg.smooth, threshold, spacing)
+    extents = principal_extents_mm(size_mask, spacing)
     centroid = np.argwhere(mask).mean(axis=0) + offset
     reason = None
     if touches_volume_edge(seg, volume_hu.shape):
@@ -261,6 +263,7 @@ def _characterize(
                   "undulation": round(lobulation.value, 4), "outline_radius_px": round(lobulation.radius_px, 2), "volume_ratio": round(ratio, 3), "ground_glass_rim": round(rim, 3), "spicules": float(seg.spicules),
                   "calcified_share": round(calc_share, 4), "calcium_threshold_hu": round(calcium_hu, 1),
                   "fat_mm3": round(fat_mm3, 1), "fat_hu": round(fat_hu, 1),
+                  "extent_long_mm": round(extents[0], 1), "extent_thin_mm": round(extents[2], 1),
                   "partial_volume": float(partial_volume),
                   "beyond_held_reach": round(beyond, 4)},
         contact_share=round(contact, 3),
