@@ -53,8 +53,8 @@ class NoduleLocation:
 TYPE_WORDS = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "ground-glass"}
 # a cyst graded as a cyst is named as one; another air-filled lumen is said beside the attenuation type
 CYST_WORDS = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst",
-              "multilocular": "multilocular cyst"}
-LUMEN_WORDS = {"cavity": "cavitary", "with_opacity": "cystic", "thin_walled_in_part": "cystic"}
+              "multilocular": "multilocular cyst", "thin_walled_in_part": "cyst, wall partly seen"}
+LUMEN_WORDS = {"cavity": "cavitary", "with_opacity": "cystic"}
 
 
 def lesion_type_words(nodule_type: str | None, cyst: str | None = None) -> str:
@@ -98,8 +98,8 @@ class Finding:
     segmentation_ok: bool = True
     note: str | None = None  # e.g. "cut by the field of view": what a reader should know about the measurement
     # an air-filled lumen in the lesion (inference.characterize.cyst): "thin_walled" | "thick_walled" | "multilocular"
-    # (a cyst, graded by the Lung-RADS cyst rules) | "with_opacity" (a cyst, and its opacity graded as a nodule) |
-    # "cavity" | "thin_walled_in_part" (graded as a nodule); None: none
+    # | "thin_walled_in_part" (a cyst, graded by the Lung-RADS cyst rules) | "with_opacity" (a cyst, and its opacity
+    # graded as a nodule) | "cavity" (a nodule's, graded by size); None: none
     cyst: str | None = None
 
     @property

@@ -347,16 +347,16 @@ def _cyst_note(c: NoduleCharacteristics) -> str | None:
     if c.cyst is None:
         return None
     seen = c.cyst.describe()
-    if c.cyst.is_cyst:
-        return (f"{seen}; graded by the Lung-RADS v2022 cyst rules, not by size; its volume is that of a sphere of its "
-                "mean diameter; the Brock model is for nodules and is not computed")
     if c.cyst.kind == "cavity":
         return f"{seen}; the lumen is under half the lesion's diameter: a nodule with a cavity, graded by its size, whole"
     if c.cyst.kind == "with_opacity":
         return (f"{seen} (a cancer's pattern): graded both as an atypical cyst and by the size of the lesion as a "
                 "nodule, the higher category")
-    return (f"{seen}; if its whole wall is under 2 mm it is a thin-walled cyst, benign and not classified by Lung-RADS: "
-            "graded here as a nodule")
+    partly = ("; graded as an atypical cyst, as a thickening could hide where its wall lies against other structures: "
+              "if the images show it thin throughout, it is a thin-walled cyst, benign and not classified"
+              if c.cyst.kind == "thin_walled_in_part" else "")
+    return (f"{seen}{partly}; graded by the Lung-RADS v2022 cyst rules, not by size; its volume is that of a sphere of "
+            "its mean diameter; the Brock model is for nodules and is not computed")
 
 
 def _mean_diameter(m: Measured) -> tuple[float, str | None]:

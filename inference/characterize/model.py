@@ -39,7 +39,7 @@ class Cyst:
     # thin_walled: one lumen, its wall under 2 mm wherever seen and seen nearly whole; thick_walled: a wall of 2 mm or
     # more (uniform, or focally over a few rays); multilocular: two lumens or more; cavity: the lumen under half the
     # lesion's diameter (a nodule with a cavity); thin_walled_in_part: thin where seen, but much of it borders other
-    # structures, so a thicker part could be hidden; with_opacity: ground glass or consolidation beside its wall
+    # structures, so a thicker part could be hidden (graded as an atypical cyst until the reader sees it whole); with_opacity: ground glass or consolidation beside its wall
     kind: CystKind
     loculi: int
     lumen_mm3: float
@@ -53,8 +53,9 @@ class Cyst:
 
     @property
     def is_cyst(self) -> bool:
-        """A cyst Lung-RADS classifies as one (thin-walled, thick-walled, multilocular), not a nodule's cavity."""
-        return self.kind in ("thin_walled", "thick_walled", "multilocular")
+        """A cyst graded by the cyst rules alone (thin-walled, thick-walled, multilocular, thin where its wall is seen),
+        not a nodule's cavity or a cyst with an opacity beside it (graded as a nodule too)."""
+        return self.kind in ("thin_walled", "thick_walled", "multilocular", "thin_walled_in_part")
 
     def describe(self) -> str:
         what = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst",

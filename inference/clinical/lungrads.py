@@ -244,6 +244,7 @@ def _cyst_category(nodule: Nodule) -> tuple[LungRadsCategory, str]:
     if nodule.cyst is CystKind.THIN_WALLED:
         return C.C1, f"thin-walled unilocular cyst {s:g} mm (wall < 2 mm): benign, not classified as a nodule"
     what = {CystKind.THICK_WALLED: "thick-walled cyst (wall >= 2 mm)", CystKind.MULTILOCULAR: "multilocular cyst",
+            CystKind.THIN_WALLED_IN_PART: "cyst, wall thin where seen but not seen whole",
             CystKind.WITH_OPACITY: "cyst with ground glass or consolidation beside its wall"}[nodule.cyst]
     if nodule.change is Change.GROWING:
         return C.C4B, f"growing {what} {s:g} mm: atypical pulmonary cyst"

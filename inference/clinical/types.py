@@ -58,6 +58,9 @@ class CystKind(str, Enum):
     THIN_WALLED = "thin_walled"  # unilocular, wall < 2 mm: benign, not classified
     THICK_WALLED = "thick_walled"  # wall >= 2 mm, uniform or focal: an atypical pulmonary cyst
     MULTILOCULAR = "multilocular"  # an atypical pulmonary cyst
+    # thin where its wall is seen, but much of it lies against other structures, where a thickening would not be
+    # seen: graded as an atypical cyst until the reader sees the whole wall (the node's rule; v2022 has none)
+    THIN_WALLED_IN_PART = "thin_walled_in_part"
     # ground glass or consolidation beside its wall: an atypical cyst whose opacity is also graded as a nodule
     WITH_OPACITY = "with_opacity"
 

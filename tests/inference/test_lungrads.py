@@ -229,6 +229,7 @@ THIN, THICK, MULTI = CystKind.THIN_WALLED, CystKind.THICK_WALLED, CystKind.MULTI
         (Nodule(S, 5.0, cyst=THICK), "4A"),  # an atypical cyst: 4A at baseline, no size threshold
         (Nodule(S, 25.0, cyst=THICK), "4A"),
         (Nodule(S, 12.0, cyst=MULTI), "4A"),
+        (Nodule(S, 30.0, cyst=CystKind.THIN_WALLED_IN_PART), "4A"),  # a thickening could hide: atypical until seen
         (Nodule(S, 12.0, cyst=MULTI, change=Change.NEW), "4A"),
         (Nodule(S, 12.0, cyst=THICK, change=Change.GROWING), "4B"),  # a growing thick-walled cyst
         (Nodule(S, 12.0, cyst=MULTI, change=Change.GROWING), "4B"),  # a growing multilocular cyst

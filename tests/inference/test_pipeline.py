@@ -646,7 +646,7 @@ def test_cysts_are_graded_by_the_lung_rads_cyst_rules_and_a_cavitary_nodule_by_i
     atypical cyst graded as a nodule too, with a Brock risk. A nodule with a small cavity (air 6 mm across
     in 16 mm) is graded by its whole size (4B) with its Brock risk. Each says what it is in its note and in the JSON."""
     from inference.findings import Verdict
-    from tests.inference.test_characterize import CENTRE, SPACING, ellipsoid_fraction, lung, paint
+    from tests.inference.test_characterize import CENTRE, SPACING, ellipsoid_fraction, fraction, lung, paint
     from tests.inference.test_cyst import SOFT_TISSUE_HU, cyst_image
 
     thin, summary, verdict = lesion_assessed(cyst_image(8.0, 1.0), SPACING, CENTRE, 16.0)
@@ -672,6 +672,14 @@ def test_cysts_are_graded_by_the_lung_rads_cyst_rules_and_a_cavitary_nodule_by_i
     paint(hu, ellipsoid_fraction((7.0,) * 3), -1000.0)
     opacity, _, _ = lesion_assessed(hu, SPACING, CENTRE, 20.0)
     assert opacity.cyst == "with_opacity" and opacity.lung_rads in ("4A", "4B") and opacity.brock_risk is not None
+
+    hu = lung(3)
+    paint(hu, fraction(lambda z, y, x: x + 0 * y + 0 * z > 8.0), SOFT_TISSUE_HU)  # the chest wall beside a thin cyst
+    paint(hu, ellipsoid_fraction((8.0,) * 3), SOFT_TISSUE_HU)
+    paint(hu, ellipsoid_fraction((7.0,) * 3), -1000.0)
+    pleural, _, _ = lesion_assessed(hu, SPACING, CENTRE, 16.0)  # read solid 16 mm by the detector's diameter: 4B
+    assert (pleural.cyst, pleural.lung_rads, pleural.brock_risk) == ("thin_walled_in_part", "4A", None)
+    assert pleural.note is not None and "thickening could hide" in pleural.note
 
     cavity, _, _ = lesion_assessed(cyst_image(8.0, 5.0), SPACING, CENTRE, 16.0)
     assert (cavity.lung_rads, cavity.cyst, cavity.nodule_type) == ("4B", "cavity", "solid")

@@ -1,7 +1,7 @@
 """findings.cyst: an air-filled lumen in the lesion (inference.characterize.cyst)
 
-thin_walled | thick_walled | multilocular (a cyst, graded by the Lung-RADS v2022 cyst rules) | with_opacity (a cyst
-whose opacity is graded as a nodule too) | cavity | thin_walled_in_part (graded as a nodule). Nullable: NULL is none, and rows recorded before this revision were not
+thin_walled | thick_walled | multilocular | thin_walled_in_part (a cyst, graded by the Lung-RADS v2022 cyst rules) |
+with_opacity (a cyst whose opacity is graded as a nodule too) | cavity (a nodule's, graded by size). Nullable: NULL is none, and rows recorded before this revision were not
 looked at for one.
 
 Revision ID: 0017
