@@ -21,10 +21,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
-from inference.characterize.model import Axes, Cyst
 from inference.characterize.calcification import CALCIUM_HU
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
+from inference.characterize.model import Axes, Cyst
 from inference.characterize.shape import BAND_ELONGATION
 from inference.clinical import (
     Exam,
@@ -331,7 +331,8 @@ class Measured:
 
 
 def _cyst(c: NoduleCharacteristics) -> Cyst | None:
-    """The cyst Lung-RADS classifies as one (thin-walled, thick-walled, multilocular), not a nodule's cavity."""
+    """The cyst graded by the cyst rules alone (`Cyst.is_cyst`), measured by its own outline; None for none, a
+    nodule's cavity, and a cyst with an opacity beside it (measured and graded as a nodule too)."""
     return c.cyst if c.cyst is not None and c.cyst.is_cyst else None
 
 

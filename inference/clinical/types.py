@@ -71,8 +71,7 @@ class CystKind(str, Enum):
 
 
 def cyst_or_none(value: str | None) -> CystKind | None:
-    """The CystKind a finding's `cyst` names; None for none, and for an air-filled lumen graded as a nodule (a cavity,
-    or a cyst whose wall is not seen whole)."""
+    """The CystKind a finding's `cyst` names; None for none, and for a nodule's cavity (graded as the nodule)."""
     return CystKind(value) if value in {k.value for k in CystKind} else None
 
 
@@ -120,7 +119,6 @@ class Nodule:
     stable_months: float | None = None
     prior_category: "LungRadsCategory | None" = None
     cyst: CystKind | None = None  # a cystic airspace, classified by the cyst rules instead of its size
-
 
     def __post_init__(self) -> None:
         _positive("mean_diameter_mm", self.mean_diameter_mm)
