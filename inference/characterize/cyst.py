@@ -38,7 +38,8 @@ thin wall does not hold):
 - the lesion's long and short axis and mean diameter: the outline the rays' outer edges draw on the lumen's largest
   section.
 Limits: a wall under about 0.5 mm (a bulla's) reads below `WALL_HU` and encloses nothing; a septum as thin does not
-separate loculi. No real cyst has been measured: the rules are shown on spheres (tests/inference/test_cyst.py).
+separate loculi. Pixels over about 1 mm widen a thin wall's profile: on 1.4 mm pixels a 1 mm wall reads 1.5 mm and
+over 2 mm on the diagonal, so it is called thick-walled (the cautious side). No real cyst has been measured: the rules are shown on spheres (tests/inference/test_cyst.py).
 """
 from __future__ import annotations
 
