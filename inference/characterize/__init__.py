@@ -12,7 +12,6 @@ from scipy import ndimage
 
 from inference.characterize import attenuation, calcification, fat, margin, measure
 from inference.characterize.cyst import cystic_airspace
-from inference.characterize.shape import principal_extents_mm
 from inference.characterize.emphysema import characterize_exam
 from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
 from inference.characterize.measure import CONTACT_SHARE_CAVEAT, sphere_diameter_mm, sphere_volume_mm3
@@ -25,6 +24,7 @@ from inference.characterize.segment import (
 )
 from inference.characterize.segment.masks import dilate_mm
 from inference.characterize.segment.segmentation import SMOOTH_MM, Segmentation
+from inference.characterize.shape import principal_extents_mm
 
 __all__ = ["Axes", "ExamCharacteristics", "Location", "NoduleCharacteristics", "characterize_exam", "characterize_nodule"]
 

@@ -2,8 +2,9 @@
 
 What v2022 says (Christensen J et al., ACR Lung-RADS v2022: Assessment Categories and Management Recommendations,
 CHEST 2024;165:738-753 / J Am Coll Radiol 2024;21:473-488, as summarised in
-https://wiki.krxiang.com/notes/lung_rads_for_cyst, https://community.the-hospitalist.org/content/atypical-pulmonary-cysts-why-care
-and https://diagnosticimaging.com/view/seven-takeaways-from-lung-rads-2022-for-ct-lung-cancer-screening):
+https://wiki.krxiang.com/notes/lung_rads_for_cyst,
+https://community.the-hospitalist.org/content/atypical-pulmonary-cysts-why-care and
+https://diagnosticimaging.com/view/seven-takeaways-from-lung-rads-2022-for-ct-lung-cancer-screening):
 - a thin-walled unilocular cyst (a uniform wall under 2 mm) is benign and not classified;
 - an atypical pulmonary cyst, a unilocular cyst with a wall of 2 mm or more (uniform, asymmetric or focally nodular)
   or any multilocular cyst, is category 4A at baseline, 3 when stable at its 3-month CT, 4B when it grows (in mean
@@ -20,8 +21,8 @@ thin wall does not hold):
   lung around it (lung that vessels enclose on one slice is at the lung's level), in parts of `MIN_LOCULUS_MM3` or
   more, each sealed in 3D (its air joins no more than `MAX_LEAK_SHARE` of itself beyond it, inside the ROI) and
   roundish (`MAX_ELONGATION`): an airway is a ring on every slice it crosses, but its air goes on where the ring
-  opens, and it is a tube. One part must reach within `NEAR_CENTRE_MM` of the detector's centre: the lesion found is the cyst, not
-  a nodule beside a bulla or an airway. Two or more parts: multilocular.
+  opens, and it is a tube. One part must reach within `NEAR_CENTRE_MM` of the detector's centre: the lesion found is
+  the cyst, not a nodule beside a bulla or an airway. Two or more parts: multilocular.
 - the wall's thickness on the lumen's central slices (`CENTRAL_SHARE` of its largest section), along `RAYS` rays
   in plane from the lumen's centre: from where a ray last leaves the lumen, the width of the wall's profile at half
   its height over the lung (its full width at half maximum, which a thin wall's partial volume does not widen the
@@ -39,7 +40,8 @@ thin wall does not hold):
   section.
 Limits: a wall under about 0.5 mm (a bulla's) reads below `WALL_HU` and encloses nothing; a septum as thin does not
 separate loculi. Pixels over about 1 mm widen a thin wall's profile: on 1.4 mm pixels a 1 mm wall reads 1.5 mm and
-over 2 mm on the diagonal, so it is called thick-walled (the cautious side). No real cyst has been measured: the rules are shown on spheres (tests/inference/test_cyst.py).
+over 2 mm on the diagonal, so it is called thick-walled (the cautious side). No real cyst has been measured: the
+rules are shown on spheres (tests/inference/test_cyst.py).
 """
 from __future__ import annotations
 
@@ -120,7 +122,8 @@ def _sealed_and_round(part: np.ndarray, box: tuple[slice, ...], air_labels: np.n
     return extent <= MAX_ELONGATION * equivalent
 
 
-def _lumen(smooth: np.ndarray, spacing: np.ndarray, centre: np.ndarray, reach_mm: float) -> tuple[np.ndarray, int, float]:
+def _lumen(smooth: np.ndarray, spacing: np.ndarray, centre: np.ndarray,
+           reach_mm: float) -> tuple[np.ndarray, int, float]:
     """(lumen mask, loculi, lung level) of the air the wall encloses at `centre` (and within `reach_mm` of it, where
     one part lies at it); an empty mask where there is none."""
     wall = smooth > WALL_HU

@@ -39,7 +39,8 @@ class Cyst:
     # thin_walled: one lumen, its wall under 2 mm wherever seen and seen nearly whole; thick_walled: a wall of 2 mm or
     # more (uniform, or focally over a few rays); multilocular: two lumens or more; cavity: the lumen under half the
     # lesion's diameter (a nodule with a cavity); thin_walled_in_part: thin where seen, but much of it borders other
-    # structures, so a thicker part could be hidden (graded as an atypical cyst until the reader sees it whole); with_opacity: ground glass or consolidation beside its wall
+    # structures, so a thicker part could be hidden (graded as an atypical cyst until the reader sees it whole);
+    # with_opacity: ground glass or consolidation beside its wall
     kind: CystKind
     loculi: int
     lumen_mm3: float
@@ -58,15 +59,16 @@ class Cyst:
         return self.kind in ("thin_walled", "thick_walled", "multilocular", "thin_walled_in_part")
 
     def describe(self) -> str:
+        opacity = f"cyst with ground glass or consolidation beside {self.opacity_share:.0%} of its wall"
         what = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled cyst",
                 "multilocular": f"multilocular cyst ({self.loculi} loculi)", "cavity": "cavity",
-                "thin_walled_in_part": "cyst, thin-walled where its wall is seen",
-                "with_opacity": f"cyst with ground glass or consolidation beside {self.opacity_share:.0%} of its wall"}[self.kind]
+                "thin_walled_in_part": "cyst, thin-walled where its wall is seen", "with_opacity": opacity}[self.kind]
         wall = f"wall {self.wall_median_mm:.1f} mm"
         if self.kind == "thick_walled" and self.wall_median_mm < 2.0:
             wall += f", focally thickened to {self.wall_max_mm:.1f} mm"
-        return (f"{what}: air-filled lumen {self.lumen_diameter_mm:.1f} mm across in a lesion of {self.axes.mean_mm:.1f} "
-                f"mm, {wall} ({self.wall_share:.0%} of it measured, up to {self.wall_max_mm:.1f} mm)")
+        return (f"{what}: air-filled lumen {self.lumen_diameter_mm:.1f} mm across in a lesion of "
+                f"{self.axes.mean_mm:.1f} mm, {wall} ({self.wall_share:.0%} of it measured, up to "
+                f"{self.wall_max_mm:.1f} mm)")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ def measured(hu: np.ndarray, diameter_mm: float, spacing: np.ndarray = SPACING, 
     (8.0, 2.0, "thick_walled"), (6.0, 2.0, "thick_walled"), (10.0, 2.5, "thick_walled"), (8.0, 3.0, "thick_walled"),
 ])
 @pytest.mark.parametrize("noise_hu", [0.0, 70.0])
-def test_the_wall_is_measured_across_and_the_lesion_whole(outer: float, wall: float, kind: str, noise_hu: float) -> None:
+def test_the_wall_is_measured_across_and_the_lesion_whole(outer: float, wall: float, kind: str,
+                                                          noise_hu: float) -> None:
     """The wall's thickness within 0.2 mm of what was painted (its median over the rays), the lesion's mean diameter
     within 0.7 mm (a 1 mm wall's outer edge, at half its partial-volume peak, lies 0.2-0.3 mm out: +0.5 mm across), and
     the v2022 line at 2 mm, on 0.7 mm pixels and 1 mm slices, at the phantoms' noise and a low-dose scan's 70 HU."""
