@@ -52,7 +52,9 @@ from scipy import ndimage
 
 from inference.characterize.measure import feret
 from inference.characterize.model import Axes, Cyst, CystKind
-from inference.characterize.segment.masks import distance2, parts_reaching_out, roi_box
+from inference.characterize.segment.masks import (
+    distance2, enclosed_in_plane, equivalent_radius, parts_reaching_out, roi_box,
+)
 
 WALL_HU = -500.0  # over halfway from aerated lung (-850) to soft tissue (40): a wall voxel
 LUMEN_MAX_HU = -950.0  # the lumen is air: a cyst reads -1000 ... -980, normal lung -900 ... -800
@@ -93,15 +95,6 @@ def _in_plane_smoothed(hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(hu.astype(np.float32), (0.0, *(SMOOTH_MM / spacing[1:])))
 
 
-def _enclosed(wall: np.ndarray) -> np.ndarray:
-    """What the wall encloses on each axial slice."""
-    holes = np.zeros_like(wall)
-    for z in range(wall.shape[0]):
-        if wall[z].any():
-            holes[z] = ndimage.binary_fill_holes(wall[z]) & ~wall[z]
-    return holes
-
-
 def _on_the_faces(mask: np.ndarray) -> bool:
     return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
 
@@ -118,8 +111,7 @@ def _sealed_and_round(part: np.ndarray, box: tuple[slice, ...], air_labels: np.n
     if (air & ~whole).sum() > MAX_LEAK_SHARE * part.sum():
         return False
     extent = max(float((s.stop - s.start) * d) for s, d in zip(box, spacing))
-    equivalent = 2.0 * (3.0 * float(part.sum() * np.prod(spacing)) / (4.0 * np.pi)) ** (1.0 / 3.0)
-    return extent <= MAX_ELONGATION * equivalent
+    return extent <= MAX_ELONGATION * 2.0 * equivalent_radius(part, spacing)
 
 
 def _lumen(smooth: np.ndarray, spacing: np.ndarray, centre: np.ndarray,
@@ -127,7 +119,7 @@ def _lumen(smooth: np.ndarray, spacing: np.ndarray, centre: np.ndarray,
     """(lumen mask, loculi, lung level) of the air the wall encloses at `centre` (and within `reach_mm` of it, where
     one part lies at it); an empty mask where there is none."""
     wall = smooth > WALL_HU
-    holes = _enclosed(wall)
+    holes = enclosed_in_plane(wall)
     outside = ~wall & ~holes
     lung = float(np.median(smooth[outside])) if outside.any() else -850.0
     limit = min(LUMEN_MAX_HU, lung - LUMEN_BELOW_LUNG_HU)

@@ -8,7 +8,7 @@ from scipy import ndimage
 from scipy.special import ndtri
 
 from inference.characterize.noise import robust_sd
-from inference.characterize.segment.masks import dilate_mm
+from inference.characterize.segment.masks import dilate_mm, enclosed_in_plane
 from inference.characterize.segment.segmentation import SEED_THRESHOLD_HU
 
 DEFAULT_PARENCHYMA_HU = -850.0
@@ -72,8 +72,9 @@ def airway_walls(seed: np.ndarray, hu: np.ndarray, lung: LungNoise | None, spaci
         return walls
     level, noise = lung.level, lung.sd
     pixel = spacing[1:]
-    for k in np.flatnonzero(seed.any(axis=(1, 2))):
-        labels, n = ndimage.label(ndimage.binary_fill_holes(seed[k]) & ~seed[k])
+    holes = enclosed_in_plane(seed)
+    for k in np.flatnonzero(holes.any(axis=(1, 2))):
+        labels, n = ndimage.label(holes[k])
         if n == 0:
             continue
         index = np.arange(1, n + 1)

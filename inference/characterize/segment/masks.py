@@ -52,6 +52,15 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.nda
     return out
 
 
+def enclosed_in_plane(mask: np.ndarray) -> np.ndarray:
+    """What `mask` encloses on each axial slice (its holes there): a ring on a slice, as a reader sees an airway's or
+    a cyst's lumen."""
+    holes = np.zeros_like(mask)
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        holes[z] = ndimage.binary_fill_holes(mask[z]) & ~mask[z]
+    return holes
+
+
 def equivalent_radius(mask: np.ndarray, spacing: np.ndarray) -> float:
     """The radius (mm) of the sphere with the mask's volume."""
     return float((3 * int(mask.sum()) * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3))
