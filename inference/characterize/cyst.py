@@ -148,6 +148,11 @@ class _Ray:
     thickness_mm: float
     outer_yx_mm: np.ndarray
     opacity: bool  # ground glass or consolidation beyond the wall (`OPACITY_OVER_LUNG_HU`)
+    run_yx: np.ndarray  # (2, n) pixel indices the wall's run crosses, inner to outer edge
+
+    def crosses(self, vessels: np.ndarray) -> bool:
+        """Whether the run crosses a vessel passing the wall (`_vessels_on_the_wall`, on the ray's slice)."""
+        return bool(vessels[self.run_yx[0], self.run_yx[1]].any())
 
 
 def _vessels_on_the_wall(smooth: np.ndarray, lumen: np.ndarray, spacing: np.ndarray, wall_mm: float) -> np.ndarray:
@@ -168,9 +173,9 @@ def _vessels_on_the_wall(smooth: np.ndarray, lumen: np.ndarray, spacing: np.ndar
 
 
 def _ray(plane: np.ndarray, lumen: np.ndarray, start_yx: np.ndarray, direction: np.ndarray, pixel: np.ndarray,
-         lung: float, vessels: np.ndarray | None = None) -> _Ray | None:
+         lung: float) -> _Ray | None:
     """The wall's thickness along one in-plane ray from the lumen's centre, and where it ends; None where the ray finds
-    no wall, runs into another structure, or crosses a vessel passing the wall (`vessels`)."""
+    no wall or runs into another structure."""
     t = np.arange(0.0, MAX_WALL_MM * 3, STEP_MM)
     points = start_yx[:, None] + direction[:, None] * t[None, :] / pixel[:, None]  # pixel indices (y, x)
     inside = (points >= 0).all(axis=0) & (points[0] <= plane.shape[0] - 1) & (points[1] <= plane.shape[1] - 1)
@@ -200,15 +205,13 @@ def _ray(plane: np.ndarray, lumen: np.ndarray, start_yx: np.ndarray, direction: 
     thickness = (outer - inner) * STEP_MM
     if thickness >= MAX_WALL_MM:
         return None
-    if vessels is not None and vessels[nearest[0, inner:outer + 1], nearest[1, inner:outer + 1]].any():
-        return None
     beyond = profile[outer + int(OPACITY_GAP_MM / STEP_MM):outer + int((OPACITY_GAP_MM + OPACITY_WINDOW_MM) / STEP_MM)]
     opacity = beyond.size > 0 and float(beyond.mean()) >= lung + OPACITY_OVER_LUNG_HU
-    return _Ray(thickness, points[:, outer] * pixel, opacity)
+    return _Ray(thickness, points[:, outer] * pixel, opacity, nearest[:, inner:outer + 1])
 
 
-def _rays(smooth: np.ndarray, lumen: np.ndarray, slices: np.ndarray, pixel: np.ndarray, lung: float,
-          vessels: np.ndarray | None) -> list[tuple[int, _Ray]]:
+def _rays(smooth: np.ndarray, lumen: np.ndarray, slices: np.ndarray, pixel: np.ndarray,
+          lung: float) -> list[tuple[int, _Ray]]:
     """(slice, ray) of every ray that found the wall on `slices`, from each slice's lumen centre."""
     angles = np.linspace(0.0, 2 * np.pi, RAYS, endpoint=False)
     directions = np.stack([np.sin(angles), np.cos(angles)])
@@ -216,8 +219,7 @@ def _rays(smooth: np.ndarray, lumen: np.ndarray, slices: np.ndarray, pixel: np.n
     for z in slices:
         start = np.argwhere(lumen[z]).mean(axis=0)
         for k in range(RAYS):
-            ray = _ray(smooth[z], lumen[z], start, directions[:, k], pixel, lung,
-                       None if vessels is None else vessels[z])
+            ray = _ray(smooth[z], lumen[z], start, directions[:, k], pixel, lung)
             if ray is not None:
                 found.append((int(z), ray))
     return found
@@ -237,11 +239,11 @@ def cystic_airspace(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndar
     largest = int(np.argmax(areas))
     pixel = spacing[1:]
     central = np.flatnonzero(areas >= CENTRAL_SHARE * areas[largest])
-    first = _rays(smooth, lumen, central, pixel, lung, None)
+    first = _rays(smooth, lumen, central, pixel, lung)
     if len(first) < MIN_VALID_RAYS:
         return None
     vessels = _vessels_on_the_wall(smooth, lumen, spacing, float(np.median([r.thickness_mm for _, r in first])))
-    rays = _rays(smooth, lumen, central, pixel, lung, vessels) if vessels.any() else first
+    rays = [(z, r) for z, r in first if not r.crosses(vessels[z])]  # the wall's own thickness: vessels left out
     thicknesses = [r.thickness_mm for _, r in rays]
     opacities = sum(r.opacity for _, r in rays)
     outline = [r.outer_yx_mm for z, r in first if z == largest]  # the lesion's outline, vessels' rays and all
