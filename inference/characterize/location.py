@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from inference.characterize.model import Location, Lung, Zone
 from inference.characterize.segment.masks import dilate_mm
+from inference.characterize.shape import principal_sds
 
 
 def _world(zyx: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -119,7 +120,7 @@ def perifissural(mask: np.ndarray, smooth: np.ndarray, wall: np.ndarray, spacing
         pts = np.argwhere(labels == label) * spacing
         if len(pts) < 10:
             continue
-        sd = np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(pts.T)), 0, None))[::-1]  # largest first
+        sd = principal_sds(pts)
         if sd[1] >= SHEET_MIN_EXTENT_MM and sd[2] <= SHEET_MAX_FLATNESS * sd[1]:
             return True
     return False

@@ -17,11 +17,15 @@ import numpy as np
 BAND_ELONGATION = 4.0
 
 
+def principal_sds(points: np.ndarray) -> np.ndarray:
+    """The standard deviations (mm) of `points` (n, 3 in mm) along their principal axes, largest first."""
+    return np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(points, rowvar=False)), 0, None))[::-1]
+
+
 def principal_extents_mm(mask: np.ndarray, spacing: np.ndarray) -> tuple[float, float, float]:
     """The full extents (mm) of `mask` along its principal axes, longest first; zeros for fewer than 4 voxels."""
     points = np.argwhere(mask) * np.asarray(spacing, float)
     if len(points) < 4:
         return 0.0, 0.0, 0.0
-    variances = np.linalg.eigvalsh(np.cov(points, rowvar=False))
-    extents = sorted((2.0 * float(np.sqrt(5.0 * max(v, 0.0))) for v in variances), reverse=True)
-    return extents[0], extents[1], extents[2]
+    extents = 2.0 * np.sqrt(5.0) * principal_sds(points)
+    return float(extents[0]), float(extents[1]), float(extents[2])
