@@ -57,14 +57,16 @@ CYST_WORDS = {"thin_walled": "thin-walled cyst", "thick_walled": "thick-walled c
 LUMEN_WORDS = {"cavity": "cavitary", "with_opacity": "cystic"}
 
 
-def lesion_type_words(nodule_type: str | None, cyst: str | None = None) -> str:
+def lesion_type_words(nodule_type: str | None, cyst: str | None = None, airway: str | None = None) -> str:
     """A finding's type as the console, report and overlays write it: "part-solid", "solid cavitary",
-    "thin-walled cyst"; "-" where no type was recorded."""
+    "thin-walled cyst", "solid airway nodule"; "-" where no type was recorded."""
     if cyst in CYST_WORDS:
         return CYST_WORDS[cyst]
     if not nodule_type:
         return "-"
     words = TYPE_WORDS.get(nodule_type, nodule_type.replace("_", "-"))
+    if airway:
+        return f"{words} airway nodule"
     return f"{words} {LUMEN_WORDS[cyst]}" if cyst in LUMEN_WORDS else words
 
 
@@ -101,6 +103,9 @@ class Finding:
     # | "thin_walled_in_part" (a cyst, graded by the Lung-RADS cyst rules) | "with_opacity" (a cyst, and its opacity
     # graded as a nodule) | "cavity" (a nodule's, graded by size); None: none
     cyst: str | None = None
+    # the airway whose lumen the lesion lies in (inference.characterize.airway), graded by the Lung-RADS airway rules:
+    # "segmental_or_proximal" | "subsegmental" (by its calibre); None: in the lung
+    airway: str | None = None
 
     @property
     def mean_diameter_mm(self) -> float:
@@ -128,6 +133,7 @@ class Finding:
             "segmentation_ok": self.segmentation_ok,
             "note": self.note,
             "cyst": self.cyst,
+            "airway": self.airway,
             "sop_instance_uid": self.key_slice.sop_instance_uid,
             "row": round(self.key_slice.row, 2),
             "column": round(self.key_slice.column, 2),

@@ -40,7 +40,7 @@ from inference.clinical import (
     exam_verdict,
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
-from inference.clinical.types import cyst_or_none, margin_or_not_assessed
+from inference.clinical.types import airway_or_none, cyst_or_none, margin_or_not_assessed
 from inference.contrast import contrast_agent, contrast_calcium_note, contrast_exam_note
 from inference.detect import MAX_FINDINGS, REPORT_LOGIT, Candidate, Mode, detect, lesions_over_threshold, logit_of
 from inference.findings import (
@@ -360,6 +360,16 @@ def _cyst_note(c: NoduleCharacteristics) -> str | None:
             "its mean diameter; the Brock model is for nodules and is not computed")
 
 
+def _airway_note(c: NoduleCharacteristics) -> str | None:
+    """What the reader should know of a lesion inside an airway's lumen."""
+    if c.airway is None:
+        return None
+    return (f"{c.airway.describe()}: an airway nodule (endobronchial or endotracheal), graded by the Lung-RADS v2022 "
+            "airway rules; the airway's level comes from its calibre, not from tracing its generation; mucus can look "
+            "the same (a follow-up after coughing tells them apart); the Brock model is for nodules in the lung and "
+            "is not computed")
+
+
 def _mean_diameter(m: Measured) -> tuple[float, str | None]:
     """The Lung-RADS mean diameter, and a note when it had to come from the detector."""
     cyst = _cyst(m.chars)
@@ -437,7 +447,7 @@ def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule,
     mean_mm, diameter_note = _mean_diameter(m)
     cyst = _cyst(c)
     axes = _lesion_axes(c)
-    notes = [diameter_note, _cyst_note(c)]
+    notes = [diameter_note, _cyst_note(c), _airway_note(c)]
     if cyst is None:
         notes += [_size_note(c, slice_mm), _held_note(c)]
     kind = NoduleType(c.type) if cyst is None else NoduleType.SOLID  # a cyst's wall is soft tissue
@@ -457,6 +467,7 @@ def clinical_nodule(m: Measured, slice_mm: float | None = None) -> tuple[Nodule,
         lung=Lung(c.location.lung) if c.location.lung else None,
         zone=Zone(c.location.zone) if c.location.zone else None,
         cyst=cyst_or_none(c.cyst.kind if c.cyst is not None else None),
+        airway=airway_or_none(c.airway.level if c.airway is not None else None),
     )
     return nodule, "; ".join(filter(None, notes)) or None
 
@@ -563,9 +574,9 @@ def assess(
     emphysema = exam_chars.laa950_reliable and exam_chars.laa950_pct >= emphysema_threshold_pct
     missing_note = _missing_note(patient)
     findings: list[Finding] = []
-    # the Brock model is for nodules: a cyst graded by the cyst rules alone gets no risk and is not counted
-    # (_cyst_note says so); a cyst whose opacity is graded as a nodule is one
-    is_nodule = [n.cyst is None or n.cyst.is_nodule_too for n in nodules]
+    # the Brock model is for nodules in the lung: a cyst graded by the cyst rules alone, or an airway nodule, gets no
+    # risk and is not counted (_cyst_note, _airway_note say so); a cyst whose opacity is graded as a nodule is one
+    is_nodule = [(n.cyst is None or n.cyst.is_nodule_too) and n.airway is None for n in nodules]
     count = sum(is_nodule) + not_reported
     for m, (nodule, note), row, score, brock_applies in zip(measured, built, assessment.nodules, scores, is_nodule):
         brock = None if not brock_applies else brock_risk_for_nodule(
@@ -635,6 +646,7 @@ def _finding(volume: Volume, m: Measured, nodule: Nodule, lung_rads: str, reason
         solid_short_axis_mm=float(solid.short_mm) if part_solid and solid is not None else None,
         brock_risk=None if brock is None else float(brock),
         cyst=None if c.cyst is None else c.cyst.kind,
+        airway=None if c.airway is None else c.airway.level,
         lung_rads_reasons=tuple(reasons),
         segmentation_ok=c.segmentation_ok,
         note=note,

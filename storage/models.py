@@ -212,6 +212,9 @@ class FindingRow(Base):
     # an air-filled lumen (migration 0017): thin_walled | thick_walled | multilocular | with_opacity | cavity |
     # thin_walled_in_part (inference.findings.Finding.cyst)
     cyst: Mapped[str | None] = mapped_column(String(24))
+    # the airway whose lumen the lesion lies in (migration 0018): segmental_or_proximal | subsegmental
+    # (inference.findings.Finding.airway); NULL: in the lung
+    airway: Mapped[str | None] = mapped_column(String(24))
     # issue 12: the SR's TID 1500 Tracking UID of this nodule (a matched prior nodule's, reused) and its
     # comparison with the prior exam; NULL when no comparison was made (see job.summary["comparison"])
     tracking_uid: Mapped[str | None] = mapped_column(String(64))

@@ -155,7 +155,8 @@ def findings(s: Session, f: AuditFilter) -> list[dict[str, Any]]:
                 FindingRow.juxtapleural, FindingRow.perifissural, FindingRow.long_axis_mm, FindingRow.short_axis_mm, FindingRow.diameter_mm,
                 FindingRow.volume_mm3, FindingRow.probability, FindingRow.center_x_mm, FindingRow.center_y_mm,
                 FindingRow.center_z_mm, FindingRow.sop_instance_uid, FindingRow.row, FindingRow.column,
-                FindingRow.lung_rads_reasons, FindingRow.note, FindingRow.cyst, Job.finished_at)
+                FindingRow.lung_rads_reasons, FindingRow.note, FindingRow.cyst, FindingRow.airway,
+                Job.finished_at)
          .join(Job, FindingRow.job_id == Job.id).join(Series, FindingRow.series_id == Series.id))
     q = _row_id(_series_uid(_since(q, Job.finished_at, f), f), FindingRow.id, f)
     if f.status:

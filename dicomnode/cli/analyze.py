@@ -170,7 +170,7 @@ def _print_summary(result: SeriesResult) -> None:
                   "Brock", "model score", "p(nodule)", "slice UID", "row,col")
     for i, f in enumerate(result.findings, 1):
         table.add_row(str(i), ", ".join(f"{c:.1f}" for c in f.center_mm), f"{f.diameter_mm:.1f}",
-                      lesion_type_words(f.nodule_type, f.cyst),
+                      lesion_type_words(f.nodule_type, f.cyst, f.airway),
                       "yes" if f.calcified else "no", f.margin or "not assessed", f"{f.location.lung or '?'}/{f.location.zone or '?'}",
                       f.lung_rads, "n/a" if f.brock_risk is None else f"{f.brock_risk:.1%}", f"{f.model_score:.2f}",
                       f"{f.probability:.2f}", f.key_slice.sop_instance_uid[-24:],

@@ -147,4 +147,4 @@ def row_finding(r: FindingRow) -> Finding:
         location=NoduleLocation(r.lung, r.zone, bool(r.juxtapleural), bool(r.perifissural)),
         long_axis_mm=r.long_axis_mm or 0.0, short_axis_mm=r.short_axis_mm or 0.0,
         solid_component_mm=r.solid_component_mm, brock_risk=r.brock_risk,
-        lung_rads_reasons=tuple((r.lung_rads_reasons or "").splitlines()), note=r.note, cyst=r.cyst)
+        lung_rads_reasons=tuple((r.lung_rads_reasons or "").splitlines()), note=r.note, cyst=r.cyst, airway=r.airway)

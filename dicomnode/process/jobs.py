@@ -343,14 +343,14 @@ def finding_row(job_id: int, series_id: int, index: int, f: Finding,
         perifissural=f.location.perifissural,
         mean_diameter_mm=round(f.mean_diameter_mm, 1), long_axis_mm=f.long_axis_mm, short_axis_mm=f.short_axis_mm,
         solid_component_mm=f.solid_component_mm, brock_risk=f.brock_risk,
-        lung_rads_reasons="\n".join(f.lung_rads_reasons) or None, note=f.note, cyst=f.cyst,
+        lung_rads_reasons="\n".join(f.lung_rads_reasons) or None, note=f.note, cyst=f.cyst, airway=f.airway,
     )
 
 
 def finding_message(index: int, f: Finding) -> str:
     """The FINDING_RECORDED event text: the Brock risk is the risk; the model score is named as such."""
     brock = "n/a" if f.brock_risk is None else f"{f.brock_risk * 100:.1f}%"
-    kind = lesion_type_words(f.nodule_type, f.cyst)
+    kind = lesion_type_words(f.nodule_type, f.cyst, f.airway)
     return (f"nodule {index}: {kind} {f.mean_diameter_mm:.1f} mm, Lung-RADS {f.lung_rads}, "
             f"Brock risk {brock}, model score {f.model_score:.2f}")
 

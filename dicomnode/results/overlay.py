@@ -51,7 +51,7 @@ BANNER_WIDTH_CHARS = 76  # what fits across a 512-column image at the banner fon
 
 
 def nodule_type_words(finding: Finding) -> str:
-    words = lesion_type_words(finding.nodule_type, finding.cyst)
+    words = lesion_type_words(finding.nodule_type, finding.cyst, finding.airway)
     return f"{words} calcified" if finding.calcified else words
 
 

@@ -29,6 +29,9 @@ from dicomnode.results.sources import find_instance, prepare_sources, radius_px,
 from dicomnode.results.sr_codes import (
     ABSENT,
     AIR_FILLED_LUMEN,
+    AIRWAY,
+    AIRWAY_LEVEL,
+    AIRWAY_LEVELS,
     ATTENUATION,
     BORDER_SHAPE,
     BROCK_ALGORITHM,
@@ -169,7 +172,8 @@ def nodule_measurements(finding: Finding, result: SeriesResult) -> list[hd.sr.Me
 
 
 def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
-    """Attenuation type, margin, location, calcification, an air-filled lumen and the Lung-RADS category, coded."""
+    """Attenuation type, margin, location, calcification, an air-filled lumen, the airway a lesion lies in and the
+    Lung-RADS category, coded."""
     qe = hd.sr.QualitativeEvaluation
     evaluations = [qe(name=OPACITY_DESCRIPTOR, value=coded(ATTENUATION, finding.nodule_type, "attenuation type"))]
     if finding.margin is not None:  # a margin not assessed is not stated
@@ -186,6 +190,9 @@ def nodule_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
         evaluations.append(qe(name=CALCIFICATION_DESCRIPTOR, value=pattern))
     if finding.cyst is not None:
         evaluations.append(qe(name=AIR_FILLED_LUMEN, value=coded(CYST_KIND, finding.cyst, "cyst")))
+    if finding.airway is not None:
+        evaluations.append(qe(name=LOCATION_IN_CHEST, value=AIRWAY))
+        evaluations.append(qe(name=AIRWAY_LEVEL, value=coded(AIRWAY_LEVELS, finding.airway, "airway level")))
     evaluations.append(qe(name=LUNG_RADS_CONCEPT, value=lung_rads_code(finding.lung_rads)))
     return evaluations
 

@@ -98,6 +98,14 @@ CYST_KIND = {
     "thin_walled_in_part": CodedConcept("THINCYSTPART", PRIVATE_SCHEME, "Cyst, thin-walled where its wall is seen"),
     "with_opacity": CodedConcept("CYSTOPACITY", PRIVATE_SCHEME, "Cyst with opacity beside its wall"),
 }
+# A lesion inside an airway's lumen (inference.characterize.airway), as Lung-RADS v2022 grades it: its location in
+# the chest is the airway (SNOMED CT Airway structure); the level, judged by the lumen's calibre, has no standard code
+AIRWAY = codes.SCT.AirwayStructure  # 89187006
+AIRWAY_LEVEL = CodedConcept("AIRWAYLEVEL", PRIVATE_SCHEME, "Airway level, by its calibre")
+AIRWAY_LEVELS = {
+    "segmental_or_proximal": CodedConcept("SEGAIRWAY", PRIVATE_SCHEME, "Segmental or more proximal airway"),
+    "subsegmental": CodedConcept("SUBSEGAIRWAY", PRIVATE_SCHEME, "Subsegmental airway"),
+}
 
 SUMMARY_OF_DETECTIONS = codes.DCM.SummaryOfDetections  # 111064
 WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings  # 111241

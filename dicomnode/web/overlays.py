@@ -85,7 +85,7 @@ def comparison_caption(f: dict[str, Any], prior_date: Any) -> str:
 def finding_caption(f: dict[str, Any]) -> str:
     """`nodule 1: part-solid 9.5 mm, Lung-RADS 4A, Brock risk 12%` (type and risk only where recorded)."""
     size = f["mean_diameter_mm"] if f.get("mean_diameter_mm") is not None else f["diameter_mm"]
-    kind = f"{lesion_type_words(f['type'], f.get('cyst'))} " if f.get("type") else ""
+    kind = f"{lesion_type_words(f['type'], f.get('cyst'), f.get('airway'))} " if f.get("type") else ""
     risk = f", Brock risk {f['brock_risk'] * 100:.0f}%" if f.get("brock_risk") is not None else ""
     return f"nodule {f['index']}: {kind}{size:.1f} mm, Lung-RADS {f['lung_rads']}{risk}"
 

@@ -62,7 +62,7 @@ TEMPLATES.env.filters["short_uid"] = short_uid
 # the comparison with the prior exam: the same cells in the console, the HTML report and the PDF
 TEMPLATES.env.filters["dicom_date"] = dicom_date
 TEMPLATES.env.filters["comparison_rows"] = comparison_rows
-TEMPLATES.env.filters["lesion_type"] = lambda f: lesion_type_words(f.get("type"), f.get("cyst"))
+TEMPLATES.env.filters["lesion_type"] = lambda f: lesion_type_words(f.get("type"), f.get("cyst"), f.get("airway"))
 TEMPLATES.env.filters["comparison_cells"] = comparison_cells
 TEMPLATES.env.filters["resolved_cells"] = resolved_cells
 TEMPLATES.env.globals["comparison_columns"] = COMPARISON_COLUMNS

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.characterize import attenuation, calcification, fat, margin, measure
+from inference.characterize.airway import airway_lesion
 from inference.characterize.cyst import cystic_airspace
 from inference.characterize.emphysema import characterize_exam
 from inference.characterize.location import juxtapleural, make_location, perifissural, side_and_zone
@@ -90,12 +91,15 @@ def characterize_nodule(
     not held to the detector's extent, which is no guide to it. A segmentation that ran into structures of the
     nodule's own density is done again held to the detector's extent (`_ran_into_neighbours`; the result says so in
     `held_to_detector`). An air-filled lumen the lesion encloses, a cyst or a cavity, is measured on the image around
-    the detector's centre (`cyst.cystic_airspace`): a thin wall is more than the segmentation holds.
+    the detector's centre (`cyst.cystic_airspace`): a thin wall is more than the segmentation holds. A lesion inside
+    an airway's lumen (an endobronchial or endotracheal nodule) is found there too (`airway.airway_lesion`).
     """
     diameter_mm = _checked_diameter(volume_hu, spacing_zyx, centre_zyx, diameter_mm)
     measured = _segmented_and_measured(volume_hu, spacing_zyx, centre_zyx, diameter_mm, lung_mask, direction)
-    return replace(measured, cyst=cystic_airspace(volume_hu, np.asarray(spacing_zyx, float),
-                                                  np.asarray(centre_zyx, float), diameter_mm))
+    spacing, centre = np.asarray(spacing_zyx, float), np.asarray(centre_zyx, float)
+    cyst = cystic_airspace(volume_hu, spacing, centre, diameter_mm)
+    airway = airway_lesion(volume_hu, spacing, centre, diameter_mm) if cyst is None else None
+    return replace(measured, cyst=cyst, airway=airway)
 
 
 def _segmented_and_measured(

@@ -71,6 +71,24 @@ class Cyst:
                 f"{self.wall_max_mm:.1f} mm)")
 
 
+AirwayLevel = Literal["segmental_or_proximal", "subsegmental"]
+
+
+@dataclass(frozen=True)
+class AirwayLesion:
+    """A lesion inside an airway's lumen (`characterize.airway.airway_lesion`)."""
+
+    level: AirwayLevel  # by the lumen's calibre (characterize.airway.SEGMENTAL_MIN_LUMEN_MM), approximating generation
+    lumen_diameter_mm: float  # the airway's lumen, its largest inscribed diameter near the lesion
+    inside_share: float  # share of the lesion within the lumen's hull grown by a bronchial wall
+    walled_share: float  # share of the lumen's surface lined by a wall
+
+    def describe(self) -> str:
+        level = "segmental or more proximal" if self.level == "segmental_or_proximal" else "subsegmental"
+        return (f"in an airway's lumen ({level} by its calibre: lumen {self.lumen_diameter_mm:.1f} mm across; "
+                f"{self.inside_share:.0%} of the lesion within the airway)")
+
+
 @dataclass(frozen=True)
 class NoduleCharacteristics:
     segmentation_ok: bool
@@ -98,6 +116,8 @@ class NoduleCharacteristics:
     held_to_detector: bool = False
     # an air-filled lumen the lesion encloses (a cyst or a cavity); None: none
     cyst: Cyst | None = None
+    # the airway whose lumen the lesion lies in (an endobronchial or endotracheal nodule); None: in the lung
+    airway: AirwayLesion | None = None
 
     @property
     def mean_diameter_mm(self) -> float:

@@ -15,13 +15,16 @@ from inference.clinical.lungrads import (
     is_growth,
     recommendation,
 )
-from inference.clinical.types import Change, CystKind, Exam, Lung, LungRadsCategory, Margin, Nodule, NoduleType, Zone
+from inference.clinical.types import (
+    AirwayLevel, Change, CystKind, Exam, Lung, LungRadsCategory, Margin, Nodule, NoduleType, Zone,
+)
 from inference.clinical.verdict import BROCK_WORKUP_THRESHOLD, Verdict, VerdictResult, exam_verdict, finding_verdict
 
 __all__ = [
     "BROCK_WORKUP_THRESHOLD",
     "METHOD",
     "RECOMMENDATIONS",
+    "AirwayLevel",
     "BrockResult",
     "Change",
     "CystKind",

@@ -34,6 +34,13 @@ Sources (as found with the project's search tool; thresholds checked against eac
   beside its wall (a cancer's pattern: Farooqi AO et al., AJR 2012;199:781-786, types III-IV) is an atypical cyst
   whose opacity is graded as a nodule too; the higher category wins (the node's reading: v2022 grades a new or
   increased opacity of a multilocular cyst 4B at follow-up).
+- Airway nodules (v2022; the CHEST 2024 article above, the diagnosticimaging.com takeaways and the ECR 2025 poster
+  C-22137, https://portal.myesr.org/esr/membership/publicposter/ba878c24-25d4-4695-a75c-012da1bd2055/show/purpose):
+  a solid endotracheal or endobronchial nodule in a segmental or more proximal airway is 4A at baseline or new, and
+  4B when it persists (stable or growing) at follow-up, for bronchoscopy; subsegmental endobronchial findings favour
+  infection or mucus and are 2 when no obstructing nodule is seen. A segmental one is also graded by its size, the
+  higher category winning (the node's reading: a 15 mm endotracheal mass is not less than a 15 mm nodule); there is no
+  stepping down. Which airway the lesion lies in comes from its calibre (inference.characterize.airway).
 - 4X: category 3 or 4 nodules with additional features that increase the suspicion of cancer
   (spiculation is the one measured here); the ACR says "may be" upgraded, so the reason says "suggested".
 
@@ -45,7 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inference.clinical.types import (
-    Change, CystKind, Exam, LungRadsCategory, Margin, Nodule, NoduleType, round_half_up,
+    AirwayLevel, Change, CystKind, Exam, LungRadsCategory, Margin, Nodule, NoduleType, round_half_up,
 )
 
 C = LungRadsCategory
@@ -252,6 +259,25 @@ def _cyst_category(nodule: Nodule) -> tuple[LungRadsCategory, str]:
     return C.C4A, f"{prefix}{what} {s:g} mm: atypical pulmonary cyst"
 
 
+def _airway_category(nodule: Nodule, v: bool) -> tuple[LungRadsCategory, str]:
+    """v2022 airway nodule rules (module docstring); `nodule.airway` is set."""
+    s = nodule.reported_mean_diameter_mm
+    if nodule.airway is AirwayLevel.SUBSEGMENTAL:
+        return C.C2, (f"subsegmental airway nodule {s:g} mm: favours mucus or infection (2), unless an obstructing "
+                      "nodule is seen")
+    where = "segmental or more proximal airway nodule"
+    if nodule.change in (Change.STABLE, Change.GROWING):
+        assert nodule.change is not None
+        category, reason = C.C4B, f"{where} {s:g} mm, persistent ({nodule.change.value}): bronchoscopy"
+    else:
+        prefix = "new " if nodule.change is Change.NEW else ""
+        category, reason = C.C4A, f"{prefix}{where} {s:g} mm: 3-month LDCT, and 4B with bronchoscopy if it persists"
+    by_size = _size_category(nodule, v, nodule.change)
+    if by_size[0].rank > category.rank:
+        return by_size[0], f"{by_size[1]}, in a segmental or more proximal airway"
+    return category, reason
+
+
 def _stepped_down(category: LungRadsCategory, nodule: Nodule) -> tuple[LungRadsCategory, str | None]:
     """v2022 stepped management of a stable nodule: 4A stable at 3 months -> 3; 3 stable at 6 months -> 2."""
     months = nodule.stable_months
@@ -282,6 +308,9 @@ def classify_nodule(nodule: Nodule, *, by_volume: bool = False) -> NoduleAssessm
     measure = "volume" if by_volume else "diameter"
     if nodule.calcified:
         return _assessment(C.C1, ("benign calcification pattern",), measure)
+    if nodule.airway is not None:
+        category, reason = _airway_category(nodule, by_volume)
+        return _assessment(category, (reason,), measure)  # no stepping down, no 4X: a lesion in a bronchus's lumen
     if nodule.cyst is not None:
         category, reason = _cyst_category(nodule)
         measure = "cyst"  # no size threshold applies to a cyst...

@@ -70,6 +70,19 @@ class CystKind(str, Enum):
         return self is CystKind.WITH_OPACITY
 
 
+class AirwayLevel(str, Enum):
+    """The airway an airway nodule (endobronchial or endotracheal) lies in, as Lung-RADS v2022 grades it
+    (inference.clinical.lungrads)."""
+
+    SEGMENTAL_OR_PROXIMAL = "segmental_or_proximal"  # 4A at baseline or new, 4B when it persists
+    SUBSEGMENTAL = "subsegmental"  # favours infection or mucus: 2
+
+
+def airway_or_none(value: str | None) -> AirwayLevel | None:
+    """The AirwayLevel a finding's `airway` names; None for none (a nodule in the lung)."""
+    return AirwayLevel(value) if value in {k.value for k in AirwayLevel} else None
+
+
 def cyst_or_none(value: str | None) -> CystKind | None:
     """The CystKind a finding's `cyst` names; None for none, and for a nodule's cavity (graded as the nodule)."""
     return CystKind(value) if value in {k.value for k in CystKind} else None
@@ -119,6 +132,7 @@ class Nodule:
     stable_months: float | None = None
     prior_category: "LungRadsCategory | None" = None
     cyst: CystKind | None = None  # a cystic airspace, classified by the cyst rules instead of its size
+    airway: AirwayLevel | None = None  # an airway nodule, classified by the airway rules (lungrads._airway_category)
 
     def __post_init__(self) -> None:
         _positive("mean_diameter_mm", self.mean_diameter_mm)
@@ -132,6 +146,10 @@ class Nodule:
             raise ValueError("solid_component_mm is required for a part_solid nodule (Lung-RADS grades it)")
         if self.cyst is not None and not isinstance(self.cyst, CystKind):
             raise ValueError(f"cyst must be a CystKind or None, got {self.cyst!r}")
+        if self.airway is not None and not isinstance(self.airway, AirwayLevel):
+            raise ValueError(f"airway must be an AirwayLevel or None, got {self.airway!r}")
+        if self.airway is not None and self.cyst is not None:
+            raise ValueError("a lesion is an airway nodule or a cyst, not both")
         if self.stable_months is not None and (not math.isfinite(self.stable_months) or self.stable_months < 0):
             raise ValueError(f"stable_months must be >= 0, got {self.stable_months!r}")
 

@@ -21,7 +21,9 @@ from pydicom.dataset import Dataset
 from inference.clinical import Exam, Lung, Nodule, NoduleType, Zone, classify_exam
 from inference.clinical.lungrads import infection_caveat
 from inference.clinical.lungrads import GROWTH_THRESHOLD_MM_PER_12_MONTHS
-from inference.clinical.types import Change, LungRadsCategory, cyst_or_none, margin_or_not_assessed, round_half_up
+from inference.clinical.types import (
+    Change, LungRadsCategory, airway_or_none, cyst_or_none, margin_or_not_assessed, round_half_up,
+)
 from inference.compare.growth import Growth, Status, growth
 from inference.compare.matching import Point, match
 from inference.compare.registration import ImageLike, Registration, register
@@ -171,6 +173,7 @@ def _clinical(f: Finding, change: Change | None, months: float | None, prior_cat
         lung=Lung(f.location.lung) if f.location.lung else None,
         zone=Zone(f.location.zone) if f.location.zone else None,
         change=change, stable_months=months if change is Change.STABLE else None, cyst=cyst_or_none(f.cyst),
+        airway=airway_or_none(f.airway) if cyst_or_none(f.cyst) is None else None,
         prior_category=LungRadsCategory(prior_category) if prior_category in {c.value for c in LungRadsCategory}
         and prior_category not in ("0",) else None,
     )

@@ -191,6 +191,21 @@ def test_follow_up_phantom_options_are_checked(tmp_path):
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
+def test_an_airway_nodule_at_follow_up_is_graded_by_the_airway_rules():
+    """A segmental airway nodule still there at follow-up (stable or growing) is 4B, for bronchoscopy (v2022): not
+    stepped down to 3 as a stable 4A nodule in the lung is."""
+    from dataclasses import replace
+
+    from inference.clinical import classify_nodule
+    from inference.clinical.types import Change
+    from inference.compare.compare import _clinical
+
+    polyp = replace(_finding("solid", 5.0, None), airway="segmental_or_proximal")
+    assert classify_nodule(_clinical(polyp, Change.STABLE, 3.0, "4A")).category.value == "4B"
+    assert classify_nodule(_clinical(polyp, Change.GROWING, None, "4A")).category.value == "4B"
+    assert classify_nodule(_clinical(replace(polyp, airway=None), Change.STABLE, 3.0, "4A")).category.value == "3"
+
+
 def test_a_cyst_at_follow_up_is_graded_by_the_cyst_rules():
     """A thick-walled cyst of 16 mm that grew by more than 1.5 mm is a growing atypical cyst (4B); stable at 3 months
     it steps down to 3; a thin-walled one stays 1 whatever its size; a cavity is graded as the nodule it is."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from inference.clinical import (
+    AirwayLevel,
     Change,
     CystKind,
     Exam,
@@ -242,6 +243,39 @@ def test_cyst_rules_v2022(nodule: Nodule, expected: str) -> None:
     assessment = classify_nodule(nodule)
     assert assessment.category.value == expected
     assert "cyst" in assessment.reasons[0] and assessment.measure == "cyst"
+
+
+SEGMENTAL, SUBSEGMENTAL = AirwayLevel.SEGMENTAL_OR_PROXIMAL, AirwayLevel.SUBSEGMENTAL
+
+
+@pytest.mark.parametrize(
+    "nodule, expected, words",
+    [
+        (Nodule(S, 5.0, airway=SEGMENTAL), "4A", "segmental or more proximal airway nodule 5 mm: 3-month LDCT"),
+        (Nodule(S, 3.0, airway=SEGMENTAL), "4A", "airway nodule 3 mm"),  # no size threshold below 4A
+        (Nodule(S, 5.0, airway=SEGMENTAL, change=Change.NEW), "4A", "new segmental"),
+        # persistent at follow-up: 4B, for bronchoscopy; no stepping down (a stable 4A nodule would be 3)
+        (Nodule(S, 5.0, airway=SEGMENTAL, change=Change.STABLE, stable_months=3), "4B", "persistent (stable)"),
+        (Nodule(S, 5.0, airway=SEGMENTAL, change=Change.GROWING), "4B", "persistent (growing)"),
+        (Nodule(S, 16.0, airway=SEGMENTAL), "4B", "solid 16 mm >= 15 mm"),  # its size's category when higher
+        (Nodule(S, 5.0, airway=SUBSEGMENTAL), "2", "subsegmental airway nodule 5 mm: favours mucus or infection"),
+        (Nodule(S, 7.0, airway=SUBSEGMENTAL), "2", "subsegmental"),  # 3 by size: v2022 grades it 2
+        (Nodule(S, 7.0, airway=SEGMENTAL, margin=Margin.SPICULATED), "4A", "airway"),  # no 4X for a lesion in a lumen
+        (Nodule(S, 7.0, airway=SEGMENTAL, calcified=True), "1", "benign calcification"),  # a broncholith
+    ],
+)
+def test_airway_nodule_rules_v2022(nodule: Nodule, expected: str, words: str) -> None:
+    """v2022: a segmental or more proximal airway nodule is 4A at baseline or new and 4B when it persists; a subsegmental
+    one favours mucus or infection: 2."""
+    assessment = classify_nodule(nodule)
+    assert assessment.category.value == expected and words in assessment.reasons[0], assessment
+
+
+def test_an_airway_nodule_is_an_airway_level_and_no_cyst() -> None:
+    with pytest.raises(ValueError, match="airway"):
+        Nodule(S, 5.0, airway="subsegmental")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="airway nodule or a cyst"):
+        Nodule(S, 5.0, airway=SEGMENTAL, cyst=THICK)
 
 
 def test_a_cyst_must_be_a_cyst_kind() -> None:

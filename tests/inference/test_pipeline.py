@@ -711,3 +711,33 @@ def test_a_cyst_is_not_counted_as_a_nodule_by_the_brock_model() -> None:
     alone = brock_risk_for_nodule(clinical_nodule(measured[1], 1.0)[0], nodule_count=1, emphysema=False, age_years=64.0,
                                   sex=Sex.FEMALE, family_history=FamilyHistory.NO).risk
     assert findings[1].brock_risk == pytest.approx(alone)
+
+
+def test_an_airway_nodule_is_graded_by_the_lung_rads_airway_rules() -> None:
+    """A 4 mm polyp in a 6 mm (segmental-calibre) bronchus read as a solid 4 mm nodule, Lung-RADS 2 by its size; it is
+    an airway nodule, 4A, with no Brock risk (a model of nodules in the lung), and its note and JSON say so. A plug in a
+    4 mm bronchus is subsegmental: 2. The same polyp's twin free in the lung stays a 2 by size."""
+    from inference.findings import Verdict
+    from tests.inference.test_airway import ball, bronchus, straight
+    from tests.inference.test_characterize import CENTRE, SPACING, lung
+
+    hu = lung(2)
+    bronchus(hu, straight(), 3.0)
+    ball(hu, 2.0, (0.0, -1.2, 0.0))
+    polyp, summary, verdict = lesion_assessed(hu, SPACING, CENTRE + np.array([0.0, -1.2, 0.0]) / SPACING, 4.0)
+    assert (polyp.airway, polyp.lung_rads, polyp.brock_risk, verdict) == ("segmental_or_proximal", "4A", None,
+                                                                          Verdict.SUSPICIOUS)
+    assert "segmental or more proximal airway nodule" in polyp.lung_rads_reasons[0] and summary.lung_rads == "4A"
+    assert polyp.note is not None and "airway nodule" in polyp.note and "Brock model is for nodules" in polyp.note
+    assert polyp.to_json()["airway"] == "segmental_or_proximal" and polyp.to_json()["brock_risk"] is None
+
+    hu = lung(2)
+    bronchus(hu, straight(), 2.0)
+    ball(hu, 2.0, (0.0, 0.0, 0.0))
+    plug, _, _ = lesion_assessed(hu, SPACING, CENTRE, 4.0)
+    assert (plug.airway, plug.lung_rads, plug.brock_risk) == ("subsegmental", "2", None)
+
+    hu = lung(2)
+    ball(hu, 2.0, (0.0, 0.0, 0.0))
+    free, _, _ = lesion_assessed(hu, SPACING, CENTRE, 4.0)
+    assert (free.airway, free.lung_rads) == (None, "2") and free.brock_risk is not None

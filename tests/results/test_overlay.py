@@ -124,6 +124,8 @@ def test_labels_show_type_mean_diameter_lung_rads_and_brock(overlays, result):
     assert [finding_label(n, f) for n, f in enumerate(result.findings, start=1)] == expected
     cyst = replace(result.findings[1], cyst="thin_walled", lung_rads="1", brock_risk=None)
     assert finding_label(2, cyst) == "2: thin-walled cyst 6.5 mm, Lung-RADS 1, Brock n/a"  # graded as a cyst
+    polyp = replace(result.findings[1], airway="segmental_or_proximal", lung_rads="4A", brock_risk=None)
+    assert finding_label(2, polyp) == "2: solid airway nodule 6.5 mm, Lung-RADS 4A, Brock n/a"
     assert [sc.ImageComments for sc in overlays[:-1]] == expected
     lines = summary_lines(result)
     assert lines[1] == "3 nodule(s); exam Lung-RADS 4X; highest Brock risk 31%"

@@ -156,6 +156,23 @@ def test_a_cyst_is_coded_and_has_no_brock_risk(series, result):
     assert all(m.name.value != "111047" for m in group.get_measurements())
 
 
+def test_an_airway_nodule_is_coded_and_has_no_brock_risk(series, result):
+    """An airway nodule (Lung-RADS 4A, graded by the v2022 airway rules): its location in the chest is the airway
+    (SNOMED CT Airway structure) beside its zone, its level a coded evaluation, and no probability of cancer is
+    stated for it."""
+    polyp = replace(result.findings[1], airway="segmental_or_proximal", brock_risk=None, lung_rads="4A",
+                    lung_rads_reasons=("segmental or more proximal airway nodule 6.5 mm: 3-month LDCT",))
+    ds = build_sr(list(series), replace(result, findings=[result.findings[0], polyp]), ResultOptions())
+    group = _planar_groups(ds)[1]
+    evaluations: dict[str, list[tuple[str, str]]] = {}
+    for e in group.get_qualitative_evaluations():
+        evaluations.setdefault(e.name.value, []).append((e.value.value, e.value.scheme_designator))
+    assert ("89187006", "SCT") in evaluations["112013"]  # Location in Chest: Airway structure
+    assert evaluations["AIRWAYLEVEL"] == [("SEGAIRWAY", "99DCMNODE")] and evaluations["LRADS"] == [("4A", LUNG_RADS_SCHEME)]
+    assert all(m.name.value != "111047" for m in group.get_measurements())
+    assert "AIRWAYLEVEL" not in {e.name.value for e in _planar_groups(ds)[0].get_qualitative_evaluations()}
+
+
 def _assert_evaluations(group, finding) -> None:
     evaluations: dict[str, list[tuple[str, str]]] = {}
     for e in group.get_qualitative_evaluations():

@@ -102,6 +102,7 @@ def _assert_issue11_finding(finding: dict[str, Any]) -> None:
     assert finding["brock_risk"] == pytest.approx(pipelines.BROCK_RISK)
     assert finding["model_score"] == pytest.approx(pipelines.MODEL_SCORE) and "malignancy" not in finding
     assert finding["cyst"] == "cavity"  # an air-filled lumen, through the audit row (migration 0017)
+    assert finding["airway"] is None  # in the lung, not in an airway's lumen (migration 0018)
     assert finding["lung_rads"] == "4A" and finding["lung_rads_reasons"] == [
         "part-solid >= 6 mm with a solid component of 6 to < 8 mm"]
     assert finding["volume_mm3"] == 449.0 and len(finding["center_mm"]) == 3
