@@ -46,7 +46,9 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from inference.characterize.model import AirwayLesion, AirwayLevel
-from inference.characterize.segment.masks import component_at, dilate_mm, distance2, parts_touching, roi_box
+from inference.characterize.segment.masks import (
+    component_at, dilate_mm, distance2, on_the_faces, parts_touching, roi_box,
+)
 
 SOFT_HU = -500.0  # over halfway from aerated lung (-850) to soft tissue (40): the lesion and the airway's wall
 LUMEN_MAX_HU = -950.0
@@ -75,10 +77,6 @@ MIN_DEPTH_MM = 1.5
 CENTRE_REACH_MM = 1.5  # the detector's centre lies within about a millimetre of a lesion's (median 0.95 mm)
 SEGMENTAL_MIN_LUMEN_MM = 4.3
 ROI_MARGIN_MM = 12.0
-
-
-def _on_the_faces(mask: np.ndarray) -> bool:
-    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
 
 
 def _walled_share(lumen: np.ndarray, near: np.ndarray, soft: np.ndarray, spacing: np.ndarray) -> float:
@@ -140,6 +138,38 @@ def _beyond_hull(points_mm: np.ndarray, hull: ConvexHull) -> np.ndarray:
     return np.asarray((points_mm @ normals.T + offsets).max(axis=1))
 
 
+def _open_lumen(lesion: np.ndarray, smooth: np.ndarray, fine: np.ndarray, soft: np.ndarray,
+                spacing: np.ndarray) -> np.ndarray | None:
+    """The air that touches the lesion, out to its walls (`_to_the_walls`), where it runs on out of the ROI as an
+    airway does; None where there is none, or it is sealed (a cyst's, `characterize.cyst`)."""
+    lung = float(np.median(smooth[~soft])) if (~soft).any() else -850.0
+    air = smooth < min(LUMEN_MAX_HU, lung - LUMEN_BELOW_LUNG_HU)
+    labels, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
+    touching = np.unique(labels[dilate_mm(lesion, CONTACT_MM, spacing) & air])
+    lumen = _to_the_walls(np.isin(labels, touching[touching > 0]), fine, spacing)
+    if lumen.sum() * float(np.prod(spacing)) < MIN_LUMEN_MM3 or not on_the_faces(lumen):
+        return None
+    return lumen
+
+
+def _share_inside(lesion: np.ndarray, local: np.ndarray, centre: np.ndarray, at_centre: np.ndarray,
+                  spacing: np.ndarray) -> float | None:
+    """The share of the lesion inside the hull of the lumen near it (`local`), grown by a wall; None where the lesion
+    is not inside the lumen: its centre not CENTRE_DEPTH_MM inside, under INSIDE_MIN_SHARE of it within the hull, or no
+    more than a wall's thickness of it there (MIN_DEPTH_MM: a wall where the airway bends, the spur between two
+    branches)."""
+    try:
+        hull = ConvexHull(np.argwhere(local) * spacing)
+    except QhullError:
+        return None  # flat or too few points: no tube
+    if float(_beyond_hull((centre * spacing)[None, :], hull)[0]) > -CENTRE_DEPTH_MM:
+        return None
+    inside = float((_beyond_hull(np.argwhere(lesion) * spacing, hull) <= WALL_TOLERANCE_MM).mean())
+    if inside < INSIDE_MIN_SHARE or _tissue_depth_in_hull(lesion, hull, spacing, at_centre) < MIN_DEPTH_MM:
+        return None
+    return inside
+
+
 def airway_lesion(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray,
                   diameter_mm: float) -> AirwayLesion | None:
     """The airway a detected lesion (`centre_zyx` in voxels, the detector's `diameter_mm`) lies inside, measured on
@@ -154,42 +184,22 @@ def airway_lesion(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarra
     soft = fine > SOFT_HU
     d2 = distance2(smooth.shape, centre, spacing)
     lesion = component_at(soft & (d2 <= (LESION_REACH * radius) ** 2), centre, spacing, radius)
-    if not lesion.any():
-        return None
-    lung = float(np.median(smooth[~soft])) if (~soft).any() else -850.0
-    air = smooth < min(LUMEN_MAX_HU, lung - LUMEN_BELOW_LUNG_HU)
-    labels, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
-    touching = np.unique(labels[dilate_mm(lesion, CONTACT_MM, spacing) & air])
-    lumen = _to_the_walls(np.isin(labels, touching[touching > 0]), fine, spacing)
-    if lumen.sum() * float(np.prod(spacing)) < MIN_LUMEN_MM3 or not _on_the_faces(lumen):
+    lumen = _open_lumen(lesion, smooth, fine, soft, spacing) if lesion.any() else None
+    if lumen is None:
         return None
     near = d2 <= (radius + LOCAL_MARGIN_MM) ** 2
     local = lumen & near
-    if not local.any():
-        return None
     walled = _walled_share(lumen, near, soft, spacing)
-    if walled < WALLED_MIN_SHARE:
+    if not local.any() or walled < WALLED_MIN_SHARE:
         return None
     # the lumen's largest inscribed diameter near the lesion (a voxel's distance runs to the nearest voxel centre
     # outside the lumen, which lies just past its edge)
     calibre = 2.0 * float(ndimage.distance_transform_edt(lumen, sampling=spacing)[local].max())
-    points = np.argwhere(local) * spacing
     if not _one_tube_through(lumen & (d2 > (radius + SHELL_INNER_MM) ** 2), near, centre, spacing, calibre / 2):
         return None  # a fork, a bend, or a tube passing by: the lesion may lie between branches or beside one
-    try:
-        hull = ConvexHull(points)
-    except QhullError:
-        return None  # flat or too few points: no tube
-    if float(_beyond_hull((centre * spacing)[None, :], hull)[0]) > -CENTRE_DEPTH_MM:
+    inside = _share_inside(lesion, local, centre, d2 <= CENTRE_REACH_MM**2, spacing)
+    if inside is None:
         return None
-    voxels = np.argwhere(lesion)
-    beyond = _beyond_hull(voxels * spacing, hull)
-    inside = float((beyond <= WALL_TOLERANCE_MM).mean())
-    if inside < INSIDE_MIN_SHARE:
-        return None
-    if _tissue_depth_in_hull(lesion, hull, spacing, d2 <= CENTRE_REACH_MM**2) < MIN_DEPTH_MM:
-        return None  # no more than a wall's thickness of tissue in the lumen's hull: a wall where the airway bends,
-        # or the spur between two branches
     level: AirwayLevel = "segmental_or_proximal" if calibre >= SEGMENTAL_MIN_LUMEN_MM else "subsegmental"
     return AirwayLesion(level=level, lumen_diameter_mm=round(calibre, 1), inside_share=round(inside, 3),
                         walled_share=round(walled, 3))

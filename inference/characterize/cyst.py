@@ -53,7 +53,7 @@ from scipy import ndimage
 from inference.characterize.measure import feret
 from inference.characterize.model import Axes, Cyst, CystKind
 from inference.characterize.segment.masks import (
-    distance2, enclosed_in_plane, equivalent_radius, parts_reaching_out, roi_box,
+    distance2, enclosed_in_plane, equivalent_radius, on_the_faces, parts_reaching_out, roi_box,
 )
 
 WALL_HU = -500.0  # over halfway from aerated lung (-850) to soft tissue (40): a wall voxel
@@ -95,10 +95,6 @@ def _in_plane_smoothed(hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(hu.astype(np.float32), (0.0, *(SMOOTH_MM / spacing[1:])))
 
 
-def _on_the_faces(mask: np.ndarray) -> bool:
-    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
-
-
 def _sealed_and_round(part: np.ndarray, box: tuple[slice, ...], air_labels: np.ndarray, spacing: np.ndarray) -> bool:
     """A cyst's lumen is sealed by its wall in 3D, and roundish. An airway is a ring on every slice it crosses, but its
     air goes on where the ring opens (a branch, the hilum) or runs out of the ROI, and it is a tube."""
@@ -106,7 +102,7 @@ def _sealed_and_round(part: np.ndarray, box: tuple[slice, ...], air_labels: np.n
     whole[box] = part
     touching = np.unique(air_labels[whole])
     air = np.isin(air_labels, touching[touching > 0])
-    if _on_the_faces(whole) or _on_the_faces(air):
+    if on_the_faces(whole) or on_the_faces(air):
         return False
     if (air & ~whole).sum() > MAX_LEAK_SHARE * part.sum():
         return False

@@ -61,6 +61,11 @@ def enclosed_in_plane(mask: np.ndarray) -> np.ndarray:
     return holes
 
 
+def on_the_faces(mask: np.ndarray) -> bool:
+    """Whether the mask reaches a face of its box (an ROI's): what it holds runs on past the box."""
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+
+
 def equivalent_radius(mask: np.ndarray, spacing: np.ndarray) -> float:
     """The radius (mm) of the sphere with the mask's volume."""
     return float((3 * int(mask.sum()) * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3))
