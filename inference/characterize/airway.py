@@ -17,7 +17,7 @@ How it is found, from the detector's centre and diameter, on the image (`airway_
   bronchus's lumen reads -1000 ... -950 HU, aerated lung -900 ... -800) within `CONTACT_MM` of the lesion, grown out to
   its walls' half-way level (`SOFT_HU`). It runs out of the ROI (an airway goes on; a cyst's lumen is sealed,
   `characterize.cyst`) and is lined by a wall: `WALLED_MIN_SHARE` of its surface near the lesion lies within
-  `WALL_NEAR_MM` of soft tissue (emphysema and bullae border lung, not a wall);
+  `WALL_NEAR_MM` of a wall (over `WALL_SEEN_HU`; emphysema and bullae border lung, not a wall);
 - one straight tube through the lesion (`_one_tube_through`): the lumen round it is one part (a polyp's crescent joins
   the tube's two ends) or two (a plug's sides), each straight, with its axis within the lumen's radius of the lesion's
   centre. A fork shows three parts, or branches whose axes pass beside a nodule in their crotch;
@@ -62,6 +62,11 @@ MIN_LUMEN_MM3 = 10.0
 # the air touches the lesion: between the lesion's or a wall's edge (-500 HU) and the smoothed lumen's (-950 HU) lie
 # about 2 mm of partial volume and smoothing
 CONTACT_MM = 2.5
+# a wall, even a 1 mm one on 1.25 mm slices read through partial volume, stands over WALL_SEEN_HU; aerated lung lies
+# under -800. Near a lesion, real bronchi of lidc-idri-0002 have 0.80-0.95 of their lumen's surface walled, a 6 mm
+# bronchus of 1 mm wall painted obliquely into a phantom 0.70, a plugged channel of unwalled air 0.17-0.21 and a slab of
+# emphysema's air round a nodule 0.40-0.45 (docs/characterization.md, "Fifty-third session")
+WALL_SEEN_HU = -700.0
 WALL_NEAR_MM = 1.0
 WALLED_MIN_SHARE = 0.6
 LOCAL_MARGIN_MM = 6.0
@@ -79,12 +84,12 @@ SEGMENTAL_MIN_LUMEN_MM = 4.3
 ROI_MARGIN_MM = 12.0
 
 
-def _walled_share(lumen: np.ndarray, near: np.ndarray, soft: np.ndarray, spacing: np.ndarray) -> float:
-    """Share of the lumen's surface `near` the lesion with soft tissue (a wall, or the lesion) within WALL_NEAR_MM.
-    The ROI's faces are no surface: the lumen runs on past them."""
+def _walled_share(lumen: np.ndarray, near: np.ndarray, fine: np.ndarray, spacing: np.ndarray) -> float:
+    """Share of the lumen's surface `near` the lesion with a wall (or the lesion: over WALL_SEEN_HU) within
+    WALL_NEAR_MM. The ROI's faces are no surface: the lumen runs on past them."""
     surface = lumen & near & ~ndimage.binary_erosion(lumen, structure=np.ones((3, 3, 3), bool), border_value=1)
-    to_soft = ndimage.distance_transform_edt(~soft, sampling=spacing)
-    return float((to_soft[surface] <= WALL_NEAR_MM).mean()) if surface.any() else 0.0
+    to_wall = ndimage.distance_transform_edt(fine <= WALL_SEEN_HU, sampling=spacing)
+    return float((to_wall[surface] <= WALL_NEAR_MM).mean()) if surface.any() else 0.0
 
 
 def _to_the_walls(core: np.ndarray, fine: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -189,7 +194,7 @@ def airway_lesion(hu: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarra
         return None
     near = d2 <= (radius + LOCAL_MARGIN_MM) ** 2
     local = lumen & near
-    walled = _walled_share(lumen, near, soft, spacing)
+    walled = _walled_share(lumen, near, fine, spacing)
     if not local.any() or walled < WALLED_MIN_SHARE:
         return None
     # the lumen's largest inscribed diameter near the lesion (a voxel's distance runs to the nearest voxel centre
