@@ -99,7 +99,8 @@ def build_pdf(node: Node, series_uid: str) -> bytes:
 def finding_cells(f: dict[str, Any]) -> list[str]:
     """One findings-table row as text, in FINDING_COLUMNS order."""
     size = f["mean_diameter_mm"] if f.get("mean_diameter_mm") is not None else f["diameter_mm"]
-    kind = lesion_type_words(f.get("type"), f.get("cyst"), f.get("airway")) + (", calcified" if f.get("calcified") else "")
+    kind = lesion_type_words(f.get("type"), f.get("cyst"), f.get("airway"))
+    kind += ", calcified" if f.get("calcified") else ""
     loc = f.get("location") or {}
     where = f"{loc.get('lung') or ''} {loc.get('zone') or ''}".strip() or "-"
     if loc.get("juxtapleural"):

@@ -85,8 +85,8 @@ def test_a_lesion_inside_a_segmental_bronchus(what: str, noise_hu: float) -> Non
 
 
 @NOISE
-@pytest.mark.parametrize("lumen_mm, level", [(3.6, "subsegmental"), (4.0, "subsegmental"), (6.0, "segmental_or_proximal"),
-                                             (8.0, "segmental_or_proximal")])
+@pytest.mark.parametrize("lumen_mm, level", [(3.6, "subsegmental"), (4.0, "subsegmental"),
+                                             (6.0, "segmental_or_proximal"), (8.0, "segmental_or_proximal")])
 def test_the_airway_s_level_by_its_calibre(lumen_mm: float, level: str, noise_hu: float) -> None:
     """A plug in bronchi of 3.6 to 8 mm: the lumen within 0.5 mm, and the level at SEGMENTAL_MIN_LUMEN_MM (4.3 mm:
     segmental bronchi on screening CT measure 5.7 +- 0.7 mm)."""
@@ -120,11 +120,11 @@ def _fork(hu: np.ndarray) -> None:
 @pytest.mark.parametrize("what", ["nodule on the wall", "artery", "air bronchogram", "free nodule", "cyst",
                                   "crotch nodule", "spur", "bend", "emphysema", "wall", "unwalled channel"])
 def test_what_lies_outside_an_airway(what: str, noise_hu: float) -> None:
-    """A 6 mm nodule touching a bronchus's wall from outside, the bronchus's artery beside it, a 16 mm cancer with an air
-    bronchogram through it, a nodule free in the lung, a cyst (its lumen is sealed: characterize.cyst), a nodule in a
-    fork's crotch touching both branches, the spur between the branches at the detector's 4-10 mm, a nodule on a bend's
-    inner side, a nodule in emphysema's open air, the detector's centre on a bronchus's wall, and a plug in an unwalled
-    channel of air: none is an airway nodule."""
+    """A 6 mm nodule touching a bronchus's wall from outside, the bronchus's artery beside it, a 16 mm cancer with an
+    air bronchogram through it, a nodule free in the lung, a cyst (its lumen is sealed: characterize.cyst), a nodule
+    in a fork's crotch touching both branches, the spur between the branches at the detector's 4-10 mm, a nodule on a
+    bend's inner side, a nodule in emphysema's open air, the detector's centre on a bronchus's wall, and a plug in an
+    unwalled channel of air: none is an airway nodule."""
     hu = lung(2)
     offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
     diameters = [6.0]
@@ -159,8 +159,8 @@ def test_what_lies_outside_an_airway(what: str, noise_hu: float) -> None:
         diameters = [4.0, 6.0, 10.0]
     elif what == "bend":
         turn = np.radians(40.0)
-        bronchus(hu, [((0.0, 0.0, -25.0), (0.0, 0.0, 0.0)), ((0.0, 0.0, 0.0), (0.0, 25 * np.sin(turn), 25 * np.cos(turn)))],
-                 3.0)
+        bend = (0.0, 25 * np.sin(turn), 25 * np.cos(turn))
+        bronchus(hu, [((0.0, 0.0, -25.0), (0.0, 0.0, 0.0)), ((0.0, 0.0, 0.0), bend)], 3.0)
         offset = (0.0, 8.5, -2.0)
         ball(hu, 3.0, offset)
     elif what == "wall":  # the detector's centre on a bronchus's wall
@@ -187,8 +187,8 @@ LIDC_AIRWAY_WALLS = [(119, 262, 334), (135, 274, 312), (153, 265, 216), (109, 27
 
 
 def test_the_walls_and_spurs_of_real_bronchi_are_no_airway_nodules() -> None:
-    """Real CT's bronchi fork, bend and meet the hilum: at 16 points on their walls and spurs, at the detector's 4, 6 and
-    10 mm, no airway nodule."""
+    """Real CT's bronchi fork, bend and meet the hilum: at 16 points on their walls and spurs, at the detector's 4, 6
+    and 10 mm, no airway nodule."""
     volume = load_volume([pydicom.dcmread(p) for p in sorted(LIDC_SERIES.glob("*.dcm"))])
     spacing = np.asarray(volume.spacing, float)
     found_at = [(p, d) for p in LIDC_AIRWAY_WALLS for d in (4.0, 6.0, 10.0)

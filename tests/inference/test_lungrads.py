@@ -265,8 +265,8 @@ SEGMENTAL, SUBSEGMENTAL = AirwayLevel.SEGMENTAL_OR_PROXIMAL, AirwayLevel.SUBSEGM
     ],
 )
 def test_airway_nodule_rules_v2022(nodule: Nodule, expected: str, words: str) -> None:
-    """v2022: a segmental or more proximal airway nodule is 4A at baseline or new and 4B when it persists; a subsegmental
-    one favours mucus or infection: 2."""
+    """v2022: a segmental or more proximal airway nodule is 4A at baseline or new and 4B when it persists; a
+    subsegmental one favours mucus or infection: 2."""
     assessment = classify_nodule(nodule)
     assert assessment.category.value == expected and words in assessment.reasons[0], assessment
 

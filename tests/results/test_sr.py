@@ -168,7 +168,8 @@ def test_an_airway_nodule_is_coded_and_has_no_brock_risk(series, result):
     for e in group.get_qualitative_evaluations():
         evaluations.setdefault(e.name.value, []).append((e.value.value, e.value.scheme_designator))
     assert ("89187006", "SCT") in evaluations["112013"]  # Location in Chest: Airway structure
-    assert evaluations["AIRWAYLEVEL"] == [("SEGAIRWAY", "99DCMNODE")] and evaluations["LRADS"] == [("4A", LUNG_RADS_SCHEME)]
+    assert evaluations["AIRWAYLEVEL"] == [("SEGAIRWAY", "99DCMNODE")]
+    assert evaluations["LRADS"] == [("4A", LUNG_RADS_SCHEME)]
     assert all(m.name.value != "111047" for m in group.get_measurements())
     assert "AIRWAYLEVEL" not in {e.name.value for e in _planar_groups(ds)[0].get_qualitative_evaluations()}
 
