@@ -63,12 +63,13 @@ MIN_LUMEN_MM3 = 10.0
 # about 2 mm of partial volume and smoothing
 CONTACT_MM = 2.5
 # a wall, even a 1 mm one on 1.25 mm slices read through partial volume, stands over WALL_SEEN_HU; aerated lung lies
-# under -800. Near a lesion, real bronchi of lidc-idri-0002 have 0.80-0.95 of their lumen's surface walled, a 6 mm
-# bronchus of 1 mm wall painted obliquely into a phantom 0.70, a plugged channel of unwalled air 0.17-0.21 and a slab of
-# emphysema's air round a nodule 0.40-0.45 (docs/characterization.md, "Fifty-third session")
+# under -800. Near a lesion, real bronchi of lidc-idri-0002 have 0.80-0.95 of their lumen's surface walled; painted
+# bronchi of 6-9 mm with a 1 mm wall 0.59-0.99 on 1, 1.25 and 2.5 mm slices (least when oblique to the grid) at 0 and
+# 70 HU of noise; a plugged channel of unwalled air 0.10-0.21 and a slab of emphysema's air round a nodule 0.25-0.45
+# (docs/characterization.md, "Fifty-third session")
 WALL_SEEN_HU = -700.0
 WALL_NEAR_MM = 1.0
-WALLED_MIN_SHARE = 0.6
+WALLED_MIN_SHARE = 0.5
 LOCAL_MARGIN_MM = 6.0
 WALL_TOLERANCE_MM = 1.5
 INSIDE_MIN_SHARE = 0.7
