@@ -74,7 +74,8 @@ LOCAL_MARGIN_MM = 6.0
 WALL_TOLERANCE_MM = 1.5
 INSIDE_MIN_SHARE = 0.7
 CENTRE_DEPTH_MM = 1.0
-# the lumen round the lesion, SHELL_INNER_MM past its radius out to LOCAL_MARGIN_MM, in parts of MIN_PART_MM3 or more:
+# one tube through the lesion (`_one_tube_through`): the lumen from SHELL_INNER_MM past the lesion's radius out to the
+# ROI's faces, in parts of MIN_PART_MM3 or more that come within LOCAL_MARGIN_MM of it
 SHELL_INNER_MM = 2.0
 MIN_PART_MM3 = 3.0
 MAX_ACROSS_SPREAD = 0.8  # x the lumen's radius: a straight tube's spread across its axis is 0.5
