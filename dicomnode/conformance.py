@@ -101,8 +101,8 @@ AIR_REQUIREMENTS: list[tuple[str, str, str]] = [
      "planar SCOORD kept; `comprehensive` stays the default because OHIF 3.13 and Orthanc Stone draw SCOORD"),
     ("Image Library (TID 1600) of the images the findings are on", "yes", "the key slices"),
     ("Standard codes, a private scheme only where none exists, declared", "partly",
-     "Lung-RADS categories and six concepts have no DICOM/SNOMED code: 99DCMNODE_LRADS and 99DCMNODE, "
-     "declared in the Coding Scheme Identification Sequence"),
+     "Lung-RADS categories and the concepts of section 10.2 have no DICOM/SNOMED code: 99DCMNODE_LRADS and "
+     "99DCMNODE, declared in the Coding Scheme Identification Sequence"),
     ("Key Object Selection of the key images", "no", "not produced; the SR's Image Library lists the key slices"),
     ("Presentation states for image overlays (AIR does not define burned-in images)", "no",
      "the overlays are Secondary Capture images marked NOT FOR DIAGNOSTIC USE (`results.send_overlays`), "
@@ -149,7 +149,35 @@ def _air_section() -> list[str]:
         "  ROI group TID 1500 and AIR define for an image region, so it is not done.",
         "",
     ]
-    return out
+    return out + _private_codes_section()
+
+
+def private_concepts() -> list[CodedConcept]:
+    """Every concept of the private scheme the SR's code table (dicomnode.results.sr_codes) defines, once each, in the
+    order it defines them: a name, or a value in one of its value sets."""
+    from dicomnode.results import sr_codes as sr
+
+    found: dict[str, CodedConcept] = {}
+    for value in vars(sr).values():
+        for concept in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(concept, CodedConcept) and concept.scheme_designator == sr.PRIVATE_SCHEME:
+                found.setdefault(concept.value, concept)
+    return list(found.values())
+
+
+def _private_codes_section() -> list[str]:
+    from dicomnode.results.sr_codes import PRIVATE_SCHEME
+
+    out = [
+        f"### 10.2 The private codes ({PRIVATE_SCHEME})",
+        "",
+        "Used only where DICOM PS3.16 and SNOMED CT have no code for the concept (dicomnode.results.sr_codes says",
+        "why for each); the Lung-RADS categories are coded in 99DCMNODE_LRADS.",
+        "",
+        "| Code | Meaning |",
+        "|---|---|",
+    ]
+    return out + [f"| {c.value} | {c.meaning} |" for c in private_concepts()] + [""]
 
 
 def _uid_table(rows: list[tuple[str, str]], headers: tuple[str, str, str]) -> list[str]:

@@ -429,3 +429,31 @@ def test_a_nodule_note_is_its_groups_comment(series):
                 if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"]
 
     assert comments(groups[0]) == [] and comments(groups[1]) == [note]
+
+
+def _private_codes(items) -> set[str]:
+    """Every code of the private scheme in an SR's content tree (concept names and coded values)."""
+    found: set[str] = set()
+    for item in items:
+        for attribute in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+            for code in getattr(item, attribute, []):
+                if code.CodingSchemeDesignator == "99DCMNODE":
+                    found.add(code.CodeValue)
+        found |= _private_codes(getattr(item, "ContentSequence", []))
+    return found
+
+
+def test_every_private_code_the_sr_uses_is_in_the_conformance_statement(series, result):
+    """An integration engineer maps the SR's codes from docs/conformance.md (section 10.2): every 99DCMNODE code an SR
+    carries, with a cyst and an airway nodule among its findings, is listed there."""
+    from dicomnode import conformance
+
+    cyst = replace(result.findings[1], cyst="thick_walled", brock_risk=None, lung_rads="4A")
+    polyp = replace(result.findings[0], airway="segmental_or_proximal", brock_risk=None, lung_rads="4A")
+    ds = build_sr(list(series), replace(result, findings=[polyp, cyst]), ResultOptions())
+    used = _private_codes(ds.ContentSequence)
+    assert {"AIRLUMEN", "THICKCYST", "AIRWAYLEVEL", "SEGAIRWAY", "MODELSCORE"} <= used
+    listed = {c.value for c in conformance.private_concepts()}
+    assert used <= listed, used - listed
+    statement = conformance.generate()
+    assert all(f"| {code} |" in statement for code in used)
