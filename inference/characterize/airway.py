@@ -13,11 +13,11 @@ An airway nodule is graded by these rules, not by the parenchymal nodules' size 
 How it is found, from the detector's centre and diameter, on the image (`airway_lesion`):
 - the lesion: soft tissue (over `SOFT_HU` on the image lightly smoothed in plane) joined to the detector's centre
   within `LESION_REACH` x its radius;
-- the lumen: air under `LUMEN_MAX_HU` and `LUMEN_BELOW_LUNG_HU` under the lung round it (on the image smoothed in 3D: a
-  bronchus's lumen reads -1000 ... -950 HU, aerated lung -900 ... -800) within `CONTACT_MM` of the lesion, grown out to
-  its walls' half-way level (`SOFT_HU`). It runs out of the ROI (an airway goes on; a cyst's lumen is sealed,
-  `characterize.cyst`) and is lined by a wall: `WALLED_MIN_SHARE` of its surface near the lesion lies within
-  `WALL_NEAR_MM` of a wall (over `WALL_SEEN_HU`; emphysema and bullae border lung, not a wall);
+- the lumen: air (`segment.lung.lumen_air_limit_hu`: under -950 HU and 60 HU under the lung round it) (on the image
+  smoothed in 3D: a bronchus's lumen reads -1000 ... -950 HU, aerated lung -900 ... -800) within `CONTACT_MM` of the
+  lesion, grown out to its walls' half-way level (`SOFT_HU`). It runs out of the ROI (an airway goes on; a cyst's
+  lumen is sealed, `characterize.cyst`) and is lined by a wall: `WALLED_MIN_SHARE` of its surface near the lesion lies
+  within `WALL_NEAR_MM` of a wall (over `WALL_SEEN_HU`; emphysema and bullae border lung, not a wall);
 - one straight tube through the lesion (`_one_tube_through`): the lumen round it is one part (a polyp's crescent joins
   the tube's two ends) or two (a plug's sides), each straight, with its axis within the lumen's radius of the lesion's
   centre. A fork shows three parts, or branches whose axes pass beside a nodule in their crotch;
@@ -33,7 +33,7 @@ How it is found, from the detector's centre and diameter, on the image (`airway_
   mean - 2 SD) or more is taken as segmental or more proximal. The calibre approximates the generation, which the node
   does not trace; the note says so. A large airway reads smaller than it is (a 16 mm one about 13 mm: the widest near
   the lesion), which does not move it below the line.
-Limits: a lumen under about 3.5 mm (partial volume keeps it over `LUMEN_MAX_HU` on 1 mm slices) is not seen, nor is a
+Limits: a lumen under about 3.5 mm (partial volume keeps it over -950 HU on 1 mm slices) is not seen, nor is a
 lesion under 3 mm across (`MIN_DEPTH_MM`), so those are graded as nodules by their size; a plug with air on one side
 only (the lumen ends at it) is not called intraluminal, nor is a cancer a bronchus leads into (the bronchus sign), nor
 a lesion at a branching (the fork rule), which are graded by size as before. Shown on tubes and
@@ -46,13 +46,12 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from inference.characterize.model import AirwayLesion, AirwayLevel
+from inference.characterize.segment.lung import lumen_air_limit_hu
 from inference.characterize.segment.masks import (
-    component_at, dilate_mm, distance2, on_the_faces, parts_touching, roi_box,
+    component_at, dilate_mm, distance2, mask_surface, on_the_faces, parts_touching, roi_box,
 )
 
 SOFT_HU = -500.0  # over halfway from aerated lung (-850) to soft tissue (40): the lesion and the airway's wall
-LUMEN_MAX_HU = -950.0
-LUMEN_BELOW_LUNG_HU = 60.0
 # the lumen on the image smoothed in 3D (70 HU of noise falls to about 16 HU: the lumen reads whole), the lesion and the
 # walls on the image smoothed lightly in plane (a 1 mm wall keeps its peak)
 SMOOTH_MM = 0.6
@@ -89,14 +88,14 @@ ROI_MARGIN_MM = 12.0
 def _walled_share(lumen: np.ndarray, near: np.ndarray, fine: np.ndarray, spacing: np.ndarray) -> float:
     """Share of the lumen's surface `near` the lesion with a wall (or the lesion: over WALL_SEEN_HU) within
     WALL_NEAR_MM. The ROI's faces are no surface: the lumen runs on past them."""
-    surface = lumen & near & ~ndimage.binary_erosion(lumen, structure=np.ones((3, 3, 3), bool), border_value=1)
+    surface = mask_surface(lumen) & near
     to_wall = ndimage.distance_transform_edt(fine <= WALL_SEEN_HU, sampling=spacing)
     return float((to_wall[surface] <= WALL_NEAR_MM).mean()) if surface.any() else 0.0
 
 
 def _to_the_walls(core: np.ndarray, fine: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The lumen out to its walls' half-way level (SOFT_HU on the lightly smoothed image, where a reader's calipers sit
-    on the wall's inner edge): the air under LUMEN_MAX_HU on the smoothed image lies up to a millimetre or two inside
+    on the wall's inner edge): the lumen's air on the smoothed image lies up to a millimetre or two inside
     it, and a 4 mm bronchus on 1 mm slices holds it on one slice only."""
     near = ndimage.distance_transform_edt(~core, sampling=spacing) <= CONTACT_MM
     return parts_touching((fine < SOFT_HU) & near, core)
@@ -150,7 +149,7 @@ def _open_lumen(lesion: np.ndarray, smooth: np.ndarray, fine: np.ndarray, soft: 
     """The air that touches the lesion, out to its walls (`_to_the_walls`), where it runs on out of the ROI as an
     airway does; None where there is none, or it is sealed (a cyst's, `characterize.cyst`)."""
     lung = float(np.median(smooth[~soft])) if (~soft).any() else -850.0
-    air = smooth < min(LUMEN_MAX_HU, lung - LUMEN_BELOW_LUNG_HU)
+    air = smooth < lumen_air_limit_hu(lung)
     labels, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
     touching = np.unique(labels[dilate_mm(lesion, CONTACT_MM, spacing) & air])
     lumen = _to_the_walls(np.isin(labels, touching[touching > 0]), fine, spacing)

@@ -17,12 +17,12 @@ line where the lumen's diameter is half the lesion's (`CAVITY_LUMEN_SHARE`, its 
 How it is measured, from the detector's centre and diameter, on the image (not on the nodule's segmentation, which a
 thin wall does not hold):
 - wall: voxels over `WALL_HU` on the image lightly smoothed in plane; lumen: what the wall encloses on an axial slice
-  (2D hole filling, as a reader sees a ring) and is air, under `LUMEN_MAX_HU` and `LUMEN_BELOW_LUNG_HU` under the
-  lung around it (lung that vessels enclose on one slice is at the lung's level), in parts of `MIN_LOCULUS_MM3` or
-  more, each sealed in 3D (its air joins no more than `MAX_LEAK_SHARE` of itself beyond it, inside the ROI) and
-  roundish (`MAX_ELONGATION`): an airway is a ring on every slice it crosses, but its air goes on where the ring
-  opens, and it is a tube. One part must reach within `NEAR_CENTRE_MM` of the detector's centre: the lesion found is
-  the cyst, not a nodule beside a bulla or an airway. Two or more parts: multilocular.
+  (2D hole filling, as a reader sees a ring) and is air (`segment.lung.lumen_air_limit_hu`: under -950 HU and 60 HU
+  under the lung around it; lung that vessels enclose on one slice is at the lung's level), in parts of
+  `MIN_LOCULUS_MM3` or more, each sealed in 3D (its air joins no more than `MAX_LEAK_SHARE` of itself beyond it,
+  inside the ROI) and roundish (`MAX_ELONGATION`): an airway is a ring on every slice it crosses, but its air goes on
+  where the ring opens, and it is a tube. One part must reach within `NEAR_CENTRE_MM` of the detector's centre: the
+  lesion found is the cyst, not a nodule beside a bulla or an airway. Two or more parts: multilocular.
 - the wall's thickness on the lumen's central slices (`CENTRAL_SHARE` of its largest section), along `RAYS` rays
   in plane from the lumen's centre: from where a ray last leaves the lumen, the width of the wall's profile at half
   its height over the lung (its full width at half maximum, which a thin wall's partial volume does not widen the
@@ -52,13 +52,12 @@ from scipy import ndimage
 
 from inference.characterize.measure import feret
 from inference.characterize.model import Axes, Cyst, CystKind
+from inference.characterize.segment.lung import lumen_air_limit_hu
 from inference.characterize.segment.masks import (
     distance2, enclosed_in_plane, equivalent_radius, on_the_faces, parts_reaching_out, roi_box,
 )
 
 WALL_HU = -500.0  # over halfway from aerated lung (-850) to soft tissue (40): a wall voxel
-LUMEN_MAX_HU = -950.0  # the lumen is air: a cyst reads -1000 ... -980, normal lung -900 ... -800
-LUMEN_BELOW_LUNG_HU = 60.0  # ...and below the lung around it (emphysematous lung can reach -950)
 MIN_LOCULUS_MM3 = 8.0  # a lumen of about 2.5 mm across or more
 # the detector's centre lies in the lumen or its wall: a nodule beside a bulla is the nodule, graded by its size
 NEAR_CENTRE_MM = 2.5
@@ -118,7 +117,7 @@ def _lumen(smooth: np.ndarray, spacing: np.ndarray, centre: np.ndarray,
     holes = enclosed_in_plane(wall)
     outside = ~wall & ~holes
     lung = float(np.median(smooth[outside])) if outside.any() else -850.0
-    limit = min(LUMEN_MAX_HU, lung - LUMEN_BELOW_LUNG_HU)
+    limit = lumen_air_limit_hu(lung)
     labels, _ = ndimage.label(holes)
     air_labels, _ = ndimage.label(smooth < limit)
     d2 = distance2(smooth.shape, centre, spacing)

@@ -12,6 +12,10 @@ from inference.characterize.segment.masks import dilate_mm, enclosed_in_plane
 from inference.characterize.segment.segmentation import SEED_THRESHOLD_HU
 
 DEFAULT_PARENCHYMA_HU = -850.0
+# The air of a lumen (a cyst's, an airway's): under LUMEN_MAX_HU (a lumen reads -1000 ... -950, normal lung -900 ...
+# -800) and LUMEN_BELOW_LUNG_HU under the lung round it (emphysematous lung can reach -950)
+LUMEN_MAX_HU = -950.0
+LUMEN_BELOW_LUNG_HU = 60.0
 # An airway beside a nodule: its wall (1-2 mm of soft tissue, read -300 ... -600 HU through partial volume) joins the
 # nodule's ground-glass edge with no neck, and the first watershed's nodule took it: full-size 17039:0 (a free 6.0 mm
 # part-solid nodule, +49 %) and 24016:3 (8.1 mm solid by the pleura, +88 %, read part-solid). On a slice the wall is a
@@ -55,6 +59,11 @@ def clear_lung(hu: np.ndarray, seed: np.ndarray, spacing: np.ndarray) -> np.ndar
     """HU of the ROI's aerated lung more than 2 mm from any candidate (`seed`): its level is the partial-volume
     baseline, its spread the noise `airway_walls` weighs a lumen against."""
     return aerated_hu(hu, dilate_mm(seed, 2.0, spacing))
+
+
+def lumen_air_limit_hu(lung_hu: float) -> float:
+    """The HU under which a voxel is a lumen's air, beside lung of level `lung_hu` (LUMEN_MAX_HU)."""
+    return min(LUMEN_MAX_HU, lung_hu - LUMEN_BELOW_LUNG_HU)
 
 
 def parenchyma_level(lung: np.ndarray) -> float:

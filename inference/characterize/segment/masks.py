@@ -157,9 +157,14 @@ def parts_reaching_out(
             yield part, outside
 
 
+def mask_surface(mask: np.ndarray) -> np.ndarray:
+    """The mask's surface voxels: those with a 26-neighbour outside it (the box's faces are no surface)."""
+    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3, 3), bool), border_value=1)
+
+
 def surface_share(mask: np.ndarray, other: np.ndarray) -> float:
-    """Share (0..1) of the mask's surface voxels (those with a 26-neighbour outside it) that lie in `other`."""
-    surface = mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3, 3), bool), border_value=1)
+    """Share (0..1) of the mask's surface voxels (`mask_surface`) that lie in `other`."""
+    surface = mask_surface(mask)
     return float((surface & other).sum()) / max(1, int(surface.sum()))
 
 
