@@ -158,6 +158,49 @@ class RiskInputs:
 
 
 @dataclass(frozen=True)
+class CoronaryCalciumSummary:
+    """Coronary artery calcium on the exam (inference/characterize/cardiac.py), or why it was not measured."""
+
+    agatston: float | None  # Agatston-equivalent score scaled to 3 mm slices; None: not measured (`note` says why)
+    grade: str | None = None  # CAC-DRS: "none" | "mild" | "moderate" | "severe"
+    lesions: int = 0
+    volume_mm3: float = 0.0
+    threshold_hu: float | None = None  # 130 HU, or higher where the image's noise raised it
+    note: str | None = None
+
+    @property
+    def words(self) -> str:
+        """One line for the report, the console and the overlay."""
+        if self.agatston is None:
+            return self.note or "not measured"
+        counted = f"; {self.lesions} lesion{'s' if self.lesions > 1 else ''}" if self.lesions else ""
+        text = f"{self.grade}, Agatston-equivalent {self.agatston:.0f} (non-gated CT{counted})"
+        return f"{text}; {self.note}" if self.note else text
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OtherFinding:
+    """A finding other than lung cancer for which the Lung-RADS S modifier is suggested (clinical.significant)."""
+
+    kind: str  # "coronary_calcium" | "emphysema"
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def s_modifier_words(texts: list[str]) -> str | None:
+    """Why S is suggested, for the report, the console, the overlay and the SR; None when it is not."""
+    if not texts:
+        return None
+    return ("Lung-RADS S suggested for " + "; ".join(texts)
+            + " (the reader decides: S is not needed for a finding already known, under evaluation or treated)")
+
+
+@dataclass(frozen=True)
 class ExamSummary:
     """The exam-level statement: Lung-RADS category and recommendation, emphysema, risk-model inputs."""
 
@@ -172,10 +215,25 @@ class ExamSummary:
     verdict_reasons: tuple[str, ...] = ()
     headline: str = "brock"  # which risk is the headline figure: "brock", or "model" for validated weights
     image_noise_hu: float | None = None  # the series' noise; above emphysema.LAA950_MAX_NOISE_HU LAA-950 is not used
+    coronary_calcium: CoronaryCalciumSummary | None = None
+    significant_findings: tuple[OtherFinding, ...] = ()  # S suggested when any; the category itself is unchanged
+
+    @property
+    def lung_rads_label(self) -> str:
+        """The category as a report writes it, with the S modifier when suggested: "2S"."""
+        return f"{self.lung_rads}S" if self.significant_findings else self.lung_rads
+
+    @property
+    def s_modifier_words(self) -> str | None:
+        return s_modifier_words([f.text for f in self.significant_findings])
 
     def to_json(self) -> dict[str, Any]:
         return {
             "lung_rads": self.lung_rads,
+            "lung_rads_label": self.lung_rads_label,
+            "s_modifier": bool(self.significant_findings),
+            "significant_findings": [f.to_json() for f in self.significant_findings],
+            "coronary_calcium": None if self.coronary_calcium is None else self.coronary_calcium.to_json(),
             "recommendation": self.recommendation,
             "reason": self.reason,
             "lungs_fully_covered": self.lungs_fully_covered,

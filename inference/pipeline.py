@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from inference.characterize import ExamCharacteristics, NoduleCharacteristics, characterize_exam, characterize_nodule
 from inference.characterize.calcification import CALCIUM_HU
+from inference.characterize.cardiac import coronary_calcium, is_axial
 from inference.characterize.emphysema import LAA950_MAX_NOISE_HU
 from inference.characterize.measure import size_caveat, slices_across, sphere_volume_mm3
 from inference.characterize.model import Axes, Cyst
@@ -40,16 +41,19 @@ from inference.clinical import (
     exam_verdict,
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
+from inference.clinical.significant import calcium_grade, significant_findings, whole_score
 from inference.clinical.types import airway_or_none, cyst_or_none, margin_or_not_assessed
 from inference.contrast import contrast_agent, contrast_calcium_note, contrast_exam_note
 from inference.detect import MAX_FINDINGS, REPORT_LOGIT, Candidate, Mode, detect, lesions_over_threshold, logit_of
 from inference.findings import (
+    CoronaryCalciumSummary,
     ExamSummary,
     Finding,
     KeySlice,
     ModelIdentity,
     NoduleLocation,
     NotAnalysable,
+    OtherFinding,
     RiskInputs,
     SeriesResult,
     Verdict,
@@ -228,11 +232,14 @@ class LungNodulePipeline:
         # each nodule, lung volume, LAA-950 and coverage
         lungs = pre.source_lung_mask()
         exam_chars = characterize_exam(volume.hu, volume.spacing, lungs)
+        contrast = contrast_agent(header)
+        calcium = coronary_calcium_summary(volume, lungs, exam_chars.image_noise_hu, contrast)
         measured = [self._characterize(volume, pre, cand, lungs) for cand in reported]
         patient = patient_inputs(header)
         findings, exam, verdict = assess(measured, scores, exam_chars, patient, self.family_history,
                                          self.emphysema_laa950_pct, volume, slice_thickness_mm(volume, header),
-                                         not_reported=len(lesions) - len(reported), contrast=contrast_agent(header))
+                                         not_reported=len(lesions) - len(reported), contrast=contrast,
+                                         calcium=calcium)
         timings["characterize"] = time.perf_counter() - t
 
         headline = max((f.brock_risk or 0.0 for f in findings), default=0.0)
@@ -263,6 +270,23 @@ class LungNodulePipeline:
         engine = getattr(self, "classifier_engine", None)
         if engine is not None:
             engine.close()
+
+
+def coronary_calcium_summary(volume: Volume, lungs: np.ndarray, noise_hu: float | None,
+                             contrast: str | None) -> CoronaryCalciumSummary:
+    """The exam's coronary artery calcium, or why it was not measured: enhanced blood reads over the calcium
+    threshold, so a series with intravenous contrast is not scored."""
+    if contrast:
+        return CoronaryCalciumSummary(None, note=f"not measured: intravenous contrast ({contrast}) makes blood read "
+                                                 "as calcium")
+    if not is_axial(volume.direction):
+        return CoronaryCalciumSummary(None, note="not measured: the series is not axial")
+    measured = coronary_calcium(volume.hu, volume.spacing, lungs, volume.direction, noise_hu)
+    if measured is None:
+        return CoronaryCalciumSummary(None, note="not measured: the heart was not found in the scan")
+    score = whole_score(measured.agatston)  # as CAC-DRS grades it
+    return CoronaryCalciumSummary(score, calcium_grade(score).value, measured.lesions, round(measured.volume_mm3, 1),
+                                  measured.threshold_hu, measured.note)
 
 
 def key_slice(volume: Volume, src_zyx: np.ndarray) -> KeySlice:
@@ -559,12 +583,14 @@ def _centre(m: Measured) -> np.ndarray:
 def assess(
     measured: list[Measured], scores: np.ndarray, exam_chars: ExamCharacteristics, patient: PatientInputs,
     family_history: FamilyHistory, emphysema_threshold_pct: float, volume: Volume, slice_mm: float,
-    not_reported: int = 0, contrast: str | None = None,
+    not_reported: int = 0, contrast: str | None = None, calcium: CoronaryCalciumSummary | None = None,
 ) -> tuple[list[Finding], ExamSummary, Verdict]:
     """Lung-RADS per nodule and exam, Brock per nodule and the exam verdict, as the findings contract.
     `not_reported`: lesions over the report threshold past the reported ones (max_findings); Brock's nodule count
     includes them, and the exam says so. `contrast`: the intravenous contrast agent the header names
-    (`contrast.contrast_agent`; None: none given), which the exam and every nodule read calcified mention."""
+    (`contrast.contrast_agent`; None: none given), which the exam and every nodule read calcified mention.
+    `calcium`: the exam's coronary calcium (`coronary_calcium_summary`), which with emphysema may suggest the
+    Lung-RADS S modifier (`clinical.significant`)."""
     built = [clinical_nodule(m, slice_mm) for m in measured]
     nodules = tuple(n for n, _ in built)
     covered = exam_chars.lungs_fully_covered
@@ -610,7 +636,10 @@ def assess(
         lung_rads=assessment.category.value, recommendation=assessment.recommendation,
         lungs_fully_covered=covered, risk_inputs=inputs, reason="; ".join(caveats) or None,
         laa950_pct=exam_chars.laa950_pct, lung_volume_ml=exam_chars.lung_volume_ml, highest_brock_risk=highest,
-        verdict_reasons=verdict.reasons, image_noise_hu=exam_chars.image_noise_hu,
+        verdict_reasons=verdict.reasons, image_noise_hu=exam_chars.image_noise_hu, coronary_calcium=calcium,
+        significant_findings=tuple(OtherFinding(f.kind.value, f.text) for f in significant_findings(
+            calcium_agatston=None if calcium is None else calcium.agatston, laa950_pct=exam_chars.laa950_pct,
+            laa950_reliable=exam_chars.laa950_reliable, emphysema_threshold_pct=emphysema_threshold_pct)),
     )
     return findings, summary, verdict.verdict
 

@@ -154,7 +154,7 @@ def _print_summary(result: SeriesResult) -> None:
     print(f"verdict: {result.verdict.value} ({risk} {result.verdict_probability:.1%}); "
           f"model {result.model.name} {result.model.version} on {result.model.engine}")
     if exam is not None:
-        print(f"exam: Lung-RADS {exam.lung_rads}: {exam.recommendation}")
+        print(f"exam: Lung-RADS {exam.lung_rads_label}: {exam.recommendation}")
         laa = "n/a" if exam.laa950_pct is None else f"{exam.laa950_pct:.1f} %"
         vol = "n/a" if exam.lung_volume_ml is None else f"{exam.lung_volume_ml:.0f} ml"
         inputs = exam.risk_inputs
@@ -162,6 +162,10 @@ def _print_summary(result: SeriesResult) -> None:
         noise = "" if exam.image_noise_hu is None else f" (image noise {exam.image_noise_hu:.0f} HU)"
         print(f"emphysema LAA-950 {laa} of {vol} lung{noise}; Brock inputs: age {age}, sex {inputs.sex or 'missing'}, "
               f"family history {inputs.family_history}, emphysema {'yes' if inputs.emphysema else 'no'}")
+        if exam.coronary_calcium is not None:
+            print(f"coronary calcium: {exam.coronary_calcium.words}")
+        if exam.s_modifier_words:
+            print(exam.s_modifier_words)
         if exam.reason:
             print(f"note: {exam.reason}")
     from inference.findings import lesion_type_words

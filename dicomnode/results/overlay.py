@@ -271,6 +271,10 @@ def _exam_lines(result: SeriesResult) -> list[str]:
     if exam.laa950_pct is not None:
         volume = f" of {exam.lung_volume_ml:.0f} mL lung" if exam.lung_volume_ml is not None else ""
         lines.append(f"LAA-950 {exam.laa950_pct:.1f}%{volume}")
+    if exam.coronary_calcium is not None:
+        lines.append(f"Coronary calcium: {exam.coronary_calcium.words}")
+    if exam.s_modifier_words:
+        lines.append(exam.s_modifier_words)
     missing = ", ".join(exam.risk_inputs.missing)
     if missing:
         lines.append(f"Brock inputs missing (reference value used): {missing}")
@@ -289,7 +293,7 @@ def summary_lines(result: SeriesResult) -> list[str]:
         lines.append("No lung nodules detected.")
     else:
         highest = max((f.brock_risk for f in result.findings if f.brock_risk is not None), default=None)
-        category = f"exam Lung-RADS {result.exam.lung_rads}; " if result.exam is not None else ""
+        category = f"exam Lung-RADS {result.exam.lung_rads_label}; " if result.exam is not None else ""
         lines.append(f"{len(result.findings)} nodule(s); {category}highest Brock risk {percent(highest)}")
     for number, finding in enumerate(result.findings, start=1):
         z = finding.center_mm[2]

@@ -41,6 +41,7 @@ from dicomnode.results.sr_codes import (
     CALCIFICATION_PATTERN,
     CERTAINTY_OF_FINDING,
     COMMENT,
+    CORONARY_CALCIUM,
     CYST_KIND,
     DIAMETER,
     LAA950,
@@ -49,6 +50,7 @@ from dicomnode.results.sr_codes import (
     LONG_AXIS,
     LUNG,
     LUNG_RADS_CONCEPT,
+    LUNG_RADS_MODIFIER,
     MARGIN,
     MEAN,
     MODEL_METHOD,
@@ -65,6 +67,7 @@ from dicomnode.results.sr_codes import (
     RECOMMENDATION,
     SCORE_UNIT,
     SHORT_AXIS,
+    S_MODIFIER_SUGGESTED,
     SOLID_COMPONENT_DIAMETER,
     SUBPLEURAL,
     SUMMARY_OF_DETECTIONS,
@@ -340,6 +343,21 @@ def emphysema_items(exam: ExamSummary) -> list[hd.sr.TextContentItem]:
     return items
 
 
+def significant_items(exam: ExamSummary) -> list[hd.sr.CodeContentItem | hd.sr.TextContentItem]:
+    """The coronary calcium (TEXT: its grade and score, or why it was not measured) and, when suggested, the Lung-RADS
+    modifier S (CODE) with the findings it is suggested for (TEXT)."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = []
+    if exam.coronary_calcium is not None:
+        items.append(hd.sr.TextContentItem(name=CORONARY_CALCIUM, value=exam.coronary_calcium.words,
+                                           relationship_type=contains))
+    if exam.s_modifier_words:
+        items.append(hd.sr.CodeContentItem(name=LUNG_RADS_MODIFIER, value=S_MODIFIER_SUGGESTED,
+                                           relationship_type=contains))
+        items.append(hd.sr.TextContentItem(name=COMMENT, value=exam.s_modifier_words, relationship_type=contains))
+    return items
+
+
 def exam_statements(exam: ExamSummary) -> hd.sr.ContainerContentItem:
     """Report-level Qualitative Evaluations (TID 1500): exam Lung-RADS, recommendation, LAA-950 and lung
     volume, risk-model inputs, caveats."""
@@ -349,6 +367,7 @@ def exam_statements(exam: ExamSummary) -> hd.sr.ContainerContentItem:
         hd.sr.CodeContentItem(name=LUNG_RADS_CONCEPT, value=lung_rads_code(exam.lung_rads), relationship_type=contains),
         hd.sr.TextContentItem(name=RECOMMENDATION, value=exam.recommendation, relationship_type=contains),
         *emphysema_items(exam),
+        *significant_items(exam),
         hd.sr.TextContentItem(name=COMMENT, value=risk_inputs_text(exam), relationship_type=contains),
         hd.sr.TextContentItem(
             name=COMMENT, relationship_type=contains,

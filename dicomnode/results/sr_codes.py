@@ -49,6 +49,12 @@ BROCK_METHOD = CodedConcept("BROCK", PRIVATE_SCHEME, "Brock University (PanCan) 
 MODEL_METHOD = CodedConcept("DLMODEL", PRIVATE_SCHEME, "Detection model malignancy head, validated weights")
 BROCK_ALGORITHM = ("Brock University (PanCan) model", "McWilliams et al. N Engl J Med 2013;369:910-919, full model")
 LAA950 = CodedConcept("LAA950", PRIVATE_SCHEME, "Lung volume below -950 HU (LAA-950)")
+# the exam's coronary calcium, a TEXT item at report level (grade and Agatston-equivalent score): SCT 450360000
+CORONARY_CALCIUM = codes.SCT.CoronaryArteryCalciumScore
+# Lung-RADS v2022 modifier S (inference.clinical.significant): no code exists for the modifier, as for the categories
+LUNG_RADS_MODIFIER = CodedConcept("LRADSMOD", PRIVATE_SCHEME, "Lung-RADS modifier")
+S_MODIFIER_SUGGESTED = CodedConcept("LRADSS", PRIVATE_SCHEME,
+                                    "S: significant finding other than lung cancer, suggested")
 SCORE_UNIT = CodedConcept("{score}", "UCUM", "score")  # a UCUM annotation: a 0..1 score, not a percentage
 
 # ---- qualitative evaluations: the Chest CAD SR concepts of PS3.16 (TID 4100 family) where they fit

@@ -189,7 +189,8 @@ def _opt(value: float | None, fmt: str) -> str:
 def exam_rows(exam: dict[str, Any]) -> list[tuple[str, str]]:
     """The exam statement: category (with the reason for a 0), management, emphysema, the risk inputs."""
     inputs = exam.get("risk_inputs") or {}
-    category = exam["lung_rads"] + (f" - {exam['reason']}" if exam.get("reason") else "")
+    category = exam.get("lung_rads_label") or exam["lung_rads"]
+    category += f" - {exam['reason']}" if exam.get("reason") else ""
     emphysema = (f"LAA-950 {exam['laa950_pct']:.1f}% of lung volume" if exam.get("laa950_pct") is not None
                  else "LAA-950 not measured")
     if exam.get("lung_volume_ml") is not None:
@@ -199,8 +200,10 @@ def exam_rows(exam: dict[str, Any]) -> list[tuple[str, str]]:
     age = "missing" if inputs.get("age_years") is None else f"{inputs['age_years']:.0f}"
     given = (f"age {age}, sex {inputs.get('sex') or 'missing'}, family history {inputs.get('family_history') or 'unknown'}, "
              f"emphysema {'yes' if inputs.get('emphysema') else 'no'}. {exam['missing_inputs_text']}")
-    rows = [("Lung-RADS (exam)", category), ("Recommendation", exam["recommendation"]), ("Emphysema", emphysema),
-            ("Risk inputs", given)]
+    rows = [("Lung-RADS (exam)", category), ("Recommendation", exam["recommendation"]), ("Emphysema", emphysema)]
+    rows += [(label, exam[key]) for label, key in (("Coronary calcium", "coronary_calcium_text"),
+                                                   ("Modifier S", "s_modifier_text")) if exam.get(key)]
+    rows.append(("Risk inputs", given))
     if exam.get("highest_brock_risk") is not None:
         rows.append(("Highest Brock risk", f"{exam['highest_brock_risk']:.0%}"))
     return rows

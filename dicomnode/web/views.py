@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased
 
 from dicomnode.process.pipelines import MODEL_PIPELINES, model_identity, model_manifest
 from dicomnode.web.story import is_job_or_delivery
+from inference.findings import CoronaryCalciumSummary, s_modifier_words
 from storage.models import Association, Delivery, FindingRow, Instance, Job, Series, Study
 from storage.queries import AuditFilter, counts_by, destination_health, run_query, series_events
 from storage.states import DeliveryState, JobState
@@ -331,6 +332,13 @@ def _series_known(s: Session, series_uid: Any) -> bool:
 REFERENCE_VALUES = {"age": "age 62 years (the model's centring value)", "sex": "male (the reference category)"}
 
 
+def _calcium_words(stored: object) -> str | None:
+    try:
+        return CoronaryCalciumSummary(**stored).words if isinstance(stored, dict) else None
+    except TypeError:  # not the fields this version writes
+        return None
+
+
 def exam_view(exam: dict[str, Any] | None) -> dict[str, Any] | None:
     """The job's exam summary plus `missing_inputs_text`: the sentence the console and report print."""
     if not isinstance(exam, dict):
@@ -349,4 +357,10 @@ def exam_view(exam: dict[str, Any] | None) -> dict[str, Any] | None:
     if "family_history" in missing or inputs.get("family_history", "unknown") == "unknown":
         parts.append("Family history of lung cancer: unknown (not configured), counted as no.")
     text = " ".join(parts) or "All risk-model inputs were present."
-    return {**exam, "missing_inputs_text": text}
+    calcium = exam.get("coronary_calcium")
+    significant = [str(f.get("text")) for f in exam.get("significant_findings") or [] if isinstance(f, dict)]
+    return {**exam, "missing_inputs_text": text,
+            # an exam stored before the S modifier and coronary calcium (2026-12) has neither
+            "lung_rads_label": exam.get("lung_rads_label") or exam.get("lung_rads"),
+            "coronary_calcium_text": _calcium_words(calcium),
+            "s_modifier_text": s_modifier_words(significant)}

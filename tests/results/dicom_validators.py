@@ -17,11 +17,13 @@ from pydicom.dataset import Dataset
 from inference.clinical import RECOMMENDATIONS
 from inference.clinical.lungrads import LungRadsCategory
 from inference.findings import (
+    CoronaryCalciumSummary,
     ExamSummary,
     Finding,
     KeySlice,
     ModelIdentity,
     NoduleLocation,
+    OtherFinding,
     RiskInputs,
     SeriesResult,
     Verdict,
@@ -156,6 +158,9 @@ def exam_summary(lung_rads: str = "4X", headline: str = "brock") -> ExamSummary:
                                missing=("age", "sex")),
         laa950_pct=3.84, lung_volume_ml=5231.6, highest_brock_risk=0.3127, headline=headline,
         verdict_reasons=("Lung-RADS 4X",),
+        coronary_calcium=CoronaryCalciumSummary(412, "severe", 7, 96.4, 130.0),
+        significant_findings=(OtherFinding("coronary_calcium", "severe coronary artery calcification (Agatston-"
+                                           "equivalent 412 on this non-gated CT; CAC-DRS 3)"),),
     )
 
 

@@ -128,7 +128,7 @@ def test_labels_show_type_mean_diameter_lung_rads_and_brock(overlays, result):
     assert finding_label(2, polyp) == "2: solid airway nodule 6.5 mm, Lung-RADS 4A, Brock n/a"
     assert [sc.ImageComments for sc in overlays[:-1]] == expected
     lines = summary_lines(result)
-    assert lines[1] == "3 nodule(s); exam Lung-RADS 4X; highest Brock risk 31%"
+    assert lines[1] == "3 nodule(s); exam Lung-RADS 4XS; highest Brock risk 31%"  # S: severe coronary calcium
     assert overlays[-1].ImageComments == "Summary: " + lines[1]
     assert set(expected) <= set(lines)
     text = "\n".join(lines)
@@ -141,6 +141,8 @@ def test_labels_show_type_mean_diameter_lung_rads_and_brock(overlays, result):
     assert "LAA-950 3.8% of 5232 mL lung" in lines
     assert "Brock inputs missing (reference value used): age, sex" in lines
     assert "Zones approximate the lobes." in lines
+    assert "Coronary calcium: severe, Agatston-equivalent 412 (non-gated CT; 7 lesions)" in lines
+    assert any(line.startswith("Lung-RADS S suggested for severe coronary artery calcification") for line in lines)
     assert lines[lines.index("Zones approximate the lobes.") - 4].startswith("Recommendation: Diagnostic chest CT")
 
 

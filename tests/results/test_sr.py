@@ -11,7 +11,7 @@ from pydicom.filebase import DicomBytesIO
 
 from dicomnode.results import ResultOptions, build_not_analysed_sr, build_sr, result_uid, settings_digest
 from dicomnode.results.sr_codes import LUNG_RADS_SCHEME
-from inference.findings import NoduleLocation
+from inference.findings import CoronaryCalciumSummary, NoduleLocation
 from tests.results.dicom_validators import (
     MODEL,
     empty_result,
@@ -252,6 +252,22 @@ def test_exam_statements_at_report_level(sr, result):
     assert "family history of lung cancer unknown (counted as no)" in comments
     assert "Missing inputs (model reference value used): age, sex." in comments
     assert "approximate, and are not, the lobes" in comments
+    # the coronary calcium (SCT 450360000) and the Lung-RADS modifier S it suggests, CODE and its reasons
+    assert ("450360000", "severe, Agatston-equivalent 412 (non-gated CT; 7 lesions)") in texts
+    modifier = [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "LRADSMOD"]
+    assert [(i.ConceptCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodingSchemeDesignator)
+            for i in modifier] == [("LRADSS", "99DCMNODE")]
+    assert "Lung-RADS S suggested for severe coronary artery calcification (Agatston-equivalent 412" in comments
+
+
+def test_no_s_modifier_and_calcium_not_measured_are_stated(series, result):
+    exam = replace(result.exam, significant_findings=(), coronary_calcium=CoronaryCalciumSummary(
+        None, note="not measured: the heart was not found in the scan"))
+    items = _exam_container(build_sr(list(series), replace(result, exam=exam), ResultOptions()))
+    assert not [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "LRADSMOD"]
+    texts = [(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) for i in items if i.ValueType == "TEXT"]
+    assert ("450360000", "not measured: the heart was not found in the scan") in texts
+    assert not any("S suggested" in t for _, t in texts)
 
 
 def test_no_measurement_group_without_a_region_beside_the_nodules(sr):
@@ -452,7 +468,7 @@ def test_every_private_code_the_sr_uses_is_in_the_conformance_statement(series, 
     polyp = replace(result.findings[0], airway="segmental_or_proximal", brock_risk=None, lung_rads="4A")
     ds = build_sr(list(series), replace(result, findings=[polyp, cyst]), ResultOptions())
     used = _private_codes(ds.ContentSequence)
-    assert {"AIRLUMEN", "THICKCYST", "AIRWAYLEVEL", "SEGAIRWAY", "MODELSCORE"} <= used
+    assert {"AIRLUMEN", "THICKCYST", "AIRWAYLEVEL", "SEGAIRWAY", "MODELSCORE", "LRADSMOD", "LRADSS"} <= used
     listed = {c.value for c in conformance.private_concepts()}
     assert used <= listed, used - listed
     statement = conformance.generate()

@@ -8,8 +8,8 @@ from pydicom.dataset import Dataset
 
 from dicomnode.process.pipelines import PipelineContext, PipelineOutput
 from dicomnode.results import ResultOptions, build_results
-from inference.findings import (ExamSummary, Finding, KeySlice, ModelIdentity, NoduleLocation, RiskInputs,
-                                SeriesResult, Verdict)
+from inference.findings import (CoronaryCalciumSummary, ExamSummary, Finding, KeySlice, ModelIdentity,
+                                NoduleLocation, OtherFinding, RiskInputs, SeriesResult, Verdict)
 
 MODEL = ModelIdentity(name="test-nodule-model", version="0.0-test", weights_sha256="0" * 64, engine="test-cpu")
 DIAMETER_MM = 9.5  # part-solid, mean diameter >= 6 mm with a 6-8 mm solid component: Lung-RADS 4A
@@ -19,6 +19,7 @@ MODEL_SCORE = 0.62  # the phantom-trained classifier's score: never shown as a p
 LAA950_PCT = 3.24
 LUNG_VOLUME_ML = 4870.4
 IMAGE_NOISE_HU = 17.6  # the series' noise (soft tissue), under the 25 HU above which LAA-950 is not used
+CALCIUM_TEXT = "moderate coronary artery calcification (Agatston-equivalent 154 on this non-gated CT; CAC-DRS 2)"
 RECOMMENDATION = "3-month LDCT; PET/CT may be considered if there is a solid nodule or solid component >= 8 mm (>= 268 mm3)."
 EXAM = ExamSummary(
     lung_rads="4A", recommendation=RECOMMENDATION, lungs_fully_covered=True,
@@ -26,6 +27,9 @@ EXAM = ExamSummary(
                            missing=("age", "family_history")),
     laa950_pct=LAA950_PCT, lung_volume_ml=LUNG_VOLUME_ML, highest_brock_risk=BROCK_RISK,
     verdict_reasons=("Lung-RADS 4A",), image_noise_hu=IMAGE_NOISE_HU,
+    # moderate coronary calcium: the Lung-RADS S modifier is suggested (inference.clinical.significant)
+    coronary_calcium=CoronaryCalciumSummary(154, "moderate", 4, 61.8, 130.0),
+    significant_findings=(OtherFinding("coronary_calcium", CALCIUM_TEXT),),
 )
 
 

@@ -113,6 +113,11 @@ def _assert_exam(exam: dict[str, Any]) -> None:
     assert exam["laa950_pct"] == pytest.approx(3.24) and exam["lung_volume_ml"] == pytest.approx(4870.4)
     assert exam["risk_inputs"]["sex"] == "female" and exam["risk_inputs"]["age_years"] is None
     assert exam["risk_inputs"]["missing"] == ["age", "family_history"]
+    # the coronary calcium and the S modifier it suggests, as the pipeline stored them
+    assert exam["coronary_calcium"] == {"agatston": 154, "grade": "moderate", "lesions": 4, "volume_mm3": 61.8,
+                                        "threshold_hu": 130.0, "note": None}
+    assert exam["s_modifier"] is True and exam["lung_rads_label"] == "4AS"
+    assert exam["significant_findings"] == [{"kind": "coronary_calcium", "text": pipelines.CALCIUM_TEXT}]
 
 
 def test_retry_needs_csrf_and_is_audited(client: httpx.Client, open_series: dict[str, Any]) -> None:

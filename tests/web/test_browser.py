@@ -73,7 +73,11 @@ def test_console_in_a_browser(page: Any, secure_node: WebNode, secure_series: di
     brock = page.locator("#findings thead th", has_text="Brock risk")
     assert "McWilliams" in (brock.get_attribute("title") or "")
     assert page.locator("#findings thead th", has_text="model score (phantom-trained weights)").count() == 1
-    assert page.locator("#exam-lung-rads").inner_text() == "4A"
+    assert page.locator("#exam-lung-rads").inner_text() == "4AS"  # moderate coronary calcium: S suggested
+    assert (page.locator("#exam-coronary-calcium").inner_text()
+            == "moderate, Agatston-equivalent 154 (non-gated CT; 4 lesions)")
+    assert page.locator("#exam-s-modifier").inner_text().startswith(
+        "Lung-RADS S suggested for moderate coronary artery calcification (Agatston-equivalent 154")
     assert "3-month LDCT" in page.locator("#exam-recommendation").inner_text()
     assert page.locator("#exam-laa950").inner_text() == "LAA-950 3.2% of lung volume; lung volume 4870 ml; image noise 18 HU"
     assert "Missing from the DICOM header: age." in page.locator("#exam-missing").inner_text()

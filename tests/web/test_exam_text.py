@@ -7,7 +7,7 @@ from html import unescape
 from dicomnode.web.pages import TEMPLATES
 from dicomnode.web.report import exam_rows, finding_cells
 from dicomnode.web.views import exam_view, finding_json
-from inference.findings import ExamSummary, RiskInputs
+from inference.findings import CoronaryCalciumSummary, ExamSummary, OtherFinding, RiskInputs
 
 INCOMPLETE = ExamSummary(
     lung_rads="0", recommendation="Incomplete: additional lung cancer screening CT images are needed.",
@@ -67,3 +67,46 @@ def test_job_summary_gets_the_exam_as_json_whichever_way_the_pipeline_hands_it_o
     assert exam_json(PipelineOutput([], summary={"exam": EXAM})) == EXAM.to_json()
     assert exam_json(PipelineOutput([], summary={"exam": EXAM.to_json()})) == EXAM.to_json()
     assert exam_json(PipelineOutput([], verdict="not_analysed", summary={"reason": "not a chest CT"})) is None
+
+
+def test_coronary_calcium_and_the_s_modifier_are_stated_in_console_and_report() -> None:
+    exam = ExamSummary(
+        lung_rads="2", recommendation="Continue annual screening with LDCT in 12 months.", lungs_fully_covered=True,
+        risk_inputs=RiskInputs(age_years=67.0, sex="male", family_history="no", emphysema=True),
+        laa950_pct=8.1, coronary_calcium=CoronaryCalciumSummary(412, "severe", 7, 96.4, 130.0),
+        significant_findings=(OtherFinding("coronary_calcium", "severe coronary artery calcification"),
+                              OtherFinding("emphysema", "emphysema (LAA-950 8.1 %)")),
+    ).to_json()
+    view = exam_view(exam)
+    assert view is not None
+    html = unescape(TEMPLATES.get_template("_exam.html").render(exam=view))
+    assert "<b>2S</b>" in html
+    rows = dict(exam_rows(view))
+    assert rows["Lung-RADS (exam)"] == "2S"
+    assert rows["Coronary calcium"] == "severe, Agatston-equivalent 412 (non-gated CT; 7 lesions)"
+    assert rows["Modifier S"].startswith(
+        "Lung-RADS S suggested for severe coronary artery calcification; emphysema (LAA-950 8.1 %) (the reader decides")
+    assert rows["Modifier S"] in html
+
+
+def test_calcium_not_measured_says_why_and_an_older_exam_shows_neither_row() -> None:
+    contrast = {**INCOMPLETE, "coronary_calcium": CoronaryCalciumSummary(
+        None, note="not measured: intravenous contrast (OMNIPAQUE) makes blood read as calcium").to_json()}
+    rows = dict(exam_rows(exam_view(contrast)))  # type: ignore[arg-type]
+    assert rows["Coronary calcium"] == "not measured: intravenous contrast (OMNIPAQUE) makes blood read as calcium"
+    assert "Modifier S" not in rows and rows["Lung-RADS (exam)"].startswith("0 - ")
+    # an exam stored before coronary calcium and the S modifier (no such keys): the category alone, no new rows
+    older = {k: v for k, v in INCOMPLETE.items()
+             if k not in ("coronary_calcium", "significant_findings", "s_modifier", "lung_rads_label")}
+    rows = dict(exam_rows(exam_view(older)))  # type: ignore[arg-type]
+    assert "Coronary calcium" not in rows and "Modifier S" not in rows
+    assert rows["Lung-RADS (exam)"] == "0 - the lung apices are outside the field of view"
+    # fields another version wrote: no crash, no calcium row
+    odd = {**INCOMPLETE, "coronary_calcium": {"score": 3}}
+    assert "Coronary calcium" not in dict(exam_rows(exam_view(odd)))  # type: ignore[arg-type]
+
+
+def test_coronary_calcium_words() -> None:
+    assert CoronaryCalciumSummary(0, "none").words == "none, Agatston-equivalent 0 (non-gated CT)"
+    noisy = CoronaryCalciumSummary(24, "mild", 1, 9.5, 136.0, "image noise 40 HU: calcium read above 136 HU")
+    assert noisy.words == "mild, Agatston-equivalent 24 (non-gated CT; 1 lesion); image noise 40 HU: calcium read above 136 HU"
