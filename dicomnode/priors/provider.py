@@ -123,11 +123,12 @@ class NodePriors:
                 Delivery.job_id == job_id, Delivery.sop_class_uid.startswith(SR_CLASS_PREFIX)).limit(1)).scalar()
             verdict = Verdict(job.verdict) if job.verdict else Verdict.NOT_ANALYSED
             reason = (job.summary or {}).get("reason")
+            exam = (job.summary or {}).get("exam")
             series_uid = series.series_instance_uid
         result = SeriesResult(series_uid, verdict, 0.0, model, findings, not_analysed_reason=reason)
         datasets = load_series_datasets(self.db, self.spool, outcome.series_id)
         return PriorExam(True, outcome.summary(), outcome.prior.study_uid, series_uid, sr_uid, job_id, result,
-                         datasets, uids, ids, list(outcome.others))
+                         datasets, uids, ids, list(outcome.others), exam if isinstance(exam, dict) else None)
 
 
 def model_of(summary: dict[str, Any]) -> ModelIdentity:

@@ -19,7 +19,7 @@ from dicomnode.results.options import ResultOptions
 from dicomnode.results.overlay import build_comparison_overlay, change_line
 from dicomnode.results.sr_follow_up import FollowUp, NoduleFollowUp, derived_tracking_uid
 from inference.compare import Comparison, ExamInput, FindingComparison, compare_exams, lung_masks
-from inference.findings import Finding, SeriesResult
+from inference.findings import ExamSummary, Finding, SeriesResult
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def not_compared(result: SeriesResult, derived: list[str], statement: str, prior
     nodules = tuple(NoduleFollowUp(uid) for uid in derived)
     sr = FollowUp(with_others(statement, prior), nodules, prior.study_instance_uid if prior.available else None,
                   prior.sr_sop_instance_uid if prior.available else None)
-    return FollowUpOutcome(result, sr, summary, [{"tracking_uid": uid} for uid in derived])
+    return FollowUpOutcome(with_known_on_prior(result, prior), sr, summary, [{"tracking_uid": uid} for uid in derived])
 
 
 def prior_refs(prior: PriorExam) -> dict[str, Any]:
@@ -113,7 +113,8 @@ def compared(result: SeriesResult, derived: list[str], prior: PriorExam, compari
     sr = FollowUp(with_others(statement(prior, comparison, columns), prior), nodules, prior.study_instance_uid, prior.sr_sop_instance_uid,
                   tuple(resolved_line(entry) for entry in resolved))
     matched = [(i, fc.prior) for i, fc in enumerate(comparison.findings) if fc is not None and fc.prior is not None]
-    return FollowUpOutcome(follow_up_result(result, comparison), sr, summary, columns, matched, list(prior.datasets))
+    reported = with_known_on_prior(follow_up_result(result, comparison), prior)
+    return FollowUpOutcome(reported, sr, summary, columns, matched, list(prior.datasets))
 
 
 def comparison_overlays(datasets: list[Dataset], outcome: FollowUpOutcome, options: ResultOptions) -> list[Dataset]:
@@ -175,6 +176,28 @@ def follow_up_result(result: SeriesResult, comparison: Comparison) -> SeriesResu
     if exam is not None and comparison.lung_rads is not None:
         exam = replace(exam, lung_rads=comparison.lung_rads, recommendation=comparison.recommendation or exam.recommendation)
     return replace(result, findings=findings, exam=exam)
+
+
+def with_known_on_prior(result: SeriesResult, prior: PriorExam) -> SeriesResult:
+    return result if result.exam is None else replace(result, exam=known_on_prior(result.exam, prior.exam))
+
+
+def known_on_prior(exam: ExamSummary, prior_exam: dict[str, Any] | None) -> ExamSummary:
+    """Each finding S is suggested for that the prior exam had too says so, with the prior's calcium score: v2022
+    needs no S for a finding already known, and only the reader knows whether it is (a prior stored before the S
+    modifier has none to compare)."""
+    if not exam.significant_findings or not isinstance(prior_exam, dict):
+        return exam
+    before = {str(f.get("kind")) for f in prior_exam.get("significant_findings") or [] if isinstance(f, dict)}
+    calcium = prior_exam.get("coronary_calcium")
+    score = calcium.get("agatston") if isinstance(calcium, dict) else None
+    prior_score = f", Agatston-equivalent {score:.0f} there" if isinstance(score, (int, float)) else ""
+    marked = tuple(
+        f if f.kind not in before else replace(f, text=f"{f.text}; on the prior exam too"
+                                                       f"{prior_score if f.kind == 'coronary_calcium' else ''}, so "
+                                                       "it may be known")
+        for f in exam.significant_findings)
+    return replace(exam, significant_findings=marked)
 
 
 def statement(prior: PriorExam, comparison: Comparison, columns: list[dict[str, Any]]) -> str:

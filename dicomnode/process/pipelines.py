@@ -43,6 +43,7 @@ class PriorExam:
     tracking_uids: list[str] = field(default_factory=list)
     finding_ids: list[int] = field(default_factory=list)
     others: list[str] = field(default_factory=list)  # the other earlier studies found, not compared ("UID (date, where)")
+    exam: dict[str, Any] | None = None  # the prior job's exam summary (ExamSummary JSON), as stored
 
 
 # the pipeline's own analysis, for a prior that was retrieved and is analysed once, in the current job

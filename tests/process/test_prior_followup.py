@@ -241,3 +241,32 @@ def test_the_other_earlier_studies_are_listed_beside_the_one_compared() -> None:
     assert outcome.summary["other_priors"] == others
     assert outcome.sr.statement == ("prior not available: no association; other earlier studies not compared: "
                                     "1.2.3.4 (20240105, PACS), 1.2.3.5 (20230110, this node)")
+
+
+def test_an_s_finding_the_prior_had_too_says_it_may_be_known() -> None:
+    """v2022: no S is needed for a finding already known. The follow-up's S findings that the prior exam (its stored
+    summary) had too say so, coronary calcium with the prior's score; one new since the prior says nothing more; a
+    prior stored before the S modifier has nothing to compare."""
+    from dicomnode.process.follow_up import known_on_prior, not_compared
+    from dicomnode.process.pipelines import PriorExam
+    from inference.findings import (CoronaryCalciumSummary, ExamSummary, ModelIdentity, OtherFinding, RiskInputs,
+                                    SeriesResult, Verdict)
+
+    exam = ExamSummary("2", "12-month LDCT", True, RiskInputs(67.0, "male", "no", True),
+                       coronary_calcium=CoronaryCalciumSummary(412, "severe", 7, 96.4, 130.0),
+                       significant_findings=(OtherFinding("coronary_calcium", "severe coronary artery calcification"),
+                                             OtherFinding("emphysema", "emphysema (LAA-950 8.1 %)")))
+    prior_exam = {"lung_rads": "2", "coronary_calcium": {"agatston": 268, "grade": "moderate"},
+                  "significant_findings": [{"kind": "coronary_calcium", "text": "moderate coronary artery calcification"}]}
+    marked = known_on_prior(exam, prior_exam)
+    assert [f.text for f in marked.significant_findings] == [
+        "severe coronary artery calcification; on the prior exam too, Agatston-equivalent 268 there, so it may be known",
+        "emphysema (LAA-950 8.1 %)"]  # emphysema is new since the prior
+    assert marked.lung_rads_label == "2S" and marked.to_json()["significant_findings"][1]["kind"] == "emphysema"
+    assert known_on_prior(exam, {"lung_rads": "2"}) == exam and known_on_prior(exam, None) == exam
+
+    result = SeriesResult("1.2.3", Verdict.NEGATIVE, 0.0, ModelIdentity("m", "1", "0" * 64, "onnxruntime-cpu"), [],
+                          exam=exam)
+    prior = PriorExam(True, "prior: 1.2.3.4 (20250105, this node)", exam=prior_exam)
+    outcome = not_compared(result, [], "prior not available: the comparison failed", prior)
+    assert outcome.result.exam is not None and "may be known" in outcome.result.exam.significant_findings[0].text
