@@ -281,7 +281,11 @@ def coronary_calcium_summary(volume: Volume, lungs: np.ndarray, noise_hu: float 
                                                  "as calcium")
     if not is_axial(volume.direction):
         return CoronaryCalciumSummary(None, note="not measured: the series is not axial")
-    measured = coronary_calcium(volume.hu, volume.spacing, lungs, volume.direction, noise_hu)
+    try:
+        measured = coronary_calcium(volume.hu, volume.spacing, lungs, volume.direction, noise_hu)
+    except Exception as exc:  # an extra statement: an anatomy the heart finder did not foresee must not cost the exam
+        log.exception("series %s: coronary calcium not measured", volume.series_instance_uid)
+        return CoronaryCalciumSummary(None, note=f"not measured: the scoring failed ({type(exc).__name__})")
     if measured is None:
         return CoronaryCalciumSummary(None, note="not measured: the heart was not found in the scan")
     score = whole_score(measured.agatston)  # as CAC-DRS grades it

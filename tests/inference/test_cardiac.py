@@ -240,3 +240,18 @@ def test_the_pipeline_states_the_calcium_and_suggests_the_s_modifier(lidc_volume
         assert summary.to_json()["coronary_calcium"] == given.to_json()
     assert [f.kind for f in assess([], np.zeros(0), exam, PatientInputs(64.0, Sex.FEMALE), FamilyHistory.NO, 5.0,
                                    lidc_volume, 1.25, calcium=calcium)[1].significant_findings] == ["coronary_calcium"]
+
+
+def test_a_scoring_that_fails_costs_the_statement_not_the_exam(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An anatomy the heart finder did not foresee: the exam goes on, its calcium says it was not measured and why."""
+    import inference.pipeline as pipeline
+    from inference.volume import CT_IMAGE_STORAGE
+
+    def broken(*_args: object) -> None:
+        raise IndexError("index 0 is out of bounds")
+
+    monkeypatch.setattr(pipeline, "coronary_calcium", broken)
+    volume = Volume(np.zeros((4, 8, 8), np.float32), np.zeros(3), np.ones(3), np.eye(3), ["1.2.1"] * 4,
+                    CT_IMAGE_STORAGE, "1.2", "1.3")
+    summary = pipeline.coronary_calcium_summary(volume, np.zeros((4, 8, 8), bool), None, None)
+    assert summary.agatston is None and summary.note == "not measured: the scoring failed (IndexError)"
