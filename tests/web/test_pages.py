@@ -84,7 +84,9 @@ def _assert_issue11_fields(findings: str, page: str) -> None:
     assert "right upper, perifissural" in findings
     assert "approximates the lobe" in page
     exam = page.split('id="exam"')[1].split("</table>")[0]
-    assert re.search(r'id="exam-lung-rads"><b>4A</b>', exam)
+    assert re.search(r'id="exam-lung-rads"><b>4AS</b>', exam)  # moderate coronary calcium: S suggested
+    assert "moderate, Agatston-equivalent 154 (non-gated CT; 4 lesions)" in exam
+    assert "Lung-RADS S suggested for moderate coronary artery calcification" in exam
     assert "3-month LDCT" in exam and "LAA-950 3.2% of lung volume; lung volume 4870 ml; image noise 18 HU" in exam
     assert "Missing from the DICOM header: age." in exam and "counted as no" in exam and "p(cancer)" not in exam
 
