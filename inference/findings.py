@@ -161,7 +161,9 @@ class RiskInputs:
 class CoronaryCalciumSummary:
     """Coronary artery calcium on the exam (inference/characterize/cardiac.py), or why it was not measured."""
 
-    agatston: float | None  # Agatston-equivalent score scaled to 3 mm slices; None: not measured (`note` says why)
+    # the Agatston-equivalent score (scaled to 3 mm slices), a whole number as CAC-DRS grades it; None: not measured
+    # (`note` says why)
+    agatston: float | None
     grade: str | None = None  # CAC-DRS: "none" | "mild" | "moderate" | "severe"
     lesions: int = 0
     volume_mm3: float = 0.0
