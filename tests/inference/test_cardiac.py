@@ -238,8 +238,17 @@ def test_the_pipeline_states_the_calcium_and_suggests_the_s_modifier(lidc_volume
                                lidc_volume, 1.25, calcium=given)
         assert (summary.lung_rads, summary.lung_rads_label) == ("1", label)
         assert summary.to_json()["coronary_calcium"] == given.to_json()
-    assert [f.kind for f in assess([], np.zeros(0), exam, PatientInputs(64.0, Sex.FEMALE), FamilyHistory.NO, 5.0,
-                                   lidc_volume, 1.25, calcium=calcium)[1].significant_findings] == ["coronary_calcium"]
+
+    def kinds(chars: ExamCharacteristics) -> list[str]:
+        _, summary, _ = assess([], np.zeros(0), chars, PatientInputs(64.0, Sex.FEMALE), FamilyHistory.NO, 5.0,
+                               lidc_volume, 1.25, calcium=calcium)
+        return [f.kind for f in summary.significant_findings]
+
+    assert kinds(exam) == ["coronary_calcium"]
+    emphysema = ExamCharacteristics(4952.0, 7.5, True, None, (0.0, 0.0), 14.0)
+    assert kinds(emphysema) == ["coronary_calcium", "emphysema"]  # at Brock's 5 % LAA-950: S for emphysema too
+    noisy = ExamCharacteristics(4952.0, 7.5, True, None, (0.0, 0.0), 40.0, laa950_reliable=False)
+    assert kinds(noisy) == ["coronary_calcium"]  # the noise, not emphysema, put the lung below -950 HU
 
 
 def test_a_scoring_that_fails_costs_the_statement_not_the_exam(monkeypatch: pytest.MonkeyPatch) -> None:
