@@ -6,9 +6,10 @@ Sources:
   potentially clinically significant findings unrelated to lung cancer; which findings qualify is the radiologist's
   call, and a finding already known, under evaluation or treated needs no S unless it changed.
 - Which findings programmes mark: in the Korean National Lung Cancer Screening Program's seven standardized S
-  modifiers (Radiology 2025, "Prevalence, Co-occurrence, and Prognostic Implications of S Modifiers", 125 600
-  baseline participants) coronary artery calcification was the commonest (15.1 %), then emphysema (13.8 %); both
-  carried higher all-cause mortality.
+  modifiers ("Prevalence, Co-occurrence, and Prognostic Implications of S Modifiers in the Korean National Lung Cancer
+  Screening Program", its abstract at https://beta.ncdpolicylab.org/feed/prevalence-co-occurrence-and-prognostic-implica;
+  125 600 baseline participants, 2019-2020) coronary artery calcification was the commonest (15.1 %), then emphysema
+  (13.8 %); both carried higher all-cause mortality.
 - Coronary artery calcium on every non-contrast chest CT, graded none / mild / moderate / severe: the SCCT/STR
   guideline (Hecht HS et al., J Cardiovasc Comput Tomogr 2017;11:74-84) and CAC-DRS (Hecht HS et al., J Cardiovasc
   Comput Tomogr 2018;12:185-191: Agatston 0, 1-99, 100-299, >= 300).
