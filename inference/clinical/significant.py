@@ -8,8 +8,9 @@ Sources:
 - Which findings programmes mark: in the Korean National Lung Cancer Screening Program's seven standardized S
   modifiers ("Prevalence, Co-occurrence, and Prognostic Implications of S Modifiers in the Korean National Lung Cancer
   Screening Program", abstract read at
-  https://beta.ncdpolicylab.org/feed/prevalence-co-occurrence-and-prognostic-implica; 125 600 baseline participants, 2019-2020) coronary artery calcification was the commonest (15.1 %), then emphysema
-  (13.8 %); both carried higher all-cause mortality.
+  https://beta.ncdpolicylab.org/feed/prevalence-co-occurrence-and-prognostic-implica; 125 600 baseline participants,
+  2019-2020) coronary artery calcification was the commonest (15.1 %), then emphysema (13.8 %); both carried higher
+  all-cause mortality.
 - Coronary artery calcium on every non-contrast chest CT, graded none / mild / moderate / severe: the SCCT/STR
   guideline (Hecht HS et al., J Cardiovasc Comput Tomogr 2017;11:74-84) and CAC-DRS (Hecht HS et al., J Cardiovasc
   Comput Tomogr 2018;12:185-191: Agatston 0, 1-99, 100-299, >= 300).
