@@ -50,7 +50,7 @@ from skimage.morphology import convex_hull_image
 
 from inference.characterize.noise import global_noise_hu, robust_sd
 from inference.clinical.significant import calcium_grade
-from inference.characterize.segment.masks import dilate_mm, largest_component, opening_mm
+from inference.characterize.segment.masks import dilate_mm, enclosed_in_plane, largest_component, opening_mm
 
 CALCIUM_HU = 130.0  # Agatston's threshold
 SOFT_TISSUE_HU = 40.0  # blood and myocardium without contrast: the noise margin counts from here
@@ -188,8 +188,8 @@ def _find_heart(hu: np.ndarray, lungs: np.ndarray, spacing: np.ndarray) -> _Hear
     # calcium counted as fat: a plaque must not turn its block of fat into soft tissue (the aorta's, grown back)
     tissue = _block_mean(hu, factors, CALCIUM_HU)
     soft = between & ~coarse_lungs & ~dilate_mm(bone, BONE_MARGIN_MM, work) & (tissue > SOFT_MIN_HU)
-    for k in np.flatnonzero(soft.any(axis=(1, 2))):  # low-dose noise holes the heart; the opening would shrink it
-        soft[k] = ndimage.binary_fill_holes(soft[k]) & between[k] & ~coarse_lungs[k]
+    # low-dose noise holes the heart; the opening would shrink it
+    soft = (soft | enclosed_in_plane(soft)) & between & ~coarse_lungs
     heart = largest_component(opening_mm(soft, HEART_OPENING_MM, work), np.ones((3, 3, 3), bool))
     if float(heart.sum()) * float(np.prod(work)) / 1000.0 < MIN_HEART_ML:
         return None
@@ -213,9 +213,7 @@ def _bone(coarse: np.ndarray, work: np.ndarray) -> np.ndarray:
     big = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(work)) >= BONE_MIN_MM3
     big[0] = False
     bone = big[labels]
-    for k in np.flatnonzero(bone.any(axis=(1, 2))):
-        bone[k] = ndimage.binary_fill_holes(bone[k])
-    return bone
+    return bone | enclosed_in_plane(bone)
 
 
 def _hull_by_slice(mask: np.ndarray, work: np.ndarray) -> np.ndarray:
