@@ -41,7 +41,7 @@ from inference.clinical import (
     exam_verdict,
 )
 from inference.clinical.brock import AGE_CENTRE_YEARS
-from inference.clinical.significant import calcium_grade, significant_findings, whole_score
+from inference.clinical.significant import significant_findings, whole_score
 from inference.clinical.types import airway_or_none, cyst_or_none, margin_or_not_assessed
 from inference.contrast import contrast_agent, contrast_calcium_note, contrast_exam_note
 from inference.detect import MAX_FINDINGS, REPORT_LOGIT, Candidate, Mode, detect, lesions_over_threshold, logit_of
@@ -288,8 +288,7 @@ def coronary_calcium_summary(volume: Volume, lungs: np.ndarray, noise_hu: float 
         return CoronaryCalciumSummary(None, note=f"not measured: the scoring failed ({type(exc).__name__})")
     if measured is None:
         return CoronaryCalciumSummary(None, note="not measured: the heart was not found in the scan")
-    score = whole_score(measured.agatston)  # as CAC-DRS grades it
-    return CoronaryCalciumSummary(score, calcium_grade(score).value, measured.lesions, round(measured.volume_mm3, 1),
+    return CoronaryCalciumSummary(whole_score(measured.agatston), measured.grade, measured.lesions, measured.volume_mm3,
                                   measured.threshold_hu, measured.note)
 
 

@@ -91,11 +91,15 @@ LUNG_DEPTH_MM = 3.0  # the lung mask's coarse edge is left to the air rule
 @dataclass(frozen=True)
 class CoronaryCalcium:
     agatston: float  # Agatston-equivalent score, scaled to 3 mm slices, rounded to 0.1
-    grade: str  # "none" | "mild" | "moderate" | "severe": CAC-DRS 0-3 (clinical.significant.calcium_grade)
     lesions: int  # calcified lesions counted (3D connected components)
     volume_mm3: float  # their volume above the threshold
     threshold_hu: float  # the calcium threshold used (130, or higher in noisy images)
     note: str | None = None  # what the reader must know (noise raised the threshold; heart not found; etc.)
+
+    @property
+    def grade(self) -> str:
+        """CAC-DRS 0-3 of the score: "none", "mild", "moderate" or "severe" (clinical.significant.calcium_grade)."""
+        return calcium_grade(self.agatston).value
 
 
 @dataclass
@@ -139,7 +143,7 @@ def coronary_calcium(hu: np.ndarray, spacing_zyx: np.ndarray, lung_mask: np.ndar
     score = sum(s for _, s in lesions)
     volume = sum(float(lesion.sum()) for lesion, _ in lesions) * float(np.prod(spacing))
     agatston = round(float(score), 1)
-    return CoronaryCalcium(float(agatston), calcium_grade(agatston).value, len(lesions), round(volume, 1), threshold,
+    return CoronaryCalcium(float(agatston), len(lesions), round(volume, 1), threshold,
                            _note(threshold, noise_hu))
 
 
