@@ -19,7 +19,7 @@ from dicomnode.results.options import ResultOptions
 from dicomnode.results.overlay import build_comparison_overlay, change_line
 from dicomnode.results.sr_follow_up import FollowUp, NoduleFollowUp, derived_tracking_uid
 from inference.compare import Comparison, ExamInput, FindingComparison, compare_exams, lung_masks
-from inference.findings import ExamSummary, Finding, SeriesResult
+from inference.findings import ExamSummary, Finding, OtherFinding, SeriesResult
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +191,14 @@ def known_on_prior(exam: ExamSummary, prior_exam: dict[str, Any] | None) -> Exam
     before = {str(f.get("kind")) for f in prior_exam.get("significant_findings") or [] if isinstance(f, dict)}
     calcium = prior_exam.get("coronary_calcium")
     score = calcium.get("agatston") if isinstance(calcium, dict) else None
-    prior_score = f", Agatston-equivalent {score:.0f} there" if isinstance(score, (int, float)) else ""
-    marked = tuple(
-        f if f.kind not in before else replace(f, text=f"{f.text}; on the prior exam too"
-                                                       f"{prior_score if f.kind == 'coronary_calcium' else ''}, so "
-                                                       "it may be known")
-        for f in exam.significant_findings)
-    return replace(exam, significant_findings=marked)
+    then = {"coronary_calcium": f", Agatston-equivalent {score:.0f} there"} if isinstance(score, (int, float)) else {}
+
+    def marked(f: OtherFinding) -> OtherFinding:
+        if f.kind not in before:
+            return f
+        return replace(f, text=f"{f.text}; on the prior exam too{then.get(f.kind, '')}, so it may be known")
+
+    return replace(exam, significant_findings=tuple(marked(f) for f in exam.significant_findings))
 
 
 def statement(prior: PriorExam, comparison: Comparison, columns: list[dict[str, Any]]) -> str:

@@ -77,8 +77,7 @@ def significant_findings(*, calcium_agatston: float | None, laa950_pct: float | 
     """The findings for which S is suggested. `calcium_agatston` None: coronary calcium not measured (contrast, no
     heart in the scan); `laa950_reliable` False: a noisy image's LAA-950 says nothing of emphysema."""
     found = []
-    if calcium_agatston is not None and calcium_grade(calcium_agatston) in SIGNIFICANT_GRADES:
-        grade = calcium_grade(calcium_agatston)
+    if calcium_agatston is not None and (grade := calcium_grade(calcium_agatston)) in SIGNIFICANT_GRADES:
         found.append(SignificantFinding(SignificantKind.CORONARY_CALCIUM, (
             f"{grade.value} coronary artery calcification (Agatston-equivalent {whole_score(calcium_agatston)} on this "
             f"non-gated CT; CAC-DRS {_CAC_DRS[grade]})")))
