@@ -187,9 +187,10 @@ def _opt(value: float | None, fmt: str) -> str:
 
 
 def exam_rows(exam: dict[str, Any]) -> list[tuple[str, str]]:
-    """The exam statement: category (with the reason for a 0), management, emphysema, the risk inputs."""
+    """The exam statement (`views.exam_view`'s, which fills in the label and texts of an exam stored before them):
+    category (with the reason for a 0), management, emphysema, coronary calcium and S, the risk inputs."""
     inputs = exam.get("risk_inputs") or {}
-    category = exam.get("lung_rads_label") or exam["lung_rads"]
+    category = exam["lung_rads_label"]
     category += f" - {exam['reason']}" if exam.get("reason") else ""
     emphysema = (f"LAA-950 {exam['laa950_pct']:.1f}% of lung volume" if exam.get("laa950_pct") is not None
                  else "LAA-950 not measured")
