@@ -5,7 +5,7 @@ and the CLI can print it without knowing how the model works.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -228,6 +228,12 @@ class ExamSummary:
     @property
     def s_modifier_words(self) -> str | None:
         return s_modifier_words([f.text for f in self.significant_findings])
+
+    def with_caveat(self, text: str) -> ExamSummary:
+        """The summary with one more caveat a reader must see, after those it has (once: a job run again adds none)."""
+        if self.reason and text in self.reason:
+            return self
+        return replace(self, reason=f"{self.reason}; {text}" if self.reason else text)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -52,7 +52,8 @@ class NodePriors:
     def __call__(self, series_id: int, analyse: AnalyseSeries) -> PriorExam:
         outcome = self.service.obtain(series_id)
         if not outcome.available or outcome.series_id is None:
-            return PriorExam(False, outcome.summary(), others=list(outcome.others))
+            exists = None if outcome.unretrieved is None else outcome.unretrieved.label()
+            return PriorExam(False, outcome.summary(), others=list(outcome.others), not_compared=exists)
         try:
             job_id = outcome.job_id if outcome.status == "found" else self._analysed_job(outcome.series_id)
             if job_id is None:
@@ -63,7 +64,8 @@ class NodePriors:
         except Exception as exc:  # files removed by retention, an unreadable prior: no comparison, said so
             log.exception("the prior of series %s could not be analysed", series_id)
             reason = f"the prior {outcome.summary().removeprefix('prior: ')} could not be read or analysed: {printable_error(exc)}"
-            return PriorExam(False, f"prior not available: {reason}", others=list(outcome.others))
+            return PriorExam(False, f"prior not available: {reason}", others=list(outcome.others),
+                             not_compared=None if outcome.prior is None else outcome.prior.label())
 
     def _analysed_job(self, prior_series_id: int) -> int | None:
         """A retrieved prior analysed before (for another exam): its done job; it is analysed once."""

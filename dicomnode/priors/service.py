@@ -62,6 +62,9 @@ class PriorOutcome:
     job_id: int | None = None  # own database: the job whose findings are cached
     others: list[str] = field(default_factory=list)  # the other earlier studies, "UID (date, where)"
     seconds: float = 0.0
+    # "not_available" only: the patient's prior that was found and could not be retrieved (None when none was found,
+    # when the peers could not be asked, or when the one found is not the patient's)
+    unretrieved: PriorCandidate | None = None
 
     @property
     def available(self) -> bool:
@@ -315,7 +318,8 @@ class PriorService:
                        retrieval_id: int | None = None) -> PriorOutcome:
         self._event(EventCode.PRIOR_RETRIEVE_FAILED, current, f"prior not available: {reason}; the exam is analysed "
                     "without comparison", {"reason": reason, "retrieval_id": retrieval_id})
-        return PriorOutcome("not_available", reason, others=[c.label() for c in search.others])
+        return PriorOutcome("not_available", reason, others=[c.label() for c in search.others],
+                            unretrieved=search.chosen)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _current(self, series_id: int) -> CurrentExam | str:

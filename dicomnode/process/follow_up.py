@@ -18,6 +18,7 @@ from dicomnode.process.pipelines import AnalyseSeries, PipelineContext, PriorExa
 from dicomnode.results.options import ResultOptions
 from dicomnode.results.overlay import build_comparison_overlay, change_line
 from dicomnode.results.sr_follow_up import FollowUp, NoduleFollowUp, derived_tracking_uid
+from inference.clinical.lungrads import prior_not_compared_caveat
 from inference.compare import Comparison, ExamInput, FindingComparison, compare_exams, lung_masks
 from inference.findings import ExamSummary, Finding, OtherFinding, SeriesResult
 
@@ -45,16 +46,18 @@ def follow_up(datasets: list[Dataset], result: SeriesResult, context: PipelineCo
     derived = [derived_tracking_uid(i, result.series_instance_uid, result.model.version, options)
                for i in range(len(result.findings))]
     if not prior.available or prior.result is None:
-        return not_compared(result, derived, prior.summary, prior)
+        return not_compared(result, derived, prior.summary, prior, exists=prior.not_compared)
     context.progress("comparing with the prior (registration, matching, growth)")
+    label = prior.summary.removeprefix("prior: ")
     try:
         comparison = compare(datasets, result, prior)
     except Exception as exc:  # a volume that cannot be loaded, a registration that fails: said, not fatal
         log.exception("comparison of %s with its prior failed", result.series_instance_uid)
         return not_compared(result, derived, f"prior not available: the comparison failed: "
-                                             f"{type(exc).__name__}: {str(exc)[:200]}", prior)
-    if not comparison.performed:
-        return not_compared(result, derived, f"prior not available: {comparison.reason}", prior, comparison)
+                                             f"{type(exc).__name__}: {str(exc)[:200]}", prior, exists=label)
+    if not comparison.performed:  # the prior's own analysis failed: it is there for the reader to compare
+        return not_compared(result, derived, f"prior not available: {comparison.reason}", prior, comparison,
+                            exists=None if prior.result.analysed else label)
     return compared(result, derived, prior, comparison)
 
 
@@ -78,15 +81,21 @@ def compare(datasets: list[Dataset], result: SeriesResult, prior: PriorExam) -> 
 
 
 def not_compared(result: SeriesResult, derived: list[str], statement: str, prior: PriorExam,
-                 comparison: Comparison | None = None) -> FollowUpOutcome:
-    """Delivered without comparison: the SR and the summary say why; each nodule keeps its own UID."""
+                 comparison: Comparison | None = None, exists: str | None = None) -> FollowUpOutcome:
+    """Delivered without comparison: the SR and the summary say why; each nodule keeps its own UID. `exists`: the
+    patient's earlier chest CT that was found and not compared, which the exam's statement names (Lung-RADS 0)."""
     summary: dict[str, Any] = ({**comparison.summary_json(), "reason": statement} if comparison is not None
                                else {"performed": False, "reason": statement})
     summary.update(prior_refs(prior))
+    if exists:
+        summary["prior_not_compared"] = exists
     nodules = tuple(NoduleFollowUp(uid) for uid in derived)
     sr = FollowUp(with_others(statement, prior), nodules, prior.study_instance_uid if prior.available else None,
                   prior.sr_sop_instance_uid if prior.available else None)
-    return FollowUpOutcome(with_known_on_prior(result, prior), sr, summary, [{"tracking_uid": uid} for uid in derived])
+    reported = with_known_on_prior(result, prior)
+    if exists and reported.exam is not None:
+        reported = replace(reported, exam=reported.exam.with_caveat(prior_not_compared_caveat(exists)))
+    return FollowUpOutcome(reported, sr, summary, [{"tracking_uid": uid} for uid in derived])
 
 
 def prior_refs(prior: PriorExam) -> dict[str, Any]:

@@ -44,6 +44,8 @@ class PriorExam:
     finding_ids: list[int] = field(default_factory=list)
     others: list[str] = field(default_factory=list)  # the other earlier studies found, not compared ("UID (date, where)")
     exam: dict[str, Any] | None = None  # the prior job's exam summary (ExamSummary JSON), as stored
+    # not available: the patient's earlier chest CT that exists and could not be compared ("study UID of date (where)")
+    not_compared: str | None = None
 
 
 # the pipeline's own analysis, for a prior that was retrieved and is analysed once, in the current job

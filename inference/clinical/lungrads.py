@@ -362,6 +362,7 @@ __all__ = [
     "classify_nodule",
     "infection_caveat",
     "is_growth",
+    "prior_not_compared_caveat",
     "recommendation",
 ]
 
@@ -390,6 +391,17 @@ def infection_caveat(nodules: tuple[Nodule, ...] | list[Nodule]) -> str | None:
     return (" and ".join(said) + " since the prior: findings that can mean infection or inflammation; Lung-RADS v2022 "
             "allows category 0 with a 1-3 month LDCT in their place (the reader's call); the category here is the most "
             "suspicious nodule's")
+
+
+def prior_not_compared_caveat(prior_label: str) -> str:
+    """An earlier chest CT of the patient that exists and was not compared (not retrieved in time, not readable, the
+    comparison failed). v2022 category 0 covers "prior chest CT examination(s) being located for comparison": a
+    baseline category can be wrong once the prior is seen (a 4A nodule stable for two years is a 2), so the reader is
+    told so beside the category the node gives, which reads the exam as a baseline. The reader, who has the PACS, may
+    compare and keep it, or give 0 (the reader's call, as for infection)."""
+    return (f"an earlier chest CT of the patient exists ({prior_label}) and was not compared: the category here reads "
+            "the exam as a baseline; Lung-RADS v2022 gives category 0 while a prior chest CT is being located for "
+            "comparison (the reader's call)")
 
 
 def is_growth(previous_mean_mm: float, current_mean_mm: float, interval_months: float) -> bool:

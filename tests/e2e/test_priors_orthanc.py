@@ -263,6 +263,9 @@ def test_c_move_refused_leaves_nothing_behind(setup: Setup) -> None:
     outcome = service(node, node_ae="STRANGER").obtain(current)
     assert outcome.status == "not_available"
     assert outcome.reason == "ORTHANC: C-MOVE refused with status 0xC000 (failed)"
+    # the prior exists and was not retrieved: the exam's statement names it (Lung-RADS v2022 category 0)
+    assert outcome.unretrieved is not None
+    assert (outcome.unretrieved.study_uid, outcome.unretrieved.series_uid) == (exam.study_uid, exam.series_uid)
     with node.db.session() as s:
         row = s.execute(select(PriorRetrieval).where(PriorRetrieval.series_instance_uid == exam.series_uid)).scalar_one()
         assert (row.state, row.instances, row.reason) == (PriorRetrievalState.FAILED, 0, outcome.reason)
@@ -303,6 +306,7 @@ def test_orthanc_stopped_gives_prior_not_available_with_the_reason(setup: Setup)
     assert outcome.status == "not_available"
     assert outcome.reason == (f"no association with ORTHANC@127.0.0.1:{setup.orthanc.dicom_port}: "
                               "peer unreachable or not answering")
+    assert outcome.unretrieved is None  # whether a prior exists is not known
     failed = events_of(node, current_uid(node, current), EventCode.PRIOR_RETRIEVE_FAILED)
     assert failed[-1].message == f"prior not available: {outcome.reason}; the exam is analysed without comparison"
     with node.db.session() as s:  # nothing was asked for, so nothing waits
@@ -567,6 +571,8 @@ def test_sr_back_in_orthanc_carries_the_comparison_with_the_retrieved_prior(foll
 def test_orthanc_stopped_for_the_query_result_delivered_without_comparison(setup: Setup, followups: FollowUps) -> None:
     down = followups.down
     assert down.job.summary["comparison"]["performed"] is False
+    assert "prior_not_compared" not in down.job.summary["comparison"]  # no prior known to exist: a baseline
+    assert "earlier chest CT" not in (down.job.summary["exam"]["reason"] or "")
     assert down.job.summary["comparison"]["reason"] == followups.down_reason
     assert report_texts(down.sr, "Comparison with prior exam") == [followups.down_reason]
     assert down.rows and all(r.comparison_status is None and r.tracking_uid for r in down.rows)

@@ -242,3 +242,35 @@ def test_a_peer_that_is_down_gives_prior_not_available_and_an_audited_query(stor
     assert not message.ok and root.find("EventIdentification").get("EventOutcomeIndicator") == "4"
     identifier = base64.b64decode(root.find("ParticipantObjectIdentification").findtext("ParticipantObjectQuery"))
     assert b"STUDY" in identifier and b"P1" in identifier and b"CT" in identifier
+
+
+def test_a_prior_found_and_not_retrieved_reaches_the_comparison_by_its_label() -> None:
+    """The provider passes on which earlier chest CT of the patient exists and was not retrieved (the exam's
+    statement names it, tests/process/test_prior_followup.py); a prior not found, or not the patient's, is not named."""
+    from dicomnode.priors.finder import PriorCandidate
+    from dicomnode.priors.provider import NodePriors
+    from dicomnode.priors.service import PriorOutcome
+
+    candidate = PriorCandidate("ORTHANC", "1.2.3.4", "20250105", JANE, "1.2.3.4.5")
+    outcomes = {"refused": PriorOutcome("not_available", "ORTHANC: C-MOVE refused with status 0xC000 (failed)",
+                                        unretrieved=candidate),
+                "none": PriorOutcome("not_found"),
+                "mismatch": PriorOutcome("not_available", "patient mismatch with study 1.2.3.4 of 20250105 (ORTHANC): "
+                                                          "PatientBirthDate differs")}
+
+    class Service:
+        def __init__(self, outcome: PriorOutcome) -> None:
+            self.outcome = outcome
+
+        def obtain(self, series_id: int) -> PriorOutcome:
+            return self.outcome
+
+    exams = {}
+    for name, outcome in outcomes.items():
+        provider = NodePriors.__new__(NodePriors)  # no database: the service is all it asks
+        provider.service = Service(outcome)  # type: ignore[assignment]
+        exams[name] = provider(1, lambda _datasets: None)  # type: ignore[arg-type, return-value]
+    assert exams["refused"].not_compared == "study 1.2.3.4 of 20250105 (ORTHANC)"
+    assert exams["refused"].summary == "prior not available: ORTHANC: C-MOVE refused with status 0xC000 (failed)"
+    assert exams["none"].not_compared is None and exams["mismatch"].not_compared is None
+    assert not any(exam.available for exam in exams.values())

@@ -270,3 +270,57 @@ def test_an_s_finding_the_prior_had_too_says_it_may_be_known() -> None:
     prior = PriorExam(True, "prior: 1.2.3.4 (20250105, this node)", exam=prior_exam)
     outcome = not_compared(result, [], "prior not available: the comparison failed", prior)
     assert outcome.result.exam is not None and "may be known" in outcome.result.exam.significant_findings[0].text
+
+
+def test_an_earlier_chest_ct_found_and_not_compared_points_the_reader_to_lung_rads_0() -> None:
+    """v2022 category 0 covers "prior chest CT examination(s) being located for comparison". A prior that the C-FIND
+    found and that could not be retrieved (or read, or compared) is named in the exam's statement beside the baseline
+    category, which stays; where no earlier chest CT was found, or the peers could not be asked, nothing is said."""
+    from dicomnode.process.follow_up import not_compared
+    from dicomnode.process.pipelines import PriorExam
+    from inference.findings import ExamSummary, ModelIdentity, RiskInputs, SeriesResult, Verdict
+
+    exam = ExamSummary("4A", "3-month LDCT", True, RiskInputs(67.0, "male", "no", True),
+                       reason="image noise 61 HU, over the 50 HU up to which LAA-950 holds")
+    result = SeriesResult("1.2.3", Verdict.SUSPICIOUS, 0.12, ModelIdentity("m", "1", "0" * 64, "onnxruntime-cpu"), [],
+                          exam=exam)
+    label = "study 1.2.3.4 of 20250105 (ORTHANC)"
+    unretrieved = PriorExam(False, "prior not available: ORTHANC: C-MOVE refused with status 0xC000 (failed)",
+                            not_compared=label)
+    outcome = not_compared(result, [], unretrieved.summary, unretrieved, exists=unretrieved.not_compared)
+    assert outcome.result.exam is not None
+    assert outcome.result.exam.lung_rads == "4A" and outcome.result.verdict is Verdict.SUSPICIOUS  # not changed
+    assert outcome.result.exam.reason == (
+        "image noise 61 HU, over the 50 HU up to which LAA-950 holds; an earlier chest CT of the patient exists "
+        "(study 1.2.3.4 of 20250105 (ORTHANC)) and was not compared: the category here reads the exam as a baseline; "
+        "Lung-RADS v2022 gives category 0 while a prior chest CT is being located for comparison (the reader's call)")
+    assert outcome.summary["prior_not_compared"] == label
+    assert outcome.sr.statement == unretrieved.summary  # the comparison statement still says why
+    # said once, however often the exam passes through
+    assert outcome.result.exam.with_caveat(outcome.result.exam.reason.split("; ", 1)[1]) == outcome.result.exam
+
+    for nothing in (PriorExam(False, "prior not available: no earlier chest CT of the patient found"),
+                    PriorExam(False, "prior not available: no association with ORTHANC@127.0.0.1:9")):
+        plain = not_compared(result, [], nothing.summary, nothing, exists=nothing.not_compared)
+        assert plain.result.exam == exam and "prior_not_compared" not in plain.summary
+
+
+def test_a_prior_whose_comparison_failed_is_named_for_the_reader() -> None:
+    """The prior was there (found, analysed) and the comparison itself failed: the reader can still compare it."""
+    from dicomnode.config import Settings
+    from dicomnode.process.follow_up import follow_up
+    from dicomnode.process.pipelines import PipelineContext, PriorExam
+    from dicomnode.results.options import ResultOptions
+    from inference.findings import ExamSummary, ModelIdentity, RiskInputs, SeriesResult, Verdict
+
+    exam = ExamSummary("2", "12-month LDCT", True, RiskInputs(67.0, "male", "no", True))
+    model = ModelIdentity("m", "1", "0" * 64, "onnxruntime-cpu")
+    result = SeriesResult("1.2.3", Verdict.NEGATIVE, 0.0, model, [], exam=exam)
+    prior = PriorExam(True, "prior: study 1.2.3.4 of 20250105 (this node)",
+                      result=SeriesResult("1.2.3.9", Verdict.NEGATIVE, 0.0, model, []))  # no images: it fails
+    context = PipelineContext(1, "1.2.3", Settings(), series_id=7, prior=lambda _series, _analyse: prior)
+    outcome = follow_up([], result, context, ResultOptions(), lambda _datasets: result)
+    assert outcome is not None and outcome.summary["reason"].startswith("prior not available: the comparison failed")
+    assert outcome.result.exam is not None and outcome.result.exam.reason is not None
+    assert outcome.result.exam.reason.startswith(
+        "an earlier chest CT of the patient exists (study 1.2.3.4 of 20250105 (this node)) and was not compared")
