@@ -58,6 +58,7 @@ from inference.findings import (
     SeriesResult,
     Verdict,
 )
+from inference.orientation import lps_view
 from inference.volume import Volume, VolumeLimits, load_volume
 from inference.weights_bundle import load_weights_bundle
 
@@ -208,7 +209,8 @@ class LungNodulePipeline:
         timings: dict[str, float] = {}
         say("preprocessing (lung mask, 1 mm resampling)")
         t = time.perf_counter()
-        pre = preprocess(volume)
+        view = lps_view(volume)  # preprocessing, the detector and the model score read the series as trained
+        pre = preprocess(view.volume)
         timings["preprocess"] = time.perf_counter() - t
 
         say(f"detecting nodules ({self.detector.name}, {self.mode})")
@@ -230,11 +232,12 @@ class LungNodulePipeline:
         t = time.perf_counter()
         # the source-resolution lung mask (from preprocessing's segmentation, not a second one): side/zone of
         # each nodule, lung volume, LAA-950 and coverage
-        lungs = pre.source_lung_mask()
+        lungs = view.volume_mask(pre.source_lung_mask())
         exam_chars = characterize_exam(volume.hu, volume.spacing, lungs)
         contrast = contrast_agent(header)
         calcium = coronary_calcium_summary(volume, lungs, exam_chars.image_noise_hu, contrast)
-        measured = [self._characterize(volume, pre, cand, lungs) for cand in reported]
+        measured = [self._characterize(volume, view.to_volume_voxel(pre.to_source_voxel(np.asarray(cand.zyx, float))),
+                                       cand, lungs) for cand in reported]
         patient = patient_inputs(header)
         findings, exam, verdict = assess(measured, scores, exam_chars, patient, self.family_history,
                                          self.emphysema_laa950_pct, volume, slice_thickness_mm(volume, header),
@@ -259,8 +262,8 @@ class LungNodulePipeline:
         centres = np.array([c.zyx for c in cands], dtype=np.float64)
         return np.asarray(self.classifier.predict_image(pre.image, centres, [c.diameter_mm for c in cands]), float)
 
-    def _characterize(self, volume: Volume, pre: Preprocessed, cand: Candidate, lungs: np.ndarray) -> Measured:
-        src = pre.to_source_voxel(np.asarray(cand.zyx, float)[None])[0]
+    def _characterize(self, volume: Volume, src: np.ndarray, cand: Candidate, lungs: np.ndarray) -> Measured:
+        """`src`: the candidate's centre in the series' own voxels."""
         chars = characterize_nodule(volume.hu, volume.spacing, src, cand.diameter_mm, lungs,
                                     direction=volume.direction)
         return Measured(cand, src, chars)

@@ -2,6 +2,7 @@
 clinical statement (Lung-RADS, Brock, exam verdict) including the bad inputs of issue 11."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -741,3 +742,50 @@ def test_an_airway_nodule_is_graded_by_the_lung_rads_airway_rules() -> None:
     ball(hu, 2.0, (0.0, 0.0, 0.0))
     free, _, _ = lesion_assessed(hu, SPACING, CENTRE, 4.0)
     assert (free.airway, free.lung_rads) == (None, "2") and free.brock_risk is not None
+
+
+def _stored_turned(datasets: list[pydicom.Dataset], rows_reversed: bool) -> list[pydicom.Dataset]:
+    """The same patient stored the other way: columns reversed (ImageOrientationPatient -1\\0\\0\\0\\1\\0, a feet-first
+    series: its slice normal points to the feet, so the slices load in reverse order too), or rows and columns
+    reversed (-1\\0\\0\\0\\-1\\0, a prone series). Each slice's position moves to its new first pixel: every world
+    coordinate is unchanged."""
+    turned = []
+    for source in datasets:
+        ds = copy.deepcopy(source)  # Dataset.copy shares its elements: the fixture's series would turn too
+        pixels = ds.pixel_array[::-1 if rows_reversed else 1, ::-1].copy()
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        step_row, step_col = (float(v) for v in ds.PixelSpacing)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + (cols - 1) * step_col, y + (rows - 1) * step_row if rows_reversed else y, z]
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1 if rows_reversed else 1, 0]
+        ds.PatientPosition = "HFP" if rows_reversed else "FFS"
+        ds.PixelData = pixels.tobytes()
+        turned.append(ds)
+    return turned
+
+
+@pytest.mark.parametrize("rows_reversed", [True, False], ids=["prone", "feet-first"])
+def test_a_series_stored_the_other_way_gives_the_same_findings(demo_pipeline, clinical_case, clinical_result,
+                                                               rows_reversed):
+    """The pipeline works in patient coordinates, and its detector reads every series turned to the orientation it was
+    trained in (inference.orientation): a series whose rows, columns or slices run the other way gives the same nodules
+    at the same world positions, with the same type, size, location, category and risk, and the same exam statement.
+    Before the detector read the series as trained, a prone-stored copy of this phantom lost 3 of its 8 findings."""
+    _case, datasets = clinical_case
+    rotated = demo_pipeline.analyze(_stored_turned(datasets, rows_reversed))
+    assert rotated.exam is not None and clinical_result.exam is not None
+    assert len(rotated.findings) == len(clinical_result.findings)
+    for f in clinical_result.findings:
+        [twin] = [g for g in rotated.findings if np.linalg.norm(np.subtract(g.center_mm, f.center_mm)) <= 3.0]
+        assert (twin.nodule_type, twin.calcified, twin.lung_rads, twin.location.lung, twin.location.zone) == (
+            f.nodule_type, f.calcified, f.lung_rads, f.location.lung, f.location.zone)
+        assert twin.diameter_mm == pytest.approx(f.diameter_mm, abs=0.6)
+        assert twin.brock_risk == pytest.approx(f.brock_risk, rel=0.1)
+        assert twin.model_score == pytest.approx(f.model_score, abs=1e-6)  # the detector saw the same image
+    exam, before = rotated.exam, clinical_result.exam
+    assert (exam.lung_rads_label, exam.lungs_fully_covered) == (before.lung_rads_label, before.lungs_fully_covered)
+    assert exam.laa950_pct == pytest.approx(before.laa950_pct, abs=0.05)
+    assert exam.lung_volume_ml == pytest.approx(before.lung_volume_ml, rel=0.01)
+    assert (exam.coronary_calcium is None) == (before.coronary_calcium is None)
+    if exam.coronary_calcium is not None and before.coronary_calcium is not None:
+        assert exam.coronary_calcium.grade == before.coronary_calcium.grade

@@ -1,0 +1,70 @@
+"""The detector's view of a series: the orientation its weights were trained in.
+
+The packaged weights were trained on phantoms on their own grid (inference.training.cases.volume_from_phantom:
+direction identity), so always with x towards the patient's left, y posterior and z superior (LPS). Training flipped
+its crops for augmentation, but not DeepLung's coordinate input (the crop's place in the lung box), and the lung box
+itself is cut with unequal margins on its low and high sides (preprocess.MARGIN_LOW_MM, MARGIN_HIGH_MM), so what the
+detector sees depends on which way the series' axes run. A series is loaded as it is stored (inference.volume: z along
+the slice normal): a feet-first one has x and z reversed, and a prone one (rows and columns stored the other way,
+ImageOrientationPatient -1\\0\\0\\0\\-1\\0) x and y. A phantom stored turned that way lost 3 of its 8 findings
+(tests/inference/test_pipeline.py). So preprocessing, the detector and the model score read the volume turned to
+LPS (`lps_view`), and what they give back is turned to the series' own voxels (`LpsView.to_volume_voxel`,
+`LpsView.volume_mask`); everything else works in those voxels and in world coordinates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from inference.volume import Volume
+
+# the volume array's axes (z, y, x) and the direction matrix's column of each (columns: x, y, z index directions)
+_AXIS_COLUMNS = ((0, 2), (1, 1), (2, 0))
+
+
+def reversed_axes(direction: np.ndarray) -> tuple[int, ...]:
+    """The axes of a (z, y, x) volume that run against LPS (a near-axial series: each index direction's largest
+    component lies on its own axis)."""
+    d = np.asarray(direction, float)
+    return tuple(axis for axis, column in _AXIS_COLUMNS if d[column, column] < 0)
+
+
+@dataclass(frozen=True)
+class LpsView:
+    """`volume` turned to LPS (a view of the same voxels: no copy), and the way back to the series' voxels."""
+
+    volume: Volume
+    reversed: tuple[int, ...]  # the series' axes that were turned
+    shape: tuple[int, int, int]
+
+    def to_volume_voxel(self, zyx: np.ndarray) -> np.ndarray:
+        """A voxel position (voxel centres at whole numbers) of the view -> the series' own; (3,) or (N, 3)."""
+        point = np.array(zyx, dtype=np.float64)
+        for axis in self.reversed:
+            point[..., axis] = self.shape[axis] - 1 - point[..., axis]
+        return point
+
+    def volume_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A mask on the view's voxels -> the same mask on the series' own."""
+        return np.flip(mask, self.reversed) if self.reversed else mask
+
+
+def lps_view(volume: Volume) -> LpsView:
+    """The series as the detector was trained to read it. The world coordinates of every voxel stay the same: the
+    origin moves to the turned array's first voxel and the turned axes' directions change sign."""
+    axes = reversed_axes(volume.direction)
+    if not axes:
+        return LpsView(volume, (), volume.shape)
+    last = np.array(volume.shape, float) - 1
+    first = np.where([axis in axes for axis in range(3)], last, 0.0)  # the view's voxel [0, 0, 0], in the series'
+    direction = np.asarray(volume.direction, float).copy()
+    for axis, column in _AXIS_COLUMNS:
+        if axis in axes:
+            direction[:, column] = -direction[:, column]
+    uids = volume.sop_instance_uids[::-1] if 0 in axes else volume.sop_instance_uids
+    frames = volume.frame_numbers
+    turned = replace(volume, hu=np.flip(volume.hu, axes), origin=volume.voxel_to_world(first), direction=direction,
+                     sop_instance_uids=list(uids),
+                     frame_numbers=None if frames is None else list(frames[::-1] if 0 in axes else frames))
+    return LpsView(turned, axes, volume.shape)
