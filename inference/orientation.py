@@ -6,10 +6,13 @@ its crops for augmentation, but not DeepLung's coordinate input (the crop's plac
 itself is cut with unequal margins on its low and high sides (preprocess.MARGIN_LOW_MM, MARGIN_HIGH_MM), so what the
 detector sees depends on which way the series' axes run. A series is loaded as it is stored (inference.volume: z along
 the slice normal): a feet-first one has x and z reversed, and a prone one (rows and columns stored the other way,
-ImageOrientationPatient -1\\0\\0\\0\\-1\\0) x and y. A phantom stored turned that way lost 3 of its 8 findings
-(tests/inference/test_pipeline.py). So preprocessing, the detector and the model score read the volume turned to
-LPS (`lps_view`), and what they give back is turned to the series' own voxels (`LpsView.to_volume_voxel`,
-`LpsView.volume_mask`); everything else works in those voxels and in world coordinates.
+ImageOrientationPatient -1\\0\\0\\0\\-1\\0) x and y. Read that way the findings changed with the storage: a phantom
+stored prone lost 3 of its 8 (tests/inference/test_pipeline.py); on small phantoms 7000-7009 feet-first found 36 of
+44 nodules with 4 false positives and prone 37 with 5, against 37 and 7 in LPS (docs/characterization.md,
+"Fifty-fifth session"), and the report threshold was calibrated on phantoms in LPS (`dicomnode model calibrate`). So
+preprocessing, the detector and the model score read the volume turned to LPS (`lps_view`), and what they give back is
+turned to the series' own voxels (`LpsView.to_volume_voxel`, `LpsView.volume_mask`); everything else works in those
+voxels and in world coordinates.
 """
 from __future__ import annotations
 
