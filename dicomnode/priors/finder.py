@@ -8,6 +8,7 @@ then SERIES level for the most recent studies, judging each series by the same r
 """
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 from collections.abc import Iterator
@@ -22,10 +23,12 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 
 from dicomnode.config import PriorPeer, Route
 from dicomnode.core import reactor
-from dicomnode.core.uids import printable
+from dicomnode.core.uids import printable, uid_problem
 from dicomnode.priors.safety import PatientIdentity
 from dicomnode.process.routing import SeriesFacts, mismatch, preference_key
 from storage.queries import analysed_priors
+
+log = logging.getLogger(__name__)
 
 PENDING = (0xFF00, 0xFF01)
 # the DIMSE default transfer syntaxes: Implicit, then Explicit VR Little Endian
@@ -212,6 +215,17 @@ def _image_type(ds: Dataset) -> list[str]:
     return [str(v) for v in ([value] if isinstance(value, str) else value) if str(v)]
 
 
+def _valid_uid(q: PeerQuery, answer: Dataset, keyword: str) -> bool:
+    """A C-FIND answer's UID is the peer's word: one outside the UID grammar (PS3.5 9.1) would reach the C-MOVE, the
+    database and the report's text, so its answer is left out, and logged."""
+    value = _text(answer, keyword)
+    problem = uid_problem(value)
+    if problem is not None:
+        log.warning("prior search: %s answered with an invalid %s %s (%s); that answer is left out",
+                    q.peer.ae_title, keyword, printable(value), problem)
+    return problem is None
+
+
 def series_facts(q: PeerQuery, study_uid: str, answer: Dataset) -> SeriesFacts:
     """The routing facts of a series from its C-FIND answer, completed from one instance when needed."""
     thickness, image_type = _number(answer, "SliceThickness"), _image_type(answer)
@@ -231,7 +245,7 @@ def best_series(q: PeerQuery, study: PriorCandidate, route: Route) -> PriorCandi
     """The series of the study the route would analyse (routing's rules and preference), or None."""
     suitable: list[tuple[SeriesFacts, Dataset]] = []
     for answer in list(q.find(series_query(study.study_uid))):
-        if _text(answer, "Modality").upper() != "CT" or not _text(answer, "SeriesInstanceUID"):
+        if _text(answer, "Modality").upper() != "CT" or not _valid_uid(q, answer, "SeriesInstanceUID"):
             continue
         facts = series_facts(q, study.study_uid, answer)
         if mismatch(route, facts) is None:
@@ -257,7 +271,8 @@ def find_on_peer(peer: PriorPeer, calling_ae: str, identity: PatientIdentity, cu
         for answer in q.find(study_query(identity, window)):
             uid, day = _text(answer, "StudyInstanceUID"), _text(answer, "StudyDate").replace(".", "")
             # checked here too: a peer may ignore a matching key it does not support
-            if not uid or uid == current_study_uid or not (window[0] <= day < window[1]):
+            if not _valid_uid(q, answer, "StudyInstanceUID") or uid == current_study_uid \
+                    or not (len(day) == 8 and day.isascii() and day.isdigit() and window[0] <= day < window[1]):
                 continue
             studies.append(PriorCandidate(source=peer.ae_title, study_uid=uid, study_date=day,
                                           identity=PatientIdentity.of(answer)))

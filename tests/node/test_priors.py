@@ -274,3 +274,52 @@ def test_a_prior_found_and_not_retrieved_reaches_the_comparison_by_its_label() -
     assert exams["refused"].summary == "prior not available: ORTHANC: C-MOVE refused with status 0xC000 (failed)"
     assert exams["none"].not_compared is None and exams["mismatch"].not_compared is None
     assert not any(exam.available for exam in exams.values())
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR", "ignore:The value length")  # pydicom on the hostile values
+def test_c_find_answers_with_invalid_uids_or_dates_are_left_out(monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A C-FIND answer is the peer's word: a StudyInstanceUID or SeriesInstanceUID outside the UID grammar (a path, an
+    overlong text) or a StudyDate that is no date never becomes the prior, so it reaches no C-MOVE, database row or
+    report; the valid answer beside it is used, and each left-out answer is logged with the peer and the reason."""
+    from pydicom.dataset import Dataset
+
+    from dicomnode.priors import finder
+
+    def answer(**values: str) -> Dataset:
+        ds = Dataset()
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    hostile_study, good_study = "1.2.3/../../etc", "1.2.840.99.1"
+    studies = [answer(StudyInstanceUID=hostile_study, StudyDate="20250601", PatientID="P1"),
+               answer(StudyInstanceUID="1.2.840.99.2", StudyDate="2025-06-0", PatientID="P1"),
+               answer(StudyInstanceUID=good_study, StudyDate="20250105", PatientID="P1")]
+    series = [answer(SeriesInstanceUID="9" * 65, Modality="CT", SliceThickness="1.25", ImageType="ORIGINAL\\PRIMARY"),
+              answer(SeriesInstanceUID="1.2.840.99.1.1", Modality="CT", SliceThickness="1.25",
+                     ImageType="ORIGINAL\\PRIMARY\\AXIAL", NumberOfSeriesRelatedInstances="120")]
+    asked: list[str] = []
+
+    class Peer:
+        def __init__(self, peer: PriorPeer, *_args: Any) -> None:
+            self.peer = peer
+
+        def find(self, query: Dataset) -> list[Dataset]:
+            asked.append(f"{query.QueryRetrieveLevel} {query.get('StudyInstanceUID', '')}")
+            return studies if query.QueryRetrieveLevel == "STUDY" else series
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(finder, "PeerQuery", Peer)
+    route = Route(name="chest-ct", pipeline="lung-nodule", destinations=["sender"], match=RouteMatch(modality=["CT"]))
+    with caplog.at_level("WARNING", logger="dicomnode.priors.finder"):
+        search = finder.find_on_peer(PriorPeer(ae_title="PACS", host="127.0.0.1", port=104), "NODE", JANE,
+                                     "1.2.840.99.9", ("20210110", "20260110"), route, 5.0, None)
+    assert search.chosen is not None
+    assert (search.chosen.study_uid, search.chosen.series_uid) == (good_study, "1.2.840.99.1.1")
+    assert search.others == [] and asked == ["STUDY ", f"SERIES {good_study}"]  # nothing asked of the hostile study
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("PACS answered with an invalid StudyInstanceUID '1.2.3/../../etc'" in w for w in warnings), warnings
+    assert any("invalid SeriesInstanceUID" in w and "65 characters" in w for w in warnings), warnings
