@@ -10,9 +10,12 @@ ImageOrientationPatient -1\\0\\0\\0\\-1\\0) x and y. Read that way the findings 
 stored prone lost 3 of its 8 (tests/inference/test_pipeline.py); on small phantoms 7000-7009 feet-first found 36 of
 44 nodules with 4 false positives and prone 37 with 5, against 37 and 7 in LPS (docs/characterization.md,
 "Fifty-fifth session"), and the report threshold was calibrated on phantoms in LPS (`dicomnode model calibrate`). So
-preprocessing, the detector and the model score read the volume turned to LPS (`lps_view`), and what they give back is
-turned to the series' own voxels (`LpsView.to_volume_voxel`, `LpsView.volume_mask`); everything else works in those
-voxels and in world coordinates.
+preprocessing, the detector and the model score read the volume turned to LPS (`lps_view`), and so does each nodule's
+characterisation: its long axis picks among pixel pairs of equal length, and its short axis is taken in strips counted
+from one end, so measured as stored lidc-idri-0002's lesion read 22.0 mm stored prone and 21.9 mm supine. What they give
+back is turned to the series' own voxels (`LpsView.to_volume_voxel`, `volume_mask`, `characteristics_in_volume`), where
+key slices, world coordinates and the results work. The exam's measures (coverage, LAA-950, noise, coronary calcium)
+read the series as stored: they have no such ties, and turning the whole volume would copy it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from inference.characterize.model import Axes, NoduleCharacteristics
 from inference.volume import Volume
 
 # the volume array's axes (z, y, x) and the direction matrix's column of each (columns: x, y, z index directions)
@@ -51,6 +55,21 @@ class LpsView:
     def volume_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask on the view's voxels -> the same mask on the series' own."""
         return np.flip(mask, self.reversed) if self.reversed else mask
+
+    def characteristics_in_volume(self, chars: NoduleCharacteristics) -> NoduleCharacteristics:
+        """A nodule's characteristics measured on the view, with their voxel positions (the centroid, the slices its
+        axes were measured on) in the series' own voxels."""
+        if not self.reversed:
+            return chars
+        centroid = self.to_volume_voxel(np.asarray(chars.centroid_zyx, float))
+
+        def slice_of(axes: Axes | None) -> Axes | None:
+            if axes is None or 0 not in self.reversed:
+                return axes
+            return replace(axes, slice_index=self.shape[0] - 1 - axes.slice_index)
+
+        return replace(chars, centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                       axes=slice_of(chars.axes), solid_axes=slice_of(chars.solid_axes))
 
 
 def lps_view(volume: Volume) -> LpsView:

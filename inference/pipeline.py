@@ -58,7 +58,7 @@ from inference.findings import (
     SeriesResult,
     Verdict,
 )
-from inference.orientation import lps_view
+from inference.orientation import LpsView, lps_view
 from inference.volume import Volume, VolumeLimits, load_volume
 from inference.weights_bundle import load_weights_bundle
 
@@ -232,12 +232,13 @@ class LungNodulePipeline:
         t = time.perf_counter()
         # the source-resolution lung mask (from preprocessing's segmentation, not a second one): side/zone of
         # each nodule, lung volume, LAA-950 and coverage
-        lungs = view.volume_mask(pre.source_lung_mask())
+        lps_lungs = pre.source_lung_mask()
+        lungs = view.volume_mask(lps_lungs)
         exam_chars = characterize_exam(volume.hu, volume.spacing, lungs)
         contrast = contrast_agent(header)
         calcium = coronary_calcium_summary(volume, lungs, exam_chars.image_noise_hu, contrast)
-        measured = [self._characterize(volume, view.to_volume_voxel(pre.to_source_voxel(np.asarray(cand.zyx, float))),
-                                       cand, lungs) for cand in reported]
+        measured = [self._characterize(view, pre.to_source_voxel(np.asarray(cand.zyx, float)), cand, lps_lungs)
+                    for cand in reported]
         patient = patient_inputs(header)
         findings, exam, verdict = assess(measured, scores, exam_chars, patient, self.family_history,
                                          self.emphysema_laa950_pct, volume, slice_thickness_mm(volume, header),
@@ -262,11 +263,14 @@ class LungNodulePipeline:
         centres = np.array([c.zyx for c in cands], dtype=np.float64)
         return np.asarray(self.classifier.predict_image(pre.image, centres, [c.diameter_mm for c in cands]), float)
 
-    def _characterize(self, volume: Volume, src: np.ndarray, cand: Candidate, lungs: np.ndarray) -> Measured:
-        """`src`: the candidate's centre in the series' own voxels."""
-        chars = characterize_nodule(volume.hu, volume.spacing, src, cand.diameter_mm, lungs,
-                                    direction=volume.direction)
-        return Measured(cand, src, chars)
+    def _characterize(self, view: LpsView, at: np.ndarray, cand: Candidate, lungs: np.ndarray) -> Measured:
+        """The nodule measured on the view in LPS (`at`: its centre there; `lungs`: the view's lung mask), so that its
+        measurements do not follow the way the series is stored (a pixel grid's ties and strips run one way), and its
+        positions given back in the series' own voxels. The exam's measures (coverage, LAA-950, noise, calcium) have
+        no such ties and read the series as stored."""
+        chars = characterize_nodule(view.volume.hu, view.volume.spacing, at, cand.diameter_mm, lungs,
+                                    direction=view.volume.direction)
+        return Measured(cand, view.to_volume_voxel(at), view.characteristics_in_volume(chars))
 
     def close(self) -> None:
         self.detector.close()
