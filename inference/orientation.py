@@ -15,7 +15,9 @@ characterisation: its long axis picks among pixel pairs of equal length, and its
 from one end, so measured as stored lidc-idri-0002's lesion read 22.0 mm stored prone and 21.9 mm supine. What they give
 back is turned to the series' own voxels (`LpsView.to_volume_voxel`, `volume_mask`, `characteristics_in_volume`), where
 key slices, world coordinates and the results work. The exam's measures (coverage, LAA-950, noise, coronary calcium)
-read the series as stored: they have no such ties, and turning the whole volume would copy it.
+read the series as stored, since turning the whole volume for them would copy it: the first three count voxels, but
+the calcium scoring's coarse grid starts at the stored first voxel, so a plaque at the heart's edge could count
+differently in a series stored another way round (not seen: no phantom and no real series here has coronary calcium).
 """
 from __future__ import annotations
 
