@@ -139,13 +139,17 @@ def test_painted_coronary_calcium_scores_its_agatston_figure(lidc: tuple, lesion
     assert found.volume_mm3 > 0.0
 
 
-def test_a_series_stored_head_first_reads_the_same(lidc: tuple) -> None:
-    """Slices stored head to foot (the slice axis pointing to the feet): the same lesions and score."""
+@pytest.mark.parametrize("axes", [(0,), (1, 2), (0, 2)], ids=["head-first-down", "prone", "feet-first"])
+def test_a_series_stored_another_way_round_reads_the_same(lidc: tuple, axes: tuple[int, ...]) -> None:
+    """Slices stored head to foot (the slice axis pointing to the feet), rows and columns reversed (a prone series'
+    storage), or columns and slices (feet-first): the same lesions and score. The scoring reads the series as stored
+    (inference.orientation), and its coarse grid starts at the stored first voxel."""
     hu, spacing, lungs, direction = lidc
     volume, expected = painted(hu, spacing, MODERATE)
     flipped = direction.copy()
-    flipped[:, 2] *= -1
-    found = coronary_calcium(volume[::-1], spacing, lungs[::-1], flipped, OWN_NOISE_HU)
+    for axis in axes:
+        flipped[:, 2 - axis] *= -1  # the direction's columns are the x, y and z index directions
+    found = coronary_calcium(np.flip(volume, axes), spacing, np.flip(lungs, axes), flipped, OWN_NOISE_HU)
     assert found is not None and found.lesions == len(MODERATE) and found.agatston == pytest.approx(expected, rel=0.02)
 
 
