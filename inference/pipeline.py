@@ -209,7 +209,7 @@ class LungNodulePipeline:
         timings: dict[str, float] = {}
         say("preprocessing (lung mask, 1 mm resampling)")
         t = time.perf_counter()
-        view = lps_view(volume)  # preprocessing, the detector and the model score read the series as trained
+        view = lps_view(volume)  # preprocessing, detection, model score and each nodule read the series as trained
         pre = preprocess(view.volume)
         timings["preprocess"] = time.perf_counter() - t
 
@@ -266,8 +266,8 @@ class LungNodulePipeline:
     def _characterize(self, view: LpsView, at: np.ndarray, cand: Candidate, lungs: np.ndarray) -> Measured:
         """The nodule measured on the view in LPS (`at`: its centre there; `lungs`: the view's lung mask), so that its
         measurements do not follow the way the series is stored (a pixel grid's ties and strips run one way), and its
-        positions given back in the series' own voxels. The exam's measures (coverage, LAA-950, noise, calcium) have
-        no such ties and read the series as stored."""
+        positions given back in the series' own voxels. The exam's measures read the series as stored
+        (inference.orientation says why)."""
         chars = characterize_nodule(view.volume.hu, view.volume.spacing, at, cand.diameter_mm, lungs,
                                     direction=view.volume.direction)
         return Measured(cand, view.to_volume_voxel(at), view.characteristics_in_volume(chars))
