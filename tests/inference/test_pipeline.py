@@ -786,6 +786,12 @@ def test_a_series_stored_the_other_way_gives_the_same_findings(demo_pipeline, cl
         assert twin.brock_risk == f.brock_risk
         assert np.allclose(twin.center_mm, f.center_mm, atol=1e-6)
         assert twin.model_score == pytest.approx(f.model_score, abs=1e-6)  # the detector saw the same image
+        # the SR's and the overlay's point: the same instance, at the pixel where the turned image holds it
+        rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+        assert twin.key_slice.sop_instance_uid == f.key_slice.sop_instance_uid
+        assert twin.key_slice.column == pytest.approx(cols - 1 - f.key_slice.column, abs=1e-6)
+        assert twin.key_slice.row == pytest.approx(rows - 1 - f.key_slice.row if rows_reversed else f.key_slice.row,
+                                                   abs=1e-6)
     exam, before = rotated.exam, clinical_result.exam
     assert (exam.lung_rads_label, exam.lungs_fully_covered) == (before.lung_rads_label, before.lungs_fully_covered)
     assert exam.laa950_pct == pytest.approx(before.laa950_pct, abs=0.05)
