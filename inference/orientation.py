@@ -14,7 +14,8 @@ preprocessing, the detector and the model score read the volume turned to LPS (`
 characterisation: its long axis picks among pixel pairs of equal length, and its short axis is taken in strips counted
 from one end, so measured as stored lidc-idri-0002's lesion read 22.0 mm stored prone and 21.9 mm supine. What they give
 back is turned to the series' own voxels (`LpsView.to_volume_voxel`, `volume_mask`, `characteristics_in_volume`), where
-key slices, world coordinates and the results work. The exam's measures (coverage, LAA-950, noise, coronary calcium)
+key slices, world coordinates and the results work. Training cases are made on the same view
+(`training.cases.case_from_volume`), so a LUNA16 scan stored another way round trains what the pipeline will see. The exam's measures (coverage, LAA-950, noise, coronary calcium)
 read the series as stored, since turning the whole volume for them would copy it: the first three count voxels, but
 the calcium scoring's coarse grid starts at the stored first voxel, so a plaque at the heart's edge could count
 differently in a series stored another way round (calcium painted into lidc-idri-0002's heart scores the same within

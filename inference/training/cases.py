@@ -56,9 +56,13 @@ def volume_from_phantom(ph: Phantom) -> Volume:
 
 def case_from_volume(name: str, volume: Volume, nodules_world: Sequence[tuple[Sequence[float], float, int]],
                      rng: np.random.Generator, n_lung_points: int = 4000) -> Case:
-    """Preprocess `volume` and map nodules ((x, y, z) mm, diameter mm, malignant 1/0/-1) into its frame."""
+    """Preprocess `volume` turned to LPS, as the pipeline reads a series (inference.orientation: a phantom is in LPS
+    already; a scan stored another way round trains what the detector will see), and map nodules ((x, y, z) mm,
+    diameter mm, malignant 1/0/-1) into its frame."""
+    from inference.orientation import lps_view
     from inference.preprocess import preprocess
 
+    volume = lps_view(volume).volume
     pre = preprocess(volume)
     rows = []
     labels = []

@@ -178,3 +178,27 @@ print([len(Case.load(p).nodules) for p in paths])
     assert done.returncode == 0, done.stderr
     counts = [len(make_phantom(seed, small=True).nodules) for seed in (7, 8)]
     assert done.stdout.strip() == str(counts)
+
+
+def test_a_scan_stored_another_way_round_trains_what_the_pipeline_reads():
+    """A training case is preprocessed turned to LPS, as the pipeline reads a series (inference.orientation): a
+    phantom stored prone (rows and columns reversed) or feet-first (columns and slices) gives the case of the phantom
+    in LPS, image and nodule positions alike."""
+    from dataclasses import replace
+
+    from inference.training.cases import case_from_volume, volume_from_phantom
+
+    phantom = make_phantom(3, small=True)
+    volume = volume_from_phantom(phantom)
+    nodules = [(n.center_mm, n.diameter_mm, int(n.malignant)) for n in phantom.nodules]
+    lps = case_from_volume("lps", volume, nodules, np.random.default_rng(0))
+    for axes in [(1, 2), (0, 2)]:
+        last = np.array(volume.shape, float) - 1
+        direction = volume.direction.copy()
+        for axis in axes:
+            direction[:, 2 - axis] *= -1  # the direction's columns are the x, y and z index directions
+        stored = replace(volume, hu=np.ascontiguousarray(np.flip(volume.hu, axes)), direction=direction,
+                         origin=volume.voxel_to_world(np.where([a in axes for a in range(3)], last, 0.0)))
+        turned = case_from_volume("turned", stored, nodules, np.random.default_rng(0))
+        assert np.array_equal(turned.image, lps.image), axes
+        assert np.allclose(turned.nodules, lps.nodules, atol=1e-6), axes
