@@ -1,25 +1,25 @@
 """The detector's view of a series: the orientation its weights were trained in.
 
-The packaged weights were trained on phantoms on their own grid (inference.training.cases.volume_from_phantom:
-direction identity), so always with x towards the patient's left, y posterior and z superior (LPS). Training flipped
-its crops for augmentation, but not DeepLung's coordinate input (the crop's place in the lung box), and the lung box
-itself is cut with unequal margins on its low and high sides (preprocess.MARGIN_LOW_MM, MARGIN_HIGH_MM), so what the
-detector sees depends on which way the series' axes run. A series is loaded as it is stored (inference.volume: z along
-the slice normal): a feet-first one has x and z reversed, and a prone one (rows and columns stored the other way,
+The packaged weights were trained on phantoms on their own grid (inference.training.cases.volume_from_phantom: direction
+identity), so always with x towards the patient's left, y posterior and z superior (LPS). Training flipped its crops for
+augmentation, but not DeepLung's coordinate input (the crop's place in the lung box), and the lung box itself is cut
+with unequal margins on its low and high sides (preprocess.MARGIN_LOW_MM, MARGIN_HIGH_MM), so what the detector sees
+depends on which way the series' axes run. A series is loaded as it is stored (inference.volume: z along the slice
+normal): a feet-first one has x and z reversed, and a prone one (rows and columns stored the other way,
 ImageOrientationPatient -1\\0\\0\\0\\-1\\0) x and y. Read that way the findings changed with the storage: a phantom
-stored prone lost 3 of its 8 (tests/inference/test_pipeline.py); on small phantoms 7000-7009 feet-first found 36 of
-44 nodules with 4 false positives and prone 37 with 5, against 37 and 7 in LPS (docs/characterization.md,
-"Fifty-fifth session"), and the report threshold was calibrated on phantoms in LPS (`dicomnode model calibrate`). So
-preprocessing, the detector and the model score read the volume turned to LPS (`lps_view`), and so does each nodule's
-characterisation: its long axis picks among pixel pairs of equal length, and its short axis is taken in strips counted
-from one end, so measured as stored lidc-idri-0002's lesion read 22.0 mm stored prone and 21.9 mm supine. What they give
-back is turned to the series' own voxels (`LpsView.to_volume_voxel`, `volume_mask`, `characteristics_in_volume`), where
-key slices, world coordinates and the results work. Training cases are made on the same view
-(`training.cases.case_from_volume`), so a LUNA16 scan stored another way round trains what the pipeline will see. The exam's measures (coverage, LAA-950, noise, coronary calcium)
-read the series as stored, since turning the whole volume for them would copy it: the first three count voxels, but
-the calcium scoring's coarse grid starts at the stored first voxel, so a plaque at the heart's edge could count
-differently in a series stored another way round (calcium painted into lidc-idri-0002's heart scores the same within
-2 % stored each way: tests/inference/test_cardiac.py).
+stored prone lost 3 of its 8 (tests/inference/test_pipeline.py); on small phantoms 7000-7009 feet-first found 36 of 44
+nodules with 4 false positives and prone 37 with 5, against 37 and 7 in LPS (docs/characterization.md, "Fifty-fifth
+session"), and the report threshold was calibrated on phantoms in LPS (`dicomnode model calibrate`). So preprocessing,
+the detector and the model score read the volume turned to LPS (`lps_view`), and so does each nodule's characterisation:
+its long axis picks among pixel pairs of equal length, and its short axis is taken in strips counted from one end, so
+measured as stored lidc-idri-0002's lesion read 22.0 mm stored prone and 21.9 mm supine. What they give back is turned
+to the series' own voxels (`LpsView.to_volume_voxel`, `volume_mask`, `characteristics_in_volume`), where key slices,
+world coordinates and the results work. Training cases are made on the same view (`training.cases.case_from_volume`), so
+a LUNA16 scan stored another way round trains what the pipeline will see. The exam's measures (coverage, LAA-950, noise,
+coronary calcium) read the series as stored, since turning the whole volume for them would copy it: the first three
+count voxels, but the calcium scoring's coarse grid starts at the stored first voxel, so a plaque at the heart's edge
+could count differently in a series stored another way round (calcium painted into lidc-idri-0002's heart scores the
+same within 2 % stored each way: tests/inference/test_cardiac.py).
 """
 from __future__ import annotations
 
