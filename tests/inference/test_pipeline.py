@@ -744,38 +744,53 @@ def test_an_airway_nodule_is_graded_by_the_lung_rads_airway_rules() -> None:
     assert (free.airway, free.lung_rads) == (None, "2") and free.brock_risk is not None
 
 
-def _stored_turned(datasets: list[pydicom.Dataset], rows_reversed: bool) -> list[pydicom.Dataset]:
-    """The same patient stored the other way: columns reversed (ImageOrientationPatient -1\\0\\0\\0\\1\\0, a feet-first
-    series: its slice normal points to the feet, so the slices load in reverse order too), or rows and columns
-    reversed (-1\\0\\0\\0\\-1\\0, a prone series). Each slice's position moves to its new first pixel: every world
-    coordinate is unchanged."""
+# how a series may be stored: which of the stored rows and columns are reversed, whether they are swapped, its
+# ImageOrientationPatient and PatientPosition (the world stays the same)
+STORAGES = {
+    "prone": (True, True, False, [-1, 0, 0, 0, -1, 0], "HFP"),
+    "feet-first": (False, True, False, [-1, 0, 0, 0, 1, 0], "FFS"),  # the normal points to the feet: slices reversed
+    "rows-and-columns-swapped": (False, False, True, [0, 1, 0, 1, 0, 0], "HFS"),  # axial, legal, and so is its normal
+}
+
+
+def _stored_turned(datasets: list[pydicom.Dataset], storage: str) -> list[pydicom.Dataset]:
+    """The same patient stored another way (STORAGES): each slice's pixels turned, ImageOrientationPatient saying so,
+    its position moved to its new first pixel. Every world coordinate is unchanged."""
+    rows_reversed, cols_reversed, swapped, orientation, position = STORAGES[storage]
     turned = []
     for source in datasets:
         ds = copy.deepcopy(source)  # Dataset.copy shares its elements: the fixture's series would turn too
-        pixels = ds.pixel_array[::-1 if rows_reversed else 1, ::-1].copy()
         rows, cols = int(ds.Rows), int(ds.Columns)
         step_row, step_col = (float(v) for v in ds.PixelSpacing)
+        pixels = ds.pixel_array[::-1 if rows_reversed else 1, ::-1 if cols_reversed else 1]
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [x + (cols - 1) * step_col, y + (rows - 1) * step_row if rows_reversed else y, z]
-        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1 if rows_reversed else 1, 0]
-        ds.PatientPosition = "HFP" if rows_reversed else "FFS"
-        ds.PixelData = pixels.tobytes()
+        ds.ImagePositionPatient = [x + (cols - 1) * step_col if cols_reversed else x,
+                                   y + (rows - 1) * step_row if rows_reversed else y, z]
+        if swapped:
+            pixels = pixels.T
+            ds.Rows, ds.Columns, ds.PixelSpacing = cols, rows, [step_col, step_row]
+        ds.ImageOrientationPatient = orientation
+        ds.PatientPosition = position
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
         turned.append(ds)
     return turned
 
 
-@pytest.mark.parametrize("rows_reversed", [True, False], ids=["prone", "feet-first"])
+@pytest.mark.parametrize("storage", list(STORAGES))
 def test_a_series_stored_the_other_way_gives_the_same_findings(demo_pipeline, clinical_case, clinical_result,
-                                                               rows_reversed):
+                                                               storage):
     """The pipeline works in patient coordinates, and its detector reads every series turned to the orientation it was
-    trained in (inference.orientation): a series whose rows, columns or slices run the other way gives the same nodules
-    at the same world positions, with the same type, size, location, category and risk, and the same exam statement.
-    Before the detector read the series as trained, a prone-stored copy of this phantom lost 3 of its 8 findings; before
-    the nodules were measured on it too, lidc-idri-0002's lesion stored prone read 22.0 mm for 21.9."""
+    trained in (inference.orientation): a series whose rows, columns or slices run the other way, or whose rows and
+    columns are swapped, gives the same nodules at the same world positions, with the same type, size, location,
+    category and risk, and the same exam statement. Before the detector read the series as trained, a prone-stored
+    copy of this phantom lost 3 of its 8 findings; before the nodules were measured on it too, lidc-idri-0002's lesion
+    stored prone read 22.0 mm for 21.9."""
     _case, datasets = clinical_case
-    rotated = demo_pipeline.analyze(_stored_turned(datasets, rows_reversed))
+    rows_reversed, cols_reversed, swapped, _orientation, _position = STORAGES[storage]
+    rotated = demo_pipeline.analyze(_stored_turned(datasets, storage))
     assert rotated.exam is not None and clinical_result.exam is not None
     assert len(rotated.findings) == len(clinical_result.findings)
+    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
     for f in clinical_result.findings:
         [twin] = [g for g in rotated.findings if np.linalg.norm(np.subtract(g.center_mm, f.center_mm)) <= 3.0]
         assert (twin.nodule_type, twin.calcified, twin.lung_rads, twin.location.lung, twin.location.zone) == (
@@ -787,11 +802,13 @@ def test_a_series_stored_the_other_way_gives_the_same_findings(demo_pipeline, cl
         assert np.allclose(twin.center_mm, f.center_mm, atol=1e-6)
         assert twin.model_score == pytest.approx(f.model_score, abs=1e-6)  # the detector saw the same image
         # the SR's and the overlay's point: the same instance, at the pixel where the turned image holds it
-        rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+        row = rows - 1 - f.key_slice.row if rows_reversed else f.key_slice.row
+        column = cols - 1 - f.key_slice.column if cols_reversed else f.key_slice.column
+        if swapped:
+            row, column = column, row
         assert twin.key_slice.sop_instance_uid == f.key_slice.sop_instance_uid
-        assert twin.key_slice.column == pytest.approx(cols - 1 - f.key_slice.column, abs=1e-6)
-        assert twin.key_slice.row == pytest.approx(rows - 1 - f.key_slice.row if rows_reversed else f.key_slice.row,
-                                                   abs=1e-6)
+        assert (twin.key_slice.row, twin.key_slice.column) == (pytest.approx(row, abs=1e-6),
+                                                               pytest.approx(column, abs=1e-6))
     exam, before = rotated.exam, clinical_result.exam
     assert (exam.lung_rads_label, exam.lungs_fully_covered) == (before.lung_rads_label, before.lungs_fully_covered)
     assert exam.laa950_pct == pytest.approx(before.laa950_pct, abs=0.05)
