@@ -44,8 +44,8 @@ def reversed_axes(direction: np.ndarray) -> tuple[int, ...]:
 
 
 def rows_and_columns_swapped(direction: np.ndarray) -> bool:
-    """Whether the columns run along the patient's y and the rows along x (ImageOrientationPatient 0\\1\\0\\1\\0\\0 and
-    the like: still axial, and legal)."""
+    """Whether the column index runs along the patient's y axis and the row index along x (ImageOrientationPatient
+    0\\1\\0\\1\\0\\0 and the like: still axial, and legal)."""
     d = np.abs(np.asarray(direction, float))
     return bool(d[1, 0] > d[0, 0])
 
