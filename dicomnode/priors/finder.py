@@ -86,9 +86,13 @@ def day_before(yyyymmdd: str) -> str:
 
 
 def parse_da(value: str) -> date | None:
+    """A DA value (YYYYMMDD, or the old YYYY.MM.DD) as a date; None unless it is eight ASCII digits of a real day (int()
+    alone would take "+202" or other scripts' digits)."""
     text = value.strip().replace(".", "")
+    if len(text) != 8 or not (text.isascii() and text.isdigit()):
+        return None
     try:
-        return date(int(text[0:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 else None
+        return date(int(text[0:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:
         return None
 
@@ -272,7 +276,7 @@ def find_on_peer(peer: PriorPeer, calling_ae: str, identity: PatientIdentity, cu
             uid, day = _text(answer, "StudyInstanceUID"), _text(answer, "StudyDate").replace(".", "")
             # checked here too: a peer may ignore a matching key it does not support
             if not _valid_uid(q, answer, "StudyInstanceUID") or uid == current_study_uid \
-                    or not (len(day) == 8 and day.isascii() and day.isdigit() and window[0] <= day < window[1]):
+                    or parse_da(day) is None or not (window[0] <= day < window[1]):
                 continue
             studies.append(PriorCandidate(source=peer.ae_title, study_uid=uid, study_date=day,
                                           identity=PatientIdentity.of(answer)))
